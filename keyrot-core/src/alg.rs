@@ -1,0 +1,108 @@
+//! Signature algorithms and key sizes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A JWS signature algorithm keyrot signs and verifies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Algorithm {
+    /// Ed25519 (RFC 8037), published as `"alg": "EdDSA"`. The default.
+    #[default]
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// RSASSA-PSS with SHA-256 and MGF1-SHA-256, salt length 32.
+    #[serde(rename = "PS256")]
+    Ps256,
+}
+
+impl Algorithm {
+    /// The JWS `alg` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDsa => "EdDSA",
+            Algorithm::Rs256 => "RS256",
+            Algorithm::Ps256 => "PS256",
+        }
+    }
+
+    /// Whether this algorithm uses RSA keys.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Algorithm::Rs256 | Algorithm::Ps256)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for an algorithm name keyrot does not support.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported algorithm {0:?}: use EdDSA, RS256 or PS256")]
+pub struct UnsupportedAlgorithm(pub String);
+
+impl FromStr for Algorithm {
+    type Err = UnsupportedAlgorithm;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "EdDSA" => Ok(Algorithm::EdDsa),
+            "RS256" => Ok(Algorithm::Rs256),
+            "PS256" => Ok(Algorithm::Ps256),
+            other => Err(UnsupportedAlgorithm(other.chars().take(32).collect())),
+        }
+    }
+}
+
+/// RSA modulus sizes keyrot generates and accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum RsaBits {
+    /// 2048-bit modulus.
+    #[default]
+    B2048,
+    /// 3072-bit modulus.
+    B3072,
+    /// 4096-bit modulus.
+    B4096,
+}
+
+impl RsaBits {
+    /// The modulus size in bits.
+    pub fn bits(self) -> usize {
+        match self {
+            RsaBits::B2048 => 2048,
+            RsaBits::B3072 => 3072,
+            RsaBits::B4096 => 4096,
+        }
+    }
+
+    /// The size for a modulus of exactly `bits` bits, if supported.
+    pub fn from_bits(bits: usize) -> Option<Self> {
+        match bits {
+            2048 => Some(RsaBits::B2048),
+            3072 => Some(RsaBits::B3072),
+            4096 => Some(RsaBits::B4096),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_is_refused() {
+        for a in [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256] {
+            assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
+            assert_eq!(serde_json::to_string(&a).ok(), Some(format!("\"{a}\"")));
+        }
+        for bad in ["none", "HS256", "Ed25519", "rs256", "ES256"] {
+            assert!(bad.parse::<Algorithm>().is_err(), "{bad}");
+        }
+    }
+}

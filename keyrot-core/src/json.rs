@@ -1,0 +1,124 @@
+//! Strict JSON: objects with duplicate members are refused (RFC 7515 §5.2 allows a
+//! recipient to reject them; keyrot always does, since two parsers could read two
+//! different claim sets from one token).
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Why strict JSON parsing failed. Carries no input text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonError {
+    /// Not valid JSON (including a byte-order mark or trailing data).
+    #[error("not valid JSON")]
+    Syntax,
+    /// An object has the same member twice.
+    #[error("duplicate member in a JSON object")]
+    DuplicateMember,
+    /// The top-level value is not an object.
+    #[error("not a JSON object")]
+    NotObject,
+}
+
+struct StrictValue(Value);
+
+impl<'de> de::Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+const DUPLICATE: &str = "keyrot:duplicate-member";
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if out.insert(key, v).is_some() {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parses a JSON object, refusing duplicate members at any depth, a BOM and trailing
+/// data.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let StrictValue(v) = de::Deserialize::deserialize(&mut de).map_err(|e| {
+        if e.to_string().contains(DUPLICATE) {
+            JsonError::DuplicateMember
+        } else {
+            JsonError::Syntax
+        }
+    })?;
+    de.end().map_err(|_| JsonError::Syntax)?;
+    if !v.is_object() {
+        return Err(JsonError::NotObject);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_refused_at_any_depth() {
+        assert!(parse_strict(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+        assert_eq!(parse_strict(br#"{"a":1,"a":2}"#), Err(JsonError::DuplicateMember));
+        assert_eq!(parse_strict(br#"{"a":{"b":1,"b":1}}"#), Err(JsonError::DuplicateMember));
+        assert_eq!(parse_strict(br#"{"a":[{"b":1,"b":1}]}"#), Err(JsonError::DuplicateMember));
+        // Escapes that spell the same name are the same member.
+        assert_eq!(parse_strict(br#"{"a":1,"\u0061":2}"#), Err(JsonError::DuplicateMember));
+    }
+
+    #[test]
+    fn bom_trailing_and_non_objects_are_refused() {
+        assert_eq!(parse_strict(b"\xEF\xBB\xBF{}"), Err(JsonError::Syntax));
+        assert_eq!(parse_strict(b"{} x"), Err(JsonError::Syntax));
+        assert_eq!(parse_strict(b"[1]"), Err(JsonError::NotObject));
+        assert_eq!(parse_strict(b"\"s\""), Err(JsonError::NotObject));
+    }
+}

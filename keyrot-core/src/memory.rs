@@ -1,0 +1,227 @@
+//! In-memory `Storage`, `Lock` and change feed: for unit tests and single-process use.
+//! Not durable; not shared between processes.
+
+use crate::clock::{Clock, SystemClock};
+use crate::ring::{Ring, RingName};
+use crate::storage::{
+    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Storage, StorageError,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Default)]
+struct RingData {
+    generation: u64,
+    keys: Vec<crate::ring::KeyRecord>,
+    audit: Vec<AuditRecord>,
+    idempotency: HashMap<String, IdempotencyRecord>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rings: HashMap<RingName, RingData>,
+    feeds: HashMap<RingName, broadcast::Sender<u64>>,
+}
+
+/// In-memory storage. Cheap to clone; clones share data.
+#[derive(Debug, Clone)]
+pub struct MemoryStorage {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { inner: Arc::new(Mutex::new(Inner { rings: HashMap::new(), feeds: HashMap::new() })) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn insert_idempotency(data: &mut RingData, idem: Option<&IdempotencyRecord>) {
+    if let Some(i) = idem {
+        data.idempotency.entry(i.key.clone()).or_insert_with(|| i.clone());
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let g = self.lock();
+        Ok(match g.rings.get(ring) {
+            Some(d) => Ring { name: ring.clone(), generation: d.generation, keys: d.keys.clone() },
+            None => Ring::empty(ring.clone()),
+        })
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        Ok(self.lock().rings.get(ring).map_or(0, |d| d.generation))
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        let mut g = self.lock();
+        let data = g.rings.entry(commit.ring.clone()).or_default();
+        if data.generation != commit.expected_generation {
+            return Ok(CommitOutcome::Conflict { current: data.generation });
+        }
+        if let Some(i) = &commit.idempotency
+            && data.idempotency.contains_key(&i.key)
+        {
+            // Another request with this key committed first: treat as a lost race.
+            return Ok(CommitOutcome::Conflict { current: data.generation });
+        }
+        for k in &commit.keys {
+            match data.keys.iter_mut().find(|e| e.kid == k.kid) {
+                Some(existing) => *existing = k.clone(),
+                None => data.keys.push(k.clone()),
+            }
+        }
+        data.generation += 1;
+        let generation = data.generation;
+        data.audit.push(commit.audit.clone());
+        insert_idempotency(data, commit.idempotency.as_ref());
+        if let Some(tx) = g.feeds.get(&commit.ring) {
+            let _ = tx.send(generation);
+        }
+        Ok(CommitOutcome::Committed)
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError> {
+        let ring = RingName::new(audit.ring.clone()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let mut g = self.lock();
+        let data = g.rings.entry(ring).or_default();
+        data.audit.push(audit.clone());
+        insert_idempotency(data, idempotency);
+        Ok(())
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        let g = self.lock();
+        Ok(g.rings
+            .get(ring)
+            .map(|d| d.audit.iter().rev().take(query.limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        Ok(self.lock().rings.get(ring).and_then(|d| d.idempotency.get(key).cloned()))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryStream {
+    rx: broadcast::Receiver<u64>,
+}
+
+#[async_trait]
+impl ChangeStream for MemoryStream {
+    async fn next(&mut self) -> Result<FeedEvent, StorageError> {
+        match self.rx.recv().await {
+            Ok(g) => Ok(FeedEvent::Changed(g)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Ok(FeedEvent::Resync),
+            Err(broadcast::error::RecvError::Closed) => Err(StorageError::Unavailable {
+                message: "memory feed closed".into(),
+                source: None,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MemoryStorage {
+    async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError> {
+        let mut g = self.lock();
+        let tx = g.feeds.entry(ring.clone()).or_insert_with(|| broadcast::channel(64).0);
+        Ok(Box::new(MemoryStream { rx: tx.subscribe() }))
+    }
+}
+
+/// In-memory rotation lock with a lease: a holder that never releases loses it after
+/// its ttl, measured on the injected clock.
+#[derive(Debug, Clone)]
+pub struct MemoryLock {
+    held: Arc<Mutex<HashMap<RingName, (u64, DateTime<Utc>)>>>,
+    clock: Arc<dyn Clock>,
+    next_token: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for MemoryLock {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl MemoryLock {
+    /// A lock whose leases expire on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { held: Arc::default(), clock, next_token: Arc::default() }
+    }
+}
+
+#[derive(Debug)]
+struct MemoryGuard {
+    held: Arc<Mutex<HashMap<RingName, (u64, DateTime<Utc>)>>>,
+    ring: RingName,
+    token: u64,
+}
+
+impl MemoryGuard {
+    fn release_now(&self) {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(&self.ring).is_some_and(|(t, _)| *t == self.token) {
+            g.remove(&self.ring);
+        }
+    }
+}
+
+impl Drop for MemoryGuard {
+    fn drop(&mut self) {
+        self.release_now();
+    }
+}
+
+#[async_trait]
+impl LockGuard for MemoryGuard {
+    async fn release(self: Box<Self>) -> Result<(), StorageError> {
+        self.release_now();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Lock for MemoryLock {
+    async fn try_acquire(
+        &self,
+        ring: &RingName,
+        _holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
+        let now = self.clock.now();
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, until)) = g.get(ring)
+            && *until > now
+        {
+            return Ok(None);
+        }
+        let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let until = now + TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX);
+        g.insert(ring.clone(), (token, until));
+        Ok(Some(Box::new(MemoryGuard { held: self.held.clone(), ring: ring.clone(), token })))
+    }
+}

@@ -1,0 +1,609 @@
+//! The planner: a pure function of (ring, policy, now, trigger). No I/O, no clock.
+
+use crate::alg::Algorithm;
+use crate::policy::Policy;
+use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring};
+use crate::seal::SealedKey;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Longest reason text accepted for forced rotations and revocations.
+pub const MAX_REASON_LEN: usize = 500;
+
+/// What asked for a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Create the ring's first Active key if it has none; nothing else.
+    Init,
+    /// A scheduler tick: perform whatever transitions are due.
+    Tick,
+    /// A normal rotation request.
+    Rotate,
+    /// The emergency path: generate and activate at once.
+    ForceRotate {
+        /// Why (required, non-empty).
+        reason: String,
+        /// Revoke the old Active key instead of letting it retire.
+        revoke_old: bool,
+    },
+    /// Revoke a Pending or Retiring key.
+    Revoke {
+        /// The key.
+        kid: String,
+        /// Why (required, non-empty).
+        reason: String,
+    },
+    /// Add a key the user brings.
+    Import {
+        /// Its kid.
+        kid: String,
+        /// Its RFC 7638 thumbprint.
+        fingerprint: String,
+        /// Pending (published ahead, activated by the scheduler) or Active (now).
+        state: ImportState,
+    },
+}
+
+impl Trigger {
+    /// The trigger's name in audit records.
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            Trigger::Init => TriggerKind::Init,
+            Trigger::Tick => TriggerKind::Tick,
+            Trigger::Rotate => TriggerKind::Rotate,
+            Trigger::ForceRotate { .. } => TriggerKind::ForceRotate,
+            Trigger::Revoke { .. } => TriggerKind::Revoke,
+            Trigger::Import { .. } => TriggerKind::Import,
+        }
+    }
+}
+
+/// The kind of an attempt, as audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// [`Trigger::Init`].
+    Init,
+    /// [`Trigger::Tick`].
+    Tick,
+    /// [`Trigger::Rotate`].
+    Rotate,
+    /// [`Trigger::ForceRotate`].
+    ForceRotate,
+    /// [`Trigger::Revoke`].
+    Revoke,
+    /// [`Trigger::Import`].
+    Import,
+    /// Re-sealing every key under the primary master key.
+    Rewrap,
+}
+
+impl TriggerKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Init => "init",
+            TriggerKind::Tick => "tick",
+            TriggerKind::Rotate => "rotate",
+            TriggerKind::ForceRotate => "force_rotate",
+            TriggerKind::Revoke => "revoke",
+            TriggerKind::Import => "import",
+            TriggerKind::Rewrap => "rewrap",
+        }
+    }
+
+    /// Parses [`TriggerKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "init" => TriggerKind::Init,
+            "tick" => TriggerKind::Tick,
+            "rotate" => TriggerKind::Rotate,
+            "force_rotate" => TriggerKind::ForceRotate,
+            "revoke" => TriggerKind::Revoke,
+            "import" => TriggerKind::Import,
+            "rewrap" => TriggerKind::Rewrap,
+            _ => return None,
+        })
+    }
+}
+
+/// The state an imported key enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportState {
+    /// Published now, activated after `publish_lead`.
+    Pending,
+    /// Active now (bootstrap from an existing issuer, or the forced path).
+    Active,
+}
+
+/// Where a new key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Pending until `activate_at`.
+    Pending {
+        /// Due activation.
+        activate_at: DateTime<Utc>,
+    },
+    /// Active at once.
+    Active,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Add a key: generated with the policy's algorithm, or the imported one.
+    NewKey {
+        /// Where it goes.
+        target: Target,
+        /// How it came.
+        origin: KeyOrigin,
+        /// Activated by the forced path.
+        forced: bool,
+    },
+    /// Pending → Active.
+    Activate {
+        /// The key.
+        kid: String,
+    },
+    /// Active → Retiring.
+    Retire {
+        /// The key.
+        kid: String,
+        /// When its grace ends.
+        expires_at: DateTime<Utc>,
+    },
+    /// Retiring → Expired (grace passed).
+    Expire {
+        /// The key.
+        kid: String,
+    },
+    /// Pending/Active/Retiring → Expired, with a reason.
+    Revoke {
+        /// The key.
+        kid: String,
+        /// Why.
+        reason: String,
+    },
+    /// Destroy an Expired key's private material (metadata stays).
+    Purge {
+        /// The key.
+        kid: String,
+    },
+}
+
+/// What a plan does, in one word (for reports and HTTP status codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanKind {
+    /// The ring's first key.
+    Bootstrap,
+    /// A new key became Active.
+    Rotated,
+    /// A new Pending key was published; it activates later.
+    Scheduled,
+    /// A key was revoked.
+    Revoked,
+    /// A key was imported.
+    Imported,
+    /// Expiries and purges only.
+    Maintenance,
+}
+
+/// A decided change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The steps, in order.
+    pub actions: Vec<Action>,
+    /// What it amounts to.
+    pub kind: PlanKind,
+}
+
+impl Plan {
+    /// The new key this plan needs, if any.
+    pub fn new_key(&self) -> Option<(Target, KeyOrigin, bool)> {
+        self.actions.iter().find_map(|a| match a {
+            Action::NewKey { target, origin, forced } => Some((*target, *origin, *forced)),
+            _ => None,
+        })
+    }
+}
+
+/// Why nothing is to be done. Refusals are answers, not failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Nothing is due.
+    #[error("nothing is due")]
+    NothingDue,
+    /// Too soon since the last rotation of this kind.
+    #[error("rate limited: retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// How long until it would be allowed (milliseconds).
+        retry_after_ms: i64,
+        /// Whether the forced limit applied.
+        forced: bool,
+    },
+    /// A normal rotation is already scheduled.
+    #[error("a rotation is already scheduled: key {kid} activates at {activates_at}")]
+    AlreadyScheduled {
+        /// The Pending key.
+        kid: String,
+        /// When it activates.
+        activates_at: DateTime<Utc>,
+    },
+    /// Forced rotations and revocations need a non-empty reason.
+    #[error("a non-empty reason (at most 500 characters) is required")]
+    ReasonRequired,
+    /// No such key in the ring.
+    #[error("no key {kid} in this ring")]
+    UnknownKid {
+        /// The kid asked for.
+        kid: String,
+    },
+    /// The key is already Expired.
+    #[error("key {kid} is already expired")]
+    AlreadyExpired {
+        /// The key.
+        kid: String,
+    },
+    /// The Active key can only be replaced, not revoked on its own.
+    #[error("key {kid} is the Active key: use a forced rotation with revoke_old to replace and revoke it")]
+    CannotRevokeActive {
+        /// The key.
+        kid: String,
+    },
+    /// The kid or key is already in the ring (kids are never reused).
+    #[error("key {kid} is already in this ring (kids are never reused)")]
+    DuplicateKey {
+        /// The kid.
+        kid: String,
+    },
+    /// The ring has no Active key yet.
+    #[error("the ring is not initialised")]
+    NotInitialised,
+}
+
+impl Refusal {
+    /// `retry_after` as a duration, for rate limits.
+    pub fn retry_after(&self) -> Option<TimeDelta> {
+        match self {
+            Refusal::RateLimited { retry_after_ms, .. } => Some(TimeDelta::milliseconds(*retry_after_ms)),
+            _ => None,
+        }
+    }
+}
+
+fn valid_reason(reason: &str) -> bool {
+    !reason.trim().is_empty() && reason.chars().count() <= MAX_REASON_LEN
+}
+
+/// Decides what to do. Pure: same inputs, same plan.
+pub fn plan(ring: &Ring, policy: &Policy, now: DateTime<Utc>, trigger: &Trigger) -> Result<Plan, Refusal> {
+    let Some(active) = ring.active() else {
+        return plan_uninitialised(ring, now, trigger);
+    };
+    match trigger {
+        Trigger::Init => Err(Refusal::NothingDue),
+        Trigger::Tick => plan_tick(ring, policy, now, active),
+        Trigger::Rotate => plan_rotate(ring, policy, now, active),
+        Trigger::ForceRotate { reason, revoke_old } => {
+            if !valid_reason(reason) {
+                return Err(Refusal::ReasonRequired);
+            }
+            forced_limit(ring, policy, now)?;
+            Ok(forced_plan(ring, policy, now, active, KeyOrigin::Forced, *revoke_old, reason))
+        }
+        Trigger::Revoke { kid, reason } => {
+            if !valid_reason(reason) {
+                return Err(Refusal::ReasonRequired);
+            }
+            let key = ring.key(kid).ok_or_else(|| Refusal::UnknownKid { kid: kid.clone() })?;
+            match key.state {
+                KeyState::Expired => Err(Refusal::AlreadyExpired { kid: kid.clone() }),
+                KeyState::Active => Err(Refusal::CannotRevokeActive { kid: kid.clone() }),
+                KeyState::Pending | KeyState::Retiring => Ok(Plan {
+                    actions: vec![Action::Revoke { kid: kid.clone(), reason: reason.clone() }],
+                    kind: PlanKind::Revoked,
+                }),
+            }
+        }
+        Trigger::Import { kid, fingerprint, state } => {
+            check_new_kid(ring, kid, fingerprint)?;
+            match state {
+                ImportState::Pending => Ok(Plan {
+                    actions: vec![Action::NewKey {
+                        target: Target::Pending { activate_at: now + policy.publish_lead() },
+                        origin: KeyOrigin::Imported,
+                        forced: false,
+                    }],
+                    kind: PlanKind::Imported,
+                }),
+                ImportState::Active => {
+                    forced_limit(ring, policy, now)?;
+                    let mut p = forced_plan(
+                        ring,
+                        policy,
+                        now,
+                        active,
+                        KeyOrigin::Imported,
+                        false,
+                        "superseded by an imported key",
+                    );
+                    p.kind = PlanKind::Imported;
+                    Ok(p)
+                }
+            }
+        }
+    }
+}
+
+fn check_new_kid(ring: &Ring, kid: &str, fingerprint: &str) -> Result<(), Refusal> {
+    if ring.keys.iter().any(|k| k.kid == kid || k.fingerprint == fingerprint) {
+        return Err(Refusal::DuplicateKey { kid: kid.to_owned() });
+    }
+    Ok(())
+}
+
+fn plan_uninitialised(ring: &Ring, now: DateTime<Utc>, trigger: &Trigger) -> Result<Plan, Refusal> {
+    let _ = now;
+    let (origin, forced, kind) = match trigger {
+        Trigger::Init | Trigger::Tick | Trigger::Rotate => (KeyOrigin::Bootstrap, false, PlanKind::Bootstrap),
+        Trigger::ForceRotate { reason, .. } => {
+            if !valid_reason(reason) {
+                return Err(Refusal::ReasonRequired);
+            }
+            (KeyOrigin::Forced, true, PlanKind::Bootstrap)
+        }
+        Trigger::Import { kid, fingerprint, .. } => {
+            check_new_kid(ring, kid, fingerprint)?;
+            (KeyOrigin::Imported, false, PlanKind::Imported)
+        }
+        Trigger::Revoke { .. } => return Err(Refusal::NotInitialised),
+    };
+    // Any leftover Pending key of a ring without an Active key is cancelled: the new
+    // first key is the only one that may sign.
+    let mut actions: Vec<Action> = ring
+        .in_state(KeyState::Pending)
+        .map(|k| Action::Revoke { kid: k.kid.clone(), reason: "cancelled: ring bootstrapped".into() })
+        .collect();
+    actions.push(Action::NewKey { target: Target::Active, origin, forced });
+    Ok(Plan { actions, kind })
+}
+
+fn forced_limit(ring: &Ring, policy: &Policy, now: DateTime<Utc>) -> Result<(), Refusal> {
+    if let Some(last) = ring.last_forced_activation() {
+        let allowed = last + policy.forced_min_interval();
+        if now < allowed {
+            return Err(Refusal::RateLimited {
+                retry_after_ms: (allowed - now).num_milliseconds(),
+                forced: true,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn forced_plan(
+    ring: &Ring,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    active: &KeyRecord,
+    origin: KeyOrigin,
+    revoke_old: bool,
+    reason: &str,
+) -> Plan {
+    // Pending keys were generated alongside the key being replaced; in an emergency
+    // they are not trusted either.
+    let mut actions: Vec<Action> = ring
+        .in_state(KeyState::Pending)
+        .map(|k| Action::Revoke {
+            kid: k.kid.clone(),
+            reason: format!("cancelled by forced rotation: {reason}"),
+        })
+        .collect();
+    actions.push(Action::NewKey { target: Target::Active, origin, forced: true });
+    actions.push(if revoke_old {
+        Action::Revoke { kid: active.kid.clone(), reason: reason.to_owned() }
+    } else {
+        Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() }
+    });
+    Plan { actions, kind: PlanKind::Rotated }
+}
+
+fn normal_allowed_at(policy: &Policy, active: &KeyRecord) -> DateTime<Utc> {
+    active.activated_at.unwrap_or(active.created_at) + policy.min_interval()
+}
+
+fn plan_rotate(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecord) -> Result<Plan, Refusal> {
+    let allowed = normal_allowed_at(policy, active);
+    if now < allowed {
+        return Err(Refusal::RateLimited { retry_after_ms: (allowed - now).num_milliseconds(), forced: false });
+    }
+    if let Some(p) = ring.pending().first() {
+        if p.created_at + policy.publish_lead() <= now {
+            return Ok(Plan {
+                actions: vec![
+                    Action::Activate { kid: p.kid.clone() },
+                    Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() },
+                ],
+                kind: PlanKind::Rotated,
+            });
+        }
+        return Err(Refusal::AlreadyScheduled {
+            kid: p.kid.clone(),
+            activates_at: p.activate_at.unwrap_or(p.created_at + policy.publish_lead()),
+        });
+    }
+    Ok(Plan {
+        actions: vec![Action::NewKey {
+            target: Target::Pending { activate_at: now + policy.publish_lead() },
+            origin: KeyOrigin::Rotation,
+            forced: false,
+        }],
+        kind: PlanKind::Scheduled,
+    })
+}
+
+fn plan_tick(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecord) -> Result<Plan, Refusal> {
+    let mut actions = Vec::new();
+    let mut kind = PlanKind::Maintenance;
+    let active_since = active.activated_at.unwrap_or(active.created_at);
+    let pending = ring.pending();
+    if let Some(p) = pending.first() {
+        let due = p.activate_at.is_some_and(|t| t <= now)
+            && p.created_at + policy.publish_lead() <= now
+            && now >= normal_allowed_at(policy, active);
+        if due {
+            actions.push(Action::Activate { kid: p.kid.clone() });
+            actions.push(Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() });
+            kind = PlanKind::Rotated;
+        }
+    } else if now >= active_since + policy.rotation_interval() - policy.publish_lead() {
+        let activate_at = (active_since + policy.rotation_interval()).max(now + policy.publish_lead());
+        actions.push(Action::NewKey {
+            target: Target::Pending { activate_at },
+            origin: KeyOrigin::Scheduled,
+            forced: false,
+        });
+        kind = PlanKind::Scheduled;
+    }
+    for k in ring.in_state(KeyState::Retiring) {
+        if k.expires_at.is_some_and(|t| t <= now) {
+            actions.push(Action::Expire { kid: k.kid.clone() });
+        }
+    }
+    for k in ring.in_state(KeyState::Expired) {
+        let since = k.expired_at.unwrap_or(k.created_at);
+        if k.sealed.is_some() && since + policy.purge_after() <= now {
+            actions.push(Action::Purge { kid: k.kid.clone() });
+        }
+    }
+    if actions.is_empty() {
+        return Err(Refusal::NothingDue);
+    }
+    Ok(Plan { actions, kind })
+}
+
+/// A freshly generated or imported key, sealed, ready to enter the ring.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Its kid.
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: Algorithm,
+    /// RFC 7638 thumbprint.
+    pub fingerprint: String,
+    /// Public JWK (JSON text).
+    pub public_jwk: String,
+    /// The sealed private key.
+    pub sealed: SealedKey,
+}
+
+/// Why a plan could not be applied (a bug or a mismatched input, never a refusal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plan cannot be applied: {0}")]
+pub struct ApplyError(pub String);
+
+/// Applies a plan to a ring, giving the next ring state (generation + 1) and the kids
+/// whose records changed.
+pub fn apply(
+    ring: &Ring,
+    plan: &Plan,
+    new_key: Option<NewKey>,
+    now: DateTime<Utc>,
+) -> Result<(Ring, Vec<String>), ApplyError> {
+    let mut next = ring.clone();
+    next.generation += 1;
+    let mut changed = Vec::new();
+    let mut new_key = new_key;
+    fn find<'a>(r: &'a mut Ring, kid: &str) -> Result<&'a mut KeyRecord, ApplyError> {
+        r.keys.iter_mut().find(|k| k.kid == kid).ok_or_else(|| ApplyError(format!("no key {kid}")))
+    }
+    for action in &plan.actions {
+        match action {
+            Action::NewKey { target, origin, forced } => {
+                let nk = new_key.take().ok_or_else(|| ApplyError("new key missing".into()))?;
+                if next.key(&nk.kid).is_some() {
+                    return Err(ApplyError(format!("kid {} already in ring", nk.kid)));
+                }
+                let (state, activate_at, activated_at) = match target {
+                    Target::Pending { activate_at } => (KeyState::Pending, Some(*activate_at), None),
+                    Target::Active => (KeyState::Active, Some(now), Some(now)),
+                };
+                changed.push(nk.kid.clone());
+                next.keys.push(KeyRecord {
+                    kid: nk.kid,
+                    alg: nk.alg,
+                    state,
+                    origin: *origin,
+                    forced: *forced,
+                    fingerprint: nk.fingerprint,
+                    public_jwk: nk.public_jwk,
+                    sealed: Some(nk.sealed),
+                    created_at: now,
+                    activate_at,
+                    activated_at,
+                    retired_at: None,
+                    expires_at: None,
+                    expired_at: None,
+                    revoked_at: None,
+                    revoke_reason: None,
+                    purged_at: None,
+                });
+            }
+            Action::Activate { kid } => {
+                let k = find(&mut next, kid)?;
+                expect_state(k, &[KeyState::Pending])?;
+                k.state = KeyState::Active;
+                k.activated_at = Some(now);
+                changed.push(kid.clone());
+            }
+            Action::Retire { kid, expires_at } => {
+                let k = find(&mut next, kid)?;
+                expect_state(k, &[KeyState::Active])?;
+                k.state = KeyState::Retiring;
+                k.retired_at = Some(now);
+                k.expires_at = Some(*expires_at);
+                changed.push(kid.clone());
+            }
+            Action::Expire { kid } => {
+                let k = find(&mut next, kid)?;
+                expect_state(k, &[KeyState::Retiring])?;
+                k.state = KeyState::Expired;
+                k.expired_at = Some(now);
+                changed.push(kid.clone());
+            }
+            Action::Revoke { kid, reason } => {
+                let k = find(&mut next, kid)?;
+                expect_state(k, &[KeyState::Pending, KeyState::Active, KeyState::Retiring])?;
+                if k.state == KeyState::Active {
+                    k.retired_at = Some(now);
+                }
+                k.state = KeyState::Expired;
+                k.expired_at = Some(now);
+                k.revoked_at = Some(now);
+                k.revoke_reason = Some(reason.clone());
+                changed.push(kid.clone());
+            }
+            Action::Purge { kid } => {
+                let k = find(&mut next, kid)?;
+                expect_state(k, &[KeyState::Expired])?;
+                k.sealed = None;
+                k.purged_at = Some(now);
+                changed.push(kid.clone());
+            }
+        }
+    }
+    changed.dedup();
+    Ok((next, changed))
+}
+
+fn expect_state(k: &KeyRecord, allowed: &[KeyState]) -> Result<(), ApplyError> {
+    if allowed.contains(&k.state) {
+        Ok(())
+    } else {
+        Err(ApplyError(format!("key {} is {}", k.kid, k.state.as_str())))
+    }
+}

@@ -1,0 +1,268 @@
+//! Rotation policy: intervals, grace periods and the checks that refuse unsafe ones.
+
+use crate::alg::{Algorithm, RsaBits};
+use chrono::TimeDelta;
+use std::time::Duration;
+
+/// A policy that would break a lifecycle guarantee. The message names the settings and
+/// the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsafe rotation policy: {0}")]
+pub struct PolicyError(pub String);
+
+/// How a ring rotates. Build with [`Policy::builder`]; defaults follow the seeds: rotate
+/// every 7 days, at most one normal rotation per 6 days, forced at most once per hour,
+/// the old key kept one week.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    algorithm: Algorithm,
+    rsa_bits: RsaBits,
+    rotation_interval: TimeDelta,
+    min_interval: TimeDelta,
+    forced_min_interval: TimeDelta,
+    publish_lead: TimeDelta,
+    retire_grace: TimeDelta,
+    max_token_ttl: TimeDelta,
+    clock_skew: TimeDelta,
+    jwks_max_age: TimeDelta,
+    verifier_cache: TimeDelta,
+    purge_after: TimeDelta,
+    lock_ttl: TimeDelta,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::EdDsa,
+            rsa_bits: RsaBits::B2048,
+            rotation_interval: TimeDelta::days(7),
+            min_interval: TimeDelta::days(6),
+            forced_min_interval: TimeDelta::hours(1),
+            publish_lead: TimeDelta::days(1),
+            retire_grace: TimeDelta::days(7),
+            max_token_ttl: TimeDelta::hours(1),
+            clock_skew: TimeDelta::minutes(1),
+            jwks_max_age: TimeDelta::hours(1),
+            verifier_cache: TimeDelta::hours(1),
+            purge_after: TimeDelta::days(30),
+            lock_ttl: TimeDelta::seconds(30),
+        }
+    }
+}
+
+macro_rules! getters {
+    ($($(#[$m:meta])* $name:ident),* $(,)?) => {
+        $( $(#[$m])* pub fn $name(&self) -> TimeDelta { self.$name } )*
+    };
+}
+
+impl Policy {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder(Policy::default())
+    }
+
+    /// Algorithm of newly generated keys.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// RSA size of newly generated keys.
+    pub fn rsa_bits(&self) -> RsaBits {
+        self.rsa_bits
+    }
+
+    getters! {
+        /// How often the scheduler rotates.
+        rotation_interval,
+        /// Minimum time between normal rotations.
+        min_interval,
+        /// Minimum time between forced rotations.
+        forced_min_interval,
+        /// How long a normally rotated key is published before it signs.
+        publish_lead,
+        /// How long a retired key keeps verifying.
+        retire_grace,
+        /// Longest lifetime (`exp − iat`) of a token signed by the ring.
+        max_token_ttl,
+        /// Clock skew allowed between instances and verifiers.
+        clock_skew,
+        /// Cap on the JWKS `Cache-Control: max-age`.
+        jwks_max_age,
+        /// How long a verifier may keep serving a cached JWKS beyond `max-age`.
+        verifier_cache,
+        /// How long after expiry private material is destroyed.
+        purge_after,
+        /// Bound on how long a crashed holder can keep the rotation lock.
+        lock_ttl,
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let e = |s: String| Err(PolicyError(s));
+        let positive = [
+            ("rotation_interval", self.rotation_interval),
+            ("min_interval", self.min_interval),
+            ("forced_min_interval", self.forced_min_interval),
+            ("publish_lead", self.publish_lead),
+            ("retire_grace", self.retire_grace),
+            ("max_token_ttl", self.max_token_ttl),
+            ("lock_ttl", self.lock_ttl),
+        ];
+        for (name, d) in positive {
+            if d <= TimeDelta::zero() {
+                return e(format!("{name} must be positive"));
+            }
+        }
+        for (name, d) in [
+            ("clock_skew", self.clock_skew),
+            ("jwks_max_age", self.jwks_max_age),
+            ("verifier_cache", self.verifier_cache),
+            ("purge_after", self.purge_after),
+        ] {
+            if d < TimeDelta::zero() {
+                return e(format!("{name} must not be negative"));
+            }
+        }
+        if self.min_interval > self.rotation_interval {
+            return e(format!(
+                "min_interval ({}) exceeds rotation_interval ({}): scheduled rotations would be refused",
+                human(self.min_interval),
+                human(self.rotation_interval)
+            ));
+        }
+        let needed_lead = self.jwks_max_age + self.verifier_cache + self.clock_skew;
+        if self.publish_lead < needed_lead {
+            return e(format!(
+                "publish_lead ({}) must be at least jwks_max_age + verifier_cache + clock_skew ({}), \
+                 or verifiers with a cached JWKS will meet tokens from a key they have not seen",
+                human(self.publish_lead),
+                human(needed_lead)
+            ));
+        }
+        if self.publish_lead >= self.rotation_interval {
+            return e(format!(
+                "publish_lead ({}) must be shorter than rotation_interval ({})",
+                human(self.publish_lead),
+                human(self.rotation_interval)
+            ));
+        }
+        let needed_grace = self.max_token_ttl + self.clock_skew + self.jwks_max_age;
+        if self.retire_grace < needed_grace {
+            return e(format!(
+                "retire_grace ({}) must be at least max_token_ttl + clock_skew + jwks_max_age ({}), \
+                 or tokens signed just before a rotation would stop verifying before they expire",
+                human(self.retire_grace),
+                human(needed_grace)
+            ));
+        }
+        if self.forced_min_interval > self.min_interval {
+            return e(format!(
+                "forced_min_interval ({}) exceeds min_interval ({}): the emergency path would be slower than the normal one",
+                human(self.forced_min_interval),
+                human(self.min_interval)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn human(d: TimeDelta) -> String {
+    let s = d.num_seconds();
+    if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Builds a validated [`Policy`].
+#[derive(Debug, Clone)]
+pub struct PolicyBuilder(Policy);
+
+fn td(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+macro_rules! setters {
+    ($($(#[$m:meta])* $fn_name:ident => $field:ident),* $(,)?) => {
+        $( $(#[$m])* pub fn $fn_name(mut self, d: Duration) -> Self { self.0.$field = td(d); self } )*
+    };
+}
+
+impl PolicyBuilder {
+    /// Algorithm for new keys.
+    pub fn with_algorithm(mut self, alg: Algorithm) -> Self {
+        self.0.algorithm = alg;
+        self
+    }
+
+    /// RSA size for new keys.
+    pub fn with_rsa_bits(mut self, bits: RsaBits) -> Self {
+        self.0.rsa_bits = bits;
+        self
+    }
+
+    setters! {
+        /// See [`Policy::rotation_interval`].
+        with_rotation_interval => rotation_interval,
+        /// See [`Policy::min_interval`].
+        with_min_interval => min_interval,
+        /// See [`Policy::forced_min_interval`].
+        with_forced_min_interval => forced_min_interval,
+        /// See [`Policy::publish_lead`].
+        with_publish_lead => publish_lead,
+        /// See [`Policy::retire_grace`].
+        with_retire_grace => retire_grace,
+        /// See [`Policy::max_token_ttl`].
+        with_max_token_ttl => max_token_ttl,
+        /// See [`Policy::clock_skew`].
+        with_clock_skew => clock_skew,
+        /// See [`Policy::jwks_max_age`].
+        with_jwks_max_age => jwks_max_age,
+        /// See [`Policy::verifier_cache`].
+        with_verifier_cache => verifier_cache,
+        /// See [`Policy::purge_after`].
+        with_purge_after => purge_after,
+        /// See [`Policy::lock_ttl`].
+        with_lock_ttl => lock_ttl,
+    }
+
+    /// Validates and returns the policy.
+    pub fn build(self) -> Result<Policy, PolicyError> {
+        self.0.validate()?;
+        Ok(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3600;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Policy::builder().build().is_ok());
+    }
+
+    #[test]
+    fn unsafe_combinations_are_refused_with_the_rule() {
+        let err = |b: PolicyBuilder| b.build().err().map(|e| e.to_string()).unwrap_or_default();
+        let e = err(Policy::builder().with_publish_lead(Duration::from_secs(H)));
+        assert!(e.contains("publish_lead (1h) must be at least jwks_max_age + verifier_cache + clock_skew (7260s)"), "{e}");
+        let e = err(Policy::builder().with_retire_grace(Duration::from_secs(H)));
+        assert!(e.contains("retire_grace (1h)"), "{e}");
+        let e = err(Policy::builder().with_min_interval(Duration::from_secs(8 * 24 * H)));
+        assert!(e.contains("min_interval (8d) exceeds rotation_interval (7d)"), "{e}");
+        let e = err(Policy::builder().with_lock_ttl(Duration::ZERO));
+        assert!(e.contains("lock_ttl must be positive"), "{e}");
+        let e = err(Policy::builder().with_publish_lead(Duration::from_secs(7 * 24 * H)));
+        assert!(e.contains("shorter than rotation_interval"), "{e}");
+        let e = err(Policy::builder().with_forced_min_interval(Duration::from_secs(7 * 24 * H)));
+        assert!(e.contains("forced_min_interval"), "{e}");
+    }
+}

@@ -1,0 +1,729 @@
+//! The rotator: the effectful shell around the planner.
+//!
+//! Every attempt runs these phases, each a `tracing` span with a `phase` field:
+//! idempotency check → lock → load → plan → generate (outside any transaction; RSA on a
+//! blocking thread) → seal → commit (compare-and-swap on generation, with the audit and
+//! idempotency records) → notify → release. Losing the compare-and-swap is not an error:
+//! the report says another instance already did it.
+
+use crate::b64;
+use crate::clock::{Clock, SystemClock, to_millis};
+use crate::key::{ImportedKey, KeyError, PrivateKey};
+use crate::keyring::KeyRing;
+use crate::planner::{self, ApplyError, ImportState, NewKey, Plan, PlanKind, Refusal, Trigger, TriggerKind};
+use crate::policy::Policy;
+use crate::ring::{Ring, RingName};
+use crate::seal::{SealContext, SealError, Sealer};
+use crate::storage::{
+    AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Outcome, Storage, StorageError,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use std::sync::Arc;
+use tracing::Instrument as _;
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Why an attempt failed (as opposed to being refused). Carries no key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    /// Storage failed; nothing was changed. Rotation fails closed.
+    #[error("rotation failed closed: {0}")]
+    Storage(#[from] StorageError),
+    /// Sealing or unsealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Key generation or import failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Internal inconsistency between plan and ring.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The idempotency key was used before for a different request.
+    #[error("idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The idempotency key is empty, too long, or not printable ASCII.
+    #[error("idempotency key must be 1-128 printable ASCII characters")]
+    InvalidIdempotencyKey,
+}
+
+/// The answer to an attempt: what happened, to which keys, at which generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationReport {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The ring.
+    pub ring: String,
+    /// The generation after the attempt.
+    pub generation: u64,
+    /// Whether the forced path was used.
+    pub forced: bool,
+    /// The Active key before.
+    pub old_kid: Option<String>,
+    /// Its fingerprint.
+    pub old_fingerprint: Option<String>,
+    /// The new key (Active, or Pending when scheduled).
+    pub new_kid: Option<String>,
+    /// Its fingerprint.
+    pub new_fingerprint: Option<String>,
+    /// When a scheduled key activates.
+    pub activates_at: Option<DateTime<Utc>>,
+    /// For rate limits: how long until allowed (milliseconds).
+    pub retry_after_ms: Option<i64>,
+    /// The refusal, if refused.
+    pub refusal: Option<Refusal>,
+    /// Human-readable detail (never secrets).
+    pub detail: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Whether this answer was replayed from an earlier request with the same
+    /// idempotency key.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl RotationReport {
+    /// `Retry-After` in whole seconds, rounded up, at least 1 (rate limits only).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_ms.map(|ms| (ms.max(1) as u64).div_ceil(1000).max(1))
+    }
+}
+
+/// Who asked and how to correlate the request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// The actor (OAuth client id, `cli:user`, …).
+    pub actor: String,
+    /// An `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// A request id for correlation.
+    pub request_id: Option<String>,
+}
+
+impl RequestContext {
+    /// A context for `actor`.
+    pub fn actor(actor: impl Into<String>) -> Self {
+        Self { actor: actor.into(), ..Self::default() }
+    }
+
+    /// With an idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// With a request id.
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+}
+
+struct Inner {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    lock: Arc<dyn Lock>,
+    sealer: Arc<dyn Sealer>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    instance: String,
+    keyring: Option<KeyRing>,
+}
+
+/// Performs rotations on one ring. Cheap to clone.
+#[derive(Clone)]
+pub struct Rotator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Rotator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotator").field("ring", &self.inner.ring).field("instance", &self.inner.instance).finish()
+    }
+}
+
+/// Builds a [`Rotator`].
+#[derive(Debug)]
+pub struct RotatorBuilder {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    lock: Arc<dyn Lock>,
+    sealer: Arc<dyn Sealer>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    instance: Option<String>,
+    keyring: Option<KeyRing>,
+}
+
+impl RotatorBuilder {
+    /// Clock (default: system).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Policy (default: [`Policy::default`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A name for this instance in audit records and lock holders (default: random).
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// A local key ring to update at once after each commit.
+    pub fn with_keyring(mut self, keyring: KeyRing) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The rotator.
+    pub fn build(self) -> Rotator {
+        Rotator {
+            inner: Arc::new(Inner {
+                ring: self.ring,
+                storage: self.storage,
+                lock: self.lock,
+                sealer: self.sealer,
+                clock: self.clock,
+                policy: self.policy,
+                instance: self.instance.unwrap_or_else(|| format!("instance-{}", random_hex(4))),
+                keyring: self.keyring,
+            }),
+        }
+    }
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    // A failing RNG only makes ids less unique; ids are not secrets.
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct Attempt {
+    trigger: Trigger,
+    ctx: RequestContext,
+    material: Option<PrivateKey>,
+    revoke_old: bool,
+}
+
+impl Rotator {
+    /// Starts building a rotator for `ring`.
+    pub fn builder(
+        ring: RingName,
+        storage: Arc<dyn Storage>,
+        lock: Arc<dyn Lock>,
+        sealer: Arc<dyn Sealer>,
+    ) -> RotatorBuilder {
+        RotatorBuilder {
+            ring,
+            storage,
+            lock,
+            sealer,
+            clock: Arc::new(SystemClock),
+            policy: Policy::default(),
+            instance: None,
+            keyring: None,
+        }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &RingName {
+        &self.inner.ring
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// Creates the first Active key if the ring has none.
+    pub async fn init(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
+        self.run(Attempt { trigger: Trigger::Init, ctx, material: None, revoke_old: false }).await
+    }
+
+    /// One scheduler tick: performs whatever transitions are due. Ticks that find
+    /// nothing due or the lock busy are traced but not written to the ledger.
+    pub async fn tick(&self) -> Result<RotationReport, RotateError> {
+        let ctx = RequestContext::actor(format!("scheduler:{}", self.inner.instance));
+        self.run(Attempt { trigger: Trigger::Tick, ctx, material: None, revoke_old: false }).await
+    }
+
+    /// A normal rotation: promotes a Pending key published for `publish_lead`, or
+    /// schedules a new one. Rate limited by `min_interval`.
+    pub async fn rotate(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
+        self.run(Attempt { trigger: Trigger::Rotate, ctx, material: None, revoke_old: false }).await
+    }
+
+    /// The emergency path: a new key active at once. `reason` is required.
+    pub async fn force_rotate(
+        &self,
+        ctx: RequestContext,
+        reason: impl Into<String>,
+        revoke_old: bool,
+    ) -> Result<RotationReport, RotateError> {
+        let trigger = Trigger::ForceRotate { reason: reason.into(), revoke_old };
+        self.run(Attempt { trigger, ctx, material: None, revoke_old }).await
+    }
+
+    /// Revokes a Pending or Retiring key.
+    pub async fn revoke(
+        &self,
+        ctx: RequestContext,
+        kid: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Result<RotationReport, RotateError> {
+        let trigger = Trigger::Revoke { kid: kid.into(), reason: reason.into() };
+        self.run(Attempt { trigger, ctx, material: None, revoke_old: false }).await
+    }
+
+    /// Imports a key the user brings, as Pending or Active.
+    pub async fn import(
+        &self,
+        ctx: RequestContext,
+        key: ImportedKey,
+        state: ImportState,
+    ) -> Result<RotationReport, RotateError> {
+        let kid = key.effective_kid();
+        let fingerprint = key.key.public_key().thumbprint();
+        let trigger = Trigger::Import { kid, fingerprint, state };
+        self.run(Attempt { trigger, ctx, material: Some(key.key), revoke_old: false }).await
+    }
+
+    /// Re-seals every key whose material is sealed under another master key with the
+    /// sealer's primary key. Audited.
+    pub async fn rewrap(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
+        let now = to_millis(self.inner.clock.now());
+        let span = tracing::info_span!("keyrot.rewrap", ring = %self.inner.ring, phase = tracing::field::Empty);
+        async {
+            let Some(guard) = self.acquire().await? else {
+                let report = self.report(Outcome::LockBusy, now, None);
+                self.audit_only(TriggerKind::Rewrap, &ctx, &report, None, None).await?;
+                return Ok(report);
+            };
+            let result = self.rewrap_locked(&ctx, now).await;
+            self.release(guard).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn rewrap_locked(&self, ctx: &RequestContext, now: DateTime<Utc>) -> Result<RotationReport, RotateError> {
+        let ring = self.load().await?;
+        let primary = self.inner.sealer.primary_key_id().to_owned();
+        let mut changed = Vec::new();
+        for k in &ring.keys {
+            let Some(sealed) = &k.sealed else { continue };
+            if sealed.master_key_id == primary {
+                continue;
+            }
+            let sctx = SealContext { ring: ring.name.as_str(), kid: &k.kid, alg: k.alg };
+            let plain = self.inner.sealer.open(sealed, &sctx)?;
+            let mut rec = k.clone();
+            rec.sealed = Some(self.inner.sealer.seal(&plain, &sctx)?);
+            changed.push(rec);
+        }
+        if changed.is_empty() {
+            let mut report = self.report(Outcome::NothingDue, now, Some(&ring));
+            report.detail = Some(format!("every key is already sealed under {primary:?}"));
+            self.audit_only(TriggerKind::Rewrap, ctx, &report, None, None).await?;
+            return Ok(report);
+        }
+        let mut report = self.report(Outcome::Rewrapped, now, Some(&ring));
+        report.generation = ring.generation + 1;
+        report.detail = Some(format!("{} key(s) re-sealed under {primary:?}", changed.len()));
+        let audit = self.audit_record(TriggerKind::Rewrap, ctx, &report, None);
+        let commit = Commit {
+            ring: ring.name.clone(),
+            expected_generation: ring.generation,
+            keys: changed,
+            audit,
+            idempotency: None,
+        };
+        match self.inner.storage.commit(&commit).await? {
+            CommitOutcome::Committed => Ok(report),
+            CommitOutcome::Conflict { current } => {
+                let mut r = self.report(Outcome::LostRace, now, Some(&ring));
+                r.generation = current;
+                self.audit_only(TriggerKind::Rewrap, ctx, &r, None, None).await?;
+                Ok(r)
+            }
+        }
+    }
+
+    async fn acquire(&self) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
+        let ttl = self.inner.policy.lock_ttl().to_std().unwrap_or(std::time::Duration::from_secs(30));
+        let span = tracing::info_span!("keyrot.phase", phase = "lock");
+        let r = self.inner.lock.try_acquire(&self.inner.ring, &self.inner.instance, ttl).instrument(span).await;
+        match &r {
+            Ok(Some(_)) => tracing::debug!(ring = %self.inner.ring, holder = %self.inner.instance, "rotation lock acquired"),
+            Ok(None) => tracing::debug!(ring = %self.inner.ring, "rotation lock busy"),
+            Err(e) => tracing::warn!(ring = %self.inner.ring, error = %e, "rotation lock failed"),
+        }
+        r
+    }
+
+    async fn release(&self, guard: Box<dyn LockGuard>) {
+        let span = tracing::info_span!("keyrot.phase", phase = "release");
+        if let Err(e) = guard.release().instrument(span).await {
+            tracing::warn!(ring = %self.inner.ring, error = %e, "rotation lock release failed; it expires by itself");
+        } else {
+            tracing::debug!(ring = %self.inner.ring, "rotation lock released");
+        }
+    }
+
+    async fn load(&self) -> Result<Ring, StorageError> {
+        let span = tracing::info_span!("keyrot.phase", phase = "load");
+        self.inner.storage.load(&self.inner.ring).instrument(span).await
+    }
+
+    fn request_hash(trigger: &Trigger, ctx: &RequestContext) -> String {
+        let mut h = sha2::Sha256::new();
+        let desc = match trigger {
+            Trigger::ForceRotate { reason, revoke_old } => format!("force|{reason}|{revoke_old}"),
+            Trigger::Revoke { kid, reason } => format!("revoke|{kid}|{reason}"),
+            Trigger::Import { kid, state, .. } => format!("import|{kid}|{state:?}"),
+            other => other.kind().as_str().to_owned(),
+        };
+        h.update(desc.as_bytes());
+        h.update([0]);
+        h.update(ctx.actor.as_bytes());
+        b64::encode(&h.finalize())
+    }
+
+    async fn run(&self, attempt: Attempt) -> Result<RotationReport, RotateError> {
+        let kind = attempt.trigger.kind();
+        let span = tracing::info_span!(
+            "keyrot.attempt",
+            ring = %self.inner.ring,
+            trigger = kind.as_str(),
+            actor = %attempt.ctx.actor,
+            outcome = tracing::field::Empty,
+        );
+        let result = self.run_inner(attempt).instrument(span.clone()).await;
+        match &result {
+            Ok(r) => {
+                span.record("outcome", r.outcome.as_str());
+                tracing::info!(
+                    parent: &span,
+                    outcome = r.outcome.as_str(),
+                    generation = r.generation,
+                    old_kid = r.old_kid.as_deref(),
+                    new_kid = r.new_kid.as_deref(),
+                    forced = r.forced,
+                    "key rotation attempt"
+                );
+            }
+            Err(e) => {
+                span.record("outcome", "failed");
+                tracing::error!(parent: &span, error = %e, "key rotation attempt failed");
+            }
+        }
+        result
+    }
+
+    async fn run_inner(&self, mut attempt: Attempt) -> Result<RotationReport, RotateError> {
+        let kind = attempt.trigger.kind();
+        let now = to_millis(self.inner.clock.now());
+        let idem = match &attempt.ctx.idempotency_key {
+            Some(k) => {
+                if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(RotateError::InvalidIdempotencyKey);
+                }
+                Some((k.clone(), Self::request_hash(&attempt.trigger, &attempt.ctx)))
+            }
+            None => None,
+        };
+        if let Some((key, hash)) = &idem {
+            let span = tracing::info_span!("keyrot.phase", phase = "idempotency");
+            let stored = self.inner.storage.idempotency(&self.inner.ring, key).instrument(span).await?;
+            if let Some(rec) = stored {
+                if &rec.request_hash != hash {
+                    let mut r = self.report(Outcome::Refused, now, None);
+                    r.detail = Some("idempotency key reused for a different request".into());
+                    self.audit_only(kind, &attempt.ctx, &r, None, None).await?;
+                    return Err(RotateError::IdempotencyKeyReused);
+                }
+                let mut first: RotationReport = serde_json::from_str(&rec.response)
+                    .map_err(|_| StorageError::Corrupt("stored idempotent response".into()))?;
+                first.replayed = true;
+                let mut audit_view = first.clone();
+                audit_view.outcome = Outcome::Replayed;
+                audit_view.at = now;
+                audit_view.detail = Some(format!("replay of the answer given at {}", first.at.to_rfc3339()));
+                self.audit_only(kind, &attempt.ctx, &audit_view, None, None).await?;
+                return Ok(first);
+            }
+        }
+
+        let Some(guard) = self.acquire().await? else {
+            let report = self.report(Outcome::LockBusy, now, None);
+            if kind != TriggerKind::Tick {
+                self.audit_only(kind, &attempt.ctx, &report, None, None).await?;
+            }
+            return Ok(report);
+        };
+        let result = self.locked(&mut attempt, now, idem.as_ref()).await;
+        self.release(guard).await;
+        if let Err(e) = &result {
+            let mut r = self.report(Outcome::Failed, now, None);
+            r.detail = Some(e.to_string());
+            // Best effort: the ledger may be the thing that is down.
+            if let Err(audit_err) = self.audit_only(kind, &attempt.ctx, &r, None, None).await {
+                tracing::warn!(error = %audit_err, "could not audit the failed attempt");
+            }
+        }
+        result
+    }
+
+    async fn locked(
+        &self,
+        attempt: &mut Attempt,
+        now: DateTime<Utc>,
+        idem: Option<&(String, String)>,
+    ) -> Result<RotationReport, RotateError> {
+        let kind = attempt.trigger.kind();
+        let ring = self.load().await?;
+        let planned = {
+            let _s = tracing::info_span!("keyrot.phase", phase = "plan").entered();
+            planner::plan(&ring, &self.inner.policy, now, &attempt.trigger)
+        };
+        let plan = match planned {
+            Ok(p) => p,
+            Err(refusal) => {
+                let outcome = match &refusal {
+                    Refusal::NothingDue => Outcome::NothingDue,
+                    Refusal::RateLimited { .. } => Outcome::RateLimited,
+                    Refusal::AlreadyScheduled { .. } => Outcome::AlreadyScheduled,
+                    _ => Outcome::Refused,
+                };
+                let mut report = self.report(outcome, now, Some(&ring));
+                report.retry_after_ms = refusal.retry_after().map(|d| d.num_milliseconds());
+                if let Refusal::AlreadyScheduled { kid, activates_at } = &refusal {
+                    report.new_kid = Some(kid.clone());
+                    report.new_fingerprint = ring.key(kid).map(|k| k.fingerprint.clone());
+                    report.activates_at = Some(*activates_at);
+                }
+                report.forced = matches!(attempt.trigger, Trigger::ForceRotate { .. });
+                report.detail = Some(refusal.to_string());
+                report.refusal = Some(refusal);
+                let skip_ledger = kind == TriggerKind::Tick && outcome == Outcome::NothingDue;
+                if !skip_ledger {
+                    self.audit_only(kind, &attempt.ctx, &report, Some(&attempt.trigger), idem).await?;
+                }
+                return Ok(report);
+            }
+        };
+
+        let new_key = match plan.new_key() {
+            Some(_) => {
+                let import_kid = match &attempt.trigger {
+                    Trigger::Import { kid, .. } => Some(kid.as_str()),
+                    _ => None,
+                };
+                Some(self.new_key(&ring, attempt.material.take(), import_kid).await?)
+            }
+            None => None,
+        };
+        let new_kid = new_key.as_ref().map(|k| k.kid.clone());
+        let (next, changed) = planner::apply(&ring, &plan, new_key, now)?;
+        let mut report = self.report(outcome_of(&plan), now, Some(&ring));
+        report.generation = next.generation;
+        report.forced = plan.new_key().is_some_and(|(_, _, forced)| forced);
+        if let Some(kid) = new_kid.as_deref().or_else(|| activated_kid(&plan)) {
+            let k = next.key(kid);
+            report.new_kid = Some(kid.to_owned());
+            report.new_fingerprint = k.map(|k| k.fingerprint.clone());
+            report.activates_at = k.and_then(|k| k.activate_at);
+        }
+        report.detail = match &attempt.trigger {
+            Trigger::Revoke { kid, reason } => Some(format!("revoked {kid}: {reason}")),
+            Trigger::ForceRotate { reason, .. } if attempt.revoke_old => {
+                Some(format!("forced; old key revoked: {reason}"))
+            }
+            Trigger::ForceRotate { reason, .. } => Some(format!("forced: {reason}")),
+            _ => None,
+        };
+        let audit = self.audit_record(kind, &attempt.ctx, &report, Some(&attempt.trigger));
+        let idempotency = idem.map(|(key, hash)| self.idempotency_record(key, hash, &report, now));
+        let commit = Commit {
+            ring: ring.name.clone(),
+            expected_generation: ring.generation,
+            keys: next.keys.iter().filter(|k| changed.contains(&k.kid)).cloned().collect(),
+            audit,
+            idempotency,
+        };
+        let committed = {
+            let span = tracing::info_span!("keyrot.phase", phase = "commit");
+            self.inner.storage.commit(&commit).instrument(span).await?
+        };
+        match committed {
+            CommitOutcome::Committed => {
+                if let Some(kr) = &self.inner.keyring {
+                    let span = tracing::info_span!("keyrot.phase", phase = "notify");
+                    if let Err(e) = kr.install(&next).instrument(span).await {
+                        tracing::warn!(error = %e, "local key ring not updated; it refreshes from storage");
+                    }
+                }
+                Ok(report)
+            }
+            CommitOutcome::Conflict { current } => {
+                let mut r = self.report(Outcome::LostRace, now, Some(&ring));
+                r.generation = current;
+                r.detail = Some(format!(
+                    "another instance changed the ring first (generation {} → {current}); its change stands",
+                    ring.generation
+                ));
+                self.audit_only(kind, &attempt.ctx, &r, Some(&attempt.trigger), None).await?;
+                Ok(r)
+            }
+        }
+    }
+
+    async fn new_key(
+        &self,
+        ring: &Ring,
+        material: Option<PrivateKey>,
+        import_kid: Option<&str>,
+    ) -> Result<NewKey, RotateError> {
+        let key = match material {
+            Some(k) => k,
+            None => {
+                let span = tracing::info_span!("keyrot.phase", phase = "generate");
+                PrivateKey::generate_async(self.inner.policy.algorithm(), self.inner.policy.rsa_bits())
+                    .instrument(span)
+                    .await?
+            }
+        };
+        let public = key.public_key();
+        let fingerprint = public.thumbprint();
+        // An imported key keeps the kid it arrived with (the planner checked it is new).
+        let kid = import_kid.map_or_else(|| fingerprint.clone(), str::to_owned);
+        let _s = tracing::info_span!("keyrot.phase", phase = "seal").entered();
+        let plain = key.to_secret_bytes()?;
+        let sealed = self
+            .inner
+            .sealer
+            .seal(&plain, &SealContext { ring: ring.name.as_str(), kid: &kid, alg: key.algorithm() })?;
+        Ok(NewKey {
+            public_jwk: public.to_jwk(&kid).to_string(),
+            kid,
+            alg: key.algorithm(),
+            fingerprint,
+            sealed,
+        })
+    }
+
+    fn report(&self, outcome: Outcome, now: DateTime<Utc>, before: Option<&Ring>) -> RotationReport {
+        let old = before.and_then(Ring::active);
+        RotationReport {
+            outcome,
+            ring: self.inner.ring.to_string(),
+            generation: before.map_or(0, |r| r.generation),
+            forced: false,
+            old_kid: old.map(|k| k.kid.clone()),
+            old_fingerprint: old.map(|k| k.fingerprint.clone()),
+            new_kid: None,
+            new_fingerprint: None,
+            activates_at: None,
+            retry_after_ms: None,
+            refusal: None,
+            detail: None,
+            at: now,
+            replayed: false,
+        }
+    }
+
+    fn audit_record(
+        &self,
+        kind: TriggerKind,
+        ctx: &RequestContext,
+        report: &RotationReport,
+        trigger: Option<&Trigger>,
+    ) -> AuditRecord {
+        let reason = match trigger {
+            Some(Trigger::ForceRotate { reason, .. } | Trigger::Revoke { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        };
+        AuditRecord {
+            id: random_hex(16),
+            at: report.at,
+            ring: self.inner.ring.to_string(),
+            actor: ctx.actor.clone(),
+            trigger: kind,
+            outcome: report.outcome,
+            forced: report.forced || matches!(trigger, Some(Trigger::ForceRotate { .. })),
+            reason,
+            old_kid: report.old_kid.clone(),
+            old_fingerprint: report.old_fingerprint.clone(),
+            new_kid: report.new_kid.clone(),
+            new_fingerprint: report.new_fingerprint.clone(),
+            generation: report.generation,
+            idempotency_key: ctx.idempotency_key.clone(),
+            request_id: ctx.request_id.clone(),
+            detail: report.detail.clone(),
+            instance: self.inner.instance.clone(),
+        }
+    }
+
+    fn idempotency_record(&self, key: &str, hash: &str, report: &RotationReport, now: DateTime<Utc>) -> IdempotencyRecord {
+        IdempotencyRecord {
+            ring: self.inner.ring.to_string(),
+            key: key.to_owned(),
+            request_hash: hash.to_owned(),
+            response: serde_json::to_string(report).unwrap_or_default(),
+            created_at: now,
+        }
+    }
+
+    async fn audit_only(
+        &self,
+        kind: TriggerKind,
+        ctx: &RequestContext,
+        report: &RotationReport,
+        trigger: Option<&Trigger>,
+        idem: Option<&(String, String)>,
+    ) -> Result<(), StorageError> {
+        let audit = self.audit_record(kind, ctx, report, trigger);
+        // Transient answers are not stored for replay: a retry should try again.
+        let store_idem = !matches!(report.outcome, Outcome::LockBusy | Outcome::LostRace | Outcome::Failed);
+        let rec = idem.filter(|_| store_idem).map(|(k, h)| self.idempotency_record(k, h, report, report.at));
+        self.inner.storage.record_attempt(&audit, rec.as_ref()).await
+    }
+}
+
+fn activated_kid(plan: &Plan) -> Option<&str> {
+    plan.actions.iter().find_map(|a| match a {
+        planner::Action::Activate { kid } => Some(kid.as_str()),
+        _ => None,
+    })
+}
+
+fn outcome_of(plan: &Plan) -> Outcome {
+    match plan.kind {
+        PlanKind::Bootstrap => Outcome::Bootstrapped,
+        PlanKind::Rotated => Outcome::Rotated,
+        PlanKind::Scheduled => Outcome::Scheduled,
+        PlanKind::Revoked => Outcome::Revoked,
+        PlanKind::Imported => Outcome::Imported,
+        PlanKind::Maintenance => Outcome::Maintained,
+    }
+}

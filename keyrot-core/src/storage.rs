@@ -1,0 +1,374 @@
+//! The storage, lock and change-feed traits every backend implements, and the records
+//! they keep (audit ledger, idempotency).
+//!
+//! # Implementing your own store
+//!
+//! A store keeps rings (name + generation), key records, an append-only audit ledger and
+//! idempotency records. `commit` must be atomic and must compare-and-swap on the ring's
+//! generation. Run the conformance kit (feature `test-util`) to prove it:
+//!
+//! ```ignore
+//! keyrot_core::storage_conformance_tests!(async { MyStore::connect_fresh().await });
+//! ```
+
+use crate::planner::TriggerKind;
+use crate::ring::{KeyRecord, Ring, RingName};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::error::Error as StdError;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// A storage backend failed. The source error is kept.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend could not be reached or the operation failed; retrying may help.
+    #[error("storage unavailable: {message}")]
+    Unavailable {
+        /// What was being done.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<Arc<dyn StdError + Send + Sync>>,
+    },
+    /// Stored data could not be decoded (a corrupt row, or a newer schema).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    /// Wraps a backend error.
+    pub fn unavailable(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Unavailable { message: message.into(), source: Some(Arc::new(source)) }
+    }
+}
+
+/// The outcome of one attempt, as audited and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The first key of the ring was created.
+    Bootstrapped,
+    /// A new key became Active.
+    Rotated,
+    /// A Pending key was published; it activates later.
+    Scheduled,
+    /// A rotation was already scheduled; nothing changed.
+    AlreadyScheduled,
+    /// A key was revoked.
+    Revoked,
+    /// A key was imported.
+    Imported,
+    /// Expiries or purges were performed.
+    Maintained,
+    /// Every key was re-sealed under the primary master key.
+    Rewrapped,
+    /// Nothing was due.
+    NothingDue,
+    /// Too soon: rate limited.
+    RateLimited,
+    /// Refused (missing reason, unknown kid, …).
+    Refused,
+    /// Another instance holds the rotation lock right now.
+    LockBusy,
+    /// Another instance committed first; its change stands.
+    LostRace,
+    /// An error (storage, sealing, key generation).
+    Failed,
+    /// A retry answered from the idempotency record; nothing changed.
+    Replayed,
+}
+
+impl Outcome {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Bootstrapped => "bootstrapped",
+            Outcome::Rotated => "rotated",
+            Outcome::Scheduled => "scheduled",
+            Outcome::AlreadyScheduled => "already_scheduled",
+            Outcome::Revoked => "revoked",
+            Outcome::Imported => "imported",
+            Outcome::Maintained => "maintained",
+            Outcome::Rewrapped => "rewrapped",
+            Outcome::NothingDue => "nothing_due",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Refused => "refused",
+            Outcome::LockBusy => "lock_busy",
+            Outcome::LostRace => "lost_race",
+            Outcome::Failed => "failed",
+            Outcome::Replayed => "replayed",
+        }
+    }
+
+    /// Parses [`Outcome::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Outcome::Bootstrapped,
+            Outcome::Rotated,
+            Outcome::Scheduled,
+            Outcome::AlreadyScheduled,
+            Outcome::Revoked,
+            Outcome::Imported,
+            Outcome::Maintained,
+            Outcome::Rewrapped,
+            Outcome::NothingDue,
+            Outcome::RateLimited,
+            Outcome::Refused,
+            Outcome::LockBusy,
+            Outcome::LostRace,
+            Outcome::Failed,
+            Outcome::Replayed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+
+    /// Whether the ring changed.
+    pub fn changed_ring(self) -> bool {
+        matches!(
+            self,
+            Outcome::Bootstrapped
+                | Outcome::Rotated
+                | Outcome::Scheduled
+                | Outcome::Revoked
+                | Outcome::Imported
+                | Outcome::Maintained
+                | Outcome::Rewrapped
+        )
+    }
+}
+
+/// One entry of the append-only audit ledger. Never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Unique id of the record.
+    pub id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Which ring.
+    pub ring: String,
+    /// Who (OAuth client id, `scheduler:<instance>`, `cli:<user>`).
+    pub actor: String,
+    /// What was attempted.
+    pub trigger: TriggerKind,
+    /// What came of it.
+    pub outcome: Outcome,
+    /// Whether the forced path was used.
+    pub forced: bool,
+    /// The reason given (forced rotation, revocation).
+    pub reason: Option<String>,
+    /// The Active key before.
+    pub old_kid: Option<String>,
+    /// Its fingerprint.
+    pub old_fingerprint: Option<String>,
+    /// The new key (Active or Pending).
+    pub new_kid: Option<String>,
+    /// Its fingerprint.
+    pub new_fingerprint: Option<String>,
+    /// The ring generation after the attempt (unchanged if nothing was committed).
+    pub generation: u64,
+    /// The `Idempotency-Key` of the request.
+    pub idempotency_key: Option<String>,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// Human-readable detail (refusal or error text; never secrets).
+    pub detail: Option<String>,
+    /// The instance that handled the attempt.
+    pub instance: String,
+}
+
+/// The stored answer to a request with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// Ring.
+    pub ring: String,
+    /// The key.
+    pub key: String,
+    /// Hash of what was asked (trigger, reason, actor): a key reused for a different
+    /// request is refused.
+    pub request_hash: String,
+    /// The answer (a serialized report).
+    pub response: String,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A change to commit atomically with compare-and-swap on the ring's generation.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The ring.
+    pub ring: RingName,
+    /// The generation the change was planned on; the commit fails if the ring moved.
+    pub expected_generation: u64,
+    /// Key records to insert or replace (by kid). Records are never deleted.
+    pub keys: Vec<KeyRecord>,
+    /// The audit record (its `generation` is `expected_generation + 1`).
+    pub audit: AuditRecord,
+    /// The idempotency record, if the request had a key.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// Result of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Written; the ring is now at `expected_generation + 1`.
+    Committed,
+    /// The ring was at another generation; nothing was written.
+    Conflict {
+        /// The generation found.
+        current: u64,
+    },
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditQuery {
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        Self { limit: 100 }
+    }
+}
+
+/// Where rings live.
+#[async_trait]
+pub trait Storage: Debug + Send + Sync + 'static {
+    /// Loads a ring; an unknown ring is empty at generation 0.
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError>;
+
+    /// The ring's current generation (0 if unknown), cheaply.
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError>;
+
+    /// Commits key changes, the audit record and the idempotency record in one
+    /// transaction, if and only if the ring is still at `expected_generation`.
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError>;
+
+    /// Records an attempt that changed nothing (refusal, rate limit, lock busy, lost
+    /// race, failure), with its idempotency record if it has one.
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError>;
+
+    /// Reads the audit ledger, newest first.
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError>;
+
+    /// Reads the stored answer for an idempotency key.
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError>;
+}
+
+/// A held rotation lock. Release it explicitly; a guard dropped without release (or a
+/// crashed holder) must not keep the lock longer than the bound the lock promises.
+#[async_trait]
+pub trait LockGuard: Send + Debug {
+    /// Releases the lock.
+    async fn release(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// The per-ring rotation lock.
+#[async_trait]
+pub trait Lock: Debug + Send + Sync + 'static {
+    /// Tries to take the lock without waiting; `None` if another holder has it. `ttl`
+    /// bounds how long a crashed holder keeps it where the backend has no session to
+    /// tie it to.
+    async fn try_acquire(
+        &self,
+        ring: &RingName,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Box<dyn LockGuard>>, StorageError>;
+}
+
+/// What a change feed reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// The ring reached this generation.
+    Changed(u64),
+    /// Events may have been lost (a reconnect): reload fully.
+    Resync,
+}
+
+/// A subscription to a ring's changes.
+#[async_trait]
+pub trait ChangeStream: Send + Debug {
+    /// Waits for the next event.
+    async fn next(&mut self) -> Result<FeedEvent, StorageError>;
+}
+
+/// How an instance learns that a ring changed.
+#[async_trait]
+pub trait ChangeFeed: Debug + Send + Sync + 'static {
+    /// Subscribes to a ring.
+    async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError>;
+}
+
+/// A change feed that polls [`Storage::generation`] at an interval: works on every
+/// backend, and is the fallback where notifications exist.
+#[derive(Debug, Clone)]
+pub struct PollingFeed {
+    storage: Arc<dyn Storage>,
+    interval: std::time::Duration,
+}
+
+impl PollingFeed {
+    /// Polls `storage` every `interval`.
+    pub fn new(storage: Arc<dyn Storage>, interval: std::time::Duration) -> Self {
+        Self { storage, interval }
+    }
+}
+
+#[derive(Debug)]
+struct PollingStream {
+    storage: Arc<dyn Storage>,
+    ring: RingName,
+    interval: std::time::Duration,
+    last: Option<u64>,
+    failed: bool,
+}
+
+#[async_trait]
+impl ChangeStream for PollingStream {
+    async fn next(&mut self) -> Result<FeedEvent, StorageError> {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            match self.storage.generation(&self.ring).await {
+                Ok(g) => {
+                    let recovered = std::mem::take(&mut self.failed);
+                    if recovered {
+                        self.last = Some(g);
+                        return Ok(FeedEvent::Resync);
+                    }
+                    if self.last != Some(g) {
+                        self.last = Some(g);
+                        return Ok(FeedEvent::Changed(g));
+                    }
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for PollingFeed {
+    async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError> {
+        let last = self.storage.generation(ring).await?;
+        Ok(Box::new(PollingStream {
+            storage: self.storage.clone(),
+            ring: ring.clone(),
+            interval: self.interval,
+            last: Some(last),
+            failed: false,
+        }))
+    }
+}
