@@ -41,6 +41,16 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
+/// Constant-time comparison (length is not secret).
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for SecretBytes {}
+
 impl Zeroize for SecretBytes {
     fn zeroize(&mut self) {
         self.0.zeroize();
