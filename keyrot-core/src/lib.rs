@@ -36,6 +36,7 @@ pub mod jwks;
 pub mod key;
 pub mod keyring;
 pub mod memory;
+pub mod http;
 pub mod planner;
 pub mod policy;
 pub mod ring;

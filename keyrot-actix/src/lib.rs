@@ -1,0 +1,1 @@
+//! keyrot adapter for actix (work in progress).

@@ -1,0 +1,1 @@
+//! keyrot adapter for axum (work in progress).

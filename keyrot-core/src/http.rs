@@ -1,0 +1,1 @@
+//! Framework-neutral HTTP logic (bearer verification, JWKS, rotation endpoint, status).

@@ -1,0 +1,1 @@
+//! keyrot adapter for sqlx (work in progress).
