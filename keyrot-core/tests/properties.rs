@@ -1,0 +1,297 @@
+//! Property tests: random sequences of ticks, time jumps, normal and forced rotations,
+//! revocations and concurrent rotators, driving the planner through the in-memory
+//! rotator. DESIGN invariants 1–8 are checked after every step; invariant 5 by signing
+//! tokens along the way and verifying them at every later step until they expire.
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use keyrot_core::planner::{self, Trigger};
+use keyrot_core::{
+    Clock, KeyOrigin, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Outcome,
+    Policy, RequestContext, RingName, Rotator, Storage, Validation,
+};
+use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Tick,
+    Advance(i64),
+    Rotate,
+    Force { revoke_old: bool },
+    Revoke(usize),
+    ConcurrentForce(usize),
+    ConcurrentTick(usize),
+    Sign(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Tick),
+        4 => prop_oneof![
+            Just(60i64),
+            Just(3_600),
+            Just(86_400),
+            Just(6 * 86_400),
+            Just(7 * 86_400),
+            1i64..(9 * 86_400),
+        ].prop_map(Op::Advance),
+        2 => Just(Op::Rotate),
+        1 => any::<bool>().prop_map(|revoke_old| Op::Force { revoke_old }),
+        1 => (0usize..8).prop_map(Op::Revoke),
+        1 => (2usize..5).prop_map(Op::ConcurrentForce),
+        1 => (2usize..5).prop_map(Op::ConcurrentTick),
+        3 => (1i64..=3_600).prop_map(Op::Sign),
+    ]
+}
+
+struct Issued {
+    token: String,
+    kid: String,
+    exp: i64,
+}
+
+struct World {
+    clock: ManualClock,
+    storage: Arc<MemoryStorage>,
+    lock: Arc<MemoryLock>,
+    sealer: Arc<MasterKeySealer>,
+    ring: RingName,
+    policy: Policy,
+    keyring: KeyRing,
+    rotator: Rotator,
+    committed: u64,
+    seen_states: HashMap<String, KeyState>,
+    ever_kids: HashSet<String>,
+    tokens: Vec<Issued>,
+}
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid time")
+}
+
+impl World {
+    async fn new() -> Self {
+        let clock = ManualClock::new(start());
+        let storage = Arc::new(MemoryStorage::new());
+        let lock = Arc::new(MemoryLock::new(Arc::new(clock.clone())));
+        let sealer = Arc::new(
+            MasterKeySealer::new(MasterKey::generate("mk").expect("master key"), []).expect("sealer"),
+        );
+        let ring = RingName::new("prop").expect("ring name");
+        let policy = Policy::default();
+        let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_policy(policy.clone())
+            .build()
+            .await
+            .expect("keyring");
+        let rotator = Self::rotator_for(&ring, &storage, &lock, &sealer, &clock, &policy, "main")
+            .with_keyring(keyring.clone())
+            .build();
+        Self {
+            clock,
+            storage,
+            lock,
+            sealer,
+            ring,
+            policy,
+            keyring,
+            rotator,
+            committed: 0,
+            seen_states: HashMap::new(),
+            ever_kids: HashSet::new(),
+            tokens: Vec::new(),
+        }
+    }
+
+    fn rotator_for(
+        ring: &RingName,
+        storage: &Arc<MemoryStorage>,
+        lock: &Arc<MemoryLock>,
+        sealer: &Arc<MasterKeySealer>,
+        clock: &ManualClock,
+        policy: &Policy,
+        instance: &str,
+    ) -> keyrot_core::rotator::RotatorBuilder {
+        Rotator::builder(ring.clone(), storage.clone(), lock.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_policy(policy.clone())
+            .with_instance(instance)
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        if outcome.changed_ring() {
+            self.committed += 1;
+        }
+    }
+
+    async fn apply(&mut self, op: &Op) {
+        let ctx = || RequestContext::actor("prop");
+        match op {
+            Op::Tick => {
+                let r = self.rotator.tick().await.expect("tick");
+                self.count(r.outcome);
+            }
+            Op::Advance(secs) => self.clock.advance(TimeDelta::seconds(*secs)),
+            Op::Rotate => {
+                let r = self.rotator.rotate(ctx()).await.expect("rotate");
+                self.count(r.outcome);
+            }
+            Op::Force { revoke_old } => {
+                let r = self.rotator.force_rotate(ctx(), "drill", *revoke_old).await.expect("force");
+                self.count(r.outcome);
+            }
+            Op::Revoke(i) => {
+                let ring = self.storage.load(&self.ring).await.expect("load");
+                if let Some(k) = ring.keys.get(*i) {
+                    let r = self.rotator.revoke(ctx(), k.kid.clone(), "test").await.expect("revoke");
+                    self.count(r.outcome);
+                }
+            }
+            Op::ConcurrentForce(n) | Op::ConcurrentTick(n) => {
+                let force = matches!(op, Op::ConcurrentForce(_));
+                let rotators: Vec<Rotator> = (0..*n)
+                    .map(|i| {
+                        Self::rotator_for(
+                            &self.ring,
+                            &self.storage,
+                            &self.lock,
+                            &self.sealer,
+                            &self.clock,
+                            &self.policy,
+                            &format!("c{i}"),
+                        )
+                        .build()
+                    })
+                    .collect();
+                let handles: Vec<_> = rotators
+                    .into_iter()
+                    .map(|r| {
+                        tokio::spawn(async move {
+                            if force { r.force_rotate(RequestContext::actor("p"), "race", false).await } else { r.tick().await }
+                        })
+                    })
+                    .collect();
+                let mut changed = 0;
+                for h in handles {
+                    let rep = h.await.expect("join").expect("attempt");
+                    if rep.outcome.changed_ring() {
+                        changed += 1;
+                    }
+                    self.count(rep.outcome);
+                }
+                assert!(changed <= 1, "at most one of {n} concurrent rotators changes the ring");
+                self.keyring.refresh().await.expect("refresh");
+            }
+            Op::Sign(ttl) => {
+                let now = self.clock.now().timestamp();
+                let exp = now + ttl;
+                if let Some(kid) = self.keyring.snapshot().active_kid().map(str::to_owned) {
+                    let token = self.keyring.sign(&serde_json::json!({"sub": "p", "iat": now, "exp": exp})).expect("sign");
+                    self.tokens.push(Issued { token, kid, exp });
+                }
+            }
+        }
+    }
+
+    async fn check(&mut self) {
+        let ring = self.storage.load(&self.ring).await.expect("load");
+        let now = self.clock.now();
+        // 1. An initialised ring has exactly one Active key.
+        if !ring.keys.is_empty() {
+            assert_eq!(ring.in_state(KeyState::Active).count(), 1, "exactly one Active key");
+        }
+        // 2. States only move forward; keys are never deleted.
+        for (kid, old) in &self.seen_states {
+            let k = ring.key(kid).expect("keys are never deleted");
+            assert!(k.state.rank() >= old.rank(), "{kid} moved back from {old:?} to {:?}", k.state);
+        }
+        // 7. No kid is reused: kids are unique, and only new kids appear.
+        let kids: HashSet<_> = ring.keys.iter().map(|k| k.kid.clone()).collect();
+        assert_eq!(kids.len(), ring.keys.len(), "kids are unique");
+        for k in &ring.keys {
+            if !self.seen_states.contains_key(&k.kid) {
+                assert!(self.ever_kids.insert(k.kid.clone()), "kid {} reused", k.kid);
+            }
+            self.seen_states.insert(k.kid.clone(), k.state);
+        }
+        // 6. Every committed change incremented the generation by exactly one.
+        assert_eq!(ring.generation, self.committed, "generation counts committed changes");
+        // 3. Published = verifying = Pending ∪ Active ∪ Retiring (snapshot of this ring).
+        self.keyring.refresh().await.expect("refresh");
+        let snap = self.keyring.snapshot();
+        assert_eq!(snap.generation(), ring.generation);
+        let jwks: serde_json::Value = serde_json::from_slice(snap.jwks().body()).expect("jwks json");
+        let published: HashSet<String> = jwks["keys"]
+            .as_array()
+            .expect("keys array")
+            .iter()
+            .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+            .collect();
+        let expected: HashSet<String> = ring.published().map(|k| k.kid.clone()).collect();
+        assert_eq!(published, expected, "JWKS publishes exactly Pending ∪ Active ∪ Retiring");
+        for k in &ring.keys {
+            assert_eq!(snap.verifies(&k.kid), k.state.is_published(), "{} verifies iff published", k.kid);
+        }
+        // 4. A normally rotated key is published at least publish_lead before it signs.
+        for k in &ring.keys {
+            if matches!(k.origin, KeyOrigin::Scheduled | KeyOrigin::Rotation)
+                && let Some(at) = k.activated_at
+            {
+                assert!(at - k.created_at >= self.policy.publish_lead(), "{} published too briefly", k.kid);
+            }
+        }
+        // 8. Normal rotations at least min_interval apart; forced at least forced_min_interval.
+        let mut activations: Vec<_> = ring.keys.iter().filter_map(|k| k.activated_at.map(|a| (a, k.forced))).collect();
+        activations.sort();
+        for w in activations.windows(2) {
+            let ((prev, _), (at, forced)) = (w[0], w[1]);
+            if !forced {
+                assert!(at - prev >= self.policy.min_interval(), "normal rotations too close: {prev} → {at}");
+            }
+        }
+        let forced: Vec<_> = activations.iter().filter(|(_, f)| *f).map(|(a, _)| *a).collect();
+        for w in forced.windows(2) {
+            assert!(w[1] - w[0] >= self.policy.forced_min_interval(), "forced rotations too close");
+        }
+        // 5. A token verifies until its own expiry unless its key was revoked.
+        let strict = Validation::new().with_leeway(std::time::Duration::ZERO);
+        for t in &self.tokens {
+            let revoked = ring.key(&t.kid).is_some_and(|k| k.revoked_at.is_some());
+            if now.timestamp() < t.exp && !revoked {
+                let r = self.keyring.verify_with(&t.token, &strict, now);
+                assert!(r.is_ok(), "token of {} (exp {}) refused at {now}: {r:?}", t.kid, t.exp);
+            }
+            if now.timestamp() >= t.exp {
+                assert!(self.keyring.verify_with(&t.token, &strict, now).is_err(), "expired token accepted");
+            }
+        }
+        self.tokens.retain(|t| now.timestamp() < t.exp);
+        // The planner is a pure function: the same inputs give the same answer.
+        let a = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
+        let b = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
+        assert_eq!(a, b);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_step(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut w = World::new().await;
+            // Start like a service: the first tick bootstraps.
+            let r = w.rotator.tick().await.expect("bootstrap");
+            assert_eq!(r.outcome, Outcome::Bootstrapped);
+            w.count(r.outcome);
+            w.check().await;
+            for op in &ops {
+                w.apply(op).await;
+                w.check().await;
+            }
+        });
+    }
+}
