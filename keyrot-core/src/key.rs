@@ -220,8 +220,18 @@ fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<A
 
 fn check_use(obj: &Map<String, Value>) -> Result<(), KeyError> {
     match member_str(obj, "use")? {
-        None | Some("sig") => Ok(()),
-        Some(_) => Err(invalid("JWK \"use\" must be \"sig\" for a signing key")),
+        None | Some("sig") => {}
+        Some(_) => return Err(invalid("JWK \"use\" must be \"sig\" for a signing key")),
+    }
+    // RFC 7517 §4.3: `key_ops`, when present, must only permit signing and verifying.
+    match obj.get("key_ops") {
+        None => Ok(()),
+        Some(Value::Array(ops))
+            if !ops.is_empty() && ops.iter().all(|op| matches!(op.as_str(), Some("sign" | "verify"))) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(invalid("JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key")),
     }
 }
 

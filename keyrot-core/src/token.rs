@@ -235,6 +235,17 @@ fn json_err(e: JsonError, part: &'static str) -> TokenError {
 /// Reads the header of a token (size, shape, forbidden members, `kid`) without verifying
 /// anything else.
 pub fn decode_header<'t>(token: &'t str, v: &Validation) -> Result<Unverified<'t>, TokenError> {
+    decode(token, v, true)
+}
+
+/// The header checks [`decode_header`] and [`verify_with_key`] share. With `require_kid`
+/// false an absent `kid` reads as the empty string; a `kid` that is present must still be
+/// a non-empty string.
+fn decode<'t>(
+    token: &'t str,
+    v: &Validation,
+    require_kid: bool,
+) -> Result<Unverified<'t>, TokenError> {
     if token.len() > v.max_token_bytes {
         return Err(TokenError::TooLarge { max: v.max_token_bytes });
     }
@@ -264,7 +275,8 @@ pub fn decode_header<'t>(token: &'t str, v: &Validation) -> Result<Unverified<'t
     let kid = match header.get("kid") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
         Some(_) => return Err(TokenError::Malformed("header kid is not a non-empty string")),
-        None => return Err(TokenError::MissingKid),
+        None if require_kid => return Err(TokenError::MissingKid),
+        None => String::new(),
     };
     if let Some(t) = header.get("typ")
         && !t.is_string()
@@ -314,6 +326,20 @@ pub fn verify<'k>(
     let u = decode_header(token, v)?;
     let key = lookup(&u.kid).ok_or(TokenError::UnknownKid)?;
     u.verify_with(key, v, now)
+}
+
+/// Verifies a token against one pinned key, as of `now` (Unix seconds), for issuers that
+/// do not set `kid`. Every rule of [`verify`] applies (size cap, segments, forbidden and
+/// duplicate header members, `alg` equal to the key's algorithm, signature, claims)
+/// except that `kid` is not required. [`Verified::kid`] is the header's `kid`, or empty
+/// when the token has none.
+pub fn verify_with_key(
+    token: &str,
+    key: &VerifyingKey,
+    v: &Validation,
+    now: i64,
+) -> Result<Verified, TokenError> {
+    decode(token, v, false)?.verify_with(key, v, now)
 }
 
 /// A numeric date as whole seconds, saturating instead of overflowing.
