@@ -277,6 +277,7 @@ pub struct PrivateKey {
 }
 
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant, reason = "Ed25519, the common case, stays inline")]
 enum PrivateInner {
     Ed25519(ed25519_dalek::SigningKey),
     Rsa(Box<rsa::PrivateKey>),
@@ -513,6 +514,7 @@ pub struct SigningKey {
     inner: SignerInner,
 }
 
+#[allow(clippy::large_enum_variant, reason = "Ed25519, the common case, stays inline")]
 enum SignerInner {
     Ed25519(ed25519_dalek::SigningKey),
     Rs256(Box<rsa::pkcs1v15::SigningKey<Sha256>>),

@@ -152,11 +152,14 @@ impl ChangeFeed for MemoryStorage {
     }
 }
 
+/// Held leases: ring → (guard token, lease end).
+type Leases = Arc<Mutex<HashMap<RingName, (u64, DateTime<Utc>)>>>;
+
 /// In-memory rotation lock with a lease: a holder that never releases loses it after
 /// its ttl, measured on the injected clock.
 #[derive(Debug, Clone)]
 pub struct MemoryLock {
-    held: Arc<Mutex<HashMap<RingName, (u64, DateTime<Utc>)>>>,
+    held: Leases,
     clock: Arc<dyn Clock>,
     next_token: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -176,7 +179,7 @@ impl MemoryLock {
 
 #[derive(Debug)]
 struct MemoryGuard {
-    held: Arc<Mutex<HashMap<RingName, (u64, DateTime<Utc>)>>>,
+    held: Leases,
     ring: RingName,
     token: u64,
 }
