@@ -6,7 +6,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::jwks::Jwks;
 use crate::key::{KeyError, PrivateKey, SigningKey, VerifyingKey};
 use crate::policy::Policy;
-use crate::ring::{KeyOrigin, KeyState, Ring, RingName};
+use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 use crate::seal::{SealContext, SealError, Sealer};
 use crate::storage::{ChangeFeed, FeedEvent, Storage, StorageError};
 use crate::token::{self, SignError, TokenError, Validation, Verified};
@@ -85,6 +85,27 @@ pub struct KeyStatus {
     pub purged_at: Option<DateTime<Utc>>,
 }
 
+impl From<&KeyRecord> for KeyStatus {
+    fn from(k: &KeyRecord) -> Self {
+        KeyStatus {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            state: k.state,
+            origin: k.origin,
+            fingerprint: k.fingerprint.clone(),
+            created_at: k.created_at,
+            activate_at: k.activate_at,
+            activated_at: k.activated_at,
+            retired_at: k.retired_at,
+            expires_at: k.expires_at,
+            expired_at: k.expired_at,
+            revoked_at: k.revoked_at,
+            revoke_reason: k.revoke_reason.clone(),
+            purged_at: k.purged_at,
+        }
+    }
+}
+
 /// An immutable view of a ring at one generation, with every key pre-parsed.
 pub struct Snapshot {
     ring: RingName,
@@ -144,22 +165,7 @@ impl Snapshot {
         let keys = ring
             .keys
             .iter()
-            .map(|k| KeyStatus {
-                kid: k.kid.clone(),
-                alg: k.alg,
-                state: k.state,
-                origin: k.origin,
-                fingerprint: k.fingerprint.clone(),
-                created_at: k.created_at,
-                activate_at: k.activate_at,
-                activated_at: k.activated_at,
-                retired_at: k.retired_at,
-                expires_at: k.expires_at,
-                expired_at: k.expired_at,
-                revoked_at: k.revoked_at,
-                revoke_reason: k.revoke_reason.clone(),
-                purged_at: k.purged_at,
-            })
+            .map(KeyStatus::from)
             .collect();
         Ok(Self {
             ring: ring.name.clone(),

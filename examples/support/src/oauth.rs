@@ -1,0 +1,279 @@
+//! The demo OAuth 2.0 token endpoint (RFC 6749 §4.4 client credentials) and the demo user
+//! login, framework-neutral: both quickstarts convert requests into these calls.
+//!
+//! Two provisioned clients: a scheduler client holding the normal rotation scope and a
+//! break-glass client holding the force scope. Service tokens have `sub == client_id`
+//! (RFC 9068), which is what the rotation endpoint's service-token rule checks. User tokens
+//! can never carry a rotation scope: the login refuses them at issuance.
+
+use keyrot_core::KeyRing;
+use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpResponse, ResponseBody};
+use serde::Serialize;
+use serde_json::json;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
+
+/// Lifetime of service tokens (the rotation endpoint accepts at most 15 minutes).
+pub const SERVICE_TOKEN_TTL_SECS: i64 = 600;
+/// Lifetime of demo user tokens.
+pub const USER_TOKEN_TTL_SECS: i64 = 900;
+/// Scopes a demo user may ask for.
+pub const USER_SCOPES: [&str; 2] = ["profile", "read"];
+/// The client id user tokens carry (never equal to their `sub`).
+pub const USER_CLIENT_ID: &str = "demo-web";
+
+/// A provisioned client. The secret is kept only as its SHA-256.
+pub struct Client {
+    id: String,
+    secret_sha256: [u8; 32],
+    scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.id).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with `secret` and the scopes it may be granted.
+    pub fn new(id: impl Into<String>, secret: &str, scopes: &[&str]) -> Self {
+        Self {
+            id: id.into(),
+            secret_sha256: sha2::Sha256::digest(secret.as_bytes()).into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn secret_matches(&self, secret: &str) -> bool {
+        let h: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+        bool::from(h.ct_eq(&self.secret_sha256))
+    }
+}
+
+/// Issues tokens from a key ring.
+#[derive(Debug)]
+pub struct TokenService {
+    keyring: KeyRing,
+    clients: Vec<Client>,
+    issuer: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: String,
+    token_type: &'a str,
+    expires_in: i64,
+    scope: String,
+}
+
+fn json_response(status: u16, value: &serde_json::Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+            ("pragma", "no-cache".to_owned()),
+        ],
+        body: ResponseBody::Owned(serde_json::to_vec(value).unwrap_or_default()),
+    }
+}
+
+fn oauth_error(status: u16, code: &str, description: &str) -> HttpResponse {
+    json_response(status, &json!({ "error": code, "error_description": description }))
+}
+
+fn random_jti() -> String {
+    let mut b = [0u8; 16];
+    // A jti only needs to be unique; a failing RNG leaves the time-based fallback below.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default().to_be_bytes());
+    }
+    keyrot_core::b64::encode(&b)
+}
+
+/// Decodes `application/x-www-form-urlencoded`. Duplicate parameters are refused
+/// (RFC 6749 §3.1).
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        if out.iter().any(|(x, _)| *x == k) {
+            return Err("a parameter is repeated");
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or("bad percent-encoding")?;
+                let hex = std::str::from_utf8(hex).map_err(|_| "bad percent-encoding")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad percent-encoding")?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "a parameter is not UTF-8")
+}
+
+/// `client_id:client_secret` from HTTP Basic (each part form-urlencoded, RFC 6749 §2.3.1).
+fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    let (scheme, value) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((percent_decode(id).ok()?, percent_decode(secret).ok()?))
+}
+
+impl TokenService {
+    /// Tokens signed by `keyring`, with `iss = issuer`.
+    pub fn new(keyring: KeyRing, issuer: impl Into<String>, clients: Vec<Client>) -> Self {
+        Self { keyring, clients, issuer: issuer.into() }
+    }
+
+    /// The scheduler client (normal rotation) and the break-glass client (forced rotation).
+    pub fn rotation_clients(scheduler_secret: &str, breakglass_secret: &str) -> Vec<Client> {
+        vec![
+            Client::new("scheduler", scheduler_secret, &[DEFAULT_ROTATE_SCOPE]),
+            Client::new("breakglass", breakglass_secret, &[DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE]),
+        ]
+    }
+
+    fn now(&self) -> i64 {
+        self.keyring.clock().now().timestamp()
+    }
+
+    /// `POST /oauth/token` with `grant_type=client_credentials`.
+    pub fn client_credentials(&self, authorization: Option<&str>, body: &[u8]) -> HttpResponse {
+        let form = match parse_form(body) {
+            Ok(f) => f,
+            Err(e) => return oauth_error(400, "invalid_request", e),
+        };
+        let param = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        match param("grant_type") {
+            Some("client_credentials") => {}
+            Some(_) => return oauth_error(400, "unsupported_grant_type", "only client_credentials is supported"),
+            None => return oauth_error(400, "invalid_request", "grant_type is required"),
+        }
+        let basic = authorization.and_then(basic_credentials);
+        let (id, secret) = match (&basic, param("client_id"), param("client_secret")) {
+            (Some((id, secret)), None, None) => (id.clone(), secret.clone()),
+            (None, Some(id), Some(secret)) => (id.to_owned(), secret.to_owned()),
+            (Some(_), _, _) => return oauth_error(400, "invalid_request", "use one client authentication method"),
+            _ => return self.invalid_client(),
+        };
+        let Some(client) = self.clients.iter().find(|c| c.id == id && c.secret_matches(&secret)) else {
+            tracing::info!(client_id = %id.chars().take(64).collect::<String>(), "token request: client authentication failed");
+            return self.invalid_client();
+        };
+        let requested: Vec<&str> = match param("scope") {
+            Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            None => client.scopes.iter().map(String::as_str).collect(),
+        };
+        if let Some(bad) = requested.iter().find(|s| !client.scopes.iter().any(|c| c == *s)) {
+            return oauth_error(400, "invalid_scope", &format!("scope {bad:?} is not granted to this client"));
+        }
+        let scope = requested.join(" ");
+        let now = self.now();
+        let claims = json!({
+            "iss": self.issuer, "sub": client.id, "client_id": client.id, "scope": scope,
+            "iat": now, "exp": now + SERVICE_TOKEN_TTL_SECS, "jti": random_jti(),
+        });
+        self.issue(&claims, SERVICE_TOKEN_TTL_SECS, scope)
+    }
+
+    fn invalid_client(&self) -> HttpResponse {
+        let mut r = oauth_error(401, "invalid_client", "client authentication failed");
+        r.headers.push(("www-authenticate", "Basic realm=\"keyrot\"".to_owned()));
+        r
+    }
+
+    fn issue(&self, claims: &serde_json::Value, ttl: i64, scope: String) -> HttpResponse {
+        match self.keyring.sign(claims) {
+            Ok(access_token) => json_response(
+                200,
+                &serde_json::to_value(TokenResponse { access_token, token_type: "Bearer", expires_in: ttl, scope })
+                    .unwrap_or_default(),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "token signing failed");
+                oauth_error(503, "temporarily_unavailable", "no signing key is available yet")
+            }
+        }
+    }
+
+    /// `POST /demo/login` with `{"username": "...", "scope": "profile read"}`: a user token.
+    /// Rotation scopes are refused at issuance.
+    pub fn demo_login(&self, body: &[u8]) -> HttpResponse {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Login {
+            username: String,
+            #[serde(default)]
+            scope: Option<String>,
+        }
+        let Ok(login) = serde_json::from_slice::<Login>(body) else {
+            return oauth_error(400, "invalid_request", "expected {\"username\": \"…\", \"scope\": \"…\"}");
+        };
+        let username = login.username.trim();
+        if username.is_empty() || username.len() > 64 || username == USER_CLIENT_ID {
+            return oauth_error(400, "invalid_request", "username must be 1-64 characters");
+        }
+        let scope = login.scope.unwrap_or_else(|| "profile".to_owned());
+        for s in scope.split(' ').filter(|s| !s.is_empty()) {
+            if s == DEFAULT_ROTATE_SCOPE || s == DEFAULT_FORCE_SCOPE {
+                return oauth_error(400, "invalid_scope", "rotation scopes are never issued to user tokens");
+            }
+            if !USER_SCOPES.contains(&s) {
+                return oauth_error(400, "invalid_scope", &format!("unknown scope {s:?}: users may ask for profile, read"));
+            }
+        }
+        let now = self.now();
+        let claims = json!({
+            "iss": self.issuer, "sub": username, "client_id": USER_CLIENT_ID, "scope": scope,
+            "iat": now, "exp": now + USER_TOKEN_TTL_SECS,
+        });
+        self.issue(&claims, USER_TOKEN_TTL_SECS, scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_is_strict() {
+        assert_eq!(
+            parse_form(b"grant_type=client_credentials&scope=a+b%20c"),
+            Ok(vec![("grant_type".into(), "client_credentials".into()), ("scope".into(), "a b c".into())])
+        );
+        assert!(parse_form(b"a=1&a=2").is_err());
+        assert!(parse_form(b"a=%zz").is_err());
+        assert!(parse_form(b"a=%4").is_err());
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let header = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "sched%3Aa:s%2Bx")
+        );
+        assert_eq!(basic_credentials(&header), Some(("sched:a".into(), "s+x".into())));
+        assert_eq!(basic_credentials("Bearer abc"), None);
+    }
+}
