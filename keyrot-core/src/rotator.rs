@@ -420,6 +420,10 @@ impl Rotator {
         );
         let result = self.run_inner(attempt).instrument(span.clone()).await;
         match &result {
+            Ok(r) if r.outcome == Outcome::NothingDue || (r.outcome == Outcome::LockBusy && kind == TriggerKind::Tick) => {
+                span.record("outcome", r.outcome.as_str());
+                tracing::debug!(parent: &span, outcome = r.outcome.as_str(), generation = r.generation, "nothing to do");
+            }
             Ok(r) => {
                 span.record("outcome", r.outcome.as_str());
                 tracing::info!(

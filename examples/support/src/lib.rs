@@ -3,6 +3,7 @@
 //! OAuth 2.0 client-credentials token endpoint.
 
 pub mod oauth;
+pub mod quickstart;
 
 use keyrot_core::{ChangeFeed, Lock, MasterKey, MasterKeySealer, Storage, StorageError};
 use keyrot_sqlx::sqlx;

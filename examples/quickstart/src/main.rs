@@ -1,0 +1,80 @@
+//! keyrot quickstart on axum: `cargo run -p quickstart`.
+//!
+//! Serves the JWKS, the rotation endpoint, ring status, an OAuth 2.0 client-credentials
+//! token endpoint, a demo login and a protected route, on an embedded SQLite file (or
+//! `KEYROT_DATABASE_URL`), with the in-process scheduler running. At start it prints the
+//! URLs and `curl` commands that work as printed.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
+use keyrot_examples_support::quickstart::{LOGIN_PATH, ME_PATH, Quickstart, QuickstartConfig, TOKEN_PATH};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = QuickstartConfig::from_env()?;
+    let app = Quickstart::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(app.config.listen).await?;
+    let tokens = app.tokens.clone();
+    let login_tokens = app.tokens.clone();
+    let router = Router::new()
+        .route(ME_PATH, get(me))
+        .layer(BearerAuthLayer::new(BearerAuth::new(app.keyring.clone())))
+        .route(
+            TOKEN_PATH,
+            post(move |headers: HeaderMap, body: Bytes| {
+                let tokens = Arc::clone(&tokens);
+                async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                    into_axum_response(tokens.client_credentials(auth, &body))
+                }
+            }),
+        )
+        .route(
+            LOGIN_PATH,
+            post(move |body: Bytes| {
+                let tokens = Arc::clone(&login_tokens);
+                async move { into_axum_response(tokens.demo_login(&body)) }
+            }),
+        )
+        .merge(keyrot_axum::routes(app.endpoints.clone()));
+    print!("{}", app.banner("axum"));
+    println!("ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    app.shutdown().await;
+    Ok(())
+}
+
+/// The protected route: echoes the verified claims.
+async fn me(Token(verified): Token) -> Response {
+    let body = serde_json::json!({ "kid": verified.kid, "claims": verified.claims });
+    let mut r = Response::new(axum::body::Body::from(body.to_string()));
+    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    r
+}
