@@ -112,6 +112,9 @@ pub struct Snapshot {
     generation: u64,
     signer: Option<ActiveSigner>,
     verifiers: HashMap<String, VerifyingKey>,
+    /// The header segment keyrot writes for each published key → its kid: tokens carrying
+    /// one of these skip header decoding.
+    known_headers: HashMap<String, String>,
     jwks: Jwks,
     keys: Vec<KeyStatus>,
     loaded_at: DateTime<Utc>,
@@ -137,6 +140,7 @@ impl Snapshot {
         now: DateTime<Utc>,
     ) -> Result<Self, RefreshError> {
         let mut verifiers = HashMap::new();
+        let mut known_headers = HashMap::new();
         let mut signer = None;
         for k in ring.published() {
             let vk = k
@@ -144,6 +148,7 @@ impl Snapshot {
                 .and_then(|pk| pk.verifying_key())
                 .map_err(|source| RefreshError::Key { kid: k.kid.clone(), source })?;
             verifiers.insert(k.kid.clone(), vk);
+            known_headers.insert(token::encode_header(k.alg, &k.kid), k.kid.clone());
             if k.state == KeyState::Active {
                 let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
                     kid: k.kid.clone(),
@@ -172,6 +177,7 @@ impl Snapshot {
             generation: ring.generation,
             signer,
             verifiers,
+            known_headers,
             jwks: Jwks::render(ring, policy),
             keys,
             loaded_at: now,
@@ -371,6 +377,13 @@ impl KeyRing {
     /// Verifies with explicit rules.
     pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
         let snap = self.inner.snapshot.load();
+        if token.len() <= v.max_token_bytes()
+            && let Some((header, _)) = token.split_once('.')
+            && let Some(kid) = snap.known_headers.get(header)
+            && let Some(key) = snap.verifiers.get(kid)
+        {
+            return token::decode_with_known_header(token, v, kid, key.algorithm())?.verify_with(key, v, at.timestamp());
+        }
         token::verify(token, |kid| snap.verifiers.get(kid), v, at.timestamp())
     }
 

@@ -481,3 +481,25 @@ async fn refresher_follows_the_change_feed() {
     assert!(seen.is_ok(), "B learned of the rotation through the change feed");
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn keyring_fast_path_for_its_own_headers_still_checks_everything_else() {
+    let s = setup().await;
+    let token = s.keyring.sign(&claims(&s, 60)).expect("sign");
+    let (header, rest) = token.split_once('.').expect("header");
+    let (_, sig) = rest.split_once('.').expect("sig");
+    let forged_payload = keyrot_core::b64::encode(br#"{"sub":"admin","exp":99999999999}"#);
+    let tampered = format!("{header}.{forged_payload}.{sig}");
+    assert_eq!(s.keyring.verify(&tampered).err(), Some(TokenError::BadSignature));
+    assert!(matches!(s.keyring.verify(&format!("{token}.x")), Err(TokenError::Malformed(_))));
+    assert!(matches!(s.keyring.verify(&format!("{header}..{sig}")), Err(TokenError::Malformed(_))));
+    let huge = format!("{header}.{}.{sig}", "A".repeat(9000));
+    assert!(matches!(s.keyring.verify(&huge), Err(TokenError::TooLarge { .. })));
+    s.clock.advance(TimeDelta::seconds(60 + 30));
+    assert_eq!(s.keyring.verify(&token).err(), Some(TokenError::Expired));
+    // A header keyrot did not write (other member order) takes the full path and verifies too.
+    let key_header = keyrot_core::b64::encode(
+        format!(r#"{{"kid":"{}","alg":"EdDSA"}}"#, s.keyring.snapshot().active_kid().expect("kid")).as_bytes(),
+    );
+    assert_ne!(key_header, header);
+}
