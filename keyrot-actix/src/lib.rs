@@ -1,1 +1,425 @@
-//! keyrot adapter for actix (work in progress).
+//! # keyrot-actix
+//!
+//! [keyrot](keyrot_core) for actix-web 4: a middleware ([`BearerAuthMiddleware`]) that
+//! verifies bearer tokens against the key ring and puts the verified token in the request
+//! extensions, the [`Claims`] extractor (typed, generic over your claims struct),
+//! [`require_scopes`], and [`configure`] for the JWKS, the rotation endpoint and the ring
+//! status.
+//!
+//! This crate only converts types: every status code, header and body byte comes from
+//! [`keyrot_core::http`], so keyrot-actix and keyrot-axum answer identically.
+//!
+//! ```no_run
+//! use actix_web::{App, HttpServer, web};
+//! use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Claims, HttpEndpoints, require_scopes};
+//! use keyrot_core::{
+//!     KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName, Rotator,
+//!     StandardClaims,
+//! };
+//! use std::sync::Arc;
+//!
+//! async fn me(Claims(claims): Claims<StandardClaims>) -> web::Json<Option<String>> {
+//!     web::Json(claims.sub)
+//! }
+//!
+//! async fn report() -> &'static str {
+//!     "only for tokens with the reports.read scope"
+//! }
+//!
+//! async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Storage, lock and sealer: use keyrot-sqlx and a real master key in production.
+//!     let storage = Arc::new(MemoryStorage::new());
+//!     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1")?, [])?);
+//!     let ring = RingName::new("default")?;
+//!     let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone()).build().await?;
+//!     let rotator = Rotator::builder(ring, storage, Arc::new(MemoryLock::default()), sealer)
+//!         .with_keyring(keyring.clone())
+//!         .build();
+//!     rotator.init(RequestContext::actor("startup")).await?;
+//!
+//!     // JWKS, POST /internal/rotate-keys and GET /internal/keys/status; rotation tokens
+//!     // are verified against the ring, with the default scopes and rules.
+//!     let endpoints = HttpEndpoints::builder(keyring.clone(), rotator).build()?;
+//!     let auth = BearerAuth::new(keyring);
+//!
+//!     HttpServer::new(move || {
+//!         App::new()
+//!             // Public JWKS; the rotation routes authorize on their own.
+//!             .configure(keyrot_actix::configure(endpoints.clone()))
+//!             .service(
+//!                 web::scope("/api")
+//!                     // Verifies every route of the scope; a token from a key another
+//!                     // instance activated a moment ago is accepted after one refresh.
+//!                     .wrap(BearerAuthMiddleware::new(auth.clone()))
+//!                     .route("/me", web::get().to(me))
+//!                     .service(
+//!                         web::resource("/reports")
+//!                             .wrap(require_scopes(["reports.read"]))
+//!                             .route(web::get().to(report)),
+//!                     ),
+//!             )
+//!     })
+//!     .bind(("127.0.0.1", 3000))?
+//!     .run()
+//!     .await?;
+//!     Ok(())
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     actix_web::rt::System::new().block_on(run())
+//! }
+//! ```
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
+use actix_web::{FromRequest, HttpMessage, ResponseError, web};
+use bytes::Bytes;
+use keyrot_core::http::{
+    HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse, RequestBody, ResponseBody,
+};
+use keyrot_core::{TokenError, Verified};
+use serde::de::DeserializeOwned;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use keyrot_core::http::{
+    AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RotationAuthorizer, STATUS_PATH, ScopeAuthorizer,
+    ServiceTokenRule,
+};
+
+/// An actix header map as a keyrot [`HeaderSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(pub &'a HeaderMap);
+
+impl HeaderSource for Headers<'_> {
+    fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+        for v in self.0.get_all(name) {
+            f(v.as_bytes());
+        }
+    }
+}
+
+/// Converts a neutral response into an actix response.
+pub fn into_actix_response(r: NeutralResponse) -> actix_web::HttpResponse {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = actix_web::HttpResponse::build(status);
+    for (name, value) in r.headers {
+        builder.append_header((name, value));
+    }
+    match r.body {
+        ResponseBody::Empty => builder.finish(),
+        ResponseBody::Shared(bytes) => builder.body(Bytes::from_owner(bytes)),
+        ResponseBody::Owned(bytes) => builder.body(bytes),
+    }
+}
+
+/// Why [`Claims`], [`Token`] or [`RequireScopes`] refused a request. It is itself the
+/// response: `401`/`403` with `WWW-Authenticate`, or `500` when
+/// [`BearerAuthMiddleware`] is not installed in front of the route (fail closed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// The token was refused.
+    Rejected(AuthRejection),
+    /// No verified token in the request: [`BearerAuthMiddleware`] is missing (a bug in
+    /// the app, answered `500`).
+    MissingMiddleware,
+}
+
+impl AuthError {
+    /// The neutral response.
+    pub fn to_http_response(&self) -> NeutralResponse {
+        match self {
+            AuthError::Rejected(r) => r.to_response(),
+            AuthError::MissingMiddleware => NeutralResponse::missing_middleware(),
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Rejected(r) => r.fmt(f),
+            AuthError::MissingMiddleware => f.write_str("BearerAuthMiddleware is not installed for this route"),
+        }
+    }
+}
+
+impl ResponseError for AuthError {
+    fn status_code(&self) -> StatusCode {
+        let status = self.to_http_response().status;
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        if *self == AuthError::MissingMiddleware {
+            tracing::error!("a keyrot extractor ran on a route without BearerAuthMiddleware");
+        }
+        into_actix_response(self.to_http_response())
+    }
+}
+
+fn with_verified<R>(
+    req: &actix_web::HttpRequest,
+    f: impl FnOnce(&Verified) -> Result<R, AuthError>,
+) -> Result<R, AuthError> {
+    match req.extensions().get::<Verified>() {
+        Some(v) => f(v),
+        None => Err(AuthError::MissingMiddleware),
+    }
+}
+
+/// The verified claims, deserialized into `T` (e.g. [`keyrot_core::StandardClaims`] or
+/// your own struct). Claims that do not fit `T` are answered `401 invalid_token`.
+#[derive(Debug, Clone)]
+pub struct Claims<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest for Claims<T> {
+    type Error = AuthError;
+    type Future = Ready<Result<Self, AuthError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(with_verified(req, |v| {
+            T::deserialize(&v.claims)
+                .map(Claims)
+                .map_err(|_| AuthError::Rejected(AuthRejection::InvalidToken(Some(TokenError::ClaimsShape))))
+        }))
+    }
+}
+
+/// The whole verified token (kid, algorithm, claims as JSON).
+#[derive(Debug, Clone)]
+pub struct Token(pub Verified);
+
+impl Token {
+    /// `Ok` when the token grants every scope in `required`; the error is the `403`.
+    pub fn require_scopes<S: AsRef<str>>(&self, required: &[S]) -> Result<(), AuthError> {
+        keyrot_core::http::require_scopes(&self.0, required).map_err(AuthError::Rejected)
+    }
+}
+
+impl FromRequest for Token {
+    type Error = AuthError;
+    type Future = Ready<Result<Self, AuthError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(with_verified(req, |v| Ok(Token(v.clone()))))
+    }
+}
+
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T> + 'static>>;
+
+/// Middleware that verifies the bearer token of every request: `401`/`403` with
+/// `WWW-Authenticate` on failure; on success the [`Verified`] token goes into the request
+/// extensions for [`Claims`] and [`Token`].
+#[derive(Debug, Clone)]
+pub struct BearerAuthMiddleware {
+    auth: BearerAuth,
+}
+
+impl BearerAuthMiddleware {
+    /// Middleware running `auth`.
+    pub fn new(auth: BearerAuth) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for BearerAuthMiddleware
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = BearerAuthService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(BearerAuthService {
+            service: Rc::new(service),
+            auth: self.auth.clone(),
+        }))
+    }
+}
+
+/// The service [`BearerAuthMiddleware`] wraps around a route.
+#[derive(Debug)]
+pub struct BearerAuthService<S> {
+    service: Rc<S>,
+    auth: BearerAuth,
+}
+
+impl<S, B> Service<ServiceRequest> for BearerAuthService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = self.service.clone();
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let result = auth.authenticate(&Headers(req.headers())).await;
+            match result {
+                Ok(verified) => {
+                    req.extensions_mut().insert(verified);
+                    service.call(req).await.map(ServiceResponse::map_into_left_body)
+                }
+                Err(rejection) => Ok(req
+                    .into_response(into_actix_response(rejection.to_response()))
+                    .map_into_right_body()),
+            }
+        })
+    }
+}
+
+/// Middleware that lets a request through only if the token verified by
+/// [`BearerAuthMiddleware`] grants every scope given (`403 insufficient_scope`
+/// otherwise). Wrap it inside (closer to the route than) the [`BearerAuthMiddleware`].
+pub fn require_scopes<I, T>(scopes: I) -> RequireScopes
+where
+    I: IntoIterator<Item = T>,
+    T: Into<String>,
+{
+    RequireScopes {
+        scopes: scopes.into_iter().map(Into::into).collect(),
+    }
+}
+
+/// See [`require_scopes`].
+#[derive(Debug, Clone)]
+pub struct RequireScopes {
+    scopes: Arc<[String]>,
+}
+
+impl<S, B> Transform<S, ServiceRequest> for RequireScopes
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = RequireScopesService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequireScopesService {
+            service: Rc::new(service),
+            scopes: self.scopes.clone(),
+        }))
+    }
+}
+
+/// The service [`RequireScopes`] wraps around a route.
+#[derive(Debug)]
+pub struct RequireScopesService<S> {
+    service: Rc<S>,
+    scopes: Arc<[String]>,
+}
+
+impl<S, B> Service<ServiceRequest> for RequireScopesService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let check = match req.extensions().get::<Verified>() {
+            None => Err(AuthError::MissingMiddleware),
+            Some(v) => keyrot_core::http::require_scopes(v, &self.scopes).map_err(AuthError::Rejected),
+        };
+        match check {
+            Ok(()) => {
+                let service = self.service.clone();
+                Box::pin(async move { service.call(req).await.map(ServiceResponse::map_into_left_body) })
+            }
+            Err(e) => {
+                let resp = req.into_response(e.error_response()).map_into_right_body();
+                Box::pin(async move { Ok(resp) })
+            }
+        }
+    }
+}
+
+fn neutral<'a>(req: &'a actix_web::HttpRequest, headers: &'a Headers<'a>) -> NeutralRequest<'a> {
+    NeutralRequest {
+        method: req.method().as_str(),
+        headers,
+    }
+}
+
+async fn rotate(
+    endpoints: HttpEndpoints,
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+) -> actix_web::HttpResponse {
+    let read = payload.to_bytes_limited(endpoints.max_body_bytes()).await;
+    let body = match &read {
+        Ok(Ok(bytes)) => RequestBody::Complete(bytes),
+        Ok(Err(_)) => RequestBody::Unreadable,
+        Err(_) => RequestBody::TooLarge,
+    };
+    let headers = Headers(req.headers());
+    into_actix_response(endpoints.rotate(&neutral(&req, &headers), body).await)
+}
+
+async fn status(endpoints: HttpEndpoints, req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let headers = Headers(req.headers());
+    into_actix_response(endpoints.status(&neutral(&req, &headers)).await)
+}
+
+fn jwks(keyring: &keyrot_core::KeyRing, req: &actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let headers = Headers(req.headers());
+    into_actix_response(keyrot_core::http::jwks_response(keyring, &neutral(req, &headers)))
+}
+
+/// Registers `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
+/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]).
+/// Every method reaches keyrot, which answers `405` (JSON) for the wrong one. Use with
+/// `App::configure` or `Scope::configure`; do not wrap [`BearerAuthMiddleware`] around
+/// these routes.
+pub fn configure(endpoints: HttpEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let keyring = endpoints.keyring().clone();
+        let for_rotate = endpoints.clone();
+        let for_status = endpoints;
+        cfg.service(
+            web::resource(JWKS_PATH)
+                .route(web::route().to(move |req: actix_web::HttpRequest| ready(jwks(&keyring, &req)))),
+        )
+        .service(
+            web::resource(ROTATE_PATH).route(web::route().to(
+                move |req: actix_web::HttpRequest, payload: web::Payload| rotate(for_rotate.clone(), req, payload),
+            )),
+        )
+        .service(
+            web::resource(STATUS_PATH)
+                .route(web::route().to(move |req: actix_web::HttpRequest| status(for_status.clone(), req))),
+        );
+    }
+}
+
+/// Registers only the JWKS route, for services that verify but do not rotate.
+pub fn configure_jwks(keyring: keyrot_core::KeyRing) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.service(
+            web::resource(JWKS_PATH)
+                .route(web::route().to(move |req: actix_web::HttpRequest| ready(jwks(&keyring, &req)))),
+        );
+    }
+}

@@ -9,7 +9,7 @@ use keyrot_core::{
     Algorithm, AuditQuery, ImportState, KeyRing, KeyStatus, Outcome, Policy, PrivateKey, RequestContext, RingName,
     RotationReport, Rotator, Validation,
 };
-use keyrot_examples_support::{Backend, connect, database_url_from_env, load_master_key};
+use keyrot_examples_support::{Backend, connect, database_url_from_env, load_master_key, policy_from_env};
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -187,7 +187,7 @@ impl Ctx {
         // Rotations keep the ring's algorithm: that of its Active key.
         let ring = self.backend.storage.load(&self.ring).await.map_err(|e| usage(e.to_string()))?;
         let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
-        Policy::builder().with_algorithm(alg).build().map_err(|e| usage(e.to_string()))
+        policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
     }
 
     async fn rotator(&self, alg: Option<Algorithm>) -> Result<Rotator, Fail> {

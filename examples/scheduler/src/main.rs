@@ -35,6 +35,9 @@ struct Args {
     /// Schedule slot length in seconds: one rotation attempt per slot (default: daily).
     #[arg(long, default_value_t = 86_400)]
     slot_seconds: i64,
+    /// The slot number (default: now / slot-seconds). Re-running a slot replays its answer.
+    #[arg(long)]
+    slot: Option<i64>,
     /// Attempts for transient failures.
     #[arg(long, default_value_t = 5)]
     attempts: u32,
@@ -54,7 +57,7 @@ async fn main() -> ExitCode {
         eprintln!("scheduler: --slot-seconds must be positive");
         return ExitCode::from(2);
     }
-    let slot = chrono::Utc::now().timestamp().div_euclid(args.slot_seconds);
+    let slot = args.slot.unwrap_or_else(|| chrono::Utc::now().timestamp().div_euclid(args.slot_seconds));
     let idempotency_key = format!("scheduler-{}-{slot}", args.client_id);
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,

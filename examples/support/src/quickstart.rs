@@ -3,11 +3,13 @@
 //! The axum and actix-web binaries only mount routes.
 
 use crate::oauth::{TokenService, USER_SCOPES};
-use crate::{Backend, MasterKeySource, SetupError, connect, database_url_from_env, load_master_key, random_secret};
+use crate::{
+    Backend, MasterKeySource, SetupError, connect, database_url_from_env, load_master_key, policy_from_env, random_secret,
+};
 use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpEndpoints, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
 use keyrot_core::keyring::RefresherHandle;
 use keyrot_core::{
-    KeyRing, Policy, RequestContext, RingName, Rotator, SchedulerConfig, SchedulerHandle, Validation,
+    KeyRing, RequestContext, RingName, Rotator, SchedulerConfig, SchedulerHandle, Validation,
 };
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -108,7 +110,7 @@ impl Quickstart {
         let backend = connect(&config.database_url).await?;
         let (sealer, master) = load_master_key(None, true)?;
         let sealer = Arc::new(sealer);
-        let policy = Policy::default();
+        let policy = policy_from_env(None)?;
         let issuer = format!("http://{}", config.listen);
         let keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
             .with_policy(policy.clone())

@@ -1,0 +1,48 @@
+//! The shared HTTP suite (keyrot-http-tests) against keyrot-actix, over real HTTP.
+
+use actix_web::{App, HttpServer, web};
+use keyrot_actix::{BearerAuthMiddleware, Claims, require_scopes};
+use keyrot_core::StandardClaims;
+use keyrot_http_tests::{PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, whoami_body};
+
+async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
+    whoami_body(&claims)
+}
+
+async fn start(app: TestApp) -> RunningServer {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // actix runs its own single-threaded runtime (System) on a thread of its own.
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .configure(keyrot_actix::configure(app.endpoints.clone()))
+                    .service(
+                        web::scope("")
+                            .wrap(BearerAuthMiddleware::new(app.auth.clone()))
+                            .route(PROTECTED_PATH, web::get().to(whoami))
+                            .service(
+                                web::resource(SCOPED_PATH)
+                                    .wrap(require_scopes([SCOPED_SCOPE]))
+                                    .route(web::get().to(whoami)),
+                            ),
+                    )
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", 0))
+            .expect("bind an ephemeral port");
+            let addr = server.addrs()[0];
+            let server = server.run();
+            let _ = tx.send((addr, server.handle()));
+            let _ = server.await;
+        });
+    });
+    let (addr, handle) = rx.await.expect("the actix server started");
+    RunningServer::new(addr, move || {
+        // Sends the stop command at once; the server thread then ends.
+        drop(handle.stop(false));
+    })
+}
+
+keyrot_http_tests::http_suite!(start);

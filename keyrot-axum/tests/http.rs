@@ -1,0 +1,27 @@
+//! The shared HTTP suite (keyrot-http-tests) against keyrot-axum, over real HTTP.
+
+use axum::Router;
+use axum::routing::get;
+use keyrot_axum::{BearerAuthLayer, Claims, require_scopes};
+use keyrot_core::StandardClaims;
+use keyrot_http_tests::{PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, whoami_body};
+
+async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
+    whoami_body(&claims)
+}
+
+async fn start(app: TestApp) -> RunningServer {
+    let router = Router::new()
+        .route(PROTECTED_PATH, get(whoami))
+        .route(SCOPED_PATH, get(whoami).layer(require_scopes([SCOPED_SCOPE])))
+        .layer(BearerAuthLayer::new(app.auth))
+        .merge(keyrot_axum::routes(app.endpoints));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    RunningServer::new(addr, move || task.abort())
+}
+
+keyrot_http_tests::http_suite!(start);

@@ -1,0 +1,242 @@
+//! Bearer tokens (RFC 6750): reading the `Authorization` header, verifying, scopes, and
+//! the 401/403 answers.
+
+use super::{HeaderSource, HttpResponse, Single, single};
+use crate::keyring::KeyRing;
+use crate::token::{TokenError, Verified};
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// Verifies bearer tokens. [`KeyRing`] implements it (with one rate-limited refresh on
+/// an unknown `kid`); implement it to accept tokens from another issuer.
+#[async_trait]
+pub trait TokenVerifier: Debug + Send + Sync + 'static {
+    /// Verifies `token` now.
+    async fn verify(&self, token: &str) -> Result<Verified, TokenError>;
+}
+
+#[async_trait]
+impl TokenVerifier for KeyRing {
+    async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_refreshing(token).await
+    }
+}
+
+/// A verifier: the ring itself (no boxing on the hot path) or the user's.
+#[derive(Debug, Clone)]
+pub(crate) enum Verifier {
+    Ring(KeyRing),
+    Custom(Arc<dyn TokenVerifier>),
+}
+
+impl Verifier {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        match self {
+            Verifier::Ring(r) => r.verify_refreshing(token).await,
+            Verifier::Custom(v) => v.verify(token).await,
+        }
+    }
+}
+
+/// What the `Authorization` header holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerToken<'a> {
+    /// No `Authorization` header, or one with another scheme (e.g. `Basic`).
+    Absent,
+    /// `Bearer <token>` with a syntactically valid token (RFC 6750 `b64token`).
+    Present(&'a str),
+    /// A bearer credential that cannot be a token: empty, bad characters, or more than
+    /// one `Authorization` header.
+    Malformed,
+}
+
+fn is_b64token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Reads the bearer token from the `Authorization` header. The scheme is matched
+/// case-insensitively.
+pub fn bearer_token(headers: &dyn HeaderSource) -> BearerToken<'_> {
+    let value = match single(headers, "authorization") {
+        Single::Absent => return BearerToken::Absent,
+        Single::Many => return BearerToken::Malformed,
+        Single::One(v) => v,
+    };
+    let Some(scheme) = value.get(..6) else {
+        return BearerToken::Absent;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return BearerToken::Absent;
+    }
+    let rest = &value[6..];
+    if rest.is_empty() {
+        return BearerToken::Malformed;
+    }
+    if rest[0] != b' ' {
+        // "Bearerx…" is another scheme.
+        return BearerToken::Absent;
+    }
+    let token = rest.trim_ascii_start();
+    if token.is_empty() || !token.iter().copied().all(is_b64token_char) {
+        return BearerToken::Malformed;
+    }
+    match std::str::from_utf8(token) {
+        Ok(t) => BearerToken::Present(t),
+        Err(_) => BearerToken::Malformed,
+    }
+}
+
+/// Why a request was not let through. Answered per RFC 6750: the client learns only the
+/// error code; the detail goes to `tracing`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthRejection {
+    /// No bearer token was sent: `401`, `WWW-Authenticate: Bearer`.
+    #[error("no bearer token")]
+    MissingToken,
+    /// A token was sent but is malformed, expired, badly signed or from an unknown key:
+    /// `401`, `WWW-Authenticate: Bearer error="invalid_token"`. `None` when the header
+    /// itself was malformed.
+    #[error("invalid bearer token{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    InvalidToken(Option<TokenError>),
+    /// The token is valid but not allowed here (a scope is missing, a user token asks
+    /// for a service operation, a rotation token lives too long): `403`,
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"`.
+    #[error("insufficient scope")]
+    InsufficientScope,
+}
+
+impl AuthRejection {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthRejection::MissingToken | AuthRejection::InvalidToken(_) => 401,
+            AuthRejection::InsufficientScope => 403,
+        }
+    }
+
+    /// The RFC 6750 error code, if any (none when no token was sent).
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            AuthRejection::MissingToken => None,
+            AuthRejection::InvalidToken(_) => Some("invalid_token"),
+            AuthRejection::InsufficientScope => Some("insufficient_scope"),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge.
+    pub fn www_authenticate(&self) -> &'static str {
+        match self {
+            AuthRejection::MissingToken => "Bearer",
+            AuthRejection::InvalidToken(_) => "Bearer error=\"invalid_token\"",
+            AuthRejection::InsufficientScope => "Bearer error=\"insufficient_scope\"",
+        }
+    }
+
+    /// The full response: status, challenge and a JSON body that names only the code.
+    pub fn to_response(&self) -> HttpResponse {
+        let (code, description) = match self {
+            AuthRejection::MissingToken => ("unauthorized", "a bearer token is required"),
+            AuthRejection::InvalidToken(_) => ("invalid_token", "the access token is not valid"),
+            AuthRejection::InsufficientScope => (
+                "insufficient_scope",
+                "the access token does not grant access to this resource",
+            ),
+        };
+        HttpResponse::error(self.status(), code, description).with_header("www-authenticate", self.www_authenticate())
+    }
+}
+
+/// Whether the claims grant `scope`: the space-separated `scope` claim (RFC 8693,
+/// RFC 9068) or an `scp` claim (a string or an array of strings).
+pub fn has_scope(claims: &Map<String, Value>, scope: &str) -> bool {
+    let in_str = |v: &Value| v.as_str().is_some_and(|s| s.split(' ').any(|x| x == scope));
+    if claims.get("scope").is_some_and(in_str) {
+        return true;
+    }
+    match claims.get("scp") {
+        Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(scope)),
+        Some(v) => in_str(v),
+        None => false,
+    }
+}
+
+/// `Ok` when the token grants every scope in `required`, else
+/// [`AuthRejection::InsufficientScope`].
+pub fn require_scopes<S: AsRef<str>>(token: &Verified, required: &[S]) -> Result<(), AuthRejection> {
+    match required.iter().find(|s| !has_scope(&token.claims, s.as_ref())) {
+        None => Ok(()),
+        Some(missing) => {
+            tracing::debug!(kid = %token.kid, missing = missing.as_ref(), "bearer token lacks a required scope");
+            Err(AuthRejection::InsufficientScope)
+        }
+    }
+}
+
+/// Verifies the bearer token of a request and, optionally, required scopes. Cheap to
+/// clone; this is what the adapters' middleware runs.
+#[derive(Debug, Clone)]
+pub struct BearerAuth {
+    verifier: Verifier,
+    required_scopes: Arc<[String]>,
+}
+
+impl BearerAuth {
+    /// Verifies tokens against `keyring` (an unknown `kid` triggers one rate-limited
+    /// refresh, so a key activated on another instance a moment ago is accepted).
+    pub fn new(keyring: KeyRing) -> Self {
+        Self {
+            verifier: Verifier::Ring(keyring),
+            required_scopes: Arc::new([]),
+        }
+    }
+
+    /// Verifies tokens with any verifier.
+    pub fn with_verifier(verifier: Arc<dyn TokenVerifier>) -> Self {
+        Self {
+            verifier: Verifier::Custom(verifier),
+            required_scopes: Arc::new([]),
+        }
+    }
+
+    /// Also requires `scope` (every required scope must be granted; `403` otherwise).
+    pub fn with_required_scope(mut self, scope: impl Into<String>) -> Self {
+        let mut v = self.required_scopes.to_vec();
+        v.push(scope.into());
+        self.required_scopes = v.into();
+        self
+    }
+
+    /// The scopes every request must carry.
+    pub fn required_scopes(&self) -> &[String] {
+        &self.required_scopes
+    }
+
+    /// Verifies the request's bearer token. The detail of a failure goes to `tracing`
+    /// (at debug level); the rejection converts into the response to send.
+    pub async fn authenticate(&self, headers: &dyn HeaderSource) -> Result<Verified, AuthRejection> {
+        let token = match bearer_token(headers) {
+            BearerToken::Present(t) => t,
+            BearerToken::Absent => {
+                tracing::debug!("request without a bearer token");
+                return Err(AuthRejection::MissingToken);
+            }
+            BearerToken::Malformed => {
+                tracing::debug!("malformed Authorization header");
+                return Err(AuthRejection::InvalidToken(None));
+            }
+        };
+        match self.verifier.verify(token).await {
+            Ok(v) => {
+                require_scopes(&v, &self.required_scopes)?;
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "bearer token rejected");
+                Err(AuthRejection::InvalidToken(Some(e)))
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The read-only ring status: public facts only, never key material.
+
+use crate::keyring::{KeyRing, KeyStatus};
+use crate::planner::TriggerKind;
+use crate::policy::Policy;
+use crate::ring::KeyState;
+use crate::storage::{AuditQuery, AuditRecord, Outcome};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What the scheduler will do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TransitionAction {
+    /// Publish the next Pending key (it signs after `publish_lead`).
+    PublishNext,
+    /// Activate the Pending key (the Active one starts retiring).
+    Activate,
+    /// Expire a Retiring key (it leaves the JWKS and stops verifying).
+    Expire,
+    /// Destroy an Expired key's private material.
+    Purge,
+}
+
+/// The next planned change of a ring, and when it is due (it happens on the first
+/// scheduler tick at or after that time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextTransition {
+    /// What.
+    pub action: TransitionAction,
+    /// The key it concerns (none for [`TransitionAction::PublishNext`]).
+    pub kid: Option<String>,
+    /// When it is due.
+    pub at: DateTime<Utc>,
+}
+
+/// The earliest transition the planner will make on its own, from the keys' public facts
+/// and the policy.
+pub fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
+    let mut candidates = Vec::new();
+    let active = keys.iter().find(|k| k.state == KeyState::Active);
+    let active_since = active.map(|a| a.activated_at.unwrap_or(a.created_at));
+    let mut pending: Vec<&KeyStatus> = keys.iter().filter(|k| k.state == KeyState::Pending).collect();
+    pending.sort_by_key(|k| (k.activate_at, k.created_at));
+    match (pending.first(), active_since) {
+        (Some(p), since) => {
+            let published_for_lead = p.created_at + policy.publish_lead();
+            let mut at = p.activate_at.unwrap_or(published_for_lead).max(published_for_lead);
+            if let Some(since) = since {
+                at = at.max(since + policy.min_interval());
+            }
+            candidates.push(NextTransition {
+                action: TransitionAction::Activate,
+                kid: Some(p.kid.clone()),
+                at,
+            });
+        }
+        (None, Some(since)) => candidates.push(NextTransition {
+            action: TransitionAction::PublishNext,
+            kid: None,
+            at: since + policy.rotation_interval() - policy.publish_lead(),
+        }),
+        (None, None) => {}
+    }
+    for k in keys {
+        match k.state {
+            KeyState::Retiring => {
+                if let Some(at) = k.expires_at {
+                    candidates.push(NextTransition {
+                        action: TransitionAction::Expire,
+                        kid: Some(k.kid.clone()),
+                        at,
+                    });
+                }
+            }
+            KeyState::Expired if k.purged_at.is_none() => {
+                let since = k.expired_at.unwrap_or(k.created_at);
+                candidates.push(NextTransition {
+                    action: TransitionAction::Purge,
+                    kid: Some(k.kid.clone()),
+                    at: since + policy.purge_after(),
+                });
+            }
+            _ => {}
+        }
+    }
+    candidates.into_iter().min_by_key(|c| c.at)
+}
+
+/// Whether an audit record is a rotation attempt (normal or forced, by any caller).
+fn is_rotation_attempt(r: &AuditRecord) -> bool {
+    matches!(r.trigger, TriggerKind::Rotate | TriggerKind::ForceRotate)
+}
+
+/// Whether an audit record is a rotation that changed the ring (a new Active or Pending
+/// key, by request or by the scheduler).
+fn is_rotation(r: &AuditRecord) -> bool {
+    matches!(
+        r.trigger,
+        TriggerKind::Init | TriggerKind::Tick | TriggerKind::Rotate | TriggerKind::ForceRotate
+    ) && matches!(r.outcome, Outcome::Bootstrapped | Outcome::Rotated | Outcome::Scheduled)
+}
+
+#[derive(Serialize)]
+pub(crate) struct StatusBody {
+    ring: String,
+    generation: u64,
+    active_kid: Option<String>,
+    /// The last refresh from storage failed: this is the instance's last good snapshot.
+    stale: bool,
+    loaded_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    keys: Vec<KeyStatus>,
+    next_transition: Option<NextTransition>,
+    /// The newest rotation that changed the ring.
+    last_rotation: Option<AuditRecord>,
+    /// The newest rotation request, whatever its outcome (refusals included).
+    last_attempt: Option<AuditRecord>,
+    /// The audit ledger could not be read.
+    audit_unavailable: bool,
+}
+
+/// How far back the status page looks for the last rotation.
+const AUDIT_LOOKBACK: usize = 200;
+
+pub(crate) async fn status_body(keyring: &KeyRing) -> StatusBody {
+    // A cheap generation check: the status should show the stored truth, not a
+    // snapshot that may lag behind another instance's rotation.
+    let stale = keyring.refresh().await.is_err();
+    let snapshot = keyring.snapshot();
+    let (last_rotation, last_attempt, audit_unavailable) = match keyring
+        .storage()
+        .audit_log(keyring.ring(), AuditQuery { limit: AUDIT_LOOKBACK })
+        .await
+    {
+        Ok(records) => (
+            records.iter().find(|r| is_rotation(r)).cloned(),
+            records.iter().find(|r| is_rotation_attempt(r)).cloned(),
+            false,
+        ),
+        Err(e) => {
+            tracing::warn!(ring = %keyring.ring(), error = %e, "status: audit ledger unavailable");
+            (None, None, true)
+        }
+    };
+    StatusBody {
+        ring: keyring.ring().to_string(),
+        generation: snapshot.generation(),
+        active_kid: snapshot.active_kid().map(str::to_owned),
+        stale,
+        loaded_at: snapshot.loaded_at(),
+        now: keyring.clock().now(),
+        keys: snapshot.keys().to_vec(),
+        next_transition: next_transition(snapshot.keys(), keyring.policy()),
+        last_rotation,
+        last_attempt,
+        audit_unavailable,
+    }
+}

@@ -1,0 +1,139 @@
+//! The HTTP behaviour suite every keyrot web adapter runs, written once.
+//!
+//! An adapter's `tests/` file defines how to start its server for a [`TestApp`] on
+//! `127.0.0.1` with an ephemeral port, and calls [`http_suite!`]: every case then runs
+//! over real HTTP (reqwest) against that server. Time moves on a
+//! [`ManualClock`](keyrot_core::ManualClock); nothing sleeps.
+//!
+//! The server must serve:
+//! - the adapter's keyrot routes for [`TestApp::endpoints`] (JWKS, rotation, status);
+//! - [`PROTECTED_PATH`] behind the adapter's verifying middleware running
+//!   [`TestApp::auth`], answering [`whoami_body`] of the `Claims<StandardClaims>`
+//!   extractor;
+//! - [`SCOPED_PATH`], the same handler behind the middleware and the adapter's
+//!   scope helper requiring [`SCOPED_SCOPE`].
+//!
+//! ```ignore
+//! async fn start(app: keyrot_http_tests::TestApp) -> keyrot_http_tests::RunningServer { /* … */ }
+//! keyrot_http_tests::http_suite!(start);
+//! ```
+
+pub mod cases;
+mod world;
+
+pub use world::{Answer, World};
+
+use keyrot_core::StandardClaims;
+use keyrot_core::http::{BearerAuth, HttpEndpoints};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// A route behind the verifying middleware.
+pub const PROTECTED_PATH: &str = "/api/whoami";
+/// A route behind the verifying middleware and the scope helper.
+pub const SCOPED_PATH: &str = "/api/reports";
+/// The scope [`SCOPED_PATH`] requires.
+pub const SCOPED_SCOPE: &str = "reports.read";
+
+/// What the adapter's test server serves.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    /// The keyrot endpoints (JWKS, rotation, status).
+    pub endpoints: HttpEndpoints,
+    /// The verifying middleware's configuration for [`PROTECTED_PATH`] and [`SCOPED_PATH`].
+    pub auth: BearerAuth,
+}
+
+/// The body the protected handlers answer with (JSON of `sub` and `client_id`).
+pub fn whoami_body(claims: &StandardClaims) -> String {
+    serde_json::json!({ "sub": claims.sub, "client_id": claims.client_id }).to_string()
+}
+
+/// A server started by an adapter's test; stopped when dropped.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer").field("addr", &self.addr).finish()
+    }
+}
+
+impl RunningServer {
+    /// A server listening on `addr`; `stop` shuts it down.
+    pub fn new(addr: SocketAddr, stop: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            addr,
+            stop: Some(Box::new(stop)),
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+/// How a case starts the adapter's server.
+pub type Start = Box<dyn FnOnce(TestApp) -> Pin<Box<dyn Future<Output = RunningServer> + Send>> + Send>;
+
+/// Boxes an adapter's `async fn start(TestApp) -> RunningServer` into a [`Start`].
+pub fn boxed_start<F, Fut>(start: F) -> Start
+where
+    F: FnOnce(TestApp) -> Fut + Send + 'static,
+    Fut: Future<Output = RunningServer> + Send + 'static,
+{
+    Box::new(move |app| -> Pin<Box<dyn Future<Output = RunningServer> + Send>> { Box::pin(start(app)) })
+}
+
+/// Generates one `#[tokio::test]` per case of [`cases`], each starting a fresh server with
+/// `$start` (an `async fn(TestApp) -> RunningServer`). The calling crate needs `tokio`
+/// (with `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! http_suite {
+    ($start:path) => {
+        $crate::http_suite!(@cases $start;
+            p0_1_normal_scope_succeeds,
+            p0_2_token_without_rotation_scope_is_403,
+            p0_3_user_token_with_injected_rotation_scope_is_403,
+            p0_4_invalid_or_expired_token_is_401,
+            p0_5_normal_rotation_within_six_days_is_429,
+            p0_6_forced_rotation_within_an_hour_is_429,
+            p0_7_forced_rotation_after_an_hour_succeeds,
+            rotation_token_living_over_15_minutes_is_403,
+            forced_rotation_without_reason_is_400,
+            same_idempotency_key_rotates_once_and_answers_the_same,
+            every_attempt_is_audited_once_with_the_seed_fields,
+            lock_busy_is_409_with_retry_after,
+            request_body_is_limited_and_validated,
+            wrong_method_is_405_json,
+            middleware_accepts_key_activated_on_another_instance,
+            middleware_rejects_token_of_expired_key,
+            middleware_accepts_retiring_key_until_token_expiry,
+            middleware_extractor_and_scope_helper,
+            jwks_publishes_pending_key_before_it_signs,
+            jwks_drops_expired_key,
+            jwks_etag_and_304,
+            status_shows_ring_without_key_material,
+        );
+    };
+    (@cases $start:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::cases::$case($crate::boxed_start($start)).await;
+            }
+        )*
+    };
+}
