@@ -1,0 +1,620 @@
+//! MySQL 8 / MariaDB 10.6 or newer: [`MySqlStore`] is keyrot's [`Storage`] and [`Lock`];
+//! instances learn of changes by polling ([`MySqlStore::polling_feed`]).
+//!
+//! - **Commit**: one InnoDB transaction: `UPDATE … SET generation = generation + 1 WHERE
+//!   name = ? AND generation = ?` is the compare-and-swap (a first commit creates the ring
+//!   row at generation 0 beforehand, which changes nothing observable), then key rows are
+//!   upserted by (ring, kid) and the audit and idempotency records inserted. Deadlock
+//!   victims are retried.
+//! - **Lock**: `GET_LOCK(name, 0)` on a pool connection the guard holds (the name is
+//!   derived from the database, the table prefix and the ring, since MySQL lock names are
+//!   server-wide). Release calls `RELEASE_LOCK` before the connection goes back to the
+//!   pool; a guard dropped without release closes its connection, which frees the lock, as
+//!   does a holder's crash. While held, the session's `wait_timeout` is the lock's ttl, so a
+//!   holder that vanished without closing its socket loses the lock within the ttl. The
+//!   guard's connection counts against the pool: give it at least 2 connections.
+//! - Identifiers that must compare byte for byte (ring, kid, idempotency key) are
+//!   `VARBINARY`; other text is `utf8mb4`.
+
+use crate::common::{
+    self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
+    MAX_TRIES, Migration, RowExt as _, Tables, audit_from_row, bind_audit, bind_idempotency, bind_key, db_err,
+    gen_from_db, gen_to_db, idempotency_from_row, key_from_row,
+};
+use async_trait::async_trait;
+use keyrot_core::{
+    AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, Ring, RingName,
+    Storage, StorageError,
+};
+use sqlx::AssertSqlSafe;
+use sqlx::mysql::{MySql, MySqlPool};
+use sqlx::pool::PoolConnection;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "rings, keys, append-only audit ledger, idempotency records",
+    sql: r#"
+CREATE TABLE IF NOT EXISTS {rings} (
+    name VARBINARY(64) NOT NULL PRIMARY KEY,
+    generation BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE IF NOT EXISTS {keys} (
+    seq BIGINT NOT NULL AUTO_INCREMENT,
+    ring VARBINARY(64) NOT NULL,
+    kid VARBINARY(1024) NOT NULL,
+    alg VARCHAR(16) NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    origin VARCHAR(16) NOT NULL,
+    forced BOOLEAN NOT NULL,
+    fingerprint VARCHAR(255) NOT NULL,
+    public_jwk TEXT NOT NULL,
+    master_key_id VARCHAR(64) NULL,
+    sealed_private_key BLOB NULL,
+    created_at_ms BIGINT NOT NULL,
+    activate_at_ms BIGINT NULL,
+    activated_at_ms BIGINT NULL,
+    retired_at_ms BIGINT NULL,
+    expires_at_ms BIGINT NULL,
+    expired_at_ms BIGINT NULL,
+    revoked_at_ms BIGINT NULL,
+    revoke_reason TEXT NULL,
+    purged_at_ms BIGINT NULL,
+    PRIMARY KEY (ring, kid),
+    UNIQUE KEY {prefix}keys_seq (seq)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE IF NOT EXISTS {audit} (
+    seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    audit_id VARCHAR(255) NOT NULL,
+    at_ms BIGINT NOT NULL,
+    ring VARBINARY(64) NOT NULL,
+    actor TEXT NOT NULL,
+    trigger_kind VARCHAR(32) NOT NULL,
+    outcome VARCHAR(32) NOT NULL,
+    forced BOOLEAN NOT NULL,
+    reason TEXT NULL,
+    old_kid TEXT NULL,
+    old_fingerprint TEXT NULL,
+    new_kid TEXT NULL,
+    new_fingerprint TEXT NULL,
+    generation BIGINT NOT NULL,
+    idempotency_key TEXT NULL,
+    request_id TEXT NULL,
+    detail TEXT NULL,
+    instance TEXT NOT NULL,
+    KEY {prefix}audit_ring_seq (ring, seq)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE IF NOT EXISTS {idempotency} (
+    ring VARBINARY(64) NOT NULL,
+    idem_key VARBINARY(255) NOT NULL,
+    request_hash TEXT NOT NULL,
+    response MEDIUMTEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ring, idem_key)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+DROP TRIGGER IF EXISTS {prefix}audit_no_update;
+CREATE TRIGGER {prefix}audit_no_update BEFORE UPDATE ON {audit} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the keyrot audit ledger is append-only';
+DROP TRIGGER IF EXISTS {prefix}audit_no_delete;
+CREATE TRIGGER {prefix}audit_no_delete BEFORE DELETE ON {audit} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the keyrot audit ledger is append-only'
+"#,
+}];
+
+/// MySQL's longest identifier.
+const MAX_IDENT: usize = 64;
+
+/// A lock name for `(database, prefix, ring)`, at most 64 characters (MySQL's limit).
+const LOCK_NAME: &str = "CONCAT('keyrot:', LEFT(SHA2(CONCAT_WS(':', DATABASE(), ?, ?), 256), 56))";
+
+#[derive(Debug)]
+struct Sql {
+    load: String,
+    generation: String,
+    ensure_ring: String,
+    cas: String,
+    upsert_key: String,
+    insert_audit: String,
+    insert_idempotency: String,
+    insert_idempotency_first_wins: String,
+    audit_log: String,
+    idempotency: String,
+}
+
+impl Sql {
+    fn new(t: &Tables) -> Self {
+        let key_cols = KEY_COLUMNS
+            .split(", ")
+            .map(|c| format!("k.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates = KEY_UPDATE_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = VALUES({c})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let audit_cols = common::AUDIT_COLUMNS;
+        let insert_idempotency = format!(
+            "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({})",
+            t.idempotency,
+            common::placeholders(5, false, 1)
+        );
+        Self {
+            load: format!(
+                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
+                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
+                rings = t.rings,
+                keys = t.keys
+            ),
+            generation: format!("SELECT generation FROM {} WHERE name = ?", t.rings),
+            ensure_ring: format!(
+                "INSERT INTO {} (name, generation) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name",
+                t.rings
+            ),
+            cas: format!(
+                "UPDATE {} SET generation = generation + 1 WHERE name = ? AND generation = ?",
+                t.rings
+            ),
+            upsert_key: format!(
+                "INSERT INTO {} (ring, {KEY_COLUMNS}) VALUES ({}) ON DUPLICATE KEY UPDATE {updates}",
+                t.keys,
+                common::placeholders(19, false, 1)
+            ),
+            insert_audit: format!(
+                "INSERT INTO {} ({audit_cols}) VALUES ({})",
+                t.audit,
+                common::placeholders(17, false, 1)
+            ),
+            insert_idempotency_first_wins: format!("{insert_idempotency} ON DUPLICATE KEY UPDATE ring = ring"),
+            insert_idempotency,
+            audit_log: format!(
+                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY seq DESC LIMIT ?",
+                t.audit
+            ),
+            idempotency: format!(
+                "SELECT {IDEMPOTENCY_COLUMNS} FROM {} WHERE ring = ? AND idem_key = ?",
+                t.idempotency
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: MySqlPool,
+    tables: Tables,
+    sql: Sql,
+}
+
+/// keyrot's storage and rotation lock on MySQL 8 or MariaDB 10.6+. Cheap to clone;
+/// clones share the pool.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use keyrot_sqlx::sqlx::mysql::MySqlPoolOptions;
+/// let pool = MySqlPoolOptions::new().max_connections(5).connect("mysql://keyrot@db/keyrot").await?;
+/// let store = keyrot_sqlx::MySqlStore::new(pool);
+/// store.migrate().await?;
+/// let feed = store.polling_feed(std::time::Duration::from_secs(2));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MySqlStore {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`MySqlStore`].
+#[derive(Debug)]
+pub struct MySqlStoreBuilder {
+    pool: MySqlPool,
+    prefix: String,
+}
+
+impl MySqlStoreBuilder {
+    /// Table name prefix (default [`DEFAULT_TABLE_PREFIX`]). Tables live in the
+    /// connection's database.
+    pub fn with_table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Validates the names and builds the store.
+    pub fn build(self) -> Result<MySqlStore, ConfigError> {
+        common::check_ident("table prefix", &self.prefix, true, MAX_PREFIX_LEN.min(MAX_IDENT))?;
+        let tables = Tables::new(None, &self.prefix, '`');
+        let sql = Sql::new(&tables);
+        if self.pool.options().get_max_connections() < 2 {
+            tracing::warn!(
+                "keyrot MySqlStore pool has fewer than 2 connections: the rotation lock holds one while the commit needs another"
+            );
+        }
+        Ok(MySqlStore {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                tables,
+                sql,
+            }),
+        })
+    }
+}
+
+impl MySqlStore {
+    /// A store with the default table prefix in the connection's database.
+    pub fn new(pool: MySqlPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default names are valid"))
+    }
+
+    /// Starts building a store on `pool`.
+    pub fn builder(pool: MySqlPool) -> MySqlStoreBuilder {
+        MySqlStoreBuilder {
+            pool,
+            prefix: DEFAULT_TABLE_PREFIX.to_owned(),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.inner.pool
+    }
+
+    /// A change feed that polls the ring's generation every `interval` (MySQL has no
+    /// notifications).
+    pub fn polling_feed(&self, interval: Duration) -> PollingFeed {
+        PollingFeed::new(Arc::new(self.clone()), interval)
+    }
+
+    /// Creates or upgrades keyrot's tables. Safe to call from every instance at start-up:
+    /// concurrent calls wait for each other (`GET_LOCK`, up to 60 s). MySQL commits DDL
+    /// implicitly, so every statement is idempotent and a version is recorded in
+    /// `<prefix>migrations` only once all its statements ran.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("mysql: acquire migration connection"))?;
+        let name: Option<(Option<i64>, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT GET_LOCK(x.n, 60), x.n FROM (SELECT {LOCK_NAME} AS n) x"
+        )))
+        .bind(format!("migrate:{}", self.inner.tables.prefix))
+        .bind("")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err("mysql: migration lock"))?;
+        let lock_name = match name {
+            Some((Some(1), n)) => n,
+            _ => {
+                return Err(StorageError::Unavailable {
+                    message: "mysql: another instance has been migrating for 60 s; retry".into(),
+                    source: None,
+                });
+            }
+        };
+        let result = self.migrate_locked(&mut conn).await;
+        let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&lock_name)
+            .execute(&mut *conn)
+            .await;
+        if released.is_err() {
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn migrate_locked(&self, conn: &mut PoolConnection<MySql>) -> Result<(), StorageError> {
+        let t = &self.inner.tables;
+        sqlx::raw_sql(AssertSqlSafe(t.render(
+            "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT NOT NULL PRIMARY KEY, \
+             description TEXT NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at_ms BIGINT NOT NULL) \
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        )))
+        .execute(&mut **conn)
+        .await
+        .map_err(db_err("mysql: create migrations table"))?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as(AssertSqlSafe(t.render("SELECT version, checksum FROM {migrations}")))
+                .fetch_all(&mut **conn)
+                .await
+                .map_err(db_err("mysql: read applied migrations"))?;
+        for m in common::pending(MIGRATIONS, &applied)? {
+            for statement in t.render(m.sql).split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
+                    .execute(&mut **conn)
+                    .await
+                    .map_err(db_err("mysql: apply migration"))?;
+            }
+            sqlx::query(AssertSqlSafe(t.render(
+                "INSERT INTO {migrations} (version, description, checksum, applied_at_ms) \
+                 VALUES (?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+            )))
+            .bind(m.version)
+            .bind(m.description)
+            .bind(m.checksum())
+            .execute(&mut **conn)
+            .await
+            .map_err(db_err("mysql: record migration"))?;
+            tracing::info!(
+                version = m.version,
+                description = m.description,
+                "keyrot migration applied (mysql)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+        let sql = &self.inner.sql;
+        let ring = c.ring.as_str();
+        if expected == 0 {
+            // Outside the transaction, so concurrent first commits contend on an existing
+            // row (the compare-and-swap below) instead of on inserting it.
+            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+                .bind(ring)
+                .execute(&self.inner.pool)
+                .await?;
+        }
+        let mut tx = self.inner.pool.begin().await?;
+        let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
+            .bind(ring)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await?;
+        if swapped.rows_affected() == 0 {
+            let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.generation.as_str()))
+                .bind(ring)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Conflict {
+                current: current.and_then(|g| gen_from_db(g).ok()).unwrap_or(0),
+            });
+        }
+        if let Some(i) = &c.idempotency {
+            let inserted = bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    // Another request with this key committed first: treat as a lost race.
+                    tx.rollback().await?;
+                    return Ok(CommitOutcome::Conflict {
+                        current: gen_from_db(expected).unwrap_or(0),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for k in &c.keys {
+            bind_key!(sqlx::query(AssertSqlSafe(sql.upsert_key.as_str())), ring, k)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let audit_gen = i64::try_from(c.audit.generation).unwrap_or(i64::MAX);
+        bind_audit!(
+            sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())),
+            &c.audit,
+            audit_gen
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed)
+    }
+}
+
+#[async_trait]
+impl Storage for MySqlStore {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
+            .bind(ring.as_str())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("mysql: load ring"))?;
+        let mut out = Ring::empty(ring.clone());
+        for row in &rows {
+            out.generation = gen_from_db(row.int("ring_generation")?)?;
+            if row.opt_text("kid")?.is_some() {
+                out.keys.push(key_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
+            .bind(ring.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("mysql: read generation"))?;
+        g.map_or(Ok(0), gen_from_db)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        let expected = gen_to_db(commit.expected_generation)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit_once(commit, expected).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if common::is_retryable(&e) && tries < MAX_TRIES => {
+                    tracing::debug!(ring = %commit.ring, error = %e, "mysql commit retried");
+                }
+                Err(e) => return Err(db_err("mysql: commit")(e)),
+            }
+        }
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError> {
+        common::audit_ring(audit)?;
+        let sql = &self.inner.sql;
+        let generation = gen_to_db(audit.generation)?;
+        let mut tx = self.inner.pool.begin().await.map_err(db_err("mysql: begin"))?;
+        bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("mysql: record attempt"))?;
+        if let Some(i) = idempotency {
+            bind_idempotency!(
+                sqlx::query(AssertSqlSafe(sql.insert_idempotency_first_wins.as_str())),
+                i
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("mysql: record idempotency"))?;
+        }
+        tx.commit().await.map_err(db_err("mysql: commit attempt"))
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
+            .bind(ring.as_str())
+            .bind(common::limit(query.limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("mysql: read audit log"))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
+            .bind(ring.as_str())
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("mysql: read idempotency record"))?;
+        row.as_ref().map(idempotency_from_row).transpose()
+    }
+}
+
+/// A held `GET_LOCK`: the session (pool connection) that holds it.
+struct MySqlLockGuard {
+    conn: Option<PoolConnection<MySql>>,
+    name: String,
+    ring: RingName,
+    holder: String,
+}
+
+impl std::fmt::Debug for MySqlLockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlLockGuard")
+            .field("ring", &self.ring)
+            .field("holder", &self.holder)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Drop for MySqlLockGuard {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+            tracing::warn!(ring = %self.ring, holder = %self.holder, lock = %self.name,
+                "mysql rotation lock guard dropped without release: closing its connection frees the lock");
+        }
+    }
+}
+
+#[async_trait]
+impl LockGuard for MySqlLockGuard {
+    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let released: Result<Option<i64>, _> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+            .bind(&self.name)
+            .fetch_one(&mut *conn)
+            .await;
+        let restored = match &released {
+            Ok(_) => sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
+                .execute(&mut *conn)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if !restored {
+            conn.close_on_drop();
+        }
+        match released {
+            Ok(Some(1)) => {
+                tracing::info!(ring = %self.ring, holder = %self.holder, lock = %self.name, "mysql rotation lock released");
+                Ok(())
+            }
+            Ok(_) => {
+                conn.close_on_drop();
+                tracing::warn!(ring = %self.ring, holder = %self.holder, lock = %self.name,
+                    "mysql rotation lock was no longer held by its session at release");
+                Ok(())
+            }
+            Err(e) => Err(db_err("mysql: release rotation lock (the lock ends with its session)")(
+                e,
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Lock for MySqlStore {
+    async fn try_acquire(
+        &self,
+        ring: &RingName,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("mysql: acquire lock connection"))?;
+        let got: Result<(Option<i64>, String), _> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT GET_LOCK(x.n, 0), x.n FROM (SELECT {LOCK_NAME} AS n) x"
+        )))
+        .bind(self.inner.tables.prefix.as_str())
+        .bind(ring.as_str())
+        .fetch_one(&mut *conn)
+        .await;
+        match got {
+            Ok((Some(1), name)) => {
+                // Bound how long a holder that vanished keeps its session (and so the lock).
+                let secs = ttl.as_secs().max(1);
+                if let Err(e) = sqlx::query("SET SESSION wait_timeout = ?")
+                    .bind(secs)
+                    .execute(&mut *conn)
+                    .await
+                {
+                    conn.close_on_drop();
+                    return Err(db_err("mysql: bound rotation lock session")(e));
+                }
+                tracing::info!(ring = %ring, holder, lock = %name, ttl_s = secs, "mysql rotation lock acquired (GET_LOCK)");
+                Ok(Some(Box::new(MySqlLockGuard {
+                    conn: Some(conn),
+                    name,
+                    ring: ring.clone(),
+                    holder: holder.to_owned(),
+                })))
+            }
+            Ok((Some(0), name)) => {
+                tracing::debug!(ring = %ring, holder, lock = %name, "mysql rotation lock busy");
+                Ok(None)
+            }
+            Ok((other, _)) => {
+                conn.close_on_drop();
+                Err(StorageError::Unavailable {
+                    message: format!("mysql: GET_LOCK returned {other:?}"),
+                    source: None,
+                })
+            }
+            Err(e) => {
+                conn.close_on_drop();
+                Err(db_err("mysql: take rotation lock")(e))
+            }
+        }
+    }
+}

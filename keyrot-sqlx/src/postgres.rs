@@ -1,0 +1,716 @@
+//! PostgreSQL (14 or newer): [`PostgresStore`] is keyrot's [`Storage`], [`Lock`] and
+//! [`ChangeFeed`].
+//!
+//! - **Commit**: one transaction: `INSERT … ON CONFLICT DO NOTHING` creates the ring row at
+//!   generation 0 if it is new (race-safe: a concurrent creator waits on the unique index),
+//!   then `UPDATE … SET generation = generation + 1 WHERE name = $1 AND generation = $2` is
+//!   the compare-and-swap; key rows are upserted by (ring, kid), the audit and idempotency
+//!   records inserted, and `pg_notify` sent — all inside the transaction, so listeners hear
+//!   of a change exactly when it becomes visible.
+//! - **Lock**: a session advisory lock (`pg_try_advisory_lock`, key = SHA-256 of schema,
+//!   table prefix and ring name) on a pool connection the guard holds. Release unlocks it
+//!   explicitly before the connection goes back to the pool; a guard dropped without release
+//!   closes its connection, and a holder that crashes loses its session: either way the
+//!   server frees the lock. While held, the session's `idle_session_timeout` is set to the
+//!   lock's ttl, so even a holder that vanished without closing its socket (a partitioned
+//!   host) loses the lock within the ttl. The guard's connection counts against the pool:
+//!   give the pool at least 2 connections (3 with the change feed).
+//! - **Change feed**: `LISTEN` on one channel (`keyrot_ring_changed` by default; payload
+//!   `<ring>:<generation>`) through sqlx's [`PgListener`], which takes one pool connection.
+//!   After a reconnect the stream yields [`FeedEvent::Resync`]: notifications sent while
+//!   disconnected are lost, so the ring is reloaded fully.
+
+use crate::common::{
+    self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
+    MAX_TRIES, Migration, RowExt as _, Tables, audit_from_row, bind_audit, bind_idempotency, bind_key, db_err,
+    gen_from_db, gen_to_db, idempotency_from_row, key_from_row,
+};
+use async_trait::async_trait;
+use keyrot_core::{
+    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
+    LockGuard, Ring, RingName, Storage, StorageError,
+};
+use sqlx::AssertSqlSafe;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgListener, PgPool, Postgres};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "rings, keys, append-only audit ledger, idempotency records",
+    sql: r#"
+CREATE TABLE {rings} (
+    name TEXT PRIMARY KEY,
+    generation BIGINT NOT NULL CHECK (generation >= 0)
+);
+CREATE TABLE {keys} (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    ring TEXT NOT NULL REFERENCES {rings} (name),
+    kid TEXT NOT NULL,
+    alg TEXT NOT NULL,
+    state TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    fingerprint TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    master_key_id TEXT,
+    sealed_private_key BYTEA,
+    created_at_ms BIGINT NOT NULL,
+    activate_at_ms BIGINT,
+    activated_at_ms BIGINT,
+    retired_at_ms BIGINT,
+    expires_at_ms BIGINT,
+    expired_at_ms BIGINT,
+    revoked_at_ms BIGINT,
+    revoke_reason TEXT,
+    purged_at_ms BIGINT,
+    PRIMARY KEY (ring, kid),
+    CHECK ((master_key_id IS NULL) = (sealed_private_key IS NULL))
+);
+CREATE TABLE {audit} (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    audit_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    ring TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    reason TEXT,
+    old_kid TEXT,
+    old_fingerprint TEXT,
+    new_kid TEXT,
+    new_fingerprint TEXT,
+    generation BIGINT NOT NULL,
+    idempotency_key TEXT,
+    request_id TEXT,
+    detail TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX {prefix}audit_ring_seq ON {audit} (ring, seq DESC);
+CREATE TABLE {idempotency} (
+    ring TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ring, idem_key)
+);
+CREATE FUNCTION {q}{prefix}audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the keyrot audit ledger is append-only'; END $$;
+CREATE TRIGGER {prefix}audit_no_change BEFORE UPDATE OR DELETE ON {audit} FOR EACH ROW EXECUTE FUNCTION {q}{prefix}audit_append_only();
+CREATE TRIGGER {prefix}audit_no_truncate BEFORE TRUNCATE ON {audit} FOR EACH STATEMENT EXECUTE FUNCTION {q}{prefix}audit_append_only();
+"#,
+}];
+
+/// PostgreSQL's longest identifier (and `LISTEN` channel).
+const MAX_IDENT: usize = 63;
+
+#[derive(Debug)]
+struct Sql {
+    load: String,
+    generation: String,
+    ensure_ring: String,
+    cas: String,
+    upsert_key: String,
+    insert_audit: String,
+    insert_idempotency: String,
+    audit_log: String,
+    idempotency: String,
+}
+
+impl Sql {
+    fn new(t: &Tables) -> Self {
+        let key_cols = KEY_COLUMNS
+            .split(", ")
+            .map(|c| format!("k.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates = KEY_UPDATE_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let audit_cols = common::AUDIT_COLUMNS;
+        Self {
+            load: format!(
+                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
+                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = $1 ORDER BY k.seq",
+                rings = t.rings,
+                keys = t.keys
+            ),
+            generation: format!("SELECT generation FROM {} WHERE name = $1", t.rings),
+            ensure_ring: format!(
+                "INSERT INTO {} (name, generation) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
+                t.rings
+            ),
+            cas: format!(
+                "UPDATE {} SET generation = generation + 1 WHERE name = $1 AND generation = $2",
+                t.rings
+            ),
+            upsert_key: format!(
+                "INSERT INTO {} (ring, {KEY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, kid) DO UPDATE SET {updates}",
+                t.keys,
+                common::placeholders(19, true, 1)
+            ),
+            insert_audit: format!(
+                "INSERT INTO {} ({audit_cols}) VALUES ({})",
+                t.audit,
+                common::placeholders(17, true, 1)
+            ),
+            insert_idempotency: format!(
+                "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, idem_key) DO NOTHING",
+                t.idempotency,
+                common::placeholders(5, true, 1)
+            ),
+            audit_log: format!(
+                "SELECT {audit_cols} FROM {} WHERE ring = $1 ORDER BY seq DESC LIMIT $2",
+                t.audit
+            ),
+            idempotency: format!(
+                "SELECT {IDEMPOTENCY_COLUMNS} FROM {} WHERE ring = $1 AND idem_key = $2",
+                t.idempotency
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    schema: Option<String>,
+    tables: Tables,
+    namespace: String,
+    channel: String,
+    sql: Sql,
+}
+
+/// keyrot's storage, rotation lock and change feed on PostgreSQL 14 or newer. Cheap to
+/// clone; clones share the pool.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use keyrot_sqlx::sqlx::postgres::PgPoolOptions;
+/// let pool = PgPoolOptions::new().max_connections(5).connect("postgres://keyrot@db/keyrot").await?;
+/// let store = keyrot_sqlx::PostgresStore::builder(pool).with_schema("keyrot").build()?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`PostgresStore`].
+#[derive(Debug)]
+pub struct PostgresStoreBuilder {
+    pool: PgPool,
+    schema: Option<String>,
+    prefix: String,
+    channel: Option<String>,
+}
+
+impl PostgresStoreBuilder {
+    /// Keeps keyrot's tables in this schema (created by [`PostgresStore::migrate`] if
+    /// missing) instead of the connection's `search_path`.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Table name prefix (default [`DEFAULT_TABLE_PREFIX`]).
+    pub fn with_table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The `NOTIFY` channel. Default: `<prefix>ring_changed` (so `keyrot_ring_changed`),
+    /// preceded by `<schema>.` when a schema is set, so stores in different schemas of one
+    /// database do not hear each other.
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
+        self
+    }
+
+    /// Validates the names and builds the store.
+    pub fn build(self) -> Result<PostgresStore, ConfigError> {
+        if let Some(s) = &self.schema {
+            common::check_ident("schema", s, false, MAX_IDENT)?;
+        }
+        common::check_ident("table prefix", &self.prefix, true, MAX_PREFIX_LEN)?;
+        let namespace = format!("{}.{}", self.schema.as_deref().unwrap_or(""), self.prefix);
+        let channel = match self.channel {
+            Some(c) => {
+                common::check_ident("channel", &c, false, MAX_IDENT)?;
+                c
+            }
+            None => {
+                let c = match &self.schema {
+                    Some(s) => format!("{s}.{}ring_changed", self.prefix),
+                    None => format!("{}ring_changed", self.prefix),
+                };
+                if c.len() <= MAX_IDENT {
+                    c
+                } else {
+                    format!("keyrot_ring_changed_{}", &common::digest_hex(&namespace)[..32])
+                }
+            }
+        };
+        let tables = Tables::new(self.schema.as_deref(), &self.prefix, '"');
+        let sql = Sql::new(&tables);
+        if self.pool.options().get_max_connections() < 2 {
+            tracing::warn!(
+                "keyrot PostgresStore pool has fewer than 2 connections: the rotation lock holds one while the commit needs another"
+            );
+        }
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                schema: self.schema,
+                tables,
+                namespace,
+                channel,
+                sql,
+            }),
+        })
+    }
+}
+
+impl PostgresStore {
+    /// A store with the default table prefix in the connection's `search_path`.
+    pub fn new(pool: PgPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default names are valid"))
+    }
+
+    /// Starts building a store on `pool`.
+    pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            pool,
+            schema: None,
+            prefix: DEFAULT_TABLE_PREFIX.to_owned(),
+            channel: None,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The `NOTIFY` channel.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Creates or upgrades keyrot's tables (and the schema, if one is set). Safe to call
+    /// from every instance at start-up: concurrent calls wait for each other (transaction
+    /// advisory lock) and everything runs in one transaction. Applied versions are recorded
+    /// in `<prefix>migrations`.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let t = &self.inner.tables;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("postgres: begin migration"))?;
+        let key = advisory_key(&common::lock_digest(
+            &format!("migrate:{}", self.inner.namespace),
+            &migrate_ring(),
+        ));
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("postgres: migration lock"))?;
+        if let Some(schema) = &self.inner.schema {
+            sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("postgres: create schema"))?;
+        }
+        sqlx::raw_sql(AssertSqlSafe(t.render(
+            "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             checksum TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("postgres: create migrations table"))?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as(AssertSqlSafe(t.render("SELECT version, checksum FROM {migrations}")))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err("postgres: read applied migrations"))?;
+        for m in common::pending(MIGRATIONS, &applied)? {
+            sqlx::raw_sql(AssertSqlSafe(t.render(m.sql)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("postgres: apply migration"))?;
+            sqlx::query(AssertSqlSafe(t.render(
+                "INSERT INTO {migrations} (version, description, checksum, applied_at_ms) \
+                 VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            )))
+            .bind(m.version)
+            .bind(m.description)
+            .bind(m.checksum())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("postgres: record migration"))?;
+            tracing::info!(
+                version = m.version,
+                description = m.description,
+                "keyrot migration applied (postgres)"
+            );
+        }
+        tx.commit().await.map_err(db_err("postgres: commit migration"))
+    }
+
+    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+        let sql = &self.inner.sql;
+        let ring = c.ring.as_str();
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+            .bind(ring)
+            .execute(&mut *tx)
+            .await?;
+        let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
+            .bind(ring)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await?;
+        if swapped.rows_affected() == 0 {
+            let current: i64 = sqlx::query_scalar(AssertSqlSafe(sql.generation.as_str()))
+                .bind(ring)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Conflict {
+                current: gen_from_db(current).unwrap_or(0),
+            });
+        }
+        if let Some(i) = &c.idempotency {
+            let inserted = bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await?;
+            if inserted.rows_affected() == 0 {
+                // Another request with this key committed first: treat as a lost race.
+                tx.rollback().await?;
+                return Ok(CommitOutcome::Conflict {
+                    current: gen_from_db(expected).unwrap_or(0),
+                });
+            }
+        }
+        for k in &c.keys {
+            bind_key!(sqlx::query(AssertSqlSafe(sql.upsert_key.as_str())), ring, k)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let audit_gen = i64::try_from(c.audit.generation).unwrap_or(i64::MAX);
+        bind_audit!(
+            sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())),
+            &c.audit,
+            audit_gen
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.inner.channel.as_str())
+            .bind(format!("{ring}:{}", expected + 1))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed)
+    }
+}
+
+fn migrate_ring() -> RingName {
+    RingName::new("migrate").unwrap_or_else(|_| unreachable!("valid ring name"))
+}
+
+fn advisory_key(digest: &[u8; 32]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(b)
+}
+
+#[async_trait]
+impl Storage for PostgresStore {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
+            .bind(ring.as_str())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("postgres: load ring"))?;
+        let mut out = Ring::empty(ring.clone());
+        for row in &rows {
+            out.generation = gen_from_db(row.int("ring_generation")?)?;
+            if row.opt_text("kid")?.is_some() {
+                out.keys.push(key_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
+            .bind(ring.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("postgres: read generation"))?;
+        g.map_or(Ok(0), gen_from_db)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        let expected = gen_to_db(commit.expected_generation)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit_once(commit, expected).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if common::is_retryable(&e) && tries < MAX_TRIES => {
+                    tracing::debug!(ring = %commit.ring, error = %e, "postgres commit retried");
+                }
+                Err(e) => return Err(db_err("postgres: commit")(e)),
+            }
+        }
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError> {
+        common::audit_ring(audit)?;
+        let sql = &self.inner.sql;
+        let generation = gen_to_db(audit.generation)?;
+        let mut tx = self.inner.pool.begin().await.map_err(db_err("postgres: begin"))?;
+        bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("postgres: record attempt"))?;
+        if let Some(i) = idempotency {
+            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("postgres: record idempotency"))?;
+        }
+        tx.commit().await.map_err(db_err("postgres: commit attempt"))
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
+            .bind(ring.as_str())
+            .bind(common::limit(query.limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("postgres: read audit log"))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
+            .bind(ring.as_str())
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("postgres: read idempotency record"))?;
+        row.as_ref().map(idempotency_from_row).transpose()
+    }
+}
+
+/// A held advisory lock: the session (pool connection) that holds it.
+struct PgLockGuard {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i64,
+    ring: RingName,
+    holder: String,
+}
+
+impl std::fmt::Debug for PgLockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLockGuard")
+            .field("ring", &self.ring)
+            .field("holder", &self.holder)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl Drop for PgLockGuard {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            // Closing the session is what frees a session lock; never return it to the pool.
+            conn.close_on_drop();
+            tracing::warn!(ring = %self.ring, holder = %self.holder, lock_key = self.key,
+                "postgres rotation lock guard dropped without release: closing its connection frees the lock");
+        }
+    }
+}
+
+#[async_trait]
+impl LockGuard for PgLockGuard {
+    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let released: Result<bool, _> = sqlx::query_scalar(
+            "SELECT pg_advisory_unlock($1) AS released, set_config('idle_session_timeout', \
+             (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false)",
+        )
+        .bind(self.key)
+        .fetch_one(&mut *conn)
+        .await;
+        match released {
+            Ok(true) => {
+                tracing::info!(ring = %self.ring, holder = %self.holder, lock_key = self.key, "postgres rotation lock released");
+                Ok(())
+            }
+            Ok(false) => {
+                conn.close_on_drop();
+                tracing::warn!(ring = %self.ring, holder = %self.holder, lock_key = self.key,
+                    "postgres rotation lock was no longer held by its session at release");
+                Ok(())
+            }
+            Err(e) => {
+                // The session may be gone (and the lock with it); never reuse it.
+                conn.close_on_drop();
+                Err(db_err(
+                    "postgres: release rotation lock (the lock ends with its session)",
+                )(e))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Lock for PostgresStore {
+    async fn try_acquire(
+        &self,
+        ring: &RingName,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
+        let key = advisory_key(&common::lock_digest(&self.inner.namespace, ring));
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("postgres: acquire lock connection"))?;
+        let ttl_ms = ttl.as_millis().clamp(1_000, i32::MAX as u128).to_string();
+        // One round trip: take the lock and, if taken, bound how long an idle holder keeps
+        // its session (and so the lock).
+        let got: Result<bool, _> = sqlx::query_scalar(
+            "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS got) \
+             SELECT l.got, CASE WHEN l.got THEN set_config('idle_session_timeout', $2, false) END FROM l",
+        )
+        .bind(key)
+        .bind(ttl_ms)
+        .fetch_one(&mut *conn)
+        .await;
+        match got {
+            Ok(true) => {
+                tracing::info!(ring = %ring, holder, lock_key = key, ttl_ms = ttl.as_millis() as u64,
+                    "postgres rotation lock acquired (advisory lock)");
+                Ok(Some(Box::new(PgLockGuard {
+                    conn: Some(conn),
+                    key,
+                    ring: ring.clone(),
+                    holder: holder.to_owned(),
+                })))
+            }
+            Ok(false) => {
+                tracing::debug!(ring = %ring, holder, lock_key = key, "postgres rotation lock busy");
+                Ok(None)
+            }
+            Err(e) => {
+                // The statement may have taken the lock before failing: drop the session.
+                conn.close_on_drop();
+                Err(db_err("postgres: take rotation lock")(e))
+            }
+        }
+    }
+}
+
+/// A `LISTEN` subscription for one ring.
+struct PgChangeStream {
+    listener: PgListener,
+    ring: RingName,
+    channel: String,
+}
+
+impl std::fmt::Debug for PgChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChangeStream")
+            .field("ring", &self.ring)
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+/// Parses a `<ring>:<generation>` payload for `ring`.
+fn parse_payload(payload: &str, ring: &RingName) -> Option<u64> {
+    let (name, generation) = payload.rsplit_once(':')?;
+    if name == ring.as_str() {
+        generation.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[async_trait]
+impl ChangeStream for PgChangeStream {
+    async fn next(&mut self) -> Result<FeedEvent, StorageError> {
+        loop {
+            match self.listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if let Some(g) = parse_payload(n.payload(), &self.ring) {
+                        return Ok(FeedEvent::Changed(g));
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(ring = %self.ring, channel = %self.channel,
+                        "postgres change feed reconnected; notifications may have been lost: resync");
+                    return Ok(FeedEvent::Resync);
+                }
+                Err(e) => return Err(db_err("postgres: change feed (LISTEN)")(e)),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for PostgresStore {
+    async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError> {
+        let mut listener = PgListener::connect_with(&self.inner.pool)
+            .await
+            .map_err(db_err("postgres: change feed connection"))?;
+        listener
+            .listen(&self.inner.channel)
+            .await
+            .map_err(db_err("postgres: LISTEN"))?;
+        tracing::debug!(ring = %ring, channel = %self.inner.channel, "postgres change feed listening");
+        Ok(Box::new(PgChangeStream {
+            listener,
+            ring: ring.clone(),
+            channel: self.inner.channel.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_filtered_by_ring() -> Result<(), keyrot_core::ring::InvalidRingName> {
+        let r = RingName::new("default")?;
+        assert_eq!(parse_payload("default:42", &r), Some(42));
+        assert_eq!(parse_payload("other:42", &r), None);
+        assert_eq!(parse_payload("default:x", &r), None);
+        assert_eq!(parse_payload("default", &r), None);
+        Ok(())
+    }
+}

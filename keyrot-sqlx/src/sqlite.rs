@@ -1,0 +1,579 @@
+//! SQLite: [`SqliteStore`] is keyrot's [`Storage`] and [`Lock`] for processes on **one
+//! host** sharing a database file; they learn of changes by polling
+//! ([`SqliteStore::polling_feed`]).
+//!
+//! - **Commit**: one `BEGIN IMMEDIATE` transaction (the database's write lock is taken at
+//!   the start, so no two commits interleave): insert-if-absent of the ring row, then
+//!   `UPDATE … SET generation = generation + 1 WHERE name = ? AND generation = ?` as the
+//!   compare-and-swap, key upserts by (ring, kid), audit and idempotency records.
+//! - **Lock**: a lease row (`<prefix>locks`) with an expiry, taken by one atomic
+//!   `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at_ms <= now`. A holder that crashes
+//!   keeps it at most its ttl; release deletes the row; a guard dropped without release
+//!   deletes it in the background. Lease time is read from the store's clock
+//!   ([`SqliteStoreBuilder::with_clock`], the system clock by default), which processes on
+//!   one host share.
+//! - What SQLite does not give: several hosts. A database file on a network share does not
+//!   make its locking reliable; use PostgreSQL or MySQL for instances on several hosts.
+
+use crate::common::{
+    self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
+    MAX_TRIES, Migration, RowExt as _, Tables, audit_from_row, bind_audit, bind_idempotency, bind_key, db_err,
+    gen_from_db, gen_to_db, idempotency_from_row, key_from_row,
+};
+use async_trait::async_trait;
+use keyrot_core::{
+    AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, Ring,
+    RingName, Storage, StorageError, SystemClock,
+};
+use sqlx::AssertSqlSafe;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "rings, keys, append-only audit ledger, idempotency records, lock leases",
+    sql: r#"
+CREATE TABLE {rings} (
+    name TEXT NOT NULL PRIMARY KEY,
+    generation INTEGER NOT NULL CHECK (generation >= 0)
+);
+CREATE TABLE {keys} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ring TEXT NOT NULL REFERENCES {prefix}rings (name),
+    kid TEXT NOT NULL,
+    alg TEXT NOT NULL,
+    state TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    fingerprint TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    master_key_id TEXT,
+    sealed_private_key BLOB,
+    created_at_ms BIGINT NOT NULL,
+    activate_at_ms BIGINT,
+    activated_at_ms BIGINT,
+    retired_at_ms BIGINT,
+    expires_at_ms BIGINT,
+    expired_at_ms BIGINT,
+    revoked_at_ms BIGINT,
+    revoke_reason TEXT,
+    purged_at_ms BIGINT,
+    UNIQUE (ring, kid),
+    CHECK ((master_key_id IS NULL) = (sealed_private_key IS NULL))
+);
+CREATE TABLE {audit} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    audit_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    ring TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    reason TEXT,
+    old_kid TEXT,
+    old_fingerprint TEXT,
+    new_kid TEXT,
+    new_fingerprint TEXT,
+    generation BIGINT NOT NULL,
+    idempotency_key TEXT,
+    request_id TEXT,
+    detail TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX "{prefix}audit_ring_seq" ON {audit} (ring, seq);
+CREATE TABLE {idempotency} (
+    ring TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ring, idem_key)
+);
+CREATE TABLE {locks} (
+    ring TEXT NOT NULL PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token TEXT NOT NULL,
+    acquired_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE TRIGGER "{prefix}audit_no_update" BEFORE UPDATE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+CREATE TRIGGER "{prefix}audit_no_delete" BEFORE DELETE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+"#,
+}];
+
+#[derive(Debug)]
+struct Sql {
+    load: String,
+    generation: String,
+    ensure_ring: String,
+    cas: String,
+    upsert_key: String,
+    insert_audit: String,
+    insert_idempotency: String,
+    audit_log: String,
+    idempotency: String,
+    take_lease: String,
+    drop_lease: String,
+}
+
+impl Sql {
+    fn new(t: &Tables) -> Self {
+        let key_cols = KEY_COLUMNS
+            .split(", ")
+            .map(|c| format!("k.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let updates = KEY_UPDATE_COLUMNS
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let audit_cols = common::AUDIT_COLUMNS;
+        Self {
+            load: format!(
+                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
+                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
+                rings = t.rings,
+                keys = t.keys
+            ),
+            generation: format!("SELECT generation FROM {} WHERE name = ?", t.rings),
+            ensure_ring: format!(
+                "INSERT INTO {} (name, generation) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                t.rings
+            ),
+            cas: format!(
+                "UPDATE {} SET generation = generation + 1 WHERE name = ? AND generation = ?",
+                t.rings
+            ),
+            upsert_key: format!(
+                "INSERT INTO {} (ring, {KEY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, kid) DO UPDATE SET {updates}",
+                t.keys,
+                common::placeholders(19, false, 1)
+            ),
+            insert_audit: format!(
+                "INSERT INTO {} ({audit_cols}) VALUES ({})",
+                t.audit,
+                common::placeholders(17, false, 1)
+            ),
+            insert_idempotency: format!(
+                "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, idem_key) DO NOTHING",
+                t.idempotency,
+                common::placeholders(5, false, 1)
+            ),
+            audit_log: format!(
+                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY seq DESC LIMIT ?",
+                t.audit
+            ),
+            idempotency: format!(
+                "SELECT {IDEMPOTENCY_COLUMNS} FROM {} WHERE ring = ? AND idem_key = ?",
+                t.idempotency
+            ),
+            take_lease: format!(
+                "INSERT INTO {locks} (ring, holder, token, acquired_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (ring) DO UPDATE SET holder = excluded.holder, token = excluded.token, \
+                 acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
+                 WHERE {locks}.expires_at_ms <= excluded.acquired_at_ms",
+                locks = t.locks
+            ),
+            drop_lease: format!("DELETE FROM {} WHERE ring = ? AND token = ?", t.locks),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: SqlitePool,
+    tables: Tables,
+    sql: Sql,
+    clock: Arc<dyn Clock>,
+}
+
+/// keyrot's storage and rotation lock on a SQLite file, for processes on one host.
+/// Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`SqliteStore`].
+#[derive(Debug)]
+pub struct SqliteStoreBuilder {
+    pool: SqlitePool,
+    prefix: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStoreBuilder {
+    /// Table name prefix (default [`DEFAULT_TABLE_PREFIX`]).
+    pub fn with_table_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The clock lock leases expire on (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the names and builds the store.
+    pub fn build(self) -> Result<SqliteStore, ConfigError> {
+        common::check_ident("table prefix", &self.prefix, true, MAX_PREFIX_LEN)?;
+        let tables = Tables::new(None, &self.prefix, '"');
+        let sql = Sql::new(&tables);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                tables,
+                sql,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+impl SqliteStore {
+    /// A store with the default table prefix.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self::builder(pool)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default names are valid"))
+    }
+
+    /// Starts building a store on `pool`.
+    pub fn builder(pool: SqlitePool) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            pool,
+            prefix: DEFAULT_TABLE_PREFIX.to_owned(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Opens (creating it if missing) a database file with the settings keyrot expects:
+    /// WAL journal, `synchronous = FULL`, foreign keys on, a 10 s busy timeout, up to 4
+    /// connections. Call [`SqliteStore::migrate`] next.
+    pub async fn connect_file(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_err("sqlite: open database file"))?;
+        Ok(Self::new(pool))
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// A change feed that polls the ring's generation every `interval`.
+    pub fn polling_feed(&self, interval: Duration) -> PollingFeed {
+        PollingFeed::new(Arc::new(self.clone()), interval)
+    }
+
+    /// Creates or upgrades keyrot's tables, in one `BEGIN IMMEDIATE` transaction (so
+    /// concurrent callers wait for each other). Applied versions are recorded in
+    /// `<prefix>migrations`.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let t = &self.inner.tables;
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("sqlite: begin migration"))?;
+        sqlx::raw_sql(AssertSqlSafe(t.render(
+            "CREATE TABLE IF NOT EXISTS {migrations} (version INTEGER NOT NULL PRIMARY KEY, \
+             description TEXT NOT NULL, checksum TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("sqlite: create migrations table"))?;
+        let applied: Vec<(i64, String)> =
+            sqlx::query_as(AssertSqlSafe(t.render("SELECT version, checksum FROM {migrations}")))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err("sqlite: read applied migrations"))?;
+        for m in common::pending(MIGRATIONS, &applied)? {
+            sqlx::raw_sql(AssertSqlSafe(t.render(m.sql)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("sqlite: apply migration"))?;
+            sqlx::query(AssertSqlSafe(t.render(
+                "INSERT INTO {migrations} (version, description, checksum, applied_at_ms) VALUES (?, ?, ?, ?)",
+            )))
+            .bind(m.version)
+            .bind(m.description)
+            .bind(m.checksum())
+            .bind(chrono::Utc::now().timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("sqlite: record migration"))?;
+            tracing::info!(
+                version = m.version,
+                description = m.description,
+                "keyrot migration applied (sqlite)"
+            );
+        }
+        tx.commit().await.map_err(db_err("sqlite: commit migration"))
+    }
+
+    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+        let sql = &self.inner.sql;
+        let ring = c.ring.as_str();
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+            .bind(ring)
+            .execute(&mut *tx)
+            .await?;
+        let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
+            .bind(ring)
+            .bind(expected)
+            .execute(&mut *tx)
+            .await?;
+        if swapped.rows_affected() == 0 {
+            let current: i64 = sqlx::query_scalar(AssertSqlSafe(sql.generation.as_str()))
+                .bind(ring)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Conflict {
+                current: gen_from_db(current).unwrap_or(0),
+            });
+        }
+        if let Some(i) = &c.idempotency {
+            let inserted = bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await?;
+            if inserted.rows_affected() == 0 {
+                // Another request with this key committed first: treat as a lost race.
+                tx.rollback().await?;
+                return Ok(CommitOutcome::Conflict {
+                    current: gen_from_db(expected).unwrap_or(0),
+                });
+            }
+        }
+        for k in &c.keys {
+            bind_key!(sqlx::query(AssertSqlSafe(sql.upsert_key.as_str())), ring, k)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let audit_gen = i64::try_from(c.audit.generation).unwrap_or(i64::MAX);
+        bind_audit!(
+            sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())),
+            &c.audit,
+            audit_gen
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CommitOutcome::Committed)
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStore {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
+            .bind(ring.as_str())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("sqlite: load ring"))?;
+        let mut out = Ring::empty(ring.clone());
+        for row in &rows {
+            out.generation = gen_from_db(row.int("ring_generation")?)?;
+            if row.opt_text("kid")?.is_some() {
+                out.keys.push(key_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
+            .bind(ring.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("sqlite: read generation"))?;
+        g.map_or(Ok(0), gen_from_db)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+        let expected = gen_to_db(commit.expected_generation)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.commit_once(commit, expected).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if common::is_retryable(&e) && tries < MAX_TRIES => {
+                    tracing::debug!(ring = %commit.ring, error = %e, "sqlite commit retried");
+                }
+                Err(e) => return Err(db_err("sqlite: commit")(e)),
+            }
+        }
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<(), StorageError> {
+        common::audit_ring(audit)?;
+        let sql = &self.inner.sql;
+        let generation = gen_to_db(audit.generation)?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("sqlite: begin"))?;
+        bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("sqlite: record attempt"))?;
+        if let Some(i) = idempotency {
+            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("sqlite: record idempotency"))?;
+        }
+        tx.commit().await.map_err(db_err("sqlite: commit attempt"))
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
+            .bind(ring.as_str())
+            .bind(common::limit(query.limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err("sqlite: read audit log"))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
+            .bind(ring.as_str())
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(db_err("sqlite: read idempotency record"))?;
+        row.as_ref().map(idempotency_from_row).transpose()
+    }
+}
+
+/// A held lease row.
+#[derive(Debug)]
+struct SqliteLockGuard {
+    store: Option<SqliteStore>,
+    ring: RingName,
+    holder: String,
+    token: String,
+}
+
+impl SqliteLockGuard {
+    async fn delete(store: &SqliteStore, ring: &RingName, token: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(AssertSqlSafe(store.inner.sql.drop_lease.as_str()))
+            .bind(ring.as_str())
+            .bind(token)
+            .execute(&store.inner.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+impl Drop for SqliteLockGuard {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else { return };
+        tracing::warn!(ring = %self.ring, holder = %self.holder,
+            "sqlite rotation lock guard dropped without release: deleting its lease in the background");
+        let (ring, token) = (self.ring.clone(), std::mem::take(&mut self.token));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = Self::delete(&store, &ring, &token).await {
+                        tracing::warn!(ring = %ring, error = %e, "sqlite lease not deleted; it expires with its ttl");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(ring = %self.ring, "no runtime to delete the sqlite lease; it expires with its ttl")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockGuard for SqliteLockGuard {
+    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
+        let Some(store) = self.store.take() else { return Ok(()) };
+        match Self::delete(&store, &self.ring, &self.token).await {
+            Ok(true) => {
+                tracing::info!(ring = %self.ring, holder = %self.holder, "sqlite rotation lock released (lease deleted)");
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(ring = %self.ring, holder = %self.holder,
+                    "sqlite rotation lease had expired and was taken over before release");
+                Ok(())
+            }
+            Err(e) => Err(db_err("sqlite: release rotation lock (the lease expires with its ttl)")(e)),
+        }
+    }
+}
+
+static LEASE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn lease_token(holder: &str) -> String {
+    let n = LEASE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    common::digest_hex(&format!("{holder}\0{}\0{n}\0{nanos}", std::process::id()))
+}
+
+#[async_trait]
+impl Lock for SqliteStore {
+    async fn try_acquire(
+        &self,
+        ring: &RingName,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
+        let now = self.inner.clock.now().timestamp_millis();
+        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let token = lease_token(holder);
+        let taken = sqlx::query(AssertSqlSafe(self.inner.sql.take_lease.as_str()))
+            .bind(ring.as_str())
+            .bind(holder)
+            .bind(&token)
+            .bind(now)
+            .bind(until)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(db_err("sqlite: take rotation lock"))?;
+        if taken.rows_affected() == 1 {
+            tracing::info!(ring = %ring, holder, ttl_ms = ttl.as_millis() as u64, "sqlite rotation lock acquired (lease)");
+            Ok(Some(Box::new(SqliteLockGuard {
+                store: Some(self.clone()),
+                ring: ring.clone(),
+                holder: holder.to_owned(),
+                token,
+            })))
+        } else {
+            tracing::debug!(ring = %ring, holder, "sqlite rotation lock busy");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Race: 16 instances, each with its own connection pool, force a rotation of the same
+//! ring at the same moment, round after round. Every round exactly one new key appears,
+//! exactly one key is Active, and every attempt is in the audit ledger. Then the same 16
+//! commit on one generation without the lock: the compare-and-swap alone lets one through.
+
+mod common;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
+use keyrot_core::conformance::{sample_audit, sample_key};
+use keyrot_core::{
+    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManualClock, Outcome, RequestContext, Rotator, Storage,
+};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+const INSTANCES: usize = 16;
+const ROUNDS: usize = 100;
+
+fn t0() -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_767_225_600_123)
+        .single()
+        .expect("valid time")
+}
+
+type Instance = (Arc<dyn Storage>, Arc<dyn Lock>);
+
+async fn race(name: &str, instances: Vec<Instance>) {
+    assert_eq!(instances.len(), INSTANCES);
+    let started = Instant::now();
+    let r = ring("race");
+    let clock = ManualClock::new(t0());
+    let sealer = sealer();
+    let rotators: Vec<Rotator> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, (storage, lock))| {
+            Rotator::builder(r.clone(), storage.clone(), lock.clone(), sealer.clone())
+                .with_clock(Arc::new(clock.clone()))
+                .with_instance(format!("instance-{i}"))
+                .build()
+        })
+        .collect();
+    let check = instances[0].0.clone();
+    let boot = rotators[0].init(RequestContext::actor("race")).await.expect("init");
+    assert_eq!(boot.outcome, Outcome::Bootstrapped);
+
+    let mut tally: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for round in 0..ROUNDS {
+        // Past forced_min_interval (1 h): exactly one forced rotation is due.
+        clock.advance(TimeDelta::minutes(61));
+        let now = clock.now();
+        let barrier = Arc::new(Barrier::new(INSTANCES));
+        let mut set = JoinSet::new();
+        for rot in rotators.clone() {
+            let barrier = barrier.clone();
+            set.spawn(async move {
+                barrier.wait().await;
+                rot.force_rotate(RequestContext::actor("race"), "race drill", false)
+                    .await
+            });
+        }
+        let reports: Vec<_> = set.join_all().await;
+        let mut rotated = Vec::new();
+        for rep in &reports {
+            let rep = rep.as_ref().expect("no attempt fails");
+            *tally.entry(rep.outcome.as_str()).or_default() += 1;
+            match rep.outcome {
+                Outcome::Rotated => rotated.push(rep.new_kid.clone().expect("rotated report names the new kid")),
+                Outcome::LockBusy | Outcome::LostRace | Outcome::RateLimited => {}
+                other => panic!("{name} round {round}: unexpected outcome {other:?}: {rep:?}"),
+            }
+        }
+        assert_eq!(
+            rotated.len(),
+            1,
+            "{name} round {round}: exactly one of {INSTANCES} rotates: {reports:?}"
+        );
+
+        let loaded = check.load(&r).await.expect("load");
+        let active: Vec<_> = loaded.in_state(KeyState::Active).collect();
+        assert_eq!(active.len(), 1, "{name} round {round}: exactly one Active key");
+        assert_eq!(
+            Some(&active[0].kid),
+            rotated.first(),
+            "{name} round {round}: the winner's key is Active"
+        );
+        assert_eq!(
+            loaded.keys.len(),
+            round + 2,
+            "{name} round {round}: exactly one new key per round"
+        );
+        assert_eq!(
+            loaded.generation,
+            round as u64 + 2,
+            "{name} round {round}: one commit per round"
+        );
+
+        // Every attempt of this round is audited, and nothing else was.
+        let audit = check
+            .audit_log(&r, AuditQuery { limit: INSTANCES + 1 })
+            .await
+            .expect("audit");
+        assert_eq!(audit.len(), INSTANCES + 1);
+        assert!(
+            audit[..INSTANCES].iter().all(|a| a.at == now),
+            "{name} round {round}: 16 records of this round"
+        );
+        assert!(
+            audit[INSTANCES].at < now,
+            "{name} round {round}: no more than 16 records this round"
+        );
+        assert_eq!(
+            audit[..INSTANCES]
+                .iter()
+                .filter(|a| a.outcome == Outcome::Rotated)
+                .count(),
+            1
+        );
+    }
+    cas_race(name, &instances).await;
+    let total = check.audit_log(&r, AuditQuery { limit: 100_000 }).await.expect("audit");
+    assert_eq!(
+        total.len(),
+        1 + INSTANCES * ROUNDS,
+        "{name}: the bootstrap and every attempt are audited"
+    );
+    assert_eq!(tally.get("rotated"), Some(&ROUNDS));
+    println!(
+        "{name}: {ROUNDS} rounds x {INSTANCES} instances in {:.1} s ({:.1} ms per round); outcomes {tally:?}",
+        started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64() * 1000.0 / ROUNDS as f64
+    );
+}
+
+/// Without the lock: 16 instances commit on the same generation at once; the
+/// compare-and-swap alone lets exactly one through, every round.
+async fn cas_race(name: &str, instances: &[Instance]) {
+    let r = ring("cas-race");
+    for round in 0..20u64 {
+        let barrier = Arc::new(Barrier::new(INSTANCES));
+        let mut set = JoinSet::new();
+        for (storage, _) in instances {
+            let (storage, barrier, r) = (storage.clone(), barrier.clone(), r.clone());
+            let commit = Commit {
+                ring: r.clone(),
+                expected_generation: round,
+                keys: vec![sample_key(r.as_str(), KeyState::Pending, t0())],
+                audit: sample_audit(r.as_str(), t0(), round + 1, Outcome::Rotated),
+                idempotency: None,
+            };
+            set.spawn(async move {
+                barrier.wait().await;
+                storage.commit(&commit).await
+            });
+        }
+        let results = set.join_all().await;
+        let won = results
+            .iter()
+            .filter(|x| matches!(x, Ok(CommitOutcome::Committed)))
+            .count();
+        let lost = results
+            .iter()
+            .filter(|x| matches!(x, Ok(CommitOutcome::Conflict { current }) if *current == round + 1))
+            .count();
+        assert_eq!((won, lost), (1, INSTANCES - 1), "{name} CAS round {round}: {results:?}");
+    }
+    let loaded = instances[0].0.load(&r).await.expect("load");
+    assert_eq!(
+        (loaded.generation, loaded.keys.len()),
+        (20, 20),
+        "{name}: only the winners' keys were written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_16_instances_rotate_exactly_once_per_round() {
+    let Some(t) = PgTest::new("postgres race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for i in 0..INSTANCES {
+        let store = t.instance(2, &format!("keyrot-race-{i}")).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("postgres", instances).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_16_instances_rotate_exactly_once_per_round() {
+    let Some(t) = MySqlTest::new("mysql race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = t.instance(2).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("mysql", instances).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_16_instances_rotate_exactly_once_per_round() {
+    let file = SqliteFile::new();
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = file.instance(2).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("sqlite", instances).await;
+}
