@@ -1,0 +1,81 @@
+//! keyrot quickstart on actix-web 4: `cargo run -p actix-quickstart`.
+//!
+//! The same service as the axum `quickstart`: the JWKS, the rotation endpoint, ring status,
+//! an OAuth 2.0 client-credentials token endpoint, a demo login and a protected route, on an
+//! embedded SQLite file (or `KEYROT_DATABASE_URL`), with the in-process scheduler running.
+//! At start it prints the URLs and `curl` commands that work as printed. Everything but the
+//! routes lives in `keyrot_examples_support::quickstart`.
+
+use actix_web::{App, HttpRequest, HttpServer, web};
+use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Token, into_actix_response};
+use keyrot_examples_support::quickstart::{LOGIN_PATH, ME_PATH, Quickstart, QuickstartConfig, TOKEN_PATH};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("actix-quickstart: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = QuickstartConfig::from_env()?;
+    let app = Quickstart::start(config).await?;
+    let auth = BearerAuth::new(app.keyring.clone());
+    let endpoints = app.endpoints.clone();
+    let tokens = app.tokens.clone();
+    let server = HttpServer::new(move || {
+        let cc_tokens = tokens.clone();
+        let login_tokens = tokens.clone();
+        App::new()
+            .service(
+                web::resource(ME_PATH)
+                    .wrap(BearerAuthMiddleware::new(auth.clone()))
+                    .route(web::get().to(me)),
+            )
+            .route(
+                TOKEN_PATH,
+                web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                    let tokens = cc_tokens.clone();
+                    async move {
+                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+                        into_actix_response(tokens.client_credentials(auth, &body))
+                    }
+                }),
+            )
+            .route(
+                LOGIN_PATH,
+                web::post().to(move |body: web::Bytes| {
+                    let tokens = login_tokens.clone();
+                    async move { into_actix_response(tokens.demo_login(&body)) }
+                }),
+            )
+            .configure(keyrot_actix::configure(endpoints.clone()))
+    })
+    .shutdown_signal(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .bind(app.config.listen)?
+    .run();
+    print!("{}", app.banner("actix-web"));
+    println!("ready");
+    server.await?;
+    app.shutdown().await;
+    Ok(())
+}
+
+/// The protected route: echoes the verified claims.
+async fn me(Token(verified): Token) -> web::Json<serde_json::Value> {
+    web::Json(serde_json::json!({ "kid": verified.kid, "claims": verified.claims }))
+}
