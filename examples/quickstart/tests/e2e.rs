@@ -36,11 +36,11 @@ fn tools() -> &'static PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "keyrotctl", "-p", "scheduler", "--manifest-path"])
+            .args(["build", "-q", "-p", "keyrotctl", "-p", "scheduler", "-p", "actix-quickstart", "--manifest-path"])
             .arg(workspace_root().join("Cargo.toml"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building keyrotctl and scheduler failed");
+        assert!(status.success(), "building keyrotctl, scheduler and actix-quickstart failed");
         bin_dir()
     })
 }
@@ -109,9 +109,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-fn start(env: &Env, port: u16) -> Service {
+fn start(env: &Env, port: u16, binary: &Path) -> Service {
     let mut child = env
-        .command(Path::new(env!("CARGO_BIN_EXE_quickstart")))
+        .command(binary)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -185,10 +185,10 @@ fn secret_from_banner(banner: &str, client: &str) -> String {
         .to_owned()
 }
 
-async fn scenario(database_url: Option<String>) {
+async fn scenario(database_url: Option<String>, binary: PathBuf) {
     let port = free_port();
     let env = Env::new(database_url, port);
-    let svc = start(&env, port);
+    let svc = start(&env, port, &binary);
 
     // 1. Every printed curl command works as printed.
     let script = curl_block(&svc.banner);
@@ -272,7 +272,12 @@ async fn scenario(database_url: Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_end_to_end_on_sqlite() {
-    scenario(None).await;
+    scenario(None, PathBuf::from(env!("CARGO_BIN_EXE_quickstart"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_quickstart_end_to_end_on_sqlite() {
+    scenario(None, tools().join("actix-quickstart")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +296,7 @@ async fn quickstart_end_to_end_on_postgres() {
         Some(i) => format!("{}/{db}", &base[..i]),
         None => panic!("KEYROT_TEST_POSTGRES_URL needs a database path"),
     };
-    let result = tokio::spawn(scenario(Some(url))).await;
+    let result = tokio::spawn(scenario(Some(url), PathBuf::from(env!("CARGO_BIN_EXE_quickstart")))).await;
     let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&admin).await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
