@@ -18,10 +18,7 @@ pub fn encode_into(bytes: &[u8], out: &mut String) {
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     // The engine's default config already rejects padding and non-canonical trailing bits;
     // the explicit alphabet check keeps the rule visible and independent of engine config.
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return None;
     }
     URL_SAFE_NO_PAD.decode(s).ok()

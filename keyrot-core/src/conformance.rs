@@ -21,9 +21,7 @@ use crate::planner::TriggerKind;
 use crate::ring::{KeyOrigin, KeyRecord, KeyState, RingName};
 use crate::rotator::{RequestContext, Rotator};
 use crate::seal::{MasterKey, MasterKeySealer, SealContext, Sealer};
-use crate::storage::{
-    AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, Outcome, Storage,
-};
+use crate::storage::{AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, Outcome, Storage};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +40,11 @@ pub struct Backend {
 impl Backend {
     /// A backend without teardown.
     pub fn new(storage: Arc<dyn Storage>, lock: Arc<dyn Lock>) -> Self {
-        Self { storage, lock, teardown: None }
+        Self {
+            storage,
+            lock,
+            teardown: None,
+        }
     }
 
     /// Runs `teardown` after the case (drop a schema or database).
@@ -108,7 +110,9 @@ fn ring(name: &str) -> RingName {
 
 fn t0() -> DateTime<Utc> {
     // Millisecond precision on purpose: every store must keep it.
-    Utc.timestamp_millis_opt(1_767_225_600_123).single().expect("valid time")
+    Utc.timestamp_millis_opt(1_767_225_600_123)
+        .single()
+        .expect("valid time")
 }
 
 fn sealer() -> MasterKeySealer {
@@ -123,7 +127,11 @@ pub fn sample_key(ring_name: &str, state: KeyState, at: DateTime<Utc>) -> KeyRec
     let sealed = sealer()
         .seal(
             &key.to_secret_bytes().expect("bytes"),
-            &SealContext { ring: ring_name, kid: &kid, alg: Algorithm::EdDsa },
+            &SealContext {
+                ring: ring_name,
+                kid: &kid,
+                alg: Algorithm::EdDsa,
+            },
         )
         .expect("seal");
     KeyRecord {
@@ -186,7 +194,13 @@ pub async fn empty_ring_loads_at_generation_zero(b: &Backend) {
     assert_eq!(loaded.generation, 0);
     assert!(loaded.keys.is_empty());
     assert_eq!(b.storage.generation(&r).await.expect("generation"), 0);
-    assert!(b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit").is_empty());
+    assert!(
+        b.storage
+            .audit_log(&r, AuditQuery::default())
+            .await
+            .expect("audit")
+            .is_empty()
+    );
     assert!(b.storage.idempotency(&r, "nope").await.expect("idem").is_none());
 }
 
@@ -205,7 +219,11 @@ pub async fn commit_round_trips_every_field(b: &Backend) {
     assert_eq!(b.storage.commit(&c).await.expect("commit"), CommitOutcome::Committed);
     let loaded = b.storage.load(&r).await.expect("load");
     assert_eq!(loaded.generation, 1);
-    assert_eq!(loaded.keys, vec![key], "every key field round-trips at millisecond precision");
+    assert_eq!(
+        loaded.keys,
+        vec![key],
+        "every key field round-trips at millisecond precision"
+    );
     assert_eq!(b.storage.generation(&r).await.expect("generation"), 1);
     let audit = b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit");
     assert_eq!(audit, vec![c.audit.clone()], "every audit field round-trips");
@@ -216,7 +234,13 @@ pub async fn commit_round_trips_every_field(b: &Backend) {
 pub async fn stale_generation_conflicts_and_writes_nothing(b: &Backend) {
     let r = ring("conf-stale");
     let k1 = sample_key(r.as_str(), KeyState::Active, t0());
-    assert_eq!(b.storage.commit(&commit(&r, 0, vec![k1.clone()], t0())).await.expect("c1"), CommitOutcome::Committed);
+    assert_eq!(
+        b.storage
+            .commit(&commit(&r, 0, vec![k1.clone()], t0()))
+            .await
+            .expect("c1"),
+        CommitOutcome::Committed
+    );
     let k2 = sample_key(r.as_str(), KeyState::Pending, t0());
     let mut stale = commit(&r, 0, vec![k2], t0());
     stale.idempotency = Some(IdempotencyRecord {
@@ -226,31 +250,69 @@ pub async fn stale_generation_conflicts_and_writes_nothing(b: &Backend) {
         response: "{}".into(),
         created_at: t0(),
     });
-    assert_eq!(b.storage.commit(&stale).await.expect("c2"), CommitOutcome::Conflict { current: 1 });
+    assert_eq!(
+        b.storage.commit(&stale).await.expect("c2"),
+        CommitOutcome::Conflict { current: 1 }
+    );
     let loaded = b.storage.load(&r).await.expect("load");
     assert_eq!(loaded.generation, 1);
     assert_eq!(loaded.keys, vec![k1], "a conflicting commit writes no key");
-    assert_eq!(b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit").len(), 1);
+    assert_eq!(
+        b.storage
+            .audit_log(&r, AuditQuery::default())
+            .await
+            .expect("audit")
+            .len(),
+        1
+    );
     assert!(b.storage.idempotency(&r, "stale-key").await.expect("idem").is_none());
 }
 
 pub async fn concurrent_commits_on_one_generation_exactly_one_wins(b: &Backend) {
     let r = ring("conf-race");
     let base = sample_key(r.as_str(), KeyState::Active, t0());
-    assert_eq!(b.storage.commit(&commit(&r, 0, vec![base], t0())).await.expect("base"), CommitOutcome::Committed);
+    assert_eq!(
+        b.storage.commit(&commit(&r, 0, vec![base], t0())).await.expect("base"),
+        CommitOutcome::Committed
+    );
     for round in 0..5u64 {
         let commits: Vec<Commit> = (0..8)
-            .map(|_| commit(&r, 1 + round, vec![sample_key(r.as_str(), KeyState::Pending, t0())], t0()))
+            .map(|_| {
+                commit(
+                    &r,
+                    1 + round,
+                    vec![sample_key(r.as_str(), KeyState::Pending, t0())],
+                    t0(),
+                )
+            })
             .collect();
         let results = futures_join_all(commits.iter().map(|c| b.storage.commit(c))).await;
-        let won = results.iter().filter(|x| matches!(x, Ok(CommitOutcome::Committed))).count();
-        let lost = results.iter().filter(|x| matches!(x, Ok(CommitOutcome::Conflict { .. }))).count();
-        assert_eq!((won, lost), (1, 7), "round {round}: exactly one of 8 concurrent commits wins: {results:?}");
+        let won = results
+            .iter()
+            .filter(|x| matches!(x, Ok(CommitOutcome::Committed)))
+            .count();
+        let lost = results
+            .iter()
+            .filter(|x| matches!(x, Ok(CommitOutcome::Conflict { .. })))
+            .count();
+        assert_eq!(
+            (won, lost),
+            (1, 7),
+            "round {round}: exactly one of 8 concurrent commits wins: {results:?}"
+        );
         let loaded = b.storage.load(&r).await.expect("load");
         assert_eq!(loaded.generation, 2 + round);
         assert_eq!(loaded.keys.len() as u64, 2 + round, "only the winner's key was written");
-        let audits = b.storage.audit_log(&r, AuditQuery { limit: 1000 }).await.expect("audit");
-        assert_eq!(audits.len() as u64, 2 + round, "only the winner's audit record was written");
+        let audits = b
+            .storage
+            .audit_log(&r, AuditQuery { limit: 1000 })
+            .await
+            .expect("audit");
+        assert_eq!(
+            audits.len() as u64,
+            2 + round,
+            "only the winner's audit record was written"
+        );
     }
 }
 
@@ -261,7 +323,11 @@ async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Ou
     }
     // Poll all together (concurrently on this task), in order.
     let pinned: Vec<Pin<Box<F>>> = set.into_iter().map(Box::pin).collect();
-    JoinAll { futs: pinned.into_iter().map(Some).collect(), out: Vec::new() }.await
+    JoinAll {
+        futs: pinned.into_iter().map(Some).collect(),
+        out: Vec::new(),
+    }
+    .await
 }
 
 struct JoinAll<F: Future> {
@@ -302,16 +368,28 @@ pub async fn commits_replace_keys_by_kid_and_never_delete(b: &Backend) {
     let r = ring("conf-replace");
     let mut a = sample_key(r.as_str(), KeyState::Pending, t0());
     let other = sample_key(r.as_str(), KeyState::Active, t0());
-    b.storage.commit(&commit(&r, 0, vec![a.clone(), other.clone()], t0())).await.expect("c1");
+    b.storage
+        .commit(&commit(&r, 0, vec![a.clone(), other.clone()], t0()))
+        .await
+        .expect("c1");
     a.state = KeyState::Expired;
     a.sealed = None;
     a.purged_at = Some(t0() + TimeDelta::days(30));
-    assert_eq!(b.storage.commit(&commit(&r, 1, vec![a.clone()], t0())).await.expect("c2"), CommitOutcome::Committed);
+    assert_eq!(
+        b.storage
+            .commit(&commit(&r, 1, vec![a.clone()], t0()))
+            .await
+            .expect("c2"),
+        CommitOutcome::Committed
+    );
     let mut loaded = b.storage.load(&r).await.expect("load").keys;
     loaded.sort_by(|x, y| x.kid.cmp(&y.kid));
     let mut want = vec![a, other];
     want.sort_by(|x, y| x.kid.cmp(&y.kid));
-    assert_eq!(loaded, want, "updated by kid; the untouched key is still there; purged material is gone");
+    assert_eq!(
+        loaded, want,
+        "updated by kid; the untouched key is still there; purged material is gone"
+    );
 }
 
 pub async fn record_attempt_appends_without_changing_generation(b: &Backend) {
@@ -326,7 +404,10 @@ pub async fn record_attempt_appends_without_changing_generation(b: &Backend) {
     };
     b.storage.record_attempt(&a, Some(&idem)).await.expect("record");
     assert_eq!(b.storage.generation(&r).await.expect("generation"), 0);
-    assert_eq!(b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit"), vec![a]);
+    assert_eq!(
+        b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit"),
+        vec![a]
+    );
     assert_eq!(b.storage.idempotency(&r, "k-attempt").await.expect("idem"), Some(idem));
 }
 
@@ -338,7 +419,14 @@ pub async fn audit_log_is_newest_first_and_limited(b: &Backend) {
     }
     let got = b.storage.audit_log(&r, AuditQuery { limit: 3 }).await.expect("audit");
     let times: Vec<_> = got.iter().map(|a| a.at).collect();
-    assert_eq!(times, vec![t0() + TimeDelta::seconds(4), t0() + TimeDelta::seconds(3), t0() + TimeDelta::seconds(2)]);
+    assert_eq!(
+        times,
+        vec![
+            t0() + TimeDelta::seconds(4),
+            t0() + TimeDelta::seconds(3),
+            t0() + TimeDelta::seconds(2)
+        ]
+    );
 }
 
 pub async fn idempotency_first_answer_wins(b: &Backend) {
@@ -350,37 +438,86 @@ pub async fn idempotency_first_answer_wins(b: &Backend) {
         response: "first".into(),
         created_at: t0(),
     };
-    let second = IdempotencyRecord { response: "second".into(), ..first.clone() };
-    b.storage.record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&first)).await.expect("1");
-    let _ = b.storage.record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&second)).await;
-    assert_eq!(b.storage.idempotency(&r, "same").await.expect("idem").map(|i| i.response).as_deref(), Some("first"));
+    let second = IdempotencyRecord {
+        response: "second".into(),
+        ..first.clone()
+    };
+    b.storage
+        .record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&first))
+        .await
+        .expect("1");
+    let _ = b
+        .storage
+        .record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&second))
+        .await;
+    assert_eq!(
+        b.storage
+            .idempotency(&r, "same")
+            .await
+            .expect("idem")
+            .map(|i| i.response)
+            .as_deref(),
+        Some("first")
+    );
 }
 
 pub async fn rings_are_isolated(b: &Backend) {
     let (r1, r2) = (ring("conf-iso-a"), ring("conf-iso-b"));
     let k = sample_key(r1.as_str(), KeyState::Active, t0());
-    b.storage.commit(&commit(&r1, 0, vec![k.clone()], t0())).await.expect("c1");
+    b.storage
+        .commit(&commit(&r1, 0, vec![k.clone()], t0()))
+        .await
+        .expect("c1");
     assert_eq!(b.storage.generation(&r2).await.expect("g"), 0);
     assert!(b.storage.load(&r2).await.expect("load").keys.is_empty());
     // The same kid may exist in two rings.
-    assert_eq!(b.storage.commit(&commit(&r2, 0, vec![k], t0())).await.expect("c2"), CommitOutcome::Committed);
-    assert_eq!(b.storage.audit_log(&r1, AuditQuery::default()).await.expect("a").len(), 1);
+    assert_eq!(
+        b.storage.commit(&commit(&r2, 0, vec![k], t0())).await.expect("c2"),
+        CommitOutcome::Committed
+    );
+    assert_eq!(
+        b.storage.audit_log(&r1, AuditQuery::default()).await.expect("a").len(),
+        1
+    );
 }
 
 pub async fn lock_is_exclusive_until_released(b: &Backend) {
     let r = ring("conf-lock");
     let ttl = Duration::from_secs(30);
-    let g1 = b.lock.try_acquire(&r, "a", ttl).await.expect("acquire").expect("free lock is granted");
-    assert!(b.lock.try_acquire(&r, "b", ttl).await.expect("acquire").is_none(), "held lock is refused");
+    let g1 = b
+        .lock
+        .try_acquire(&r, "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("free lock is granted");
+    assert!(
+        b.lock.try_acquire(&r, "b", ttl).await.expect("acquire").is_none(),
+        "held lock is refused"
+    );
     g1.release().await.expect("release");
-    let g2 = b.lock.try_acquire(&r, "b", ttl).await.expect("acquire").expect("released lock is granted");
+    let g2 = b
+        .lock
+        .try_acquire(&r, "b", ttl)
+        .await
+        .expect("acquire")
+        .expect("released lock is granted");
     g2.release().await.expect("release");
 }
 
 pub async fn locks_are_per_ring(b: &Backend) {
     let ttl = Duration::from_secs(30);
-    let g1 = b.lock.try_acquire(&ring("conf-lock-a"), "a", ttl).await.expect("a").expect("granted");
-    let g2 = b.lock.try_acquire(&ring("conf-lock-b"), "a", ttl).await.expect("b").expect("other ring is independent");
+    let g1 = b
+        .lock
+        .try_acquire(&ring("conf-lock-a"), "a", ttl)
+        .await
+        .expect("a")
+        .expect("granted");
+    let g2 = b
+        .lock
+        .try_acquire(&ring("conf-lock-b"), "a", ttl)
+        .await
+        .expect("b")
+        .expect("other ring is independent");
     g1.release().await.expect("release");
     g2.release().await.expect("release");
 }
@@ -422,7 +559,15 @@ pub async fn rotator_lifecycle_on_backend(b: &Backend) {
     assert_eq!(ring_now.generation, 3);
     let audit = b.storage.audit_log(&r, AuditQuery { limit: 100 }).await.expect("audit");
     let outcomes: Vec<_> = audit.iter().rev().map(|a| a.outcome).collect();
-    assert_eq!(outcomes, vec![Outcome::Bootstrapped, Outcome::RateLimited, Outcome::Scheduled, Outcome::Rotated]);
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Bootstrapped,
+            Outcome::RateLimited,
+            Outcome::Scheduled,
+            Outcome::Rotated
+        ]
+    );
     assert!(to_millis(clock.now()) == clock.now());
 }
 
@@ -433,17 +578,27 @@ pub async fn concurrent_rotators_rotate_exactly_once(b: &Backend) {
     let first = rotator(b, &r, &clock, sealer.clone(), "boot");
     first.init(RequestContext::actor("conformance")).await.expect("init");
     clock.advance(TimeDelta::hours(2));
-    let rotators: Vec<Rotator> = (0..8).map(|i| rotator(b, &r, &clock, sealer.clone(), &format!("i{i}"))).collect();
+    let rotators: Vec<Rotator> = (0..8)
+        .map(|i| rotator(b, &r, &clock, sealer.clone(), &format!("i{i}")))
+        .collect();
     let reports = futures_join_all(
-        rotators.iter().map(|rot| rot.force_rotate(RequestContext::actor("breakglass"), "leak drill", false)),
+        rotators
+            .iter()
+            .map(|rot| rot.force_rotate(RequestContext::actor("breakglass"), "leak drill", false)),
     )
     .await;
-    let rotated = reports.iter().filter(|x| matches!(x, Ok(rep) if rep.outcome == Outcome::Rotated)).count();
+    let rotated = reports
+        .iter()
+        .filter(|x| matches!(x, Ok(rep) if rep.outcome == Outcome::Rotated))
+        .count();
     assert_eq!(rotated, 1, "exactly one forced rotation happens: {reports:?}");
     for rep in &reports {
         let rep = rep.as_ref().expect("no attempt fails");
         assert!(
-            matches!(rep.outcome, Outcome::Rotated | Outcome::LockBusy | Outcome::LostRace | Outcome::RateLimited),
+            matches!(
+                rep.outcome,
+                Outcome::Rotated | Outcome::LockBusy | Outcome::LostRace | Outcome::RateLimited
+            ),
             "{rep:?}"
         );
     }
@@ -452,5 +607,9 @@ pub async fn concurrent_rotators_rotate_exactly_once(b: &Backend) {
     assert_eq!(loaded.keys.len(), 2);
     assert_eq!(loaded.generation, 2);
     let audit = b.storage.audit_log(&r, AuditQuery { limit: 100 }).await.expect("audit");
-    assert_eq!(audit.len(), 1 + 8, "the bootstrap and every one of the 8 attempts is audited");
+    assert_eq!(
+        audit.len(),
+        1 + 8,
+        "the bootstrap and every one of the 8 attempts is audited"
+    );
 }

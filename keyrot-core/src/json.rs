@@ -109,7 +109,10 @@ mod tests {
         assert!(parse_strict(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
         assert_eq!(parse_strict(br#"{"a":1,"a":2}"#), Err(JsonError::DuplicateMember));
         assert_eq!(parse_strict(br#"{"a":{"b":1,"b":1}}"#), Err(JsonError::DuplicateMember));
-        assert_eq!(parse_strict(br#"{"a":[{"b":1,"b":1}]}"#), Err(JsonError::DuplicateMember));
+        assert_eq!(
+            parse_strict(br#"{"a":[{"b":1,"b":1}]}"#),
+            Err(JsonError::DuplicateMember)
+        );
         // Escapes that spell the same name are the same member.
         assert_eq!(parse_strict(br#"{"a":1,"\u0061":2}"#), Err(JsonError::DuplicateMember));
     }

@@ -63,7 +63,9 @@ impl Jwks {
     /// `max-age` at `now`: the cap, shortened so no cache outlives the next planned change
     /// of the published set (a new Pending key, a Retiring key's expiry).
     pub fn max_age_secs(&self, now: DateTime<Utc>) -> u64 {
-        let until = self.next_change.map_or(self.max_age_cap_secs, |t| (t - now).num_seconds());
+        let until = self
+            .next_change
+            .map_or(self.max_age_cap_secs, |t| (t - now).num_seconds());
         until.clamp(0, self.max_age_cap_secs.max(0)) as u64
     }
 

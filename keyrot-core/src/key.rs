@@ -94,15 +94,10 @@ impl PublicKey {
     /// The canonical JSON RFC 7638 hashes: required members only, sorted, no whitespace.
     pub fn thumbprint_input(&self) -> String {
         match &self.params {
-            PublicParams::Ed25519 { x } => format!(
-                r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-                b64::encode(x)
-            ),
-            PublicParams::Rsa { n, e } => format!(
-                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
-                b64::encode(e),
-                b64::encode(n)
-            ),
+            PublicParams::Ed25519 { x } => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64::encode(x)),
+            PublicParams::Rsa { n, e } => {
+                format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64::encode(e), b64::encode(n))
+            }
         }
     }
 
@@ -182,11 +177,8 @@ fn rsa_public(n: &[u8], e: &[u8]) -> Result<rsa::PublicKey, KeyError> {
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(KeyError::RsaSize { bits });
     }
-    rsa::PublicKey::new(
-        BoxedUint::from_be_slice_vartime(n),
-        BoxedUint::from_be_slice_vartime(e),
-    )
-    .map_err(|_| invalid("RSA public key rejected (modulus or exponent invalid)"))
+    rsa::PublicKey::new(BoxedUint::from_be_slice_vartime(n), BoxedUint::from_be_slice_vartime(e))
+        .map_err(|_| invalid("RSA public key rejected (modulus or exponent invalid)"))
 }
 
 fn member_b64(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, KeyError> {
@@ -211,9 +203,7 @@ fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<A
         .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(e.to_string())))
         .transpose()?;
     match (declared, hint) {
-        (Some(d), Some(h)) if d != h => Err(invalid(format!(
-            "JWK declares alg {d} but {h} was asked for"
-        ))),
+        (Some(d), Some(h)) if d != h => Err(invalid(format!("JWK declares alg {d} but {h} was asked for"))),
         (d, h) => Ok(d.or(h)),
     }
 }
@@ -231,7 +221,9 @@ fn check_use(obj: &Map<String, Value>) -> Result<(), KeyError> {
         {
             Ok(())
         }
-        Some(_) => Err(invalid("JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key")),
+        Some(_) => Err(invalid(
+            "JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key",
+        )),
     }
 }
 
@@ -249,7 +241,10 @@ fn parse_public(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Pub
             let x: [u8; 32] = member_b64(obj, "x")?
                 .try_into()
                 .map_err(|_| invalid("Ed25519 \"x\" must be 32 bytes"))?;
-            let pk = PublicKey { alg: Algorithm::EdDsa, params: PublicParams::Ed25519 { x } };
+            let pk = PublicKey {
+                alg: Algorithm::EdDsa,
+                params: PublicParams::Ed25519 { x },
+            };
             pk.verifying_key()?;
             Ok(pk)
         }
@@ -261,7 +256,10 @@ fn parse_public(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Pub
             let n = trim_leading_zeros(&member_b64(obj, "n")?).to_vec();
             let e = trim_leading_zeros(&member_b64(obj, "e")?).to_vec();
             rsa_public(&n, &e)?;
-            Ok(PublicKey { alg, params: PublicParams::Rsa { n, e } })
+            Ok(PublicKey {
+                alg,
+                params: PublicParams::Rsa { n, e },
+            })
         }
         Some(_) => Err(invalid("unsupported JWK \"kty\": use OKP (Ed25519) or RSA")),
         None => Err(invalid("JWK member \"kty\" is missing")),
@@ -325,7 +323,10 @@ impl PrivateKey {
             Algorithm::Rs256 | Algorithm::Ps256 => {
                 let key = rsa::PrivateKey::new(&mut getrandom::SysRng, rsa_bits.bits())
                     .map_err(|e| KeyError::RsaGeneration(e.to_string()))?;
-                Ok(Self { alg, inner: PrivateInner::Rsa(Box::new(key)) })
+                Ok(Self {
+                    alg,
+                    inner: PrivateInner::Rsa(Box::new(key)),
+                })
             }
         }
     }
@@ -352,11 +353,16 @@ impl PrivateKey {
         match &self.inner {
             PrivateInner::Ed25519(sk) => PublicKey {
                 alg: self.alg,
-                params: PublicParams::Ed25519 { x: sk.verifying_key().to_bytes() },
+                params: PublicParams::Ed25519 {
+                    x: sk.verifying_key().to_bytes(),
+                },
             },
             PrivateInner::Rsa(k) => PublicKey {
                 alg: self.alg,
-                params: PublicParams::Rsa { n: k.n_bytes().into_vec(), e: k.e_bytes().into_vec() },
+                params: PublicParams::Rsa {
+                    n: k.n_bytes().into_vec(),
+                    e: k.e_bytes().into_vec(),
+                },
             },
         }
     }
@@ -368,9 +374,9 @@ impl PrivateKey {
             (PrivateInner::Rsa(k), Algorithm::Ps256) => {
                 SignerInner::Ps256(Box::new(rsa::pss::SigningKey::<Sha256>::new((**k).clone())))
             }
-            (PrivateInner::Rsa(k), _) => SignerInner::Rs256(Box::new(
-                rsa::pkcs1v15::SigningKey::<Sha256>::new((**k).clone()),
-            )),
+            (PrivateInner::Rsa(k), _) => {
+                SignerInner::Rs256(Box::new(rsa::pkcs1v15::SigningKey::<Sha256>::new((**k).clone())))
+            }
         };
         SigningKey { alg: self.alg, inner }
     }
@@ -397,7 +403,10 @@ impl PrivateKey {
                     .expose()
                     .try_into()
                     .map_err(|_| invalid("Ed25519 private key must be 32 bytes"))?;
-                Ok(Self { alg, inner: PrivateInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed)) })
+                Ok(Self {
+                    alg,
+                    inner: PrivateInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(seed)),
+                })
             }
             Algorithm::Rs256 | Algorithm::Ps256 => {
                 use rsa::pkcs8::DecodePrivateKey as _;
@@ -413,7 +422,10 @@ impl PrivateKey {
         if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
             return Err(KeyError::RsaSize { bits });
         }
-        Ok(Self { alg, inner: PrivateInner::Rsa(Box::new(k)) })
+        Ok(Self {
+            alg,
+            inner: PrivateInner::Rsa(Box::new(k)),
+        })
     }
 
     /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519 or RSA.
@@ -423,11 +435,14 @@ impl PrivateKey {
             if let Some(a) = alg.filter(|a| *a != Algorithm::EdDsa) {
                 return Err(KeyError::AlgorithmMismatch { alg: a });
             }
-            return Ok(Self { alg: Algorithm::EdDsa, inner: PrivateInner::Ed25519(sk) });
+            return Ok(Self {
+                alg: Algorithm::EdDsa,
+                inner: PrivateInner::Ed25519(sk),
+            });
         }
         use rsa::pkcs8::DecodePrivateKey as _;
-        let k = rsa::PrivateKey::from_pkcs8_pem(pem)
-            .map_err(|_| invalid("not a PKCS#8 PEM Ed25519 or RSA private key"))?;
+        let k =
+            rsa::PrivateKey::from_pkcs8_pem(pem).map_err(|_| invalid("not a PKCS#8 PEM Ed25519 or RSA private key"))?;
         let alg = alg.unwrap_or(Algorithm::Rs256);
         if !alg.is_rsa() {
             return Err(KeyError::AlgorithmMismatch { alg });
@@ -486,7 +501,10 @@ impl PrivateKey {
                 if sk.verifying_key().to_bytes() != *x {
                     return Err(invalid("Ed25519 \"d\" does not match \"x\""));
                 }
-                PrivateKey { alg: Algorithm::EdDsa, inner: PrivateInner::Ed25519(sk) }
+                PrivateKey {
+                    alg: Algorithm::EdDsa,
+                    inner: PrivateInner::Ed25519(sk),
+                }
             }
             PublicParams::Rsa { n, e } => {
                 let p = SecretBytes::new(member_b64(obj, "p")?);
@@ -523,7 +541,10 @@ enum SignerInner {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("alg", &self.alg).field("material", &"[redacted]").finish()
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .field("material", &"[redacted]")
+            .finish()
     }
 }
 
@@ -537,9 +558,7 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         use rsa::signature::{SignatureEncoding as _, Signer as _};
         match &self.inner {
-            SignerInner::Ed25519(sk) => {
-                Ok(ed25519_dalek::Signer::sign(sk, message).to_bytes().to_vec())
-            }
+            SignerInner::Ed25519(sk) => Ok(ed25519_dalek::Signer::sign(sk, message).to_bytes().to_vec()),
             SignerInner::Rs256(sk) => sk
                 .try_sign(message)
                 .map(|s| s.to_vec())
@@ -591,15 +610,13 @@ impl VerifyingKey {
                 if signature.len() != rsa_len(vk.as_ref()) {
                     return false;
                 }
-                rsa::pkcs1v15::Signature::try_from(signature)
-                    .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+                rsa::pkcs1v15::Signature::try_from(signature).is_ok_and(|sig| vk.verify(message, &sig).is_ok())
             }
             VerifierInner::Ps256(vk) => {
                 if signature.len() != rsa_len(vk.as_ref()) {
                     return false;
                 }
-                rsa::pss::Signature::try_from(signature)
-                    .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+                rsa::pss::Signature::try_from(signature).is_ok_and(|sig| vk.verify(message, &sig).is_ok())
             }
         }
     }

@@ -133,12 +133,7 @@ impl std::fmt::Debug for Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot: parses every published key, unseals only the Active one.
-    pub fn build(
-        ring: &Ring,
-        policy: &Policy,
-        sealer: &dyn Sealer,
-        now: DateTime<Utc>,
-    ) -> Result<Self, RefreshError> {
+    pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
         let mut verifiers = HashMap::new();
         let mut known_headers = HashMap::new();
         let mut signer = None;
@@ -146,7 +141,10 @@ impl Snapshot {
             let vk = k
                 .public_key()
                 .and_then(|pk| pk.verifying_key())
-                .map_err(|source| RefreshError::Key { kid: k.kid.clone(), source })?;
+                .map_err(|source| RefreshError::Key {
+                    kid: k.kid.clone(),
+                    source,
+                })?;
             verifiers.insert(k.kid.clone(), vk);
             known_headers.insert(token::encode_header(k.alg, &k.kid), k.kid.clone());
             if k.state == KeyState::Active {
@@ -154,12 +152,19 @@ impl Snapshot {
                     kid: k.kid.clone(),
                     source: KeyError::Invalid("active key has no private material".into()),
                 })?;
-                let ctx = SealContext { ring: ring.name.as_str(), kid: &k.kid, alg: k.alg };
-                let bytes = sealer
-                    .open(sealed, &ctx)
-                    .map_err(|source| RefreshError::Seal { kid: k.kid.clone(), source })?;
-                let pk = PrivateKey::from_secret_bytes(k.alg, &bytes)
-                    .map_err(|source| RefreshError::Key { kid: k.kid.clone(), source })?;
+                let ctx = SealContext {
+                    ring: ring.name.as_str(),
+                    kid: &k.kid,
+                    alg: k.alg,
+                };
+                let bytes = sealer.open(sealed, &ctx).map_err(|source| RefreshError::Seal {
+                    kid: k.kid.clone(),
+                    source,
+                })?;
+                let pk = PrivateKey::from_secret_bytes(k.alg, &bytes).map_err(|source| RefreshError::Key {
+                    kid: k.kid.clone(),
+                    source,
+                })?;
                 signer = Some(ActiveSigner {
                     kid: k.kid.clone(),
                     header_b64: token::encode_header(k.alg, &k.kid),
@@ -167,11 +172,7 @@ impl Snapshot {
                 });
             }
         }
-        let keys = ring
-            .keys
-            .iter()
-            .map(KeyStatus::from)
-            .collect();
+        let keys = ring.keys.iter().map(KeyStatus::from).collect();
         Ok(Self {
             ring: ring.name.clone(),
             generation: ring.generation,
@@ -237,7 +238,9 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("snapshot", &*self.inner.snapshot.load()).finish()
+        f.debug_struct("KeyRing")
+            .field("snapshot", &*self.inner.snapshot.load())
+            .finish()
     }
 }
 
@@ -382,7 +385,11 @@ impl KeyRing {
             && let Some(kid) = snap.known_headers.get(header)
             && let Some(key) = snap.verifiers.get(kid)
         {
-            return token::decode_with_known_header(token, v, kid, key.algorithm())?.verify_with(key, v, at.timestamp());
+            return token::decode_with_known_header(token, v, kid, key.algorithm())?.verify_with(
+                key,
+                v,
+                at.timestamp(),
+            );
         }
         token::verify(token, |kid| snap.verifiers.get(kid), v, at.timestamp())
     }

@@ -31,12 +31,12 @@
 pub mod alg;
 pub mod b64;
 pub mod clock;
+pub mod http;
 pub mod json;
 pub mod jwks;
 pub mod key;
 pub mod keyring;
 pub mod memory;
-pub mod http;
 pub mod planner;
 pub mod policy;
 pub mod ring;
@@ -64,8 +64,8 @@ pub use scheduler::{SchedulerConfig, SchedulerHandle};
 pub use seal::{MasterKey, MasterKeySealer, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;
 pub use storage::{
-    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord,
-    Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
+    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
+    LockGuard, Outcome, PollingFeed, Storage, StorageError,
 };
 pub use token::{SignError, StandardClaims, TokenError, Validation, Verified};
 

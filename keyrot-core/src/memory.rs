@@ -4,8 +4,8 @@
 use crate::clock::{Clock, SystemClock};
 use crate::ring::{Ring, RingName};
 use crate::storage::{
-    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Storage, StorageError,
+    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
+    LockGuard, Storage, StorageError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -42,7 +42,12 @@ impl Default for MemoryStorage {
 impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
-        Self { inner: Arc::new(Mutex::new(Inner { rings: HashMap::new(), feeds: HashMap::new() })) }
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                rings: HashMap::new(),
+                feeds: HashMap::new(),
+            })),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -61,7 +66,11 @@ impl Storage for MemoryStorage {
     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
         let g = self.lock();
         Ok(match g.rings.get(ring) {
-            Some(d) => Ring { name: ring.clone(), generation: d.generation, keys: d.keys.clone() },
+            Some(d) => Ring {
+                name: ring.clone(),
+                generation: d.generation,
+                keys: d.keys.clone(),
+            },
             None => Ring::empty(ring.clone()),
         })
     }
@@ -74,13 +83,17 @@ impl Storage for MemoryStorage {
         let mut g = self.lock();
         let data = g.rings.entry(commit.ring.clone()).or_default();
         if data.generation != commit.expected_generation {
-            return Ok(CommitOutcome::Conflict { current: data.generation });
+            return Ok(CommitOutcome::Conflict {
+                current: data.generation,
+            });
         }
         if let Some(i) = &commit.idempotency
             && data.idempotency.contains_key(&i.key)
         {
             // Another request with this key committed first: treat as a lost race.
-            return Ok(CommitOutcome::Conflict { current: data.generation });
+            return Ok(CommitOutcome::Conflict {
+                current: data.generation,
+            });
         }
         for k in &commit.keys {
             match data.keys.iter_mut().find(|e| e.kid == k.kid) {
@@ -120,7 +133,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        Ok(self.lock().rings.get(ring).and_then(|d| d.idempotency.get(key).cloned()))
+        Ok(self
+            .lock()
+            .rings
+            .get(ring)
+            .and_then(|d| d.idempotency.get(key).cloned()))
     }
 }
 
@@ -173,7 +190,11 @@ impl Default for MemoryLock {
 impl MemoryLock {
     /// A lock whose leases expire on `clock`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { held: Arc::default(), clock, next_token: Arc::default() }
+        Self {
+            held: Arc::default(),
+            clock,
+            next_token: Arc::default(),
+        }
     }
 }
 
@@ -225,6 +246,10 @@ impl Lock for MemoryLock {
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let until = now + TimeDelta::from_std(ttl).unwrap_or(TimeDelta::MAX);
         g.insert(ring.clone(), (token, until));
-        Ok(Some(Box::new(MemoryGuard { held: self.held.clone(), ring: ring.clone(), token })))
+        Ok(Some(Box::new(MemoryGuard {
+            held: self.held.clone(),
+            ring: ring.clone(),
+            token,
+        })))
     }
 }

@@ -293,7 +293,15 @@ pub fn plan(ring: &Ring, policy: &Policy, now: DateTime<Utc>, trigger: &Trigger)
                 return Err(Refusal::ReasonRequired);
             }
             forced_limit(ring, policy, now)?;
-            Ok(forced_plan(ring, policy, now, active, KeyOrigin::Forced, *revoke_old, reason))
+            Ok(forced_plan(
+                ring,
+                policy,
+                now,
+                active,
+                KeyOrigin::Forced,
+                *revoke_old,
+                reason,
+            ))
         }
         Trigger::Revoke { kid, reason } => {
             if !valid_reason(reason) {
@@ -304,17 +312,26 @@ pub fn plan(ring: &Ring, policy: &Policy, now: DateTime<Utc>, trigger: &Trigger)
                 KeyState::Expired => Err(Refusal::AlreadyExpired { kid: kid.clone() }),
                 KeyState::Active => Err(Refusal::CannotRevokeActive { kid: kid.clone() }),
                 KeyState::Pending | KeyState::Retiring => Ok(Plan {
-                    actions: vec![Action::Revoke { kid: kid.clone(), reason: reason.clone() }],
+                    actions: vec![Action::Revoke {
+                        kid: kid.clone(),
+                        reason: reason.clone(),
+                    }],
                     kind: PlanKind::Revoked,
                 }),
             }
         }
-        Trigger::Import { kid, fingerprint, state } => {
+        Trigger::Import {
+            kid,
+            fingerprint,
+            state,
+        } => {
             check_new_kid(ring, kid, fingerprint)?;
             match state {
                 ImportState::Pending => Ok(Plan {
                     actions: vec![Action::NewKey {
-                        target: Target::Pending { activate_at: now + policy.publish_lead() },
+                        target: Target::Pending {
+                            activate_at: now + policy.publish_lead(),
+                        },
                         origin: KeyOrigin::Imported,
                         forced: false,
                     }],
@@ -366,9 +383,16 @@ fn plan_uninitialised(ring: &Ring, now: DateTime<Utc>, trigger: &Trigger) -> Res
     // first key is the only one that may sign.
     let mut actions: Vec<Action> = ring
         .in_state(KeyState::Pending)
-        .map(|k| Action::Revoke { kid: k.kid.clone(), reason: "cancelled: ring bootstrapped".into() })
+        .map(|k| Action::Revoke {
+            kid: k.kid.clone(),
+            reason: "cancelled: ring bootstrapped".into(),
+        })
         .collect();
-    actions.push(Action::NewKey { target: Target::Active, origin, forced });
+    actions.push(Action::NewKey {
+        target: Target::Active,
+        origin,
+        forced,
+    });
     Ok(Plan { actions, kind })
 }
 
@@ -403,13 +427,26 @@ fn forced_plan(
             reason: format!("cancelled by forced rotation: {reason}"),
         })
         .collect();
-    actions.push(Action::NewKey { target: Target::Active, origin, forced: true });
-    actions.push(if revoke_old {
-        Action::Revoke { kid: active.kid.clone(), reason: reason.to_owned() }
-    } else {
-        Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() }
+    actions.push(Action::NewKey {
+        target: Target::Active,
+        origin,
+        forced: true,
     });
-    Plan { actions, kind: PlanKind::Rotated }
+    actions.push(if revoke_old {
+        Action::Revoke {
+            kid: active.kid.clone(),
+            reason: reason.to_owned(),
+        }
+    } else {
+        Action::Retire {
+            kid: active.kid.clone(),
+            expires_at: now + policy.retire_grace(),
+        }
+    });
+    Plan {
+        actions,
+        kind: PlanKind::Rotated,
+    }
 }
 
 fn normal_allowed_at(policy: &Policy, active: &KeyRecord) -> DateTime<Utc> {
@@ -419,14 +456,20 @@ fn normal_allowed_at(policy: &Policy, active: &KeyRecord) -> DateTime<Utc> {
 fn plan_rotate(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecord) -> Result<Plan, Refusal> {
     let allowed = normal_allowed_at(policy, active);
     if now < allowed {
-        return Err(Refusal::RateLimited { retry_after_ms: (allowed - now).num_milliseconds(), forced: false });
+        return Err(Refusal::RateLimited {
+            retry_after_ms: (allowed - now).num_milliseconds(),
+            forced: false,
+        });
     }
     if let Some(p) = ring.pending().first() {
         if p.created_at + policy.publish_lead() <= now {
             return Ok(Plan {
                 actions: vec![
                     Action::Activate { kid: p.kid.clone() },
-                    Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() },
+                    Action::Retire {
+                        kid: active.kid.clone(),
+                        expires_at: now + policy.retire_grace(),
+                    },
                 ],
                 kind: PlanKind::Rotated,
             });
@@ -438,7 +481,9 @@ fn plan_rotate(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRec
     }
     Ok(Plan {
         actions: vec![Action::NewKey {
-            target: Target::Pending { activate_at: now + policy.publish_lead() },
+            target: Target::Pending {
+                activate_at: now + policy.publish_lead(),
+            },
             origin: KeyOrigin::Rotation,
             forced: false,
         }],
@@ -457,7 +502,10 @@ fn plan_tick(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecor
             && now >= normal_allowed_at(policy, active);
         if due {
             actions.push(Action::Activate { kid: p.kid.clone() });
-            actions.push(Action::Retire { kid: active.kid.clone(), expires_at: now + policy.retire_grace() });
+            actions.push(Action::Retire {
+                kid: active.kid.clone(),
+                expires_at: now + policy.retire_grace(),
+            });
             kind = PlanKind::Rotated;
         }
     } else if now >= active_since + policy.rotation_interval() - policy.publish_lead() {
@@ -519,7 +567,10 @@ pub fn apply(
     let mut changed = Vec::new();
     let mut new_key = new_key;
     fn find<'a>(r: &'a mut Ring, kid: &str) -> Result<&'a mut KeyRecord, ApplyError> {
-        r.keys.iter_mut().find(|k| k.kid == kid).ok_or_else(|| ApplyError(format!("no key {kid}")))
+        r.keys
+            .iter_mut()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| ApplyError(format!("no key {kid}")))
     }
     for action in &plan.actions {
         match action {

@@ -253,7 +253,10 @@ mod tests {
     fn unsafe_combinations_are_refused_with_the_rule() {
         let err = |b: PolicyBuilder| b.build().err().map(|e| e.to_string()).unwrap_or_default();
         let e = err(Policy::builder().with_publish_lead(Duration::from_secs(H)));
-        assert!(e.contains("publish_lead (1h) must be at least jwks_max_age + verifier_cache + clock_skew (121m)"), "{e}");
+        assert!(
+            e.contains("publish_lead (1h) must be at least jwks_max_age + verifier_cache + clock_skew (121m)"),
+            "{e}"
+        );
         let e = err(Policy::builder().with_retire_grace(Duration::from_secs(H)));
         assert!(e.contains("retire_grace (1h)"), "{e}");
         let e = err(Policy::builder().with_min_interval(Duration::from_secs(8 * 24 * H)));

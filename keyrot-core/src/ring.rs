@@ -22,7 +22,9 @@ impl RingName {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidRingName> {
         let name = name.into();
         let ok = (1..=64).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok { Ok(Self(name)) } else { Err(InvalidRingName) }
     }
 
@@ -202,7 +204,11 @@ pub struct Ring {
 impl Ring {
     /// An empty ring at generation 0.
     pub fn empty(name: RingName) -> Self {
-        Self { name, generation: 0, keys: Vec::new() }
+        Self {
+            name,
+            generation: 0,
+            keys: Vec::new(),
+        }
     }
 
     /// The Active key, if initialised.
@@ -239,6 +245,10 @@ impl Ring {
 
     /// When the most recent forced activation happened.
     pub fn last_forced_activation(&self) -> Option<DateTime<Utc>> {
-        self.keys.iter().filter(|k| k.forced).filter_map(|k| k.activated_at).max()
+        self.keys
+            .iter()
+            .filter(|k| k.forced)
+            .filter_map(|k| k.activated_at)
+            .max()
     }
 }

@@ -106,7 +106,10 @@ pub struct RequestContext {
 impl RequestContext {
     /// A context for `actor`.
     pub fn actor(actor: impl Into<String>) -> Self {
-        Self { actor: actor.into(), ..Self::default() }
+        Self {
+            actor: actor.into(),
+            ..Self::default()
+        }
     }
 
     /// With an idempotency key.
@@ -141,7 +144,10 @@ pub struct Rotator {
 
 impl std::fmt::Debug for Rotator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rotator").field("ring", &self.inner.ring).field("instance", &self.inner.instance).finish()
+        f.debug_struct("Rotator")
+            .field("ring", &self.inner.ring)
+            .field("instance", &self.inner.instance)
+            .finish()
     }
 }
 
@@ -256,20 +262,38 @@ impl Rotator {
 
     /// Creates the first Active key if the ring has none.
     pub async fn init(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
-        self.run(Attempt { trigger: Trigger::Init, ctx, material: None, revoke_old: false }).await
+        self.run(Attempt {
+            trigger: Trigger::Init,
+            ctx,
+            material: None,
+            revoke_old: false,
+        })
+        .await
     }
 
     /// One scheduler tick: performs whatever transitions are due. Ticks that find
     /// nothing due or the lock busy are traced but not written to the ledger.
     pub async fn tick(&self) -> Result<RotationReport, RotateError> {
         let ctx = RequestContext::actor(format!("scheduler:{}", self.inner.instance));
-        self.run(Attempt { trigger: Trigger::Tick, ctx, material: None, revoke_old: false }).await
+        self.run(Attempt {
+            trigger: Trigger::Tick,
+            ctx,
+            material: None,
+            revoke_old: false,
+        })
+        .await
     }
 
     /// A normal rotation: promotes a Pending key published for `publish_lead`, or
     /// schedules a new one. Rate limited by `min_interval`.
     pub async fn rotate(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
-        self.run(Attempt { trigger: Trigger::Rotate, ctx, material: None, revoke_old: false }).await
+        self.run(Attempt {
+            trigger: Trigger::Rotate,
+            ctx,
+            material: None,
+            revoke_old: false,
+        })
+        .await
     }
 
     /// The emergency path: a new key active at once. `reason` is required.
@@ -279,8 +303,17 @@ impl Rotator {
         reason: impl Into<String>,
         revoke_old: bool,
     ) -> Result<RotationReport, RotateError> {
-        let trigger = Trigger::ForceRotate { reason: reason.into(), revoke_old };
-        self.run(Attempt { trigger, ctx, material: None, revoke_old }).await
+        let trigger = Trigger::ForceRotate {
+            reason: reason.into(),
+            revoke_old,
+        };
+        self.run(Attempt {
+            trigger,
+            ctx,
+            material: None,
+            revoke_old,
+        })
+        .await
     }
 
     /// Revokes a Pending or Retiring key.
@@ -290,8 +323,17 @@ impl Rotator {
         kid: impl Into<String>,
         reason: impl Into<String>,
     ) -> Result<RotationReport, RotateError> {
-        let trigger = Trigger::Revoke { kid: kid.into(), reason: reason.into() };
-        self.run(Attempt { trigger, ctx, material: None, revoke_old: false }).await
+        let trigger = Trigger::Revoke {
+            kid: kid.into(),
+            reason: reason.into(),
+        };
+        self.run(Attempt {
+            trigger,
+            ctx,
+            material: None,
+            revoke_old: false,
+        })
+        .await
     }
 
     /// Imports a key the user brings, as Pending or Active.
@@ -303,8 +345,18 @@ impl Rotator {
     ) -> Result<RotationReport, RotateError> {
         let kid = key.effective_kid();
         let fingerprint = key.key.public_key().thumbprint();
-        let trigger = Trigger::Import { kid, fingerprint, state };
-        self.run(Attempt { trigger, ctx, material: Some(key.key), revoke_old: false }).await
+        let trigger = Trigger::Import {
+            kid,
+            fingerprint,
+            state,
+        };
+        self.run(Attempt {
+            trigger,
+            ctx,
+            material: Some(key.key),
+            revoke_old: false,
+        })
+        .await
     }
 
     /// Re-seals every key whose material is sealed under another master key with the
@@ -335,7 +387,11 @@ impl Rotator {
             if sealed.master_key_id == primary {
                 continue;
             }
-            let sctx = SealContext { ring: ring.name.as_str(), kid: &k.kid, alg: k.alg };
+            let sctx = SealContext {
+                ring: ring.name.as_str(),
+                kid: &k.kid,
+                alg: k.alg,
+            };
             let plain = self.inner.sealer.open(sealed, &sctx)?;
             let mut rec = k.clone();
             rec.sealed = Some(self.inner.sealer.seal(&plain, &sctx)?);
@@ -370,11 +426,23 @@ impl Rotator {
     }
 
     async fn acquire(&self) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
-        let ttl = self.inner.policy.lock_ttl().to_std().unwrap_or(std::time::Duration::from_secs(30));
+        let ttl = self
+            .inner
+            .policy
+            .lock_ttl()
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(30));
         let span = tracing::info_span!("keyrot.phase", phase = "lock");
-        let r = self.inner.lock.try_acquire(&self.inner.ring, &self.inner.instance, ttl).instrument(span).await;
+        let r = self
+            .inner
+            .lock
+            .try_acquire(&self.inner.ring, &self.inner.instance, ttl)
+            .instrument(span)
+            .await;
         match &r {
-            Ok(Some(_)) => tracing::debug!(ring = %self.inner.ring, holder = %self.inner.instance, "rotation lock acquired"),
+            Ok(Some(_)) => {
+                tracing::debug!(ring = %self.inner.ring, holder = %self.inner.instance, "rotation lock acquired")
+            }
             Ok(None) => tracing::debug!(ring = %self.inner.ring, "rotation lock busy"),
             Err(e) => tracing::warn!(ring = %self.inner.ring, error = %e, "rotation lock failed"),
         }
@@ -420,7 +488,10 @@ impl Rotator {
         );
         let result = self.run_inner(attempt).instrument(span.clone()).await;
         match &result {
-            Ok(r) if r.outcome == Outcome::NothingDue || (r.outcome == Outcome::LockBusy && kind == TriggerKind::Tick) => {
+            Ok(r)
+                if r.outcome == Outcome::NothingDue
+                    || (r.outcome == Outcome::LockBusy && kind == TriggerKind::Tick) =>
+            {
                 span.record("outcome", r.outcome.as_str());
                 tracing::debug!(parent: &span, outcome = r.outcome.as_str(), generation = r.generation, "nothing to do");
             }
@@ -458,7 +529,12 @@ impl Rotator {
         };
         if let Some((key, hash)) = &idem {
             let span = tracing::info_span!("keyrot.phase", phase = "idempotency");
-            let stored = self.inner.storage.idempotency(&self.inner.ring, key).instrument(span).await?;
+            let stored = self
+                .inner
+                .storage
+                .idempotency(&self.inner.ring, key)
+                .instrument(span)
+                .await?;
             if let Some(rec) = stored {
                 if &rec.request_hash != hash {
                     let mut r = self.report(Outcome::Refused, now, None);
@@ -531,7 +607,8 @@ impl Rotator {
                 report.refusal = Some(refusal);
                 let skip_ledger = kind == TriggerKind::Tick && outcome == Outcome::NothingDue;
                 if !skip_ledger {
-                    self.audit_only(kind, &attempt.ctx, &report, Some(&attempt.trigger), idem).await?;
+                    self.audit_only(kind, &attempt.ctx, &report, Some(&attempt.trigger), idem)
+                        .await?;
                 }
                 return Ok(report);
             }
@@ -596,7 +673,8 @@ impl Rotator {
                     "another instance changed the ring first (generation {} → {current}); its change stands",
                     ring.generation
                 ));
-                self.audit_only(kind, &attempt.ctx, &r, Some(&attempt.trigger), None).await?;
+                self.audit_only(kind, &attempt.ctx, &r, Some(&attempt.trigger), None)
+                    .await?;
                 Ok(r)
             }
         }
@@ -623,10 +701,14 @@ impl Rotator {
         let kid = import_kid.map_or_else(|| fingerprint.clone(), str::to_owned);
         let _s = tracing::info_span!("keyrot.phase", phase = "seal").entered();
         let plain = key.to_secret_bytes()?;
-        let sealed = self
-            .inner
-            .sealer
-            .seal(&plain, &SealContext { ring: ring.name.as_str(), kid: &kid, alg: key.algorithm() })?;
+        let sealed = self.inner.sealer.seal(
+            &plain,
+            &SealContext {
+                ring: ring.name.as_str(),
+                kid: &kid,
+                alg: key.algorithm(),
+            },
+        )?;
         Ok(NewKey {
             public_jwk: public.to_jwk(&kid).to_string(),
             kid,
@@ -688,7 +770,13 @@ impl Rotator {
         }
     }
 
-    fn idempotency_record(&self, key: &str, hash: &str, report: &RotationReport, now: DateTime<Utc>) -> IdempotencyRecord {
+    fn idempotency_record(
+        &self,
+        key: &str,
+        hash: &str,
+        report: &RotationReport,
+        now: DateTime<Utc>,
+    ) -> IdempotencyRecord {
         IdempotencyRecord {
             ring: self.inner.ring.to_string(),
             key: key.to_owned(),
@@ -709,7 +797,9 @@ impl Rotator {
         let audit = self.audit_record(kind, ctx, report, trigger);
         // Transient answers are not stored for replay: a retry should try again.
         let store_idem = !matches!(report.outcome, Outcome::LockBusy | Outcome::LostRace | Outcome::Failed);
-        let rec = idem.filter(|_| store_idem).map(|(k, h)| self.idempotency_record(k, h, report, report.at));
+        let rec = idem
+            .filter(|_| store_idem)
+            .map(|(k, h)| self.idempotency_record(k, h, report, report.at));
         self.inner.storage.record_attempt(&audit, rec.as_ref()).await
     }
 }

@@ -17,7 +17,10 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(30), jitter: Duration::from_secs(10) }
+        Self {
+            interval: Duration::from_secs(30),
+            jitter: Duration::from_secs(10),
+        }
     }
 }
 
@@ -59,7 +62,11 @@ pub fn spawn(rotator: Rotator, cfg: SchedulerConfig) -> SchedulerHandle {
             }
             ticks += 1;
             match rotator.tick().await {
-                Ok(r) => tracing::debug!(outcome = r.outcome.as_str(), generation = r.generation, "scheduler tick"),
+                Ok(r) => tracing::debug!(
+                    outcome = r.outcome.as_str(),
+                    generation = r.generation,
+                    "scheduler tick"
+                ),
                 Err(e) => tracing::warn!(error = %e, "scheduler tick failed; will retry"),
             }
             tokio::select! {

@@ -96,13 +96,18 @@ pub struct MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).field("secret", &"[redacted]").finish()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .field("secret", &"[redacted]")
+            .finish()
     }
 }
 
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl MasterKey {
@@ -133,12 +138,12 @@ impl MasterKey {
     /// Parses `ID:BASE64URL` (32 bytes, unpadded base64url), the format of
     /// `KEYROT_MASTER_KEY`.
     pub fn parse(spec: &str) -> Result<Self, SealError> {
-        let (id, key) = spec.trim().split_once(':').ok_or_else(|| {
-            SealError::InvalidMasterKey("expected ID:BASE64URL (32 bytes)".into())
-        })?;
-        let bytes = b64::decode(key).ok_or_else(|| {
-            SealError::InvalidMasterKey(format!("master key {id:?} is not unpadded base64url"))
-        })?;
+        let (id, key) = spec
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| SealError::InvalidMasterKey("expected ID:BASE64URL (32 bytes)".into()))?;
+        let bytes = b64::decode(key)
+            .ok_or_else(|| SealError::InvalidMasterKey(format!("master key {id:?} is not unpadded base64url")))?;
         Self::new(id, SecretBytes::new(bytes))
     }
 
@@ -164,7 +169,10 @@ impl fmt::Debug for MasterKeySealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ids: Vec<_> = self.ciphers.keys().collect();
         ids.sort();
-        f.debug_struct("MasterKeySealer").field("primary", &self.primary).field("key_ids", &ids).finish()
+        f.debug_struct("MasterKeySealer")
+            .field("primary", &self.primary)
+            .field("key_ids", &ids)
+            .finish()
     }
 }
 
@@ -181,10 +189,16 @@ impl MasterKeySealer {
             let cipher = XChaCha20Poly1305::new_from_slice(&wrapping[..])
                 .map_err(|_| SealError::InvalidMasterKey("wrapping key length".into()))?;
             if ciphers.insert(mk.id.clone(), cipher).is_some() {
-                return Err(SealError::InvalidMasterKey(format!("master key id {:?} given twice", mk.id)));
+                return Err(SealError::InvalidMasterKey(format!(
+                    "master key id {:?} given twice",
+                    mk.id
+                )));
             }
         }
-        Ok(Self { primary: primary_id, ciphers })
+        Ok(Self {
+            primary: primary_id,
+            ciphers,
+        })
     }
 
     /// Parses a comma-separated list of `ID:BASE64URL` master keys; the first is primary.
@@ -212,13 +226,22 @@ impl Sealer for MasterKeySealer {
         getrandom::fill(&mut nonce).map_err(|_| SealError::Rng)?;
         let aad = ctx.aad();
         let ct = cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext.expose(), aad: &aad })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext.expose(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SealError::Authentication)?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        Ok(SealedKey { master_key_id: self.primary.clone(), ciphertext: out })
+        Ok(SealedKey {
+            master_key_id: self.primary.clone(),
+            ciphertext: out,
+        })
     }
 
     fn open(&self, sealed: &SealedKey, ctx: &SealContext<'_>) -> Result<SecretBytes, SealError> {
@@ -233,7 +256,13 @@ impl Sealer for MasterKeySealer {
         let nonce: [u8; NONCE_LEN] = bytes[1..1 + NONCE_LEN].try_into().map_err(|_| SealError::Format)?;
         let aad = ctx.aad();
         cipher
-            .decrypt(&XNonce::from(nonce), Payload { msg: &bytes[1 + NONCE_LEN..], aad: &aad })
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &bytes[1 + NONCE_LEN..],
+                    aad: &aad,
+                },
+            )
             .map(SecretBytes::new)
             .map_err(|_| SealError::Authentication)
     }
@@ -244,7 +273,11 @@ mod tests {
     use super::*;
 
     fn ctx(kid: &str) -> SealContext<'_> {
-        SealContext { ring: "r", kid, alg: Algorithm::EdDsa }
+        SealContext {
+            ring: "r",
+            kid,
+            alg: Algorithm::EdDsa,
+        }
     }
 
     #[test]
@@ -259,7 +292,10 @@ mod tests {
         assert_eq!(sealer_old.open(&sealed, &ctx("k1"))?.expose(), plain.expose());
         // Bound to ring/kid/alg.
         assert_eq!(sealer_old.open(&sealed, &ctx("k2")), Err(SealError::Authentication));
-        let rsa_ctx = SealContext { alg: Algorithm::Rs256, ..ctx("k1") };
+        let rsa_ctx = SealContext {
+            alg: Algorithm::Rs256,
+            ..ctx("k1")
+        };
         assert_eq!(sealer_old.open(&sealed, &rsa_ctx), Err(SealError::Authentication));
         // Tampering.
         let mut t = sealed.clone();

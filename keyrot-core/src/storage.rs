@@ -41,7 +41,10 @@ pub enum StorageError {
 impl StorageError {
     /// Wraps a backend error.
     pub fn unavailable(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
-        Self::Unavailable { message: message.into(), source: Some(Arc::new(source)) }
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
     }
 }
 

@@ -268,14 +268,16 @@ pub fn decode_with_known_header<'t>(
 ) -> Result<Unverified<'t>, TokenError> {
     let (h, p, s) = segments(token, v)?;
     let signing_input = &token[..h.len() + 1 + p.len()];
-    Ok(Unverified { kid: kid.to_owned(), alg: alg.as_str().to_owned(), signing_input, payload_b64: p, signature_b64: s })
+    Ok(Unverified {
+        kid: kid.to_owned(),
+        alg: alg.as_str().to_owned(),
+        signing_input,
+        payload_b64: p,
+        signature_b64: s,
+    })
 }
 
-fn decode<'t>(
-    token: &'t str,
-    v: &Validation,
-    require_kid: bool,
-) -> Result<Unverified<'t>, TokenError> {
+fn decode<'t>(token: &'t str, v: &Validation, require_kid: bool) -> Result<Unverified<'t>, TokenError> {
     let (h, p, s) = segments(token, v)?;
     let header_bytes = b64::decode(h).ok_or(TokenError::Malformed("header is not base64url"))?;
     let header = parse_strict(&header_bytes).map_err(|e| json_err(e, "header"))?;
@@ -304,35 +306,37 @@ fn decode<'t>(
         return Err(TokenError::Malformed("header typ is not a string"));
     }
     let signing_input = &token[..h.len() + 1 + p.len()];
-    Ok(Unverified { kid, alg, signing_input, payload_b64: p, signature_b64: s })
+    Ok(Unverified {
+        kid,
+        alg,
+        signing_input,
+        payload_b64: p,
+        signature_b64: s,
+    })
 }
 
 impl Unverified<'_> {
     /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
     /// claims as of `now` (Unix seconds).
-    pub fn verify_with(
-        &self,
-        key: &VerifyingKey,
-        v: &Validation,
-        now: i64,
-    ) -> Result<Verified, TokenError> {
+    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
         let expected = key.algorithm();
         if self.alg != expected.as_str() {
             return Err(TokenError::AlgorithmMismatch { expected });
         }
-        let sig = b64::decode(self.signature_b64)
-            .ok_or(TokenError::Malformed("signature is not base64url"))?;
+        let sig = b64::decode(self.signature_b64).ok_or(TokenError::Malformed("signature is not base64url"))?;
         if !key.verify(self.signing_input.as_bytes(), &sig) {
             return Err(TokenError::BadSignature);
         }
-        let payload =
-            b64::decode(self.payload_b64).ok_or(TokenError::Malformed("payload is not base64url"))?;
-        let Value::Object(claims) = parse_strict(&payload).map_err(|e| json_err(e, "payload"))?
-        else {
+        let payload = b64::decode(self.payload_b64).ok_or(TokenError::Malformed("payload is not base64url"))?;
+        let Value::Object(claims) = parse_strict(&payload).map_err(|e| json_err(e, "payload"))? else {
             return Err(TokenError::Malformed("payload is not a JSON object"));
         };
         check_claims(&claims, v, now)?;
-        Ok(Verified { kid: self.kid.clone(), alg: expected, claims })
+        Ok(Verified {
+            kid: self.kid.clone(),
+            alg: expected,
+            claims,
+        })
     }
 }
 
@@ -353,12 +357,7 @@ pub fn verify<'k>(
 /// duplicate header members, `alg` equal to the key's algorithm, signature, claims)
 /// except that `kid` is not required. [`Verified::kid`] is the header's `kid`, or empty
 /// when the token has none.
-pub fn verify_with_key(
-    token: &str,
-    key: &VerifyingKey,
-    v: &Validation,
-    now: i64,
-) -> Result<Verified, TokenError> {
+pub fn verify_with_key(token: &str, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
     decode(token, v, false)?.verify_with(key, v, now)
 }
 
@@ -440,8 +439,12 @@ pub fn encode_header(alg: Algorithm, kid: &str) -> String {
         kid: &'a str,
         typ: &'a str,
     }
-    let json = serde_json::to_vec(&Header { alg: alg.as_str(), kid, typ: "JWT" })
-        .unwrap_or_default();
+    let json = serde_json::to_vec(&Header {
+        alg: alg.as_str(),
+        kid,
+        typ: "JWT",
+    })
+    .unwrap_or_default();
     b64::encode(&json)
 }
 
@@ -471,7 +474,10 @@ pub fn sign<C: Serialize + ?Sized>(
         .ok_or(SignError::MissingExp)?;
     let requested = exp.saturating_sub(now);
     if requested > max_ttl_secs {
-        return Err(SignError::TtlTooLong { requested_secs: requested, max_secs: max_ttl_secs });
+        return Err(SignError::TtlTooLong {
+            requested_secs: requested,
+            max_secs: max_ttl_secs,
+        });
     }
     let mut token = String::with_capacity(header_b64.len() + payload.len() * 4 / 3 + 100);
     token.push_str(header_b64);
@@ -573,16 +579,25 @@ mod tests {
     #[test]
     fn signing_requires_bounded_exp() {
         let f = fixture();
-        assert!(matches!(sign(&f.key, &f.header, &json!({"sub":"a"}), 0, 60), Err(SignError::MissingExp)));
+        assert!(matches!(
+            sign(&f.key, &f.header, &json!({"sub":"a"}), 0, 60),
+            Err(SignError::MissingExp)
+        ));
         assert!(matches!(
             sign(&f.key, &f.header, &json!({"exp":"100"}), 0, 60),
             Err(SignError::MissingExp)
         ));
         assert!(matches!(
             sign(&f.key, &f.header, &json!({"exp":61}), 0, 60),
-            Err(SignError::TtlTooLong { requested_secs: 61, max_secs: 60 })
+            Err(SignError::TtlTooLong {
+                requested_secs: 61,
+                max_secs: 60
+            })
         ));
-        assert!(matches!(sign(&f.key, &f.header, &[1, 2], 0, 60), Err(SignError::Claims(_))));
+        assert!(matches!(
+            sign(&f.key, &f.header, &[1, 2], 0, 60),
+            Err(SignError::Claims(_))
+        ));
     }
 
     #[test]
@@ -596,21 +611,35 @@ mod tests {
         assert_eq!(check(&f, &big, &v, 0).err(), Some(TokenError::TooLarge { max: 8192 }));
         // segments
         assert!(matches!(check(&f, "a.b", &v, 0), Err(TokenError::Malformed(_))));
-        assert!(matches!(check(&f, &format!("{good}.x"), &v, 0), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            check(&f, &format!("{good}.x"), &v, 0),
+            Err(TokenError::Malformed(_))
+        ));
         // padding, whitespace
         let (h, rest) = good.split_once('.').expect("dot");
-        assert!(matches!(check(&f, &format!("{h}=.{rest}"), &v, 0), Err(TokenError::Malformed(_))));
-        assert!(matches!(check(&f, &format!(" {good}"), &v, 0), Err(TokenError::Malformed(_))));
-        assert!(matches!(check(&f, &format!("{good}\n"), &v, 0), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            check(&f, &format!("{h}=.{rest}"), &v, 0),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&f, &format!(" {good}"), &v, 0),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&f, &format!("{good}\n"), &v, 0),
+            Err(TokenError::Malformed(_))
+        ));
         // duplicate members in header and payload
-        let dup_h = format!(
-            "{}.{}",
-            b64::encode(br#"{"alg":"EdDSA","kid":"k1","kid":"k2"}"#),
-            rest
+        let dup_h = format!("{}.{}", b64::encode(br#"{"alg":"EdDSA","kid":"k1","kid":"k2"}"#), rest);
+        assert_eq!(
+            check(&f, &dup_h, &v, 0).err(),
+            Some(TokenError::DuplicateMember("header"))
         );
-        assert_eq!(check(&f, &dup_h, &v, 0).err(), Some(TokenError::DuplicateMember("header")));
         let dup_p = raw_token(&f, &json!({"alg":"EdDSA","kid":"k1"}), br#"{"exp":100,"exp":1}"#);
-        assert_eq!(check(&f, &dup_p, &v, 0).err(), Some(TokenError::DuplicateMember("payload")));
+        assert_eq!(
+            check(&f, &dup_p, &v, 0).err(),
+            Some(TokenError::DuplicateMember("payload"))
+        );
         // BOM in payload
         let bom = raw_token(&f, &json!({"alg":"EdDSA","kid":"k1"}), b"\xEF\xBB\xBF{\"exp\":100}");
         assert!(matches!(check(&f, &bom, &v, 0), Err(TokenError::Malformed(_))));
@@ -622,7 +651,10 @@ mod tests {
         // alg must match the key
         for alg in ["none", "HS256", "RS256", "PS256", "Ed25519", "eddsa"] {
             let t = raw_token(&f, &json!({"alg":alg,"kid":"k1"}), br#"{"exp":100}"#);
-            assert!(matches!(check(&f, &t, &v, 0), Err(TokenError::AlgorithmMismatch { .. })), "{alg}");
+            assert!(
+                matches!(check(&f, &t, &v, 0), Err(TokenError::AlgorithmMismatch { .. })),
+                "{alg}"
+            );
         }
         // forbidden members
         for m in FORBIDDEN_HEADER_MEMBERS {
@@ -646,40 +678,91 @@ mod tests {
         let h = json!({"alg":"EdDSA","kid":"k1"});
         let v = Validation::new().with_leeway(Duration::ZERO);
         let t = |p: Value| raw_token(&f, &h, &serde_json::to_vec(&p).expect("json"));
-        assert_eq!(check(&f, &t(json!({})), &v, 0).err(), Some(TokenError::MissingClaim("exp")));
+        assert_eq!(
+            check(&f, &t(json!({})), &v, 0).err(),
+            Some(TokenError::MissingClaim("exp"))
+        );
         assert!(check(&f, &t(json!({})), &v.clone().allow_missing_exp(), 0).is_ok());
-        assert_eq!(check(&f, &t(json!({"exp":"100"})), &v, 0).err(), Some(TokenError::InvalidClaim("exp")));
-        assert_eq!(check(&f, &t(json!({"exp":100,"nbf":50})), &v, 49).err(), Some(TokenError::NotYetValid));
+        assert_eq!(
+            check(&f, &t(json!({"exp":"100"})), &v, 0).err(),
+            Some(TokenError::InvalidClaim("exp"))
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"nbf":50})), &v, 49).err(),
+            Some(TokenError::NotYetValid)
+        );
         assert!(check(&f, &t(json!({"exp":100,"nbf":50})), &v, 50).is_ok());
-        assert_eq!(check(&f, &t(json!({"exp":100,"iat":60})), &v, 59).err(), Some(TokenError::IssuedInFuture));
-        assert_eq!(check(&f, &t(json!({"exp":100,"iat":true})), &v, 59).err(), Some(TokenError::InvalidClaim("iat")));
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"iat":60})), &v, 59).err(),
+            Some(TokenError::IssuedInFuture)
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"iat":true})), &v, 59).err(),
+            Some(TokenError::InvalidClaim("iat"))
+        );
         // overflow-safe numeric dates
         assert!(check(&f, &t(json!({"exp":u64::MAX})), &v, i64::MAX - 1).is_ok());
         assert!(check(&f, &t(json!({"exp":1e300})), &v, 0).is_ok());
-        assert_eq!(check(&f, &t(json!({"exp":-1e300})), &v, 0).err(), Some(TokenError::Expired));
+        assert_eq!(
+            check(&f, &t(json!({"exp":-1e300})), &v, 0).err(),
+            Some(TokenError::Expired)
+        );
         let lv = Validation::new().with_leeway(Duration::from_secs(60));
         assert!(check(&f, &t(json!({"exp":i64::MAX})), &lv, i64::MAX).is_err());
         // issuer
         let vi = v.clone().with_issuer("https://a");
         assert!(check(&f, &t(json!({"exp":100,"iss":"https://a"})), &vi, 0).is_ok());
-        assert_eq!(check(&f, &t(json!({"exp":100,"iss":"https://b"})), &vi, 0).err(), Some(TokenError::InvalidIssuer));
-        assert_eq!(check(&f, &t(json!({"exp":100})), &vi, 0).err(), Some(TokenError::MissingClaim("iss")));
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"iss":"https://b"})), &vi, 0).err(),
+            Some(TokenError::InvalidIssuer)
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100})), &vi, 0).err(),
+            Some(TokenError::MissingClaim("iss"))
+        );
         // audience: string or array
         let va = v.clone().with_audience("api");
         assert!(check(&f, &t(json!({"exp":100,"aud":"api"})), &va, 0).is_ok());
         assert!(check(&f, &t(json!({"exp":100,"aud":["x","api"]})), &va, 0).is_ok());
-        assert_eq!(check(&f, &t(json!({"exp":100,"aud":["x"]})), &va, 0).err(), Some(TokenError::InvalidAudience));
-        assert_eq!(check(&f, &t(json!({"exp":100,"aud":[1]})), &va, 0).err(), Some(TokenError::InvalidClaim("aud")));
-        assert_eq!(check(&f, &t(json!({"exp":100})), &va, 0).err(), Some(TokenError::MissingClaim("aud")));
-        assert_eq!(check(&f, &t(json!({"exp":100,"aud":"api"})), &v, 0).err(), Some(TokenError::InvalidAudience));
-        assert!(check(&f, &t(json!({"exp":100,"aud":"api"})), &v.clone().allow_any_audience(), 0).is_ok());
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"aud":["x"]})), &va, 0).err(),
+            Some(TokenError::InvalidAudience)
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"aud":[1]})), &va, 0).err(),
+            Some(TokenError::InvalidClaim("aud"))
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100})), &va, 0).err(),
+            Some(TokenError::MissingClaim("aud"))
+        );
+        assert_eq!(
+            check(&f, &t(json!({"exp":100,"aud":"api"})), &v, 0).err(),
+            Some(TokenError::InvalidAudience)
+        );
+        assert!(
+            check(
+                &f,
+                &t(json!({"exp":100,"aud":"api"})),
+                &v.clone().allow_any_audience(),
+                0
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn errors_do_not_echo_token_contents() {
         let f = fixture();
-        let t = raw_token(&f, &json!({"alg":"secret-alg-value-long","kid":"k1"}), br#"{"exp":100}"#);
-        let e = check(&f, &t, &Validation::new(), 0).err().map(|e| e.to_string()).unwrap_or_default();
+        let t = raw_token(
+            &f,
+            &json!({"alg":"secret-alg-value-long","kid":"k1"}),
+            br#"{"exp":100}"#,
+        );
+        let e = check(&f, &t, &Validation::new(), 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!e.contains("secret-alg"), "{e}");
     }
 }

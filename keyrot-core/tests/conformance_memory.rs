@@ -5,7 +5,10 @@ use keyrot_core::{MemoryLock, MemoryStorage};
 use std::sync::Arc;
 
 async fn setup() -> Option<Backend> {
-    Some(Backend::new(Arc::new(MemoryStorage::new()), Arc::new(MemoryLock::default())))
+    Some(Backend::new(
+        Arc::new(MemoryStorage::new()),
+        Arc::new(MemoryLock::default()),
+    ))
 }
 
 keyrot_core::storage_conformance_tests!(setup);

@@ -14,8 +14,8 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use keyrot_core::key::{SigningKey, VerifyingKey};
 use keyrot_core::token::{self, TokenError, Validation};
 use keyrot_core::{
-    Algorithm, ImportState, ImportedKey, KeyRing, MasterKey, MasterKeySealer, MemoryLock,
-    MemoryStorage, Outcome, PrivateKey, RequestContext, RingName, Rotator, RsaBits, b64,
+    Algorithm, ImportState, ImportedKey, KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Outcome,
+    PrivateKey, RequestContext, RingName, Rotator, RsaBits, b64,
 };
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
@@ -54,9 +54,7 @@ fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
 /// A real key ring (memory storage, master-key sealer) with `key` imported as Active.
 async fn ring_with(key: &PrivateKey, name: &str) -> (KeyRing, String) {
     let storage = Arc::new(MemoryStorage::new());
-    let sealer = Arc::new(
-        MasterKeySealer::new(MasterKey::generate("mk1").expect("master key"), []).expect("sealer"),
-    );
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("master key"), []).expect("sealer"));
     let ring = RingName::new(name).expect("ring name");
     let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
         .build()
@@ -93,8 +91,8 @@ fn encoding_key(key: &PrivateKey) -> EncodingKey {
 
 /// jsonwebtoken's decoding key for `kid`, taken from the JWKS keyrot publishes.
 fn decoding_key(keyring: &KeyRing, kid: &str) -> DecodingKey {
-    let set: JwkSet = serde_json::from_slice(keyring.snapshot().jwks().body())
-        .expect("jsonwebtoken parses keyrot's JWKS");
+    let set: JwkSet =
+        serde_json::from_slice(keyring.snapshot().jwks().body()).expect("jsonwebtoken parses keyrot's JWKS");
     let jwk = set.find(kid).expect("the active kid is in the JWKS");
     DecodingKey::from_jwk(jwk).expect("jsonwebtoken builds a key from keyrot's JWK")
 }
@@ -136,48 +134,38 @@ async fn differential(alg: Algorithm, key: &PrivateKey, ring: &str) {
     // (a) jsonwebtoken signs (header kid = keyrot's kid), keyrot verifies.
     let mut header = Header::new(jwt_alg(alg));
     header.kid = Some(kid.clone());
-    let theirs =
-        jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("jsonwebtoken signs");
-    let verified = keyring
-        .verify(&theirs)
-        .expect("keyrot verifies jsonwebtoken's token");
+    let theirs = jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("jsonwebtoken signs");
+    let verified = keyring.verify(&theirs).expect("keyrot verifies jsonwebtoken's token");
     assert_eq!(verified.kid, kid);
     assert_eq!(verified.alg, alg);
     assert_eq!(Value::Object(verified.claims), claims);
     // The bare verifying key agrees with the ring.
     let vk: VerifyingKey = key.public_key().verifying_key().expect("verifying key");
     assert!(token::verify_with_key(&theirs, &vk, keyring.validation(), now()).is_ok());
-    assert_eq!(
-        keyring.verify(&tamper(&theirs)).err(),
-        Some(TokenError::BadSignature)
-    );
+    assert_eq!(keyring.verify(&tamper(&theirs)).err(), Some(TokenError::BadSignature));
 
     // (b) keyrot signs through the ring, jsonwebtoken verifies against keyrot's JWKS.
     let ours = keyring.sign(&claims).expect("keyrot signs");
     let dec = decoding_key(&keyring, &kid);
-    let data = jsonwebtoken::decode::<Value>(&ours, &dec, &jwt_validation(alg))
-        .expect("jsonwebtoken verifies keyrot's token");
+    let data =
+        jsonwebtoken::decode::<Value>(&ours, &dec, &jwt_validation(alg)).expect("jsonwebtoken verifies keyrot's token");
     assert_eq!(data.header.alg, jwt_alg(alg));
     assert_eq!(data.header.kid.as_deref(), Some(kid.as_str()));
     assert_eq!(data.header.typ.as_deref(), Some("JWT"));
     assert_eq!(data.claims, claims);
-    let err = jsonwebtoken::decode::<Value>(tamper(&ours), &dec, &jwt_validation(alg))
-        .expect_err("tampered token");
+    let err = jsonwebtoken::decode::<Value>(tamper(&ours), &dec, &jwt_validation(alg)).expect_err("tampered token");
     assert_eq!(err.kind(), &ErrorKind::InvalidSignature);
     // ... and with the bare signing key (no ring), still decodable.
     let sk: SigningKey = key.signing_key();
-    let bare =
-        token::sign(&sk, &token::encode_header(alg, &kid), &claims, now(), 600).expect("bare sign");
-    let data = jsonwebtoken::decode::<Value>(&bare, &dec, &jwt_validation(alg))
-        .expect("jsonwebtoken verifies");
+    let bare = token::sign(&sk, &token::encode_header(alg, &kid), &claims, now(), 600).expect("bare sign");
+    let data = jsonwebtoken::decode::<Value>(&bare, &dec, &jwt_validation(alg)).expect("jsonwebtoken verifies");
     assert_eq!(data.claims, claims);
     // Our own verifier accepts what jsonwebtoken accepted.
     assert!(keyring.verify(&bare).is_ok());
 
     // Deliberate differences: keyrot is stricter than jsonwebtoken's defaults.
     // No kid: jsonwebtoken accepts the token, keyrot's ring refuses it.
-    let no_kid = jsonwebtoken::encode(&Header::new(jwt_alg(alg)), &claims, &encoding_key(key))
-        .expect("sign");
+    let no_kid = jsonwebtoken::encode(&Header::new(jwt_alg(alg)), &claims, &encoding_key(key)).expect("sign");
     assert!(jsonwebtoken::decode::<Value>(&no_kid, &dec, &jwt_validation(alg)).is_ok());
     assert_eq!(keyring.verify(&no_kid).err(), Some(TokenError::MissingKid));
     // An audience the verifier did not ask for: jsonwebtoken checks aud only when it has
@@ -185,16 +173,9 @@ async fn differential(alg: Algorithm, key: &PrivateKey, ring: &str) {
     let mut with_aud = claims.clone();
     with_aud["aud"] = json!("someone-else");
     let aud_token = jsonwebtoken::encode(&header, &with_aud, &encoding_key(key)).expect("sign");
-    assert_eq!(
-        keyring.verify(&aud_token).err(),
-        Some(TokenError::InvalidAudience)
-    );
+    assert_eq!(keyring.verify(&aud_token).err(), Some(TokenError::InvalidAudience));
     let any_aud = Validation::new().allow_any_audience();
-    assert!(
-        keyring
-            .verify_with(&aud_token, &any_aud, chrono::Utc::now())
-            .is_ok()
-    );
+    assert!(keyring.verify_with(&aud_token, &any_aud, chrono::Utc::now()).is_ok());
 }
 
 #[tokio::test]
@@ -222,8 +203,7 @@ async fn rs_ps_swap_is_refused() {
     let (keyring, kid) = ring_with(ps, "interop-swap").await;
     let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(kid.clone());
-    let swapped = jsonwebtoken::encode(&header, &claims(), &encoding_key(ps))
-        .expect("sign RS256 with the PS key");
+    let swapped = jsonwebtoken::encode(&header, &claims(), &encoding_key(ps)).expect("sign RS256 with the PS key");
     // The signature is a valid RS256 signature over the token ...
     let rs_view = PrivateKey::from_pkcs8_pem(
         std::str::from_utf8(ps.to_pkcs8_pem().expect("pem").expose()).expect("PEM is ASCII"),
@@ -273,13 +253,9 @@ fn secret_needles(key: &PrivateKey) -> Vec<(String, String)> {
     let secret = key.to_secret_bytes().expect("secret bytes");
     renderings("secret bytes", secret.expose(), &mut out);
     let pem = key.to_pkcs8_pem().expect("pem");
-    let pem = std::str::from_utf8(pem.expose())
-        .expect("PEM is ASCII")
-        .to_owned();
+    let pem = std::str::from_utf8(pem.expose()).expect("PEM is ASCII").to_owned();
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = STANDARD
-        .decode(body.as_bytes())
-        .expect("PEM body is base64");
+    let der = STANDARD.decode(body.as_bytes()).expect("PEM body is base64");
     renderings("PKCS#8 DER", &der, &mut out);
     out.push(("PEM".into(), pem));
     if key.algorithm() != Algorithm::EdDsa {
@@ -321,14 +297,8 @@ async fn hygiene(key: &PrivateKey, ring: &str) {
                 }
             ),
         ),
-        (
-            "SecretBytes",
-            format!("{:?}", key.to_secret_bytes().expect("secret")),
-        ),
-        (
-            "PEM SecretBytes",
-            format!("{:?}", key.to_pkcs8_pem().expect("pem")),
-        ),
+        ("SecretBytes", format!("{:?}", key.to_secret_bytes().expect("secret"))),
+        ("PEM SecretBytes", format!("{:?}", key.to_pkcs8_pem().expect("pem"))),
         ("KeyRing", format!("{keyring:?}")),
         ("KeyRing (alternate)", format!("{keyring:#?}")),
         ("Snapshot", format!("{snapshot:?}")),
@@ -370,10 +340,7 @@ async fn hygiene(key: &PrivateKey, ring: &str) {
         (
             "JWK text with d in the wrong type",
             PrivateKey::from_jwk_str(
-                &format!(
-                    r#"{{"kty":"OKP","crv":"Ed25519","d":{:?}}}"#,
-                    hex(secret.expose())
-                ),
+                &format!(r#"{{"kty":"OKP","crv":"Ed25519","d":{:?}}}"#, hex(secret.expose())),
                 None,
             )
             .map(|_| ())
@@ -413,11 +380,7 @@ async fn hygiene(key: &PrivateKey, ring: &str) {
     }
     assert_eq!(checked, seen.len() * needles.len());
     // The redaction markers are there, so the Debug output was produced by the redacting impls.
-    assert!(
-        seen[0].1.contains("[redacted]")
-            && seen[2].1.contains("[redacted]")
-            && seen[4].1 == "[redacted]"
-    );
+    assert!(seen[0].1.contains("[redacted]") && seen[2].1.contains("[redacted]") && seen[4].1 == "[redacted]");
 }
 
 #[tokio::test]

@@ -75,9 +75,8 @@ impl World {
         let clock = ManualClock::new(start());
         let storage = Arc::new(MemoryStorage::new());
         let lock = Arc::new(MemoryLock::new(Arc::new(clock.clone())));
-        let sealer = Arc::new(
-            MasterKeySealer::new(MasterKey::generate("mk").expect("master key"), []).expect("sealer"),
-        );
+        let sealer =
+            Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("master key"), []).expect("sealer"));
         let ring = RingName::new("prop").expect("ring name");
         let policy = Policy::default();
         let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
@@ -139,7 +138,11 @@ impl World {
                 self.count(r.outcome);
             }
             Op::Force { revoke_old } => {
-                let r = self.rotator.force_rotate(ctx(), "drill", *revoke_old).await.expect("force");
+                let r = self
+                    .rotator
+                    .force_rotate(ctx(), "drill", *revoke_old)
+                    .await
+                    .expect("force");
                 self.count(r.outcome);
             }
             Op::Revoke(i) => {
@@ -169,7 +172,11 @@ impl World {
                     .into_iter()
                     .map(|r| {
                         tokio::spawn(async move {
-                            if force { r.force_rotate(RequestContext::actor("p"), "race", false).await } else { r.tick().await }
+                            if force {
+                                r.force_rotate(RequestContext::actor("p"), "race", false).await
+                            } else {
+                                r.tick().await
+                            }
                         })
                     })
                     .collect();
@@ -188,7 +195,10 @@ impl World {
                 let now = self.clock.now().timestamp();
                 let exp = now + ttl;
                 if let Some(kid) = self.keyring.snapshot().active_kid().map(str::to_owned) {
-                    let token = self.keyring.sign(&serde_json::json!({"sub": "p", "iat": now, "exp": exp})).expect("sign");
+                    let token = self
+                        .keyring
+                        .sign(&serde_json::json!({"sub": "p", "iat": now, "exp": exp}))
+                        .expect("sign");
                     self.tokens.push(Issued { token, kid, exp });
                 }
             }
@@ -205,7 +215,11 @@ impl World {
         // 2. States only move forward; keys are never deleted.
         for (kid, old) in &self.seen_states {
             let k = ring.key(kid).expect("keys are never deleted");
-            assert!(k.state.rank() >= old.rank(), "{kid} moved back from {old:?} to {:?}", k.state);
+            assert!(
+                k.state.rank() >= old.rank(),
+                "{kid} moved back from {old:?} to {:?}",
+                k.state
+            );
         }
         // 7. No kid is reused: kids are unique, and only new kids appear.
         let kids: HashSet<_> = ring.keys.iter().map(|k| k.kid.clone()).collect();
@@ -230,30 +244,52 @@ impl World {
             .filter_map(|k| k["kid"].as_str().map(str::to_owned))
             .collect();
         let expected: HashSet<String> = ring.published().map(|k| k.kid.clone()).collect();
-        assert_eq!(published, expected, "JWKS publishes exactly Pending ∪ Active ∪ Retiring");
+        assert_eq!(
+            published, expected,
+            "JWKS publishes exactly Pending ∪ Active ∪ Retiring"
+        );
         for k in &ring.keys {
-            assert_eq!(snap.verifies(&k.kid), k.state.is_published(), "{} verifies iff published", k.kid);
+            assert_eq!(
+                snap.verifies(&k.kid),
+                k.state.is_published(),
+                "{} verifies iff published",
+                k.kid
+            );
         }
         // 4. A normally rotated key is published at least publish_lead before it signs.
         for k in &ring.keys {
             if matches!(k.origin, KeyOrigin::Scheduled | KeyOrigin::Rotation)
                 && let Some(at) = k.activated_at
             {
-                assert!(at - k.created_at >= self.policy.publish_lead(), "{} published too briefly", k.kid);
+                assert!(
+                    at - k.created_at >= self.policy.publish_lead(),
+                    "{} published too briefly",
+                    k.kid
+                );
             }
         }
         // 8. Normal rotations at least min_interval apart; forced at least forced_min_interval.
-        let mut activations: Vec<_> = ring.keys.iter().filter_map(|k| k.activated_at.map(|a| (a, k.forced))).collect();
+        let mut activations: Vec<_> = ring
+            .keys
+            .iter()
+            .filter_map(|k| k.activated_at.map(|a| (a, k.forced)))
+            .collect();
         activations.sort();
         for w in activations.windows(2) {
             let ((prev, _), (at, forced)) = (w[0], w[1]);
             if !forced {
-                assert!(at - prev >= self.policy.min_interval(), "normal rotations too close: {prev} → {at}");
+                assert!(
+                    at - prev >= self.policy.min_interval(),
+                    "normal rotations too close: {prev} → {at}"
+                );
             }
         }
         let forced: Vec<_> = activations.iter().filter(|(_, f)| *f).map(|(a, _)| *a).collect();
         for w in forced.windows(2) {
-            assert!(w[1] - w[0] >= self.policy.forced_min_interval(), "forced rotations too close");
+            assert!(
+                w[1] - w[0] >= self.policy.forced_min_interval(),
+                "forced rotations too close"
+            );
         }
         // 5. A token verifies until its own expiry unless its key was revoked.
         let strict = Validation::new().with_leeway(std::time::Duration::ZERO);
@@ -264,7 +300,10 @@ impl World {
                 assert!(r.is_ok(), "token of {} (exp {}) refused at {now}: {r:?}", t.kid, t.exp);
             }
             if now.timestamp() >= t.exp {
-                assert!(self.keyring.verify_with(&t.token, &strict, now).is_err(), "expired token accepted");
+                assert!(
+                    self.keyring.verify_with(&t.token, &strict, now).is_err(),
+                    "expired token accepted"
+                );
             }
         }
         self.tokens.retain(|t| now.timestamp() < t.exp);

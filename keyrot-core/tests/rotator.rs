@@ -22,7 +22,10 @@ struct FlakyStorage {
 impl FlakyStorage {
     fn check(&self) -> Result<(), StorageError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(StorageError::Unavailable { message: "database unreachable (test)".into(), source: None })
+            Err(StorageError::Unavailable {
+                message: "database unreachable (test)".into(),
+                source: None,
+            })
         } else {
             Ok(())
         }
@@ -79,13 +82,26 @@ async fn setup_with(policy: Policy) -> Setup {
         .build()
         .await
         .expect("keyring");
-    let rotator = Rotator::builder(ring.clone(), storage.clone(), Arc::new(MemoryLock::new(Arc::new(clock.clone()))), sealer.clone())
-        .with_clock(Arc::new(clock.clone()))
-        .with_policy(policy)
-        .with_instance("a")
-        .with_keyring(keyring.clone())
-        .build();
-    Setup { master, clock, storage, sealer, ring, keyring, rotator }
+    let rotator = Rotator::builder(
+        ring.clone(),
+        storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+        sealer.clone(),
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_policy(policy)
+    .with_instance("a")
+    .with_keyring(keyring.clone())
+    .build();
+    Setup {
+        master,
+        clock,
+        storage,
+        sealer,
+        ring,
+        keyring,
+        rotator,
+    }
 }
 
 async fn setup() -> Setup {
@@ -136,7 +152,11 @@ async fn forced_rotation_within_an_hour_is_refused_and_allowed_after() {
     let after = s.rotator.force_rotate(ctx(), "again", false).await.expect("force");
     assert_eq!(after.outcome, Outcome::Rotated);
     assert_eq!(after.old_kid, first.new_kid);
-    let audit = s.storage.audit_log(&s.ring, AuditQuery::default()).await.expect("audit");
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit");
     let forced: Vec<_> = audit.iter().filter(|a| a.forced).map(|a| a.outcome).collect();
     assert_eq!(forced, vec![Outcome::Rotated, Outcome::RateLimited, Outcome::Rotated]);
 }
@@ -173,7 +193,9 @@ async fn forced_rotation_takes_effect_at_once_and_revoke_old_kills_old_tokens() 
 async fn idempotency_key_rotates_once_and_replays_the_first_answer() {
     let s = setup().await;
     s.clock.advance(TimeDelta::hours(2));
-    let c = ctx().with_idempotency_key("slot-2026-03-01T14").with_request_id("req-1");
+    let c = ctx()
+        .with_idempotency_key("slot-2026-03-01T14")
+        .with_request_id("req-1");
     let first = s.rotator.force_rotate(c.clone(), "drill", false).await.expect("first");
     assert_eq!(first.outcome, Outcome::Rotated);
     s.clock.advance(TimeDelta::hours(2));
@@ -185,10 +207,27 @@ async fn idempotency_key_rotates_once_and_replays_the_first_answer() {
     let other = s.rotator.force_rotate(c, "different reason", false).await;
     assert!(matches!(other, Err(RotateError::IdempotencyKeyReused)));
     // Every attempt has exactly one audit record.
-    let audit = s.storage.audit_log(&s.ring, AuditQuery::default()).await.expect("audit");
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit");
     let outcomes: Vec<_> = audit.iter().rev().map(|a| a.outcome).collect();
-    assert_eq!(outcomes, vec![Outcome::Bootstrapped, Outcome::Rotated, Outcome::Replayed, Outcome::Refused]);
-    assert!(audit.iter().take(3).all(|a| a.idempotency_key.as_deref() == Some("slot-2026-03-01T14")));
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Bootstrapped,
+            Outcome::Rotated,
+            Outcome::Replayed,
+            Outcome::Refused
+        ]
+    );
+    assert!(
+        audit
+            .iter()
+            .take(3)
+            .all(|a| a.idempotency_key.as_deref() == Some("slot-2026-03-01T14"))
+    );
     assert_eq!(audit[2].request_id.as_deref(), Some("req-1"));
     // Invalid keys are refused before anything happens.
     let bad = s.rotator.rotate(ctx().with_idempotency_key("has space")).await;
@@ -216,8 +255,17 @@ async fn revocation_rules() {
     let token = s.keyring.sign(&claims(&s, 3600)).expect("sign");
     s.clock.advance(TimeDelta::hours(1) + TimeDelta::seconds(1));
     s.rotator.force_rotate(ctx(), "routine", false).await.expect("force");
-    assert!(s.keyring.verify_at(&token, s.clock.now() - TimeDelta::minutes(10)).is_ok(), "retiring key verifies");
-    let r = s.rotator.revoke(ctx(), active.clone(), "compromised").await.expect("revoke");
+    assert!(
+        s.keyring
+            .verify_at(&token, s.clock.now() - TimeDelta::minutes(10))
+            .is_ok(),
+        "retiring key verifies"
+    );
+    let r = s
+        .rotator
+        .revoke(ctx(), active.clone(), "compromised")
+        .await
+        .expect("revoke");
     assert_eq!(r.outcome, Outcome::Revoked);
     assert_eq!(s.keyring.verify(&token).err(), Some(TokenError::UnknownKid));
     let r = s.rotator.revoke(ctx(), active, "again").await.expect("revoke");
@@ -232,16 +280,30 @@ async fn imported_keys_keep_their_kid_and_are_never_duplicated() {
     jwk["d"] = keyrot_core::b64::encode(key.to_secret_bytes().expect("bytes").expose()).into();
     let imported = PrivateKey::from_jwk(&jwk, None).expect("import");
     assert_eq!(imported.effective_kid(), "legacy-kid-1");
-    let r = s.rotator.import(ctx(), imported.clone(), ImportState::Active).await.expect("import");
+    let r = s
+        .rotator
+        .import(ctx(), imported.clone(), ImportState::Active)
+        .await
+        .expect("import");
     assert_eq!(r.outcome, Outcome::Imported);
     assert_eq!(s.keyring.snapshot().active_kid(), Some("legacy-kid-1"));
     // Tokens the old issuer signed with that key keep verifying.
     let header = keyrot_core::token::encode_header(Algorithm::EdDsa, "legacy-kid-1");
     let exp = s.clock.now().timestamp() + 60;
-    let legacy = keyrot_core::token::sign(&key.signing_key(), &header, &serde_json::json!({"exp": exp}), 0, i64::MAX)
-        .expect("sign");
+    let legacy = keyrot_core::token::sign(
+        &key.signing_key(),
+        &header,
+        &serde_json::json!({"exp": exp}),
+        0,
+        i64::MAX,
+    )
+    .expect("sign");
     assert!(s.keyring.verify(&legacy).is_ok());
-    let again = s.rotator.import(ctx(), imported, ImportState::Pending).await.expect("import");
+    let again = s
+        .rotator
+        .import(ctx(), imported, ImportState::Pending)
+        .await
+        .expect("import");
     assert!(matches!(again.refusal, Some(Refusal::DuplicateKey { .. })));
     let ring = s.storage.load(&s.ring).await.expect("load");
     assert_eq!(ring.keys[0].fingerprint, key.public_key().thumbprint());
@@ -255,13 +317,22 @@ fn spec(mk: &MasterKey) -> String {
 async fn rewrap_moves_every_key_to_the_primary_and_unknown_ids_fail_closed() {
     let s = setup().await;
     s.clock.advance(TimeDelta::hours(2));
-    s.rotator.force_rotate(ctx(), "make two keys", false).await.expect("force");
+    s.rotator
+        .force_rotate(ctx(), "make two keys", false)
+        .await
+        .expect("force");
     let mk2 = MasterKey::generate("mk2").expect("mk2");
     // A sealer that only knows mk2 cannot open keys sealed under mk1: fail closed, naming the id.
     let only_new = Arc::new(MasterKeySealer::new(mk2.clone(), []).expect("sealer"));
-    let err = KeyRing::builder(s.ring.clone(), s.storage.clone(), only_new.clone()).build().await.err();
+    let err = KeyRing::builder(s.ring.clone(), s.storage.clone(), only_new.clone())
+        .build()
+        .await
+        .err();
     match err {
-        Some(RefreshError::Seal { source: SealError::UnknownMasterKey(id), .. }) => assert_eq!(id, "mk1"),
+        Some(RefreshError::Seal {
+            source: SealError::UnknownMasterKey(id),
+            ..
+        }) => assert_eq!(id, "mk1"),
         other => panic!("expected unknown master key, got {other:?}"),
     }
     // Rewrap under the new primary with the old key still configured for opening.
@@ -273,10 +344,23 @@ async fn rewrap_moves_every_key_to_the_primary_and_unknown_ids_fail_closed() {
     assert_eq!(r.outcome, Outcome::Rewrapped);
     assert_eq!(r.generation, 3);
     let ring = s.storage.load(&s.ring).await.expect("load");
-    assert!(ring.keys.iter().all(|k| k.sealed.as_ref().is_some_and(|x| x.master_key_id == "mk2")));
-    assert!(KeyRing::builder(s.ring.clone(), s.storage.clone(), only_new).build().await.is_ok());
+    assert!(
+        ring.keys
+            .iter()
+            .all(|k| k.sealed.as_ref().is_some_and(|x| x.master_key_id == "mk2"))
+    );
+    assert!(
+        KeyRing::builder(s.ring.clone(), s.storage.clone(), only_new)
+            .build()
+            .await
+            .is_ok()
+    );
     assert_eq!(rot.rewrap(ctx()).await.expect("rewrap").outcome, Outcome::NothingDue);
-    let audit = s.storage.audit_log(&s.ring, AuditQuery::default()).await.expect("audit");
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit");
     assert_eq!(audit[0].trigger, keyrot_core::TriggerKind::Rewrap);
     assert_eq!(audit[1].outcome, Outcome::Rewrapped);
 }
@@ -291,26 +375,52 @@ async fn unknown_kid_refreshes_once_then_is_rate_limited() {
         .await
         .expect("b");
     s.clock.advance(TimeDelta::hours(2));
-    s.rotator.force_rotate(ctx(), "rotate on A", false).await.expect("force");
+    s.rotator
+        .force_rotate(ctx(), "rotate on A", false)
+        .await
+        .expect("force");
     let token = s.keyring.sign(&claims(&s, 300)).expect("sign");
-    assert_eq!(b.verify(&token).err(), Some(TokenError::UnknownKid), "B has not seen the new key");
-    assert!(b.verify_refreshing(&token).await.is_ok(), "unknown kid triggers a refresh");
+    assert_eq!(
+        b.verify(&token).err(),
+        Some(TokenError::UnknownKid),
+        "B has not seen the new key"
+    );
+    assert!(
+        b.verify_refreshing(&token).await.is_ok(),
+        "unknown kid triggers a refresh"
+    );
     // A token with a kid nobody has: one refresh, then refused without another within 10 s.
     s.clock.advance(TimeDelta::hours(2));
     let forged = forge_with_kid("not-a-real-kid");
     assert_eq!(b.verify_refreshing(&forged).await.err(), Some(TokenError::UnknownKid));
-    s.rotator.force_rotate(ctx(), "rotate again", false).await.expect("force");
+    s.rotator
+        .force_rotate(ctx(), "rotate again", false)
+        .await
+        .expect("force");
     let token2 = s.keyring.sign(&claims(&s, 300)).expect("sign");
-    assert_eq!(b.verify_refreshing(&token2).await.err(), Some(TokenError::UnknownKid), "rate limited");
+    assert_eq!(
+        b.verify_refreshing(&token2).await.err(),
+        Some(TokenError::UnknownKid),
+        "rate limited"
+    );
     s.clock.advance(TimeDelta::seconds(10));
-    assert!(b.verify_refreshing(&token2).await.is_ok(), "allowed again after the interval");
+    assert!(
+        b.verify_refreshing(&token2).await.is_ok(),
+        "allowed again after the interval"
+    );
 }
 
 fn forge_with_kid(kid: &str) -> String {
     let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
     let header = keyrot_core::token::encode_header(Algorithm::EdDsa, kid);
-    keyrot_core::token::sign(&key.signing_key(), &header, &serde_json::json!({"exp": i64::MAX}), 0, i64::MAX)
-        .expect("sign")
+    keyrot_core::token::sign(
+        &key.signing_key(),
+        &header,
+        &serde_json::json!({"exp": i64::MAX}),
+        0,
+        i64::MAX,
+    )
+    .expect("sign")
 }
 
 #[tokio::test]
@@ -332,7 +442,11 @@ async fn outage_keeps_signing_and_verifying_and_rotation_fails_closed() {
     s.storage.down.store(false, Ordering::SeqCst);
     assert!(s.keyring.refresh().await.is_ok());
     assert!(!s.keyring.is_stale());
-    let r = s.rotator.force_rotate(ctx(), "after outage", false).await.expect("force");
+    let r = s
+        .rotator
+        .force_rotate(ctx(), "after outage", false)
+        .await
+        .expect("force");
     assert_eq!(r.outcome, Outcome::Rotated);
 }
 
@@ -346,12 +460,23 @@ async fn private_key_bytes_never_leave_in_debug_errors_audit_jwks_or_reports() {
         secret.expose().iter().map(|b| format!("{b:02x}")).collect::<String>(),
         format!("{:?}", secret.expose()),
     ];
-    let imported = keyrot_core::ImportedKey { key: key.clone(), kid: None };
-    let report = s.rotator.import(ctx(), imported, ImportState::Active).await.expect("import");
+    let imported = keyrot_core::ImportedKey {
+        key: key.clone(),
+        kid: None,
+    };
+    let report = s
+        .rotator
+        .import(ctx(), imported, ImportState::Active)
+        .await
+        .expect("import");
     s.clock.advance(TimeDelta::hours(2));
     let report2 = s.rotator.force_rotate(ctx(), "hygiene", false).await.expect("force");
     let ring = s.storage.load(&s.ring).await.expect("load");
-    let audit = s.storage.audit_log(&s.ring, AuditQuery::default()).await.expect("audit");
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit");
     let bad_token = s.keyring.verify("a.b.c").err();
     let mut haystacks = vec![
         format!("{key:?}"),
@@ -410,7 +535,10 @@ async fn jwks_etag_and_lifecycle_aware_max_age() {
     let j2 = snap.jwks();
     assert_ne!(j2.etag(), j1.etag());
     let body = String::from_utf8_lossy(j2.body()).into_owned();
-    assert!(body.contains(r.new_kid.as_deref().expect("kid")), "pending key published");
+    assert!(
+        body.contains(r.new_kid.as_deref().expect("kid")),
+        "pending key published"
+    );
     assert_ne!(snap.active_kid(), r.new_kid.as_deref(), "but not signing");
 }
 
@@ -433,39 +561,66 @@ async fn rsa_rings_rotate_sign_and_verify() {
 #[tokio::test]
 async fn signing_enforces_the_token_ttl_and_needs_an_active_key() {
     let s = setup_with(Policy::default()).await;
-    assert!(matches!(s.keyring.sign(&claims(&s, 60)), Err(keyrot_core::SignError::NoActiveKey)));
+    assert!(matches!(
+        s.keyring.sign(&claims(&s, 60)),
+        Err(keyrot_core::SignError::NoActiveKey)
+    ));
     s.rotator.init(ctx()).await.expect("init");
     assert!(s.keyring.sign(&claims(&s, 3600)).is_ok());
     assert!(matches!(
         s.keyring.sign(&claims(&s, 3601)),
-        Err(keyrot_core::SignError::TtlTooLong { requested_secs: 3601, max_secs: 3600 })
+        Err(keyrot_core::SignError::TtlTooLong {
+            requested_secs: 3601,
+            max_secs: 3600
+        })
     ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn scheduler_bootstraps_ticks_and_shuts_down_cleanly() {
     let s = setup_with(Policy::default()).await;
-    let cfg = keyrot_core::SchedulerConfig { interval: std::time::Duration::from_secs(30), jitter: std::time::Duration::from_secs(5) };
+    let cfg = keyrot_core::SchedulerConfig {
+        interval: std::time::Duration::from_secs(30),
+        jitter: std::time::Duration::from_secs(5),
+    };
     let handle = keyrot_core::scheduler::spawn(s.rotator.clone(), cfg);
     // Paused tokio time auto-advances while every task is idle: no real waiting.
     tokio::time::sleep(std::time::Duration::from_secs(100)).await;
     let ticks = handle.shutdown().await;
-    assert!((3..=4).contains(&ticks), "ticks at 0, 30–35, 60–70, 90–105 s: got {ticks}");
-    assert!(s.keyring.snapshot().active_kid().is_some(), "the first tick bootstrapped the ring");
-    assert_eq!(s.storage.generation(&s.ring).await.expect("gen"), 1, "later ticks had nothing to do");
+    assert!(
+        (3..=4).contains(&ticks),
+        "ticks at 0, 30–35, 60–70, 90–105 s: got {ticks}"
+    );
+    assert!(
+        s.keyring.snapshot().active_kid().is_some(),
+        "the first tick bootstrapped the ring"
+    );
+    assert_eq!(
+        s.storage.generation(&s.ring).await.expect("gen"),
+        1,
+        "later ticks had nothing to do"
+    );
 }
 
 #[tokio::test]
 async fn refresher_follows_the_change_feed() {
     let s = setup().await;
     let storage = Arc::new(s.storage.inner.clone());
-    let b = KeyRing::builder(s.ring.clone(), storage.clone(), s.sealer.clone()).build().await.expect("b");
+    let b = KeyRing::builder(s.ring.clone(), storage.clone(), s.sealer.clone())
+        .build()
+        .await
+        .expect("b");
     let handle = b.spawn_refresher(Some(storage.clone()), std::time::Duration::from_secs(3600));
     // Let the refresher subscribe before A commits.
     tokio::task::yield_now().await;
-    let rot = Rotator::builder(s.ring.clone(), storage, Arc::new(MemoryLock::default()), s.sealer.clone())
-        .with_clock(Arc::new(s.clock.clone()))
-        .build();
+    let rot = Rotator::builder(
+        s.ring.clone(),
+        storage,
+        Arc::new(MemoryLock::default()),
+        s.sealer.clone(),
+    )
+    .with_clock(Arc::new(s.clock.clone()))
+    .build();
     s.clock.advance(TimeDelta::hours(2));
     let r = rot.force_rotate(ctx(), "feed", false).await.expect("force");
     let want = r.new_kid.clone().expect("kid");
@@ -491,15 +646,25 @@ async fn keyring_fast_path_for_its_own_headers_still_checks_everything_else() {
     let forged_payload = keyrot_core::b64::encode(br#"{"sub":"admin","exp":99999999999}"#);
     let tampered = format!("{header}.{forged_payload}.{sig}");
     assert_eq!(s.keyring.verify(&tampered).err(), Some(TokenError::BadSignature));
-    assert!(matches!(s.keyring.verify(&format!("{token}.x")), Err(TokenError::Malformed(_))));
-    assert!(matches!(s.keyring.verify(&format!("{header}..{sig}")), Err(TokenError::Malformed(_))));
+    assert!(matches!(
+        s.keyring.verify(&format!("{token}.x")),
+        Err(TokenError::Malformed(_))
+    ));
+    assert!(matches!(
+        s.keyring.verify(&format!("{header}..{sig}")),
+        Err(TokenError::Malformed(_))
+    ));
     let huge = format!("{header}.{}.{sig}", "A".repeat(9000));
     assert!(matches!(s.keyring.verify(&huge), Err(TokenError::TooLarge { .. })));
     s.clock.advance(TimeDelta::seconds(60 + 30));
     assert_eq!(s.keyring.verify(&token).err(), Some(TokenError::Expired));
     // A header keyrot did not write (other member order) takes the full path and verifies too.
     let key_header = keyrot_core::b64::encode(
-        format!(r#"{{"kid":"{}","alg":"EdDSA"}}"#, s.keyring.snapshot().active_kid().expect("kid")).as_bytes(),
+        format!(
+            r#"{{"kid":"{}","alg":"EdDSA"}}"#,
+            s.keyring.snapshot().active_kid().expect("kid")
+        )
+        .as_bytes(),
     );
     assert_ne!(key_header, header);
 }

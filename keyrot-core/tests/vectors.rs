@@ -38,8 +38,7 @@ const RFC7638_THUMBPRINT: &str = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
 
 #[test]
 fn rfc7638_thumbprint_of_the_example_rsa_key() {
-    let jwk =
-        json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E, "alg": "RS256", "kid": "2011-04-29"});
+    let jwk = json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E, "alg": "RS256", "kid": "2011-04-29"});
     let pk = PublicKey::from_jwk(&jwk, None).expect("RFC 7638 example key imports");
     assert_eq!(pk.algorithm(), Algorithm::Rs256);
     assert_eq!(pk.rsa_bits(), Some(2048));
@@ -49,8 +48,8 @@ fn rfc7638_thumbprint_of_the_example_rsa_key() {
     );
     assert_eq!(pk.thumbprint(), RFC7638_THUMBPRINT);
     // alg, kid and use are not part of the thumbprint.
-    let bare = PublicKey::from_jwk(&json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E}), None)
-        .expect("bare key imports");
+    let bare =
+        PublicKey::from_jwk(&json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E}), None).expect("bare key imports");
     assert_eq!(bare.thumbprint(), RFC7638_THUMBPRINT);
     let ps = PublicKey::from_jwk(
         &json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E, "use": "sig"}),
@@ -62,17 +61,9 @@ fn rfc7638_thumbprint_of_the_example_rsa_key() {
 
 #[test]
 fn jwk_key_ops_must_permit_signing_only() {
-    let with_ops =
-        |ops: Value| json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E, "key_ops": ops});
-    for ok in [
-        json!(["verify"]),
-        json!(["sign"]),
-        json!(["sign", "verify"]),
-    ] {
-        assert!(
-            PublicKey::from_jwk(&with_ops(ok.clone()), None).is_ok(),
-            "{ok}"
-        );
+    let with_ops = |ops: Value| json!({"kty": "RSA", "n": RFC7638_N, "e": RFC7638_E, "key_ops": ops});
+    for ok in [json!(["verify"]), json!(["sign"]), json!(["sign", "verify"])] {
+        assert!(PublicKey::from_jwk(&with_ops(ok.clone()), None).is_ok(), "{ok}");
     }
     for bad in [
         json!(["encrypt"]),
@@ -118,11 +109,8 @@ fn rfc8037_ed25519_jwk_thumbprint_and_deterministic_signature() {
     let key = rfc8037_private();
     assert_eq!(key.algorithm(), Algorithm::EdDsa);
     // A.2: the public JWK is the private one without d.
-    let public = PublicKey::from_jwk(
-        &json!({"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X}),
-        None,
-    )
-    .expect("RFC 8037 A.2 public JWK imports");
+    let public = PublicKey::from_jwk(&json!({"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X}), None)
+        .expect("RFC 8037 A.2 public JWK imports");
     assert_eq!(key.public_key(), public);
     assert_eq!(public.to_jwk("k")["x"], RFC8037_X);
     // A.3
@@ -147,10 +135,7 @@ fn rfc8037_ed25519_jwk_thumbprint_and_deterministic_signature() {
     let mut flipped = sig.clone();
     flipped[10] ^= 1;
     assert!(!vk.verify(RFC8037_SIGNING_INPUT.as_bytes(), &flipped));
-    assert!(!vk.verify(
-        b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmd",
-        &sig
-    ));
+    assert!(!vk.verify(b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmd", &sig));
     // As a token: no kid, so the ring path refuses it before anything else ...
     let v = Validation::new();
     assert_eq!(
@@ -197,15 +182,11 @@ fn a2_private_jwk() -> Value {
 
 #[test]
 fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
-    let imported = PrivateKey::from_jwk(&a2_private_jwk(), Some(Algorithm::Rs256))
-        .expect("A.2 private JWK imports");
+    let imported = PrivateKey::from_jwk(&a2_private_jwk(), Some(Algorithm::Rs256)).expect("A.2 private JWK imports");
     let key = imported.key;
     assert_eq!(key.algorithm(), Algorithm::Rs256);
-    let public = PublicKey::from_jwk(
-        &json!({"kty": "RSA", "n": A2_N, "e": A2_E}),
-        Some(Algorithm::Rs256),
-    )
-    .expect("A.2 public JWK imports");
+    let public = PublicKey::from_jwk(&json!({"kty": "RSA", "n": A2_N, "e": A2_E}), Some(Algorithm::Rs256))
+        .expect("A.2 public JWK imports");
     assert_eq!(key.public_key(), public);
 
     // PKCS#1 v1.5 is deterministic: the RFC's signature, byte for byte.
@@ -214,10 +195,7 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
         .sign(A2_SIGNING_INPUT.as_bytes())
         .expect("RS256 signs");
     assert_eq!(b64::encode(&sig), A2_SIGNATURE);
-    assert_eq!(
-        format!("{A2_SIGNING_INPUT}.{}", b64::encode(&sig)),
-        A2_COMPACT
-    );
+    assert_eq!(format!("{A2_SIGNING_INPUT}.{}", b64::encode(&sig)), A2_COMPACT);
     let vk = public.verifying_key().expect("verifying key");
     assert!(vk.verify(A2_SIGNING_INPUT.as_bytes(), &sig));
 
@@ -229,8 +207,7 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
     );
     // Pinned an hour before its exp it verifies, which shows Expired above was the only
     // objection.
-    let verified = token::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP - 3600)
-        .expect("A.2 verifies before exp");
+    let verified = token::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP - 3600).expect("A.2 verifies before exp");
     assert_eq!(verified.alg, Algorithm::Rs256);
     assert_eq!(verified.kid, "");
     assert_eq!(verified.claims["iss"], "joe");
@@ -252,13 +229,10 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
         );
     }
     // The same key declared PS256 refuses the RS256 token: the key decides the algorithm.
-    let ps = PublicKey::from_jwk(
-        &json!({"kty": "RSA", "n": A2_N, "e": A2_E}),
-        Some(Algorithm::Ps256),
-    )
-    .expect("PS256 view")
-    .verifying_key()
-    .expect("verifying key");
+    let ps = PublicKey::from_jwk(&json!({"kty": "RSA", "n": A2_N, "e": A2_E}), Some(Algorithm::Ps256))
+        .expect("PS256 view")
+        .verifying_key()
+        .expect("verifying key");
     assert_eq!(
         token::verify_with_key(A2_COMPACT, &ps, &v, A2_EXP - 3600).err(),
         Some(TokenError::AlgorithmMismatch {
@@ -278,9 +252,7 @@ const A5_COMPACT: &str = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMD
 fn is_expected_refusal(r: &Result<Verified, TokenError>) -> bool {
     matches!(
         r,
-        Err(TokenError::AlgorithmMismatch { .. }
-            | TokenError::MissingKid
-            | TokenError::Malformed(_))
+        Err(TokenError::AlgorithmMismatch { .. } | TokenError::MissingKid | TokenError::Malformed(_))
     )
 }
 
@@ -297,42 +269,27 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
     // The same tokens with a kid added to the header, so the lookup does hand out a key.
     let with_kid = |token: &str, header: Value| {
         let rest = token.split_once('.').expect("dot").1;
-        format!(
-            "{}.{rest}",
-            b64::encode(&serde_json::to_vec(&header).expect("json"))
-        )
+        format!("{}.{rest}", b64::encode(&serde_json::to_vec(&header).expect("json")))
     };
     let tokens = [
         ("A.1", A1_COMPACT.to_owned()),
         ("A.5", A5_COMPACT.to_owned()),
         (
             "A.1 with kid",
-            with_kid(
-                A1_COMPACT,
-                json!({"typ": "JWT", "alg": "HS256", "kid": "k"}),
-            ),
+            with_kid(A1_COMPACT, json!({"typ": "JWT", "alg": "HS256", "kid": "k"})),
         ),
-        (
-            "A.5 with kid",
-            with_kid(A5_COMPACT, json!({"alg": "none", "kid": "k"})),
-        ),
+        ("A.5 with kid", with_kid(A5_COMPACT, json!({"alg": "none", "kid": "k"}))),
         // alg none with some signature bytes, so the empty-segment rule is not what stops it.
         (
             "A.5 with kid and a signature",
-            format!(
-                "{}AAAA",
-                with_kid(A5_COMPACT, json!({"alg": "none", "kid": "k"}))
-            ),
+            format!("{}AAAA", with_kid(A5_COMPACT, json!({"alg": "none", "kid": "k"}))),
         ),
     ];
     let lenient = Validation::new().allow_missing_exp().allow_any_audience();
     for (name, t) in &tokens {
         for vk in [&ed, &rs] {
             // Lenient rules and a time before exp: nothing but the algorithm can refuse.
-            for (v, now) in [
-                (Validation::new(), real_now()),
-                (lenient.clone(), A2_EXP - 3600),
-            ] {
+            for (v, now) in [(Validation::new(), real_now()), (lenient.clone(), A2_EXP - 3600)] {
                 let ring = token::verify(t, |_| Some(vk), &v, now);
                 assert!(
                     is_expected_refusal(&ring),
@@ -386,9 +343,7 @@ fn signed(header: &Value, payload: &[u8]) -> String {
     format!("{input}.{}", b64::encode(&sig))
 }
 
-fn summary(
-    r: Result<Verified, TokenError>,
-) -> Result<(String, Algorithm, Map<String, Value>), TokenError> {
+fn summary(r: Result<Verified, TokenError>) -> Result<(String, Algorithm, Map<String, Value>), TokenError> {
     r.map(|v| (v.kid, v.alg, v.claims))
 }
 
@@ -401,8 +356,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
 
     // No kid: accepted by the pinned path only.
     let no_kid = signed(&json!({"alg": "EdDSA"}), exp);
-    let ok = token::verify_with_key(&no_kid, &vk, &v, now)
-        .expect("kid-less token verifies with a pinned key");
+    let ok = token::verify_with_key(&no_kid, &vk, &v, now).expect("kid-less token verifies with a pinned key");
     assert_eq!((ok.kid.as_str(), ok.alg), ("", Algorithm::EdDsa));
     assert_eq!(
         token::verify(&no_kid, |_| Some(&vk), &v, now).err(),
@@ -413,10 +367,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     for kid in [json!(""), json!(5), json!(null), json!(["k1"])] {
         let t = signed(&json!({"alg": "EdDSA", "kid": kid}), exp);
         assert!(
-            matches!(
-                token::verify_with_key(&t, &vk, &v, now),
-                Err(TokenError::Malformed(_))
-            ),
+            matches!(token::verify_with_key(&t, &vk, &v, now), Err(TokenError::Malformed(_))),
             "{kid}"
         );
     }
@@ -426,10 +377,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     let h = json!({"alg": "EdDSA", "kid": "k1"});
     let mut cases: Vec<(String, String)> = vec![
         ("good".into(), signed(&h, exp)),
-        (
-            "too large".into(),
-            "a".repeat(token::DEFAULT_MAX_TOKEN_BYTES + 1),
-        ),
+        ("too large".into(), "a".repeat(token::DEFAULT_MAX_TOKEN_BYTES + 1)),
         (
             "two segments".into(),
             signed(&h, exp).rsplit_once('.').expect("dot").0.to_owned(),
@@ -439,21 +387,12 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
         ("duplicate header member".into(), {
             let t = signed(&h, exp);
             let rest = t.split_once('.').expect("dot").1.to_owned();
-            format!(
-                "{}.{rest}",
-                b64::encode(br#"{"alg":"EdDSA","kid":"k1","alg":"EdDSA"}"#)
-            )
+            format!("{}.{rest}", b64::encode(br#"{"alg":"EdDSA","kid":"k1","alg":"EdDSA"}"#))
         }),
-        (
-            "duplicate claim".into(),
-            signed(&h, br#"{"exp":2000,"exp":3000}"#),
-        ),
+        ("duplicate claim".into(), signed(&h, br#"{"exp":2000,"exp":3000}"#)),
         ("missing exp".into(), signed(&h, br#"{"sub":"a"}"#)),
         ("expired".into(), signed(&h, br#"{"exp":900}"#)),
-        (
-            "not yet valid".into(),
-            signed(&h, br#"{"exp":2000,"nbf":1500}"#),
-        ),
+        ("not yet valid".into(), signed(&h, br#"{"exp":2000,"nbf":1500}"#)),
         (
             "audience not configured".into(),
             signed(&h, br#"{"exp":2000,"aud":"api"}"#),
@@ -471,20 +410,12 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
         cases.push((format!("forbidden {m}"), signed(&hm, exp)));
     }
     for alg in ["none", "HS256", "RS256", "PS256", "Ed25519", "eddsa"] {
-        cases.push((
-            format!("alg {alg}"),
-            signed(&json!({"alg": alg, "kid": "k1"}), exp),
-        ));
+        cases.push((format!("alg {alg}"), signed(&json!({"alg": alg, "kid": "k1"}), exp)));
     }
     let mut refused = 0;
     for (name, t) in &cases {
         let pinned = summary(token::verify_with_key(t, &vk, &v, now));
-        let ring = summary(token::verify(
-            t,
-            |kid| (kid == "k1").then_some(&vk),
-            &v,
-            now,
-        ));
+        let ring = summary(token::verify(t, |kid| (kid == "k1").then_some(&vk), &v, now));
         assert_eq!(pinned, ring, "{name}");
         assert_eq!(pinned.is_ok(), name == "good", "{name}: {pinned:?}");
         refused += usize::from(pinned.is_err());
@@ -509,17 +440,11 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
         check("duplicate header member"),
         Some(TokenError::DuplicateMember("header"))
     );
-    assert_eq!(
-        check("duplicate claim"),
-        Some(TokenError::DuplicateMember("payload"))
-    );
+    assert_eq!(check("duplicate claim"), Some(TokenError::DuplicateMember("payload")));
     assert_eq!(check("missing exp"), Some(TokenError::MissingClaim("exp")));
     assert_eq!(check("expired"), Some(TokenError::Expired));
     assert_eq!(check("bad signature"), Some(TokenError::BadSignature));
-    assert_eq!(
-        check("forbidden jku"),
-        Some(TokenError::ForbiddenHeader("jku"))
-    );
+    assert_eq!(check("forbidden jku"), Some(TokenError::ForbiddenHeader("jku")));
     assert_eq!(
         check("alg none"),
         Some(TokenError::AlgorithmMismatch {
@@ -575,25 +500,20 @@ impl Tally {
             (TestResult::Acceptable, true) => self.acceptable_accepted += 1,
             (TestResult::Acceptable, false) => {
                 self.acceptable_rejected += 1;
-                self.acceptable_rejected_ids
-                    .push(format!("{tc_id} ({comment})"));
+                self.acceptable_rejected_ids.push(format!("{tc_id} ({comment})"));
             }
-            (TestResult::Valid, false) => self.failures.push(format!(
-                "tcId {tc_id} ({comment}): valid signature rejected"
-            )),
-            (TestResult::Invalid, true) => self.failures.push(format!(
-                "tcId {tc_id} ({comment}): invalid signature accepted"
-            )),
+            (TestResult::Valid, false) => self
+                .failures
+                .push(format!("tcId {tc_id} ({comment}): valid signature rejected")),
+            (TestResult::Invalid, true) => self
+                .failures
+                .push(format!("tcId {tc_id} ({comment}): invalid signature accepted")),
         }
     }
 
     /// A group whose key keyrot refuses. Only refusals by documented policy are allowed:
     /// RSA moduli outside 2048–4096 bits and small-order Ed25519 keys.
-    fn refused<'a>(
-        &mut self,
-        err: &KeyError,
-        results: impl Iterator<Item = (usize, TestResult)> + 'a,
-    ) {
+    fn refused<'a>(&mut self, err: &KeyError, results: impl Iterator<Item = (usize, TestResult)> + 'a) {
         let policy = match err {
             KeyError::RsaSize { bits } => !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(bits),
             KeyError::WeakKey => true,
@@ -601,9 +521,8 @@ impl Tally {
         };
         for (tc_id, result) in results {
             if !policy {
-                self.failures.push(format!(
-                    "tcId {tc_id}: key refused for an undocumented reason: {err}"
-                ));
+                self.failures
+                    .push(format!("tcId {tc_id}: key refused for an undocumented reason: {err}"));
             }
             self.key_refused += 1;
             self.key_refused_valid += usize::from(result == TestResult::Valid);
@@ -636,11 +555,7 @@ impl Tally {
             self.family,
             self.failures.join("\n")
         );
-        assert!(
-            self.run > 0,
-            "wycheproof {}: no vectors were run",
-            self.family
-        );
+        assert!(self.run > 0, "wycheproof {}: no vectors were run", self.family);
         assert!(
             self.valid_verified > 0,
             "wycheproof {}: no valid vector was verified",
@@ -661,8 +576,7 @@ fn trim_zeros(be: &[u8]) -> &[u8] {
 
 /// A verifying key from a JSON JWK built from raw RSA parameters.
 fn rsa_verifying_key(n: &[u8], e: &[u8], alg: Algorithm) -> Result<VerifyingKey, KeyError> {
-    let jwk =
-        json!({"kty": "RSA", "n": b64::encode(trim_zeros(n)), "e": b64::encode(trim_zeros(e))});
+    let jwk = json!({"kty": "RSA", "n": b64::encode(trim_zeros(n)), "e": b64::encode(trim_zeros(e))});
     PublicKey::from_jwk(&jwk, Some(alg))?.verifying_key()
 }
 
@@ -673,8 +587,7 @@ fn wycheproof_ed25519() {
     let mut tally = Tally::new("Ed25519");
     for group in set.test_groups {
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64::encode(&group.key.pk)});
-        let key =
-            PublicKey::from_jwk(&jwk, Some(Algorithm::EdDsa)).and_then(|pk| pk.verifying_key());
+        let key = PublicKey::from_jwk(&jwk, Some(Algorithm::EdDsa)).and_then(|pk| pk.verifying_key());
         let vk = match key {
             Ok(vk) => vk,
             Err(e) => {
@@ -828,12 +741,7 @@ fn header_of(jws: &str) -> (Option<String>, Option<String>) {
         .next()
         .and_then(b64::decode)
         .and_then(|h| serde_json::from_slice::<Value>(&h).ok());
-    let member = |name: &str| {
-        header
-            .as_ref()
-            .and_then(|h| h[name].as_str())
-            .map(str::to_owned)
-    };
+    let member = |name: &str| header.as_ref().and_then(|h| h[name].as_str()).map(str::to_owned);
     (member("kid"), member("alg"))
 }
 
@@ -896,9 +804,8 @@ impl JoseRun {
             if result == "invalid" {
                 self.invalid_rejected += 1;
             } else {
-                self.failures.push(format!(
-                    "tcId {tc_id}: valid JSON-serialised JWS is not supported"
-                ));
+                self.failures
+                    .push(format!("tcId {tc_id}: valid JSON-serialised JWS is not supported"));
             }
             return;
         };
@@ -956,14 +863,10 @@ impl JoseRun {
                     .map(|(_, why)| *why);
                 let as_documented = match documented {
                     // The refusal must be the documented one and the signature must be good.
-                    Some(Stricter::NotAJwt) => {
-                        matches!(e, TokenError::Malformed(_)) && good_signature
-                    }
+                    Some(Stricter::NotAJwt) => matches!(e, TokenError::Malformed(_)) && good_signature,
                     Some(Stricter::AlgorithmNotTheKeys) => {
                         matches!(e, TokenError::AlgorithmMismatch { .. })
-                            && header_alg
-                                .as_deref()
-                                .is_some_and(|a| !SUPPORTED_ALGS.contains(&a))
+                            && header_alg.as_deref().is_some_and(|a| !SUPPORTED_ALGS.contains(&a))
                     }
                     None => false,
                 };
@@ -977,10 +880,9 @@ impl JoseRun {
                     ));
                 }
             }
-            (_, Ok(_)) => self.failures.push(format!(
-                "tcId {tc_id} ({}): invalid token accepted",
-                test["comment"]
-            )),
+            (_, Ok(_)) => self
+                .failures
+                .push(format!("tcId {tc_id} ({}): invalid token accepted", test["comment"])),
             (_, Err(_)) => {
                 self.invalid_rejected += 1;
                 if good_signature {
@@ -1011,11 +913,7 @@ impl JoseRun {
                 self.seen_valid_refused
             ));
         }
-        let mut expected: Vec<u64> = self
-            .invalid_with_good_signature
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
+        let mut expected: Vec<u64> = self.invalid_with_good_signature.iter().map(|(id, _)| *id).collect();
         expected.sort_unstable();
         self.seen_good_signature.sort_unstable();
         if expected != self.seen_good_signature {
@@ -1073,9 +971,7 @@ fn check_private(file: &str, group: &str, private: &Value, public: Option<&Publi
 #[test]
 fn wycheproof_json_web_signature_file() {
     let Some(dir) = wycheproof_dir() else {
-        println!(
-            "wycheproof JWS/JWK folder ../../shared/vectors/wycheproof not found: skipping the JWS file"
-        );
+        println!("wycheproof JWS/JWK folder ../../shared/vectors/wycheproof not found: skipping the JWS file");
         return;
     };
     let file = "json_web_signature_test.json";
@@ -1120,17 +1016,10 @@ fn wycheproof_json_web_signature_file() {
         };
         let vk = pk.verifying_key().expect("verifying key");
         let kid = public["kid"].as_str().expect("kid").to_owned();
-        let private = match group
-            .get("private")
-            .map(|p| (p, PrivateKey::from_jwk(p, None)))
-        {
+        let private = match group.get("private").map(|p| (p, PrivateKey::from_jwk(p, None))) {
             None => None,
             Some((_, Ok(k))) => {
-                assert_eq!(
-                    k.key.public_key(),
-                    pk,
-                    "group {name}: private and public keys differ"
-                );
+                assert_eq!(k.key.public_key(), pk, "group {name}: private and public keys differ");
                 Some(k.key)
             }
             Some((p, Err(e))) => {
@@ -1152,11 +1041,9 @@ fn wycheproof_json_web_signature_file() {
             // RS256 is deterministic: re-signing a valid case's signing input with the
             // group's private key reproduces its signature exactly.
             let jws = t["jws"].as_str().unwrap_or_default();
-            if let (Some(private), "valid", Some((input, sig))) = (
-                &private,
-                t["result"].as_str().unwrap_or_default(),
-                jws.rsplit_once('.'),
-            ) && private.algorithm() == Algorithm::Rs256
+            if let (Some(private), "valid", Some((input, sig))) =
+                (&private, t["result"].as_str().unwrap_or_default(), jws.rsplit_once('.'))
+                && private.algorithm() == Algorithm::Rs256
                 && header_of(jws).1.as_deref() == Some("RS256")
             {
                 let ours = private.signing_key().sign(input.as_bytes()).expect("sign");
@@ -1182,9 +1069,7 @@ fn wycheproof_json_web_signature_file() {
 #[test]
 fn wycheproof_json_web_key_file() {
     let Some(dir) = wycheproof_dir() else {
-        println!(
-            "wycheproof JWS/JWK folder ../../shared/vectors/wycheproof not found: skipping the JWK file"
-        );
+        println!("wycheproof JWS/JWK folder ../../shared/vectors/wycheproof not found: skipping the JWK file");
         return;
     };
     let file = "json_web_key_test.json";
@@ -1195,14 +1080,8 @@ fn wycheproof_json_web_key_file() {
     for group in doc["testGroups"].as_array().expect("testGroups") {
         let name = group["comment"].as_str().unwrap_or_default();
         let tests = group["tests"].as_array().expect("tests");
-        let public_keys = group["public"]["keys"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let private_keys = group["private"]["keys"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let public_keys = group["public"]["keys"].as_array().cloned().unwrap_or_default();
+        let private_keys = group["private"]["keys"].as_array().cloned().unwrap_or_default();
         if !public_keys.iter().any(jwk_in_scope) {
             // Symmetric keysets, EC keys and the like: not keyrot key types.
             for k in &public_keys {

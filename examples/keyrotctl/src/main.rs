@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "keyrotctl", version, about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens")]
+#[command(
+    name = "keyrotctl",
+    version,
+    about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens"
+)]
 struct Cli {
     /// Database URL (sqlite:PATH, postgres://…, mysql://…). Default: KEYROT_DATABASE_URL, else
     /// the quickstart's SQLite file.
@@ -185,16 +189,26 @@ impl Ctx {
 
     async fn policy(&self, alg: Option<Algorithm>) -> Result<Policy, Fail> {
         // Rotations keep the ring's algorithm: that of its Active key.
-        let ring = self.backend.storage.load(&self.ring).await.map_err(|e| usage(e.to_string()))?;
+        let ring = self
+            .backend
+            .storage
+            .load(&self.ring)
+            .await
+            .map_err(|e| usage(e.to_string()))?;
         let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
         policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
     }
 
     async fn rotator(&self, alg: Option<Algorithm>) -> Result<Rotator, Fail> {
-        Ok(Rotator::builder(self.ring.clone(), self.backend.storage.clone(), self.backend.lock.clone(), self.sealer()?)
-            .with_policy(self.policy(alg).await?)
-            .with_instance(format!("keyrotctl-{}", std::process::id()))
-            .build())
+        Ok(Rotator::builder(
+            self.ring.clone(),
+            self.backend.storage.clone(),
+            self.backend.lock.clone(),
+            self.sealer()?,
+        )
+        .with_policy(self.policy(alg).await?)
+        .with_instance(format!("keyrotctl-{}", std::process::id()))
+        .build())
     }
 
     async fn keyring(&self, validation: Validation) -> Result<KeyRing, Fail> {
@@ -216,27 +230,54 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     let ring = RingName::new(cli.ring.clone()).map_err(|e| usage(e.to_string()))?;
     let url = cli.database_url.clone().unwrap_or_else(database_url_from_env);
     let backend = connect(&url).await.map_err(|e| usage(e.to_string()))?;
-    let ctx = Ctx { backend, ring, master_key_file: cli.master_key_file.clone() };
+    let ctx = Ctx {
+        backend,
+        ring,
+        master_key_file: cli.master_key_file.clone(),
+    };
     match cli.command {
         Command::Migrate => {
             println!("keyrot tables are up to date ({})", ctx.backend.kind);
             Ok(())
         }
         Command::Init { alg } => {
-            let report = ctx.rotator(Some(alg)).await?.init(actor()).await.map_err(|e| refused(e.to_string()))?;
+            let report = ctx
+                .rotator(Some(alg))
+                .await?
+                .init(actor())
+                .await
+                .map_err(|e| refused(e.to_string()))?;
             match report.outcome {
-                Outcome::Bootstrapped => println!("initialised ring {}: active key {}", ctx.ring, report.new_kid.unwrap_or_default()),
-                _ => println!("ring {} is already initialised (generation {})", ctx.ring, report.generation),
+                Outcome::Bootstrapped => println!(
+                    "initialised ring {}: active key {}",
+                    ctx.ring,
+                    report.new_kid.unwrap_or_default()
+                ),
+                _ => println!(
+                    "ring {} is already initialised (generation {})",
+                    ctx.ring, report.generation
+                ),
             }
             Ok(())
         }
         Command::Status { json } => status(&ctx, json).await,
         Command::Tick => {
-            let report = ctx.rotator(None).await?.tick().await.map_err(|e| refused(e.to_string()))?;
+            let report = ctx
+                .rotator(None)
+                .await?
+                .tick()
+                .await
+                .map_err(|e| refused(e.to_string()))?;
             print_report(&report, false);
             exit_for(&report, true)
         }
-        Command::Rotate { force, reason, revoke_old, idempotency_key, json } => {
+        Command::Rotate {
+            force,
+            reason,
+            revoke_old,
+            idempotency_key,
+            json,
+        } => {
             let mut rc = actor();
             rc.idempotency_key = idempotency_key;
             let rotator = ctx.rotator(None).await?;
@@ -254,11 +295,20 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             exit_for(&report, false)
         }
         Command::Revoke { kid, reason, yes } => {
-            let reason = reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| usage("revoke needs --reason TEXT"))?;
+            let reason = reason
+                .filter(|r| !r.trim().is_empty())
+                .ok_or_else(|| usage("revoke needs --reason TEXT"))?;
             if !yes {
-                return Err(usage("revoking a key refuses every token it signed: confirm with --yes"));
+                return Err(usage(
+                    "revoking a key refuses every token it signed: confirm with --yes",
+                ));
             }
-            let report = ctx.rotator(None).await?.revoke(actor(), kid, reason).await.map_err(|e| refused(e.to_string()))?;
+            let report = ctx
+                .rotator(None)
+                .await?
+                .revoke(actor(), kid, reason)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
             print_report(&report, false);
             exit_for(&report, false)
         }
@@ -269,7 +319,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
         Command::Audit { limit, json } => audit(&ctx, limit, json).await,
-        Command::Token { sub, client_id, scope, ttl, iss, aud } => {
+        Command::Token {
+            sub,
+            client_id,
+            scope,
+            ttl,
+            iss,
+            aud,
+        } => {
             let ttl = parse_ttl(&ttl).ok_or_else(|| usage("--ttl takes 30s, 10m, 1h or seconds"))?;
             let kr = ctx.keyring(Validation::new()).await?;
             let now = chrono::Utc::now().timestamp();
@@ -283,10 +340,18 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             println!("{token}");
             Ok(())
         }
-        Command::Verify { at, iss, aud, leeway, token } => {
+        Command::Verify {
+            at,
+            iss,
+            aud,
+            leeway,
+            token,
+        } => {
             let token = if token == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).map_err(|e| usage(format!("reading the token: {e}")))?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| usage(format!("reading the token: {e}")))?;
                 s.trim().to_owned()
             } else {
                 token
@@ -306,7 +371,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             };
             match kr.verify_with(&token, &v, moment) {
                 Ok(verified) => {
-                    let out = serde_json::to_string_pretty(&serde_json::Value::Object(verified.claims)).unwrap_or_default();
+                    let out =
+                        serde_json::to_string_pretty(&serde_json::Value::Object(verified.claims)).unwrap_or_default();
                     println!("{out}");
                     Ok(())
                 }
@@ -325,8 +391,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 StateArg::Active => ImportState::Active,
             };
             let kid = imported.effective_kid();
-            let report =
-                ctx.rotator(Some(alg)).await?.import(actor(), imported, state).await.map_err(|e| refused(e.to_string()))?;
+            let report = ctx
+                .rotator(Some(alg))
+                .await?
+                .import(actor(), imported, state)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
             if report.outcome == Outcome::Imported {
                 println!("{kid}");
                 Ok(())
@@ -336,7 +406,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Command::Rewrap => {
-            let report = ctx.rotator(None).await?.rewrap(actor()).await.map_err(|e| refused(e.to_string()))?;
+            let report = ctx
+                .rotator(None)
+                .await?
+                .rewrap(actor())
+                .await
+                .map_err(|e| refused(e.to_string()))?;
             print_report(&report, false);
             exit_for(&report, true)
         }
@@ -360,7 +435,11 @@ fn exit_for(report: &RotationReport, nothing_due_ok: bool) -> Result<(), Fail> {
         Outcome::NothingDue if nothing_due_ok => Ok(()),
         o if o.changed_ring() || matches!(o, Outcome::AlreadyScheduled | Outcome::Replayed) => Ok(()),
         _ if report.replayed => Ok(()),
-        o => Err(refused(format!("{}: {}", o.as_str(), report.detail.clone().unwrap_or_default()))),
+        o => Err(refused(format!(
+            "{}: {}",
+            o.as_str(),
+            report.detail.clone().unwrap_or_default()
+        ))),
     }
 }
 
@@ -369,7 +448,11 @@ fn print_report(r: &RotationReport, json: bool) {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
     }
-    println!("outcome     {}{}", r.outcome.as_str(), if r.replayed { " (replayed)" } else { "" });
+    println!(
+        "outcome     {}{}",
+        r.outcome.as_str(),
+        if r.replayed { " (replayed)" } else { "" }
+    );
     println!("ring        {} (generation {})", r.ring, r.generation);
     if r.forced {
         println!("forced      yes");
@@ -392,7 +475,12 @@ fn print_report(r: &RotationReport, json: bool) {
 }
 
 async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
-    let ring = ctx.backend.storage.load(&ctx.ring).await.map_err(|e| usage(e.to_string()))?;
+    let ring = ctx
+        .backend
+        .storage
+        .load(&ctx.ring)
+        .await
+        .map_err(|e| usage(e.to_string()))?;
     let policy = ctx.policy(None).await?;
     let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
     let next = next_transition(&keys, &policy);
@@ -403,9 +491,19 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
         println!("{out}");
         return Ok(());
     }
-    println!("ring {} · generation {} · {} key(s)", ring.name, ring.generation, keys.len());
-    println!("{:<44} {:<6} {:<9} {:<10} {:<25} {:<25}", "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED");
-    let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+    println!(
+        "ring {} · generation {} · {} key(s)",
+        ring.name,
+        ring.generation,
+        keys.len()
+    );
+    println!(
+        "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25}",
+        "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
+    );
+    let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+    };
     for k in &keys {
         println!(
             "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25}",
@@ -418,7 +516,12 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
         );
     }
     match next {
-        Some(n) => println!("next: {:?} {} at {}", n.action, n.kid.unwrap_or_default(), n.at.to_rfc3339()),
+        Some(n) => println!(
+            "next: {:?} {} at {}",
+            n.action,
+            n.kid.unwrap_or_default(),
+            n.at.to_rfc3339()
+        ),
         None => println!("next: nothing planned (ring not initialised: run `keyrotctl init`)"),
     }
     Ok(())
@@ -435,7 +538,10 @@ async fn audit(ctx: &Ctx, limit: usize, json: bool) -> Result<(), Fail> {
         println!("{}", serde_json::to_string(&records).unwrap_or_default());
         return Ok(());
     }
-    println!("{:<25} {:<14} {:<18} {:<6} {:<22} {:<5} DETAIL", "AT", "TRIGGER", "OUTCOME", "FORCED", "ACTOR", "GEN");
+    println!(
+        "{:<25} {:<14} {:<18} {:<6} {:<22} {:<5} DETAIL",
+        "AT", "TRIGGER", "OUTCOME", "FORCED", "ACTOR", "GEN"
+    );
     for a in records {
         println!(
             "{:<25} {:<14} {:<18} {:<6} {:<22} {:<5} {}",

@@ -75,6 +75,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 async fn me(Token(verified): Token) -> Response {
     let body = serde_json::json!({ "kid": verified.kid, "claims": verified.claims });
     let mut r = Response::new(axum::body::Body::from(body.to_string()));
-    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("content-type", axum::http::HeaderValue::from_static("application/json"));
     r
 }

@@ -36,11 +36,24 @@ fn tools() -> &'static PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "keyrotctl", "-p", "scheduler", "-p", "actix-quickstart", "--manifest-path"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "keyrotctl",
+                "-p",
+                "scheduler",
+                "-p",
+                "actix-quickstart",
+                "--manifest-path",
+            ])
             .arg(workspace_root().join("Cargo.toml"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building keyrotctl, scheduler and actix-quickstart failed");
+        assert!(
+            status.success(),
+            "building keyrotctl, scheduler and actix-quickstart failed"
+        );
         bin_dir()
     })
 }
@@ -52,12 +65,17 @@ struct Env {
 
 impl Env {
     fn new(database_url: Option<String>, port: u16) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let dir = std::env::temp_dir().join(format!("keyrot-e2e-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let master = MasterKey::generate("e2e").expect("master key");
         let mut vars: Vec<(String, String)> = FAST_POLICY.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        vars.push(("KEYROT_MASTER_KEY".into(), String::from_utf8(master.to_spec().expose().to_vec()).expect("utf8")));
+        vars.push((
+            "KEYROT_MASTER_KEY".into(),
+            String::from_utf8(master.to_spec().expose().to_vec()).expect("utf8"),
+        ));
         vars.push(("KEYROT_LISTEN".into(), format!("127.0.0.1:{port}")));
         vars.push(("KEYROT_TICK_SECONDS".into(), "3600".into()));
         vars.push(("RUST_LOG".into(), "warn".into()));
@@ -69,7 +87,9 @@ impl Env {
 
     fn command(&self, program: &Path) -> Command {
         let mut c = Command::new(program);
-        c.current_dir(&self.dir).env_remove("KEYROT_DATABASE_URL").env_remove("KEYROT_MASTER_KEY");
+        c.current_dir(&self.dir)
+            .env_remove("KEYROT_DATABASE_URL")
+            .env_remove("KEYROT_MASTER_KEY");
         for (k, v) in &self.vars {
             c.env(k, v);
         }
@@ -106,7 +126,10 @@ impl Drop for Service {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn start(env: &Env, port: u16, binary: &Path) -> Service {
@@ -139,7 +162,11 @@ fn start(env: &Env, port: u16, binary: &Path) -> Service {
             Err(_) => panic!("quickstart did not print `ready` within 60 s; output so far:\n{banner}"),
         }
     }
-    Service { child, banner, base: format!("http://127.0.0.1:{port}") }
+    Service {
+        child,
+        banner,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 fn curl_block(banner: &str) -> String {
@@ -149,7 +176,11 @@ fn curl_block(banner: &str) -> String {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 async fn get_me(base: &str, token: &str) -> u16 {
@@ -192,20 +223,41 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
 
     // 1. Every printed curl command works as printed.
     let script = curl_block(&svc.banner);
-    let out = Command::new("bash").arg("-c").arg(&script).current_dir(&env.dir).output().expect("bash");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&env.dir)
+        .output()
+        .expect("bash");
     let out_text = text(&out);
     assert!(out.status.success(), "curl block failed:\n{out_text}");
     assert!(out_text.contains(r#"{"keys":[{"alg":"EdDSA""#), "JWKS: {out_text}");
-    assert!(out_text.contains(r#""sub":"alice""#), "the user token verifies at the protected route: {out_text}");
+    assert!(
+        out_text.contains(r#""sub":"alice""#),
+        "the user token verifies at the protected route: {out_text}"
+    );
     assert!(out_text.contains(r#""generation":1"#), "status: {out_text}");
-    assert!(out_text.contains("HTTP/1.1 202"), "normal rotation scheduled (fast policy): {out_text}");
-    assert!(out_text.contains(r#""outcome":"rotated""#) && out_text.contains(r#""forced":true"#), "forced: {out_text}");
+    assert!(
+        out_text.contains("HTTP/1.1 202"),
+        "normal rotation scheduled (fast policy): {out_text}"
+    );
+    assert!(
+        out_text.contains(r#""outcome":"rotated""#) && out_text.contains(r#""forced":true"#),
+        "forced: {out_text}"
+    );
 
     // 2. The scheduler example: slot 1 publishes a Pending key, slot 2 activates it, a rerun
     //    of slot 2 replays the answer without rotating again.
     let secret = secret_from_banner(&svc.banner, "scheduler");
     let sched = |slot: &str| {
-        env.run("scheduler", &["--slot", slot], &[("KEYROT_URL", svc.base.as_str()), ("KEYROT_CLIENT_SECRET", secret.as_str())])
+        env.run(
+            "scheduler",
+            &["--slot", slot],
+            &[
+                ("KEYROT_URL", svc.base.as_str()),
+                ("KEYROT_CLIENT_SECRET", secret.as_str()),
+            ],
+        )
     };
     let s1 = sched("1");
     assert!(s1.status.success(), "{}", text(&s1));
@@ -214,25 +266,63 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     assert!(s2.status.success(), "{}", text(&s2));
     let s2_text = text(&s2);
     assert!(s2_text.contains("rotation done (200): outcome=rotated"), "{s2_text}");
-    let scheduled_kid = s2_text.split("new_kid=").nth(1).and_then(|s| s.split_whitespace().next()).expect("kid").to_owned();
+    let scheduled_kid = s2_text
+        .split("new_kid=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("kid")
+        .to_owned();
     let again = sched("2");
-    assert!(text(&again).contains(&format!("new_kid={scheduled_kid}")), "replayed: {}", text(&again));
-    let wrong = env.run("scheduler", &["--slot", "3", "--attempts", "1"], &[("KEYROT_URL", svc.base.as_str()), ("KEYROT_CLIENT_SECRET", "wrong")]);
-    assert_eq!(wrong.status.code(), Some(3), "bad credentials exit non-zero: {}", text(&wrong));
+    assert!(
+        text(&again).contains(&format!("new_kid={scheduled_kid}")),
+        "replayed: {}",
+        text(&again)
+    );
+    let wrong = env.run(
+        "scheduler",
+        &["--slot", "3", "--attempts", "1"],
+        &[("KEYROT_URL", svc.base.as_str()), ("KEYROT_CLIENT_SECRET", "wrong")],
+    );
+    assert_eq!(
+        wrong.status.code(),
+        Some(3),
+        "bad credentials exit non-zero: {}",
+        text(&wrong)
+    );
 
     let status = env.run("keyrotctl", &["status", "--json"], &[]);
     assert!(status.status.success(), "{}", text(&status));
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    let active: Vec<&serde_json::Value> = st["keys"].as_array().expect("keys").iter().filter(|k| k["state"] == "active").collect();
+    let active: Vec<&serde_json::Value> = st["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["state"] == "active")
+        .collect();
     assert_eq!(active.len(), 1, "exactly one Active key");
-    assert_eq!(active[0]["kid"], scheduled_kid.as_str(), "the scheduler's rotation is the Active key");
+    assert_eq!(
+        active[0]["kid"],
+        scheduled_kid.as_str(),
+        "the scheduler's rotation is the Active key"
+    );
     let generation_before = st["generation"].as_u64().expect("generation");
 
     // 3. keyrotctl rotate --force --revoke-old: one new Active key; the revoked key's tokens
     //    are refused once the service has seen the change.
     let user_token = login(&svc.base).await;
     assert_eq!(get_me(&svc.base, &user_token).await, 200);
-    let forced = env.run("keyrotctl", &["rotate", "--force", "--reason", "e2e leak drill", "--revoke-old", "--json"], &[]);
+    let forced = env.run(
+        "keyrotctl",
+        &[
+            "rotate",
+            "--force",
+            "--reason",
+            "e2e leak drill",
+            "--revoke-old",
+            "--json",
+        ],
+        &[],
+    );
     assert!(forced.status.success(), "{}", text(&forced));
     let report: serde_json::Value = serde_json::from_slice(&forced.stdout).expect("report json");
     assert_eq!(report["outcome"], "rotated");
@@ -251,16 +341,27 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     let fresh = login(&svc.base).await;
     assert_eq!(get_me(&svc.base, &fresh).await, 200, "tokens from the new key verify");
     let verify = env.run("keyrotctl", &["verify", &fresh], &[]);
-    assert!(verify.status.success() && text(&verify).contains(r#""sub": "bob""#), "{}", text(&verify));
+    assert!(
+        verify.status.success() && text(&verify).contains(r#""sub": "bob""#),
+        "{}",
+        text(&verify)
+    );
     let refused = env.run("keyrotctl", &["verify", &user_token], &[]);
-    assert_eq!(refused.status.code(), Some(1), "keyrotctl refuses the revoked key's token: {}", text(&refused));
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "keyrotctl refuses the revoked key's token: {}",
+        text(&refused)
+    );
 
     // 4. The ledger has every attempt.
     let audit = env.run("keyrotctl", &["audit", "--json", "--limit", "100"], &[]);
     let records: Vec<serde_json::Value> = serde_json::from_slice(&audit.stdout).expect("audit json");
     let has = |actor_prefix: &str, outcome: &str, forced: bool| {
         records.iter().any(|r| {
-            r["actor"].as_str().is_some_and(|a| a.starts_with(actor_prefix)) && r["outcome"] == outcome && r["forced"] == forced
+            r["actor"].as_str().is_some_and(|a| a.starts_with(actor_prefix))
+                && r["outcome"] == outcome
+                && r["forced"] == forced
         })
     };
     assert!(has("scheduler", "scheduled", false), "scheduler slot 1 audited");
@@ -283,21 +384,31 @@ async fn actix_quickstart_end_to_end_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_end_to_end_on_postgres() {
     let Ok(base) = std::env::var("KEYROT_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true requires KEYROT_TEST_POSTGRES_URL");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true requires KEYROT_TEST_POSTGRES_URL"
+        );
         println!("skipped quickstart_end_to_end_on_postgres: KEYROT_TEST_POSTGRES_URL is not set");
         return;
     };
     use keyrot_sqlx::sqlx::{self, AssertSqlSafe};
     let admin = sqlx::PgPool::connect(&base).await.expect("connect to PostgreSQL");
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let db = format!("keyrot_e2e_{}_{nanos}", std::process::id());
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await.expect("create database");
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
     let url = match base.rfind('/') {
         Some(i) => format!("{}/{db}", &base[..i]),
         None => panic!("KEYROT_TEST_POSTGRES_URL needs a database path"),
     };
     let result = tokio::spawn(scenario(Some(url), PathBuf::from(env!("CARGO_BIN_EXE_quickstart")))).await;
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&admin).await;
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+        .execute(&admin)
+        .await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }

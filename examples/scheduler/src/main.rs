@@ -15,7 +15,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "scheduler", about = "Trigger a keyrot rotation for the current schedule slot")]
+#[command(
+    name = "scheduler",
+    about = "Trigger a keyrot rotation for the current schedule slot"
+)]
 struct Args {
     /// Base URL of the keyrot service.
     #[arg(long, env = "KEYROT_URL", default_value = "http://127.0.0.1:8080")]
@@ -57,7 +60,9 @@ async fn main() -> ExitCode {
         eprintln!("scheduler: --slot-seconds must be positive");
         return ExitCode::from(2);
     }
-    let slot = args.slot.unwrap_or_else(|| chrono::Utc::now().timestamp().div_euclid(args.slot_seconds));
+    let slot = args
+        .slot
+        .unwrap_or_else(|| chrono::Utc::now().timestamp().div_euclid(args.slot_seconds));
     let idempotency_key = format!("scheduler-{}-{slot}", args.client_id);
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
@@ -105,11 +110,15 @@ async fn once(client: &reqwest::Client, args: &Args, idempotency_key: &str) -> S
         .await;
     let token = match token {
         Err(e) => return Step::Transient(format!("token endpoint unreachable: {e}")),
-        Ok(r) if r.status().is_server_error() => return Step::Transient(format!("token endpoint answered {}", r.status())),
+        Ok(r) if r.status().is_server_error() => {
+            return Step::Transient(format!("token endpoint answered {}", r.status()));
+        }
         Ok(r) if !r.status().is_success() => {
             let status = r.status();
             let body = r.text().await.unwrap_or_default();
-            return Step::Denied(format!("token request refused ({status}): {body} — check KEYROT_CLIENT_ID/KEYROT_CLIENT_SECRET"));
+            return Step::Denied(format!(
+                "token request refused ({status}): {body} — check KEYROT_CLIENT_ID/KEYROT_CLIENT_SECRET"
+            ));
         }
         Ok(r) => match r.json_value().await {
             Some(v) => match v["access_token"].as_str() {
@@ -132,7 +141,11 @@ async fn once(client: &reqwest::Client, args: &Args, idempotency_key: &str) -> S
         Err(e) => return Step::Transient(format!("rotation endpoint unreachable: {e}")),
     };
     let status = resp.status().as_u16();
-    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = resp.text().await.unwrap_or_default();
     let summary = serde_json::from_str::<serde_json::Value>(&body)
         .map(|v| {
@@ -145,9 +158,17 @@ async fn once(client: &reqwest::Client, args: &Args, idempotency_key: &str) -> S
         })
         .unwrap_or_else(|_| body.clone());
     match status {
-        200 | 202 => Step::Done(format!("rotation {} ({status}): {summary}", if status == 200 { "done" } else { "scheduled" })),
-        429 => Step::NotDue(format!("not due: retry after {}s ({summary})", retry_after.unwrap_or_else(|| "?".into()))),
-        401 => Step::Denied(format!("rotation refused: 401 unauthenticated — the token was not accepted: {body}")),
+        200 | 202 => Step::Done(format!(
+            "rotation {} ({status}): {summary}",
+            if status == 200 { "done" } else { "scheduled" }
+        )),
+        429 => Step::NotDue(format!(
+            "not due: retry after {}s ({summary})",
+            retry_after.unwrap_or_else(|| "?".into())
+        )),
+        401 => Step::Denied(format!(
+            "rotation refused: 401 unauthenticated — the token was not accepted: {body}"
+        )),
         403 => Step::Denied(format!(
             "rotation refused: 403 forbidden — client {:?} lacks the service.rotate-keys scope or is not a service client: {body}",
             args.client_id

@@ -71,13 +71,21 @@ pub async fn connect(url: &str) -> Result<Backend, SetupError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         let path = path.split('?').next().unwrap_or(path);
         if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SetupError::Io { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| SetupError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
         let store = SqliteStore::connect_file(path).await?;
         store.migrate().await?;
         let feed = Arc::new(store.polling_feed(poll));
         let store = Arc::new(store);
-        return Ok(Backend { storage: store.clone(), lock: store, feed, kind: "sqlite" });
+        return Ok(Backend {
+            storage: store.clone(),
+            lock: store,
+            feed,
+            kind: "sqlite",
+        });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -88,7 +96,12 @@ pub async fn connect(url: &str) -> Result<Backend, SetupError> {
             .map_err(SetupError::Connect)?;
         let store = Arc::new(PostgresStore::new(pool));
         store.migrate().await?;
-        return Ok(Backend { storage: store.clone(), lock: store.clone(), feed: store, kind: "postgres" });
+        return Ok(Backend {
+            storage: store.clone(),
+            lock: store.clone(),
+            feed: store,
+            kind: "postgres",
+        });
     }
     if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         let url = url.replacen("mariadb://", "mysql://", 1);
@@ -102,7 +115,12 @@ pub async fn connect(url: &str) -> Result<Backend, SetupError> {
         store.migrate().await?;
         let feed = Arc::new(store.polling_feed(poll));
         let store = Arc::new(store);
-        return Ok(Backend { storage: store.clone(), lock: store, feed, kind: "mysql" });
+        return Ok(Backend {
+            storage: store.clone(),
+            lock: store,
+            feed,
+            kind: "mysql",
+        });
     }
     Err(SetupError::UnsupportedUrl(url.chars().take(40).collect()))
 }
@@ -133,7 +151,10 @@ pub fn policy_from_env(alg: Option<keyrot_core::Algorithm>) -> Result<keyrot_cor
     for (name, set) in fields {
         let var = format!("KEYROT_POLICY_{name}_MS");
         if let Ok(v) = std::env::var(&var) {
-            let ms: u64 = v.trim().parse().map_err(|_| SetupError::Policy(format!("{var}={v:?} is not a number of milliseconds")))?;
+            let ms: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| SetupError::Policy(format!("{var}={v:?} is not a number of milliseconds")))?;
             builder = set(builder, Duration::from_millis(ms));
         }
     }
@@ -193,7 +214,10 @@ pub fn load_master_key(
 /// Writes `bytes` to a new file readable only by its owner.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), SetupError> {
     use std::io::Write as _;
-    let io = |source| SetupError::Io { path: path.to_owned(), source };
+    let io = |source| SetupError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }

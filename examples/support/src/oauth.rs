@@ -31,7 +31,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.id).field("scopes", &self.scopes).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +90,12 @@ fn random_jti() -> String {
     let mut b = [0u8; 16];
     // A jti only needs to be unique; a failing RNG leaves the time-based fallback below.
     if getrandom::fill(&mut b).is_err() {
-        b[..8].copy_from_slice(&chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default().to_be_bytes());
+        b[..8].copy_from_slice(
+            &chrono::Utc::now()
+                .timestamp_nanos_opt()
+                .unwrap_or_default()
+                .to_be_bytes(),
+        );
     }
     keyrot_core::b64::encode(&b)
 }
@@ -143,14 +151,22 @@ fn basic_credentials(authorization: &str) -> Option<(String, String)> {
 impl TokenService {
     /// Tokens signed by `keyring`, with `iss = issuer`.
     pub fn new(keyring: KeyRing, issuer: impl Into<String>, clients: Vec<Client>) -> Self {
-        Self { keyring, clients, issuer: issuer.into() }
+        Self {
+            keyring,
+            clients,
+            issuer: issuer.into(),
+        }
     }
 
     /// The scheduler client (normal rotation) and the break-glass client (forced rotation).
     pub fn rotation_clients(scheduler_secret: &str, breakglass_secret: &str) -> Vec<Client> {
         vec![
             Client::new("scheduler", scheduler_secret, &[DEFAULT_ROTATE_SCOPE]),
-            Client::new("breakglass", breakglass_secret, &[DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE]),
+            Client::new(
+                "breakglass",
+                breakglass_secret,
+                &[DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE],
+            ),
         ]
     }
 
@@ -186,7 +202,11 @@ impl TokenService {
             None => client.scopes.iter().map(String::as_str).collect(),
         };
         if let Some(bad) = requested.iter().find(|s| !client.scopes.iter().any(|c| c == *s)) {
-            return oauth_error(400, "invalid_scope", &format!("scope {bad:?} is not granted to this client"));
+            return oauth_error(
+                400,
+                "invalid_scope",
+                &format!("scope {bad:?} is not granted to this client"),
+            );
         }
         let scope = requested.join(" ");
         let now = self.now();
@@ -199,7 +219,8 @@ impl TokenService {
 
     fn invalid_client(&self) -> HttpResponse {
         let mut r = oauth_error(401, "invalid_client", "client authentication failed");
-        r.headers.push(("www-authenticate", "Basic realm=\"keyrot\"".to_owned()));
+        r.headers
+            .push(("www-authenticate", "Basic realm=\"keyrot\"".to_owned()));
         r
     }
 
@@ -207,8 +228,13 @@ impl TokenService {
         match self.keyring.sign(claims) {
             Ok(access_token) => json_response(
                 200,
-                &serde_json::to_value(TokenResponse { access_token, token_type: "Bearer", expires_in: ttl, scope })
-                    .unwrap_or_default(),
+                &serde_json::to_value(TokenResponse {
+                    access_token,
+                    token_type: "Bearer",
+                    expires_in: ttl,
+                    scope,
+                })
+                .unwrap_or_default(),
             ),
             Err(e) => {
                 tracing::error!(error = %e, "token signing failed");
@@ -228,7 +254,11 @@ impl TokenService {
             scope: Option<String>,
         }
         let Ok(login) = serde_json::from_slice::<Login>(body) else {
-            return oauth_error(400, "invalid_request", "expected {\"username\": \"…\", \"scope\": \"…\"}");
+            return oauth_error(
+                400,
+                "invalid_request",
+                "expected {\"username\": \"…\", \"scope\": \"…\"}",
+            );
         };
         let username = login.username.trim();
         if username.is_empty() || username.len() > 64 || username == USER_CLIENT_ID {
@@ -240,7 +270,11 @@ impl TokenService {
                 return oauth_error(400, "invalid_scope", "rotation scopes are never issued to user tokens");
             }
             if !USER_SCOPES.contains(&s) {
-                return oauth_error(400, "invalid_scope", &format!("unknown scope {s:?}: users may ask for profile, read"));
+                return oauth_error(
+                    400,
+                    "invalid_scope",
+                    &format!("unknown scope {s:?}: users may ask for profile, read"),
+                );
             }
         }
         let now = self.now();
@@ -260,7 +294,10 @@ mod tests {
     fn form_decoding_is_strict() {
         assert_eq!(
             parse_form(b"grant_type=client_credentials&scope=a+b%20c"),
-            Ok(vec![("grant_type".into(), "client_credentials".into()), ("scope".into(), "a b c".into())])
+            Ok(vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("scope".into(), "a b c".into())
+            ])
         );
         assert!(parse_form(b"a=1&a=2").is_err());
         assert!(parse_form(b"a=%zz").is_err());

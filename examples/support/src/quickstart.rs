@@ -4,13 +4,14 @@
 
 use crate::oauth::{TokenService, USER_SCOPES};
 use crate::{
-    Backend, MasterKeySource, SetupError, connect, database_url_from_env, load_master_key, policy_from_env, random_secret,
+    Backend, MasterKeySource, SetupError, connect, database_url_from_env, load_master_key, policy_from_env,
+    random_secret,
 };
-use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpEndpoints, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
+use keyrot_core::http::{
+    DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpEndpoints, JWKS_PATH, ROTATE_PATH, STATUS_PATH,
+};
 use keyrot_core::keyring::RefresherHandle;
-use keyrot_core::{
-    KeyRing, RequestContext, RingName, Rotator, SchedulerConfig, SchedulerHandle, Validation,
-};
+use keyrot_core::{KeyRing, RequestContext, RingName, Rotator, SchedulerConfig, SchedulerHandle, Validation};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,13 +41,23 @@ impl QuickstartConfig {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, SetupError> {
         let listen = std::env::var("KEYROT_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
-        let listen = listen
-            .parse()
-            .map_err(|_| SetupError::MasterKey(format!("KEYROT_LISTEN={listen:?} is not an address like 127.0.0.1:8080")))?;
+        let listen = listen.parse().map_err(|_| {
+            SetupError::MasterKey(format!(
+                "KEYROT_LISTEN={listen:?} is not an address like 127.0.0.1:8080"
+            ))
+        })?;
         let ring = std::env::var("KEYROT_RING").unwrap_or_else(|_| "default".into());
         let ring = RingName::new(ring).map_err(|e| SetupError::MasterKey(e.to_string()))?;
-        let tick = std::env::var("KEYROT_TICK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
-        Ok(Self { listen, database_url: database_url_from_env(), ring, tick: Duration::from_secs(tick) })
+        let tick = std::env::var("KEYROT_TICK_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30);
+        Ok(Self {
+            listen,
+            database_url: database_url_from_env(),
+            ring,
+            tick: Duration::from_secs(tick),
+        })
     }
 }
 
@@ -99,7 +110,9 @@ pub struct Quickstart {
 
 impl std::fmt::Debug for Quickstart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Quickstart").field("listen", &self.config.listen).finish_non_exhaustive()
+        f.debug_struct("Quickstart")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,11 +131,16 @@ impl Quickstart {
             .build()
             .await
             .map_err(|e| SetupError::MasterKey(e.to_string()))?;
-        let rotator = Rotator::builder(config.ring.clone(), backend.storage.clone(), backend.lock.clone(), sealer)
-            .with_policy(policy)
-            .with_instance(format!("quickstart-{}", std::process::id()))
-            .with_keyring(keyring.clone())
-            .build();
+        let rotator = Rotator::builder(
+            config.ring.clone(),
+            backend.storage.clone(),
+            backend.lock.clone(),
+            sealer,
+        )
+        .with_policy(policy)
+        .with_instance(format!("quickstart-{}", std::process::id()))
+        .with_keyring(keyring.clone())
+        .build();
         rotator
             .init(RequestContext::actor("quickstart:startup"))
             .await
@@ -132,10 +150,17 @@ impl Quickstart {
             .map_err(|e| SetupError::MasterKey(e.to_string()))?;
         let (scheduler_secret, s1) = Secret::load("KEYROT_SCHEDULER_CLIENT_SECRET")?;
         let (breakglass_secret, s2) = Secret::load("KEYROT_BREAKGLASS_CLIENT_SECRET")?;
-        let tokens = Arc::new(TokenService::new(keyring.clone(), issuer, TokenService::rotation_clients(&s1, &s2)));
+        let tokens = Arc::new(TokenService::new(
+            keyring.clone(),
+            issuer,
+            TokenService::rotation_clients(&s1, &s2),
+        ));
         let scheduler = keyrot_core::scheduler::spawn(
             rotator.clone(),
-            SchedulerConfig { interval: config.tick, jitter: config.tick / 3 },
+            SchedulerConfig {
+                interval: config.tick,
+                jitter: config.tick / 3,
+            },
         );
         let refresher = keyring.spawn_refresher(Some(backend.feed.clone()), Duration::from_secs(30));
         Ok(Self {
@@ -174,11 +199,19 @@ impl Quickstart {
         let mut b = String::new();
         let _ = writeln!(b, "keyrot quickstart ({framework}) on {base}");
         let _ = writeln!(b, "  store     {} ({})", self.config.database_url, self.backend.kind);
-        let _ = writeln!(b, "  ring      {} · active key {}", self.config.ring, self.keyring.snapshot().active_kid().unwrap_or("-"));
+        let _ = writeln!(
+            b,
+            "  ring      {} · active key {}",
+            self.config.ring,
+            self.keyring.snapshot().active_kid().unwrap_or("-")
+        );
         match &self.master {
             MasterKeySource::Generated(p) => {
                 let _ = writeln!(b, "  master key generated into {} (mode 0600).", p.display());
-                let _ = writeln!(b, "  WARNING: a master key in a local file is for local use only; set KEYROT_MASTER_KEY in production.");
+                let _ = writeln!(
+                    b,
+                    "  WARNING: a master key in a local file is for local use only; set KEYROT_MASTER_KEY in production."
+                );
             }
             MasterKeySource::File(p) => {
                 let _ = writeln!(b, "  master key from {} (local use only)", p.display());
@@ -187,7 +220,10 @@ impl Quickstart {
                 let _ = writeln!(b, "  master key from KEYROT_MASTER_KEY");
             }
         }
-        for (id, s) in [("scheduler", &self.scheduler_secret), ("breakglass", &self.breakglass_secret)] {
+        for (id, s) in [
+            ("scheduler", &self.scheduler_secret),
+            ("breakglass", &self.breakglass_secret),
+        ] {
             match s {
                 Secret::Generated(v) => {
                     let _ = writeln!(b, "  client {id:<10} secret {v} (generated; shown once)");
@@ -199,11 +235,27 @@ impl Quickstart {
         }
         let _ = writeln!(b, "\nEndpoints:");
         let _ = writeln!(b, "  GET  {base}{JWKS_PATH}          public keys (JWKS)");
-        let _ = writeln!(b, "  POST {base}{TOKEN_PATH}                 OAuth 2.0 client credentials");
-        let _ = writeln!(b, "  POST {base}{LOGIN_PATH}                 demo user login (scopes: {})", USER_SCOPES.join(", "));
-        let _ = writeln!(b, "  GET  {base}{ME_PATH}                     protected: echoes your verified claims");
-        let _ = writeln!(b, "  POST {base}{ROTATE_PATH}        rotation ({DEFAULT_ROTATE_SCOPE} / {DEFAULT_FORCE_SCOPE})");
-        let _ = writeln!(b, "  GET  {base}{STATUS_PATH}        ring status ({DEFAULT_ROTATE_SCOPE})");
+        let _ = writeln!(
+            b,
+            "  POST {base}{TOKEN_PATH}                 OAuth 2.0 client credentials"
+        );
+        let _ = writeln!(
+            b,
+            "  POST {base}{LOGIN_PATH}                 demo user login (scopes: {})",
+            USER_SCOPES.join(", ")
+        );
+        let _ = writeln!(
+            b,
+            "  GET  {base}{ME_PATH}                     protected: echoes your verified claims"
+        );
+        let _ = writeln!(
+            b,
+            "  POST {base}{ROTATE_PATH}        rotation ({DEFAULT_ROTATE_SCOPE} / {DEFAULT_FORCE_SCOPE})"
+        );
+        let _ = writeln!(
+            b,
+            "  GET  {base}{STATUS_PATH}        ring status ({DEFAULT_ROTATE_SCOPE})"
+        );
         let _ = writeln!(b, "\nTry it (paste into a shell):");
         let _ = writeln!(b, "--- curl ---");
         let _ = writeln!(b, "curl -s -w '\\n' {base}{JWKS_PATH}");
@@ -211,12 +263,18 @@ impl Quickstart {
             b,
             "USER_TOKEN=$(curl -s -X POST {base}{LOGIN_PATH} -H 'content-type: application/json' -d '{{\"username\":\"alice\",\"scope\":\"profile\"}}' | {token})"
         );
-        let _ = writeln!(b, "curl -s -w '\\n' {base}{ME_PATH} -H \"authorization: Bearer $USER_TOKEN\"");
+        let _ = writeln!(
+            b,
+            "curl -s -w '\\n' {base}{ME_PATH} -H \"authorization: Bearer $USER_TOKEN\""
+        );
         let _ = writeln!(
             b,
             "SCHED_TOKEN=$(curl -s -u \"scheduler:{sched}\" -d grant_type=client_credentials {base}{TOKEN_PATH} | {token})"
         );
-        let _ = writeln!(b, "curl -s -w '\\n' {base}{STATUS_PATH} -H \"authorization: Bearer $SCHED_TOKEN\"");
+        let _ = writeln!(
+            b,
+            "curl -s -w '\\n' {base}{STATUS_PATH} -H \"authorization: Bearer $SCHED_TOKEN\""
+        );
         let _ = writeln!(
             b,
             "curl -s -i -w '\\n' -X POST {base}{ROTATE_PATH} -H \"authorization: Bearer $SCHED_TOKEN\" -H 'idempotency-key: demo-1'"
