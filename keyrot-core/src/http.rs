@@ -29,7 +29,7 @@ pub use authorizer::{
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
 };
 pub use bearer::{AuthRejection, BearerAuth, BearerToken, TokenVerifier, bearer_token, has_scope, require_scopes};
-pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
+pub use endpoints::{ANONYMOUS_AUDIT_PER_MINUTE, HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::jwks_response;
 pub use status::{NextTransition, TransitionAction, next_transition};
 

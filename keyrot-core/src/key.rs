@@ -463,13 +463,17 @@ impl PrivateKey {
         let der = SecretBytes::new(der);
         let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.expose());
         let body = zeroize::Zeroizing::new(body);
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        const BEGIN: &str = "-----BEGIN PRIVATE KEY-----\n";
+        const END: &str = "-----END PRIVATE KEY-----\n";
+        // Allocated once at its final size, so no reallocation leaves a copy behind.
+        let mut pem = Vec::with_capacity(BEGIN.len() + body.len() + body.len().div_ceil(64) + END.len());
+        pem.extend_from_slice(BEGIN.as_bytes());
         for chunk in body.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            pem.push('\n');
+            pem.extend_from_slice(chunk);
+            pem.push(b'\n');
         }
-        pem.push_str("-----END PRIVATE KEY-----\n");
-        Ok(SecretBytes::new(pem.into_bytes()))
+        pem.extend_from_slice(END.as_bytes());
+        Ok(SecretBytes::new(pem))
     }
 
     /// Imports a private JWK (RFC 7517/7518/8037: `d` present). The JWK's own `kid` is

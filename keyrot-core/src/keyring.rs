@@ -63,6 +63,8 @@ pub struct KeyStatus {
     pub state: KeyState,
     /// Origin.
     pub origin: KeyOrigin,
+    /// Activated by the forced path.
+    pub forced: bool,
     /// RFC 7638 thumbprint.
     pub fingerprint: String,
     /// Created (published).
@@ -92,6 +94,7 @@ impl From<&KeyRecord> for KeyStatus {
             alg: k.alg,
             state: k.state,
             origin: k.origin,
+            forced: k.forced,
             fingerprint: k.fingerprint.clone(),
             created_at: k.created_at,
             activate_at: k.activate_at,

@@ -463,6 +463,16 @@ impl Rotator {
         self.inner.storage.load(&self.inner.ring).instrument(span).await
     }
 
+    /// Idempotency keys are scoped by actor: another client cannot claim (or read) the
+    /// answer stored under your key.
+    fn idempotency_storage_key(actor: &str, key: &str) -> String {
+        let mut h = sha2::Sha256::new();
+        h.update(actor.as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        b64::encode(&h.finalize())
+    }
+
     fn request_hash(trigger: &Trigger, ctx: &RequestContext) -> String {
         let mut h = sha2::Sha256::new();
         let desc = match trigger {
@@ -523,7 +533,10 @@ impl Rotator {
                 if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(RotateError::InvalidIdempotencyKey);
                 }
-                Some((k.clone(), Self::request_hash(&attempt.trigger, &attempt.ctx)))
+                Some((
+                    Self::idempotency_storage_key(&attempt.ctx.actor, k),
+                    Self::request_hash(&attempt.trigger, &attempt.ctx),
+                ))
             }
             None => None,
         };
@@ -795,8 +808,12 @@ impl Rotator {
         idem: Option<&(String, String)>,
     ) -> Result<(), StorageError> {
         let audit = self.audit_record(kind, ctx, report, trigger);
-        // Transient answers are not stored for replay: a retry should try again.
-        let store_idem = !matches!(report.outcome, Outcome::LockBusy | Outcome::LostRace | Outcome::Failed);
+        // Transient answers are not stored for replay: a retry should try again. Neither is
+        // a rate limit: replayed later, its Retry-After would be stale.
+        let store_idem = !matches!(
+            report.outcome,
+            Outcome::LockBusy | Outcome::LostRace | Outcome::Failed | Outcome::RateLimited
+        );
         let rec = idem
             .filter(|_| store_idem)
             .map(|(k, h)| self.idempotency_record(k, h, report, report.at));

@@ -260,7 +260,7 @@ fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &'t str, &'t
 /// `kid` and `alg`: the header rules hold by construction (keyrot wrote it), so the header
 /// is not decoded again. Everything else — size cap, segments, signature, payload, claims —
 /// is checked exactly as in [`verify`].
-pub fn decode_with_known_header<'t>(
+pub(crate) fn decode_with_known_header<'t>(
     token: &'t str,
     v: &Validation,
     kid: &str,

@@ -668,3 +668,29 @@ async fn keyring_fast_path_for_its_own_headers_still_checks_everything_else() {
     );
     assert_ne!(key_header, header);
 }
+
+#[tokio::test]
+async fn idempotency_keys_belong_to_their_actor_and_rate_limits_are_not_replayed() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    let a = RequestContext::actor("client-a").with_idempotency_key("k-1");
+    let b = RequestContext::actor("client-b").with_idempotency_key("k-1");
+    assert_eq!(
+        s.rotator.force_rotate(a.clone(), "a", false).await.expect("a").outcome,
+        Outcome::Rotated
+    );
+    // Client B's identical key is its own: not refused as reused, not answered with A's reply.
+    let rb = s.rotator.force_rotate(b, "b", false).await.expect("b");
+    assert!(!rb.replayed);
+    assert_eq!(rb.outcome, Outcome::RateLimited);
+    // A rate-limited answer is not stored: after the limit lifts, the same key rotates.
+    let c = RequestContext::actor("client-c").with_idempotency_key("k-2");
+    assert_eq!(
+        s.rotator.force_rotate(c.clone(), "c", false).await.expect("c").outcome,
+        Outcome::RateLimited
+    );
+    s.clock.advance(TimeDelta::hours(1));
+    let again = s.rotator.force_rotate(c, "c", false).await.expect("c again");
+    assert_eq!(again.outcome, Outcome::Rotated);
+    assert!(!again.replayed);
+}

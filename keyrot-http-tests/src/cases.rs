@@ -334,8 +334,9 @@ pub async fn forced_rotation_without_reason_is_400(start: Start) {
     assert_eq!(w.generation().await, 1);
 }
 
-/// The same `Idempotency-Key` twice rotates once and answers the same bytes; reused for
-/// a different request it is 422.
+/// The same `Idempotency-Key` twice rotates once and answers the same bytes; reused by
+/// the same client for a different request it is 422; keys of different clients are
+/// independent.
 pub async fn same_idempotency_key_rotates_once_and_answers_the_same(start: Start) {
     let w = World::start(start).await;
     six_days_later(&w);
@@ -354,6 +355,15 @@ pub async fn same_idempotency_key_rotates_once_and_answers_the_same(start: Start
     assert_eq!(w.generation().await, 2, "rotated once");
     assert_eq!(w.jwks_kids().await.len(), 2, "one new pending key");
 
+    // Keys belong to their client: another client's identical key is its own request.
+    let admin_same_key = w.rotate(Some(&w.admin_token()), None, &key).await;
+    assert_eq!(
+        admin_same_key.header("idempotent-replayed"),
+        None,
+        "{}",
+        admin_same_key.text()
+    );
+    // The same client reusing its key for a different request is refused.
     let other = w
         .rotate(
             Some(&w.admin_token()),

@@ -194,7 +194,7 @@ impl TokenService {
             _ => return self.invalid_client(),
         };
         let Some(client) = self.clients.iter().find(|c| c.id == id && c.secret_matches(&secret)) else {
-            tracing::info!(client_id = %id.chars().take(64).collect::<String>(), "token request: client authentication failed");
+            tracing::info!(client_id = ?id.chars().take(64).collect::<String>(), "token request: client authentication failed");
             return self.invalid_client();
         };
         let requested: Vec<&str> = match param("scope") {

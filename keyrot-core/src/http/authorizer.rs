@@ -95,7 +95,10 @@ impl ServiceTokenRule {
                 (Some(Value::String(s)), Some(Value::String(c))) => !c.is_empty() && s == c,
                 _ => false,
             },
-            ServiceTokenRule::AnyToken => true,
+            ServiceTokenRule::AnyToken => claims
+                .get("client_id")
+                .and_then(Value::as_str)
+                .is_some_and(|c| !c.is_empty()),
             ServiceTokenRule::Custom(f) => f(claims),
         }
     }

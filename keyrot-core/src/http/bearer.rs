@@ -150,17 +150,13 @@ impl AuthRejection {
 }
 
 /// Whether the claims grant `scope`: the space-separated `scope` claim (RFC 8693,
-/// RFC 9068) or an `scp` claim (a string or an array of strings).
+/// RFC 9068). Other conventions (`scp`) are deliberately not read: an issuer that polices
+/// `scope` at issuance may not police them.
 pub fn has_scope(claims: &Map<String, Value>, scope: &str) -> bool {
-    let in_str = |v: &Value| v.as_str().is_some_and(|s| s.split(' ').any(|x| x == scope));
-    if claims.get("scope").is_some_and(in_str) {
-        return true;
-    }
-    match claims.get("scp") {
-        Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(scope)),
-        Some(v) => in_str(v),
-        None => false,
-    }
+    claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.split(' ').any(|x| x == scope))
 }
 
 /// `Ok` when the token grants every scope in `required`, else

@@ -32,7 +32,20 @@ pub enum HttpConfigError {
     BodyLimitTooSmall,
 }
 
+/// At most this many audit records per minute (per instance) for requests that never
+/// authenticated (401): every refusal is still traced, but an anonymous client cannot
+/// turn the append-only ledger into an unbounded write target.
+pub const ANONYMOUS_AUDIT_PER_MINUTE: u32 = 30;
+
+#[derive(Debug, Default)]
+struct AnonymousAuditBudget {
+    window_start_ms: i64,
+    used: u32,
+    suppressed: u64,
+}
+
 struct Inner {
+    anonymous_audit: std::sync::Mutex<AnonymousAuditBudget>,
     keyring: KeyRing,
     rotator: Rotator,
     authorizer: Arc<dyn RotationAuthorizer>,
@@ -95,6 +108,7 @@ impl HttpEndpointsBuilder {
             .unwrap_or_else(|| Arc::new(ScopeAuthorizer::new(self.keyring.clone())));
         Ok(HttpEndpoints {
             inner: Arc::new(Inner {
+                anonymous_audit: std::sync::Mutex::new(AnonymousAuditBudget::default()),
                 keyring: self.keyring,
                 rotator: self.rotator,
                 authorizer,
@@ -500,8 +514,44 @@ impl HttpEndpoints {
         refused.actor = denied.client_id;
         refused.status = status;
         refused.detail = format!("{status} {code}: {}", denied.detail);
-        self.audit_refusal(&refused).await;
+        if refused.actor.is_some() || self.anonymous_audit_allowed() {
+            self.audit_refusal(&refused).await;
+        } else {
+            tracing::info!(
+                ring = %self.inner.keyring.ring(),
+                status,
+                request_id = refused.request_id,
+                detail = %refused.detail,
+                "unauthenticated rotation request refused (audit budget for anonymous requests used up; traced only)"
+            );
+        }
         denied.rejection.to_response()
+    }
+
+    /// Whether an anonymous refusal may still be written to the ledger this minute.
+    fn anonymous_audit_allowed(&self) -> bool {
+        let now_ms = self.inner.keyring.clock().now().timestamp_millis();
+        let mut b = self.inner.anonymous_audit.lock().unwrap_or_else(|p| p.into_inner());
+        if now_ms.saturating_sub(b.window_start_ms) >= 60_000 {
+            if b.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = b.suppressed,
+                    "anonymous rotation requests were traced but not audited"
+                );
+            }
+            *b = AnonymousAuditBudget {
+                window_start_ms: now_ms,
+                used: 0,
+                suppressed: 0,
+            };
+        }
+        if b.used < ANONYMOUS_AUDIT_PER_MINUTE {
+            b.used += 1;
+            true
+        } else {
+            b.suppressed += 1;
+            false
+        }
     }
 
     /// Audits a request refused by the endpoint and answers with a JSON error.

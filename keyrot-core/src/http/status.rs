@@ -122,7 +122,7 @@ pub(crate) struct StatusBody {
 }
 
 /// How far back the status page looks for the last rotation.
-const AUDIT_LOOKBACK: usize = 200;
+const AUDIT_LOOKBACK: usize = 1000;
 
 pub(crate) async fn status_body(keyring: &KeyRing) -> StatusBody {
     // A cheap generation check: the status should show the stored truth, not a

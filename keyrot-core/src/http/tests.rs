@@ -69,12 +69,12 @@ fn rejections_follow_rfc_6750_and_say_nothing_more() {
 }
 
 #[test]
-fn scopes_from_scope_or_scp() {
+fn scopes_come_from_the_scope_claim_only() {
     let m = |v: Value| v.as_object().cloned().expect("object");
     assert!(has_scope(&m(json!({"scope": "a b c"})), "b"));
     assert!(!has_scope(&m(json!({"scope": "ab c"})), "a"));
-    assert!(has_scope(&m(json!({"scp": ["x", "y"]})), "y"));
-    assert!(has_scope(&m(json!({"scp": "x y"})), "x"));
+    assert!(!has_scope(&m(json!({"scp": ["x", "y"]})), "y"), "scp is not read");
+    assert!(!has_scope(&m(json!({"scp": "x y"})), "x"), "scp is not read");
     assert!(!has_scope(&m(json!({"scope": ["b"]})), "b"), "scope must be a string");
     assert!(!has_scope(&m(json!({})), "b"));
 }
@@ -163,6 +163,7 @@ fn key(kid: &str, state: crate::KeyState, created: DateTime<Utc>) -> crate::KeyS
         alg: crate::Algorithm::EdDsa,
         state,
         origin: crate::KeyOrigin::Rotation,
+        forced: false,
         fingerprint: kid.into(),
         created_at: created,
         activate_at: None,
@@ -360,4 +361,49 @@ async fn the_builder_refuses_mismatched_rings() {
     .build();
     let err = HttpEndpoints::builder(e.keyring().clone(), other).build().err();
     assert!(matches!(err, Some(HttpConfigError::RingMismatch { .. })), "{err:?}");
+}
+
+#[test]
+fn any_token_rule_still_needs_a_client_id() {
+    use super::ServiceTokenRule;
+    let m = |v: Value| v.as_object().cloned().expect("object");
+    assert!(ServiceTokenRule::AnyToken.is_service_token(&m(json!({"sub": "u", "client_id": "web"}))));
+    assert!(!ServiceTokenRule::AnyToken.is_service_token(&m(json!({"sub": "alice"}))));
+    assert!(!ServiceTokenRule::AnyToken.is_service_token(&m(json!({"sub": "alice", "client_id": ""}))));
+}
+
+#[tokio::test]
+async fn anonymous_refusals_are_audited_within_a_budget_per_minute() {
+    let clock = ManualClock::new(DateTime::from_timestamp(1_900_000_000, 0).expect("time"));
+    let e = fixture(&clock).await;
+    let ring = e.keyring().ring().clone();
+    let count_anonymous = || async {
+        e.keyring()
+            .storage()
+            .audit_log(&ring, crate::AuditQuery { limit: 10_000 })
+            .await
+            .expect("audit")
+            .iter()
+            .filter(|r| r.actor == "anonymous")
+            .count()
+    };
+    let no_token: Vec<(&'static str, String)> = Vec::new();
+    let req = HttpRequest {
+        method: "POST",
+        headers: &no_token,
+    };
+    for _ in 0..(super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE + 10) {
+        assert_eq!(e.rotate(&req, RequestBody::Complete(b"")).await.status, 401);
+    }
+    assert_eq!(
+        count_anonymous().await,
+        super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE as usize
+    );
+    // A new minute, a new budget; authenticated refusals are always audited.
+    clock.advance(chrono::TimeDelta::seconds(60));
+    assert_eq!(e.rotate(&req, RequestBody::Complete(b"")).await.status, 401);
+    assert_eq!(
+        count_anonymous().await,
+        super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE as usize + 1
+    );
 }
