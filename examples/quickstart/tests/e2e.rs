@@ -221,30 +221,44 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     let env = Env::new(database_url, port);
     let svc = start(&env, port, &binary);
 
-    // 1. Every printed curl command works as printed.
-    let script = curl_block(&svc.banner);
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(&env.dir)
-        .output()
-        .expect("bash");
-    let out_text = text(&out);
-    assert!(out.status.success(), "curl block failed:\n{out_text}");
-    assert!(out_text.contains(r#"{"keys":[{"alg":"EdDSA""#), "JWKS: {out_text}");
-    assert!(
-        out_text.contains(r#""sub":"alice""#),
-        "the user token verifies at the protected route: {out_text}"
-    );
-    assert!(out_text.contains(r#""generation":1"#), "status: {out_text}");
-    assert!(
-        out_text.contains("HTTP/1.1 202"),
-        "normal rotation scheduled (fast policy): {out_text}"
-    );
-    assert!(
-        out_text.contains(r#""outcome":"rotated""#) && out_text.contains(r#""forced":true"#),
-        "forced: {out_text}"
-    );
+    // 1. Every printed curl command works as printed (needs bash and curl, as a reader would).
+    let have_shell = ["bash", "curl"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if have_shell {
+        let script = curl_block(&svc.banner);
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&env.dir)
+            .output()
+            .expect("bash");
+        let out_text = text(&out);
+        assert!(out.status.success(), "curl block failed:\n{out_text}");
+        assert!(out_text.contains(r#"{"keys":[{"alg":"EdDSA""#), "JWKS: {out_text}");
+        assert!(
+            out_text.contains(r#""sub":"alice""#),
+            "the user token verifies at the protected route: {out_text}"
+        );
+        assert!(out_text.contains(r#""generation":1"#), "status: {out_text}");
+        assert!(
+            out_text.contains("HTTP/1.1 202"),
+            "normal rotation scheduled (fast policy): {out_text}"
+        );
+        assert!(
+            out_text.contains(r#""outcome":"rotated""#) && out_text.contains(r#""forced":true"#),
+            "forced: {out_text}"
+        );
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true requires bash and curl"
+        );
+        println!("skipped the printed curl commands: bash or curl is not installed");
+    }
 
     // 2. The scheduler example: slot 1 publishes a Pending key, slot 2 activates it, a rerun
     //    of slot 2 replays the answer without rotating again.
@@ -368,7 +382,9 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     assert!(has("scheduler", "rotated", false), "scheduler slot 2 audited");
     assert!(has("scheduler", "replayed", false), "scheduler replay audited");
     assert!(has("cli:", "rotated", true), "keyrotctl forced rotation audited");
-    assert!(has("breakglass", "rotated", true), "curl forced rotation audited");
+    if have_shell {
+        assert!(has("breakglass", "rotated", true), "curl forced rotation audited");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
