@@ -24,6 +24,18 @@ pub const TOKEN_PATH: &str = "/oauth/token";
 /// Path of the demo login.
 pub const LOGIN_PATH: &str = "/demo/login";
 
+/// Logs to standard error; `RUST_LOG` filters (default `info,sqlx=warn`). Never logs the
+/// `Authorization` header: keyrot's adapters do not record it.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Quickstart settings, from the environment.
 #[derive(Debug, Clone)]
 pub struct QuickstartConfig {
