@@ -217,6 +217,205 @@ macro_rules! bind_idempotency {
 }
 pub(crate) use bind_idempotency;
 
+/// Inside a `commit_once` (returning `Result<CommitOutcome, sqlx::Error>`) that keeps the
+/// whole compare-and-swap in transaction `$tx` (PostgreSQL, SQLite): creates the ring row
+/// if it is new, moves its generation on from `$expected` and inserts the idempotency
+/// record. When another commit got there first, rolls back and **returns**
+/// `CommitOutcome::Conflict` from the enclosing function.
+macro_rules! swap_generation_or_return {
+    ($tx:ident, $sql:ident, $commit:ident, $expected:ident) => {{
+        use keyrot_core::CommitOutcome;
+        use sqlx::AssertSqlSafe;
+        let ring = $commit.ring.as_str();
+        sqlx::query(AssertSqlSafe($sql.ensure_ring.as_str()))
+            .bind(ring)
+            .execute(&mut *$tx)
+            .await?;
+        let swapped = sqlx::query(AssertSqlSafe($sql.cas.as_str()))
+            .bind(ring)
+            .bind($expected)
+            .execute(&mut *$tx)
+            .await?;
+        if swapped.rows_affected() == 0 {
+            let current: i64 = sqlx::query_scalar(AssertSqlSafe($sql.generation.as_str()))
+                .bind(ring)
+                .fetch_one(&mut *$tx)
+                .await?;
+            $tx.rollback().await?;
+            return Ok(CommitOutcome::Conflict {
+                current: $crate::common::gen_from_db(current).unwrap_or(0),
+            });
+        }
+        if let Some(i) = &$commit.idempotency {
+            let inserted =
+                $crate::common::bind_idempotency!(sqlx::query(AssertSqlSafe($sql.insert_idempotency.as_str())), i)
+                    .execute(&mut *$tx)
+                    .await?;
+            if inserted.rows_affected() == 0 {
+                // Another request with this key committed first: treat as a lost race.
+                $tx.rollback().await?;
+                return Ok(CommitOutcome::Conflict {
+                    current: $crate::common::gen_from_db($expected).unwrap_or(0),
+                });
+            }
+        }
+    }};
+}
+pub(crate) use swap_generation_or_return;
+
+/// Inside a store's `commit_once` (returning `Result<_, sqlx::Error>`): upserts the
+/// commit's keys and inserts its audit record in transaction `$tx`, with the store's
+/// `upsert_key` and `insert_audit` statements from `$sql`.
+macro_rules! insert_keys_and_audit {
+    ($tx:ident, $sql:ident, $commit:ident) => {{
+        use sqlx::AssertSqlSafe;
+        use $crate::common::{bind_audit, bind_key};
+        for k in &$commit.keys {
+            bind_key!(
+                sqlx::query(AssertSqlSafe($sql.upsert_key.as_str())),
+                $commit.ring.as_str(),
+                k
+            )
+            .execute(&mut *$tx)
+            .await?;
+        }
+        let audit_gen = i64::try_from($commit.audit.generation).unwrap_or(i64::MAX);
+        bind_audit!(
+            sqlx::query(AssertSqlSafe($sql.insert_audit.as_str())),
+            &$commit.audit,
+            audit_gen
+        )
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(crate) use insert_keys_and_audit;
+
+/// `impl Storage` for a store whose `inner` holds `pool` and `sql` (the statements `load`,
+/// `generation`, `insert_audit`, `audit_log`, `idempotency` and `$attempt_idempotency`) and
+/// which has its own `commit_once(&self, &Commit, expected: i64) -> Result<CommitOutcome,
+/// sqlx::Error>`, run again while the database asks for a retry.
+///
+/// - `label`: starts error messages (`"<label>: load ring"`) and logs.
+/// - `begin`: the pool method (and arguments) opening `record_attempt`'s transaction.
+/// - `attempt_idempotency`: the `sql` statement `record_attempt` inserts an idempotency
+///   record with.
+macro_rules! impl_storage {
+    ($store:ty {
+        label: $label:literal,
+        begin: $begin:ident($($begin_arg:expr),*),
+        attempt_idempotency: $attempt_idempotency:ident $(,)?
+    }) => {
+        const _: () = {
+            use $crate::common::{self, RowExt as _, bind_audit, bind_idempotency, db_err, gen_from_db, gen_to_db};
+            use keyrot_core::{
+                AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName, Storage,
+                StorageError,
+            };
+            use sqlx::AssertSqlSafe;
+
+            #[async_trait::async_trait]
+            impl Storage for $store {
+                async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+                    let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
+                        .bind(ring.as_str())
+                        .fetch_all(&self.inner.pool)
+                        .await
+                        .map_err(db_err(concat!($label, ": load ring")))?;
+                    let mut out = Ring::empty(ring.clone());
+                    for row in &rows {
+                        out.generation = gen_from_db(row.int("ring_generation")?)?;
+                        if row.opt_text("kid")?.is_some() {
+                            out.keys.push(common::key_from_row(row)?);
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+                    let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
+                        .bind(ring.as_str())
+                        .fetch_optional(&self.inner.pool)
+                        .await
+                        .map_err(db_err(concat!($label, ": read generation")))?;
+                    g.map_or(Ok(0), gen_from_db)
+                }
+
+                async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+                    let expected = gen_to_db(commit.expected_generation)?;
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        match self.commit_once(commit, expected).await {
+                            Ok(outcome) => return Ok(outcome),
+                            Err(e) if common::is_retryable(&e) && tries < common::MAX_TRIES => {
+                                tracing::debug!(ring = %commit.ring, error = %e, concat!($label, " commit retried"));
+                            }
+                            Err(e) => return Err(db_err(concat!($label, ": commit"))(e)),
+                        }
+                    }
+                }
+
+                async fn record_attempt(
+                    &self,
+                    audit: &AuditRecord,
+                    idempotency: Option<&IdempotencyRecord>,
+                ) -> Result<(), StorageError> {
+                    common::audit_ring(audit)?;
+                    let sql = &self.inner.sql;
+                    let generation = gen_to_db(audit.generation)?;
+                    let mut tx = self
+                        .inner
+                        .pool
+                        .$begin($($begin_arg),*)
+                        .await
+                        .map_err(db_err(concat!($label, ": begin")))?;
+                    bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err(concat!($label, ": record attempt")))?;
+                    if let Some(i) = idempotency {
+                        bind_idempotency!(sqlx::query(AssertSqlSafe(sql.$attempt_idempotency.as_str())), i)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err(concat!($label, ": record idempotency")))?;
+                    }
+                    tx.commit().await.map_err(db_err(concat!($label, ": commit attempt")))
+                }
+
+                async fn audit_log(
+                    &self,
+                    ring: &RingName,
+                    query: AuditQuery,
+                ) -> Result<Vec<AuditRecord>, StorageError> {
+                    let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
+                        .bind(ring.as_str())
+                        .bind(common::limit(query.limit))
+                        .fetch_all(&self.inner.pool)
+                        .await
+                        .map_err(db_err(concat!($label, ": read audit log")))?;
+                    rows.iter().map(common::audit_from_row).collect()
+                }
+
+                async fn idempotency(
+                    &self,
+                    ring: &RingName,
+                    key: &str,
+                ) -> Result<Option<IdempotencyRecord>, StorageError> {
+                    let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
+                        .bind(ring.as_str())
+                        .bind(key)
+                        .fetch_optional(&self.inner.pool)
+                        .await
+                        .map_err(db_err(concat!($label, ": read idempotency record")))?;
+                    row.as_ref().map(common::idempotency_from_row).transpose()
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_storage;
+
 pub(crate) fn opt_ms(t: Option<DateTime<Utc>>) -> Option<i64> {
     t.map(|t| t.timestamp_millis())
 }

@@ -14,17 +14,15 @@
 //!   one host share.
 //! - What SQLite does not give: several hosts. A database file on a network share does not
 //!   make its locking reliable; use PostgreSQL or MySQL for instances on several hosts.
+//!
+//! [`Storage`]: keyrot_core::Storage
 
 use crate::common::{
     self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    MAX_TRIES, Migration, RowExt as _, Tables, audit_from_row, bind_audit, bind_idempotency, bind_key, db_err,
-    gen_from_db, gen_to_db, idempotency_from_row, key_from_row,
+    Migration, Tables, db_err,
 };
 use async_trait::async_trait;
-use keyrot_core::{
-    AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, Ring,
-    RingName, Storage, StorageError, SystemClock,
-};
+use keyrot_core::{Clock, Commit, CommitOutcome, Lock, LockGuard, PollingFeed, RingName, StorageError, SystemClock};
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
@@ -331,146 +329,19 @@ impl SqliteStore {
 
     async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
         let sql = &self.inner.sql;
-        let ring = c.ring.as_str();
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
-            .bind(ring)
-            .execute(&mut *tx)
-            .await?;
-        let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
-            .bind(ring)
-            .bind(expected)
-            .execute(&mut *tx)
-            .await?;
-        if swapped.rows_affected() == 0 {
-            let current: i64 = sqlx::query_scalar(AssertSqlSafe(sql.generation.as_str()))
-                .bind(ring)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Ok(CommitOutcome::Conflict {
-                current: gen_from_db(current).unwrap_or(0),
-            });
-        }
-        if let Some(i) = &c.idempotency {
-            let inserted = bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
-                .execute(&mut *tx)
-                .await?;
-            if inserted.rows_affected() == 0 {
-                // Another request with this key committed first: treat as a lost race.
-                tx.rollback().await?;
-                return Ok(CommitOutcome::Conflict {
-                    current: gen_from_db(expected).unwrap_or(0),
-                });
-            }
-        }
-        for k in &c.keys {
-            bind_key!(sqlx::query(AssertSqlSafe(sql.upsert_key.as_str())), ring, k)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let audit_gen = i64::try_from(c.audit.generation).unwrap_or(i64::MAX);
-        bind_audit!(
-            sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())),
-            &c.audit,
-            audit_gen
-        )
-        .execute(&mut *tx)
-        .await?;
+        common::swap_generation_or_return!(tx, sql, c, expected);
+        common::insert_keys_and_audit!(tx, sql, c);
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
 }
 
-#[async_trait]
-impl Storage for SqliteStore {
-    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
-            .bind(ring.as_str())
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db_err("sqlite: load ring"))?;
-        let mut out = Ring::empty(ring.clone());
-        for row in &rows {
-            out.generation = gen_from_db(row.int("ring_generation")?)?;
-            if row.opt_text("kid")?.is_some() {
-                out.keys.push(key_from_row(row)?);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-        let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
-            .bind(ring.as_str())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(db_err("sqlite: read generation"))?;
-        g.map_or(Ok(0), gen_from_db)
-    }
-
-    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
-        let expected = gen_to_db(commit.expected_generation)?;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.commit_once(commit, expected).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if common::is_retryable(&e) && tries < MAX_TRIES => {
-                    tracing::debug!(ring = %commit.ring, error = %e, "sqlite commit retried");
-                }
-                Err(e) => return Err(db_err("sqlite: commit")(e)),
-            }
-        }
-    }
-
-    async fn record_attempt(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-    ) -> Result<(), StorageError> {
-        common::audit_ring(audit)?;
-        let sql = &self.inner.sql;
-        let generation = gen_to_db(audit.generation)?;
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("sqlite: begin"))?;
-        bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("sqlite: record attempt"))?;
-        if let Some(i) = idempotency {
-            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("sqlite: record idempotency"))?;
-        }
-        tx.commit().await.map_err(db_err("sqlite: commit attempt"))
-    }
-
-    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
-            .bind(ring.as_str())
-            .bind(common::limit(query.limit))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db_err("sqlite: read audit log"))?;
-        rows.iter().map(audit_from_row).collect()
-    }
-
-    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
-            .bind(ring.as_str())
-            .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(db_err("sqlite: read idempotency record"))?;
-        row.as_ref().map(idempotency_from_row).transpose()
-    }
-}
+common::impl_storage!(SqliteStore {
+    label: "sqlite",
+    begin: begin_with("BEGIN IMMEDIATE"),
+    attempt_idempotency: insert_idempotency,
+});
 
 /// A held lease row.
 #[derive(Debug)]

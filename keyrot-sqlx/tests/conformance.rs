@@ -4,61 +4,58 @@
 
 mod common;
 
+use keyrot_core::conformance::Backend;
+use keyrot_core::{Lock, Storage};
+use keyrot_sqlx::sqlx::{Database, Pool};
+use std::future::Future;
+use std::sync::Arc;
+
+/// A backend on `store` whose teardown closes `pool` (the store's), then runs `finish`
+/// (which drops the schema, database or file).
+fn backend<DB: Database>(
+    pool: Pool<DB>,
+    store: impl Storage + Lock + Clone + 'static,
+    finish: impl Future<Output = ()> + Send + 'static,
+) -> Option<Backend> {
+    Some(
+        Backend::new(Arc::new(store.clone()), Arc::new(store)).with_teardown(async move {
+            pool.close().await;
+            finish.await;
+        }),
+    )
+}
+
 mod postgres {
-    use super::common::PgTest;
-    use keyrot_core::conformance::Backend;
-    use std::sync::Arc;
+    use super::{Backend, backend, common::PgTest};
 
     async fn setup() -> Option<Backend> {
         let t = PgTest::new("postgres conformance", true).await?;
         let store = t.instance(5, "keyrot-conformance").await;
-        let pool = store.pool().clone();
-        Some(
-            Backend::new(Arc::new(store.clone()), Arc::new(store)).with_teardown(async move {
-                pool.close().await;
-                t.finish().await;
-            }),
-        )
+        backend(store.pool().clone(), store, t.finish())
     }
 
     keyrot_core::storage_conformance_tests!(setup);
 }
 
 mod mysql {
-    use super::common::MySqlTest;
-    use keyrot_core::conformance::Backend;
-    use std::sync::Arc;
+    use super::{Backend, backend, common::MySqlTest};
 
     async fn setup() -> Option<Backend> {
         let t = MySqlTest::new("mysql conformance", true).await?;
         let store = t.instance(5).await;
-        let pool = store.pool().clone();
-        Some(
-            Backend::new(Arc::new(store.clone()), Arc::new(store)).with_teardown(async move {
-                pool.close().await;
-                t.finish().await;
-            }),
-        )
+        backend(store.pool().clone(), store, t.finish())
     }
 
     keyrot_core::storage_conformance_tests!(setup);
 }
 
 mod sqlite {
-    use super::common::SqliteFile;
-    use keyrot_core::conformance::Backend;
-    use std::sync::Arc;
+    use super::{Backend, backend, common::SqliteFile};
 
     async fn setup() -> Option<Backend> {
         let file = SqliteFile::new();
         let store = file.instance(4).await;
-        let pool = store.pool().clone();
-        Some(
-            Backend::new(Arc::new(store.clone()), Arc::new(store)).with_teardown(async move {
-                pool.close().await;
-                drop(file);
-            }),
-        )
+        backend(store.pool().clone(), store, async move { drop(file) })
     }
 
     keyrot_core::storage_conformance_tests!(setup);

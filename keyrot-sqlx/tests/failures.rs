@@ -8,12 +8,14 @@ use chrono::{TimeDelta, Utc};
 use common::{MySqlTest, PgTest, Proxy, SqliteFile, ring, sealer};
 use keyrot_core::clock::to_millis;
 use keyrot_core::{
-    KeyRing, Lock, LockGuard, ManualClock, Outcome, RequestContext, RingName, RotateError, Rotator, Storage,
+    KeyRing, Lock, LockGuard, ManualClock, MasterKeySealer, Outcome, RequestContext, Ring, RingName, RotateError,
+    RotationReport, Rotator, Storage,
 };
 use keyrot_sqlx::sqlx::{self, AssertSqlSafe};
 use keyrot_sqlx::{MySqlStore, SqliteStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,61 @@ where
     }
 }
 
+/// Instance `instance`'s rotator, with `store` as its storage and its lock.
+fn rotator<S>(r: &RingName, store: &S, sealer: Arc<MasterKeySealer>, clock: &ManualClock, instance: &str) -> Rotator
+where
+    S: Storage + Lock + Clone + 'static,
+{
+    Rotator::builder(r.clone(), Arc::new(store.clone()), Arc::new(store.clone()), sealer)
+        .with_clock(Arc::new(clock.clone()))
+        .with_instance(instance)
+        .build()
+}
+
+/// Instance A's forced rotation, in a task (it is to block on the ring row the test holds).
+fn spawn_crash_drill(rot_a: &Rotator) -> JoinHandle<Result<RotationReport, RotateError>> {
+    let rot_a = rot_a.clone();
+    tokio::spawn(async move {
+        rot_a
+            .force_rotate(RequestContext::actor("a"), "crash drill", false)
+            .await
+    })
+}
+
+/// The drill's rotation, whose instance was killed mid-commit, returns and fails closed.
+async fn assert_fails_closed(task: JoinHandle<Result<RotationReport, RotateError>>) {
+    let result = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("A returns")
+        .expect("join");
+    assert!(
+        matches!(result, Err(RotateError::Storage(_))),
+        "the killed rotation fails closed: {result:?}"
+    );
+}
+
+/// After the crash, on the surviving instance `b` (rotating with `rot_b`): the ring is
+/// exactly as `before`, the lock is free again and the next rotation commits.
+async fn assert_recovers(
+    name: &str,
+    killed: &str,
+    b: &(impl Storage + Lock),
+    rot_b: &Rotator,
+    r: &RingName,
+    before: &Ring,
+) {
+    assert_eq!(b.load(r).await.expect("load"), *before, "the ring is exactly as before");
+    let (guard, waited) = acquire_within(b, r, Duration::from_secs(5)).await;
+    println!("{name}: lock free again {waited:?} after its holder's {killed} were killed");
+    guard.release().await.expect("release");
+    let next = rot_b
+        .force_rotate(RequestContext::actor("b"), "after the crash", false)
+        .await
+        .expect("rotate");
+    assert_eq!(next.outcome, Outcome::Rotated);
+    assert_eq!(b.generation(r).await.expect("generation"), before.generation + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connection_killed_mid_commit_leaves_ring_unchanged() {
     let Some(t) = PgTest::new("postgres crash", false).await else {
@@ -54,14 +111,8 @@ async fn postgres_connection_killed_mid_commit_leaves_ring_unchanged() {
     let b = t.instance(3, &format!("{}-b", t.schema)).await;
     let clock = ManualClock::new(to_millis(Utc::now()));
     let sealer = sealer();
-    let rot_a = Rotator::builder(r.clone(), Arc::new(a.clone()), Arc::new(a.clone()), sealer.clone())
-        .with_clock(Arc::new(clock.clone()))
-        .with_instance("a")
-        .build();
-    let rot_b = Rotator::builder(r.clone(), Arc::new(b.clone()), Arc::new(b.clone()), sealer)
-        .with_clock(Arc::new(clock.clone()))
-        .with_instance("b")
-        .build();
+    let rot_a = rotator(&r, &a, sealer.clone(), &clock, "a");
+    let rot_b = rotator(&r, &b, sealer, &clock, "b");
     rot_a.init(RequestContext::actor("test")).await.expect("init");
     clock.advance(TimeDelta::hours(2));
     let before = b.load(&r).await.expect("load");
@@ -76,14 +127,7 @@ async fn postgres_connection_killed_mid_commit_leaves_ring_unchanged() {
     .execute(&mut *blocker)
     .await
     .expect("lock ring row");
-    let task = tokio::spawn({
-        let rot_a = rot_a.clone();
-        async move {
-            rot_a
-                .force_rotate(RequestContext::actor("a"), "crash drill", false)
-                .await
-        }
-    });
+    let task = spawn_crash_drill(&rot_a);
     let admin = t.admin().clone();
     wait_until("A's commit to block mid-transaction", Duration::from_secs(10), || {
         let (admin, app_a) = (admin.clone(), app_a.clone());
@@ -113,25 +157,8 @@ async fn postgres_connection_killed_mid_commit_leaves_ring_unchanged() {
     );
     blocker.rollback().await.expect("rollback blocker");
 
-    let result = tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("A returns")
-        .expect("join");
-    assert!(
-        matches!(result, Err(RotateError::Storage(_))),
-        "the killed rotation fails closed: {result:?}"
-    );
-    assert_eq!(b.load(&r).await.expect("load"), before, "the ring is exactly as before");
-
-    let (guard, waited) = acquire_within(&b, &r, Duration::from_secs(5)).await;
-    println!("postgres: lock free again {waited:?} after its holder's sessions were killed");
-    guard.release().await.expect("release");
-    let next = rot_b
-        .force_rotate(RequestContext::actor("b"), "after the crash", false)
-        .await
-        .expect("rotate");
-    assert_eq!(next.outcome, Outcome::Rotated);
-    assert_eq!(b.generation(&r).await.expect("generation"), before.generation + 1);
+    assert_fails_closed(task).await;
+    assert_recovers("postgres", "sessions", &b, &rot_b, &r, &before).await;
     a.pool().close().await;
     b.pool().close().await;
     t.finish().await;
@@ -146,10 +173,7 @@ async fn mysql_connection_killed_mid_commit_leaves_ring_unchanged() {
     let a = t.instance(3).await;
     let clock = ManualClock::new(to_millis(Utc::now()));
     let sealer = sealer();
-    let rot_a = Rotator::builder(r.clone(), Arc::new(a.clone()), Arc::new(a.clone()), sealer.clone())
-        .with_clock(Arc::new(clock.clone()))
-        .with_instance("a")
-        .build();
+    let rot_a = rotator(&r, &a, sealer.clone(), &clock, "a");
     rot_a.init(RequestContext::actor("test")).await.expect("init");
     clock.advance(TimeDelta::hours(2));
     let before = a.load(&r).await.expect("load");
@@ -166,14 +190,7 @@ async fn mysql_connection_killed_mid_commit_leaves_ring_unchanged() {
         .execute(&mut *blocker)
         .await
         .expect("lock ring row");
-    let task = tokio::spawn({
-        let rot_a = rot_a.clone();
-        async move {
-            rot_a
-                .force_rotate(RequestContext::actor("a"), "crash drill", false)
-                .await
-        }
-    });
+    let task = spawn_crash_drill(&rot_a);
     let admin = t.admin().clone();
     wait_until("A's commit to block mid-transaction", Duration::from_secs(10), || {
         let (admin, db) = (admin.clone(), t.database.clone());
@@ -207,30 +224,10 @@ async fn mysql_connection_killed_mid_commit_leaves_ring_unchanged() {
     }
     blocker.rollback().await.expect("rollback blocker");
 
-    let result = tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("A returns")
-        .expect("join");
-    assert!(
-        matches!(result, Err(RotateError::Storage(_))),
-        "the killed rotation fails closed: {result:?}"
-    );
+    assert_fails_closed(task).await;
     let b = t.instance(3).await;
-    assert_eq!(b.load(&r).await.expect("load"), before, "the ring is exactly as before");
-
-    let (guard, waited) = acquire_within(&b, &r, Duration::from_secs(5)).await;
-    println!("mysql: lock free again {waited:?} after its holder's connections were killed");
-    guard.release().await.expect("release");
-    let rot_b = Rotator::builder(r.clone(), Arc::new(b.clone()), Arc::new(b.clone()), sealer)
-        .with_clock(Arc::new(clock.clone()))
-        .with_instance("b")
-        .build();
-    let next = rot_b
-        .force_rotate(RequestContext::actor("b"), "after the crash", false)
-        .await
-        .expect("rotate");
-    assert_eq!(next.outcome, Outcome::Rotated);
-    assert_eq!(b.generation(&r).await.expect("generation"), before.generation + 1);
+    let rot_b = rotator(&r, &b, sealer, &clock, "b");
+    assert_recovers("mysql", "connections", &b, &rot_b, &r, &before).await;
     for p in [a.pool(), b.pool(), &blocker_pool] {
         p.close().await;
     }
