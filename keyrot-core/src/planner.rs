@@ -218,7 +218,11 @@ pub enum Refusal {
     #[error("nothing is due")]
     NothingDue,
     /// Too soon since the last rotation of this kind.
-    #[error("rate limited: retry in {retry_after_ms} ms")]
+    #[error(
+        "rate limited: the next {} rotation is allowed in {}",
+        if *forced { "forced" } else { "normal" },
+        human_wait(*retry_after_ms)
+    )]
     RateLimited {
         /// How long until it would be allowed (milliseconds).
         retry_after_ms: i64,
@@ -273,6 +277,22 @@ impl Refusal {
             _ => None,
         }
     }
+}
+
+/// `90061000` ms → `1d 1h 1m 2s` (rounded up to the second).
+fn human_wait(ms: i64) -> String {
+    let mut secs = u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000);
+    let mut out = Vec::new();
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= len {
+            out.push(format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    if secs > 0 || out.is_empty() {
+        out.push(format!("{secs}s"));
+    }
+    out.join(" ")
 }
 
 fn valid_reason(reason: &str) -> bool {
@@ -656,5 +676,23 @@ fn expect_state(k: &KeyRecord, allowed: &[KeyState]) -> Result<(), ApplyError> {
         Ok(())
     } else {
         Err(ApplyError(format!("key {} is {}", k.kid, k.state.as_str())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_messages_are_readable() {
+        assert_eq!(human_wait(0), "0s");
+        assert_eq!(human_wait(1), "1s");
+        assert_eq!(human_wait(90_061_000), "1d 1h 1m 1s");
+        assert_eq!(human_wait(6 * 86_400_000), "6d");
+        let r = Refusal::RateLimited {
+            retry_after_ms: 3_599_001,
+            forced: true,
+        };
+        assert_eq!(r.to_string(), "rate limited: the next forced rotation is allowed in 1h");
     }
 }
