@@ -260,6 +260,13 @@ impl Rotator {
         &self.inner.storage
     }
 
+    /// Appends a record of an attempt the caller refused itself (an HTTP endpoint's 401,
+    /// 403, 400) to the ring's audit ledger, through the same path as the rotator's own
+    /// records.
+    pub async fn append_audit(&self, record: &AuditRecord) -> Result<(), StorageError> {
+        self.inner.storage.record_attempt(record, None).await
+    }
+
     /// Creates the first Active key if the ring has none.
     pub async fn init(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
         self.run(Attempt {

@@ -54,6 +54,10 @@ pub enum TokenError {
         /// The key's algorithm.
         expected: Algorithm,
     },
+    /// The key named by `kid` is no longer valid at the verification time (a Retiring
+    /// key past its `expires_at`).
+    #[error("token key is no longer valid")]
+    KeyExpired,
     /// The signature does not verify.
     #[error("token signature is invalid")]
     BadSignature,

@@ -604,7 +604,7 @@ impl HttpEndpoints {
             detail = %r.detail,
             "key rotation request refused at the endpoint"
         );
-        if let Err(e) = keyring.storage().record_attempt(&record, None).await {
+        if let Err(e) = self.inner.rotator.append_audit(&record).await {
             tracing::warn!(ring = %keyring.ring(), error = %e, "could not audit a refused rotation request");
         }
     }
