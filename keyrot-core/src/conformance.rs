@@ -81,6 +81,9 @@ macro_rules! storage_conformance_tests {
             locks_are_per_ring,
             rotator_lifecycle_on_backend,
             concurrent_rotators_rotate_exactly_once,
+            manifest_is_stored_with_each_commit,
+            audit_chain_links_every_append,
+            concurrent_appends_keep_the_chain_contiguous,
         );
     };
 }
@@ -175,6 +178,48 @@ pub fn sample_audit(ring_name: &str, at: DateTime<Utc>, generation: u64, outcome
         request_id: Some("req-1".into()),
         detail: Some("detail".into()),
         instance: "instance-a".into(),
+        seq: 0,
+        mac: None,
+    }
+}
+
+/// The linker the kit appends with: keyrot's own, under a fixed test master key, so the
+/// kit can check the chain the store built with [`crate::integrity::verify_chain`].
+fn chain_sealer() -> Arc<MasterKeySealer> {
+    let secret = crate::secret::SecretBytes::from_slice(&[42u8; 32]);
+    Arc::new(MasterKeySealer::new(MasterKey::new("conformance-chain", secret).expect("mk"), []).expect("sealer"))
+}
+
+fn linker() -> crate::integrity::SealerLinker {
+    crate::integrity::SealerLinker::new(chain_sealer())
+}
+
+/// Checks that the ring's whole ledger is one intact chain of `n` records.
+async fn assert_chain(b: &Backend, r: &RingName, n: usize) {
+    let all = b
+        .storage
+        .audit_log(r, AuditQuery { limit: usize::MAX })
+        .await
+        .expect("audit");
+    assert_eq!(all.len(), n, "ledger length");
+    let report = crate::integrity::verify_chain(&all, &*chain_sealer()).expect("the store built an intact chain");
+    assert_eq!(report.records, n);
+    let mut seqs: Vec<u64> = all.iter().map(|a| a.seq).collect();
+    seqs.reverse();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "newest first by chain position"
+    );
+}
+
+/// `a` as the store returns it after appending it at `seq` (the MAC is checked by
+/// [`assert_chain`]).
+fn appended(a: &AuditRecord, got: &AuditRecord, seq: u64) -> AuditRecord {
+    AuditRecord {
+        seq,
+        mac: got.mac.clone(),
+        ..a.clone()
     }
 }
 
@@ -185,6 +230,7 @@ fn commit(r: &RingName, expected: u64, keys: Vec<KeyRecord>, at: DateTime<Utc>) 
         keys,
         audit: sample_audit(r.as_str(), at, expected + 1, Outcome::Rotated),
         idempotency: None,
+        manifest: format!("manifest of {} at generation {} ✓", r.as_str(), expected + 1),
     }
 }
 
@@ -216,7 +262,10 @@ pub async fn commit_round_trips_every_field(b: &Backend) {
         response: r#"{"outcome":"rotated"}"#.into(),
         created_at: t0(),
     });
-    assert_eq!(b.storage.commit(&c).await.expect("commit"), CommitOutcome::Committed);
+    assert_eq!(
+        b.storage.commit(&c, &linker()).await.expect("commit"),
+        CommitOutcome::Committed
+    );
     let loaded = b.storage.load(&r).await.expect("load");
     assert_eq!(loaded.generation, 1);
     assert_eq!(
@@ -226,7 +275,18 @@ pub async fn commit_round_trips_every_field(b: &Backend) {
     );
     assert_eq!(b.storage.generation(&r).await.expect("generation"), 1);
     let audit = b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit");
-    assert_eq!(audit, vec![c.audit.clone()], "every audit field round-trips");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        audit,
+        vec![appended(&c.audit, &audit[0], 1)],
+        "every audit field round-trips"
+    );
+    assert_chain(b, &r, 1).await;
+    assert_eq!(
+        loaded.manifest.as_deref(),
+        Some(c.manifest.as_str()),
+        "the manifest round-trips"
+    );
     let idem = b.storage.idempotency(&r, "idem-1").await.expect("idem");
     assert_eq!(idem, c.idempotency);
 }
@@ -236,7 +296,7 @@ pub async fn stale_generation_conflicts_and_writes_nothing(b: &Backend) {
     let k1 = sample_key(r.as_str(), KeyState::Active, t0());
     assert_eq!(
         b.storage
-            .commit(&commit(&r, 0, vec![k1.clone()], t0()))
+            .commit(&commit(&r, 0, vec![k1.clone()], t0()), &linker())
             .await
             .expect("c1"),
         CommitOutcome::Committed
@@ -251,7 +311,7 @@ pub async fn stale_generation_conflicts_and_writes_nothing(b: &Backend) {
         created_at: t0(),
     });
     assert_eq!(
-        b.storage.commit(&stale).await.expect("c2"),
+        b.storage.commit(&stale, &linker()).await.expect("c2"),
         CommitOutcome::Conflict { current: 1 }
     );
     let loaded = b.storage.load(&r).await.expect("load");
@@ -272,7 +332,10 @@ pub async fn concurrent_commits_on_one_generation_exactly_one_wins(b: &Backend) 
     let r = ring("conf-race");
     let base = sample_key(r.as_str(), KeyState::Active, t0());
     assert_eq!(
-        b.storage.commit(&commit(&r, 0, vec![base], t0())).await.expect("base"),
+        b.storage
+            .commit(&commit(&r, 0, vec![base], t0()), &linker())
+            .await
+            .expect("base"),
         CommitOutcome::Committed
     );
     for round in 0..5u64 {
@@ -286,7 +349,8 @@ pub async fn concurrent_commits_on_one_generation_exactly_one_wins(b: &Backend) 
                 )
             })
             .collect();
-        let results = futures_join_all(commits.iter().map(|c| b.storage.commit(c))).await;
+        let lk = linker();
+        let results = futures_join_all(commits.iter().map(|c| b.storage.commit(c, &lk))).await;
         let won = results
             .iter()
             .filter(|x| matches!(x, Ok(CommitOutcome::Committed)))
@@ -369,7 +433,7 @@ pub async fn commits_replace_keys_by_kid_and_never_delete(b: &Backend) {
     let mut a = sample_key(r.as_str(), KeyState::Pending, t0());
     let other = sample_key(r.as_str(), KeyState::Active, t0());
     b.storage
-        .commit(&commit(&r, 0, vec![a.clone(), other.clone()], t0()))
+        .commit(&commit(&r, 0, vec![a.clone(), other.clone()], t0()), &linker())
         .await
         .expect("c1");
     a.state = KeyState::Expired;
@@ -377,7 +441,7 @@ pub async fn commits_replace_keys_by_kid_and_never_delete(b: &Backend) {
     a.purged_at = Some(t0() + TimeDelta::days(30));
     assert_eq!(
         b.storage
-            .commit(&commit(&r, 1, vec![a.clone()], t0()))
+            .commit(&commit(&r, 1, vec![a.clone()], t0()), &linker())
             .await
             .expect("c2"),
         CommitOutcome::Committed
@@ -402,12 +466,15 @@ pub async fn record_attempt_appends_without_changing_generation(b: &Backend) {
         response: r#"{"outcome":"rate_limited"}"#.into(),
         created_at: t0(),
     };
-    b.storage.record_attempt(&a, Some(&idem)).await.expect("record");
+    b.storage
+        .record_attempt(&a, Some(&idem), &linker())
+        .await
+        .expect("record");
     assert_eq!(b.storage.generation(&r).await.expect("generation"), 0);
-    assert_eq!(
-        b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit"),
-        vec![a]
-    );
+    let got = b.storage.audit_log(&r, AuditQuery::default()).await.expect("audit");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got, vec![appended(&a, &got[0], 1)]);
+    assert_chain(b, &r, 1).await;
     assert_eq!(b.storage.idempotency(&r, "k-attempt").await.expect("idem"), Some(idem));
 }
 
@@ -415,7 +482,7 @@ pub async fn audit_log_is_newest_first_and_limited(b: &Backend) {
     let r = ring("conf-audit");
     for i in 0..5 {
         let a = sample_audit(r.as_str(), t0() + TimeDelta::seconds(i), 0, Outcome::LockBusy);
-        b.storage.record_attempt(&a, None).await.expect("record");
+        b.storage.record_attempt(&a, None, &linker()).await.expect("record");
     }
     let got = b.storage.audit_log(&r, AuditQuery { limit: 3 }).await.expect("audit");
     let times: Vec<_> = got.iter().map(|a| a.at).collect();
@@ -443,12 +510,20 @@ pub async fn idempotency_first_answer_wins(b: &Backend) {
         ..first.clone()
     };
     b.storage
-        .record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&first))
+        .record_attempt(
+            &sample_audit(r.as_str(), t0(), 0, Outcome::Refused),
+            Some(&first),
+            &linker(),
+        )
         .await
         .expect("1");
     let _ = b
         .storage
-        .record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), Some(&second))
+        .record_attempt(
+            &sample_audit(r.as_str(), t0(), 0, Outcome::Refused),
+            Some(&second),
+            &linker(),
+        )
         .await;
     assert_eq!(
         b.storage
@@ -465,14 +540,17 @@ pub async fn rings_are_isolated(b: &Backend) {
     let (r1, r2) = (ring("conf-iso-a"), ring("conf-iso-b"));
     let k = sample_key(r1.as_str(), KeyState::Active, t0());
     b.storage
-        .commit(&commit(&r1, 0, vec![k.clone()], t0()))
+        .commit(&commit(&r1, 0, vec![k.clone()], t0()), &linker())
         .await
         .expect("c1");
     assert_eq!(b.storage.generation(&r2).await.expect("g"), 0);
     assert!(b.storage.load(&r2).await.expect("load").keys.is_empty());
     // The same kid may exist in two rings.
     assert_eq!(
-        b.storage.commit(&commit(&r2, 0, vec![k], t0())).await.expect("c2"),
+        b.storage
+            .commit(&commit(&r2, 0, vec![k], t0()), &linker())
+            .await
+            .expect("c2"),
         CommitOutcome::Committed
     );
     assert_eq!(
@@ -612,4 +690,98 @@ pub async fn concurrent_rotators_rotate_exactly_once(b: &Backend) {
         1 + 8,
         "the bootstrap and every one of the 8 attempts is audited"
     );
+}
+
+pub async fn manifest_is_stored_with_each_commit(b: &Backend) {
+    let r = ring("conf-manifest");
+    assert_eq!(b.storage.load(&r).await.expect("load").manifest, None);
+    let k = sample_key(r.as_str(), KeyState::Active, t0());
+    b.storage
+        .commit(&commit(&r, 0, vec![k], t0()), &linker())
+        .await
+        .expect("c1");
+    let mut c2 = commit(&r, 1, Vec::new(), t0());
+    c2.manifest = "second manifest".into();
+    assert_eq!(
+        b.storage.commit(&c2, &linker()).await.expect("c2"),
+        CommitOutcome::Committed
+    );
+    let mut stale = commit(&r, 1, Vec::new(), t0());
+    stale.manifest = "stale manifest".into();
+    assert_eq!(
+        b.storage.commit(&stale, &linker()).await.expect("c3"),
+        CommitOutcome::Conflict { current: 2 }
+    );
+    let loaded = b.storage.load(&r).await.expect("load");
+    assert_eq!(loaded.generation, 2);
+    assert_eq!(
+        loaded.manifest.as_deref(),
+        Some("second manifest"),
+        "the manifest moves with the generation; a conflicting commit writes none"
+    );
+}
+
+pub async fn audit_chain_links_every_append(b: &Backend) {
+    let r = ring("conf-chain");
+    let lk = linker();
+    b.storage
+        .record_attempt(&sample_audit(r.as_str(), t0(), 0, Outcome::Refused), None, &lk)
+        .await
+        .expect("a1");
+    b.storage
+        .commit(
+            &commit(&r, 0, vec![sample_key(r.as_str(), KeyState::Active, t0())], t0()),
+            &lk,
+        )
+        .await
+        .expect("c1");
+    // A conflicting commit appends nothing.
+    let _ = b
+        .storage
+        .commit(&commit(&r, 0, Vec::new(), t0()), &lk)
+        .await
+        .expect("c2");
+    b.storage
+        .record_attempt(&sample_audit(r.as_str(), t0(), 1, Outcome::LockBusy), None, &lk)
+        .await
+        .expect("a2");
+    assert_chain(b, &r, 3).await;
+    // Chains are per ring.
+    let other = ring("conf-chain-other");
+    b.storage
+        .record_attempt(&sample_audit(other.as_str(), t0(), 0, Outcome::Refused), None, &lk)
+        .await
+        .expect("other");
+    assert_chain(b, &other, 1).await;
+    assert_chain(b, &r, 3).await;
+}
+
+pub async fn concurrent_appends_keep_the_chain_contiguous(b: &Backend) {
+    let r = ring("conf-chain-race");
+    let lk = linker();
+    b.storage
+        .commit(
+            &commit(&r, 0, vec![sample_key(r.as_str(), KeyState::Active, t0())], t0()),
+            &lk,
+        )
+        .await
+        .expect("base");
+    let audits: Vec<AuditRecord> = (0..12)
+        .map(|i| {
+            let mut a = sample_audit(r.as_str(), t0() + TimeDelta::milliseconds(i), 1, Outcome::LockBusy);
+            a.id = format!("attempt-{i}");
+            a
+        })
+        .collect();
+    let commits: Vec<Commit> = (0..4).map(|_| commit(&r, 1, Vec::new(), t0())).collect();
+    let attempts = futures_join_all(audits.iter().map(|a| b.storage.record_attempt(a, None, &lk)));
+    let races = futures_join_all(commits.iter().map(|c| b.storage.commit(c, &lk)));
+    let (attempts, races) = tokio::join!(attempts, races);
+    assert!(attempts.iter().all(Result::is_ok), "{attempts:?}");
+    let won = races
+        .iter()
+        .filter(|x| matches!(x, Ok(CommitOutcome::Committed)))
+        .count();
+    assert_eq!(won, 1, "{races:?}");
+    assert_chain(b, &r, 1 + 12 + 1).await;
 }

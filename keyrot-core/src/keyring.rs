@@ -3,6 +3,7 @@
 
 use crate::alg::Algorithm;
 use crate::clock::{Clock, SystemClock};
+use crate::integrity::{IntegrityReport, TamperedKey};
 use crate::jwks::Jwks;
 use crate::key::{KeyError, PrivateKey, SigningKey, VerifyingKey};
 use crate::policy::Policy;
@@ -11,11 +12,11 @@ use crate::seal::{SealContext, SealError, Sealer};
 use crate::storage::{ChangeFeed, FeedEvent, Storage, StorageError};
 use crate::token::{self, SignError, TokenError, Validation, Verified};
 use arc_swap::ArcSwap;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex as AsyncMutex, watch};
 
@@ -44,6 +45,32 @@ pub enum RefreshError {
         #[source]
         source: KeyError,
     },
+    /// Storage shows an older generation than this instance already served: a rollback
+    /// of the database (which could resurrect revoked keys) is never accepted.
+    #[error("storage went back to generation {found} after this instance served generation {served}: refused")]
+    Rollback {
+        /// What storage shows.
+        found: u64,
+        /// The highest generation served.
+        served: u64,
+    },
+}
+
+/// A verifying key and the end of its validity window.
+struct VerifierEntry {
+    key: VerifyingKey,
+    /// A Retiring key verifies only before its `expires_at`, whatever ticks ran and
+    /// however old the snapshot is.
+    not_after: Option<DateTime<Utc>>,
+}
+
+impl VerifierEntry {
+    fn check(&self, at: DateTime<Utc>) -> Result<&VerifyingKey, TokenError> {
+        match self.not_after {
+            Some(end) if at >= end => Err(TokenError::KeyExpired),
+            _ => Ok(&self.key),
+        }
+    }
 }
 
 struct ActiveSigner {
@@ -85,6 +112,8 @@ pub struct KeyStatus {
     pub revoke_reason: Option<String>,
     /// Material destroyed.
     pub purged_at: Option<DateTime<Utc>>,
+    /// Why the row failed its integrity check, if it did: it never verifies.
+    pub tampered: Option<String>,
 }
 
 impl From<&KeyRecord> for KeyStatus {
@@ -105,6 +134,7 @@ impl From<&KeyRecord> for KeyStatus {
             revoked_at: k.revoked_at,
             revoke_reason: k.revoke_reason.clone(),
             purged_at: k.purged_at,
+            tampered: None,
         }
     }
 }
@@ -114,12 +144,13 @@ pub struct Snapshot {
     ring: RingName,
     generation: u64,
     signer: Option<ActiveSigner>,
-    verifiers: HashMap<String, VerifyingKey>,
+    verifiers: HashMap<String, VerifierEntry>,
     /// The header segment keyrot writes for each published key → its kid: tokens carrying
     /// one of these skip header decoding.
     known_headers: HashMap<String, String>,
     jwks: Jwks,
     keys: Vec<KeyStatus>,
+    integrity: IntegrityReport,
     loaded_at: DateTime<Utc>,
 }
 
@@ -135,12 +166,17 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot: parses every published key, unseals only the Active one.
+    /// Builds a snapshot: checks every row against the ring's authenticated manifest,
+    /// parses every published key that passes, unseals only the Active one (and checks
+    /// that its public key is the stored one). A row that fails never verifies, is
+    /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
     pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
+        let mut integrity = crate::integrity::check_ring(ring, sealer);
         let mut verifiers = HashMap::new();
         let mut known_headers = HashMap::new();
         let mut signer = None;
-        for k in ring.published() {
+        let candidates: Vec<&KeyRecord> = ring.published().filter(|k| integrity.trusts(&k.kid)).collect();
+        for k in candidates {
             let vk = k
                 .public_key()
                 .and_then(|pk| pk.verifying_key())
@@ -148,44 +184,101 @@ impl Snapshot {
                     kid: k.kid.clone(),
                     source,
                 })?;
-            verifiers.insert(k.kid.clone(), vk);
-            known_headers.insert(token::encode_header(k.alg, &k.kid), k.kid.clone());
             if k.state == KeyState::Active {
-                let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
-                    kid: k.kid.clone(),
-                    source: KeyError::Invalid("active key has no private material".into()),
-                })?;
-                let ctx = SealContext {
-                    ring: ring.name.as_str(),
-                    kid: &k.kid,
-                    alg: k.alg,
-                };
-                let bytes = sealer.open(sealed, &ctx).map_err(|source| RefreshError::Seal {
-                    kid: k.kid.clone(),
-                    source,
-                })?;
-                let pk = PrivateKey::from_secret_bytes(k.alg, &bytes).map_err(|source| RefreshError::Key {
-                    kid: k.kid.clone(),
-                    source,
-                })?;
-                signer = Some(ActiveSigner {
-                    kid: k.kid.clone(),
-                    header_b64: token::encode_header(k.alg, &k.kid),
-                    key: pk.signing_key(),
-                });
+                match Self::active_signer(ring, k, sealer)? {
+                    Some(s) => signer = Some(s),
+                    None => {
+                        integrity.tampered.push(TamperedKey {
+                            kid: k.kid.clone(),
+                            reason: "the public key does not match the sealed private key".into(),
+                        });
+                        continue;
+                    }
+                }
             }
+            let not_after = match k.state {
+                KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
+                _ => None,
+            };
+            verifiers.insert(k.kid.clone(), VerifierEntry { key: vk, not_after });
+            known_headers.insert(token::encode_header(k.alg, &k.kid), k.kid.clone());
         }
-        let keys = ring.keys.iter().map(KeyStatus::from).collect();
+        if !integrity.is_intact() {
+            tracing::error!(
+                ring = %ring.name,
+                generation = ring.generation,
+                integrity = %integrity.summary(),
+                "key ring fails its integrity check: the rows named never verify"
+            );
+        }
+        let trusted = Ring {
+            name: ring.name.clone(),
+            generation: ring.generation,
+            keys: ring.keys.iter().filter(|k| integrity.trusts(&k.kid)).cloned().collect(),
+            manifest: None,
+        };
+        let keys = ring
+            .keys
+            .iter()
+            .map(|k| {
+                let mut st = KeyStatus::from(k);
+                st.tampered = integrity
+                    .tampered
+                    .iter()
+                    .find(|t| t.kid == k.kid)
+                    .map(|t| t.reason.clone());
+                st
+            })
+            .collect();
         Ok(Self {
             ring: ring.name.clone(),
             generation: ring.generation,
             signer,
             verifiers,
             known_headers,
-            jwks: Jwks::render(ring, policy),
+            jwks: Jwks::render(&trusted, policy),
             keys,
+            integrity,
             loaded_at: now,
         })
+    }
+
+    /// Unseals the Active key; `None` when its public half is not the stored public key.
+    fn active_signer(ring: &Ring, k: &KeyRecord, sealer: &dyn Sealer) -> Result<Option<ActiveSigner>, RefreshError> {
+        let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
+            kid: k.kid.clone(),
+            source: KeyError::Invalid("active key has no private material".into()),
+        })?;
+        let ctx = SealContext {
+            ring: ring.name.as_str(),
+            kid: &k.kid,
+            alg: k.alg,
+        };
+        let bytes = sealer.open(sealed, &ctx).map_err(|source| RefreshError::Seal {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        let pk = PrivateKey::from_secret_bytes(k.alg, &bytes).map_err(|source| RefreshError::Key {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        let stored = k.public_key().map_err(|source| RefreshError::Key {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        if pk.public_key().thumbprint() != stored.thumbprint() {
+            return Ok(None);
+        }
+        Ok(Some(ActiveSigner {
+            kid: k.kid.clone(),
+            header_b64: token::encode_header(k.alg, &k.kid),
+            key: pk.signing_key(),
+        }))
+    }
+
+    /// The result of the integrity check this snapshot was built with.
+    pub fn integrity(&self) -> &IntegrityReport {
+        &self.integrity
     }
 
     /// The generation this snapshot shows.
@@ -208,9 +301,14 @@ impl Snapshot {
         &self.keys
     }
 
-    /// Whether `kid` verifies.
+    /// Whether `kid` verifies now (published, authentic, and within its validity window).
     pub fn verifies(&self, kid: &str) -> bool {
-        self.verifiers.contains_key(kid)
+        self.verifies_at(kid, Utc::now())
+    }
+
+    /// Whether `kid` verifies at `at`.
+    pub fn verifies_at(&self, kid: &str, at: DateTime<Utc>) -> bool {
+        self.verifiers.get(kid).is_some_and(|e| e.check(at).is_ok())
     }
 
     /// When it was loaded.
@@ -228,8 +326,13 @@ struct Inner {
     validation: Validation,
     snapshot: ArcSwap<Snapshot>,
     refresh_lock: AsyncMutex<()>,
-    unknown_kid_interval: TimeDelta,
-    last_unknown_kid_refresh_ms: AtomicI64,
+    unknown_kid_interval: Duration,
+    /// Single flight for unknown-kid refreshes: when the last one started.
+    unknown_kid_gate: AsyncMutex<Option<tokio::time::Instant>>,
+    /// How many unknown-kid refreshes have started.
+    unknown_kid_started: AtomicU64,
+    /// The highest generation this handle ever served: storage going back is refused.
+    highest_generation: AtomicU64,
     stale: AtomicBool,
 }
 
@@ -278,7 +381,9 @@ impl KeyRingBuilder {
         self
     }
 
-    /// Minimum time between refreshes triggered by unknown kids (default 10 s).
+    /// Minimum time between refreshes triggered by unknown kids (default 1 s). Requests
+    /// that meet an unknown kid within it wait for the next refresh (at most this long)
+    /// and share it: a flood of random kids costs at most one storage query per interval.
     pub fn with_unknown_kid_refresh_interval(mut self, d: Duration) -> Self {
         self.unknown_kid_interval = d;
         self
@@ -299,8 +404,10 @@ impl KeyRingBuilder {
                 validation: self.validation,
                 snapshot: ArcSwap::from_pointee(snap),
                 refresh_lock: AsyncMutex::new(()),
-                unknown_kid_interval: TimeDelta::from_std(self.unknown_kid_interval).unwrap_or(TimeDelta::MAX),
-                last_unknown_kid_refresh_ms: AtomicI64::new(i64::MIN),
+                unknown_kid_interval: self.unknown_kid_interval,
+                unknown_kid_gate: AsyncMutex::new(None),
+                unknown_kid_started: AtomicU64::new(0),
+                highest_generation: AtomicU64::new(ring.generation),
                 stale: AtomicBool::new(false),
             }),
         })
@@ -317,7 +424,7 @@ impl KeyRing {
             clock: Arc::new(SystemClock),
             policy: Policy::default(),
             validation: Validation::default(),
-            unknown_kid_interval: Duration::from_secs(10),
+            unknown_kid_interval: Duration::from_secs(1),
         }
     }
 
@@ -349,6 +456,11 @@ impl KeyRing {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.snapshot.load_full()
+    }
+
+    /// The highest ring generation this handle ever served.
+    pub fn highest_generation(&self) -> u64 {
+        self.inner.highest_generation.load(Ordering::Acquire)
     }
 
     /// Whether the last refresh failed (the snapshot may be out of date).
@@ -386,15 +498,18 @@ impl KeyRing {
         if token.len() <= v.max_token_bytes()
             && let Some((header, _)) = token.split_once('.')
             && let Some(kid) = snap.known_headers.get(header)
-            && let Some(key) = snap.verifiers.get(kid)
+            && let Some(entry) = snap.verifiers.get(kid)
         {
+            let key = entry.check(at)?;
             return token::decode_with_known_header(token, v, kid, key.algorithm())?.verify_with(
                 key,
                 v,
                 at.timestamp(),
             );
         }
-        token::verify(token, |kid| snap.verifiers.get(kid), v, at.timestamp())
+        let u = token::decode_header(token, v)?;
+        let key = snap.verifiers.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
+        u.verify_with(key, v, at.timestamp())
     }
 
     /// Verifies, and on an unknown kid refreshes the snapshot once (rate limited) and
@@ -413,22 +528,26 @@ impl KeyRing {
         }
     }
 
+    /// At most one refresh per interval, shared by every request waiting on it: a request
+    /// that meets an unknown kid waits for the next refresh that starts after it arrived
+    /// (at most one interval), so a real new kid is delayed by at most that, and a flood
+    /// of random kids costs one generation query per interval.
     async fn refresh_for_unknown_kid(&self, kid: &str) -> bool {
-        let now_ms = self.inner.clock.now().timestamp_millis();
-        let last = self.inner.last_unknown_kid_refresh_ms.load(Ordering::Relaxed);
-        if last != i64::MIN && now_ms.saturating_sub(last) < self.inner.unknown_kid_interval.num_milliseconds() {
+        let arrived = self.inner.unknown_kid_started.load(Ordering::Acquire);
+        let mut gate = self.inner.unknown_kid_gate.lock().await;
+        if self.inner.snapshot.load().verifiers.contains_key(kid) {
+            return true;
+        }
+        if self.inner.unknown_kid_started.load(Ordering::Acquire) != arrived {
+            // A refresh started (and, since it ran under the gate, finished) after this
+            // request arrived: storage was consulted; the kid is not there.
             return false;
         }
-        if self
-            .inner
-            .last_unknown_kid_refresh_ms
-            .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            // Another request is refreshing right now; wait for it, then look again.
-            let _g = self.inner.refresh_lock.lock().await;
-            return self.inner.snapshot.load().verifiers.contains_key(kid);
+        if let Some(last) = *gate {
+            tokio::time::sleep_until(last + self.inner.unknown_kid_interval).await;
         }
+        *gate = Some(tokio::time::Instant::now());
+        self.inner.unknown_kid_started.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(ring = %self.inner.ring, "unknown kid: refreshing key ring");
         match self.refresh().await {
             Ok(_) => self.inner.snapshot.load().verifiers.contains_key(kid),
@@ -471,12 +590,22 @@ impl KeyRing {
     async fn reload_locked(&self) -> Result<bool, RefreshError> {
         let ring = self.inner.storage.load(&self.inner.ring).await?;
         let current = self.inner.snapshot.load().generation;
-        if ring.generation < current {
-            return Ok(false);
+        let served = self.highest_generation();
+        if ring.generation < served {
+            tracing::error!(
+                ring = %self.inner.ring,
+                found = ring.generation,
+                served,
+                "storage went back to an older generation (a database rollback?): keeping the snapshot"
+            );
+            return Err(RefreshError::Rollback {
+                found: ring.generation,
+                served,
+            });
         }
         let snap = Snapshot::build(&ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
         let changed = snap.generation != current;
-        self.inner.snapshot.store(Arc::new(snap));
+        self.store(snap);
         if changed {
             tracing::info!(ring = %self.inner.ring, generation = ring.generation, "key ring snapshot updated");
         }
@@ -491,8 +620,15 @@ impl KeyRing {
             return Ok(());
         }
         let snap = Snapshot::build(ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
-        self.inner.snapshot.store(Arc::new(snap));
+        self.store(snap);
         Ok(())
+    }
+
+    fn store(&self, snap: Snapshot) {
+        self.inner
+            .highest_generation
+            .fetch_max(snap.generation, Ordering::AcqRel);
+        self.inner.snapshot.store(Arc::new(snap));
     }
 
     /// Starts a task that keeps the snapshot fresh: it follows `feed` (if any), polls the

@@ -32,6 +32,7 @@ pub mod alg;
 pub mod b64;
 pub mod clock;
 pub mod http;
+pub mod integrity;
 pub mod json;
 pub mod jwks;
 pub mod key;
@@ -52,6 +53,7 @@ pub mod conformance;
 
 pub use alg::{Algorithm, RsaBits};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use integrity::{ChainBreak, ChainReport, IntegrityReport, RingIntegrity, TamperedKey};
 pub use jwks::{JWKS_CONTENT_TYPE, Jwks};
 pub use key::{ImportedKey, KeyError, PrivateKey, PublicKey};
 pub use keyring::{KeyRing, KeyStatus, RefreshError, Snapshot};
@@ -61,11 +63,11 @@ pub use policy::{Policy, PolicyError};
 pub use ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 pub use rotator::{RequestContext, RotateError, RotationReport, Rotator};
 pub use scheduler::{SchedulerConfig, SchedulerHandle};
-pub use seal::{MasterKey, MasterKeySealer, SealError, SealedKey, Sealer};
+pub use seal::{Mac, MasterKey, MasterKeySealer, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;
 pub use storage::{
-    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
-    LockGuard, Outcome, PollingFeed, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
 };
 pub use token::{SignError, StandardClaims, TokenError, Validation, Verified};
 

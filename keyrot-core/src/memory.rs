@@ -4,8 +4,8 @@
 use crate::clock::{Clock, SystemClock};
 use crate::ring::{Ring, RingName};
 use crate::storage::{
-    AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
-    LockGuard, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Storage, StorageError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 struct RingData {
     generation: u64,
     keys: Vec<crate::ring::KeyRecord>,
+    manifest: Option<String>,
     audit: Vec<AuditRecord>,
     idempotency: HashMap<String, IdempotencyRecord>,
 }
@@ -55,6 +56,21 @@ impl MemoryStorage {
     }
 }
 
+/// Appends `audit` to the ring's chain.
+fn append_audit(data: &mut RingData, audit: &AuditRecord, linker: &dyn AuditLinker) -> Result<(), StorageError> {
+    let (seq, prev) = data
+        .audit
+        .iter()
+        .filter(|r| r.mac.is_some())
+        .max_by_key(|r| r.seq)
+        .map_or((1, None), |r| (r.seq + 1, r.mac.clone()));
+    let mut rec = audit.clone();
+    rec.mac = Some(linker.link(&rec, seq, prev.as_deref())?);
+    rec.seq = seq;
+    data.audit.push(rec);
+    Ok(())
+}
+
 fn insert_idempotency(data: &mut RingData, idem: Option<&IdempotencyRecord>) {
     if let Some(i) = idem {
         data.idempotency.entry(i.key.clone()).or_insert_with(|| i.clone());
@@ -70,6 +86,7 @@ impl Storage for MemoryStorage {
                 name: ring.clone(),
                 generation: d.generation,
                 keys: d.keys.clone(),
+                manifest: d.manifest.clone(),
             },
             None => Ring::empty(ring.clone()),
         })
@@ -79,7 +96,7 @@ impl Storage for MemoryStorage {
         Ok(self.lock().rings.get(ring).map_or(0, |d| d.generation))
     }
 
-    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
         let mut g = self.lock();
         let data = g.rings.entry(commit.ring.clone()).or_default();
         if data.generation != commit.expected_generation {
@@ -95,6 +112,7 @@ impl Storage for MemoryStorage {
                 current: data.generation,
             });
         }
+        append_audit(data, &commit.audit, linker)?;
         for k in &commit.keys {
             match data.keys.iter_mut().find(|e| e.kid == k.kid) {
                 Some(existing) => *existing = k.clone(),
@@ -102,8 +120,8 @@ impl Storage for MemoryStorage {
             }
         }
         data.generation += 1;
+        data.manifest = Some(commit.manifest.clone());
         let generation = data.generation;
-        data.audit.push(commit.audit.clone());
         insert_idempotency(data, commit.idempotency.as_ref());
         if let Some(tx) = g.feeds.get(&commit.ring) {
             let _ = tx.send(generation);
@@ -115,11 +133,12 @@ impl Storage for MemoryStorage {
         &self,
         audit: &AuditRecord,
         idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
     ) -> Result<(), StorageError> {
         let ring = RingName::new(audit.ring.clone()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut g = self.lock();
         let data = g.rings.entry(ring).or_default();
-        data.audit.push(audit.clone());
+        append_audit(data, audit, linker)?;
         insert_idempotency(data, idempotency);
         Ok(())
     }

@@ -76,6 +76,8 @@ pub enum TriggerKind {
     Import,
     /// Re-sealing every key under the primary master key.
     Rewrap,
+    /// The integrity migration of a ring written before rings were authenticated.
+    Authenticate,
 }
 
 impl TriggerKind {
@@ -89,6 +91,7 @@ impl TriggerKind {
             TriggerKind::Revoke => "revoke",
             TriggerKind::Import => "import",
             TriggerKind::Rewrap => "rewrap",
+            TriggerKind::Authenticate => "authenticate",
         }
     }
 
@@ -102,6 +105,7 @@ impl TriggerKind {
             "revoke" => TriggerKind::Revoke,
             "import" => TriggerKind::Import,
             "rewrap" => TriggerKind::Rewrap,
+            "authenticate" => TriggerKind::Authenticate,
             _ => return None,
         })
     }
@@ -170,6 +174,20 @@ pub enum Action {
         /// The key.
         kid: String,
     },
+}
+
+impl Action {
+    /// The existing key this step changes (`None` for a new key).
+    pub fn kid(&self) -> Option<&str> {
+        match self {
+            Action::NewKey { .. } => None,
+            Action::Activate { kid }
+            | Action::Retire { kid, .. }
+            | Action::Expire { kid }
+            | Action::Revoke { kid, .. }
+            | Action::Purge { kid } => Some(kid),
+        }
+    }
 }
 
 /// What a plan does, in one word (for reports and HTTP status codes).
@@ -300,7 +318,32 @@ fn valid_reason(reason: &str) -> bool {
 }
 
 /// Decides what to do. Pure: same inputs, same plan.
+///
+/// Every plan that changes the ring also carries the maintenance that is due (Retiring
+/// keys past `expires_at` expire, Expired keys past `purge_after` are purged), so a ring
+/// driven only by rotation requests, with no scheduler ticking, stays tidy.
 pub fn plan(ring: &Ring, policy: &Policy, now: DateTime<Utc>, trigger: &Trigger) -> Result<Plan, Refusal> {
+    let mut plan = plan_trigger(ring, policy, now, trigger)?;
+    let touched: Vec<String> = plan.actions.iter().filter_map(Action::kid).map(str::to_owned).collect();
+    plan.actions
+        .extend(maintenance(ring, policy, now).filter(|a| a.kid().is_some_and(|k| !touched.iter().any(|t| t == k))));
+    Ok(plan)
+}
+
+/// The expiries and purges due at `now`.
+fn maintenance<'r>(ring: &'r Ring, policy: &'r Policy, now: DateTime<Utc>) -> impl Iterator<Item = Action> + 'r {
+    let expire = ring
+        .in_state(KeyState::Retiring)
+        .filter(move |k| k.expires_at.is_some_and(|t| t <= now))
+        .map(|k| Action::Expire { kid: k.kid.clone() });
+    let purge = ring
+        .in_state(KeyState::Expired)
+        .filter(move |k| k.sealed.is_some() && k.expired_at.unwrap_or(k.created_at) + policy.purge_after() <= now)
+        .map(|k| Action::Purge { kid: k.kid.clone() });
+    expire.chain(purge)
+}
+
+fn plan_trigger(ring: &Ring, policy: &Policy, now: DateTime<Utc>, trigger: &Trigger) -> Result<Plan, Refusal> {
     let Some(active) = ring.active() else {
         return plan_uninitialised(ring, now, trigger);
     };
@@ -537,18 +580,8 @@ fn plan_tick(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecor
         });
         kind = PlanKind::Scheduled;
     }
-    for k in ring.in_state(KeyState::Retiring) {
-        if k.expires_at.is_some_and(|t| t <= now) {
-            actions.push(Action::Expire { kid: k.kid.clone() });
-        }
-    }
-    for k in ring.in_state(KeyState::Expired) {
-        let since = k.expired_at.unwrap_or(k.created_at);
-        if k.sealed.is_some() && since + policy.purge_after() <= now {
-            actions.push(Action::Purge { kid: k.kid.clone() });
-        }
-    }
-    if actions.is_empty() {
+    // Expiries and purges are added by `plan` for every trigger.
+    if actions.is_empty() && maintenance(ring, policy, now).next().is_none() {
         return Err(Refusal::NothingDue);
     }
     Ok(Plan { actions, kind })

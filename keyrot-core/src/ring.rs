@@ -199,6 +199,10 @@ pub struct Ring {
     pub generation: u64,
     /// Every key the ring ever had (expired ones stay for the audit trail).
     pub keys: Vec<KeyRecord>,
+    /// The authenticated manifest written with the last commit
+    /// ([`crate::integrity`]); `None` for an empty ring or one written before rings were
+    /// authenticated.
+    pub manifest: Option<String>,
 }
 
 impl Ring {
@@ -208,6 +212,7 @@ impl Ring {
             name,
             generation: 0,
             keys: Vec::new(),
+            manifest: None,
         }
     }
 

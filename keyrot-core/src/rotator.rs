@@ -8,6 +8,7 @@
 
 use crate::b64;
 use crate::clock::{Clock, SystemClock, to_millis};
+use crate::integrity::SealerLinker;
 use crate::key::{ImportedKey, KeyError, PrivateKey};
 use crate::keyring::KeyRing;
 use crate::planner::{self, ApplyError, ImportState, NewKey, Plan, PlanKind, Refusal, Trigger, TriggerKind};
@@ -15,7 +16,7 @@ use crate::policy::Policy;
 use crate::ring::{Ring, RingName};
 use crate::seal::{SealContext, SealError, Sealer};
 use crate::storage::{
-    AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Outcome, Storage, StorageError,
+    AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Outcome, Storage, StorageError,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,21 @@ pub enum RotateError {
     /// The idempotency key is empty, too long, or not printable ASCII.
     #[error("idempotency key must be 1-128 printable ASCII characters")]
     InvalidIdempotencyKey,
+    /// The stored ring fails its integrity check (tampered, missing or unauthenticated
+    /// rows): nothing is written on top of it. Fails closed.
+    #[error("rotation refused: the stored ring fails its integrity check: {0}")]
+    Integrity(String),
+    /// Storage shows an older generation than this instance already served (a rollback
+    /// of the database): nothing is written. Fails closed.
+    #[error(
+        "rotation refused: storage is at generation {found}, older than generation {served} this instance already served"
+    )]
+    Rollback {
+        /// What storage shows.
+        found: u64,
+        /// What this instance served.
+        served: u64,
+    },
 }
 
 /// The answer to an attempt: what happened, to which keys, at which generation.
@@ -134,6 +150,7 @@ struct Inner {
     policy: Policy,
     instance: String,
     keyring: Option<KeyRing>,
+    linker: SealerLinker,
 }
 
 /// Performs rotations on one ring. Cheap to clone.
@@ -196,11 +213,12 @@ impl RotatorBuilder {
                 ring: self.ring,
                 storage: self.storage,
                 lock: self.lock,
-                sealer: self.sealer,
+                sealer: self.sealer.clone(),
                 clock: self.clock,
                 policy: self.policy,
                 instance: self.instance.unwrap_or_else(|| format!("instance-{}", random_hex(4))),
                 keyring: self.keyring,
+                linker: SealerLinker::new(self.sealer.clone()),
             }),
         }
     }
@@ -264,7 +282,145 @@ impl Rotator {
     /// 403, 400) to the ring's audit ledger, through the same path as the rotator's own
     /// records.
     pub async fn append_audit(&self, record: &AuditRecord) -> Result<(), StorageError> {
-        self.inner.storage.record_attempt(record, None).await
+        self.inner
+            .storage
+            .record_attempt(record, None, &self.inner.linker)
+            .await
+    }
+
+    /// Checks the ring's whole audit chain (see [`crate::integrity::verify_chain`]): `Ok`
+    /// when intact, the first broken record otherwise.
+    pub async fn verify_audit_chain(
+        &self,
+    ) -> Result<Result<crate::integrity::ChainReport, crate::integrity::ChainBreak>, StorageError> {
+        let records = self
+            .inner
+            .storage
+            .audit_log(&self.inner.ring, AuditQuery { limit: usize::MAX })
+            .await?;
+        Ok(crate::integrity::verify_chain(&records, &*self.inner.sealer))
+    }
+
+    /// The explicit, audited integrity migration for a ring written before keyrot
+    /// authenticated rings: writes the ring's first manifest over the rows as they are
+    /// now, and starts the audit chain. Whoever runs it vouches for those rows (check
+    /// them first: `keyrotctl status`), so it is never done on load. Refused for a ring
+    /// that already has a manifest, and for one whose ledger is already chained (its
+    /// manifest was then deleted: tampering, not a legacy ring).
+    pub async fn authenticate_ring(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
+        let now = to_millis(self.inner.clock.now());
+        let span = tracing::info_span!("keyrot.authenticate", ring = %self.inner.ring, phase = tracing::field::Empty);
+        async {
+            let Some(guard) = self.acquire().await? else {
+                let report = self.report(Outcome::LockBusy, now, None);
+                self.audit_only(TriggerKind::Authenticate, &ctx, &report, None, None)
+                    .await?;
+                return Ok(report);
+            };
+            let result = self.authenticate_locked(&ctx, now).await;
+            self.release(guard).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn authenticate_locked(
+        &self,
+        ctx: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<RotationReport, RotateError> {
+        let ring = self.load().await?;
+        let refuse = |detail: String| {
+            let mut r = self.report(Outcome::Refused, now, None);
+            r.generation = ring.generation;
+            r.detail = Some(detail);
+            r
+        };
+        if ring.manifest.is_some() {
+            let report = refuse("the ring already has a manifest; nothing to migrate".into());
+            self.audit_only(TriggerKind::Authenticate, ctx, &report, None, None)
+                .await?;
+            return Ok(report);
+        }
+        let chained = self
+            .inner
+            .storage
+            .audit_log(&self.inner.ring, AuditQuery { limit: usize::MAX })
+            .await?
+            .iter()
+            .any(|r| r.mac.is_some());
+        if chained {
+            let report = refuse(
+                "the ring's ledger is already chained, so it was authenticated before: a missing manifest means the \
+                 database was tampered with; restore it from a backup instead"
+                    .into(),
+            );
+            self.audit_only(TriggerKind::Authenticate, ctx, &report, None, None)
+                .await?;
+            return Ok(report);
+        }
+        let mut next = ring.clone();
+        next.generation += 1;
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        let mut report = self.report(Outcome::Authenticated, now, Some(&ring));
+        report.generation = next.generation;
+        let kids: Vec<String> = ring
+            .keys
+            .iter()
+            .map(|k| format!("{} ({})", k.kid, k.state.as_str()))
+            .collect();
+        report.detail = Some(format!("authenticated {} key row(s): {}", kids.len(), kids.join(", ")));
+        let commit = Commit {
+            ring: ring.name.clone(),
+            expected_generation: ring.generation,
+            keys: Vec::new(),
+            audit: self.audit_record(TriggerKind::Authenticate, ctx, &report, None),
+            idempotency: None,
+            manifest,
+        };
+        match self.inner.storage.commit(&commit, &self.inner.linker).await? {
+            CommitOutcome::Committed => {
+                self.install(&next).await;
+                Ok(report)
+            }
+            CommitOutcome::Conflict { current } => {
+                let mut r = self.report(Outcome::LostRace, now, Some(&ring));
+                r.generation = current;
+                self.audit_only(TriggerKind::Authenticate, ctx, &r, None, None).await?;
+                Ok(r)
+            }
+        }
+    }
+
+    /// Loads the ring fresh and refuses to build on it if it fails its integrity check
+    /// or is older than what this instance served.
+    async fn load_trusted(&self) -> Result<Ring, RotateError> {
+        let ring = self.load().await?;
+        if let Some(kr) = &self.inner.keyring {
+            let served = kr.highest_generation();
+            if ring.generation < served {
+                return Err(RotateError::Rollback {
+                    found: ring.generation,
+                    served,
+                });
+            }
+        }
+        let report = crate::integrity::check_ring(&ring, &*self.inner.sealer);
+        if !report.is_intact() {
+            tracing::error!(ring = %ring.name, integrity = %report.summary(), "stored ring fails its integrity check");
+            return Err(RotateError::Integrity(report.summary()));
+        }
+        Ok(ring)
+    }
+
+    async fn install(&self, next: &Ring) {
+        if let Some(kr) = &self.inner.keyring {
+            let span = tracing::info_span!("keyrot.phase", phase = "notify");
+            if let Err(e) = kr.install(next).instrument(span).await {
+                tracing::warn!(error = %e, "local key ring not updated; it refreshes from storage");
+            }
+        }
     }
 
     /// Creates the first Active key if the ring has none.
@@ -386,7 +542,7 @@ impl Rotator {
     }
 
     async fn rewrap_locked(&self, ctx: &RequestContext, now: DateTime<Utc>) -> Result<RotationReport, RotateError> {
-        let ring = self.load().await?;
+        let ring = self.load_trusted().await?;
         let primary = self.inner.sealer.primary_key_id().to_owned();
         let mut changed = Vec::new();
         for k in &ring.keys {
@@ -414,15 +570,26 @@ impl Rotator {
         report.generation = ring.generation + 1;
         report.detail = Some(format!("{} key(s) re-sealed under {primary:?}", changed.len()));
         let audit = self.audit_record(TriggerKind::Rewrap, ctx, &report, None);
+        let mut next = ring.clone();
+        next.generation += 1;
+        for rec in &changed {
+            if let Some(k) = next.keys.iter_mut().find(|k| k.kid == rec.kid) {
+                *k = rec.clone();
+            }
+        }
         let commit = Commit {
             ring: ring.name.clone(),
             expected_generation: ring.generation,
             keys: changed,
             audit,
             idempotency: None,
+            manifest: crate::integrity::seal_manifest(&next, &*self.inner.sealer)?,
         };
-        match self.inner.storage.commit(&commit).await? {
-            CommitOutcome::Committed => Ok(report),
+        match self.inner.storage.commit(&commit, &self.inner.linker).await? {
+            CommitOutcome::Committed => {
+                self.install(&next).await;
+                Ok(report)
+            }
             CommitOutcome::Conflict { current } => {
                 let mut r = self.report(Outcome::LostRace, now, Some(&ring));
                 r.generation = current;
@@ -547,31 +714,8 @@ impl Rotator {
             }
             None => None,
         };
-        if let Some((key, hash)) = &idem {
-            let span = tracing::info_span!("keyrot.phase", phase = "idempotency");
-            let stored = self
-                .inner
-                .storage
-                .idempotency(&self.inner.ring, key)
-                .instrument(span)
-                .await?;
-            if let Some(rec) = stored {
-                if &rec.request_hash != hash {
-                    let mut r = self.report(Outcome::Refused, now, None);
-                    r.detail = Some("idempotency key reused for a different request".into());
-                    self.audit_only(kind, &attempt.ctx, &r, None, None).await?;
-                    return Err(RotateError::IdempotencyKeyReused);
-                }
-                let mut first: RotationReport = serde_json::from_str(&rec.response)
-                    .map_err(|_| StorageError::Corrupt("stored idempotent response".into()))?;
-                first.replayed = true;
-                let mut audit_view = first.clone();
-                audit_view.outcome = Outcome::Replayed;
-                audit_view.at = now;
-                audit_view.detail = Some(format!("replay of the answer given at {}", first.at.to_rfc3339()));
-                self.audit_only(kind, &attempt.ctx, &audit_view, None, None).await?;
-                return Ok(first);
-            }
+        if let Some(answer) = self.replay(&attempt, now, idem.as_ref()).await? {
+            return answer;
         }
 
         let Some(guard) = self.acquire().await? else {
@@ -594,6 +738,45 @@ impl Rotator {
         result
     }
 
+    /// Answers from the idempotency record, if the request's key has one: the first
+    /// answer (replayed), or a refusal when the key was used for another request.
+    async fn replay(
+        &self,
+        attempt: &Attempt,
+        now: DateTime<Utc>,
+        idem: Option<&(String, String)>,
+    ) -> Result<Option<Result<RotationReport, RotateError>>, RotateError> {
+        let Some((key, hash)) = idem else {
+            return Ok(None);
+        };
+        let kind = attempt.trigger.kind();
+        let span = tracing::info_span!("keyrot.phase", phase = "idempotency");
+        let stored = self
+            .inner
+            .storage
+            .idempotency(&self.inner.ring, key)
+            .instrument(span)
+            .await?;
+        let Some(rec) = stored else {
+            return Ok(None);
+        };
+        if &rec.request_hash != hash {
+            let mut r = self.report(Outcome::Refused, now, None);
+            r.detail = Some("idempotency key reused for a different request".into());
+            self.audit_only(kind, &attempt.ctx, &r, None, None).await?;
+            return Ok(Some(Err(RotateError::IdempotencyKeyReused)));
+        }
+        let mut first: RotationReport = serde_json::from_str(&rec.response)
+            .map_err(|_| StorageError::Corrupt("stored idempotent response".into()))?;
+        first.replayed = true;
+        let mut audit_view = first.clone();
+        audit_view.outcome = Outcome::Replayed;
+        audit_view.at = now;
+        audit_view.detail = Some(format!("replay of the answer given at {}", first.at.to_rfc3339()));
+        self.audit_only(kind, &attempt.ctx, &audit_view, None, None).await?;
+        Ok(Some(Ok(first)))
+    }
+
     async fn locked(
         &self,
         attempt: &mut Attempt,
@@ -601,7 +784,12 @@ impl Rotator {
         idem: Option<&(String, String)>,
     ) -> Result<RotationReport, RotateError> {
         let kind = attempt.trigger.kind();
-        let ring = self.load().await?;
+        // Again under the lock: a concurrent request with the same key may have committed
+        // between the first check and the lock; both get the same answer.
+        if let Some(answer) = self.replay(attempt, now, idem).await? {
+            return answer;
+        }
+        let ring = self.load_trusted().await?;
         let planned = {
             let _s = tracing::info_span!("keyrot.phase", phase = "plan").entered();
             planner::plan(&ring, &self.inner.policy, now, &attempt.trigger)
@@ -671,19 +859,19 @@ impl Rotator {
             keys: next.keys.iter().filter(|k| changed.contains(&k.kid)).cloned().collect(),
             audit,
             idempotency,
+            manifest: crate::integrity::seal_manifest(&next, &*self.inner.sealer)?,
         };
         let committed = {
             let span = tracing::info_span!("keyrot.phase", phase = "commit");
-            self.inner.storage.commit(&commit).instrument(span).await?
+            self.inner
+                .storage
+                .commit(&commit, &self.inner.linker)
+                .instrument(span)
+                .await?
         };
         match committed {
             CommitOutcome::Committed => {
-                if let Some(kr) = &self.inner.keyring {
-                    let span = tracing::info_span!("keyrot.phase", phase = "notify");
-                    if let Err(e) = kr.install(&next).instrument(span).await {
-                        tracing::warn!(error = %e, "local key ring not updated; it refreshes from storage");
-                    }
-                }
+                self.install(&next).await;
                 Ok(report)
             }
             CommitOutcome::Conflict { current } => {
@@ -787,6 +975,8 @@ impl Rotator {
             request_id: ctx.request_id.clone(),
             detail: report.detail.clone(),
             instance: self.inner.instance.clone(),
+            seq: 0,
+            mac: None,
         }
     }
 
@@ -824,7 +1014,10 @@ impl Rotator {
         let rec = idem
             .filter(|_| store_idem)
             .map(|(k, h)| self.idempotency_record(k, h, report, report.at));
-        self.inner.storage.record_attempt(&audit, rec.as_ref()).await
+        self.inner
+            .storage
+            .record_attempt(&audit, rec.as_ref(), &self.inner.linker)
+            .await
     }
 }
 

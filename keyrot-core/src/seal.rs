@@ -12,6 +12,7 @@ use std::fmt;
 
 const NONCE_LEN: usize = 24;
 const HKDF_SALT: &[u8] = b"keyrot/seal/v1";
+const HKDF_MAC_SALT: &[u8] = b"keyrot/integrity/v1";
 const FORMAT_V1: u8 = 1;
 
 /// A sealed private key as stored: the id of the master key that sealed it and
@@ -77,8 +78,53 @@ pub enum SealError {
     Rng,
 }
 
-/// Seals and opens private key bytes. Implement it to keep master keys in a KMS or HSM.
+/// A message authentication code under one master key: which key, and the tag.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mac {
+    /// The master key whose derived authentication key made the tag.
+    pub master_key_id: String,
+    /// The tag (HMAC-SHA-256 for [`MasterKeySealer`]).
+    pub tag: Vec<u8>,
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mac")
+            .field("master_key_id", &self.master_key_id)
+            .field("tag", &b64::encode(&self.tag))
+            .finish()
+    }
+}
+
+impl Mac {
+    /// `ID:BASE64URL`, as stored.
+    pub fn to_text(&self) -> String {
+        format!("{}:{}", self.master_key_id, b64::encode(&self.tag))
+    }
+
+    /// Parses [`Mac::to_text`].
+    pub fn parse(s: &str) -> Option<Self> {
+        let (id, tag) = s.split_once(':')?;
+        if !valid_id(id) {
+            return None;
+        }
+        Some(Self {
+            master_key_id: id.to_owned(),
+            tag: b64::decode(tag)?,
+        })
+    }
+}
+
+/// Seals and opens private key bytes, and authenticates the records that decide what
+/// verifies (ring manifests, the audit chain). Implement it to keep master keys in a KMS
+/// or HSM.
 pub trait Sealer: fmt::Debug + Send + Sync + 'static {
+    /// Authenticates `message` under the primary master key (a key derived for
+    /// authentication only, never the sealing key).
+    fn authenticate(&self, message: &[u8]) -> Result<Mac, SealError>;
+    /// Checks a tag made by [`Sealer::authenticate`] with the master key it names, in
+    /// constant time. An unknown master key id fails closed.
+    fn check_authentication(&self, mac: &Mac, message: &[u8]) -> Result<(), SealError>;
     /// The master key id new seals use.
     fn primary_key_id(&self) -> &str;
     /// Seals `plaintext` under the primary master key, bound to `ctx`.
@@ -163,6 +209,7 @@ impl MasterKey {
 pub struct MasterKeySealer {
     primary: String,
     ciphers: HashMap<String, XChaCha20Poly1305>,
+    mac_keys: HashMap<String, zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for MasterKeySealer {
@@ -180,12 +227,18 @@ impl MasterKeySealer {
     /// A sealer whose primary is `primary`; `older` keys open what they sealed.
     pub fn new(primary: MasterKey, older: impl IntoIterator<Item = MasterKey>) -> Result<Self, SealError> {
         let mut ciphers = HashMap::new();
+        let mut mac_keys = HashMap::new();
         let primary_id = primary.id.clone();
         for mk in std::iter::once(primary).chain(older) {
             let mut wrapping = zeroize::Zeroizing::new([0u8; 32]);
             hkdf::Hkdf::<sha2::Sha256>::new(Some(HKDF_SALT), mk.secret.expose())
                 .expand(mk.id.as_bytes(), &mut wrapping[..])
                 .map_err(|_| SealError::InvalidMasterKey("HKDF expansion failed".into()))?;
+            let mut mac_key = zeroize::Zeroizing::new([0u8; 32]);
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(HKDF_MAC_SALT), mk.secret.expose())
+                .expand(mk.id.as_bytes(), &mut mac_key[..])
+                .map_err(|_| SealError::InvalidMasterKey("HKDF expansion failed".into()))?;
+            mac_keys.insert(mk.id.clone(), mac_key);
             let cipher = XChaCha20Poly1305::new_from_slice(&wrapping[..])
                 .map_err(|_| SealError::InvalidMasterKey("wrapping key length".into()))?;
             if ciphers.insert(mk.id.clone(), cipher).is_some() {
@@ -198,6 +251,7 @@ impl MasterKeySealer {
         Ok(Self {
             primary: primary_id,
             ciphers,
+            mac_keys,
         })
     }
 
@@ -212,7 +266,37 @@ impl MasterKeySealer {
     }
 }
 
+impl MasterKeySealer {
+    fn hmac(&self, id: &str, message: &[u8]) -> Result<hmac::Hmac<sha2::Sha256>, SealError> {
+        use hmac::{KeyInit as _, Mac as _};
+        let key = self
+            .mac_keys
+            .get(id)
+            .ok_or_else(|| SealError::UnknownMasterKey(id.to_owned()))?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key[..])
+            .map_err(|_| SealError::InvalidMasterKey("authentication key length".into()))?;
+        mac.update(message);
+        Ok(mac)
+    }
+}
+
 impl Sealer for MasterKeySealer {
+    fn authenticate(&self, message: &[u8]) -> Result<Mac, SealError> {
+        use hmac::Mac as _;
+        let tag = self.hmac(&self.primary, message)?.finalize().into_bytes().to_vec();
+        Ok(Mac {
+            master_key_id: self.primary.clone(),
+            tag,
+        })
+    }
+
+    fn check_authentication(&self, mac: &Mac, message: &[u8]) -> Result<(), SealError> {
+        use hmac::Mac as _;
+        self.hmac(&mac.master_key_id, message)?
+            .verify_slice(&mac.tag)
+            .map_err(|_| SealError::Authentication)
+    }
+
     fn primary_key_id(&self) -> &str {
         &self.primary
     }

@@ -68,6 +68,9 @@ pub enum Outcome {
     Maintained,
     /// Every key was re-sealed under the primary master key.
     Rewrapped,
+    /// A ring written before keyrot authenticated rings got its first manifest (the
+    /// explicit integrity migration).
+    Authenticated,
     /// Nothing was due.
     NothingDue,
     /// Too soon: rate limited.
@@ -96,6 +99,7 @@ impl Outcome {
             Outcome::Imported => "imported",
             Outcome::Maintained => "maintained",
             Outcome::Rewrapped => "rewrapped",
+            Outcome::Authenticated => "authenticated",
             Outcome::NothingDue => "nothing_due",
             Outcome::RateLimited => "rate_limited",
             Outcome::Refused => "refused",
@@ -117,6 +121,7 @@ impl Outcome {
             Outcome::Imported,
             Outcome::Maintained,
             Outcome::Rewrapped,
+            Outcome::Authenticated,
             Outcome::NothingDue,
             Outcome::RateLimited,
             Outcome::Refused,
@@ -140,6 +145,7 @@ impl Outcome {
                 | Outcome::Imported
                 | Outcome::Maintained
                 | Outcome::Rewrapped
+                | Outcome::Authenticated
         )
     }
 }
@@ -181,6 +187,29 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     /// The instance that handled the attempt.
     pub instance: String,
+    /// Position in the ring's audit chain (1, 2, …), assigned by the storage when the
+    /// record is appended; 0 for a record not yet appended or written before the ledger
+    /// was chained.
+    #[serde(default)]
+    pub seq: u64,
+    /// The chain MAC over this record's content, `seq` and its predecessor's MAC
+    /// ([`AuditLinker`]); `None` before the record is appended, or for records written
+    /// before the ledger was chained.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Links each appended audit record into the ring's tamper-evident chain.
+///
+/// A storage calls it inside the transaction that appends the record, *after* it has
+/// serialised appends to the ring's ledger (a row lock on the ring, an exclusive
+/// transaction), with the sequence number the record gets (the newest chained record's
+/// `seq` + 1, or 1) and the newest chained record's `mac`; it stores the returned MAC in
+/// [`AuditRecord::mac`] and the sequence number in [`AuditRecord::seq`]. keyrot's linker
+/// is [`crate::integrity::SealerLinker`] (HMAC under the master key).
+pub trait AuditLinker: Debug + Send + Sync {
+    /// The MAC of `record` at position `seq` after a record whose MAC is `prev_mac`.
+    fn link(&self, record: &AuditRecord, seq: u64, prev_mac: Option<&str>) -> Result<String, StorageError>;
 }
 
 /// The stored answer to a request with an `Idempotency-Key`.
@@ -212,6 +241,10 @@ pub struct Commit {
     pub audit: AuditRecord,
     /// The idempotency record, if the request had a key.
     pub idempotency: Option<IdempotencyRecord>,
+    /// The authenticated manifest of the whole ring at the new generation
+    /// ([`crate::integrity::seal_manifest`]), stored with the ring and returned as
+    /// [`Ring::manifest`] by `load`. Opaque to the storage.
+    pub manifest: String,
 }
 
 /// Result of a commit.
@@ -242,25 +275,30 @@ impl Default for AuditQuery {
 /// Where rings live.
 #[async_trait]
 pub trait Storage: Debug + Send + Sync + 'static {
-    /// Loads a ring; an unknown ring is empty at generation 0.
+    /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.
     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError>;
 
     /// The ring's current generation (0 if unknown), cheaply.
     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError>;
 
-    /// Commits key changes, the audit record and the idempotency record in one
-    /// transaction, if and only if the ring is still at `expected_generation`.
-    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError>;
+    /// Commits key changes, the manifest, the audit record (linked into the chain with
+    /// `linker`) and the idempotency record in one transaction, if and only if the ring is
+    /// still at `expected_generation`.
+    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError>;
 
     /// Records an attempt that changed nothing (refusal, rate limit, lock busy, lost
-    /// race, failure), with its idempotency record if it has one.
+    /// race, failure), linked into the chain with `linker`, with its idempotency record
+    /// if it has one.
     async fn record_attempt(
         &self,
         audit: &AuditRecord,
         idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
     ) -> Result<(), StorageError>;
 
-    /// Reads the audit ledger, newest first.
+    /// Reads the audit ledger, newest first (by chain position; records written before
+    /// the ledger was chained come last, in the order they were written). A limit of
+    /// `usize::MAX` reads the whole ledger.
     async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError>;
 
     /// Reads the stored answer for an idempotency key.

@@ -3,20 +3,21 @@
 
 use async_trait::async_trait;
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::storage::{AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
+use keyrot_core::storage::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
 use keyrot_core::{
     Algorithm, Clock, ImportState, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
     MemoryStorage, Outcome, Policy, PrivateKey, RefreshError, Refusal, RequestContext, Ring, RingName, RotateError,
     Rotator, RsaBits, SealError, Storage, StorageError, TokenError,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A store that can be switched off: failure injection without mocks.
 #[derive(Debug, Default)]
 struct FlakyStorage {
     inner: MemoryStorage,
     down: AtomicBool,
+    generation_queries: AtomicUsize,
 }
 
 impl FlakyStorage {
@@ -39,16 +40,22 @@ impl Storage for FlakyStorage {
         self.inner.load(ring).await
     }
     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        self.generation_queries.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         self.inner.generation(ring).await
     }
-    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+    async fn commit(&self, commit: &Commit, l: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
         self.check()?;
-        self.inner.commit(commit).await
+        self.inner.commit(commit, l).await
     }
-    async fn record_attempt(&self, a: &AuditRecord, i: Option<&IdempotencyRecord>) -> Result<(), StorageError> {
+    async fn record_attempt(
+        &self,
+        a: &AuditRecord,
+        i: Option<&IdempotencyRecord>,
+        l: &dyn AuditLinker,
+    ) -> Result<(), StorageError> {
         self.check()?;
-        self.inner.record_attempt(a, i).await
+        self.inner.record_attempt(a, i, l).await
     }
     async fn audit_log(&self, ring: &RingName, q: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
         self.check()?;

@@ -236,6 +236,7 @@ fn classify(report: &RotationReport) -> (u16, Option<&'static str>, Option<Strin
         | Outcome::Imported
         | Outcome::Maintained
         | Outcome::Rewrapped
+        | Outcome::Authenticated
         | Outcome::Replayed => (200, None, None),
     }
 }
@@ -593,6 +594,8 @@ impl HttpEndpoints {
             request_id: Some(r.request_id.to_owned()),
             detail: Some(r.detail.clone()),
             instance: self.inner.rotator.instance().to_owned(),
+            seq: 0,
+            mac: None,
         };
         tracing::info!(
             ring = %keyring.ring(),

@@ -174,6 +174,7 @@ fn key(kid: &str, state: crate::KeyState, created: DateTime<Utc>) -> crate::KeyS
         revoked_at: None,
         revoke_reason: None,
         purged_at: None,
+        tampered: None,
     }
 }
 
