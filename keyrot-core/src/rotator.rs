@@ -363,6 +363,7 @@ impl Rotator {
         let mut next = ring.clone();
         next.generation += 1;
         let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        next.manifest = Some(manifest.clone());
         let mut report = self.report(Outcome::Authenticated, now, Some(&ring));
         report.generation = next.generation;
         let kids: Vec<String> = ring
@@ -577,13 +578,15 @@ impl Rotator {
                 *k = rec.clone();
             }
         }
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        next.manifest = Some(manifest.clone());
         let commit = Commit {
             ring: ring.name.clone(),
             expected_generation: ring.generation,
             keys: changed,
             audit,
             idempotency: None,
-            manifest: crate::integrity::seal_manifest(&next, &*self.inner.sealer)?,
+            manifest,
         };
         match self.inner.storage.commit(&commit, &self.inner.linker).await? {
             CommitOutcome::Committed => {
@@ -833,7 +836,9 @@ impl Rotator {
             None => None,
         };
         let new_kid = new_key.as_ref().map(|k| k.kid.clone());
-        let (next, changed) = planner::apply(&ring, &plan, new_key, now)?;
+        let (mut next, changed) = planner::apply(&ring, &plan, new_key, now)?;
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        next.manifest = Some(manifest.clone());
         let mut report = self.report(outcome_of(&plan), now, Some(&ring));
         report.generation = next.generation;
         report.forced = plan.new_key().is_some_and(|(_, _, forced)| forced);
@@ -859,7 +864,7 @@ impl Rotator {
             keys: next.keys.iter().filter(|k| changed.contains(&k.kid)).cloned().collect(),
             audit,
             idempotency,
-            manifest: crate::integrity::seal_manifest(&next, &*self.inner.sealer)?,
+            manifest,
         };
         let committed = {
             let span = tracing::info_span!("keyrot.phase", phase = "commit");
