@@ -175,6 +175,9 @@ pub enum RingIntegrity {
     /// The manifest is unreadable, fails its MAC, or names another generation: no row is
     /// trusted.
     ManifestInvalid(String),
+    /// The manifest is authenticated under a master key this process does not have: a
+    /// configuration error (configure that key; old keys open by id). Fails closed.
+    UnknownMasterKey(String),
 }
 
 /// A key row that failed the integrity check. It never verifies.
@@ -219,6 +222,9 @@ impl IntegrityReport {
             RingIntegrity::Unauthenticated => parts
                 .push("the ring has no manifest (run the integrity migration: keyrotctl authenticate-ring)".to_owned()),
             RingIntegrity::ManifestInvalid(why) => parts.push(format!("the ring manifest is invalid: {why}")),
+            RingIntegrity::UnknownMasterKey(id) => parts.push(format!(
+                "the ring manifest is authenticated under master key {id:?}, which is not configured"
+            )),
         }
         if !self.tampered.is_empty() {
             let kids: Vec<String> = self
@@ -284,9 +290,11 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
     match sealer.check_authentication(&mac, &message) {
         Ok(()) => {}
         Err(SealError::UnknownMasterKey(id)) => {
-            return all_tampered(&format!(
+            let mut r = all_tampered(&format!(
                 "the manifest is authenticated under unknown master key {id:?}"
             ));
+            r.integrity = RingIntegrity::UnknownMasterKey(id);
+            return r;
         }
         Err(_) => return all_tampered("the manifest fails authentication"),
     }

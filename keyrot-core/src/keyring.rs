@@ -27,10 +27,11 @@ pub enum RefreshError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The Active key could not be unsealed (e.g. an unknown master key id).
-    #[error("cannot unseal the active key {kid}: {source}")]
+    /// The Active key could not be unsealed, or the ring manifest checked (e.g. an
+    /// unknown master key id).
+    #[error("cannot open {kid}: {source}")]
     Seal {
-        /// The key.
+        /// The key, or `ring manifest` for the ring's manifest.
         kid: String,
         /// Why.
         #[source]
@@ -55,6 +56,9 @@ pub enum RefreshError {
         served: u64,
     },
 }
+
+/// What [`RefreshError::Seal`] names when the ring manifest could not be checked.
+const MANIFEST: &str = "ring manifest";
 
 /// A verifying key and the end of its validity window.
 struct VerifierEntry {
@@ -172,6 +176,12 @@ impl Snapshot {
     /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
     pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
         let mut integrity = crate::integrity::check_ring(ring, sealer);
+        if let crate::integrity::RingIntegrity::UnknownMasterKey(id) = &integrity.integrity {
+            return Err(RefreshError::Seal {
+                kid: MANIFEST.into(),
+                source: SealError::UnknownMasterKey(id.clone()),
+            });
+        }
         let mut verifiers = HashMap::new();
         let mut known_headers = HashMap::new();
         let mut signer = None;
@@ -301,12 +311,14 @@ impl Snapshot {
         &self.keys
     }
 
-    /// Whether `kid` verifies now (published, authentic, and within its validity window).
+    /// Whether `kid` is one of the snapshot's verifying keys (published and authentic),
+    /// whatever its validity window; [`Snapshot::verifies_at`] also applies the window.
     pub fn verifies(&self, kid: &str) -> bool {
-        self.verifies_at(kid, Utc::now())
+        self.verifiers.contains_key(kid)
     }
 
-    /// Whether `kid` verifies at `at`.
+    /// Whether a token of `kid` verifies at `at`: a verifying key, and a Retiring key
+    /// only before its `expires_at`.
     pub fn verifies_at(&self, kid: &str, at: DateTime<Utc>) -> bool {
         self.verifiers.get(kid).is_some_and(|e| e.check(at).is_ok())
     }

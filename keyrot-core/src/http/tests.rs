@@ -265,6 +265,9 @@ async fn fixture(clock: &ManualClock) -> HttpEndpoints {
 async fn the_authorization_header_is_never_logged() {
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
+    // Tests run in parallel threads: a callsite first hit on a thread without a subscriber
+    // caches "never"; rebuild the cache now that this thread has one.
+    tracing::callsite::rebuild_interest_cache();
     let clock = ManualClock::new(DateTime::from_timestamp(1_900_000_000, 0).expect("time"));
     let e = fixture(&clock).await;
     let now = clock.now().timestamp();
