@@ -198,6 +198,11 @@ pub struct IntegrityReport {
     pub tampered: Vec<TamperedKey>,
     /// Kids the manifest lists with no row in storage (deleted rows).
     pub missing: Vec<String>,
+    /// The generation the manifest authenticates (`None` without a valid manifest). It,
+    /// not the ring row's generation column, is what an instance never goes back from.
+    pub manifest_generation: Option<u64>,
+    /// The generation the ring row claims.
+    pub ring_generation: u64,
 }
 
 impl IntegrityReport {
@@ -207,11 +212,26 @@ impl IntegrityReport {
             && !self.tampered.iter().any(|t| t.kid == kid)
     }
 
-    /// Whether everything checks out (no tampered, missing or unauthenticated rows).
+    /// Whether everything checks out (no tampered, missing or unauthenticated rows, and
+    /// the ring row's generation is the authenticated one).
     pub fn is_intact(&self) -> bool {
-        matches!(self.integrity, RingIntegrity::Authenticated | RingIntegrity::Empty)
-            && self.tampered.is_empty()
-            && self.missing.is_empty()
+        match self.integrity {
+            RingIntegrity::Empty => true,
+            RingIntegrity::Authenticated => {
+                self.tampered.is_empty()
+                    && self.missing.is_empty()
+                    && self.manifest_generation == Some(self.ring_generation)
+            }
+            _ => false,
+        }
+    }
+
+    /// The authenticated generation (0 for an empty ring), if there is one.
+    pub fn authenticated_generation(&self) -> Option<u64> {
+        match self.integrity {
+            RingIntegrity::Empty => Some(0),
+            _ => self.manifest_generation,
+        }
     }
 
     /// One line for logs and errors (kids only, never key material).
@@ -237,6 +257,14 @@ impl IntegrityReport {
         if !self.missing.is_empty() {
             parts.push(format!("key rows missing: {}", self.missing.join(", ")));
         }
+        if let Some(m) = self.manifest_generation
+            && m != self.ring_generation
+        {
+            parts.push(format!(
+                "the ring row says generation {} but the manifest authenticates generation {m}",
+                self.ring_generation
+            ));
+        }
         if parts.is_empty() {
             "intact".to_owned()
         } else {
@@ -259,6 +287,8 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
             })
             .collect(),
         missing: Vec::new(),
+        manifest_generation: None,
+        ring_generation: ring.generation,
     };
     let Some(text) = ring.manifest.as_deref() else {
         let integrity = if ring.keys.is_empty() && ring.generation == 0 {
@@ -278,6 +308,8 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
             integrity,
             tampered,
             missing: Vec::new(),
+            manifest_generation: None,
+            ring_generation: ring.generation,
         };
     };
     let Ok(stored) = serde_json::from_str::<StoredManifest>(text) else {
@@ -298,12 +330,9 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         }
         Err(_) => return all_tampered("the manifest fails authentication"),
     }
-    if stored.generation != ring.generation {
-        return all_tampered(&format!(
-            "the manifest is for generation {} but the ring is at generation {}",
-            stored.generation, ring.generation
-        ));
-    }
+    // A generation column that disagrees with the manifest is reported (the ring is not
+    // intact) but rows that match the manifest stay trusted: the manifest's generation is
+    // the authenticated one, and instances refuse to go back from it.
     let mut tampered = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for k in &ring.keys {
@@ -336,6 +365,8 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         integrity: RingIntegrity::Authenticated,
         tampered,
         missing,
+        manifest_generation: Some(stored.generation),
+        ring_generation: ring.generation,
     }
 }
 
@@ -421,7 +452,7 @@ pub fn verify_chain(records: &[AuditRecord], sealer: &dyn Sealer) -> Result<Chai
     let mut unchained = 0;
     for r in records.iter().filter(|r| r.mac.is_none()) {
         match genesis_at {
-            Some(g) if r.at >= g => {
+            Some(g) if r.at > g => {
                 return Err(ChainBreak {
                     id: r.id.clone(),
                     seq: r.seq,

@@ -286,6 +286,12 @@ impl Snapshot {
         }))
     }
 
+    /// The generation the snapshot's manifest authenticates (0 without one): what an
+    /// instance never goes back from.
+    pub fn authenticated_generation(&self) -> u64 {
+        self.integrity.authenticated_generation().unwrap_or(0)
+    }
+
     /// The result of the integrity check this snapshot was built with.
     pub fn integrity(&self) -> &IntegrityReport {
         &self.integrity
@@ -406,6 +412,7 @@ impl KeyRingBuilder {
         let now = self.clock.now();
         let ring = self.storage.load(&self.ring).await?;
         let snap = Snapshot::build(&ring, &self.policy, &*self.sealer, now)?;
+        let served = snap.authenticated_generation();
         Ok(KeyRing {
             inner: Arc::new(Inner {
                 ring: self.ring,
@@ -419,7 +426,7 @@ impl KeyRingBuilder {
                 unknown_kid_interval: self.unknown_kid_interval,
                 unknown_kid_gate: AsyncMutex::new(None),
                 unknown_kid_started: AtomicU64::new(0),
-                highest_generation: AtomicU64::new(ring.generation),
+                highest_generation: AtomicU64::new(served),
                 stale: AtomicBool::new(false),
             }),
         })
@@ -470,7 +477,7 @@ impl KeyRing {
         self.inner.snapshot.load_full()
     }
 
-    /// The highest ring generation this handle ever served.
+    /// The highest authenticated ring generation this handle ever served.
     pub fn highest_generation(&self) -> u64 {
         self.inner.highest_generation.load(Ordering::Acquire)
     }
@@ -602,20 +609,8 @@ impl KeyRing {
     async fn reload_locked(&self) -> Result<bool, RefreshError> {
         let ring = self.inner.storage.load(&self.inner.ring).await?;
         let current = self.inner.snapshot.load().generation;
-        let served = self.highest_generation();
-        if ring.generation < served {
-            tracing::error!(
-                ring = %self.inner.ring,
-                found = ring.generation,
-                served,
-                "storage went back to an older generation (a database rollback?): keeping the snapshot"
-            );
-            return Err(RefreshError::Rollback {
-                found: ring.generation,
-                served,
-            });
-        }
         let snap = Snapshot::build(&ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
+        self.check_not_older(&snap)?;
         let changed = snap.generation != current;
         self.store(snap);
         if changed {
@@ -632,14 +627,32 @@ impl KeyRing {
             return Ok(());
         }
         let snap = Snapshot::build(ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
+        self.check_not_older(&snap)?;
         self.store(snap);
+        Ok(())
+    }
+
+    /// Refuses a snapshot whose authenticated generation is older than one this handle
+    /// served (a rollback of the store, which could resurrect revoked keys).
+    fn check_not_older(&self, snap: &Snapshot) -> Result<(), RefreshError> {
+        let served = self.highest_generation();
+        let found = snap.authenticated_generation();
+        if found < served {
+            tracing::error!(
+                ring = %self.inner.ring,
+                found,
+                served,
+                "storage went back to an older generation (a database rollback?): keeping the snapshot"
+            );
+            return Err(RefreshError::Rollback { found, served });
+        }
         Ok(())
     }
 
     fn store(&self, snap: Snapshot) {
         self.inner
             .highest_generation
-            .fetch_max(snap.generation, Ordering::AcqRel);
+            .fetch_max(snap.authenticated_generation(), Ordering::AcqRel);
         self.inner.snapshot.store(Arc::new(snap));
     }
 

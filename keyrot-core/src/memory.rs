@@ -28,6 +28,19 @@ struct Inner {
     feeds: HashMap<RingName, broadcast::Sender<u64>>,
 }
 
+/// The raw stored state of one ring, for [`MemoryStorage::tamper`].
+#[derive(Debug)]
+pub struct RawRing<'a> {
+    /// The ring's generation.
+    pub generation: &'a mut u64,
+    /// Its key rows.
+    pub keys: &'a mut Vec<crate::ring::KeyRecord>,
+    /// Its manifest.
+    pub manifest: &'a mut Option<String>,
+    /// Its audit ledger, oldest first.
+    pub audit: &'a mut Vec<AuditRecord>,
+}
+
 /// In-memory storage. Cheap to clone; clones share data.
 #[derive(Debug, Clone)]
 pub struct MemoryStorage {
@@ -49,6 +62,20 @@ impl MemoryStorage {
                 feeds: HashMap::new(),
             })),
         }
+    }
+
+    /// Edits the stored rows of `ring` directly, as someone with write access to the
+    /// database but without the master key could: for tests of the integrity checks.
+    /// No change is announced on the change feed.
+    pub fn tamper<T>(&self, ring: &RingName, f: impl FnOnce(RawRing<'_>) -> T) -> T {
+        let mut g = self.lock();
+        let data = g.rings.entry(ring.clone()).or_default();
+        f(RawRing {
+            generation: &mut data.generation,
+            keys: &mut data.keys,
+            manifest: &mut data.manifest,
+            audit: &mut data.audit,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

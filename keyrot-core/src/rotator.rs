@@ -398,16 +398,14 @@ impl Rotator {
     /// or is older than what this instance served.
     async fn load_trusted(&self) -> Result<Ring, RotateError> {
         let ring = self.load().await?;
+        let report = crate::integrity::check_ring(&ring, &*self.inner.sealer);
         if let Some(kr) = &self.inner.keyring {
             let served = kr.highest_generation();
-            if ring.generation < served {
-                return Err(RotateError::Rollback {
-                    found: ring.generation,
-                    served,
-                });
+            let found = report.authenticated_generation().unwrap_or(0);
+            if found < served {
+                return Err(RotateError::Rollback { found, served });
             }
         }
-        let report = crate::integrity::check_ring(&ring, &*self.inner.sealer);
         if !report.is_intact() {
             tracing::error!(ring = %ring.name, integrity = %report.summary(), "stored ring fails its integrity check");
             return Err(RotateError::Integrity(report.summary()));

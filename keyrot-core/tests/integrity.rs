@@ -1,0 +1,505 @@
+//! Issue 8 through the public API, on the in-memory store (the same attacks run on the
+//! real databases in keyrot-sqlx/tests/tamper.rs): key lifetimes enforced at
+//! verification, key rows authenticated against tampering, rollback refused, the
+//! integrity migration, the audit chain, and idempotency under the lock.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use keyrot_core::storage::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
+use keyrot_core::{
+    Algorithm, Clock, ImportState, ImportedKey, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
+    MemoryStorage, Outcome, Policy, PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName,
+    RotateError, Rotator, RsaBits, Storage, StorageError, TokenError,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Setup {
+    clock: ManualClock,
+    storage: Arc<MemoryStorage>,
+    sealer: Arc<MasterKeySealer>,
+    ring: RingName,
+    keyring: KeyRing,
+    rotator: Rotator,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("time")
+}
+
+async fn setup() -> Setup {
+    let clock = ManualClock::new(t0());
+    let storage = Arc::new(MemoryStorage::new());
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("mk"), []).expect("sealer"));
+    let ring = RingName::new("svc").expect("ring");
+    let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .expect("keyring");
+    let rotator = Rotator::builder(
+        ring.clone(),
+        storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+        sealer.clone(),
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_instance("a")
+    .with_keyring(keyring.clone())
+    .build();
+    let r = rotator.init(ctx()).await.expect("init");
+    assert_eq!(r.outcome, Outcome::Bootstrapped);
+    Setup {
+        clock,
+        storage,
+        sealer,
+        ring,
+        keyring,
+        rotator,
+    }
+}
+
+fn ctx() -> RequestContext {
+    RequestContext::actor("ops")
+}
+
+/// A fresh instance over the same store.
+async fn instance(s: &Setup) -> KeyRing {
+    KeyRing::builder(s.ring.clone(), s.storage.clone(), s.sealer.clone())
+        .with_clock(Arc::new(s.clock.clone()))
+        .build()
+        .await
+        .expect("instance")
+}
+
+fn sign_with(key: &PrivateKey, kid: &str, now: DateTime<Utc>) -> String {
+    let header = keyrot_core::token::encode_header(key.algorithm(), kid);
+    keyrot_core::token::sign(
+        &key.signing_key(),
+        &header,
+        &serde_json::json!({"sub": "mallory", "exp": now.timestamp() + 300}),
+        now.timestamp(),
+        3_600,
+    )
+    .expect("sign")
+}
+
+fn claims(s: &Setup) -> serde_json::Value {
+    let now = s.clock.now().timestamp();
+    serde_json::json!({"sub": "u", "exp": now + 300})
+}
+
+/// Issue 8 §1, the repro: an imported key becomes Retiring through a forced rotation, no
+/// tick runs, and past its expires_at a fresh token signed with its private key is refused.
+#[tokio::test]
+async fn a_retiring_key_refuses_from_its_expiry_without_any_tick() {
+    let s = setup().await;
+    let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    s.clock.advance(TimeDelta::hours(2));
+    let imported = ImportedKey {
+        key: PrivateKey::from_secret_bytes(Algorithm::EdDsa, &key.to_secret_bytes().expect("bytes")).expect("copy"),
+        kid: Some("legacy-1".into()),
+    };
+    let r = s
+        .rotator
+        .import(ctx(), imported, ImportState::Active)
+        .await
+        .expect("import");
+    assert_eq!(r.outcome, Outcome::Imported);
+    s.clock.advance(TimeDelta::hours(2));
+    let r = s.rotator.force_rotate(ctx(), "move on", false).await.expect("force");
+    assert_eq!(r.outcome, Outcome::Rotated);
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    let legacy = ring.key("legacy-1").expect("legacy row");
+    assert_eq!(legacy.state, KeyState::Retiring);
+    let expires_at = legacy.expires_at.expect("expires_at");
+    // Before its expiry it verifies; at and after it, it refuses — on an instance whose
+    // snapshot is as stale as can be (no tick, no refresh).
+    let stale = instance(&s).await;
+    let before = expires_at - TimeDelta::seconds(1);
+    let token = sign_with(&key, "legacy-1", before);
+    assert!(stale.verify_at(&token, before).is_ok());
+    s.clock.set(expires_at + TimeDelta::days(3));
+    let fresh = sign_with(&key, "legacy-1", s.clock.now());
+    assert_eq!(stale.verify(&fresh).err(), Some(TokenError::KeyExpired));
+    assert_eq!(stale.verify_at(&token, expires_at).err(), Some(TokenError::KeyExpired));
+    assert!(
+        stale.verify_at(&token, before).is_ok(),
+        "verify_at answers with the key's state at t"
+    );
+    assert!(!stale.snapshot().verifies_at("legacy-1", expires_at));
+}
+
+/// Issue 8 §1: every commit carries the maintenance that is due, so a ring driven only by
+/// rotation requests shrinks its JWKS and purges material on time.
+#[tokio::test]
+async fn commits_without_ticks_expire_and_purge_what_is_due() {
+    let s = setup().await;
+    let first = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "one", false).await.expect("force");
+    let policy = Policy::default();
+    // Past the grace: the next commit (here another forced rotation) expires the first key.
+    s.clock.advance(policy.retire_grace() + TimeDelta::seconds(1));
+    s.rotator.force_rotate(ctx(), "two", false).await.expect("force");
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    assert_eq!(ring.key(&first).map(|k| k.state), Some(KeyState::Expired));
+    let jwks: serde_json::Value = serde_json::from_slice(s.keyring.snapshot().jwks().body()).expect("json");
+    assert!(!jwks.to_string().contains(&first), "the JWKS shrank without a tick");
+    // Past purge_after: a revocation commit purges its material.
+    s.clock.advance(policy.purge_after() + TimeDelta::seconds(1));
+    let retiring = ring
+        .in_state(KeyState::Retiring)
+        .next()
+        .map(|k| k.kid.clone())
+        .expect("a retiring key");
+    s.rotator.revoke(ctx(), retiring, "tidy").await.expect("revoke");
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    let k = ring.key(&first).expect("metadata stays");
+    assert!(
+        k.sealed.is_none() && k.purged_at.is_some(),
+        "material purged without a tick"
+    );
+}
+
+/// Issue 8 §2: write access to the store without the master key does not forge tokens.
+#[tokio::test]
+async fn tampered_rows_never_verify_and_are_reported_while_the_rest_serves() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    let old = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let good = s.keyring.sign(&claims(&s)).expect("sign");
+    let attacker = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    let attacker_jwk = attacker.public_key().to_jwk(&old).to_string();
+
+    // 1. Swap the public key of a published (Retiring) row, bump the generation.
+    s.storage.tamper(&s.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == old).expect("row");
+        row.public_jwk = attacker_jwk.clone();
+        *raw.generation += 1;
+    });
+    let b = instance(&s).await;
+    let forged = sign_with(&attacker, &old, s.clock.now());
+    assert!(b.verify(&forged).is_err(), "the attacker's key does not verify");
+    assert!(b.verify(&good).is_ok(), "the untouched Active key still verifies");
+    let snap = b.snapshot();
+    assert!(!snap.integrity().is_intact());
+    assert!(snap.integrity().tampered.iter().any(|t| t.kid == old));
+    assert!(
+        snap.keys().iter().any(|k| k.kid == old && k.tampered.is_some()),
+        "the status shows the row as tampered"
+    );
+    assert!(
+        !String::from_utf8_lossy(snap.jwks().body()).contains(&old),
+        "not published"
+    );
+    assert!(b.sign(&claims(&s)).is_ok(), "signing goes on");
+    // The rotator refuses to build on a tampered ring.
+    s.clock.advance(TimeDelta::hours(2));
+    let generation = s.storage.generation(&s.ring).await.expect("g");
+    let refused = s.rotator.force_rotate(ctx(), "on top of tampering", false).await;
+    assert!(
+        matches!(refused, Err(RotateError::Integrity(ref m)) if m.contains(&old)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.storage.generation(&s.ring).await.expect("g"),
+        generation,
+        "nothing committed"
+    );
+}
+
+#[tokio::test]
+async fn inserted_and_resurrected_rows_never_verify() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    let old_key_row = s
+        .storage
+        .load(&s.ring)
+        .await
+        .expect("load")
+        .active()
+        .cloned()
+        .expect("active");
+    s.rotator.force_rotate(ctx(), "leak", true).await.expect("force revoke");
+    let now = s.clock.now();
+    // 2. Insert a Retiring row with the attacker's key and no sealed material.
+    let attacker = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    let kid = attacker.public_key().thumbprint();
+    let mut inserted = old_key_row.clone();
+    inserted.kid = kid.clone();
+    inserted.fingerprint = kid.clone();
+    inserted.public_jwk = attacker.public_key().to_jwk(&kid).to_string();
+    inserted.state = KeyState::Retiring;
+    inserted.sealed = None;
+    inserted.expires_at = Some(now + TimeDelta::days(7));
+    // 3. Resurrect the revoked key: replay its row image from before the revocation, as
+    //    Retiring.
+    let mut resurrected = old_key_row.clone();
+    resurrected.state = KeyState::Retiring;
+    resurrected.expires_at = Some(now + TimeDelta::days(7));
+    s.storage.tamper(&s.ring, |raw| {
+        raw.keys.push(inserted);
+        let row = raw.keys.iter_mut().find(|k| k.kid == old_key_row.kid).expect("row");
+        *row = resurrected;
+        *raw.generation += 1;
+    });
+    let b = instance(&s).await;
+    assert!(
+        b.verify(&sign_with(&attacker, &kid, now)).is_err(),
+        "inserted row refused"
+    );
+    let tampered: Vec<String> = b
+        .snapshot()
+        .integrity()
+        .tampered
+        .iter()
+        .map(|t| t.kid.clone())
+        .collect();
+    assert!(
+        tampered.contains(&kid) && tampered.contains(&old_key_row.kid),
+        "{tampered:?}"
+    );
+    assert!(!b.snapshot().verifies(&old_key_row.kid), "the revoked key stays dead");
+    assert!(b.sign(&claims(&s)).is_ok(), "the rest of the ring serves");
+}
+
+#[tokio::test]
+async fn an_altered_active_row_stops_signing_but_not_verifying_the_others() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    let retiring = s
+        .storage
+        .load(&s.ring)
+        .await
+        .expect("load")
+        .in_state(KeyState::Retiring)
+        .next()
+        .map(|k| k.kid.clone())
+        .expect("retiring");
+    s.storage.tamper(&s.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == active).expect("row");
+        row.expires_at = Some(t0());
+        *raw.generation += 1;
+    });
+    let b = instance(&s).await;
+    assert!(b.snapshot().active_kid().is_none(), "a tampered Active row never signs");
+    assert!(b.snapshot().verifies(&retiring), "the other rows keep verifying");
+}
+
+/// Issue 8 §2: an instance never goes back to a lower generation than one it served.
+#[tokio::test]
+async fn a_rollback_of_the_store_is_refused() {
+    let s = setup().await;
+    let image: (u64, Vec<keyrot_core::KeyRecord>, Option<String>) = s
+        .storage
+        .tamper(&s.ring, |raw| (*raw.generation, raw.keys.clone(), raw.manifest.clone()));
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator
+        .force_rotate(ctx(), "revoke the first", true)
+        .await
+        .expect("force");
+    let served = s.keyring.snapshot().generation();
+    // Replay the whole older, once-valid state: rows, manifest and generation.
+    s.storage.tamper(&s.ring, |raw| {
+        *raw.generation = image.0;
+        *raw.keys = image.1.clone();
+        *raw.manifest = image.2.clone();
+    });
+    match s.keyring.reload().await {
+        Err(RefreshError::Rollback { found, served: sv }) => assert_eq!((found, sv), (image.0, served)),
+        other => panic!("expected a refused rollback, got {other:?}"),
+    }
+    assert_eq!(
+        s.keyring.snapshot().generation(),
+        served,
+        "the newer snapshot keeps serving"
+    );
+    assert!(s.keyring.is_stale());
+    s.clock.advance(TimeDelta::hours(2));
+    let r = s.rotator.force_rotate(ctx(), "on a rollback", false).await;
+    assert!(matches!(r, Err(RotateError::Rollback { .. })), "{r:?}");
+}
+
+/// Issue 8 §2: rings written before authentication get it only through the explicit,
+/// audited migration — never on load.
+#[tokio::test]
+async fn legacy_rings_verify_nothing_until_the_audited_migration() {
+    let s = setup().await;
+    let token = s.keyring.sign(&claims(&s)).expect("sign");
+    // A ring as keyrot wrote it before manifests and chains existed.
+    s.storage.tamper(&s.ring, |raw| {
+        *raw.manifest = None;
+        for a in raw.audit.iter_mut() {
+            a.mac = None;
+            a.seq = 0;
+        }
+    });
+    let b = instance(&s).await;
+    assert_eq!(b.snapshot().integrity().integrity, RingIntegrity::Unauthenticated);
+    assert_eq!(b.verify(&token).err(), Some(TokenError::UnknownKid), "nothing verifies");
+    let r = s.rotator.authenticate_ring(ctx()).await.expect("migrate");
+    assert_eq!(r.outcome, Outcome::Authenticated);
+    b.refresh().await.expect("refresh");
+    assert!(b.verify(&token).is_ok());
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit");
+    assert_eq!(audit[0].outcome, Outcome::Authenticated);
+    assert_eq!(audit[0].actor, "ops");
+    assert!(s.rotator.verify_audit_chain().await.expect("read").is_ok());
+    // Once is enough; and a chained ring whose manifest disappears is tampering, not legacy.
+    let again = s.rotator.authenticate_ring(ctx()).await.expect("again");
+    assert_eq!(again.outcome, Outcome::Refused);
+    s.storage.tamper(&s.ring, |raw| *raw.manifest = None);
+    let r = s.rotator.authenticate_ring(ctx()).await.expect("refused");
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.detail.unwrap_or_default().contains("tampered"));
+}
+
+/// Issue 8 §3: the ledger is a MAC chain; a deleted, altered, inserted or reordered
+/// record is found and named.
+#[tokio::test]
+async fn the_audit_chain_finds_the_first_broken_record() {
+    let s = setup().await;
+    for i in 0..4 {
+        s.clock.advance(TimeDelta::hours(2));
+        s.rotator
+            .force_rotate(ctx(), format!("r{i}"), false)
+            .await
+            .expect("force");
+        let _ = s.rotator.rotate(ctx()).await.expect("rotate");
+    }
+    let intact = s.rotator.verify_audit_chain().await.expect("read").expect("intact");
+    assert_eq!(intact.records, 9);
+    let original: Vec<AuditRecord> = s.storage.tamper(&s.ring, |raw| raw.audit.clone());
+    let broken_at = |f: &dyn Fn(&mut Vec<AuditRecord>)| {
+        s.storage.tamper(&s.ring, |raw| {
+            *raw.audit = original.clone();
+            f(raw.audit);
+        });
+    };
+    let check = async || s.rotator.verify_audit_chain().await.expect("read");
+    // Altered.
+    broken_at(&|a| a[3].detail = Some("nothing to see".into()));
+    assert_eq!(check().await.err().map(|b| b.id), Some(original[3].id.clone()));
+    // Deleted.
+    broken_at(&|a| {
+        a.remove(4);
+    });
+    assert_eq!(check().await.err().map(|b| b.id), Some(original[5].id.clone()));
+    // Inserted (a copy with a new id and the next free seq is not enough without the key).
+    broken_at(&|a| {
+        let mut fake = a[8].clone();
+        fake.id = "forged".into();
+        fake.seq = 10;
+        a.push(fake);
+    });
+    assert_eq!(check().await.err().map(|b| b.id), Some("forged".into()));
+    // Reordered (two records swap positions).
+    broken_at(&|a| {
+        let (x, y) = (a[2].seq, a[6].seq);
+        a[2].seq = y;
+        a[6].seq = x;
+    });
+    let b = check().await.err().expect("reorder is found");
+    assert!(b.id == original[2].id || b.id == original[6].id, "{b:?}");
+    // An unchained record slipped in after the chain started.
+    broken_at(&|a| {
+        let mut fake = a[8].clone();
+        fake.id = "unchained".into();
+        fake.mac = None;
+        fake.seq = 0;
+        a.push(fake);
+    });
+    assert_eq!(check().await.err().map(|b| b.id), Some("unchained".into()));
+    broken_at(&|_| {});
+    assert!(check().await.is_ok());
+}
+
+/// A store whose idempotency lookups miss until told otherwise: it stands for the
+/// window between a request's first (unlocked) idempotency check and its lock, during
+/// which a concurrent request with the same key commits.
+#[derive(Debug)]
+struct LateIdempotency {
+    inner: MemoryStorage,
+    misses_left: AtomicUsize,
+}
+
+#[async_trait]
+impl Storage for LateIdempotency {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        self.inner.load(ring).await
+    }
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        self.inner.generation(ring).await
+    }
+    async fn commit(&self, c: &Commit, l: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+        self.inner.commit(c, l).await
+    }
+    async fn record_attempt(
+        &self,
+        a: &AuditRecord,
+        i: Option<&IdempotencyRecord>,
+        l: &dyn AuditLinker,
+    ) -> Result<(), StorageError> {
+        self.inner.record_attempt(a, i, l).await
+    }
+    async fn audit_log(&self, ring: &RingName, q: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        self.inner.audit_log(ring, q).await
+    }
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        if self
+            .misses_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(None);
+        }
+        self.inner.idempotency(ring, key).await
+    }
+}
+
+/// Issue 8 §4: the idempotency check is repeated under the lock.
+#[tokio::test]
+async fn the_idempotency_check_is_repeated_under_the_lock() {
+    let clock = ManualClock::new(t0());
+    let storage = Arc::new(LateIdempotency {
+        inner: MemoryStorage::new(),
+        misses_left: AtomicUsize::new(0),
+    });
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("mk"), []).expect("sealer"));
+    let ring = RingName::new("svc").expect("ring");
+    let rotator = Rotator::builder(
+        ring,
+        storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+        sealer,
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .build();
+    rotator.init(ctx()).await.expect("init");
+    clock.advance(TimeDelta::days(6));
+    let first = rotator
+        .rotate(ctx().with_idempotency_key("slot-1"))
+        .await
+        .expect("first");
+    assert_eq!(first.outcome, Outcome::Scheduled);
+    // The second request's first check ran before the first committed (it missed).
+    storage.misses_left.store(1, Ordering::SeqCst);
+    let second = rotator
+        .rotate(ctx().with_idempotency_key("slot-1"))
+        .await
+        .expect("second");
+    assert!(
+        second.replayed,
+        "answered from the record found under the lock: {second:?}"
+    );
+    assert_eq!(second.outcome, first.outcome);
+    assert_eq!(second.new_kid, first.new_kid);
+}
