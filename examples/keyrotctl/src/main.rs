@@ -1,13 +1,17 @@
 //! `keyrotctl`: the operations CLI for keyrot rings, on any supported database.
 //!
 //! Exit codes: 0 success; 1 refused or invalid (a rejected token, a rate limit, a lost
-//! race); 2 usage or configuration errors. No command ever prints private key material.
+//! race, a ring or audit ledger that fails its integrity check); 2 usage or configuration
+//! errors. No command ever prints private key material.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use keyrot_core::Sealer as _;
 use keyrot_core::http::next_transition;
+use keyrot_core::integrity::check_ring;
 use keyrot_core::{
-    Algorithm, AuditQuery, ImportState, KeyRing, KeyStatus, Outcome, Policy, PrivateKey, RequestContext, RingName,
-    RotationReport, Rotator, Validation,
+    Algorithm, AuditQuery, ChainBreak, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome, Policy,
+    PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator, SealError,
+    Snapshot, TokenError, Validation,
 };
 use keyrot_examples_support::{Backend, connect, database_url_from_env, load_master_key, policy_from_env};
 use std::io::Read as _;
@@ -19,7 +23,7 @@ use std::sync::Arc;
 #[command(
     name = "keyrotctl",
     version,
-    about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens"
+    about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens, integrity"
 )]
 struct Cli {
     /// Database URL (sqlite:PATH, postgres://…, mysql://…). Default: KEYROT_DATABASE_URL, else
@@ -45,7 +49,8 @@ enum Command {
         #[arg(long, default_value = "EdDSA")]
         alg: Algorithm,
     },
-    /// Keys, states, times, generation, next transition.
+    /// Keys, states, times, generation, next transition, integrity (exit 1 when the ring
+    /// fails its integrity check).
     Status {
         /// Stable JSON for scripts.
         #[arg(long)]
@@ -84,11 +89,14 @@ enum Command {
     },
     /// The JWKS exactly as served.
     Jwks,
-    /// The audit ledger, newest first.
+    /// The audit ledger, newest first; with --verify, check its whole MAC chain.
     Audit {
         /// How many records.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Check the ring's whole audit chain instead of listing (exit 1 when broken).
+        #[arg(long, conflicts_with = "limit")]
+        verify: bool,
         /// Stable JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -142,6 +150,16 @@ enum Command {
     },
     /// Re-seal every key under the primary master key.
     Rewrap,
+    /// The explicit, audited integrity migration for a ring written before keyrot
+    /// authenticated rings: vouches for its key rows as they are stored now.
+    AuthenticateRing {
+        /// Confirm (without it, the rows that would be vouched for are listed).
+        #[arg(long)]
+        yes: bool,
+        /// Stable JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade keyrot's tables.
     Migrate,
 }
@@ -152,7 +170,7 @@ enum StateArg {
     Active,
 }
 
-/// A failure with its exit code.
+/// A failure with its exit code (an empty message: already reported).
 struct Fail(u8, String);
 
 fn usage(msg: impl Into<String>) -> Fail {
@@ -169,7 +187,9 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("keyrotctl: {msg}");
+            if !msg.is_empty() {
+                eprintln!("keyrotctl: {msg}");
+            }
             ExitCode::from(code)
         }
     }
@@ -187,16 +207,16 @@ impl Ctx {
         Ok(Arc::new(sealer))
     }
 
-    async fn policy(&self, alg: Option<Algorithm>) -> Result<Policy, Fail> {
-        // Rotations keep the ring's algorithm: that of its Active key.
-        let ring = self
-            .backend
+    async fn load(&self) -> Result<Ring, Fail> {
+        self.backend
             .storage
             .load(&self.ring)
             .await
-            .map_err(|e| usage(e.to_string()))?;
-        let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
-        policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
+            .map_err(|e| usage(e.to_string()))
+    }
+
+    async fn policy(&self, alg: Option<Algorithm>) -> Result<Policy, Fail> {
+        policy_for(&self.load().await?, alg)
     }
 
     async fn rotator(&self, alg: Option<Algorithm>) -> Result<Rotator, Fail> {
@@ -219,6 +239,12 @@ impl Ctx {
             .await
             .map_err(|e| usage(e.to_string()))
     }
+}
+
+/// Rotations keep the ring's algorithm: that of its Active key.
+fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
+    let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
+    policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
 }
 
 fn actor() -> RequestContext {
@@ -318,7 +344,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             println!("{}", String::from_utf8_lossy(snap.jwks().body()));
             Ok(())
         }
-        Command::Audit { limit, json } => audit(&ctx, limit, json).await,
+        Command::Audit { verify: true, json, .. } => audit_verify(&ctx, json).await,
+        Command::Audit { limit, json, .. } => audit(&ctx, limit, json).await,
         Command::Token {
             sub,
             client_id,
@@ -376,10 +403,16 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     println!("{out}");
                     Ok(())
                 }
-                Err(e) => {
-                    println!("invalid: {e:?}");
-                    Err(refused(format!("token refused: {e}")))
-                }
+                Err(e) => match explain_refusal(&kr.snapshot(), &token, &v, &e, at.map(|_| moment)) {
+                    Some(why) => {
+                        println!("refused: {why}");
+                        Err(refused(format!("token refused: {why}")))
+                    }
+                    None => {
+                        println!("invalid: {e:?}");
+                        Err(refused(format!("token refused: {e}")))
+                    }
+                },
             }
         }
         Command::Import { jwk, state } => {
@@ -415,6 +448,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             print_report(&report, false);
             exit_for(&report, true)
         }
+        Command::AuthenticateRing { yes, json } => authenticate_ring(&ctx, yes, json).await,
     }
 }
 
@@ -474,57 +508,168 @@ fn print_report(r: &RotationReport, json: bool) {
     }
 }
 
+/// A stored string made safe for a terminal: a forged kid or reason cannot carry control
+/// characters (escape sequences) to the operator's screen.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
+fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+/// Why a refused token was refused, when the refusal is about its key rather than the
+/// token: the key's row failed its integrity check, or the key's validity window ended.
+fn explain_refusal(
+    snap: &Snapshot,
+    token: &str,
+    v: &Validation,
+    e: &TokenError,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<String> {
+    let kid = keyrot_core::token::decode_header(token, v).ok()?.kid;
+    let key = snap.keys().iter().find(|k| k.kid == kid)?;
+    match e {
+        TokenError::UnknownKid => key.tampered.as_deref().map(|reason| {
+            format!(
+                "key {} failed its integrity check ({}): it never verifies",
+                clean(&kid),
+                clean(reason)
+            )
+        }),
+        TokenError::KeyExpired => {
+            // The end of a Retiring key's window, as the key ring applies it.
+            let end = key.expires_at.or(key.retired_at).unwrap_or(key.created_at);
+            let as_of = at
+                .map(|t| {
+                    format!(
+                        "; verified as of {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "key {} is no longer valid: its validity ended at {} (its expires_at){as_of}",
+                clean(&kid),
+                end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The snapshot's view of the ring (integrity checked, per-key `tampered`); when no
+/// snapshot can be built (e.g. an unknown master key), the integrity check alone and the
+/// reason.
+fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, IntegrityReport, Option<Fail>), Fail> {
+    let sealer = ctx.sealer().map_err(|Fail(code, msg)| {
+        Fail(
+            code,
+            format!("the ring's integrity is checked under the master key: {msg}"),
+        )
+    })?;
+    match Snapshot::build(ring, policy, &*sealer, chrono::Utc::now()) {
+        Ok(snap) => Ok((snap.keys().to_vec(), snap.integrity().clone(), None)),
+        Err(e) => {
+            let report = check_ring(ring, &*sealer);
+            let keys = ring
+                .keys
+                .iter()
+                .map(|k| {
+                    let mut st = KeyStatus::from(k);
+                    st.tampered = report
+                        .tampered
+                        .iter()
+                        .find(|t| t.kid == k.kid)
+                        .map(|t| t.reason.clone());
+                    st
+                })
+                .collect();
+            let unknown_master_key = matches!(
+                e,
+                RefreshError::Seal {
+                    source: SealError::UnknownMasterKey(_),
+                    ..
+                }
+            ) || matches!(report.integrity, RingIntegrity::UnknownMasterKey(_));
+            let msg = format!("the ring cannot be opened: {e}");
+            let fail = if unknown_master_key { usage(msg) } else { refused(msg) };
+            Ok((keys, report, Some(fail)))
+        }
+    }
+}
+
 async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
-    let ring = ctx
-        .backend
-        .storage
-        .load(&ctx.ring)
-        .await
-        .map_err(|e| usage(e.to_string()))?;
-    let policy = ctx.policy(None).await?;
-    let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
-    let next = next_transition(&keys, &policy);
+    let ring = ctx.load().await?;
+    let policy = policy_for(&ring, None)?;
+    let (keys, integrity, open_error) = inspect(&ring, &policy, ctx)?;
+    let intact = integrity.is_intact() && open_error.is_none();
+    // Nothing is planned on a ring that fails its check: the rotator refuses to write.
+    let next = if intact { next_transition(&keys, &policy) } else { None };
+    let summary = clean(&integrity.summary());
+    if !integrity.is_intact() {
+        eprintln!("keyrotctl: warning: integrity: {summary}");
+    }
     if json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "ring": ring.name, "generation": ring.generation, "keys": keys, "next_transition": next,
+            "integrity": integrity,
         });
+        if let Some(Fail(_, msg)) = &open_error {
+            out["error"] = msg.as_str().into();
+        }
         println!("{out}");
-        return Ok(());
-    }
-    println!(
-        "ring {} · generation {} · {} key(s)",
-        ring.name,
-        ring.generation,
-        keys.len()
-    );
-    println!(
-        "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25}",
-        "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
-    );
-    let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-    };
-    for k in &keys {
+    } else {
         println!(
-            "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25}",
-            k.kid,
-            k.alg.as_str(),
-            k.state.as_str(),
-            k.origin.as_str(),
-            fmt(Some(k.created_at)),
-            fmt(k.activated_at)
+            "ring {} · generation {} · {} key(s)",
+            ring.name,
+            ring.generation,
+            keys.len()
         );
+        println!("integrity: {summary}");
+        println!(
+            "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25} INTEGRITY",
+            "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
+        );
+        for k in &keys {
+            println!(
+                "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25} {}",
+                clean(&k.kid),
+                k.alg.as_str(),
+                k.state.as_str(),
+                k.origin.as_str(),
+                fmt_time(Some(k.created_at)),
+                fmt_time(k.activated_at),
+                k.tampered
+                    .as_deref()
+                    .map_or("ok".to_owned(), |why| format!("TAMPERED: {}", clean(why)))
+            );
+        }
+        for kid in &integrity.missing {
+            println!(
+                "{:<44} MISSING: listed in the ring manifest, no row in storage (deleted)",
+                clean(kid)
+            );
+        }
+        match next {
+            Some(n) => println!(
+                "next: {:?} {} at {}",
+                n.action,
+                n.kid.unwrap_or_default(),
+                n.at.to_rfc3339()
+            ),
+            None if !intact => {
+                println!("next: nothing: rotations are refused while the ring fails its integrity check")
+            }
+            None => println!("next: nothing planned (ring not initialised: run `keyrotctl init`)"),
+        }
     }
-    match next {
-        Some(n) => println!(
-            "next: {:?} {} at {}",
-            n.action,
-            n.kid.unwrap_or_default(),
-            n.at.to_rfc3339()
-        ),
-        None => println!("next: nothing planned (ring not initialised: run `keyrotctl init`)"),
+    match open_error {
+        Some(fail) => Err(fail),
+        // The warning above already said why.
+        None if !intact => Err(Fail(1, String::new())),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn audit(ctx: &Ctx, limit: usize, json: bool) -> Result<(), Fail> {
@@ -539,27 +684,279 @@ async fn audit(ctx: &Ctx, limit: usize, json: bool) -> Result<(), Fail> {
         return Ok(());
     }
     println!(
-        "{:<25} {:<14} {:<18} {:<6} {:<22} {:<5} DETAIL",
-        "AT", "TRIGGER", "OUTCOME", "FORCED", "ACTOR", "GEN"
+        "{:<6} {:<25} {:<14} {:<18} {:<6} {:<22} {:<5} DETAIL",
+        "SEQ", "AT", "TRIGGER", "OUTCOME", "FORCED", "ACTOR", "GEN"
     );
     for a in records {
         println!(
-            "{:<25} {:<14} {:<18} {:<6} {:<22} {:<5} {}",
+            "{:<6} {:<25} {:<14} {:<18} {:<6} {:<22} {:<5} {}",
+            if a.mac.is_some() {
+                a.seq.to_string()
+            } else {
+                "-".to_owned()
+            },
             a.at.format("%Y-%m-%d %H:%M:%S UTC"),
             a.trigger.as_str(),
             a.outcome.as_str(),
             if a.forced { "yes" } else { "no" },
-            a.actor,
+            clean(&a.actor),
             a.generation,
-            a.detail.unwrap_or_default()
+            clean(&a.detail.unwrap_or_default())
         );
     }
     Ok(())
 }
 
+/// `audit --verify`: the ring's whole ledger against its MAC chain.
+async fn audit_verify(ctx: &Ctx, json: bool) -> Result<(), Fail> {
+    let rotator = ctx.rotator(None).await?;
+    let result = rotator
+        .verify_audit_chain()
+        .await
+        .map_err(|e| usage(format!("reading the audit ledger: {e}")))?;
+    let result = match result {
+        // Every commit that writes a manifest appends a chained record in the same
+        // transaction: a ring with a manifest and no chained record lost its MACs.
+        Ok(report) if report.records == 0 && ctx.load().await?.manifest.is_some() => {
+            let newest = ctx
+                .backend
+                .storage
+                .audit_log(&ctx.ring, AuditQuery { limit: 1 })
+                .await
+                .map_err(|e| usage(format!("reading the audit ledger: {e}")))?;
+            Err(ChainBreak {
+                id: newest.first().map_or_else(|| "(none)".to_owned(), |r| r.id.clone()),
+                seq: 0,
+                reason: format!(
+                    "the ring has a manifest, so every commit appended a chained record, but none of its {} audit \
+                     record(s) carries a chain MAC (stripped or deleted)",
+                    report.unchained
+                ),
+            })
+        }
+        other => other,
+    };
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                return Ok(());
+            }
+            let head = match &report.head {
+                Some((seq, mac)) => format!("head seq {seq} mac {mac}"),
+                None => "no chained record yet (the chain starts with `keyrotctl authenticate-ring`)".to_owned(),
+            };
+            println!(
+                "audit chain intact: {} records ({} before the chain started), {head}",
+                report.records, report.unchained
+            );
+            Ok(())
+        }
+        Err(brk) => {
+            if json {
+                println!("{}", serde_json::to_string(&brk).unwrap_or_default());
+            } else {
+                println!("{}", clean(&brk.to_string()));
+            }
+            match unknown_chain_key(ctx, &brk).await? {
+                // Not necessarily tampering: this process lacks the key the chain is under.
+                Some(id) => Err(usage(format!(
+                    "record {} is authenticated under master key {:?}, which is not configured: configure that \
+                     master key (old keys check by id) and retry; if no such key ever existed, the record was forged",
+                    clean(&brk.id),
+                    clean(&id)
+                ))),
+                None => Err(refused(format!(
+                    "the audit ledger of ring {} fails its integrity check",
+                    ctx.ring
+                ))),
+            }
+        }
+    }
+}
+
+/// The master key id of the broken record's MAC, when this process does not have that key.
+async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>, Fail> {
+    let records = ctx
+        .backend
+        .storage
+        .audit_log(&ctx.ring, AuditQuery { limit: usize::MAX })
+        .await
+        .map_err(|e| usage(format!("reading the audit ledger: {e}")))?;
+    let sealer = ctx.sealer()?;
+    Ok(records
+        .iter()
+        .find(|r| r.id == brk.id && r.seq == brk.seq)
+        .and_then(|r| r.mac.as_deref())
+        .and_then(Mac::parse)
+        // Checking any message tells an unknown key id from a wrong tag.
+        .and_then(|mac| match sealer.check_authentication(&mac, b"") {
+            Err(SealError::UnknownMasterKey(id)) => Some(id),
+            _ => None,
+        }))
+}
+
+/// `authenticate-ring`: the explicit, audited integrity migration.
+async fn authenticate_ring(ctx: &Ctx, yes: bool, json: bool) -> Result<(), Fail> {
+    if !yes {
+        let ring = ctx.load().await?;
+        if json {
+            let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
+            let out = serde_json::json!({
+                "ring": ring.name, "generation": ring.generation, "has_manifest": ring.manifest.is_some(),
+                "keys": keys,
+            });
+            println!("{out}");
+            return Err(usage(
+                "authenticating vouches for every row listed: check them, then confirm with --yes",
+            ));
+        }
+        println!(
+            "authenticate-ring vouches for the {} key row(s) of ring {} (generation {}) exactly as stored now:",
+            ring.keys.len(),
+            ring.name,
+            ring.generation
+        );
+        for k in &ring.keys {
+            println!("key {}", clean(&k.kid));
+            println!(
+                "  state        {} ({}, origin {}{})",
+                k.state.as_str(),
+                k.alg.as_str(),
+                k.origin.as_str(),
+                if k.forced { ", forced" } else { "" }
+            );
+            println!("  fingerprint  {}", clean(&k.fingerprint));
+            println!("  created      {}", fmt_time(Some(k.created_at)));
+            for (label, t) in [
+                ("activates", k.activate_at),
+                ("activated", k.activated_at),
+                ("retired", k.retired_at),
+                ("expires", k.expires_at),
+                ("expired", k.expired_at),
+                ("revoked", k.revoked_at),
+                ("purged", k.purged_at),
+            ] {
+                if t.is_some() {
+                    println!("  {label:<12} {}", fmt_time(t));
+                }
+            }
+            if let Some(r) = &k.revoke_reason {
+                println!("  reason       {}", clean(r));
+            }
+        }
+        if ring.manifest.is_some() {
+            println!("note: the ring already has a manifest; authenticate-ring will refuse");
+        }
+        return Err(usage(
+            "authenticating vouches for every row listed above: check them (no key you did not create, no state or \
+             time you did not expect), then confirm with --yes",
+        ));
+    }
+    let report = ctx
+        .rotator(None)
+        .await?
+        .authenticate_ring(actor())
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    print_report(&report, json);
+    exit_for(&report, false)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{clean, explain_refusal, parse_ttl};
+    use keyrot_core::{
+        KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext, RingName, Rotator,
+        Snapshot, Storage as _, TokenError, Validation,
+    };
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn refusals_name_the_key() {
+        let storage = Arc::new(MemoryStorage::new());
+        let sealer =
+            Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("master key"), []).expect("sealer"));
+        let name = RingName::new("default").expect("ring name");
+        let policy = Policy::builder()
+            .with_forced_min_interval(Duration::from_millis(1))
+            .build()
+            .expect("policy");
+        let rotator = Rotator::builder(
+            name.clone(),
+            storage.clone(),
+            Arc::new(MemoryLock::default()),
+            sealer.clone(),
+        )
+        .with_policy(policy.clone())
+        .build();
+        rotator.init(RequestContext::actor("test")).await.expect("init");
+        let kr = KeyRing::builder(name.clone(), storage.clone(), sealer.clone())
+            .with_policy(policy.clone())
+            .build()
+            .await
+            .expect("key ring");
+        assert!(
+            kr.snapshot().integrity().is_intact(),
+            "{}",
+            kr.snapshot().integrity().summary()
+        );
+        let first = kr.snapshot().active_kid().expect("active").to_owned();
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let token = kr.sign(&serde_json::json!({ "sub": "a", "exp": exp })).expect("sign");
+        rotator
+            .force_rotate(RequestContext::actor("test"), "drill", false)
+            .await
+            .expect("force rotate");
+        kr.refresh().await.expect("refresh");
+        let v = Validation::new().allow_any_audience();
+
+        // Past the Retiring key's expires_at.
+        let later = chrono::Utc::now() + chrono::TimeDelta::days(365);
+        let e = kr.verify_with(&token, &v, later).expect_err("refused");
+        assert_eq!(e, TokenError::KeyExpired);
+        let snap = kr.snapshot();
+        let end = snap
+            .keys()
+            .iter()
+            .find(|k| k.kid == first)
+            .and_then(|k| k.expires_at)
+            .expect("expires_at");
+        let why = explain_refusal(&snap, &token, &v, &e, Some(later)).expect("explained");
+        assert!(
+            why.starts_with(&format!(
+                "key {first} is no longer valid: its validity ended at {} (its expires_at); verified as of ",
+                end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            )),
+            "{why}"
+        );
+
+        // A row whose public JWK was swapped in storage.
+        let mut ring = storage.load(&name).await.expect("load");
+        let other = ring.active().expect("active").public_jwk.clone();
+        let row = ring.keys.iter_mut().find(|k| k.kid == first).expect("row");
+        row.public_jwk = other;
+        let snap = Snapshot::build(&ring, &policy, &*sealer, chrono::Utc::now()).expect("snapshot");
+        assert!(!snap.integrity().is_intact());
+        let why = explain_refusal(&snap, &token, &v, &TokenError::UnknownKid, None).expect("explained");
+        assert!(
+            why.starts_with(&format!("key {first} failed its integrity check (")),
+            "{why}"
+        );
+
+        // Refusals about the token itself are not explained by its key.
+        assert_eq!(
+            explain_refusal(&snap, &token, &v, &TokenError::BadSignature, None),
+            None
+        );
+    }
+
+    #[test]
+    fn clean_strips_control_characters() {
+        assert_eq!(clean("kid\u{1b}[31m\n"), "kid\u{fffd}[31m\u{fffd}");
+        assert_eq!(clean("plain-kid_1"), "plain-kid_1");
+    }
 
     #[test]
     fn ttl_forms() {

@@ -1,6 +1,7 @@
 //! End to end: the quickstart as a real process, its printed curl commands run as printed,
 //! the scheduler example and keyrotctl against it — on SQLite, and on PostgreSQL when
-//! `KEYROT_TEST_POSTGRES_URL` is set (required when `CI=true`).
+//! `KEYROT_TEST_POSTGRES_URL` is set (required when `CI=true`) — then keyrotctl's integrity
+//! checks, and on SQLite the same checks after tampering with the database file.
 
 use keyrot_core::MasterKey;
 use std::io::{BufRead as _, BufReader};
@@ -385,6 +386,244 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     if have_shell {
         assert!(has("breakglass", "rotated", true), "curl forced rotation audited");
     }
+
+    // 5. Integrity: the ledger's MAC chain and the ring manifest check out; the explicit
+    //    migration lists what it would vouch for and refuses an authenticated ring; a
+    //    Retiring key's token is refused past its expires_at, naming the key.
+    let forced_kid = report["new_kid"].as_str().expect("forced new_kid").to_owned();
+    let leak_drill_id = records
+        .iter()
+        .find(|r| r["reason"] == "e2e leak drill" && r["outcome"] == "rotated")
+        .and_then(|r| r["id"].as_str())
+        .expect("the forced rotation's audit record")
+        .to_owned();
+    integrity_checks(&env, &forced_kid, &fresh);
+
+    // 6. On SQLite, tamper with the database file as someone with write access but no
+    //    master key would: the ledger and a key row. Both are detected.
+    if database_url_is_sqlite(&env) {
+        tamper_sqlite(&env, &leak_drill_id).await;
+    }
+}
+
+fn database_url_is_sqlite(env: &Env) -> bool {
+    !env.vars.iter().any(|(k, _)| k == "KEYROT_DATABASE_URL")
+}
+
+/// The quickstart's default SQLite file, relative to the directory it runs in.
+fn sqlite_file(env: &Env) -> PathBuf {
+    env.dir.join(".keyrot").join("quickstart.db")
+}
+
+fn status_json(env: &Env) -> (Output, serde_json::Value) {
+    let out = env.run("keyrotctl", &["status", "--json"], &[]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status json ({e}): {}", text(&out)));
+    (out, v)
+}
+
+fn key<'a>(status: &'a serde_json::Value, kid: &str) -> &'a serde_json::Value {
+    status["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap_or_else(|| panic!("key {kid} in {status}"))
+}
+
+fn integrity_checks(env: &Env, forced_kid: &str, forced_token: &str) {
+    let chain = env.run("keyrotctl", &["audit", "--verify"], &[]);
+    let chain_text = text(&chain);
+    assert_eq!(
+        chain.status.code(),
+        Some(0),
+        "audit --verify on the fresh ring: {chain_text}"
+    );
+    assert!(
+        chain_text.starts_with("audit chain intact: ")
+            && chain_text.contains(" records (0 before the chain started), head seq "),
+        "{chain_text}"
+    );
+    let chain_json = env.run("keyrotctl", &["audit", "--verify", "--json"], &[]);
+    assert_eq!(chain_json.status.code(), Some(0), "{}", text(&chain_json));
+    let cj: serde_json::Value = serde_json::from_slice(&chain_json.stdout).expect("chain report json");
+    assert_eq!(cj["unchained"], 0, "every record of a new ring is chained: {cj}");
+    assert_eq!(
+        cj["head"][0].as_u64(),
+        cj["records"].as_u64(),
+        "the head is the last of 1..=records: {cj}"
+    );
+    let both = env.run("keyrotctl", &["audit", "--verify", "--limit", "5"], &[]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--verify checks the whole chain; --limit is a usage error: {}",
+        text(&both)
+    );
+    let listing = env.run("keyrotctl", &["audit", "--limit", "3"], &[]);
+    assert!(
+        listing.status.success() && text(&listing).starts_with("SEQ "),
+        "{}",
+        text(&listing)
+    );
+
+    let st = env.run("keyrotctl", &["status"], &[]);
+    let st_text = text(&st);
+    assert_eq!(st.status.code(), Some(0), "{st_text}");
+    assert!(st_text.contains("\nintegrity: intact\n"), "{st_text}");
+    assert!(!st_text.contains("TAMPERED"), "{st_text}");
+    let (out, sj) = status_json(env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sj["integrity"]["integrity"]["status"], "authenticated", "{sj}");
+    assert!(key(&sj, forced_kid)["tampered"].is_null(), "{sj}");
+
+    let preview = env.run("keyrotctl", &["authenticate-ring"], &[]);
+    let preview_text = text(&preview);
+    assert_eq!(preview.status.code(), Some(2), "without --yes: {preview_text}");
+    assert!(
+        preview_text.contains(&format!("key {forced_kid}\n"))
+            && preview_text.contains("fingerprint")
+            && preview_text.contains("--yes"),
+        "{preview_text}"
+    );
+    let again = env.run("keyrotctl", &["authenticate-ring", "--yes"], &[]);
+    let again_text = text(&again);
+    assert_eq!(again.status.code(), Some(1), "an authenticated ring: {again_text}");
+    assert!(
+        again_text.contains("outcome     refused") && again_text.contains("already has a manifest"),
+        "{again_text}"
+    );
+
+    // The forced key retires; its token verifies until its expires_at and not after.
+    let drill = env.run(
+        "keyrotctl",
+        &["rotate", "--force", "--reason", "e2e expiry drill", "--json"],
+        &[],
+    );
+    assert!(drill.status.success(), "{}", text(&drill));
+    let dr: serde_json::Value = serde_json::from_slice(&drill.stdout).expect("report json");
+    assert_eq!(dr["old_kid"], forced_kid, "{dr}");
+    let (_, sj) = status_json(env);
+    let retiring = key(&sj, forced_kid);
+    assert_eq!(retiring["state"], "retiring", "{sj}");
+    let expires_at = retiring["expires_at"].as_str().expect("expires_at").to_owned();
+    let now = env.run("keyrotctl", &["verify", forced_token], &[]);
+    assert!(now.status.success(), "a Retiring key verifies: {}", text(&now));
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 10 * 365 * 86_400;
+    let expired = env.run("keyrotctl", &["verify", "--at", &later.to_string(), forced_token], &[]);
+    let expired_text = text(&expired);
+    assert_eq!(expired.status.code(), Some(1), "{expired_text}");
+    assert!(
+        expired_text.contains(&format!(
+            "refused: key {forced_kid} is no longer valid: its validity ended at {expires_at} (its expires_at)"
+        )),
+        "{expired_text}"
+    );
+}
+
+async fn tamper_sqlite(env: &Env, audit_id: &str) {
+    use keyrot_sqlx::sqlx;
+    let (_, sj) = status_json(env);
+    let active = sj["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["state"] == "active")
+        .and_then(|k| k["kid"].as_str())
+        .expect("active kid")
+        .to_owned();
+    let other = sj["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["state"] == "retiring")
+        .and_then(|k| k["kid"].as_str())
+        .expect("a retiring kid")
+        .to_owned();
+    let token = env.run("keyrotctl", &["token", "--sub", "bob"], &[]);
+    assert!(token.status.success(), "{}", text(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let ok = env.run("keyrotctl", &["verify", &token], &[]);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", sqlite_file(env).display()))
+        .await
+        .expect("open the SQLite file");
+
+    // The ledger: append-only by trigger, which someone with the file drops first.
+    sqlx::query(r#"DROP TRIGGER IF EXISTS "keyrot_audit_no_update""#)
+        .execute(&pool)
+        .await
+        .expect("drop the append-only trigger");
+    let altered = sqlx::query("UPDATE keyrot_audit SET actor = 'cli:mallory' WHERE audit_id = ?")
+        .bind(audit_id)
+        .execute(&pool)
+        .await
+        .expect("alter an audit record");
+    assert_eq!(altered.rows_affected(), 1, "audit record {audit_id}");
+    let broken = env.run("keyrotctl", &["audit", "--verify"], &[]);
+    let broken_text = text(&broken);
+    assert_eq!(broken.status.code(), Some(1), "{broken_text}");
+    assert!(
+        broken_text.starts_with(&format!("audit chain broken at record {audit_id} (seq ")),
+        "names the altered record: {broken_text}"
+    );
+    let broken_json = env.run("keyrotctl", &["audit", "--verify", "--json"], &[]);
+    assert_eq!(broken_json.status.code(), Some(1), "{}", text(&broken_json));
+    let bj: serde_json::Value = serde_json::from_slice(&broken_json.stdout).expect("chain break json");
+    assert_eq!(bj["id"], audit_id, "{bj}");
+
+    // A key row: the Active key's public JWK swapped for another key's.
+    let (jwk,): (String,) = sqlx::query_as("SELECT public_jwk FROM keyrot_keys WHERE kid = ?")
+        .bind(&other)
+        .fetch_one(&pool)
+        .await
+        .expect("read a public JWK");
+    let swapped = sqlx::query("UPDATE keyrot_keys SET public_jwk = ? WHERE kid = ?")
+        .bind(&jwk)
+        .bind(&active)
+        .execute(&pool)
+        .await
+        .expect("alter a key row");
+    assert_eq!(swapped.rows_affected(), 1, "key row {active}");
+    pool.close().await;
+
+    let st = env.run("keyrotctl", &["status"], &[]);
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(active.as_str()) && l.contains("TAMPERED: ")),
+        "the tampered row is marked: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("integrity: tampered key rows: {active} (")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("warning: integrity: tampered key rows: {active} (")),
+        "{stderr}"
+    );
+    let (out, sj) = status_json(env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for field in ["ring", "generation", "keys", "next_transition", "integrity"] {
+        assert!(sj.get(field).is_some(), "status --json keeps {field}: {sj}");
+    }
+    assert_eq!(sj["integrity"]["tampered"][0]["kid"], active.as_str(), "{sj}");
+    assert!(key(&sj, &active)["tampered"].is_string(), "{sj}");
+    assert!(key(&sj, &other)["tampered"].is_null(), "{sj}");
+
+    let refused = env.run("keyrotctl", &["verify", &token], &[]);
+    let refused_text = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{refused_text}");
+    assert!(
+        refused_text.contains(&format!("refused: key {active} failed its integrity check (")),
+        "{refused_text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
