@@ -728,7 +728,13 @@ impl Rotator {
         };
         let result = self.locked(&mut attempt, now, idem.as_ref()).await;
         self.release(guard).await;
-        if let Err(e) = &result {
+        // A tampered or rolled-back ring fails every tick until someone fixes it; each
+        // failure is an error event, but only explicit requests write ledger records, so
+        // the tampering cannot grow the ledger by itself.
+        let persistent = matches!(result, Err(RotateError::Integrity(_) | RotateError::Rollback { .. }));
+        if let Err(e) = &result
+            && !(persistent && kind == TriggerKind::Tick)
+        {
             let mut r = self.report(Outcome::Failed, now, None);
             r.detail = Some(e.to_string());
             // Best effort: the ledger may be the thing that is down.

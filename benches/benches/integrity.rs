@@ -1,0 +1,138 @@
+//! What ring integrity costs, measured paired: the functions are interleaved in shuffled
+//! rounds on the same ring, and each is reported as the median over rounds (this shared
+//! VM's speed drifts, so only interleaved figures compare).
+//!
+//! * `snapshot_build`: `Snapshot::build` of a ring of 10 published keys (parses every
+//!   key, unseals the Active one, checks the manifest and every row);
+//! * `check_ring`: the integrity check alone — the time integrity added to a snapshot
+//!   build;
+//! * `seal_manifest` + `audit_link`: what integrity adds to a commit (the manifest MAC
+//!   over the whole ring, and the audit chain MAC of one record).
+//!
+//! No cost lands on the per-token path: a validity window is one comparison.
+//!
+//! Run with `cargo bench -p keyrot-benches --bench integrity`.
+
+use chrono::{TimeDelta, TimeZone, Utc};
+use keyrot_core::integrity::{SealerLinker, check_ring, seal_manifest};
+use keyrot_core::storage::{AuditLinker, AuditQuery};
+use keyrot_core::{
+    KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext, RingName,
+    Rotator, Snapshot, Storage,
+};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+const ROUNDS: usize = 200;
+const ITERS: usize = 50;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("time"));
+    let storage = Arc::new(MemoryStorage::new());
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
+    let ring_name = RingName::new("bench").expect("ring");
+    let (ring, audit) = rt.block_on(async {
+        let keyring = KeyRing::builder(ring_name.clone(), storage.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .build()
+            .await
+            .expect("keyring");
+        let rotator = Rotator::builder(
+            ring_name.clone(),
+            storage.clone(),
+            Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+            sealer.clone(),
+        )
+        .with_clock(Arc::new(clock.clone()))
+        .with_keyring(keyring)
+        .build();
+        rotator.init(RequestContext::actor("bench")).await.expect("init");
+        for i in 0..9 {
+            clock.advance(TimeDelta::hours(2));
+            rotator
+                .force_rotate(RequestContext::actor("bench"), format!("r{i}"), false)
+                .await
+                .expect("force");
+        }
+        let ring = storage.load(&ring_name).await.expect("load");
+        let audit = storage
+            .audit_log(&ring_name, AuditQuery { limit: 1 })
+            .await
+            .expect("audit");
+        (ring, audit)
+    });
+    assert_eq!(ring.published().count(), 10);
+    let record = audit.first().expect("a record").clone();
+    let linker = SealerLinker::new(sealer.clone());
+    let policy = Policy::default();
+    let now = clock.now();
+
+    type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let jobs: Vec<Job<'_>> = vec![
+        (
+            "snapshot_build",
+            Box::new(|| {
+                black_box(Snapshot::build(black_box(&ring), &policy, &*sealer, now).expect("build"));
+            }),
+        ),
+        (
+            "check_ring",
+            Box::new(|| {
+                black_box(check_ring(black_box(&ring), &*sealer));
+            }),
+        ),
+        (
+            "seal_manifest",
+            Box::new(|| {
+                black_box(seal_manifest(black_box(&ring), &*sealer).expect("manifest"));
+            }),
+        ),
+        (
+            "audit_link",
+            Box::new(|| {
+                black_box(linker.link(black_box(&record), 7, Some("prev")).expect("link"));
+            }),
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); jobs.len()];
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..ROUNDS {
+        // Fisher–Yates with a xorshift generator: a new order every round.
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut round = vec![0.0; jobs.len()];
+        for &j in &order {
+            let start = Instant::now();
+            for _ in 0..ITERS {
+                (jobs[j].1)();
+            }
+            round[j] = start.elapsed().as_secs_f64() * 1e6 / ITERS as f64;
+            samples[j].push(round[j]);
+        }
+        ratios.push(round[1] / round[0]);
+    }
+    println!("integrity costs, median of {ROUNDS} shuffled rounds of {ITERS} calls (10 published keys):");
+    for (j, (name, _)) in jobs.iter().enumerate() {
+        println!("  {name:<15} {:>9.2} µs", median(&mut samples[j]));
+    }
+    println!(
+        "  check_ring / snapshot_build, median per-round ratio: {:.3}",
+        median(&mut ratios)
+    );
+}
