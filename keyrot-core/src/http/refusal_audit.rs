@@ -237,11 +237,12 @@ impl RefusalBudget {
             actors: HashMap::new(),
             untracked: ActorCount::default(),
         });
-        let tracked = w.actors.contains_key(actor) || w.actors.len() < limits.max_actors;
-        let count = if tracked {
-            w.actors.entry(actor.to_owned()).or_default()
-        } else {
-            &mut w.untracked
+        if w.actors.len() < limits.max_actors && !w.actors.contains_key(actor) {
+            w.actors.insert(actor.to_owned(), ActorCount::default());
+        }
+        let count = match w.actors.get_mut(actor) {
+            Some(c) => c,
+            None => &mut w.untracked,
         };
         if count.written < limits.per_actor && w.written < limits.global {
             count.written += 1;
