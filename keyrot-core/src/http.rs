@@ -22,6 +22,7 @@ mod authorizer;
 mod bearer;
 mod endpoints;
 mod jwks_route;
+mod refusal_audit;
 mod status;
 
 pub use authorizer::{
@@ -29,8 +30,12 @@ pub use authorizer::{
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
 };
 pub use bearer::{AuthRejection, BearerAuth, BearerToken, TokenVerifier, bearer_token, has_scope, require_scopes};
-pub use endpoints::{ANONYMOUS_AUDIT_PER_MINUTE, HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
+pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::jwks_response;
+pub use refusal_audit::{
+    ANONYMOUS_ACTOR, DEFAULT_REFUSAL_AUDIT_INTERVAL, DEFAULT_REFUSAL_AUDIT_MAX_ACTORS, DEFAULT_REFUSALS_AUDITED_GLOBAL,
+    DEFAULT_REFUSALS_AUDITED_PER_ACTOR, RefusalAuditLimits, UNTRACKED_ACTORS,
+};
 pub use status::{NextTransition, TransitionAction, next_transition};
 
 use serde::Serialize;

@@ -46,6 +46,9 @@ pub enum RefreshError {
         #[source]
         source: KeyError,
     },
+    /// The configured token type (`typ`) is not 1-64 printable ASCII characters.
+    #[error("token type must be 1-64 printable ASCII characters")]
+    InvalidTokenType,
     /// Storage shows an older generation than this instance already served: a rollback
     /// of the database (which could resurrect revoked keys) is never accepted.
     #[error("storage went back to generation {found} after this instance served generation {served}: refused")]
@@ -155,6 +158,8 @@ pub struct Snapshot {
     jwks: Jwks,
     keys: Vec<KeyStatus>,
     integrity: IntegrityReport,
+    /// The `typ` keyrot writes in headers it signs.
+    token_type: String,
     loaded_at: DateTime<Utc>,
 }
 
@@ -175,6 +180,18 @@ impl Snapshot {
     /// that its public key is the stored one). A row that fails never verifies, is
     /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
     pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
+        Self::build_with_type(ring, policy, sealer, now, token::DEFAULT_TOKEN_TYPE)
+    }
+
+    /// [`Snapshot::build`] for a ring that signs tokens with header `typ` `token_type`
+    /// (explicit typing, RFC 8725 §3.11, e.g. `at+jwt`).
+    pub fn build_with_type(
+        ring: &Ring,
+        policy: &Policy,
+        sealer: &dyn Sealer,
+        now: DateTime<Utc>,
+        token_type: &str,
+    ) -> Result<Self, RefreshError> {
         let mut integrity = crate::integrity::check_ring(ring, sealer);
         if let crate::integrity::RingIntegrity::UnknownMasterKey(id) = &integrity.integrity {
             return Err(RefreshError::Seal {
@@ -195,7 +212,7 @@ impl Snapshot {
                     source,
                 })?;
             if k.state == KeyState::Active {
-                match Self::active_signer(ring, k, sealer)? {
+                match Self::active_signer(ring, k, sealer, token_type)? {
                     Some(s) => signer = Some(s),
                     None => {
                         integrity.tampered.push(TamperedKey {
@@ -211,7 +228,7 @@ impl Snapshot {
                 _ => None,
             };
             verifiers.insert(k.kid.clone(), VerifierEntry { key: vk, not_after });
-            known_headers.insert(token::encode_header(k.alg, &k.kid), k.kid.clone());
+            known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
         }
         if !integrity.is_intact() {
             tracing::error!(
@@ -249,12 +266,18 @@ impl Snapshot {
             jwks: Jwks::render(&trusted, policy),
             keys,
             integrity,
+            token_type: token_type.to_owned(),
             loaded_at: now,
         })
     }
 
     /// Unseals the Active key; `None` when its public half is not the stored public key.
-    fn active_signer(ring: &Ring, k: &KeyRecord, sealer: &dyn Sealer) -> Result<Option<ActiveSigner>, RefreshError> {
+    fn active_signer(
+        ring: &Ring,
+        k: &KeyRecord,
+        sealer: &dyn Sealer,
+        token_type: &str,
+    ) -> Result<Option<ActiveSigner>, RefreshError> {
         let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
             kid: k.kid.clone(),
             source: KeyError::Invalid("active key has no private material".into()),
@@ -281,7 +304,7 @@ impl Snapshot {
         }
         Ok(Some(ActiveSigner {
             kid: k.kid.clone(),
-            header_b64: token::encode_header(k.alg, &k.kid),
+            header_b64: token::encode_header_with_type(k.alg, &k.kid, token_type),
             key: pk.signing_key(),
         }))
     }
@@ -345,6 +368,7 @@ struct Inner {
     snapshot: ArcSwap<Snapshot>,
     refresh_lock: AsyncMutex<()>,
     unknown_kid_interval: Duration,
+    token_type: String,
     /// Single flight for unknown-kid refreshes: when the last one started.
     unknown_kid_gate: AsyncMutex<Option<tokio::time::Instant>>,
     /// How many unknown-kid refreshes have started.
@@ -378,9 +402,18 @@ pub struct KeyRingBuilder {
     policy: Policy,
     validation: Validation,
     unknown_kid_interval: Duration,
+    token_type: String,
 }
 
 impl KeyRingBuilder {
+    /// The `typ` of the tokens this ring signs (default `JWT`): e.g. `at+jwt` for OAuth
+    /// access tokens (RFC 9068), so verifiers can require it
+    /// ([`Validation::with_required_type`]).
+    pub fn with_token_type(mut self, typ: impl Into<String>) -> Self {
+        self.token_type = typ.into();
+        self
+    }
+
     /// Clock (default: system).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -411,7 +444,10 @@ impl KeyRingBuilder {
     pub async fn build(self) -> Result<KeyRing, RefreshError> {
         let now = self.clock.now();
         let ring = self.storage.load(&self.ring).await?;
-        let snap = Snapshot::build(&ring, &self.policy, &*self.sealer, now)?;
+        if !(1..=64).contains(&self.token_type.len()) || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RefreshError::InvalidTokenType);
+        }
+        let snap = Snapshot::build_with_type(&ring, &self.policy, &*self.sealer, now, &self.token_type)?;
         let served = snap.authenticated_generation();
         Ok(KeyRing {
             inner: Arc::new(Inner {
@@ -424,6 +460,7 @@ impl KeyRingBuilder {
                 snapshot: ArcSwap::from_pointee(snap),
                 refresh_lock: AsyncMutex::new(()),
                 unknown_kid_interval: self.unknown_kid_interval,
+                token_type: self.token_type,
                 unknown_kid_gate: AsyncMutex::new(None),
                 unknown_kid_started: AtomicU64::new(0),
                 highest_generation: AtomicU64::new(served),
@@ -444,6 +481,7 @@ impl KeyRing {
             policy: Policy::default(),
             validation: Validation::default(),
             unknown_kid_interval: Duration::from_secs(1),
+            token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
         }
     }
 
@@ -520,11 +558,8 @@ impl KeyRing {
             && let Some(entry) = snap.verifiers.get(kid)
         {
             let key = entry.check(at)?;
-            return token::decode_with_known_header(token, v, kid, key.algorithm())?.verify_with(
-                key,
-                v,
-                at.timestamp(),
-            );
+            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&snap.token_type))?
+                .verify_with(key, v, at.timestamp());
         }
         let u = token::decode_header(token, v)?;
         let key = snap.verifiers.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
@@ -609,7 +644,13 @@ impl KeyRing {
     async fn reload_locked(&self) -> Result<bool, RefreshError> {
         let ring = self.inner.storage.load(&self.inner.ring).await?;
         let current = self.inner.snapshot.load().generation;
-        let snap = Snapshot::build(&ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
+        let snap = Snapshot::build_with_type(
+            &ring,
+            &self.inner.policy,
+            &*self.inner.sealer,
+            self.inner.clock.now(),
+            &self.inner.token_type,
+        )?;
         self.check_not_older(&snap)?;
         let changed = snap.generation != current;
         self.store(snap);
@@ -626,7 +667,13 @@ impl KeyRing {
         if ring.name != self.inner.ring || ring.generation <= self.inner.snapshot.load().generation {
             return Ok(());
         }
-        let snap = Snapshot::build(ring, &self.inner.policy, &*self.inner.sealer, self.inner.clock.now())?;
+        let snap = Snapshot::build_with_type(
+            ring,
+            &self.inner.policy,
+            &*self.inner.sealer,
+            self.inner.clock.now(),
+            &self.inner.token_type,
+        )?;
         self.check_not_older(&snap)?;
         self.store(snap);
         Ok(())

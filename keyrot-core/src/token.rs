@@ -1,9 +1,9 @@
 //! JWS compact tokens (JWTs): signing with a pre-parsed key and strict verification.
 //!
 //! Verification order: size cap → three canonical base64url segments → header JSON
-//! (no duplicates) → forbidden header members → `kid` lookup → `alg` must equal the key's
-//! algorithm → signature → payload JSON → time and audience claims. The payload is never
-//! parsed before the signature has been checked.
+//! (no duplicates) → forbidden header members → `typ` (when one is required) → `kid`
+//! lookup → `alg` must equal the key's algorithm → signature → payload JSON → time and
+//! audience claims. The payload is never parsed before the signature has been checked.
 
 use crate::alg::Algorithm;
 use crate::b64;
@@ -18,6 +18,9 @@ use std::time::Duration;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Largest leeway [`Validation::with_leeway`] accepts.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// What RFC 7515 §4.1.9 puts in front of a `typ` without `/`.
+const MEDIA_TYPE_PREFIX: &str = "application/";
 
 /// Header members keyrot refuses: each asks the verifier to fetch, trust or interpret
 /// something chosen by the token's author.
@@ -54,6 +57,10 @@ pub enum TokenError {
         /// The key's algorithm.
         expected: Algorithm,
     },
+    /// The header `typ` is absent or not the type [`Validation::with_required_type`]
+    /// requires (explicit typing, RFC 8725 §3.11).
+    #[error("token type (typ) is not the one required here")]
+    InvalidType,
     /// The key named by `kid` is no longer valid at the verification time (a Retiring
     /// key past its `expires_at`).
     #[error("token key is no longer valid")]
@@ -123,6 +130,8 @@ pub struct Validation {
     leeway_secs: i64,
     require_exp: bool,
     max_token_bytes: usize,
+    /// The required `typ`, normalised to a full lowercase media type.
+    required_type: Option<String>,
 }
 
 impl Default for Validation {
@@ -134,6 +143,7 @@ impl Default for Validation {
             leeway_secs: 30,
             require_exp: true,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            required_type: None,
         }
     }
 }
@@ -180,6 +190,28 @@ impl Validation {
     pub fn with_max_token_bytes(mut self, max: usize) -> Self {
         self.max_token_bytes = max;
         self
+    }
+
+    /// Require the header `typ` to be `typ` (explicit typing, RFC 8725 §3.11), e.g.
+    /// `"at+jwt"` for OAuth access tokens (RFC 9068). Media types compare
+    /// case-insensitively and, as RFC 7515 §4.1.9 says, a value without `/` is read with
+    /// `application/` in front: `at+jwt`, `AT+JWT` and `application/at+jwt` are the same
+    /// type. A token without `typ` or with another one is refused with
+    /// [`TokenError::InvalidType`].
+    pub fn with_required_type(mut self, typ: impl AsRef<str>) -> Self {
+        let typ = typ.as_ref();
+        let full = if typ.contains('/') {
+            typ.to_ascii_lowercase()
+        } else {
+            format!("{MEDIA_TYPE_PREFIX}{}", typ.to_ascii_lowercase())
+        };
+        self.required_type = Some(full);
+        self
+    }
+
+    /// The required `typ`, if any, as a full lowercase media type (`application/at+jwt`).
+    pub fn required_type(&self) -> Option<&str> {
+        self.required_type.as_deref()
     }
 
     /// The configured leeway in seconds.
@@ -242,9 +274,6 @@ pub fn decode_header<'t>(token: &'t str, v: &Validation) -> Result<Unverified<'t
     decode(token, v, true)
 }
 
-/// The header checks [`decode_header`] and [`verify_with_key`] share. With `require_kid`
-/// false an absent `kid` reads as the empty string; a `kid` that is present must still be
-/// a non-empty string.
 /// The size cap, then exactly three non-empty dot-separated segments.
 fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &'t str, &'t str), TokenError> {
     if token.len() > v.max_token_bytes {
@@ -260,16 +289,83 @@ fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &'t str, &'t
     Ok((h, p, s))
 }
 
+/// The header segment as a JSON object (canonical base64url, no duplicate members).
+fn parse_header(h: &str) -> Result<Map<String, Value>, TokenError> {
+    let header_bytes = b64::decode(h).ok_or(TokenError::Malformed("header is not base64url"))?;
+    match parse_strict(&header_bytes).map_err(|e| json_err(e, "header"))? {
+        Value::Object(header) => Ok(header),
+        _ => Err(TokenError::Malformed("header is not a JSON object")),
+    }
+}
+
+/// The `typ` rules: a string when present, and the required type when one is configured.
+fn check_type(typ: Option<&Value>, v: &Validation) -> Result<(), TokenError> {
+    let typ = match typ {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(TokenError::Malformed("header typ is not a string")),
+    };
+    match (v.required_type.as_deref(), typ) {
+        (None, _) => Ok(()),
+        (Some(required), Some(t)) if type_matches(required, t) => Ok(()),
+        (Some(_), _) => Err(TokenError::InvalidType),
+    }
+}
+
+/// Whether header `typ` names the media type `required` (full, lowercase): compared
+/// case-insensitively, `application/` implied when `typ` has no `/` (RFC 7515 §4.1.9).
+fn type_matches(required: &str, typ: &str) -> bool {
+    if typ.contains('/') {
+        required.eq_ignore_ascii_case(typ)
+    } else {
+        required
+            .strip_prefix(MEDIA_TYPE_PREFIX)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(typ))
+    }
+}
+
+/// Checks only the `typ` rule of `v` on a token's header (after the size cap and the
+/// segment and header-JSON rules), for callers whose verifier is not keyrot's, such as
+/// an authorizer in front of another issuer's tokens.
+pub(crate) fn check_header_type(token: &str, v: &Validation) -> Result<(), TokenError> {
+    let (h, _, _) = segments(token, v)?;
+    check_type(parse_header(h)?.get("typ"), v)
+}
+
 /// For a token whose header segment is byte-for-byte the one [`encode_header`] produced for
 /// `kid` and `alg`: the header rules hold by construction (keyrot wrote it), so the header
 /// is not decoded again. Everything else — size cap, segments, signature, payload, claims —
 /// is checked exactly as in [`verify`].
+///
+/// The known header's `typ` is not passed in, so when `v` requires a type the header is
+/// decoded after all and checked as in [`verify`]; callers that know the `typ` they
+/// encoded use [`decode_with_known_typed_header`] to keep the fast path.
+#[cfg(test)]
 pub(crate) fn decode_with_known_header<'t>(
     token: &'t str,
     v: &Validation,
     kid: &str,
     alg: Algorithm,
 ) -> Result<Unverified<'t>, TokenError> {
+    decode_with_known_typed_header(token, v, kid, alg, None)
+}
+
+/// [`decode_with_known_header`] for a header written by [`encode_header_with_type`] with
+/// `typ` (`None`: unknown). The required type, if any, is compared with `typ` without
+/// decoding the header.
+pub(crate) fn decode_with_known_typed_header<'t>(
+    token: &'t str,
+    v: &Validation,
+    kid: &str,
+    alg: Algorithm,
+    typ: Option<&str>,
+) -> Result<Unverified<'t>, TokenError> {
+    match (v.required_type.as_deref(), typ) {
+        // The header's typ is not known here: read it.
+        (Some(_), None) => return decode(token, v, true),
+        (Some(required), Some(t)) if !type_matches(required, t) => return Err(TokenError::InvalidType),
+        _ => {}
+    }
     let (h, p, s) = segments(token, v)?;
     let signing_input = &token[..h.len() + 1 + p.len()];
     Ok(Unverified {
@@ -281,13 +377,12 @@ pub(crate) fn decode_with_known_header<'t>(
     })
 }
 
+/// The header checks [`decode_header`] and [`verify_with_key`] share. With `require_kid`
+/// false an absent `kid` reads as the empty string; a `kid` that is present must still be
+/// a non-empty string.
 fn decode<'t>(token: &'t str, v: &Validation, require_kid: bool) -> Result<Unverified<'t>, TokenError> {
     let (h, p, s) = segments(token, v)?;
-    let header_bytes = b64::decode(h).ok_or(TokenError::Malformed("header is not base64url"))?;
-    let header = parse_strict(&header_bytes).map_err(|e| json_err(e, "header"))?;
-    let Value::Object(header) = header else {
-        return Err(TokenError::Malformed("header is not a JSON object"));
-    };
+    let header = parse_header(h)?;
     for name in FORBIDDEN_HEADER_MEMBERS {
         if header.contains_key(name) {
             return Err(TokenError::ForbiddenHeader(name));
@@ -304,11 +399,7 @@ fn decode<'t>(token: &'t str, v: &Validation, require_kid: bool) -> Result<Unver
         None if require_kid => return Err(TokenError::MissingKid),
         None => String::new(),
     };
-    if let Some(t) = header.get("typ")
-        && !t.is_string()
-    {
-        return Err(TokenError::Malformed("header typ is not a string"));
-    }
+    check_type(header.get("typ"), v)?;
     let signing_input = &token[..h.len() + 1 + p.len()];
     Ok(Unverified {
         kid,
@@ -435,8 +526,18 @@ fn check_claims(claims: &Map<String, Value>, v: &Validation, now: i64) -> Result
     Ok(())
 }
 
-/// The protected header keyrot writes, base64url-encoded once per key.
+/// The `typ` [`encode_header`] writes.
+pub const DEFAULT_TOKEN_TYPE: &str = "JWT";
+
+/// The protected header keyrot writes, base64url-encoded once per key, with
+/// `typ: "JWT"` (see [`encode_header_with_type`] for explicit typing).
 pub fn encode_header(alg: Algorithm, kid: &str) -> String {
+    encode_header_with_type(alg, kid, DEFAULT_TOKEN_TYPE)
+}
+
+/// The protected header with another `typ`, e.g. `"at+jwt"` for OAuth access tokens
+/// (RFC 9068; explicit typing, RFC 8725 §3.11), base64url-encoded once per key.
+pub fn encode_header_with_type(alg: Algorithm, kid: &str, typ: &str) -> String {
     #[derive(Serialize)]
     struct Header<'a> {
         alg: &'a str,
@@ -446,7 +547,7 @@ pub fn encode_header(alg: Algorithm, kid: &str) -> String {
     let json = serde_json::to_vec(&Header {
         alg: alg.as_str(),
         kid,
-        typ: "JWT",
+        typ,
     })
     .unwrap_or_default();
     b64::encode(&json)
@@ -752,6 +853,100 @@ mod tests {
                 0
             )
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_required_type_is_enforced() {
+        let f = fixture();
+        let with_typ = |typ: Option<Value>| {
+            let mut h = json!({"alg":"EdDSA","kid":"k1"});
+            if let Some(t) = typ {
+                h["typ"] = t;
+            }
+            raw_token(&f, &h, br#"{"exp":100}"#)
+        };
+        let at = Validation::new().with_required_type("at+jwt");
+        assert_eq!(at.required_type(), Some("application/at+jwt"));
+        for same in ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"] {
+            assert!(check(&f, &with_typ(Some(json!(same))), &at, 0).is_ok(), "{same}");
+        }
+        for other in [
+            "JWT",
+            "jwt",
+            "text/at+jwt",
+            "at+jwt; charset=utf-8",
+            "application/",
+            "",
+            "at",
+        ] {
+            assert_eq!(
+                check(&f, &with_typ(Some(json!(other))), &at, 0).err(),
+                Some(TokenError::InvalidType),
+                "{other:?}"
+            );
+        }
+        assert_eq!(
+            check(&f, &with_typ(None), &at, 0).err(),
+            Some(TokenError::InvalidType),
+            "a missing typ is refused"
+        );
+        assert!(matches!(
+            check(&f, &with_typ(Some(json!(5))), &at, 0),
+            Err(TokenError::Malformed(_))
+        ));
+        // The required type may itself be written in full, in any case.
+        let full = Validation::new().with_required_type("Application/AT+JWT");
+        assert!(check(&f, &with_typ(Some(json!("at+jwt"))), &full, 0).is_ok());
+        // Without a requirement any string typ (or none) is accepted, as before.
+        let any = Validation::new();
+        assert!(check(&f, &with_typ(None), &any, 0).is_ok());
+        assert!(check(&f, &with_typ(Some(json!("secevent+jwt"))), &any, 0).is_ok());
+        // Every entry point applies the rule.
+        let jwt = with_typ(Some(json!("JWT")));
+        assert_eq!(decode_header(&jwt, &at).err(), Some(TokenError::InvalidType));
+        assert_eq!(
+            verify_with_key(&jwt, &f.vk, &at, 0).err(),
+            Some(TokenError::InvalidType)
+        );
+        assert_eq!(check_header_type(&jwt, &at), Err(TokenError::InvalidType));
+        assert_eq!(check_header_type(&with_typ(Some(json!("at+jwt"))), &at), Ok(()));
+    }
+
+    #[test]
+    fn the_known_header_fast_path_still_enforces_the_type() {
+        let f = fixture();
+        let claims = json!({"exp":100});
+        let jwt = sign(&f.key, &f.header, &claims, 0, 3600).expect("sign");
+        let at_header = encode_header_with_type(Algorithm::EdDsa, "k1", "at+jwt");
+        let at_jwt = sign(&f.key, &at_header, &claims, 0, 3600).expect("sign");
+        let header: Value = serde_json::from_slice(&b64::decode(&at_header).expect("b64")).expect("json");
+        assert_eq!(header, json!({"alg":"EdDSA","kid":"k1","typ":"at+jwt"}));
+        let header: Value = serde_json::from_slice(&b64::decode(&f.header).expect("b64")).expect("json");
+        assert_eq!(header["typ"], DEFAULT_TOKEN_TYPE);
+
+        let at = Validation::new().with_required_type("at+jwt");
+        let fast = |t: &str, typ: Option<&str>| {
+            decode_with_known_typed_header(t, &at, "k1", Algorithm::EdDsa, typ)
+                .and_then(|u| u.verify_with(&f.vk, &at, 0))
+                .map(|v| v.kid)
+        };
+        // The typ of the known header unknown: the header is read.
+        assert_eq!(fast(&jwt, None), Err(TokenError::InvalidType));
+        assert_eq!(fast(&at_jwt, None).as_deref(), Ok("k1"));
+        assert_eq!(
+            decode_with_known_header(&jwt, &at, "k1", Algorithm::EdDsa).err(),
+            Some(TokenError::InvalidType)
+        );
+        // The typ known: compared without reading the header.
+        assert_eq!(fast(&at_jwt, Some("at+jwt")).as_deref(), Ok("k1"));
+        assert_eq!(fast(&jwt, Some("JWT")), Err(TokenError::InvalidType));
+        // No requirement: the fast path as before.
+        let any = Validation::new();
+        assert!(
+            decode_with_known_header(&jwt, &any, "k1", Algorithm::EdDsa)
+                .and_then(|u| u.verify_with(&f.vk, &any, 0))
+                .is_ok()
         );
     }
 

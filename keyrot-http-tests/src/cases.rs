@@ -2,10 +2,17 @@
 
 use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, World};
 use chrono::TimeDelta;
-use keyrot_core::http::{JWKS_PATH, ROTATE_PATH, STATUS_PATH};
-use keyrot_core::{Lock, Outcome, RequestContext, TriggerKind};
+use keyrot_core::http::{
+    ANONYMOUS_ACTOR, JWKS_PATH, ROTATE_PATH, RefusalAuditLimits, STATUS_PATH, ScopeAuthorizer, TokenVerifier,
+};
+use keyrot_core::key::VerifyingKey;
+use keyrot_core::token::{self, encode_header_with_type};
+use keyrot_core::{
+    Algorithm, Clock, Lock, Outcome, PrivateKey, RequestContext, RsaBits, TokenError, TriggerKind, Validation, Verified,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 const INVALID_TOKEN_BODY: &str = r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;
 const MISSING_TOKEN_BODY: &str = r#"{"error":"unauthorized","error_description":"a bearer token is required"}"#;
@@ -827,6 +834,156 @@ pub async fn jwks_etag_and_304(start: Start) {
     let c = w.jwks(Some(&etag)).await;
     assert_eq!(c.status, 200, "the set changed");
     assert_ne!(c.header("etag"), Some(etag.as_str()));
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): a proxy that weakens the
+/// ETag (nginx with gzip forwards `W/"…"`) still gets 304; lists with whitespace work.
+pub async fn jwks_if_none_match_uses_weak_comparison(start: Start) {
+    let w = World::start(start).await;
+    let etag = w.jwks(None).await.header("etag").expect("etag").to_owned();
+    let weak = format!("W/{etag}");
+    let a = w.jwks(Some(&weak)).await;
+    assert_eq!(a.status, 304, "{weak}: {}", a.text());
+    assert!(a.body.is_empty());
+    assert_eq!(a.header("etag"), Some(etag.as_str()), "the 304 names the strong ETag");
+    for list in [
+        format!("\"stale\", {weak}"),
+        format!("W/\"stale\",{weak}"),
+        format!("\"stale\" ,\t{weak} , \"older\""),
+        format!("garbage, {weak}"),
+    ] {
+        assert_eq!(w.jwks(Some(&list)).await.status, 304, "{list}");
+    }
+    let two_lines = w
+        .send(
+            "GET",
+            JWKS_PATH,
+            &[
+                ("if-none-match", "\"stale\"".to_owned()),
+                ("if-none-match", weak.clone()),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(two_lines.status, 304, "two If-None-Match lines");
+    for miss in [
+        "W/\"stale\"".to_owned(),
+        format!("w/{etag}"),
+        format!("W/{}", etag.trim_matches('"')),
+        format!("{weak}x"),
+    ] {
+        assert_eq!(w.jwks(Some(&miss)).await.status, 200, "{miss}");
+    }
+}
+
+/// Tokens of an authorization server, verified by the application's own verifier.
+#[derive(Debug)]
+struct AuthorizationServer {
+    key: VerifyingKey,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for AuthorizationServer {
+    async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let lookup = |kid: &str| (kid == "as-1").then_some(&self.key);
+        token::verify(token, lookup, &Validation::new(), self.clock.now().timestamp())
+    }
+}
+
+/// With a required token type (explicit typing, RFC 8725 §3.11), a rotation token of
+/// another type, or with none, is 401 like any other invalid token, and audited.
+pub async fn rotation_token_of_another_type_is_401(start: Start) {
+    let issuer = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("issuer key");
+    let verifier = issuer.public_key().verifying_key().expect("verifying key");
+    let w = World::start_with(start, |keyring, b| {
+        let server = AuthorizationServer {
+            key: verifier,
+            clock: keyring.clock().clone(),
+        };
+        b.with_authorizer(Arc::new(
+            ScopeAuthorizer::with_verifier(Arc::new(server)).with_required_token_type("at+jwt"),
+        ))
+    })
+    .await;
+    six_days_later(&w);
+    let sign = |typ: Option<&str>| {
+        let now = w.now().timestamp();
+        let claims =
+            json!({"sub":"scheduler","client_id":"scheduler","scope":"service.rotate-keys","iat":now,"exp":now+300});
+        let header = match typ {
+            Some(t) => encode_header_with_type(Algorithm::EdDsa, "as-1", t),
+            None => keyrot_core::b64::encode(br#"{"alg":"EdDSA","kid":"as-1"}"#),
+        };
+        token::sign(&issuer.signing_key(), &header, &claims, now, 900).expect("sign")
+    };
+    let before = w.audit().await.len();
+    for (typ, what) in [
+        (Some("JWT"), "typ JWT"),
+        (None, "no typ"),
+        (Some("id+jwt"), "another type"),
+    ] {
+        assert_401_invalid(&w.rotate(Some(&sign(typ)), None, &[]).await, what);
+    }
+    let log = w.audit().await;
+    assert_eq!(log.len(), before + 3, "every refusal audited");
+    assert!(
+        log[before..].iter().all(|r| r.actor == ANONYMOUS_ACTOR
+            && r.outcome == Outcome::Refused
+            && r.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("401 invalid_token") && d.contains("typ"))),
+        "{:?}",
+        &log[before..]
+    );
+    assert_eq!(w.generation().await, 1, "nothing rotated");
+    let a = w.rotate(Some(&sign(Some("application/AT+JWT"))), None, &[]).await;
+    assert_eq!(a.status, 202, "the required type, written in full: {}", a.text());
+}
+
+/// Refused attempts are written one by one within a budget per actor; the rest become
+/// one summary record per actor.
+pub async fn refused_attempts_are_audited_within_a_budget(start: Start) {
+    let w = World::start_with(start, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(3))
+    })
+    .await;
+    let before = w.audit().await.len();
+    let user = w.user_token("service.rotate-keys");
+    for _ in 0..20 {
+        assert_403(&w.rotate(Some(&user), None, &[]).await, "user token");
+        assert_eq!(w.rotate(None, None, &[]).await.status, 401);
+    }
+    let log = w.audit().await;
+    assert_eq!(log.len() - before, 6, "three per actor");
+    w.advance(TimeDelta::seconds(60));
+    let a = w.rotate(Some(&w.scheduler_token()), None, &[]).await;
+    assert_eq!(a.status, 429, "{}", a.text());
+    let log = w.audit().await;
+    let details: Vec<(&str, &str)> = log[before + 6..before + 8]
+        .iter()
+        .map(|r| (r.actor.as_str(), r.detail.as_deref().unwrap_or("")))
+        .collect();
+    let t = "2030-03-17T17:46:40.000Z";
+    assert_eq!(
+        details,
+        [
+            (
+                ANONYMOUS_ACTOR,
+                format!("17 refused attempts by actor anonymous between {t} and {t}").as_str()
+            ),
+            (
+                "web-app",
+                format!("17 refused attempts by actor web-app between {t} and {t}").as_str()
+            ),
+        ]
+    );
+    assert_eq!(
+        log.len(),
+        before + 9,
+        "the summaries, then the request that came after the interval"
+    );
+    assert_eq!(w.endpoints.flush_refusal_summaries().await, 0);
 }
 
 /// The status page: kids, states, times, generation, next transition, last rotation; no

@@ -125,6 +125,9 @@ macro_rules! http_suite {
             jwks_publishes_pending_key_before_it_signs,
             jwks_drops_expired_key,
             jwks_etag_and_304,
+            jwks_if_none_match_uses_weak_comparison,
+            rotation_token_of_another_type_is_401,
+            refused_attempts_are_audited_within_a_budget,
             status_shows_ring_without_key_material,
         );
     };

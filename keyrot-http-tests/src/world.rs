@@ -3,7 +3,7 @@
 
 use crate::{RunningServer, Start, TestApp};
 use chrono::{DateTime, TimeDelta, Utc};
-use keyrot_core::http::{BearerAuth, HttpEndpoints};
+use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder};
 use keyrot_core::{
     AuditQuery, AuditRecord, Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
     RequestContext, RingName, Rotator, Storage,
@@ -32,6 +32,8 @@ pub struct World {
     pub rotator: Rotator,
     /// The Active kid after initialisation.
     pub first_kid: String,
+    /// The endpoints the server serves.
+    pub endpoints: HttpEndpoints,
     client: reqwest::Client,
     base: String,
     _server: RunningServer,
@@ -77,6 +79,15 @@ impl Answer {
 impl World {
     /// Builds the ring (initialised: one Active key), starts the server and a client.
     pub async fn start(start: Start) -> World {
+        Self::start_with(start, |_, b| b).await
+    }
+
+    /// [`World::start`] with endpoints configured by `configure` (given the server's key
+    /// ring and the builder with the suite's ring and rotator).
+    pub async fn start_with(
+        start: Start,
+        configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
+    ) -> World {
         let t0 = DateTime::from_timestamp(T0_UNIX, 0).expect("valid start time");
         let clock = ManualClock::new(t0);
         let storage = Arc::new(MemoryStorage::new());
@@ -96,11 +107,11 @@ impl World {
             .build();
         let init = rotator.init(RequestContext::actor("test-setup")).await.expect("init");
         let first_kid = init.new_kid.expect("bootstrap created a key");
-        let endpoints = HttpEndpoints::builder(keyring.clone(), rotator.clone())
+        let endpoints = configure(&keyring, HttpEndpoints::builder(keyring.clone(), rotator.clone()))
             .build()
             .expect("endpoints");
         let app = TestApp {
-            endpoints,
+            endpoints: endpoints.clone(),
             auth: BearerAuth::new(keyring.clone()),
         };
         let server = start(app).await;
@@ -115,6 +126,7 @@ impl World {
             keyring,
             rotator,
             first_kid,
+            endpoints,
             client,
             base,
             _server: server,

@@ -3,6 +3,7 @@
 use super::HeaderSource;
 use super::bearer::{AuthRejection, BearerToken, TokenVerifier, Verifier, bearer_token, has_scope};
 use crate::keyring::KeyRing;
+use crate::token::{self, TokenError, Validation};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::fmt::{self, Debug};
@@ -117,10 +118,12 @@ impl Debug for ServiceTokenRule {
 /// The default [`RotationAuthorizer`]: a bearer token verified against the ring (or any
 /// [`TokenVerifier`]), a rotation scope, the service-token rule, and a short lifetime.
 ///
-/// In order: no token → 401; a token that does not verify → 401; no rotation scope →
-/// 403; not a service token (by default `sub ≠ client_id`) → 403; no `client_id` (nor,
-/// with a custom rule, `sub`) → 403; no numeric `iat` or `exp`, or `exp − iat` above the
-/// maximum lifetime (default 15 minutes) → 403. The force scope also grants normal
+/// In order: no token → 401; a token without the required `typ` (when one is required,
+/// see [`ScopeAuthorizer::with_required_token_type`]) → 401; a token that does not
+/// verify → 401; no rotation scope → 403; not a service token (by default
+/// `sub ≠ client_id`) → 403; no `client_id` (nor, with a custom rule, `sub`) → 403; no
+/// numeric `iat` or `exp`, or `exp − iat` above the maximum lifetime (default 15
+/// minutes) → 403. The force scope also grants normal
 /// rotations and the status page.
 #[derive(Debug, Clone)]
 pub struct ScopeAuthorizer {
@@ -129,6 +132,8 @@ pub struct ScopeAuthorizer {
     force_scope: String,
     rule: ServiceTokenRule,
     max_lifetime_secs: i64,
+    /// The rules a token's header is read under when a `typ` is required.
+    required_type: Option<Validation>,
 }
 
 impl ScopeAuthorizer {
@@ -151,6 +156,7 @@ impl ScopeAuthorizer {
             force_scope: DEFAULT_FORCE_SCOPE.to_owned(),
             rule: ServiceTokenRule::default(),
             max_lifetime_secs: DEFAULT_MAX_ROTATION_TOKEN_LIFETIME.as_secs() as i64,
+            required_type: None,
         }
     }
 
@@ -169,6 +175,24 @@ impl ScopeAuthorizer {
     /// Which tokens are service tokens (default [`ServiceTokenRule::SubEqualsClientId`]).
     pub fn with_service_token_rule(mut self, rule: ServiceTokenRule) -> Self {
         self.rule = rule;
+        self
+    }
+
+    /// Require rotation tokens to carry header `typ` `typ` (explicit typing, RFC 8725
+    /// §3.11), e.g. `"at+jwt"` for access tokens of an authorization server (RFC 9068), so
+    /// that no other kind of token the same keys sign (an ID token, a session token) can
+    /// rotate. Compared as [`Validation::with_required_type`] says (case-insensitive,
+    /// `application/` optional). A token without `typ` or with another one is refused
+    /// like any other invalid token: 401 `invalid_token`, audited by the endpoint. Default:
+    /// any `typ`.
+    pub fn with_required_token_type(mut self, typ: impl AsRef<str>) -> Self {
+        // The header is read under the ring's own size cap, or the default one in front of
+        // another verifier.
+        let base = match &self.verifier {
+            Verifier::Ring(keyring) => keyring.validation().clone(),
+            Verifier::Custom(_) => Validation::new(),
+        };
+        self.required_type = Some(base.with_required_type(typ));
         self
     }
 
@@ -203,10 +227,14 @@ impl RotationAuthorizer for ScopeAuthorizer {
                 ));
             }
         };
-        let verified = self.verifier.verify(token).await.map_err(|e| {
+        let invalid = |e: TokenError| {
             let detail = format!("token rejected: {e}");
             AuthorizationDenied::new(AuthRejection::InvalidToken(Some(e)), None, detail)
-        })?;
+        };
+        if let Some(v) = &self.required_type {
+            token::check_header_type(token, v).map_err(invalid)?;
+        }
+        let verified = self.verifier.verify(token).await.map_err(invalid)?;
         let claims = &verified.claims;
         let client_id = str_claim(claims, "client_id");
         let actor = client_id.or_else(|| str_claim(claims, "sub")).map(str::to_owned);

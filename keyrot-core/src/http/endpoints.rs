@@ -1,7 +1,8 @@
 //! The rotation endpoint and the status page, behind a [`RotationAuthorizer`].
 
 use super::authorizer::{AuthorizationDenied, RotationAuthorizer, RotationGrant, ScopeAuthorizer};
-use super::status::status_body;
+use super::refusal_audit::{ANONYMOUS_ACTOR, RefusalAuditLimits, RefusalBudget, RefusalSummary};
+use super::status::{LedgerView, status_body};
 use super::{
     HeaderSource, HttpRequest, HttpResponse, IDEMPOTENT_REPLAYED_HEADER, REQUEST_ID_HEADER, RequestBody, Single,
     jwks_response, random_hex, request_id, single,
@@ -30,22 +31,14 @@ pub enum HttpConfigError {
     /// A body limit of zero would refuse every JSON body.
     #[error("the request body limit must be at least 64 bytes")]
     BodyLimitTooSmall,
-}
-
-/// At most this many audit records per minute (per instance) for requests that never
-/// authenticated (401): every refusal is still traced, but an anonymous client cannot
-/// turn the append-only ledger into an unbounded write target.
-pub const ANONYMOUS_AUDIT_PER_MINUTE: u32 = 30;
-
-#[derive(Debug, Default)]
-struct AnonymousAuditBudget {
-    window_start_ms: i64,
-    used: u32,
-    suppressed: u64,
+    /// The interval of [`RefusalAuditLimits`] is out of range.
+    #[error("the refusal audit interval must be between 1 second and 1 day")]
+    RefusalAuditInterval,
 }
 
 struct Inner {
-    anonymous_audit: std::sync::Mutex<AnonymousAuditBudget>,
+    refusal_budget: std::sync::Mutex<RefusalBudget>,
+    ledger_view: tokio::sync::Mutex<LedgerView>,
     keyring: KeyRing,
     rotator: Rotator,
     authorizer: Arc<dyn RotationAuthorizer>,
@@ -75,6 +68,7 @@ pub struct HttpEndpointsBuilder {
     rotator: Rotator,
     authorizer: Option<Arc<dyn RotationAuthorizer>>,
     max_body_bytes: usize,
+    refusal_audit: RefusalAuditLimits,
 }
 
 impl HttpEndpointsBuilder {
@@ -92,6 +86,14 @@ impl HttpEndpointsBuilder {
         self
     }
 
+    /// How many refused attempts are written to the audit ledger one by one, per actor
+    /// and in all, per interval (default [`RefusalAuditLimits::default`]: 10 per actor,
+    /// 60 in all, per minute); the rest are summarised.
+    pub fn with_refusal_audit_limits(mut self, limits: RefusalAuditLimits) -> Self {
+        self.refusal_audit = limits;
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<HttpEndpoints, HttpConfigError> {
         if self.keyring.ring() != self.rotator.ring() {
@@ -103,12 +105,17 @@ impl HttpEndpointsBuilder {
         if self.max_body_bytes < 64 {
             return Err(HttpConfigError::BodyLimitTooSmall);
         }
+        let interval = self
+            .refusal_audit
+            .checked_interval()
+            .ok_or(HttpConfigError::RefusalAuditInterval)?;
         let authorizer = self
             .authorizer
             .unwrap_or_else(|| Arc::new(ScopeAuthorizer::new(self.keyring.clone())));
         Ok(HttpEndpoints {
             inner: Arc::new(Inner {
-                anonymous_audit: std::sync::Mutex::new(AnonymousAuditBudget::default()),
+                refusal_budget: std::sync::Mutex::new(RefusalBudget::new(self.refusal_audit, interval)),
+                ledger_view: tokio::sync::Mutex::new(LedgerView::default()),
                 keyring: self.keyring,
                 rotator: self.rotator,
                 authorizer,
@@ -295,6 +302,7 @@ impl HttpEndpoints {
             rotator,
             authorizer: None,
             max_body_bytes: super::DEFAULT_MAX_BODY_BYTES,
+            refusal_audit: RefusalAuditLimits::default(),
         }
     }
 
@@ -339,8 +347,10 @@ impl HttpEndpoints {
     /// | storage down                      | 503    | nothing changed                        |
     ///
     /// Every answer carries a JSON body and `X-Request-Id`; every attempt is audited,
-    /// including those refused here before reaching the rotator.
+    /// including those refused here before reaching the rotator, which are written one by
+    /// one within the [`RefusalAuditLimits`] and summarised beyond them.
     pub async fn rotate(&self, req: &HttpRequest<'_>, body: RequestBody<'_>) -> HttpResponse {
+        self.write_due_refusal_summaries().await;
         let rid = request_id(req.headers);
         let resp = self.rotate_inner(req, body, &rid).await;
         resp.with_header(REQUEST_ID_HEADER, rid)
@@ -515,44 +525,8 @@ impl HttpEndpoints {
         refused.actor = denied.client_id;
         refused.status = status;
         refused.detail = format!("{status} {code}: {}", denied.detail);
-        if refused.actor.is_some() || self.anonymous_audit_allowed() {
-            self.audit_refusal(&refused).await;
-        } else {
-            tracing::info!(
-                ring = %self.inner.keyring.ring(),
-                status,
-                request_id = refused.request_id,
-                detail = %refused.detail,
-                "unauthenticated rotation request refused (audit budget for anonymous requests used up; traced only)"
-            );
-        }
+        self.audit_refusal(&refused).await;
         denied.rejection.to_response()
-    }
-
-    /// Whether an anonymous refusal may still be written to the ledger this minute.
-    fn anonymous_audit_allowed(&self) -> bool {
-        let now_ms = self.inner.keyring.clock().now().timestamp_millis();
-        let mut b = self.inner.anonymous_audit.lock().unwrap_or_else(|p| p.into_inner());
-        if now_ms.saturating_sub(b.window_start_ms) >= 60_000 {
-            if b.suppressed > 0 {
-                tracing::warn!(
-                    suppressed = b.suppressed,
-                    "anonymous rotation requests were traced but not audited"
-                );
-            }
-            *b = AnonymousAuditBudget {
-                window_start_ms: now_ms,
-                used: 0,
-                suppressed: 0,
-            };
-        }
-        if b.used < ANONYMOUS_AUDIT_PER_MINUTE {
-            b.used += 1;
-            true
-        } else {
-            b.suppressed += 1;
-            false
-        }
     }
 
     /// Audits a request refused by the endpoint and answers with a JSON error.
@@ -563,7 +537,35 @@ impl HttpEndpoints {
         HttpResponse::error(status, code, &description)
     }
 
+    /// Traces a refusal and writes it to the ledger if the budget allows; otherwise it is
+    /// counted into its actor's summary.
     async fn audit_refusal(&self, r: &Refused<'_>) {
+        let actor = r.actor.as_deref().unwrap_or(ANONYMOUS_ACTOR);
+        let audited = self.budget().admit(actor, r.forced, self.inner.keyring.clock().now());
+        tracing::info!(
+            ring = %self.inner.keyring.ring(),
+            actor,
+            status = r.status,
+            outcome = "refused",
+            forced = r.forced,
+            request_id = r.request_id,
+            detail = %r.detail,
+            audited,
+            "key rotation request refused at the endpoint"
+        );
+        if audited {
+            let record = AuditRecord {
+                reason: r.reason.clone(),
+                idempotency_key: r.idempotency_key.map(str::to_owned),
+                request_id: Some(r.request_id.to_owned()),
+                ..self.refusal_record(actor, r.forced, r.detail.clone())
+            };
+            self.append_audit(&record).await;
+        }
+    }
+
+    /// A `refused` record of the current ring as this instance sees it, at now.
+    fn refusal_record(&self, actor: &str, forced: bool, detail: String) -> AuditRecord {
         let keyring = &self.inner.keyring;
         let snapshot = keyring.snapshot();
         let old_kid = snapshot.active_kid().map(str::to_owned);
@@ -571,45 +573,84 @@ impl HttpEndpoints {
             .as_deref()
             .and_then(|kid| snapshot.keys().iter().find(|k| k.kid == kid))
             .map(|k| k.fingerprint.clone());
-        let actor = r.actor.as_deref().unwrap_or("anonymous");
-        let record = AuditRecord {
+        AuditRecord {
             id: random_hex(16),
             at: to_millis(keyring.clock().now()),
             ring: keyring.ring().to_string(),
             actor: actor.to_owned(),
-            trigger: if r.forced {
+            trigger: if forced {
                 TriggerKind::ForceRotate
             } else {
                 TriggerKind::Rotate
             },
             outcome: Outcome::Refused,
-            forced: r.forced,
-            reason: r.reason.clone(),
+            forced,
+            reason: None,
             old_kid,
             old_fingerprint,
             new_kid: None,
             new_fingerprint: None,
             generation: snapshot.generation(),
-            idempotency_key: r.idempotency_key.map(str::to_owned),
-            request_id: Some(r.request_id.to_owned()),
-            detail: Some(r.detail.clone()),
+            idempotency_key: None,
+            request_id: None,
+            detail: Some(detail),
             instance: self.inner.rotator.instance().to_owned(),
             seq: 0,
             mac: None,
-        };
-        tracing::info!(
-            ring = %keyring.ring(),
-            actor,
-            status = r.status,
-            outcome = "refused",
-            forced = r.forced,
-            request_id = r.request_id,
-            detail = %r.detail,
-            "key rotation request refused at the endpoint"
-        );
-        if let Err(e) = self.inner.rotator.append_audit(&record).await {
-            tracing::warn!(ring = %keyring.ring(), error = %e, "could not audit a refused rotation request");
         }
+    }
+
+    /// Appends a record through the rotator (the ledger's one write path); a failure is
+    /// traced (the refusal stands either way).
+    async fn append_audit(&self, record: &AuditRecord) -> bool {
+        match self.inner.rotator.append_audit(record).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(ring = %self.inner.keyring.ring(), error = %e, "could not audit a refused rotation request");
+                false
+            }
+        }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, RefusalBudget> {
+        // The budget is plain counters: a panic elsewhere cannot leave it inconsistent.
+        self.inner.refusal_budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the summaries of an interval that is over (on every request, so a flood's
+    /// count is in the ledger one interval after it).
+    async fn write_due_refusal_summaries(&self) {
+        let due = self.budget().roll(self.inner.keyring.clock().now());
+        self.write_refusal_summaries(due).await;
+    }
+
+    /// Writes the summaries of refused attempts counted but not yet written — those of
+    /// the current interval included — and answers how many records were written. The
+    /// budgets of the current interval stay as they are, so calling this often writes
+    /// more summaries but no more single refusals. Call it on shutdown (and, if you like,
+    /// on a timer); requests to the endpoints write the summaries of a finished interval
+    /// on their own.
+    pub async fn flush_refusal_summaries(&self) -> usize {
+        let summaries = self.budget().flush(self.inner.keyring.clock().now());
+        self.write_refusal_summaries(summaries).await
+    }
+
+    async fn write_refusal_summaries(&self, summaries: Vec<RefusalSummary>) -> usize {
+        let mut written = 0;
+        for s in summaries {
+            let detail = s.detail();
+            tracing::info!(
+                ring = %self.inner.keyring.ring(),
+                actor = %s.actor,
+                count = s.count,
+                outcome = "refused",
+                detail = %detail,
+                "refused key rotation requests over the audit budget, summarised"
+            );
+            let record = self.refusal_record(&s.actor, s.forced, detail);
+            written += usize::from(self.append_audit(&record).await);
+        }
+        written
     }
 
     /// `GET` status page: kids, states, times, generation, the next transition and the
@@ -617,6 +658,7 @@ impl HttpEndpoints {
     /// authorizer (normal or force scope); refusals here are traced, not audited (it
     /// changes nothing).
     pub async fn status(&self, req: &HttpRequest<'_>) -> HttpResponse {
+        self.write_due_refusal_summaries().await;
         let rid = request_id(req.headers);
         let resp = self.status_inner(req).await;
         resp.with_header(REQUEST_ID_HEADER, rid)
@@ -639,7 +681,8 @@ impl HttpEndpoints {
                 return denied.rejection.to_response();
             }
         }
-        HttpResponse::json(200, &status_body(&self.inner.keyring).await)
+        let mut view = self.inner.ledger_view.lock().await;
+        HttpResponse::json(200, &status_body(&self.inner.keyring, &mut view).await)
     }
 }
 

@@ -4,7 +4,7 @@ use crate::keyring::{KeyRing, KeyStatus};
 use crate::planner::TriggerKind;
 use crate::policy::Policy;
 use crate::ring::KeyState;
-use crate::storage::{AuditQuery, AuditRecord, Outcome};
+use crate::storage::{AuditQuery, AuditRecord, Outcome, StorageError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -121,28 +121,90 @@ pub(crate) struct StatusBody {
     audit_unavailable: bool,
 }
 
-/// How far back the status page looks for the last rotation.
+/// How many records the status page reads at first.
 const AUDIT_LOOKBACK: usize = 1000;
+/// The most records one status read goes back when it has to look further.
+const MAX_AUDIT_SCAN: usize = 64_000;
 
-pub(crate) async fn status_body(keyring: &KeyRing) -> StatusBody {
+/// What the status page remembers of the ledger between reads.
+///
+/// The ledger can only be read newest first, `limit` records at a time, and refused
+/// attempts are written to it too (within the budget of [`super::RefusalAuditLimits`],
+/// but over days a flood still writes far more records than one read should hold). So
+/// the newest rotation is not looked for in the newest N records alone: the view keeps
+/// the last rotation and the last attempt it found, and the newest record it read; each
+/// read goes back at least as far as that record (growing the read until it is in it,
+/// up to 64,000 records), so a record appended in between is not skipped however many
+/// came after it, and the rotation found once is kept until a newer one appears. With
+/// the default budgets one flooding actor writes 11 records a minute per instance, so
+/// that many records between two status reads take days.
+///
+/// Kept in memory per endpoint: a new process (or a first read) looks back until it
+/// finds a rotation, within the same bound.
+#[derive(Debug, Default)]
+pub(crate) struct LedgerView {
+    newest_id: Option<String>,
+    last_rotation: Option<AuditRecord>,
+    last_attempt: Option<AuditRecord>,
+}
+
+impl LedgerView {
+    /// Reads what was appended since the last read and updates the view.
+    async fn update(&mut self, keyring: &KeyRing) -> Result<(), StorageError> {
+        let mut limit = AUDIT_LOOKBACK;
+        loop {
+            let records = keyring
+                .storage()
+                .audit_log(keyring.ring(), AuditQuery { limit })
+                .await?;
+            let whole_ledger = records.len() < limit;
+            let rotation = records.iter().find(|r| is_rotation(r));
+            let attempt = records.iter().find(|r| is_rotation_attempt(r));
+            let caught_up = match &self.newest_id {
+                Some(id) => records.iter().any(|r| &r.id == id),
+                None => rotation.is_some() && attempt.is_some(),
+            };
+            if whole_ledger || caught_up || limit >= MAX_AUDIT_SCAN {
+                if !(whole_ledger || caught_up) {
+                    tracing::warn!(
+                        ring = %keyring.ring(),
+                        records = limit,
+                        "status: more audit records since the last read than one read holds; the last rotation shown may be older than the real one"
+                    );
+                }
+                // Records read now are newer than anything remembered.
+                if let Some(r) = rotation {
+                    self.last_rotation = Some(r.clone());
+                }
+                if let Some(a) = attempt {
+                    self.last_attempt = Some(a.clone());
+                }
+                if let Some(newest) = records.first() {
+                    self.newest_id = Some(newest.id.clone());
+                }
+                return Ok(());
+            }
+            limit = limit.saturating_mul(4).min(MAX_AUDIT_SCAN);
+        }
+    }
+}
+
+pub(crate) async fn status_body(keyring: &KeyRing, view: &mut LedgerView) -> StatusBody {
     // A cheap generation check: the status should show the stored truth, not a
     // snapshot that may lag behind another instance's rotation.
     let stale = keyring.refresh().await.is_err();
     let snapshot = keyring.snapshot();
-    let (last_rotation, last_attempt, audit_unavailable) = match keyring
-        .storage()
-        .audit_log(keyring.ring(), AuditQuery { limit: AUDIT_LOOKBACK })
-        .await
-    {
-        Ok(records) => (
-            records.iter().find(|r| is_rotation(r)).cloned(),
-            records.iter().find(|r| is_rotation_attempt(r)).cloned(),
-            false,
-        ),
+    let audit_unavailable = match view.update(keyring).await {
+        Ok(()) => false,
         Err(e) => {
             tracing::warn!(ring = %keyring.ring(), error = %e, "status: audit ledger unavailable");
-            (None, None, true)
+            true
         }
+    };
+    let (last_rotation, last_attempt) = if audit_unavailable {
+        (None, None)
+    } else {
+        (view.last_rotation.clone(), view.last_attempt.clone())
     };
     StatusBody {
         ring: keyring.ring().to_string(),

@@ -240,6 +240,14 @@ impl tracing::Subscriber for Capture {
 }
 
 async fn fixture(clock: &ManualClock) -> HttpEndpoints {
+    fixture_with(clock, |_, b| b).await
+}
+
+/// The endpoints of a fresh, initialised ring, configured by `configure`.
+async fn fixture_with(
+    clock: &ManualClock,
+    configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
+) -> HttpEndpoints {
     let storage = Arc::new(MemoryStorage::new());
     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
     let ring = RingName::new("t").expect("ring");
@@ -258,7 +266,9 @@ async fn fixture(clock: &ManualClock) -> HttpEndpoints {
     .with_keyring(keyring.clone())
     .build();
     rotator.init(RequestContext::actor("t")).await.expect("init");
-    HttpEndpoints::builder(keyring, rotator).build().expect("endpoints")
+    configure(&keyring, HttpEndpoints::builder(keyring.clone(), rotator))
+        .build()
+        .expect("endpoints")
 }
 
 #[tokio::test]
@@ -376,38 +386,471 @@ fn any_token_rule_still_needs_a_client_id() {
     assert!(!ServiceTokenRule::AnyToken.is_service_token(&m(json!({"sub": "alice", "client_id": ""}))));
 }
 
-#[tokio::test]
-async fn anonymous_refusals_are_audited_within_a_budget_per_minute() {
-    let clock = ManualClock::new(DateTime::from_timestamp(1_900_000_000, 0).expect("time"));
-    let e = fixture(&clock).await;
-    let ring = e.keyring().ring().clone();
-    let count_anonymous = || async {
-        e.keyring()
-            .storage()
-            .audit_log(&ring, crate::AuditQuery { limit: 10_000 })
-            .await
-            .expect("audit")
-            .iter()
-            .filter(|r| r.actor == "anonymous")
-            .count()
-    };
-    let no_token: Vec<(&'static str, String)> = Vec::new();
+/// The whole ledger of the fixture's ring, oldest first.
+async fn ledger(e: &HttpEndpoints) -> Vec<crate::AuditRecord> {
+    let mut log = e
+        .keyring()
+        .storage()
+        .audit_log(e.keyring().ring(), crate::AuditQuery { limit: usize::MAX })
+        .await
+        .expect("audit");
+    log.reverse();
+    log
+}
+
+fn by_actor<'a>(log: &'a [crate::AuditRecord], actor: &str) -> Vec<&'a crate::AuditRecord> {
+    log.iter().filter(|r| r.actor == actor).collect()
+}
+
+/// A `POST` rotation request with `headers`, empty body.
+async fn post(e: &HttpEndpoints, headers: &dyn HeaderSource) -> HttpResponse {
     let req = HttpRequest {
         method: "POST",
-        headers: &no_token,
+        headers,
     };
-    for _ in 0..(super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE + 10) {
-        assert_eq!(e.rotate(&req, RequestBody::Complete(b"")).await.status, 401);
+    e.rotate(&req, RequestBody::Complete(b"")).await
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+/// A user token (`sub ≠ client_id`) that carries the rotation scope: valid, but refused
+/// with 403 — what anyone with a demo login could send in a loop.
+fn user_token(e: &HttpEndpoints, clock: &ManualClock, client_id: &str) -> String {
+    let now = clock.now().timestamp();
+    e.keyring()
+        .sign(&json!({"sub": "alice", "client_id": client_id, "scope": "service.rotate-keys", "iat": now, "exp": now + 3600}))
+        .expect("sign")
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_900_000_000, 0).expect("time")
+}
+
+#[tokio::test]
+async fn a_flood_from_one_user_token_writes_the_budget_and_one_summary() {
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    let headers = bearer(&user_token(&e, &clock, "web-app"));
+    let before = ledger(&e).await.len();
+    for _ in 0..1200 {
+        assert_eq!(post(&e, &headers).await.status, 403);
+        clock.advance(TimeDelta::milliseconds(40));
     }
+    let log = ledger(&e).await;
     assert_eq!(
-        count_anonymous().await,
-        super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE as usize
+        log.len() - before,
+        DEFAULT_REFUSALS_AUDITED_PER_ACTOR as usize,
+        "only the per-actor budget is written during the interval"
     );
-    // A new minute, a new budget; authenticated refusals are always audited.
-    clock.advance(chrono::TimeDelta::seconds(60));
-    assert_eq!(e.rotate(&req, RequestBody::Complete(b"")).await.status, 401);
+    // The interval (60 s from the first refusal) ends; the next request, from anyone,
+    // writes the summary first.
+    clock.set(t0() + TimeDelta::seconds(60));
+    let scheduler = {
+        let now = clock.now().timestamp();
+        e.keyring()
+            .sign(
+                &json!({"sub": "svc", "client_id": "svc", "scope": "service.rotate-keys", "iat": now, "exp": now + 60}),
+            )
+            .expect("sign")
+    };
+    assert_eq!(post(&e, &bearer(&scheduler)).await.status, 429, "too soon after init");
+    let log = ledger(&e).await;
+    let refused = by_actor(&log, "web-app");
     assert_eq!(
-        count_anonymous().await,
-        super::endpoints::ANONYMOUS_AUDIT_PER_MINUTE as usize + 1
+        refused.len(),
+        DEFAULT_REFUSALS_AUDITED_PER_ACTOR as usize + 1,
+        "budget + 1"
+    );
+    let summary = refused.last().expect("summary");
+    assert_eq!(
+        summary.detail.as_deref(),
+        Some("1190 refused attempts by actor web-app between 2030-03-17T17:46:40.400Z and 2030-03-17T17:47:27.960Z")
+    );
+    assert_eq!(
+        (summary.outcome, summary.trigger, summary.forced, summary.at),
+        (
+            Outcome::Refused,
+            crate::TriggerKind::Rotate,
+            false,
+            t0() + TimeDelta::seconds(60)
+        )
+    );
+    assert_eq!((summary.request_id.as_deref(), summary.generation), (None, 1));
+    let last = log.last().expect("records");
+    assert_eq!(
+        (last.actor.as_str(), last.outcome),
+        ("svc", Outcome::RateLimited),
+        "the summary comes before the request that closed the interval"
+    );
+    assert_eq!(e.flush_refusal_summaries().await, 0, "nothing left to summarise");
+}
+
+#[tokio::test]
+async fn actors_have_budgets_of_their_own_and_anonymous_is_one_actor() {
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    let alice = bearer(&user_token(&e, &clock, "web-app"));
+    let bob = bearer(&user_token(&e, &clock, "mobile-app"));
+    let anonymous: Vec<(&'static str, String)> = Vec::new();
+    let garbage = bearer("not.a.token");
+    for _ in 0..15 {
+        assert_eq!(post(&e, &alice).await.status, 403);
+        assert_eq!(post(&e, &bob).await.status, 403);
+        assert_eq!(post(&e, &anonymous).await.status, 401);
+        assert_eq!(post(&e, &garbage).await.status, 401);
+    }
+    let log = ledger(&e).await;
+    let per_actor = DEFAULT_REFUSALS_AUDITED_PER_ACTOR as usize;
+    assert_eq!(by_actor(&log, "web-app").len(), per_actor);
+    assert_eq!(by_actor(&log, "mobile-app").len(), per_actor);
+    assert_eq!(
+        by_actor(&log, ANONYMOUS_ACTOR).len(),
+        per_actor,
+        "no token and a bad token are the same actor"
+    );
+    // A flush (shutdown, a timer) writes the summaries now.
+    assert_eq!(e.flush_refusal_summaries().await, 3);
+    let log = ledger(&e).await;
+    let details: Vec<&str> = log[log.len() - 3..]
+        .iter()
+        .filter_map(|r| r.detail.as_deref())
+        .collect();
+    let at = "2030-03-17T17:46:40.000Z";
+    assert_eq!(
+        details,
+        [
+            format!("20 refused attempts by actor anonymous between {at} and {at}"),
+            format!("5 refused attempts by actor mobile-app between {at} and {at}"),
+            format!("5 refused attempts by actor web-app between {at} and {at}"),
+        ]
+    );
+    // The budgets of the interval stand after a flush: still no single records.
+    assert_eq!(post(&e, &alice).await.status, 403);
+    assert_eq!(by_actor(&ledger(&e).await, "web-app").len(), per_actor + 1);
+    // A new interval, a new budget.
+    clock.advance(TimeDelta::seconds(60));
+    assert_eq!(post(&e, &alice).await.status, 403);
+    let log = ledger(&e).await;
+    let alice_records = by_actor(&log, "web-app");
+    assert_eq!(
+        alice_records.len(),
+        per_actor + 3,
+        "one summary (after the flush), one single record"
+    );
+    assert!(
+        alice_records[per_actor + 1]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("1 refused attempts"))
+    );
+    assert!(
+        alice_records[per_actor + 2]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("403 "))
+    );
+}
+
+#[tokio::test]
+async fn the_global_budget_caps_every_actor_together() {
+    let clock = ManualClock::new(t0());
+    let e = fixture_with(&clock, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(10).with_global(25))
+    })
+    .await;
+    let before = ledger(&e).await.len();
+    let tokens: Vec<_> = (0..4)
+        .map(|i| bearer(&user_token(&e, &clock, &format!("app-{i}"))))
+        .collect();
+    for t in &tokens {
+        for _ in 0..10 {
+            assert_eq!(post(&e, t).await.status, 403);
+        }
+    }
+    let log = ledger(&e).await;
+    assert_eq!(log.len() - before, 25, "the global budget");
+    let counts: Vec<usize> = (0..4).map(|i| by_actor(&log, &format!("app-{i}")).len()).collect();
+    assert_eq!(counts, [10, 10, 5, 0]);
+    clock.advance(TimeDelta::seconds(61));
+    assert_eq!(e.flush_refusal_summaries().await, 2);
+    let log = ledger(&e).await;
+    let summaries: Vec<(&str, Option<&str>)> = log[log.len() - 2..]
+        .iter()
+        .map(|r| (r.actor.as_str(), r.detail.as_deref()))
+        .collect();
+    let at = "2030-03-17T17:46:40.000Z";
+    assert_eq!(
+        summaries,
+        [
+            (
+                "app-2",
+                Some(format!("5 refused attempts by actor app-2 between {at} and {at}").as_str())
+            ),
+            (
+                "app-3",
+                Some(format!("10 refused attempts by actor app-3 between {at} and {at}").as_str())
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn actors_beyond_the_tracked_ones_share_one_summary() {
+    let clock = ManualClock::new(t0());
+    let e = fixture_with(&clock, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(1).with_max_actors(2))
+    })
+    .await;
+    for i in 0..6 {
+        for _ in 0..2 {
+            assert_eq!(
+                post(&e, &bearer(&user_token(&e, &clock, &format!("app-{i}"))))
+                    .await
+                    .status,
+                403
+            );
+        }
+    }
+    assert_eq!(e.flush_refusal_summaries().await, 3);
+    let log = ledger(&e).await;
+    let count = |actor: &str| by_actor(&log, actor).len();
+    assert_eq!(
+        (0..6).map(|i| count(&format!("app-{i}"))).collect::<Vec<_>>(),
+        [2, 2, 1, 0, 0, 0],
+        "two tracked actors (a record and a summary each), then one budget for the rest"
+    );
+    let untracked = by_actor(&log, UNTRACKED_ACTORS);
+    assert_eq!(untracked.len(), 1, "one summary for all untracked actors");
+    assert!(
+        untracked[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("7 refused attempts by actor (untracked actors) between")),
+        "{:?}",
+        untracked[0].detail
+    );
+}
+
+#[tokio::test]
+async fn endpoint_refusals_of_authorized_callers_count_too() {
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    let now = clock.now().timestamp();
+    let admin = e
+        .keyring()
+        .sign(&json!({"sub": "ops", "client_id": "ops", "scope": "admin.force-rotate-keys", "iat": now, "exp": now + 600}))
+        .expect("sign");
+    let headers = vec![
+        ("authorization", format!("Bearer {admin}")),
+        ("content-type", "application/json".to_owned()),
+    ];
+    let req = HttpRequest {
+        method: "POST",
+        headers: &headers,
+    };
+    let text_headers = vec![
+        ("authorization", format!("Bearer {admin}")),
+        ("content-type", "text/plain".to_owned()),
+    ];
+    let text = HttpRequest {
+        method: "POST",
+        headers: &text_headers,
+    };
+    let forced = RequestBody::Complete(br#"{"force":true,"reason":"x"}"#);
+    for _ in 0..20 {
+        assert_eq!(e.rotate(&req, RequestBody::Complete(b"{")).await.status, 400);
+        assert_eq!(
+            e.rotate(&req, RequestBody::Complete(br#"{"reason":"x"}"#)).await.status,
+            400
+        );
+        assert_eq!(e.rotate(&text, forced).await.status, 415);
+        assert_eq!(e.rotate(&req, RequestBody::TooLarge).await.status, 413);
+    }
+    assert_eq!(e.flush_refusal_summaries().await, 1);
+    let log = ledger(&e).await;
+    let ops = by_actor(&log, "ops");
+    assert_eq!(ops.len(), DEFAULT_REFUSALS_AUDITED_PER_ACTOR as usize + 1);
+    let summary = ops.last().expect("summary");
+    assert!(
+        summary
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("70 refused attempts by actor ops")),
+        "{:?}",
+        summary.detail
+    );
+    assert!(!summary.forced, "not every summarised attempt was forced");
+}
+
+#[test]
+fn refusal_audit_intervals_are_validated() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let clock = ManualClock::new(t0());
+    let e = rt.block_on(fixture(&clock));
+    for bad in [std::time::Duration::ZERO, std::time::Duration::from_secs(2 * 86_400)] {
+        let err = HttpEndpoints::builder(e.keyring().clone(), e.rotator().clone())
+            .with_refusal_audit_limits(RefusalAuditLimits::new().with_interval(bad))
+            .build()
+            .err();
+        assert_eq!(err, Some(HttpConfigError::RefusalAuditInterval), "{bad:?}");
+    }
+}
+
+/// The status page as JSON, read with a service token.
+async fn status_json(e: &HttpEndpoints, clock: &ManualClock) -> Value {
+    let now = clock.now().timestamp();
+    let token = e
+        .keyring()
+        .sign(&json!({"sub": "svc", "client_id": "svc", "scope": "service.rotate-keys", "iat": now, "exp": now + 60}))
+        .expect("sign");
+    let headers = bearer(&token);
+    let r = e
+        .status(&HttpRequest {
+            method: "GET",
+            headers: &headers,
+        })
+        .await;
+    assert_eq!(r.status, 200);
+    serde_json::from_slice(r.body.as_bytes()).expect("json")
+}
+
+#[tokio::test]
+async fn a_flood_does_not_push_the_last_rotation_off_the_status_page() {
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    let now = clock.now().timestamp();
+    let admin = e
+        .keyring()
+        .sign(&json!({"sub": "ops", "client_id": "ops", "scope": "admin.force-rotate-keys", "iat": now, "exp": now + 600}))
+        .expect("sign");
+    let headers = vec![
+        ("authorization", format!("Bearer {admin}")),
+        ("content-type", "application/json".to_owned()),
+    ];
+    let r = e
+        .rotate(
+            &HttpRequest {
+                method: "POST",
+                headers: &headers,
+            },
+            RequestBody::Complete(br#"{"force":true,"reason":"drill"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let rotated_kid = e.keyring().snapshot().active_kid().map(str::to_owned);
+    assert_eq!(
+        status_json(&e, &clock).await["last_rotation"]["new_kid"].as_str(),
+        rotated_kid.as_deref()
+    );
+
+    // Two actors flood for two hours, within the budget: 2 × (10 + 1) records a minute.
+    let anonymous: Vec<(&'static str, String)> = Vec::new();
+    for _ in 0..120 {
+        let alice = bearer(&user_token(&e, &clock, "web-app"));
+        for _ in 0..12 {
+            assert_eq!(post(&e, &alice).await.status, 403);
+            assert_eq!(post(&e, &anonymous).await.status, 401);
+        }
+        clock.advance(TimeDelta::seconds(60));
+    }
+    e.flush_refusal_summaries().await;
+    let log = ledger(&e).await;
+    assert!(
+        log.len() > 2_500,
+        "more records than one read of the ledger: {}",
+        log.len()
+    );
+
+    let j = status_json(&e, &clock).await;
+    assert_eq!(j["last_rotation"]["new_kid"].as_str(), rotated_kid.as_deref());
+    assert_eq!(j["last_rotation"]["actor"], "ops");
+    assert_eq!(
+        j["last_attempt"]["id"].as_str(),
+        log.last().map(|r| r.id.as_str()),
+        "the newest attempt"
+    );
+
+    // A new instance (nothing remembered) looks back far enough too.
+    let fresh = HttpEndpoints::builder(e.keyring().clone(), e.rotator().clone())
+        .build()
+        .expect("endpoints");
+    let j = status_json(&fresh, &clock).await;
+    assert_eq!(j["last_rotation"]["new_kid"].as_str(), rotated_kid.as_deref());
+    assert_eq!(j["audit_unavailable"], false);
+}
+
+#[tokio::test]
+async fn the_status_page_keeps_the_last_rotation_beyond_any_read() {
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    let init = status_json(&e, &clock).await["last_rotation"].clone();
+    assert_eq!(init["outcome"], "bootstrapped");
+    // More refusals than the longest read holds (written directly, as other instances
+    // flooding within their own budgets would).
+    let mut record = ledger(&e).await.pop().expect("init record");
+    record.trigger = crate::TriggerKind::Rotate;
+    record.outcome = Outcome::Refused;
+    for i in 0..70_000 {
+        record.id = format!("flood-{i}");
+        e.rotator().append_audit(&record).await.expect("append");
+    }
+    let j = status_json(&e, &clock).await;
+    assert_eq!(j["last_rotation"], init, "remembered from the earlier read");
+    assert_eq!(j["last_attempt"]["id"], "flood-69999");
+}
+
+#[tokio::test]
+async fn a_required_token_type_is_enforced_by_the_rotation_endpoint() {
+    let clock = ManualClock::new(t0());
+    let e = fixture_with(&clock, |keyring, b| {
+        b.with_authorizer(Arc::new(
+            ScopeAuthorizer::new(keyring.clone()).with_required_token_type("at+jwt"),
+        ))
+    })
+    .await;
+    let now = clock.now().timestamp();
+    // The ring signs typ "JWT": not an access token.
+    let token = e
+        .keyring()
+        .sign(
+            &json!({"sub": "svc", "client_id": "svc", "scope": "admin.force-rotate-keys", "iat": now, "exp": now + 60}),
+        )
+        .expect("sign");
+    let r = post(&e, &bearer(&token)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+    let last = ledger(&e).await.pop().expect("audited");
+    assert_eq!((last.actor.as_str(), last.outcome), (ANONYMOUS_ACTOR, Outcome::Refused));
+    assert_eq!(
+        last.detail.as_deref(),
+        Some("401 invalid_token: token rejected: token type (typ) is not the one required here")
+    );
+    let get = HttpRequest {
+        method: "GET",
+        headers: &bearer(&token),
+    };
+    assert_eq!(
+        e.status(&get).await.status,
+        401,
+        "the status page uses the same authorizer"
+    );
+
+    // Requiring the type the ring writes lets the same token through.
+    let jwt = fixture_with(&clock, |keyring, b| {
+        b.with_authorizer(Arc::new(
+            ScopeAuthorizer::new(keyring.clone()).with_required_token_type("application/JWT"),
+        ))
+    })
+    .await;
+    let token = jwt
+        .keyring()
+        .sign(&json!({"sub": "svc", "client_id": "svc", "scope": "service.rotate-keys", "iat": now, "exp": now + 60}))
+        .expect("sign");
+    assert_eq!(
+        post(&jwt, &bearer(&token)).await.status,
+        429,
+        "authorized; too soon after init"
     );
 }
