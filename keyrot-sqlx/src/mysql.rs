@@ -113,7 +113,9 @@ CREATE TRIGGER {prefix}audit_no_delete BEFORE DELETE ON {audit} FOR EACH ROW SIG
     },
     // Every statement is idempotent (DDL commits implicitly, so a migration cut short is
     // run again from the start): a column is added only if missing, through a prepared
-    // statement (MySQL 8 has no ADD COLUMN IF NOT EXISTS).
+    // statement (MySQL 8 has no ADD COLUMN IF NOT EXISTS). The ledger is read in
+    // (chain_seq, seq) order, which MariaDB sorts by hand unless an index has both columns:
+    // (ring, chain_seq, seq) replaces (ring, seq), which nothing reads by any more.
     Migration {
         version: 2,
         description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); TRUNCATE guard",
@@ -122,7 +124,7 @@ SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {rings} ADD COLUMN manif
 PREPARE keyrot_ddl FROM @keyrot_ddl;
 EXECUTE keyrot_ddl;
 DEALLOCATE PREPARE keyrot_ddl;
-SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT NULL, ADD COLUMN chain_mac TEXT NULL, ADD UNIQUE KEY {prefix}audit_ring_chain (ring, chain_seq)', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND COLUMN_NAME = 'chain_seq');
+SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT NULL, ADD COLUMN chain_mac TEXT NULL, ADD UNIQUE KEY {prefix}audit_ring_chain (ring, chain_seq), ADD KEY {prefix}audit_ring_chain_seq (ring, chain_seq, seq), DROP KEY {prefix}audit_ring_seq', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND COLUMN_NAME = 'chain_seq');
 PREPARE keyrot_ddl FROM @keyrot_ddl;
 EXECUTE keyrot_ddl;
 DEALLOCATE PREPARE keyrot_ddl;

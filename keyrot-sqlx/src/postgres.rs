@@ -113,10 +113,12 @@ CREATE TRIGGER {prefix}audit_no_truncate BEFORE TRUNCATE ON {audit} FOR EACH STA
     Migration {
         version: 2,
         description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring)",
+        // The ledger is read by (ring, chain_seq): the (ring, seq) index has no reader left.
         sql: r#"
 ALTER TABLE {rings} ADD COLUMN manifest TEXT;
 ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT, ADD COLUMN chain_mac TEXT;
 CREATE UNIQUE INDEX {prefix}audit_ring_chain ON {audit} (ring, chain_seq DESC NULLS LAST);
+DROP INDEX {q}{prefix}audit_ring_seq;
 "#,
     },
 ];
@@ -421,16 +423,23 @@ impl PostgresStore {
     ) -> Result<(), TxError> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await?;
-        // Serialise appends to the ring's ledger on its row (created at generation 0 if
-        // new: a concurrent creator waits on the unique index, then finds it).
-        sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+        // Serialise appends to the ring's ledger on its row.
+        let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
             .bind(audit.ring.as_str())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        sqlx::query(AssertSqlSafe(sql.lock_ring.as_str()))
-            .bind(audit.ring.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        if locked.is_none() {
+            // A new ring: its row is created at generation 0 (a concurrent creator waits
+            // on the unique index, then finds it), then locked.
+            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+                .bind(audit.ring.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let _: i64 = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
+                .bind(audit.ring.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         common::append_audit!(tx, sql, audit, linker);
         if let Some(i) = idempotency {
             bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)

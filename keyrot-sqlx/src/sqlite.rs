@@ -114,7 +114,9 @@ CREATE TRIGGER "{prefix}audit_no_delete" BEFORE DELETE ON {audit} BEGIN SELECT R
     // `INSERT OR REPLACE` (and `REPLACE`) deletes the row it conflicts with without firing
     // DELETE triggers (unless `recursive_triggers` is on): an insert that would conflict
     // with an existing row on any unique key of the ledger (`seq`, or `(ring, chain_seq)`)
-    // is refused before any conflict resolution runs, so nothing can be replaced.
+    // is refused before any conflict resolution runs, so nothing can be replaced. The
+    // ledger is read by (ring, chain_seq) (rowid last, as in every SQLite index): the
+    // (ring, seq) index has no reader left.
     Migration {
         version: 2,
         description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); no REPLACE into the ledger",
@@ -123,6 +125,7 @@ ALTER TABLE {rings} ADD COLUMN manifest TEXT;
 ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT;
 ALTER TABLE {audit} ADD COLUMN chain_mac TEXT;
 CREATE UNIQUE INDEX "{prefix}audit_ring_chain" ON {audit} (ring, chain_seq);
+DROP INDEX "{prefix}audit_ring_seq";
 CREATE TRIGGER "{prefix}audit_no_replace" BEFORE INSERT ON {audit}
 WHEN EXISTS (SELECT 1 FROM {audit} WHERE seq = NEW.seq)
   OR EXISTS (SELECT 1 FROM {audit} WHERE ring = NEW.ring AND chain_seq = NEW.chain_seq)

@@ -3,13 +3,16 @@
 //! `REPLACE` and upserts, SQLite `INSERT OR REPLACE`), leaving the ledger exactly as it
 //! was; `(ring, chain_seq)` is unique; and a database written before the chain (schema
 //! version 1) upgrades in place: its records stay readable, last, and the chain starts
-//! after them once the ring is authenticated.
+//! after them once the ring is authenticated. Concurrent first appends to a new ring build
+//! one chain.
 
 mod common;
 
 use chrono::{TimeDelta, Utc};
 use common::{TestDb, lit, ring, sealer};
 use keyrot_core::clock::to_millis;
+use keyrot_core::conformance::sample_audit;
+use keyrot_core::integrity::SealerLinker;
 use keyrot_core::{
     AuditQuery, AuditRecord, KeyRing, ManualClock, Outcome, RequestContext, RingIntegrity, RingName, Rotator,
 };
@@ -284,13 +287,15 @@ async fn downgrade_to_v1(db: &TestDb) {
     let statements: &[&str] = match db.name {
         "postgres" => &[
             "ALTER TABLE {audit} DROP COLUMN chain_seq, DROP COLUMN chain_mac",
+            "CREATE INDEX keyrot_audit_ring_seq ON {audit} (ring, seq DESC)",
             "ALTER TABLE {rings} DROP COLUMN manifest",
         ],
         // As if a migration had been cut short after its first statement: the manifest
         // column is there (empty), the rest is not.
         "mysql" => &[
             "DROP TABLE {audit_guard}",
-            "ALTER TABLE {audit} DROP INDEX keyrot_audit_ring_chain, DROP COLUMN chain_seq, DROP COLUMN chain_mac",
+            "ALTER TABLE {audit} DROP INDEX keyrot_audit_ring_chain, DROP INDEX keyrot_audit_ring_chain_seq, \
+             DROP COLUMN chain_seq, DROP COLUMN chain_mac, ADD KEY keyrot_audit_ring_seq (ring, seq)",
             "UPDATE {rings} SET manifest = NULL",
         ],
         "sqlite" => &[
@@ -298,6 +303,7 @@ async fn downgrade_to_v1(db: &TestDb) {
             r#"DROP INDEX "keyrot_audit_ring_chain""#,
             "ALTER TABLE {audit} DROP COLUMN chain_seq",
             "ALTER TABLE {audit} DROP COLUMN chain_mac",
+            r#"CREATE INDEX "keyrot_audit_ring_seq" ON {audit} (ring, seq)"#,
             "ALTER TABLE {rings} DROP COLUMN manifest",
         ],
         other => panic!("unknown database {other}"),
@@ -387,4 +393,31 @@ async fn v1_database_upgrades_in_place_and_is_authenticated(db: &TestDb) {
     }
 }
 
-on_every_database!(v1_database_upgrades_in_place_and_is_authenticated);
+/// The first appends to a ring nobody committed to yet race to create its row: every one
+/// lands, in one contiguous chain (the kit's race starts from an existing ring).
+async fn concurrent_first_appends_on_a_new_ring_form_one_chain(db: &TestDb) {
+    let sealer = sealer();
+    let linker = Arc::new(SealerLinker::new(sealer.clone()));
+    let r = ring("first-appends");
+    let t0 = to_millis(Utc::now());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let (storage, linker) = (db.storage.clone(), linker.clone());
+        let mut a = sample_audit(r.as_str(), t0, 0, Outcome::LockBusy);
+        a.id = format!("first-{i}");
+        set.spawn(async move { storage.record_attempt(&a, None, &*linker).await });
+    }
+    for result in set.join_all().await {
+        result.expect("every first append lands");
+    }
+    let records = all(db, &r).await;
+    assert_eq!(records.len(), 16);
+    let chain = keyrot_core::integrity::verify_chain(&records, &*sealer).expect("one contiguous chain");
+    assert_eq!(chain.records, 16, "{}", db.name);
+    assert_eq!(db.storage.generation(&r).await.expect("generation"), 0);
+}
+
+on_every_database!(
+    v1_database_upgrades_in_place_and_is_authenticated,
+    concurrent_first_appends_on_a_new_ring_form_one_chain,
+);
