@@ -236,6 +236,15 @@ pub(crate) enum TxError {
     Storage(StorageError),
 }
 
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Db(e) => e.fmt(f),
+            Self::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
 impl From<sqlx::Error> for TxError {
     fn from(e: sqlx::Error) -> Self {
         Self::Db(e)
@@ -435,7 +444,7 @@ macro_rules! impl_storage {
                         match self.commit_once(commit, expected, linker).await {
                             Ok(outcome) => return Ok(outcome),
                             Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
-                                tracing::debug!(ring = %commit.ring, error = ?e, concat!($label, " commit retried"));
+                                tracing::debug!(ring = %commit.ring, error = %e, concat!($label, " commit retried"));
                             }
                             Err(e) => return Err(e.into_storage(concat!($label, ": commit"))),
                         }
@@ -455,7 +464,7 @@ macro_rules! impl_storage {
                         match self.attempt_once(audit, idempotency, linker).await {
                             Ok(()) => return Ok(()),
                             Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
-                                tracing::debug!(ring = %audit.ring, error = ?e, concat!($label, " record attempt retried"));
+                                tracing::debug!(ring = %audit.ring, error = %e, concat!($label, " record attempt retried"));
                             }
                             Err(e) => return Err(e.into_storage(concat!($label, ": record attempt"))),
                         }
