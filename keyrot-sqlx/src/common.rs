@@ -59,6 +59,9 @@ pub(crate) struct Tables {
     pub rings: String,
     pub keys: String,
     pub audit: String,
+    /// MySQL only: an empty table whose foreign key references the audit ledger, so that
+    /// InnoDB refuses `TRUNCATE` of the ledger.
+    pub audit_guard: String,
     pub idempotency: String,
     pub locks: String,
     pub migrations: String,
@@ -77,6 +80,7 @@ impl Tables {
             rings: name("rings"),
             keys: name("keys"),
             audit: name("audit"),
+            audit_guard: name("audit_guard"),
             idempotency: name("idempotency"),
             locks: name("locks"),
             migrations: name("migrations"),
@@ -85,12 +89,13 @@ impl Tables {
         }
     }
 
-    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{idempotency}`, `{locks}`, `{prefix}` and
-    /// `{q}` (the schema qualifier) in a migration or query template.
+    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}`, `{idempotency}`, `{locks}`,
+    /// `{prefix}` and `{q}` (the schema qualifier) in a migration or query template.
     pub fn render(&self, template: &str) -> String {
         template
             .replace("{rings}", &self.rings)
             .replace("{keys}", &self.keys)
+            .replace("{audit_guard}", &self.audit_guard)
             .replace("{audit}", &self.audit)
             .replace("{idempotency}", &self.idempotency)
             .replace("{locks}", &self.locks)
@@ -126,7 +131,10 @@ pub(crate) const KEY_UPDATE_COLUMNS: [&str; 17] = [
 ];
 /// The audit columns, in bind order.
 pub(crate) const AUDIT_COLUMNS: &str = "audit_id, at_ms, ring, actor, trigger_kind, outcome, forced, reason, \
-     old_kid, old_fingerprint, new_kid, new_fingerprint, generation, idempotency_key, request_id, detail, instance";
+     old_kid, old_fingerprint, new_kid, new_fingerprint, generation, idempotency_key, request_id, detail, instance, \
+     chain_seq, chain_mac";
+/// How many columns [`AUDIT_COLUMNS`] names.
+pub(crate) const AUDIT_COLUMN_COUNT: usize = 19;
 /// The idempotency columns, in bind order.
 pub(crate) const IDEMPOTENCY_COLUMNS: &str = "ring, idem_key, request_hash, response, created_at_ms";
 
@@ -177,9 +185,10 @@ macro_rules! bind_key {
 pub(crate) use bind_key;
 
 /// Binds every column of an audit record, in [`AUDIT_COLUMNS`] order. `$generation` is
-/// the record's generation already converted to `i64`.
+/// the record's generation already converted to `i64`; `$chain_seq` (`i64`) and
+/// `$chain_mac` (`&str`) are its position and MAC in the ring's chain.
 macro_rules! bind_audit {
-    ($query:expr, $audit:expr, $generation:expr) => {{
+    ($query:expr, $audit:expr, $generation:expr, $chain_seq:expr, $chain_mac:expr) => {{
         let a: &keyrot_core::AuditRecord = $audit;
         $query
             .bind(a.id.as_str())
@@ -199,6 +208,8 @@ macro_rules! bind_audit {
             .bind(a.request_id.as_deref())
             .bind(a.detail.as_deref())
             .bind(a.instance.as_str())
+            .bind($chain_seq)
+            .bind($chain_mac)
     }};
 }
 pub(crate) use bind_audit;
@@ -217,11 +228,101 @@ macro_rules! bind_idempotency {
 }
 pub(crate) use bind_idempotency;
 
-/// Inside a `commit_once` (returning `Result<CommitOutcome, sqlx::Error>`) that keeps the
+/// A transaction step failed: the database (retried when it asks for it), or something
+/// the storage checks itself (the audit linker, a corrupt chain head).
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Db(sqlx::Error),
+    Storage(StorageError),
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Db(e) => e.fmt(f),
+            Self::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<StorageError> for TxError {
+    fn from(e: StorageError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl TxError {
+    /// Whether the whole transaction may simply be run again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db(e) if is_retryable(e))
+    }
+
+    /// As a [`StorageError`]; `what` says what was being done.
+    pub fn into_storage(self, what: &'static str) -> StorageError {
+        match self {
+            Self::Db(e) => db_err(what)(e),
+            Self::Storage(e) => e,
+        }
+    }
+}
+
+/// The position and predecessor MAC the next record of a ring's chain gets, from the
+/// stored head (the highest `chain_seq` with a MAC), if the ring has one.
+pub(crate) fn next_link(head: Option<(i64, String)>) -> Result<(u64, i64, Option<String>), StorageError> {
+    match head {
+        None => Ok((1, 1, None)),
+        Some((seq, mac)) => {
+            let next = seq
+                .checked_add(1)
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| StorageError::Corrupt(format!("the audit chain head has an invalid position {seq}")))?;
+            let next_u =
+                u64::try_from(next).map_err(|_| StorageError::Corrupt(format!("audit chain position {next}")))?;
+            Ok((next_u, next, Some(mac)))
+        }
+    }
+}
+
+/// Inside a transaction step (returning `Result<_, TxError>`) that has already serialised
+/// appends to the ring's ledger (the ring row is locked, or the whole database is, on
+/// SQLite): reads the ring's chain head with `$sql.audit_head`, links `$audit` after it
+/// with `$linker` and inserts it with `$sql.insert_audit`.
+macro_rules! append_audit {
+    ($tx:ident, $sql:ident, $audit:expr, $linker:expr) => {{
+        use sqlx::AssertSqlSafe;
+        let a: &keyrot_core::AuditRecord = $audit;
+        let linker: &dyn keyrot_core::AuditLinker = $linker;
+        let generation = $crate::common::gen_to_db(a.generation)?;
+        let head: Option<(i64, String)> = sqlx::query_as(AssertSqlSafe($sql.audit_head.as_str()))
+            .bind(a.ring.as_str())
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let (seq, seq_db, prev) = $crate::common::next_link(head)?;
+        let mac = linker.link(a, seq, prev.as_deref())?;
+        $crate::common::bind_audit!(
+            sqlx::query(AssertSqlSafe($sql.insert_audit.as_str())),
+            a,
+            generation,
+            seq_db,
+            mac.as_str()
+        )
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(crate) use append_audit;
+
+/// Inside a `commit_once` (returning `Result<CommitOutcome, TxError>`) that keeps the
 /// whole compare-and-swap in transaction `$tx` (PostgreSQL, SQLite): creates the ring row
-/// if it is new, moves its generation on from `$expected` and inserts the idempotency
-/// record. When another commit got there first, rolls back and **returns**
-/// `CommitOutcome::Conflict` from the enclosing function.
+/// if it is new, moves its generation on from `$expected` (writing the commit's manifest
+/// with it) and inserts the idempotency record. When another commit got there first, rolls
+/// back and **returns** `CommitOutcome::Conflict` from the enclosing function.
 macro_rules! swap_generation_or_return {
     ($tx:ident, $sql:ident, $commit:ident, $expected:ident) => {{
         use keyrot_core::CommitOutcome;
@@ -232,6 +333,7 @@ macro_rules! swap_generation_or_return {
             .execute(&mut *$tx)
             .await?;
         let swapped = sqlx::query(AssertSqlSafe($sql.cas.as_str()))
+            .bind($commit.manifest.as_str())
             .bind(ring)
             .bind($expected)
             .execute(&mut *$tx)
@@ -263,13 +365,14 @@ macro_rules! swap_generation_or_return {
 }
 pub(crate) use swap_generation_or_return;
 
-/// Inside a store's `commit_once` (returning `Result<_, sqlx::Error>`): upserts the
-/// commit's keys and inserts its audit record in transaction `$tx`, with the store's
-/// `upsert_key` and `insert_audit` statements from `$sql`.
+/// Inside a store's `commit_once` (returning `Result<_, TxError>`), after the
+/// compare-and-swap (which locked the ring row): upserts the commit's keys and appends its
+/// audit record to the ring's chain in transaction `$tx`, with the store's `upsert_key`,
+/// `audit_head` and `insert_audit` statements from `$sql`.
 macro_rules! insert_keys_and_audit {
-    ($tx:ident, $sql:ident, $commit:ident) => {{
+    ($tx:ident, $sql:ident, $commit:ident, $linker:ident) => {{
         use sqlx::AssertSqlSafe;
-        use $crate::common::{bind_audit, bind_key};
+        use $crate::common::{append_audit, bind_key};
         for k in &$commit.keys {
             bind_key!(
                 sqlx::query(AssertSqlSafe($sql.upsert_key.as_str())),
@@ -279,38 +382,26 @@ macro_rules! insert_keys_and_audit {
             .execute(&mut *$tx)
             .await?;
         }
-        let audit_gen = i64::try_from($commit.audit.generation).unwrap_or(i64::MAX);
-        bind_audit!(
-            sqlx::query(AssertSqlSafe($sql.insert_audit.as_str())),
-            &$commit.audit,
-            audit_gen
-        )
-        .execute(&mut *$tx)
-        .await?;
+        append_audit!($tx, $sql, &$commit.audit, $linker);
     }};
 }
 pub(crate) use insert_keys_and_audit;
 
 /// `impl Storage` for a store whose `inner` holds `pool` and `sql` (the statements `load`,
-/// `generation`, `insert_audit`, `audit_log`, `idempotency` and `$attempt_idempotency`) and
-/// which has its own `commit_once(&self, &Commit, expected: i64) -> Result<CommitOutcome,
-/// sqlx::Error>`, run again while the database asks for a retry.
+/// `generation`, `audit_log` and `idempotency`) and which has its own
+/// `commit_once(&self, &Commit, expected: i64, &dyn AuditLinker) -> Result<CommitOutcome,
+/// TxError>` and `attempt_once(&self, &AuditRecord, Option<&IdempotencyRecord>, &dyn
+/// AuditLinker) -> Result<(), TxError>`, each run again while the database asks for a
+/// retry.
 ///
 /// - `label`: starts error messages (`"<label>: load ring"`) and logs.
-/// - `begin`: the pool method (and arguments) opening `record_attempt`'s transaction.
-/// - `attempt_idempotency`: the `sql` statement `record_attempt` inserts an idempotency
-///   record with.
 macro_rules! impl_storage {
-    ($store:ty {
-        label: $label:literal,
-        begin: $begin:ident($($begin_arg:expr),*),
-        attempt_idempotency: $attempt_idempotency:ident $(,)?
-    }) => {
+    ($store:ty { label: $label:literal $(,)? }) => {
         const _: () = {
-            use $crate::common::{self, RowExt as _, bind_audit, bind_idempotency, db_err, gen_from_db, gen_to_db};
+            use $crate::common::{self, RowExt as _, db_err, gen_from_db, gen_to_db};
             use keyrot_core::{
-                AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName, Storage,
-                StorageError,
+                AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName,
+                Storage, StorageError,
             };
             use sqlx::AssertSqlSafe;
 
@@ -325,6 +416,10 @@ macro_rules! impl_storage {
                     let mut out = Ring::empty(ring.clone());
                     for row in &rows {
                         out.generation = gen_from_db(row.int("ring_generation")?)?;
+                        // Only the first row of the join carries the manifest.
+                        if let Some(m) = row.opt_text("ring_manifest")? {
+                            out.manifest = Some(m);
+                        }
                         if row.opt_text("kid")?.is_some() {
                             out.keys.push(common::key_from_row(row)?);
                         }
@@ -341,17 +436,17 @@ macro_rules! impl_storage {
                     g.map_or(Ok(0), gen_from_db)
                 }
 
-                async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, StorageError> {
+                async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
                     let expected = gen_to_db(commit.expected_generation)?;
                     let mut tries = 0;
                     loop {
                         tries += 1;
-                        match self.commit_once(commit, expected).await {
+                        match self.commit_once(commit, expected, linker).await {
                             Ok(outcome) => return Ok(outcome),
-                            Err(e) if common::is_retryable(&e) && tries < common::MAX_TRIES => {
+                            Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
                                 tracing::debug!(ring = %commit.ring, error = %e, concat!($label, " commit retried"));
                             }
-                            Err(e) => return Err(db_err(concat!($label, ": commit"))(e)),
+                            Err(e) => return Err(e.into_storage(concat!($label, ": commit"))),
                         }
                     }
                 }
@@ -360,27 +455,20 @@ macro_rules! impl_storage {
                     &self,
                     audit: &AuditRecord,
                     idempotency: Option<&IdempotencyRecord>,
+                    linker: &dyn AuditLinker,
                 ) -> Result<(), StorageError> {
                     common::audit_ring(audit)?;
-                    let sql = &self.inner.sql;
-                    let generation = gen_to_db(audit.generation)?;
-                    let mut tx = self
-                        .inner
-                        .pool
-                        .$begin($($begin_arg),*)
-                        .await
-                        .map_err(db_err(concat!($label, ": begin")))?;
-                    bind_audit!(sqlx::query(AssertSqlSafe(sql.insert_audit.as_str())), audit, generation)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err(concat!($label, ": record attempt")))?;
-                    if let Some(i) = idempotency {
-                        bind_idempotency!(sqlx::query(AssertSqlSafe(sql.$attempt_idempotency.as_str())), i)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_err(concat!($label, ": record idempotency")))?;
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        match self.attempt_once(audit, idempotency, linker).await {
+                            Ok(()) => return Ok(()),
+                            Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
+                                tracing::debug!(ring = %audit.ring, error = %e, concat!($label, " record attempt retried"));
+                            }
+                            Err(e) => return Err(e.into_storage(concat!($label, ": record attempt"))),
+                        }
                     }
-                    tx.commit().await.map_err(db_err(concat!($label, ": commit attempt")))
                 }
 
                 async fn audit_log(
@@ -588,8 +676,17 @@ pub(crate) fn key_from_row(row: &impl RowExt) -> Result<KeyRecord, StorageError>
 
 /// An audit record from a row holding [`AUDIT_COLUMNS`].
 pub(crate) fn audit_from_row(row: &impl RowExt) -> Result<AuditRecord, StorageError> {
+    let id = row.text("audit_id")?;
+    let seq = match row.opt_int("chain_seq")? {
+        Some(v) => u64::try_from(v).map_err(|_| {
+            StorageError::Corrupt(format!(
+                "audit record {id:?}: column chain_seq holds a negative position {v}"
+            ))
+        })?,
+        None => 0,
+    };
     Ok(AuditRecord {
-        id: row.text("audit_id")?,
+        id,
         at: row.time("at_ms")?,
         ring: row.text("ring")?,
         actor: row.text("actor")?,
@@ -606,6 +703,8 @@ pub(crate) fn audit_from_row(row: &impl RowExt) -> Result<AuditRecord, StorageEr
         request_id: row.opt_text("request_id")?,
         detail: row.opt_text("detail")?,
         instance: row.text("instance")?,
+        seq,
+        mac: row.opt_text("chain_mac")?,
     })
 }
 
@@ -735,6 +834,21 @@ mod tests {
         assert!(matches!(from_ms("x", i64::MAX), Err(StorageError::Corrupt(_))));
         let t = DateTime::from_timestamp_millis(1_767_225_600_123);
         assert_eq!(t.map(|t| from_ms("x", t.timestamp_millis()).ok()), Some(t));
+    }
+
+    #[test]
+    fn the_next_link_follows_the_chain_head_or_fails_as_corrupt() {
+        assert_eq!(next_link(None).ok(), Some((1, 1, None)));
+        assert_eq!(
+            next_link(Some((41, "mk:tag".into()))).ok(),
+            Some((42, 42, Some("mk:tag".to_owned())))
+        );
+        for bad in [i64::MAX, -5, -1] {
+            assert!(
+                matches!(next_link(Some((bad, String::new()))), Err(StorageError::Corrupt(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

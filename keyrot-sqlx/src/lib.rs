@@ -11,10 +11,23 @@
 //! | `sqlite`   | `SqliteStore`   | lease row with expiry                           | polling ([`PollingFeed`](keyrot_core::PollingFeed)) |
 //!
 //! Every store keeps the same four tables (names start with a configurable prefix,
-//! `keyrot_` by default): `rings` (name, generation), `keys` (every field of a
-//! [`KeyRecord`](keyrot_core::KeyRecord); the private key only sealed: master key id +
-//! ciphertext), `audit` (append-only: updates and deletes are refused by a trigger) and
-//! `idempotency`. Timestamps are stored as `BIGINT` Unix milliseconds (UTC, whatever the
+//! `keyrot_` by default): `rings` (name, generation, and the ring's authenticated manifest,
+//! written by the same compare-and-swap that moves the generation), `keys` (every field of
+//! a [`KeyRecord`](keyrot_core::KeyRecord); the private key only sealed: master key id +
+//! ciphertext), `audit` and `idempotency`.
+//!
+//! The `audit` ledger is a hash chain: each record gets its ring's next position
+//! (`chain_seq`, unique per ring) and a MAC over its content and its predecessor's MAC
+//! (`chain_mac`, from the [`AuditLinker`](keyrot_core::AuditLinker) the rotator passes),
+//! inside the transaction that appends it, after appends to that ring's ledger have been
+//! serialised (the ring row is locked; SQLite's write lock is taken at `BEGIN IMMEDIATE`).
+//! The ledger is append-only in the database itself: `UPDATE`, `DELETE` and `TRUNCATE` are
+//! refused (triggers; on MySQL, whose triggers cannot see `TRUNCATE`, an empty
+//! `audit_guard` table with a foreign key to the ledger, which InnoDB will not truncate),
+//! and so is SQLite's `INSERT OR REPLACE`, which would otherwise delete a row without
+//! firing a trigger. These close the cheap paths; whoever gets past them (drops a trigger,
+//! `SET foreign_key_checks = 0`, `session_replication_role = replica`) is still caught by
+//! the chain ([`Rotator::verify_audit_chain`](keyrot_core::Rotator::verify_audit_chain)). Timestamps are stored as `BIGINT` Unix milliseconds (UTC, whatever the
 //! server's time zone). The schema is created and upgraded by `migrate()`, which you call at
 //! start-up; applied versions are recorded in keyrot's own `<prefix>migrations` table, never
 //! in the application's `_sqlx_migrations`.

@@ -3,9 +3,19 @@
 //!
 //! - **Commit**: one InnoDB transaction: `UPDATE … SET generation = generation + 1 WHERE
 //!   name = ? AND generation = ?` is the compare-and-swap (a first commit creates the ring
-//!   row at generation 0 beforehand, which changes nothing observable), then key rows are
-//!   upserted by (ring, kid) and the audit and idempotency records inserted. Deadlock
-//!   victims are retried.
+//!   row at generation 0 beforehand, which changes nothing observable) and writes the
+//!   manifest; then key rows are upserted by (ring, kid), the audit record is linked into
+//!   the ring's chain and inserted, and the idempotency record inserted. Deadlock victims
+//!   are retried.
+//! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
+//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); the chain head is then
+//!   read by the transaction's first consistent read, so it sees every earlier append.
+//! - **Append-only ledger**: triggers refuse `UPDATE` and `DELETE` (and so `REPLACE` and
+//!   `INSERT … ON DUPLICATE KEY UPDATE`, which fire them). Triggers never see `TRUNCATE`:
+//!   an empty `<prefix>audit_guard` table has a foreign key to the ledger, and InnoDB
+//!   refuses to truncate (or drop) a table another table references. A session that sets
+//!   `foreign_key_checks = 0` gets past it, as one that drops the triggers gets past them:
+//!   the chain shows what it did.
 //! - **Lock**: `GET_LOCK(name, 0)` on a pool connection the guard holds (the name is
 //!   derived from the database, the table prefix and the ring, since MySQL lock names are
 //!   server-wide). Release calls `RELEASE_LOCK` before the connection goes back to the
@@ -20,20 +30,24 @@
 
 use crate::common::{
     self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    Migration, Tables, bind_idempotency, db_err, gen_from_db,
+    Migration, Tables, TxError, bind_idempotency, db_err, gen_from_db,
 };
 use async_trait::async_trait;
-use keyrot_core::{Commit, CommitOutcome, Lock, LockGuard, PollingFeed, RingName, StorageError};
+use keyrot_core::{
+    AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, RingName,
+    StorageError,
+};
 use sqlx::AssertSqlSafe;
 use sqlx::mysql::{MySql, MySqlPool};
 use sqlx::pool::PoolConnection;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "rings, keys, append-only audit ledger, idempotency records",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rings, keys, append-only audit ledger, idempotency records",
+        sql: r#"
 CREATE TABLE IF NOT EXISTS {rings} (
     name VARBINARY(64) NOT NULL PRIMARY KEY,
     generation BIGINT NOT NULL
@@ -96,7 +110,31 @@ CREATE TRIGGER {prefix}audit_no_update BEFORE UPDATE ON {audit} FOR EACH ROW SIG
 DROP TRIGGER IF EXISTS {prefix}audit_no_delete;
 CREATE TRIGGER {prefix}audit_no_delete BEFORE DELETE ON {audit} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the keyrot audit ledger is append-only'
 "#,
-}];
+    },
+    // Every statement is idempotent (DDL commits implicitly, so a migration cut short is
+    // run again from the start): a column is added only if missing, through a prepared
+    // statement (MySQL 8 has no ADD COLUMN IF NOT EXISTS). The ledger is read in
+    // (chain_seq, seq) order, which MariaDB sorts by hand unless an index has both columns:
+    // (ring, chain_seq, seq) replaces (ring, seq), which nothing reads by any more.
+    Migration {
+        version: 2,
+        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); TRUNCATE guard",
+        sql: r#"
+SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {rings} ADD COLUMN manifest MEDIUMTEXT NULL', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}rings' AND COLUMN_NAME = 'manifest');
+PREPARE keyrot_ddl FROM @keyrot_ddl;
+EXECUTE keyrot_ddl;
+DEALLOCATE PREPARE keyrot_ddl;
+SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT NULL, ADD COLUMN chain_mac TEXT NULL, ADD UNIQUE KEY {prefix}audit_ring_chain (ring, chain_seq), ADD KEY {prefix}audit_ring_chain_seq (ring, chain_seq, seq), DROP KEY {prefix}audit_ring_seq', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND COLUMN_NAME = 'chain_seq');
+PREPARE keyrot_ddl FROM @keyrot_ddl;
+EXECUTE keyrot_ddl;
+DEALLOCATE PREPARE keyrot_ddl;
+CREATE TABLE IF NOT EXISTS {audit_guard} (
+    audit_seq BIGINT NULL,
+    CONSTRAINT {prefix}audit_no_truncate FOREIGN KEY (audit_seq) REFERENCES {audit} (seq)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='keyrot: keep empty; its foreign key makes InnoDB refuse TRUNCATE of the audit ledger'
+"#,
+    },
+];
 
 /// MySQL's longest identifier.
 const MAX_IDENT: usize = 64;
@@ -109,8 +147,10 @@ struct Sql {
     load: String,
     generation: String,
     ensure_ring: String,
+    lock_ring: String,
     cas: String,
     upsert_key: String,
+    audit_head: String,
     insert_audit: String,
     insert_idempotency: String,
     insert_idempotency_first_wins: String,
@@ -137,9 +177,12 @@ impl Sql {
             common::placeholders(5, false, 1)
         );
         Self {
+            // One statement (one consistent read): the manifest matches the key rows. Only
+            // the first row carries it, so a ring of many keys does not repeat it on each.
             load: format!(
-                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
-                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
+                "SELECT r.generation AS ring_generation, \
+                 CASE WHEN ROW_NUMBER() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, \
+                 {key_cols} FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
                 rings = t.rings,
                 keys = t.keys
             ),
@@ -148,8 +191,9 @@ impl Sql {
                 "INSERT INTO {} (name, generation) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name",
                 t.rings
             ),
+            lock_ring: format!("SELECT generation FROM {} WHERE name = ? FOR UPDATE", t.rings),
             cas: format!(
-                "UPDATE {} SET generation = generation + 1 WHERE name = ? AND generation = ?",
+                "UPDATE {} SET generation = generation + 1, manifest = ? WHERE name = ? AND generation = ?",
                 t.rings
             ),
             upsert_key: format!(
@@ -157,15 +201,24 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, false, 1)
             ),
+            // A consistent (non-locking) read: it is the transaction's first, made after the
+            // ring row is locked, so it sees every append committed before.
+            audit_head: format!(
+                "SELECT chain_seq, chain_mac FROM {} WHERE ring = ? AND chain_seq IS NOT NULL \
+                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+                t.audit
+            ),
             insert_audit: format!(
                 "INSERT INTO {} ({audit_cols}) VALUES ({})",
                 t.audit,
-                common::placeholders(17, false, 1)
+                common::placeholders(common::AUDIT_COLUMN_COUNT, false, 1)
             ),
             insert_idempotency_first_wins: format!("{insert_idempotency} ON DUPLICATE KEY UPDATE ring = ring"),
             insert_idempotency,
+            // Newest first by chain position; records from before the chain (NULL, which
+            // sorts last descending) last, newest first.
             audit_log: format!(
-                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY seq DESC LIMIT ?",
+                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY chain_seq DESC, seq DESC LIMIT ?",
                 t.audit
             ),
             idempotency: format!(
@@ -342,7 +395,7 @@ impl MySqlStore {
         Ok(())
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql;
         let ring = c.ring.as_str();
         if expected == 0 {
@@ -354,7 +407,9 @@ impl MySqlStore {
                 .await?;
         }
         let mut tx = self.inner.pool.begin().await?;
+        // The compare-and-swap locks the ring row: appends to its ledger are serialised.
         let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
+            .bind(c.manifest.as_str())
             .bind(ring)
             .bind(expected)
             .execute(&mut *tx)
@@ -382,20 +437,58 @@ impl MySqlStore {
                         current: gen_from_db(expected).unwrap_or(0),
                     });
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
-        common::insert_keys_and_audit!(tx, sql, c);
+        common::insert_keys_and_audit!(tx, sql, c, linker);
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
+
+    async fn attempt_once(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
+    ) -> Result<(), TxError> {
+        let sql = &self.inner.sql;
+        let ring = audit.ring.as_str();
+        let mut tx = self.inner.pool.begin().await?;
+        // Serialise appends to the ring's ledger on its row.
+        let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
+            .bind(ring)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if locked.is_none() {
+            // A new ring: its row is created outside the transaction (concurrent creators
+            // inserting it inside theirs would deadlock upgrading their shared locks), then
+            // locked.
+            tx.rollback().await?;
+            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+                .bind(ring)
+                .execute(&self.inner.pool)
+                .await?;
+            tx = self.inner.pool.begin().await?;
+            let _: i64 = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
+                .bind(ring)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
+        common::append_audit!(tx, sql, audit, linker);
+        if let Some(i) = idempotency {
+            bind_idempotency!(
+                sqlx::query(AssertSqlSafe(sql.insert_idempotency_first_wins.as_str())),
+                i
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
-common::impl_storage!(MySqlStore {
-    label: "mysql",
-    begin: begin(),
-    attempt_idempotency: insert_idempotency_first_wins,
-});
+common::impl_storage!(MySqlStore { label: "mysql" });
 
 /// A held `GET_LOCK`: the session (pool connection) that holds it.
 struct MySqlLockGuard {
@@ -520,5 +613,27 @@ impl Lock for MySqlStore {
                 Err(db_err("mysql: take rotation lock")(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration, once released, is never edited: databases that applied it refuse a
+    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        assert_eq!(MIGRATIONS[0].version, 1);
+        assert_eq!(
+            MIGRATIONS[0].checksum(),
+            "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036"
+        );
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(
+            versions,
+            (1..=versions.len() as i64).collect::<Vec<_>>(),
+            "versions are contiguous"
+        );
     }
 }

@@ -3,10 +3,16 @@
 //!
 //! - **Commit**: one transaction: `INSERT … ON CONFLICT DO NOTHING` creates the ring row at
 //!   generation 0 if it is new (race-safe: a concurrent creator waits on the unique index),
-//!   then `UPDATE … SET generation = generation + 1 WHERE name = $1 AND generation = $2` is
-//!   the compare-and-swap; key rows are upserted by (ring, kid), the audit and idempotency
-//!   records inserted, and `pg_notify` sent — all inside the transaction, so listeners hear
-//!   of a change exactly when it becomes visible.
+//!   then `UPDATE … SET generation = generation + 1, manifest = … WHERE name = $2 AND
+//!   generation = $3` is the compare-and-swap; key rows are upserted by (ring, kid), the
+//!   audit record linked into the ring's chain and inserted, the idempotency record
+//!   inserted, and `pg_notify` sent — all inside the transaction, so listeners hear of a
+//!   change exactly when it becomes visible.
+//! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
+//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); at `READ COMMITTED`
+//!   the chain head read next sees every earlier append.
+//! - **Append-only ledger**: row triggers refuse `UPDATE` and `DELETE` (and so
+//!   `INSERT … ON CONFLICT DO UPDATE`), a statement trigger refuses `TRUNCATE`.
 //! - **Lock**: a session advisory lock (`pg_try_advisory_lock`, key = SHA-256 of schema,
 //!   table prefix and ring name) on a pool connection the guard holds. Release unlocks it
 //!   explicitly before the connection goes back to the pool; a guard dropped without release
@@ -24,11 +30,12 @@
 
 use crate::common::{
     self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    Migration, Tables, db_err,
+    Migration, Tables, TxError, bind_idempotency, db_err,
 };
 use async_trait::async_trait;
 use keyrot_core::{
-    ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, Lock, LockGuard, RingName, StorageError,
+    AuditLinker, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
+    LockGuard, RingName, StorageError,
 };
 use sqlx::AssertSqlSafe;
 use sqlx::pool::PoolConnection;
@@ -36,10 +43,11 @@ use sqlx::postgres::{PgListener, PgPool, Postgres};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "rings, keys, append-only audit ledger, idempotency records",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rings, keys, append-only audit ledger, idempotency records",
+        sql: r#"
 CREATE TABLE {rings} (
     name TEXT PRIMARY KEY,
     generation BIGINT NOT NULL CHECK (generation >= 0)
@@ -101,7 +109,19 @@ CREATE FUNCTION {q}{prefix}audit_append_only() RETURNS trigger LANGUAGE plpgsql 
 CREATE TRIGGER {prefix}audit_no_change BEFORE UPDATE OR DELETE ON {audit} FOR EACH ROW EXECUTE FUNCTION {q}{prefix}audit_append_only();
 CREATE TRIGGER {prefix}audit_no_truncate BEFORE TRUNCATE ON {audit} FOR EACH STATEMENT EXECUTE FUNCTION {q}{prefix}audit_append_only();
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring)",
+        // The ledger is read by (ring, chain_seq): the (ring, seq) index has no reader left.
+        sql: r#"
+ALTER TABLE {rings} ADD COLUMN manifest TEXT;
+ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT, ADD COLUMN chain_mac TEXT;
+CREATE UNIQUE INDEX {prefix}audit_ring_chain ON {audit} (ring, chain_seq DESC NULLS LAST);
+DROP INDEX {q}{prefix}audit_ring_seq;
+"#,
+    },
+];
 
 /// PostgreSQL's longest identifier (and `LISTEN` channel).
 const MAX_IDENT: usize = 63;
@@ -111,8 +131,10 @@ struct Sql {
     load: String,
     generation: String,
     ensure_ring: String,
+    lock_ring: String,
     cas: String,
     upsert_key: String,
+    audit_head: String,
     insert_audit: String,
     insert_idempotency: String,
     audit_log: String,
@@ -133,9 +155,12 @@ impl Sql {
             .join(", ");
         let audit_cols = common::AUDIT_COLUMNS;
         Self {
+            // One statement (one snapshot): the manifest matches the key rows. Only the
+            // first row carries it, so a ring of many keys does not repeat it on each.
             load: format!(
-                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
-                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = $1 ORDER BY k.seq",
+                "SELECT r.generation AS ring_generation, \
+                 CASE WHEN row_number() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, \
+                 {key_cols} FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = $1 ORDER BY k.seq",
                 rings = t.rings,
                 keys = t.keys
             ),
@@ -144,8 +169,9 @@ impl Sql {
                 "INSERT INTO {} (name, generation) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
                 t.rings
             ),
+            lock_ring: format!("SELECT generation FROM {} WHERE name = $1 FOR UPDATE", t.rings),
             cas: format!(
-                "UPDATE {} SET generation = generation + 1 WHERE name = $1 AND generation = $2",
+                "UPDATE {} SET generation = generation + 1, manifest = $1 WHERE name = $2 AND generation = $3",
                 t.rings
             ),
             upsert_key: format!(
@@ -153,18 +179,25 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, true, 1)
             ),
+            audit_head: format!(
+                "SELECT chain_seq, chain_mac FROM {} WHERE ring = $1 AND chain_seq IS NOT NULL \
+                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC NULLS LAST LIMIT 1",
+                t.audit
+            ),
             insert_audit: format!(
                 "INSERT INTO {} ({audit_cols}) VALUES ({})",
                 t.audit,
-                common::placeholders(17, true, 1)
+                common::placeholders(common::AUDIT_COLUMN_COUNT, true, 1)
             ),
             insert_idempotency: format!(
                 "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, idem_key) DO NOTHING",
                 t.idempotency,
                 common::placeholders(5, true, 1)
             ),
+            // Newest first by chain position; records from before the chain last, newest
+            // first.
             audit_log: format!(
-                "SELECT {audit_cols} FROM {} WHERE ring = $1 ORDER BY seq DESC LIMIT $2",
+                "SELECT {audit_cols} FROM {} WHERE ring = $1 ORDER BY chain_seq DESC NULLS LAST, seq DESC LIMIT $2",
                 t.audit
             ),
             idempotency: format!(
@@ -367,11 +400,12 @@ impl PostgresStore {
         tx.commit().await.map_err(db_err("postgres: commit migration"))
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await?;
+        // The compare-and-swap locks the ring row: appends to its ledger are serialised.
         common::swap_generation_or_return!(tx, sql, c, expected);
-        common::insert_keys_and_audit!(tx, sql, c);
+        common::insert_keys_and_audit!(tx, sql, c, linker);
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(self.inner.channel.as_str())
             .bind(format!("{}:{}", c.ring.as_str(), expected + 1))
@@ -379,6 +413,41 @@ impl PostgresStore {
             .await?;
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
+    }
+
+    async fn attempt_once(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
+    ) -> Result<(), TxError> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await?;
+        // Serialise appends to the ring's ledger on its row.
+        let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
+            .bind(audit.ring.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if locked.is_none() {
+            // A new ring: its row is created at generation 0 (a concurrent creator waits
+            // on the unique index, then finds it), then locked.
+            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
+                .bind(audit.ring.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let _: i64 = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
+                .bind(audit.ring.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        }
+        common::append_audit!(tx, sql, audit, linker);
+        if let Some(i) = idempotency {
+            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -392,11 +461,7 @@ fn advisory_key(digest: &[u8; 32]) -> i64 {
     i64::from_be_bytes(b)
 }
 
-common::impl_storage!(PostgresStore {
-    label: "postgres",
-    begin: begin(),
-    attempt_idempotency: insert_idempotency,
-});
+common::impl_storage!(PostgresStore { label: "postgres" });
 
 /// A held advisory lock: the session (pool connection) that holds it.
 struct PgLockGuard {
@@ -581,6 +646,23 @@ impl ChangeFeed for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A migration, once released, is never edited: databases that applied it refuse a
+    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        assert_eq!(MIGRATIONS[0].version, 1);
+        assert_eq!(
+            MIGRATIONS[0].checksum(),
+            "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737"
+        );
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(
+            versions,
+            (1..=versions.len() as i64).collect::<Vec<_>>(),
+            "versions are contiguous"
+        );
+    }
 
     #[test]
     fn payloads_are_filtered_by_ring() -> Result<(), keyrot_core::ring::InvalidRingName> {

@@ -5,7 +5,12 @@
 //! - **Commit**: one `BEGIN IMMEDIATE` transaction (the database's write lock is taken at
 //!   the start, so no two commits interleave): insert-if-absent of the ring row, then
 //!   `UPDATE … SET generation = generation + 1 WHERE name = ? AND generation = ?` as the
-//!   compare-and-swap, key upserts by (ring, kid), audit and idempotency records.
+//!   compare-and-swap (writing the manifest), key upserts by (ring, kid), the audit record
+//!   linked into the ring's chain, the idempotency record. `record_attempt` runs in the same
+//!   kind of transaction, so appends to the ledger never interleave.
+//! - **Append-only ledger**: triggers refuse `UPDATE` and `DELETE`, and an insert that
+//!   would conflict with an existing row (`INSERT OR REPLACE`, `REPLACE`, which delete the
+//!   row they conflict with without firing DELETE triggers).
 //! - **Lock**: a lease row (`<prefix>locks`) with an expiry, taken by one atomic
 //!   `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at_ms <= now`. A holder that crashes
 //!   keeps it at most its ttl; release deletes the row; a guard dropped without release
@@ -19,10 +24,13 @@
 
 use crate::common::{
     self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    Migration, Tables, db_err,
+    Migration, Tables, TxError, bind_idempotency, db_err,
 };
 use async_trait::async_trait;
-use keyrot_core::{Clock, Commit, CommitOutcome, Lock, LockGuard, PollingFeed, RingName, StorageError, SystemClock};
+use keyrot_core::{
+    AuditLinker, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, RingName,
+    StorageError, SystemClock,
+};
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
@@ -30,10 +38,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "rings, keys, append-only audit ledger, idempotency records, lock leases",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rings, keys, append-only audit ledger, idempotency records, lock leases",
+        sql: r#"
 CREATE TABLE {rings} (
     name TEXT NOT NULL PRIMARY KEY,
     generation INTEGER NOT NULL CHECK (generation >= 0)
@@ -101,7 +110,29 @@ CREATE TABLE {locks} (
 CREATE TRIGGER "{prefix}audit_no_update" BEFORE UPDATE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
 CREATE TRIGGER "{prefix}audit_no_delete" BEFORE DELETE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
 "#,
-}];
+    },
+    // `INSERT OR REPLACE` (and `REPLACE`) deletes the row it conflicts with without firing
+    // DELETE triggers (unless `recursive_triggers` is on): an insert that would conflict
+    // with an existing row on any unique key of the ledger (`seq`, or `(ring, chain_seq)`)
+    // is refused before any conflict resolution runs, so nothing can be replaced. The
+    // ledger is read by (ring, chain_seq) (rowid last, as in every SQLite index): the
+    // (ring, seq) index has no reader left.
+    Migration {
+        version: 2,
+        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); no REPLACE into the ledger",
+        sql: r#"
+ALTER TABLE {rings} ADD COLUMN manifest TEXT;
+ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT;
+ALTER TABLE {audit} ADD COLUMN chain_mac TEXT;
+CREATE UNIQUE INDEX "{prefix}audit_ring_chain" ON {audit} (ring, chain_seq);
+DROP INDEX "{prefix}audit_ring_seq";
+CREATE TRIGGER "{prefix}audit_no_replace" BEFORE INSERT ON {audit}
+WHEN EXISTS (SELECT 1 FROM {audit} WHERE seq = NEW.seq)
+  OR EXISTS (SELECT 1 FROM {audit} WHERE ring = NEW.ring AND chain_seq = NEW.chain_seq)
+BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+"#,
+    },
+];
 
 #[derive(Debug)]
 struct Sql {
@@ -110,6 +141,7 @@ struct Sql {
     ensure_ring: String,
     cas: String,
     upsert_key: String,
+    audit_head: String,
     insert_audit: String,
     insert_idempotency: String,
     audit_log: String,
@@ -132,9 +164,13 @@ impl Sql {
             .join(", ");
         let audit_cols = common::AUDIT_COLUMNS;
         Self {
+            // One statement (one read transaction): the manifest matches the key rows.
+            // Only the first row carries it, so a ring of many keys does not repeat it on
+            // each.
             load: format!(
-                "SELECT r.generation AS ring_generation, {key_cols} FROM {rings} r \
-                 LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
+                "SELECT r.generation AS ring_generation, \
+                 CASE WHEN row_number() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, \
+                 {key_cols} FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
                 rings = t.rings,
                 keys = t.keys
             ),
@@ -144,7 +180,7 @@ impl Sql {
                 t.rings
             ),
             cas: format!(
-                "UPDATE {} SET generation = generation + 1 WHERE name = ? AND generation = ?",
+                "UPDATE {} SET generation = generation + 1, manifest = ? WHERE name = ? AND generation = ?",
                 t.rings
             ),
             upsert_key: format!(
@@ -152,18 +188,25 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, false, 1)
             ),
+            audit_head: format!(
+                "SELECT chain_seq, chain_mac FROM {} WHERE ring = ? AND chain_seq IS NOT NULL \
+                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+                t.audit
+            ),
             insert_audit: format!(
                 "INSERT INTO {} ({audit_cols}) VALUES ({})",
                 t.audit,
-                common::placeholders(17, false, 1)
+                common::placeholders(common::AUDIT_COLUMN_COUNT, false, 1)
             ),
             insert_idempotency: format!(
                 "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, idem_key) DO NOTHING",
                 t.idempotency,
                 common::placeholders(5, false, 1)
             ),
+            // Newest first by chain position; records from before the chain (NULL, which
+            // sorts last descending) last, newest first.
             audit_log: format!(
-                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY seq DESC LIMIT ?",
+                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY chain_seq DESC, seq DESC LIMIT ?",
                 t.audit
             ),
             idempotency: format!(
@@ -327,21 +370,37 @@ impl SqliteStore {
         tx.commit().await.map_err(db_err("sqlite: commit migration"))
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64) -> Result<CommitOutcome, sqlx::Error> {
+    // `BEGIN IMMEDIATE` takes the database's write lock at the start: appends to every
+    // ledger are serialised, and reads inside see every earlier commit.
+    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         common::swap_generation_or_return!(tx, sql, c, expected);
-        common::insert_keys_and_audit!(tx, sql, c);
+        common::insert_keys_and_audit!(tx, sql, c, linker);
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
+
+    async fn attempt_once(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
+    ) -> Result<(), TxError> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        common::append_audit!(tx, sql, audit, linker);
+        if let Some(i) = idempotency {
+            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
-common::impl_storage!(SqliteStore {
-    label: "sqlite",
-    begin: begin_with("BEGIN IMMEDIATE"),
-    attempt_idempotency: insert_idempotency,
-});
+common::impl_storage!(SqliteStore { label: "sqlite" });
 
 /// A held lease row.
 #[derive(Debug)]
@@ -446,5 +505,27 @@ impl Lock for SqliteStore {
             tracing::debug!(ring = %ring, holder, "sqlite rotation lock busy");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration, once released, is never edited: databases that applied it refuse a
+    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        assert_eq!(MIGRATIONS[0].version, 1);
+        assert_eq!(
+            MIGRATIONS[0].checksum(),
+            "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8"
+        );
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(
+            versions,
+            (1..=versions.len() as i64).collect::<Vec<_>>(),
+            "versions are contiguous"
+        );
     }
 }

@@ -8,8 +8,10 @@ mod common;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
 use keyrot_core::conformance::{sample_audit, sample_key};
+use keyrot_core::integrity::SealerLinker;
 use keyrot_core::{
-    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManualClock, Outcome, RequestContext, Rotator, Storage,
+    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManualClock, MasterKeySealer, Outcome, RequestContext,
+    Rotator, Storage,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,13 +122,20 @@ async fn race(name: &str, instances: Vec<Instance>) {
             1
         );
     }
-    cas_race(name, &instances).await;
+    cas_race(name, &instances, sealer.clone()).await;
     let total = check.audit_log(&r, AuditQuery { limit: 100_000 }).await.expect("audit");
     assert_eq!(
         total.len(),
         1 + INSTANCES * ROUNDS,
         "{name}: the bootstrap and every attempt are audited"
     );
+    // 16 instances appending at once still build one contiguous chain.
+    let chain = rotators[0]
+        .verify_audit_chain()
+        .await
+        .expect("read the ledger")
+        .expect("the chain is intact");
+    assert_eq!(chain.records, 1 + INSTANCES * ROUNDS, "{name}: every record is chained");
     assert_eq!(tally.get("rotated"), Some(&ROUNDS));
     println!(
         "{name}: {ROUNDS} rounds x {INSTANCES} instances in {:.1} s ({:.1} ms per round); outcomes {tally:?}",
@@ -137,8 +146,9 @@ async fn race(name: &str, instances: Vec<Instance>) {
 
 /// Without the lock: 16 instances commit on the same generation at once; the
 /// compare-and-swap alone lets exactly one through, every round.
-async fn cas_race(name: &str, instances: &[Instance]) {
+async fn cas_race(name: &str, instances: &[Instance], sealer: Arc<MasterKeySealer>) {
     let r = ring("cas-race");
+    let linker = Arc::new(SealerLinker::new(sealer.clone()));
     for round in 0..20u64 {
         let barrier = Arc::new(Barrier::new(INSTANCES));
         let mut set = JoinSet::new();
@@ -150,10 +160,12 @@ async fn cas_race(name: &str, instances: &[Instance]) {
                 keys: vec![sample_key(r.as_str(), KeyState::Pending, t0())],
                 audit: sample_audit(r.as_str(), t0(), round + 1, Outcome::Rotated),
                 idempotency: None,
+                manifest: format!("manifest {round}"),
             };
+            let linker = linker.clone();
             set.spawn(async move {
                 barrier.wait().await;
-                storage.commit(&commit).await
+                storage.commit(&commit, &*linker).await
             });
         }
         let results = set.join_all().await;
@@ -173,6 +185,18 @@ async fn cas_race(name: &str, instances: &[Instance]) {
         (20, 20),
         "{name}: only the winners' keys were written"
     );
+    assert_eq!(
+        loaded.manifest.as_deref(),
+        Some("manifest 19"),
+        "{name}: the last winner's manifest"
+    );
+    let ledger = instances[0]
+        .0
+        .audit_log(&r, AuditQuery { limit: usize::MAX })
+        .await
+        .expect("audit");
+    let chain = keyrot_core::integrity::verify_chain(&ledger, &*sealer).expect("the winners' records form one chain");
+    assert_eq!(chain.records, 20, "{name}: only the winners' records were appended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

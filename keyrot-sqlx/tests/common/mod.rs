@@ -310,3 +310,235 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// Raw SQL on a store's tables, as someone with write access to the database (and, where
+/// a test says so, the rights to get the ledger's triggers out of the way) but without the
+/// master key would issue it.
+#[derive(Clone)]
+pub enum RawDb {
+    Postgres { pool: PgPool, schema: String },
+    MySql { pool: MySqlPool },
+    Sqlite { pool: SqlitePool },
+}
+
+/// A SQL string literal (test values only: no backslashes, which MySQL would interpret).
+pub fn lit(s: &str) -> String {
+    assert!(!s.contains('\\'), "test literal with a backslash: {s:?}");
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A nullable millisecond timestamp as SQL.
+pub fn ms(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(|| "NULL".to_owned(), |t| t.timestamp_millis().to_string())
+}
+
+impl RawDb {
+    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}` and `{migrations}` with the
+    /// store's (qualified) table names.
+    pub fn render(&self, sql: &str) -> String {
+        let q = match self {
+            RawDb::Postgres { schema, .. } => format!(r#""{schema}"."#),
+            _ => String::new(),
+        };
+        let mut out = sql.to_owned();
+        for t in ["rings", "keys", "audit_guard", "audit", "migrations"] {
+            out = out.replace(&format!("{{{t}}}"), &format!("{q}keyrot_{t}"));
+        }
+        out
+    }
+
+    /// Runs `sql` (rendered); the rows it affected, or the database's error message.
+    pub async fn exec(&self, sql: &str) -> Result<u64, String> {
+        let sql = AssertSqlSafe(self.render(sql));
+        let r = match self {
+            RawDb::Postgres { pool, .. } => sqlx::raw_sql(sql).execute(pool).await.map(|r| r.rows_affected()),
+            RawDb::MySql { pool } => sqlx::raw_sql(sql).execute(pool).await.map(|r| r.rows_affected()),
+            RawDb::Sqlite { pool } => sqlx::raw_sql(sql).execute(pool).await.map(|r| r.rows_affected()),
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Runs `sql`, which must succeed.
+    pub async fn must(&self, sql: &str) -> u64 {
+        match self.exec(sql).await {
+            Ok(n) => n,
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+
+    /// Runs `sql` with the ledger's triggers out of the way, as a database superuser or
+    /// anyone with DDL rights could: on PostgreSQL `session_replication_role = replica` in
+    /// the same transaction (triggers stay in place), on MySQL and SQLite the triggers are
+    /// dropped.
+    pub async fn exec_without_triggers(&self, sql: &str) -> u64 {
+        let rendered = self.render(sql);
+        let r = match self {
+            RawDb::Postgres { pool, .. } => {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::raw_sql("SET LOCAL session_replication_role = replica")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("replica role (superuser)");
+                let n = sqlx::raw_sql(AssertSqlSafe(rendered))
+                    .execute(&mut *tx)
+                    .await
+                    .map(|r| r.rows_affected());
+                tx.commit().await.expect("commit");
+                n
+            }
+            RawDb::MySql { pool } => {
+                for t in ["keyrot_audit_no_update", "keyrot_audit_no_delete"] {
+                    sqlx::raw_sql(AssertSqlSafe(format!("DROP TRIGGER IF EXISTS {t}")))
+                        .execute(pool)
+                        .await
+                        .expect("drop trigger");
+                }
+                sqlx::raw_sql(AssertSqlSafe(rendered))
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            RawDb::Sqlite { pool } => {
+                sqlx::raw_sql(
+                    r#"DROP TRIGGER IF EXISTS "keyrot_audit_no_update"; DROP TRIGGER IF EXISTS "keyrot_audit_no_delete"; DROP TRIGGER IF EXISTS "keyrot_audit_no_replace""#,
+                )
+                .execute(pool)
+                .await
+                .expect("drop triggers");
+                sqlx::raw_sql(AssertSqlSafe(rendered))
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        };
+        r.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+enum Owner {
+    Postgres(PgTest, PostgresStore),
+    MySql(MySqlTest, MySqlStore, MySqlPool),
+    Sqlite(SqliteFile, SqliteStore, SqlitePool),
+}
+
+/// A migrated store on a fresh schema (PostgreSQL), database (MySQL) or file (SQLite),
+/// with raw access to its tables on a connection of its own.
+pub struct TestDb {
+    pub name: &'static str,
+    pub storage: std::sync::Arc<dyn keyrot_core::Storage>,
+    pub lock: std::sync::Arc<dyn keyrot_core::Lock>,
+    pub raw: RawDb,
+    owner: Owner,
+}
+
+impl TestDb {
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let t = PgTest::new(test, false).await?;
+        let store = t.instance(4, "keyrot-test-store").await;
+        let raw = RawDb::Postgres {
+            pool: t.admin().clone(),
+            schema: t.schema.clone(),
+        };
+        Some(Self {
+            name: "postgres",
+            storage: std::sync::Arc::new(store.clone()),
+            lock: std::sync::Arc::new(store.clone()),
+            raw,
+            owner: Owner::Postgres(t, store),
+        })
+    }
+
+    pub async fn mysql(test: &str) -> Option<Self> {
+        let t = MySqlTest::new(test, false).await?;
+        let store = t.instance(4).await;
+        let pool = t.pool(2).await;
+        Some(Self {
+            name: "mysql",
+            storage: std::sync::Arc::new(store.clone()),
+            lock: std::sync::Arc::new(store.clone()),
+            raw: RawDb::MySql { pool: pool.clone() },
+            owner: Owner::MySql(t, store, pool),
+        })
+    }
+
+    pub async fn sqlite() -> Self {
+        let file = SqliteFile::new();
+        let store = file.instance(4).await;
+        let pool = file.pool(2).await;
+        Self {
+            name: "sqlite",
+            storage: std::sync::Arc::new(store.clone()),
+            lock: std::sync::Arc::new(store.clone()),
+            raw: RawDb::Sqlite { pool: pool.clone() },
+            owner: Owner::Sqlite(file, store, pool),
+        }
+    }
+
+    /// Runs the store's `migrate()` again.
+    pub async fn migrate(&self) -> Result<(), keyrot_core::StorageError> {
+        match &self.owner {
+            Owner::Postgres(_, s) => s.migrate().await,
+            Owner::MySql(_, s, _) => s.migrate().await,
+            Owner::Sqlite(_, s, _) => s.migrate().await,
+        }
+    }
+
+    pub async fn finish(self) {
+        match self.owner {
+            Owner::Postgres(t, store) => {
+                store.pool().close().await;
+                t.finish().await;
+            }
+            Owner::MySql(t, store, pool) => {
+                store.pool().close().await;
+                pool.close().await;
+                t.finish().await;
+            }
+            Owner::Sqlite(file, store, pool) => {
+                store.pool().close().await;
+                pool.close().await;
+                drop(file);
+            }
+        }
+    }
+}
+
+/// One `#[tokio::test]` per database for each `async fn scenario(db: &TestDb)` named:
+/// `postgres::scenario`, `mysql::scenario`, `sqlite::scenario`.
+#[macro_export]
+macro_rules! on_every_database {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) = super::common::TestDb::postgres(concat!("postgres ", stringify!($scenario))).await {
+                        super::$scenario(&db).await;
+                        db.finish().await;
+                    }
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) = super::common::TestDb::mysql(concat!("mysql ", stringify!($scenario))).await {
+                        super::$scenario(&db).await;
+                        db.finish().await;
+                    }
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let db = super::common::TestDb::sqlite().await;
+                    super::$scenario(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
