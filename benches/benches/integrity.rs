@@ -17,8 +17,8 @@ use chrono::{TimeDelta, TimeZone, Utc};
 use keyrot_core::integrity::{SealerLinker, check_ring, seal_manifest};
 use keyrot_core::storage::{AuditLinker, AuditQuery};
 use keyrot_core::{
-    KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext, RingName,
-    Rotator, Snapshot, Storage,
+    Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext,
+    RingName, Rotator, Snapshot, Storage,
 };
 use std::hint::black_box;
 use std::sync::Arc;

@@ -153,6 +153,8 @@ async fn lock_and_commit(db: &Db, iters: u64) -> Duration {
     let keys: Vec<_> = (0..iters)
         .map(|_| sample_key(r.as_str(), KeyState::Active, at))
         .collect();
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("bench").expect("mk"), []).expect("sealer"));
+    let linker = keyrot_core::integrity::SealerLinker::new(sealer);
     let mut total = Duration::ZERO;
     for (generation, key) in (0u64..).zip(keys) {
         let commit = Commit {
@@ -161,6 +163,8 @@ async fn lock_and_commit(db: &Db, iters: u64) -> Duration {
             keys: vec![key],
             audit: sample_audit(r.as_str(), at, generation + 1, Outcome::Rotated),
             idempotency: None,
+            // The size of a real ten-key manifest.
+            manifest: "m".repeat(1_012),
         };
         let start = Instant::now();
         let guard = lock
@@ -168,7 +172,7 @@ async fn lock_and_commit(db: &Db, iters: u64) -> Duration {
             .await
             .expect("lock")
             .expect("free lock");
-        let outcome = storage.commit(&commit).await.expect("commit");
+        let outcome = storage.commit(&commit, &linker).await.expect("commit");
         guard.release().await.expect("release");
         total += start.elapsed();
         assert_eq!(outcome, CommitOutcome::Committed);

@@ -407,7 +407,7 @@ async fn the_audit_chain_finds_the_first_broken_record() {
         a[2].seq = y;
         a[6].seq = x;
     });
-    let b = check().await.err().expect("reorder is found");
+    let b = check().await.expect_err("reorder is found");
     assert!(b.id == original[2].id || b.id == original[6].id, "{b:?}");
     // An unchained record slipped in after the chain started.
     broken_at(&|a| {
