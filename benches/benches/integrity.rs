@@ -94,7 +94,7 @@ fn main() {
         (
             "seal_manifest",
             Box::new(|| {
-                black_box(seal_manifest(black_box(&ring), &*sealer).expect("manifest"));
+                black_box(seal_manifest(black_box(&ring), &*sealer, "audit-id").expect("manifest"));
             }),
         ),
         (

@@ -126,13 +126,17 @@ pub fn row_digest(ring: &str, k: &KeyRecord) -> String {
 struct StoredManifest {
     v: u8,
     generation: u64,
+    /// The id of the audit record the commit wrote.
+    audit: String,
     keys: BTreeMap<String, String>,
     mac: String,
 }
 
-fn manifest_message(ring: &str, generation: u64, keys: &BTreeMap<String, String>) -> Vec<u8> {
+fn manifest_message(ring: &str, generation: u64, audit: &str, keys: &BTreeMap<String, String>) -> Vec<u8> {
     let mut c = Canon::new(MANIFEST_DOMAIN);
-    c.str(ring).int(i64::try_from(generation).unwrap_or(i64::MAX));
+    c.str(ring)
+        .int(i64::try_from(generation).unwrap_or(i64::MAX))
+        .str(audit);
     c.int(i64::try_from(keys.len()).unwrap_or(i64::MAX));
     for (kid, digest) in keys {
         c.str(kid).str(digest);
@@ -141,17 +145,20 @@ fn manifest_message(ring: &str, generation: u64, keys: &BTreeMap<String, String>
 }
 
 /// Writes the authenticated manifest of `ring` at its generation (the rotator calls this
-/// on the ring state it is about to commit).
-pub fn seal_manifest(ring: &Ring, sealer: &dyn Sealer) -> Result<String, SealError> {
+/// on the ring state it is about to commit), naming `audit_id`, the id of the audit
+/// record the same commit writes (so the ledger cannot lose its newest commit record
+/// unnoticed).
+pub fn seal_manifest(ring: &Ring, sealer: &dyn Sealer, audit_id: &str) -> Result<String, SealError> {
     let keys: BTreeMap<String, String> = ring
         .keys
         .iter()
         .map(|k| (k.kid.clone(), row_digest(ring.name.as_str(), k)))
         .collect();
-    let mac = sealer.authenticate(&manifest_message(ring.name.as_str(), ring.generation, &keys))?;
+    let mac = sealer.authenticate(&manifest_message(ring.name.as_str(), ring.generation, audit_id, &keys))?;
     let stored = StoredManifest {
         v: 1,
         generation: ring.generation,
+        audit: audit_id.to_owned(),
         keys,
         mac: mac.to_text(),
     };
@@ -203,6 +210,8 @@ pub struct IntegrityReport {
     pub manifest_generation: Option<u64>,
     /// The generation the ring row claims.
     pub ring_generation: u64,
+    /// The id of the audit record the last commit wrote, as the manifest authenticates it.
+    pub manifest_audit_id: Option<String>,
 }
 
 impl IntegrityReport {
@@ -289,6 +298,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         missing: Vec::new(),
         manifest_generation: None,
         ring_generation: ring.generation,
+        manifest_audit_id: None,
     };
     let Some(text) = ring.manifest.as_deref() else {
         let integrity = if ring.keys.is_empty() && ring.generation == 0 {
@@ -310,6 +320,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
             missing: Vec::new(),
             manifest_generation: None,
             ring_generation: ring.generation,
+            manifest_audit_id: None,
         };
     };
     let Ok(stored) = serde_json::from_str::<StoredManifest>(text) else {
@@ -318,7 +329,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
     let Some(mac) = Mac::parse(&stored.mac).filter(|_| stored.v == 1) else {
         return all_tampered("the manifest has an unknown format");
     };
-    let message = manifest_message(ring.name.as_str(), stored.generation, &stored.keys);
+    let message = manifest_message(ring.name.as_str(), stored.generation, &stored.audit, &stored.keys);
     match sealer.check_authentication(&mac, &message) {
         Ok(()) => {}
         Err(SealError::UnknownMasterKey(id)) => {
@@ -367,6 +378,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         missing,
         manifest_generation: Some(stored.generation),
         ring_generation: ring.generation,
+        manifest_audit_id: Some(stored.audit),
     }
 }
 

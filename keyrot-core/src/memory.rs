@@ -19,6 +19,8 @@ struct RingData {
     keys: Vec<crate::ring::KeyRecord>,
     manifest: Option<String>,
     audit: Vec<AuditRecord>,
+    /// The newest chained record's seq and MAC.
+    head: Option<(u64, String)>,
     idempotency: HashMap<String, IdempotencyRecord>,
 }
 
@@ -70,12 +72,18 @@ impl MemoryStorage {
     pub fn tamper<T>(&self, ring: &RingName, f: impl FnOnce(RawRing<'_>) -> T) -> T {
         let mut g = self.lock();
         let data = g.rings.entry(ring.clone()).or_default();
-        f(RawRing {
+        let out = f(RawRing {
             generation: &mut data.generation,
             keys: &mut data.keys,
             manifest: &mut data.manifest,
             audit: &mut data.audit,
-        })
+        });
+        data.head = data
+            .audit
+            .iter()
+            .filter_map(|r| r.mac.as_ref().map(|m| (r.seq, m.clone())))
+            .max_by_key(|(s, _)| *s);
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -85,16 +93,13 @@ impl MemoryStorage {
 
 /// Appends `audit` to the ring's chain.
 fn append_audit(data: &mut RingData, audit: &AuditRecord, linker: &dyn AuditLinker) -> Result<(), StorageError> {
-    let (seq, prev) = data
-        .audit
-        .iter()
-        .filter(|r| r.mac.is_some())
-        .max_by_key(|r| r.seq)
-        .map_or((1, None), |r| (r.seq + 1, r.mac.clone()));
+    let (seq, prev) = data.head.as_ref().map_or((1, None), |(s, m)| (s + 1, Some(m.as_str())));
     let mut rec = audit.clone();
-    rec.mac = Some(linker.link(&rec, seq, prev.as_deref())?);
+    let mac = linker.link(&rec, seq, prev)?;
+    rec.mac = Some(mac.clone());
     rec.seq = seq;
     data.audit.push(rec);
+    data.head = Some((seq, mac));
     Ok(())
 }
 

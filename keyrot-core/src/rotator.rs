@@ -293,12 +293,29 @@ impl Rotator {
     pub async fn verify_audit_chain(
         &self,
     ) -> Result<Result<crate::integrity::ChainReport, crate::integrity::ChainBreak>, StorageError> {
+        let ring = self.load().await?;
         let records = self
             .inner
             .storage
             .audit_log(&self.inner.ring, AuditQuery { limit: usize::MAX })
             .await?;
-        Ok(crate::integrity::verify_chain(&records, &*self.inner.sealer))
+        let report = crate::integrity::verify_chain(&records, &*self.inner.sealer);
+        // The authenticated manifest names the record of the last commit: deleting the
+        // newest records (a truncation of the ledger) cannot take it away unnoticed.
+        let integrity = crate::integrity::check_ring(&ring, &*self.inner.sealer);
+        if let (Ok(_), Some(id)) = (&report, &integrity.manifest_audit_id)
+            && !records.iter().any(|r| &r.id == id && r.mac.is_some())
+        {
+            return Ok(Err(crate::integrity::ChainBreak {
+                id: id.clone(),
+                seq: 0,
+                reason: format!(
+                    "the record of the last commit (generation {}) is missing: the newest records were deleted",
+                    integrity.manifest_generation.unwrap_or(0)
+                ),
+            }));
+        }
+        Ok(report)
     }
 
     /// The explicit, audited integrity migration for a ring written before keyrot
@@ -362,7 +379,8 @@ impl Rotator {
         }
         let mut next = ring.clone();
         next.generation += 1;
-        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        let audit_id = random_hex(16);
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer, &audit_id)?;
         next.manifest = Some(manifest.clone());
         let mut report = self.report(Outcome::Authenticated, now, Some(&ring));
         report.generation = next.generation;
@@ -376,7 +394,10 @@ impl Rotator {
             ring: ring.name.clone(),
             expected_generation: ring.generation,
             keys: Vec::new(),
-            audit: self.audit_record(TriggerKind::Authenticate, ctx, &report, None),
+            audit: AuditRecord {
+                id: audit_id,
+                ..self.audit_record(TriggerKind::Authenticate, ctx, &report, None)
+            },
             idempotency: None,
             manifest,
         };
@@ -569,6 +590,7 @@ impl Rotator {
         report.generation = ring.generation + 1;
         report.detail = Some(format!("{} key(s) re-sealed under {primary:?}", changed.len()));
         let audit = self.audit_record(TriggerKind::Rewrap, ctx, &report, None);
+        let audit_id = audit.id.clone();
         let mut next = ring.clone();
         next.generation += 1;
         for rec in &changed {
@@ -576,7 +598,7 @@ impl Rotator {
                 *k = rec.clone();
             }
         }
-        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer, &audit_id)?;
         next.manifest = Some(manifest.clone());
         let commit = Commit {
             ring: ring.name.clone(),
@@ -841,7 +863,8 @@ impl Rotator {
         };
         let new_kid = new_key.as_ref().map(|k| k.kid.clone());
         let (mut next, changed) = planner::apply(&ring, &plan, new_key, now)?;
-        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer)?;
+        let audit_id = random_hex(16);
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer, &audit_id)?;
         next.manifest = Some(manifest.clone());
         let mut report = self.report(outcome_of(&plan), now, Some(&ring));
         report.generation = next.generation;
@@ -860,7 +883,10 @@ impl Rotator {
             Trigger::ForceRotate { reason, .. } => Some(format!("forced: {reason}")),
             _ => None,
         };
-        let audit = self.audit_record(kind, &attempt.ctx, &report, Some(&attempt.trigger));
+        let audit = AuditRecord {
+            id: audit_id,
+            ..self.audit_record(kind, &attempt.ctx, &report, Some(&attempt.trigger))
+        };
         let idempotency = idem.map(|(key, hash)| self.idempotency_record(key, hash, &report, now));
         let commit = Commit {
             ring: ring.name.clone(),

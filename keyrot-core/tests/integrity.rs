@@ -418,6 +418,12 @@ async fn the_audit_chain_finds_the_first_broken_record() {
         a.push(fake);
     });
     assert_eq!(check().await.err().map(|b| b.id), Some("unchained".into()));
+    // The newest records deleted (the ledger truncated back to before the last commit):
+    // the manifest names the last commit's record.
+    broken_at(&|a| a.truncate(7));
+    let b = check().await.expect_err("truncation is found");
+    assert_eq!(b.id, original[7].id, "the last commit's record: {b:?}");
+    assert!(b.reason.contains("last commit"), "{b:?}");
     broken_at(&|_| {});
     assert!(check().await.is_ok());
 }

@@ -1037,3 +1037,52 @@ pub async fn status_shows_ring_without_key_material(start: Start) {
     assert_eq!(admin.status, 200, "the force scope includes reading the status");
     assert_eq!(w.audit().await.len(), audited, "status reads are not audited");
 }
+
+/// Issue 8: a key row altered in storage (here its public key swapped for an attacker's)
+/// never verifies through the middleware, drops out of the JWKS, and the status page
+/// names it, while the rest of the ring keeps serving.
+pub async fn tampered_rows_are_refused_and_shown_on_the_status_page(start: Start) {
+    let w = World::start(start).await;
+    let a = w
+        .rotate(
+            Some(&w.admin_token()),
+            Some(json!({"force": true, "reason": "two keys"})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let attacker = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    let jwk = attacker.public_key().to_jwk(&w.first_kid).to_string();
+    w.storage.tamper(&w.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == w.first_kid).expect("row");
+        row.public_jwk = jwk.clone();
+        *raw.generation += 1;
+    });
+    w.keyring.refresh().await.expect("refresh");
+    let now = w.now().timestamp();
+    let forged = token::sign(
+        &attacker.signing_key(),
+        &token::encode_header(Algorithm::EdDsa, &w.first_kid),
+        &json!({"sub": "mallory", "exp": now + 60}),
+        now,
+        3_600,
+    )
+    .expect("sign");
+    assert_401_invalid(&w.get(PROTECTED_PATH, Some(&forged)).await, "a forged key row");
+    let fresh = w.sign(&json!({"sub": "bob", "exp": now + 60}));
+    assert_eq!(w.get(PROTECTED_PATH, Some(&fresh)).await.status, 200, "the rest serves");
+    assert!(!w.jwks_kids().await.contains(&w.first_kid), "not published");
+    let s = w.get(STATUS_PATH, Some(&w.scheduler_token())).await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let j = s.json();
+    let summary = j["integrity_summary"].as_str().unwrap_or_default().to_owned();
+    assert!(summary.contains(&w.first_kid), "{summary}");
+    let row = j["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == w.first_kid.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert!(row["tampered"].is_string(), "{row}");
+}

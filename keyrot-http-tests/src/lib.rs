@@ -129,6 +129,7 @@ macro_rules! http_suite {
             rotation_token_of_another_type_is_401,
             refused_attempts_are_audited_within_a_budget,
             status_shows_ring_without_key_material,
+            tampered_rows_are_refused_and_shown_on_the_status_page,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

@@ -735,7 +735,7 @@ async fn timings(db: &TestDb) {
     });
     let reload = avg(20, |_| fx.keyring.reload()).await;
     let seal_manifest = sync_avg(200, || {
-        integrity::seal_manifest(&ring_now, &*fx.sealer).expect("manifest")
+        integrity::seal_manifest(&ring_now, &*fx.sealer, "audit-id").expect("manifest")
     });
     let linker = SealerLinker::new(fx.sealer.clone());
     let record = sample_audit(fx.ring.as_str(), now, 1, Outcome::Rotated);

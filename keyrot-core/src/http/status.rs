@@ -112,6 +112,10 @@ pub(crate) struct StatusBody {
     loaded_at: DateTime<Utc>,
     now: DateTime<Utc>,
     keys: Vec<KeyStatus>,
+    /// Whether every stored row passed its integrity check, and which did not.
+    integrity: crate::integrity::IntegrityReport,
+    /// One line: `intact`, or what failed.
+    integrity_summary: String,
     next_transition: Option<NextTransition>,
     /// The newest rotation that changed the ring.
     last_rotation: Option<AuditRecord>,
@@ -214,6 +218,8 @@ pub(crate) async fn status_body(keyring: &KeyRing, view: &mut LedgerView) -> Sta
         loaded_at: snapshot.loaded_at(),
         now: keyring.clock().now(),
         keys: snapshot.keys().to_vec(),
+        integrity: snapshot.integrity().clone(),
+        integrity_summary: snapshot.integrity().summary(),
         next_transition: next_transition(snapshot.keys(), keyring.policy()),
         last_rotation,
         last_attempt,
