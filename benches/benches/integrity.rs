@@ -13,6 +13,8 @@
 //!
 //! Run with `cargo bench -p keyrot-benches --bench integrity`.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{TimeDelta, TimeZone, Utc};
 use keyrot_core::integrity::{SealerLinker, check_ring, seal_manifest};
 use keyrot_core::storage::{AuditLinker, AuditQuery};
@@ -76,6 +78,26 @@ fn main() {
     let linker = SealerLinker::new(sealer.clone());
     let policy = Policy::default();
     let now = clock.now();
+    // The per-token path, beside the raw signature check it wraps: the validity window is
+    // checked there now, so its cost shows in this ratio.
+    let keyring = rt.block_on(async {
+        KeyRing::builder(ring_name.clone(), storage.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .build()
+            .await
+            .expect("keyring")
+    });
+    let token = keyring
+        .sign(&serde_json::json!({"sub": "bench", "exp": now.timestamp() + 600}))
+        .expect("sign");
+    let active = ring.active().expect("active");
+    let jwk: serde_json::Value = serde_json::from_str(&active.public_jwk).expect("jwk");
+    let x = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().expect("x"))
+        .expect("base64url");
+    let raw_key = ed25519_dalek::VerifyingKey::from_bytes(&x.try_into().expect("32 bytes")).expect("key");
+    let (signing_input, sig) = token.rsplit_once('.').expect("three segments");
+    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).expect("sig")).expect("sig");
 
     type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
     let jobs: Vec<Job<'_>> = vec![
@@ -98,6 +120,18 @@ fn main() {
             }),
         ),
         (
+            "verify_raw",
+            Box::new(|| {
+                black_box(raw_key.verify_strict(black_box(signing_input.as_bytes()), &sig)).expect("raw verify");
+            }),
+        ),
+        (
+            "verify_keyrot",
+            Box::new(|| {
+                black_box(keyring.verify(black_box(&token))).expect("verify");
+            }),
+        ),
+        (
             "audit_link",
             Box::new(|| {
                 black_box(linker.link(black_box(&record), 7, Some("prev")).expect("link"));
@@ -106,6 +140,7 @@ fn main() {
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); jobs.len()];
     let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut verify_ratios = Vec::with_capacity(ROUNDS);
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..ROUNDS {
@@ -126,6 +161,7 @@ fn main() {
             samples[j].push(round[j]);
         }
         ratios.push(round[1] / round[0]);
+        verify_ratios.push(round[4] / round[3]);
     }
     println!("integrity costs, median of {ROUNDS} shuffled rounds of {ITERS} calls (10 published keys):");
     for (j, (name, _)) in jobs.iter().enumerate() {
@@ -134,5 +170,9 @@ fn main() {
     println!(
         "  check_ring / snapshot_build, median per-round ratio: {:.3}",
         median(&mut ratios)
+    );
+    println!(
+        "  verify_keyrot / verify_raw, median per-round ratio: {:.3}",
+        median(&mut verify_ratios)
     );
 }

@@ -401,15 +401,32 @@ impl Rotator {
             idempotency: None,
             manifest,
         };
-        match self.inner.storage.commit(&commit, &self.inner.linker).await? {
+        self.commit_and_install(TriggerKind::Authenticate, ctx, &ring, &next, &commit, report, now)
+            .await
+    }
+
+    /// Commits a change the caller built (rewrap, the integrity migration) and installs
+    /// it locally; a lost race is audited and answered, not an error.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_and_install(
+        &self,
+        kind: TriggerKind,
+        ctx: &RequestContext,
+        ring: &Ring,
+        next: &Ring,
+        commit: &Commit,
+        report: RotationReport,
+        now: DateTime<Utc>,
+    ) -> Result<RotationReport, RotateError> {
+        match self.inner.storage.commit(commit, &self.inner.linker).await? {
             CommitOutcome::Committed => {
-                self.install(&next).await;
+                self.install(next).await;
                 Ok(report)
             }
             CommitOutcome::Conflict { current } => {
-                let mut r = self.report(Outcome::LostRace, now, Some(&ring));
+                let mut r = self.report(Outcome::LostRace, now, Some(ring));
                 r.generation = current;
-                self.audit_only(TriggerKind::Authenticate, ctx, &r, None, None).await?;
+                self.audit_only(kind, ctx, &r, None, None).await?;
                 Ok(r)
             }
         }
@@ -608,18 +625,8 @@ impl Rotator {
             idempotency: None,
             manifest,
         };
-        match self.inner.storage.commit(&commit, &self.inner.linker).await? {
-            CommitOutcome::Committed => {
-                self.install(&next).await;
-                Ok(report)
-            }
-            CommitOutcome::Conflict { current } => {
-                let mut r = self.report(Outcome::LostRace, now, Some(&ring));
-                r.generation = current;
-                self.audit_only(TriggerKind::Rewrap, ctx, &r, None, None).await?;
-                Ok(r)
-            }
-        }
+        self.commit_and_install(TriggerKind::Rewrap, ctx, &ring, &next, &commit, report, now)
+            .await
     }
 
     async fn acquire(&self) -> Result<Option<Box<dyn LockGuard>>, StorageError> {

@@ -794,6 +794,20 @@ pub(crate) fn pending<'m>(
         .collect())
 }
 
+/// Checks that migration 1 is the released one (by checksum) and versions are
+/// contiguous: each store's unit test calls this on its own list.
+#[cfg(test)]
+pub(crate) fn assert_released(migrations: &[Migration], v1_checksum: &str) {
+    assert_eq!(migrations[0].version, 1);
+    assert_eq!(migrations[0].checksum(), v1_checksum, "migration 1 was edited");
+    let versions: Vec<i64> = migrations.iter().map(|m| m.version).collect();
+    assert_eq!(
+        versions,
+        (1..=versions.len() as i64).collect::<Vec<_>>(),
+        "versions are contiguous"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

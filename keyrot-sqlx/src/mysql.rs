@@ -624,16 +624,9 @@ mod tests {
     /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
     #[test]
     fn released_migrations_are_unchanged() {
-        assert_eq!(MIGRATIONS[0].version, 1);
-        assert_eq!(
-            MIGRATIONS[0].checksum(),
-            "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036"
-        );
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(
-            versions,
-            (1..=versions.len() as i64).collect::<Vec<_>>(),
-            "versions are contiguous"
+        crate::common::assert_released(
+            MIGRATIONS,
+            "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036",
         );
     }
 }

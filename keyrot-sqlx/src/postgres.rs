@@ -651,16 +651,9 @@ mod tests {
     /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
     #[test]
     fn released_migrations_are_unchanged() {
-        assert_eq!(MIGRATIONS[0].version, 1);
-        assert_eq!(
-            MIGRATIONS[0].checksum(),
-            "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737"
-        );
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(
-            versions,
-            (1..=versions.len() as i64).collect::<Vec<_>>(),
-            "versions are contiguous"
+        crate::common::assert_released(
+            MIGRATIONS,
+            "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737",
         );
     }
 

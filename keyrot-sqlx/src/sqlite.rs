@@ -516,16 +516,9 @@ mod tests {
     /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
     #[test]
     fn released_migrations_are_unchanged() {
-        assert_eq!(MIGRATIONS[0].version, 1);
-        assert_eq!(
-            MIGRATIONS[0].checksum(),
-            "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8"
-        );
-        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
-        assert_eq!(
-            versions,
-            (1..=versions.len() as i64).collect::<Vec<_>>(),
-            "versions are contiguous"
+        crate::common::assert_released(
+            MIGRATIONS,
+            "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8",
         );
     }
 }
