@@ -78,6 +78,8 @@ pub enum TriggerKind {
     Rewrap,
     /// The integrity migration of a ring written before rings were authenticated.
     Authenticate,
+    /// Quarantining the rows that failed the integrity check.
+    Repair,
 }
 
 impl TriggerKind {
@@ -92,6 +94,7 @@ impl TriggerKind {
             TriggerKind::Import => "import",
             TriggerKind::Rewrap => "rewrap",
             TriggerKind::Authenticate => "authenticate",
+            TriggerKind::Repair => "repair",
         }
     }
 
@@ -106,6 +109,7 @@ impl TriggerKind {
             "import" => TriggerKind::Import,
             "rewrap" => TriggerKind::Rewrap,
             "authenticate" => TriggerKind::Authenticate,
+            "repair" => TriggerKind::Repair,
             _ => return None,
         })
     }

@@ -13,7 +13,7 @@ use crate::key::{ImportedKey, KeyError, PrivateKey};
 use crate::keyring::KeyRing;
 use crate::planner::{self, ApplyError, ImportState, NewKey, Plan, PlanKind, Refusal, Trigger, TriggerKind};
 use crate::policy::Policy;
-use crate::ring::{Ring, RingName};
+use crate::ring::{KeyState, Ring, RingName};
 use crate::seal::{SealContext, SealError, Sealer};
 use crate::storage::{
     AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Outcome, Storage, StorageError,
@@ -402,6 +402,124 @@ impl Rotator {
             manifest,
         };
         self.commit_and_install(TriggerKind::Authenticate, ctx, &ring, &next, &commit, report, now)
+            .await
+    }
+
+    /// The way back from tampering, for someone holding the master key: every row that
+    /// fails the integrity check is quarantined — rewritten as Expired, revoked with a
+    /// reason naming the failure and `reason`, its sealed material dropped — and the
+    /// manifest is re-issued over the result (rows the manifest lists but storage lost are
+    /// dropped from it). Rows that pass are not touched, so nothing an attacker wrote ever
+    /// verifies. If the Active row was among the quarantined, the ring has no Active key
+    /// afterwards: the next tick, `init` or forced rotation bootstraps a fresh one. Audited.
+    /// Refused for an intact ring, a ring without a manifest (use
+    /// [`Rotator::authenticate_ring`]), and a rolled-back one (restore it instead).
+    pub async fn quarantine_tampered(
+        &self,
+        ctx: RequestContext,
+        reason: impl Into<String>,
+    ) -> Result<RotationReport, RotateError> {
+        let reason = reason.into();
+        let now = to_millis(self.inner.clock.now());
+        let span = tracing::info_span!("keyrot.repair", ring = %self.inner.ring, phase = tracing::field::Empty);
+        async {
+            let Some(guard) = self.acquire().await? else {
+                let report = self.report(Outcome::LockBusy, now, None);
+                self.audit_only(TriggerKind::Repair, &ctx, &report, None, None).await?;
+                return Ok(report);
+            };
+            let result = self.quarantine_locked(&ctx, &reason, now).await;
+            self.release(guard).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn quarantine_locked(
+        &self,
+        ctx: &RequestContext,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RotationReport, RotateError> {
+        let ring = self.load().await?;
+        let integrity = crate::integrity::check_ring(&ring, &*self.inner.sealer);
+        let refusal = if reason.trim().is_empty() || reason.chars().count() > planner::MAX_REASON_LEN {
+            Some("a non-empty reason (at most 500 characters) is required".to_owned())
+        } else if integrity.is_intact() {
+            Some("the ring passes its integrity check; nothing to repair".to_owned())
+        } else {
+            match &integrity.integrity {
+                crate::integrity::RingIntegrity::Unauthenticated => Some(
+                    "the ring has no manifest: authenticate it (authenticate-ring) instead of repairing it".to_owned(),
+                ),
+                crate::integrity::RingIntegrity::UnknownMasterKey(id) => {
+                    return Err(RotateError::Seal(SealError::UnknownMasterKey(id.clone())));
+                }
+                _ => None,
+            }
+        };
+        if let Some(kr) = &self.inner.keyring {
+            let served = kr.highest_generation();
+            let found = integrity.authenticated_generation().unwrap_or(0);
+            if found < served {
+                return Err(RotateError::Rollback { found, served });
+            }
+        }
+        if let Some(detail) = refusal {
+            let mut r = self.report(Outcome::Refused, now, None);
+            r.generation = ring.generation;
+            r.detail = Some(detail);
+            self.audit_only(TriggerKind::Repair, ctx, &r, None, None).await?;
+            return Ok(r);
+        }
+        let mut next = ring.clone();
+        next.generation += 1;
+        let mut changed = Vec::new();
+        for t in &integrity.tampered {
+            if let Some(k) = next.keys.iter_mut().find(|k| k.kid == t.kid) {
+                if k.state != KeyState::Expired {
+                    k.retired_at = k.retired_at.or(Some(now));
+                    k.expired_at = Some(now);
+                }
+                k.state = KeyState::Expired;
+                k.revoked_at = Some(now);
+                k.revoke_reason = Some(format!("quarantined: {}; {reason}", t.reason));
+                k.sealed = None;
+                k.purged_at = Some(now);
+                changed.push(k.clone());
+            }
+        }
+        let audit_id = random_hex(16);
+        let manifest = crate::integrity::seal_manifest(&next, &*self.inner.sealer, &audit_id)?;
+        next.manifest = Some(manifest.clone());
+        let mut report = self.report(Outcome::Quarantined, now, Some(&next));
+        report.old_kid = ring
+            .active()
+            .filter(|k| integrity.trusts(&k.kid))
+            .map(|k| k.kid.clone());
+        report.old_fingerprint = None;
+        report.generation = next.generation;
+        let kids: Vec<&str> = changed.iter().map(|k| k.kid.as_str()).collect();
+        report.detail = Some(format!(
+            "quarantined {} row(s): [{}]; dropped from the manifest: [{}]; {reason}",
+            kids.len(),
+            kids.join(", "),
+            integrity.missing.join(", ")
+        ));
+        let commit = Commit {
+            ring: ring.name.clone(),
+            expected_generation: ring.generation,
+            keys: changed,
+            audit: AuditRecord {
+                id: audit_id,
+                ..self.audit_record(TriggerKind::Repair, ctx, &report, None)
+            },
+            idempotency: None,
+            manifest,
+        };
+        tracing::warn!(ring = %ring.name, detail = report.detail.as_deref(), "quarantining tampered key rows");
+        self.commit_and_install(TriggerKind::Repair, ctx, &ring, &next, &commit, report, now)
             .await
     }
 

@@ -71,6 +71,9 @@ pub enum Outcome {
     /// A ring written before keyrot authenticated rings got its first manifest (the
     /// explicit integrity migration).
     Authenticated,
+    /// Rows that failed the integrity check were quarantined (made Expired and revoked)
+    /// and the manifest re-issued over the rest.
+    Quarantined,
     /// Nothing was due.
     NothingDue,
     /// Too soon: rate limited.
@@ -100,6 +103,7 @@ impl Outcome {
             Outcome::Maintained => "maintained",
             Outcome::Rewrapped => "rewrapped",
             Outcome::Authenticated => "authenticated",
+            Outcome::Quarantined => "quarantined",
             Outcome::NothingDue => "nothing_due",
             Outcome::RateLimited => "rate_limited",
             Outcome::Refused => "refused",
@@ -122,6 +126,7 @@ impl Outcome {
             Outcome::Maintained,
             Outcome::Rewrapped,
             Outcome::Authenticated,
+            Outcome::Quarantined,
             Outcome::NothingDue,
             Outcome::RateLimited,
             Outcome::Refused,
@@ -146,6 +151,7 @@ impl Outcome {
                 | Outcome::Maintained
                 | Outcome::Rewrapped
                 | Outcome::Authenticated
+                | Outcome::Quarantined
         )
     }
 }

@@ -509,3 +509,88 @@ async fn the_idempotency_check_is_repeated_under_the_lock() {
     assert_eq!(second.outcome, first.outcome);
     assert_eq!(second.new_kid, first.new_kid);
 }
+
+/// The way back from tampering: quarantining makes every failing row Expired (revoked,
+/// material dropped) and re-issues the manifest; the ring is intact again, nothing the
+/// attacker wrote verifies, and rotation works again.
+#[tokio::test]
+async fn quarantine_repairs_a_tampered_ring_without_trusting_what_was_written() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    let old = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    let good = s.keyring.sign(&claims(&s)).expect("sign");
+    let attacker = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    let jwk = attacker.public_key().to_jwk(&old).to_string();
+    s.storage.tamper(&s.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == old).expect("row");
+        row.public_jwk = jwk.clone();
+        *raw.generation += 1;
+    });
+    // An intact ring has nothing to repair; a reason is required.
+    let refused = s.rotator.quarantine_tampered(ctx(), " ").await.expect("answer");
+    assert_eq!(refused.outcome, Outcome::Refused);
+    let r = s
+        .rotator
+        .quarantine_tampered(ctx(), "INC-7 rows altered in the database")
+        .await
+        .expect("repair");
+    assert_eq!(r.outcome, Outcome::Quarantined, "{r:?}");
+    let b = instance(&s).await;
+    assert!(
+        b.snapshot().integrity().is_intact(),
+        "{}",
+        b.snapshot().integrity().summary()
+    );
+    assert!(b.verify(&sign_with(&attacker, &old, s.clock.now())).is_err());
+    assert!(b.verify(&good).is_ok(), "the authentic Active key still verifies");
+    assert_eq!(b.snapshot().active_kid(), Some(active.as_str()));
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    let q = ring.key(&old).expect("row");
+    assert_eq!(q.state, KeyState::Expired);
+    assert!(q.sealed.is_none() && q.revoke_reason.as_deref().unwrap_or("").starts_with("quarantined"));
+    let again = s.rotator.quarantine_tampered(ctx(), "again").await.expect("answer");
+    assert_eq!(again.outcome, Outcome::Refused, "nothing left to repair");
+    s.clock.advance(TimeDelta::hours(2));
+    let rotated = s
+        .rotator
+        .force_rotate(ctx(), "after the repair", true)
+        .await
+        .expect("force");
+    assert_eq!(rotated.outcome, Outcome::Rotated);
+    let audit = s
+        .storage
+        .audit_log(&s.ring, AuditQuery { limit: 3 })
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.outcome == Outcome::Quarantined && a.actor == "ops")
+    );
+    assert!(s.rotator.verify_audit_chain().await.expect("read").is_ok());
+}
+
+/// A quarantined Active row leaves the ring without an Active key: `init` bootstraps a
+/// fresh one.
+#[tokio::test]
+async fn after_quarantining_the_active_row_the_ring_bootstraps_again() {
+    let s = setup().await;
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.storage.tamper(&s.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == active).expect("row");
+        row.activated_at = Some(t0() - TimeDelta::days(30));
+    });
+    let r = s.rotator.quarantine_tampered(ctx(), "INC-8").await.expect("repair");
+    assert_eq!(r.outcome, Outcome::Quarantined);
+    assert_eq!(
+        s.keyring.snapshot().active_kid(),
+        None,
+        "the altered Active key never signs again"
+    );
+    let boot = s.rotator.init(ctx()).await.expect("init");
+    assert_eq!(boot.outcome, Outcome::Bootstrapped);
+    assert_ne!(boot.new_kid.as_deref(), Some(active.as_str()));
+    assert!(s.keyring.sign(&claims(&s)).is_ok());
+}

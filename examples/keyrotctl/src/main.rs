@@ -160,6 +160,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The way back from tampering: every key row that fails its integrity check is
+    /// quarantined (made Expired and revoked, its material dropped) and the manifest is
+    /// re-issued over the rest. Audited.
+    Repair {
+        /// Why (required: it is recorded with each quarantined row).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Confirm (without it, the rows that would be quarantined are listed).
+        #[arg(long)]
+        yes: bool,
+        /// Stable JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade keyrot's tables.
     Migrate,
 }
@@ -449,6 +463,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             exit_for(&report, true)
         }
         Command::AuthenticateRing { yes, json } => authenticate_ring(&ctx, yes, json).await,
+        Command::Repair { reason, yes, json } => repair(&ctx, reason, yes, json).await,
     }
 }
 
@@ -857,6 +872,39 @@ async fn authenticate_ring(ctx: &Ctx, yes: bool, json: bool) -> Result<(), Fail>
         .rotator(None)
         .await?
         .authenticate_ring(actor())
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    print_report(&report, json);
+    exit_for(&report, false)
+}
+
+/// `repair`: quarantine the rows that fail the integrity check.
+async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Result<(), Fail> {
+    let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+        return Err(usage("repair needs --reason (recorded with every quarantined row)"));
+    };
+    if !yes {
+        let ring = ctx.load().await?;
+        let report = keyrot_core::integrity::check_ring(&ring, &*ctx.sealer()?);
+        if json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            println!("integrity: {}", clean(&report.summary()));
+            for t in &report.tampered {
+                println!("would quarantine {}: {}", clean(&t.kid), clean(&t.reason));
+            }
+            for kid in &report.missing {
+                println!("would drop from the manifest {} (no row in storage)", clean(kid));
+            }
+        }
+        return Err(usage(
+            "repair makes every row listed Expired (revoked, material dropped) for good: confirm with --yes",
+        ));
+    }
+    let report = ctx
+        .rotator(None)
+        .await?
+        .quarantine_tampered(actor(), reason)
         .await
         .map_err(|e| refused(e.to_string()))?;
     print_report(&report, json);

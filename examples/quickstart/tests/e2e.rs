@@ -624,6 +624,24 @@ async fn tamper_sqlite(env: &Env, audit_id: &str) {
         refused_text.contains(&format!("refused: key {active} failed its integrity check (")),
         "{refused_text}"
     );
+
+    // The way back: repair lists, then quarantines the altered row; the ring is intact
+    // again and the altered key stays refused for good.
+    let dry = env.run("keyrotctl", &["repair", "--reason", "e2e drill"], &[]);
+    assert_eq!(dry.status.code(), Some(2), "{}", text(&dry));
+    assert!(
+        text(&dry).contains(&format!("would quarantine {active}")),
+        "{}",
+        text(&dry)
+    );
+    let fixed = env.run("keyrotctl", &["repair", "--reason", "e2e drill", "--yes"], &[]);
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(text(&fixed).contains("quarantined"), "{}", text(&fixed));
+    let (out, sj) = status_json(env);
+    assert_eq!(out.status.code(), Some(0), "intact after the repair: {}", text(&out));
+    assert_eq!(key(&sj, &active)["state"], "expired", "{sj}");
+    let still = env.run("keyrotctl", &["verify", &token], &[]);
+    assert_eq!(still.status.code(), Some(1), "{}", text(&still));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

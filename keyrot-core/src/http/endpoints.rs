@@ -244,6 +244,7 @@ fn classify(report: &RotationReport) -> (u16, Option<&'static str>, Option<Strin
         | Outcome::Maintained
         | Outcome::Rewrapped
         | Outcome::Authenticated
+        | Outcome::Quarantined
         | Outcome::Replayed => (200, None, None),
     }
 }
