@@ -20,6 +20,7 @@
 //!   deleted, altered, inserted or reordered.
 
 use crate::b64;
+use crate::planner::TriggerKind;
 use crate::ring::{KeyRecord, Ring};
 use crate::seal::{Mac, SealError, Sealer};
 use crate::storage::{AuditLinker, AuditRecord, StorageError};
@@ -71,6 +72,11 @@ impl Canon {
         self
     }
 
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
     fn time(&mut self, t: DateTime<Utc>) -> &mut Self {
         self.int(t.timestamp_millis())
     }
@@ -94,9 +100,10 @@ impl Canon {
     }
 }
 
-/// The digest of every field of a key row that decides what verifies (everything but the
-/// sealed private key, which has its own authenticated encryption bound to ring, kid and
-/// algorithm), bound to the ring's name.
+/// The digest of every field of a key row, bound to the ring's name: everything that
+/// decides what verifies, and the sealed private key (its master key id and a digest of
+/// the ciphertext), so a row whose material was swapped or corrupted is a tampered row,
+/// not a ring that fails to load.
 pub fn row_digest(ring: &str, k: &KeyRecord) -> String {
     let mut c = Canon::new(ROW_DOMAIN);
     c.str(ring)
@@ -107,8 +114,11 @@ pub fn row_digest(ring: &str, k: &KeyRecord) -> String {
         .flag(k.forced)
         .str(&k.fingerprint)
         .str(&k.public_jwk)
-        .flag(k.sealed.is_some())
-        .time(k.created_at)
+        .flag(k.sealed.is_some());
+    if let Some(sealed) = &k.sealed {
+        c.str(&sealed.master_key_id).bytes(&Sha256::digest(&sealed.ciphertext));
+    }
+    c.time(k.created_at)
         .opt_time(k.activate_at)
         .opt_time(k.activated_at)
         .opt_time(k.retired_at)
@@ -117,6 +127,23 @@ pub fn row_digest(ring: &str, k: &KeyRecord) -> String {
         .opt_time(k.revoked_at)
         .opt_str(k.revoke_reason.as_deref())
         .opt_time(k.purged_at);
+    b64::encode(&Sha256::digest(&c.0))
+}
+
+/// A digest of every row of `ring` as stored (kids and row digests, sorted): what a
+/// reviewer of the integrity migration saw, so the migration can refuse rows that changed
+/// after the review.
+pub fn rows_digest(ring: &Ring) -> String {
+    let rows: BTreeMap<&str, String> = ring
+        .keys
+        .iter()
+        .map(|k| (k.kid.as_str(), row_digest(ring.name.as_str(), k)))
+        .collect();
+    let mut c = Canon::new(b"keyrot/rows/v1");
+    c.str(ring.name.as_str()).u64(rows.len() as u64);
+    for (kid, d) in rows {
+        c.str(kid).str(&d);
+    }
     b64::encode(&Sha256::digest(&c.0))
 }
 
@@ -134,10 +161,8 @@ struct StoredManifest {
 
 fn manifest_message(ring: &str, generation: u64, audit: &str, keys: &BTreeMap<String, String>) -> Vec<u8> {
     let mut c = Canon::new(MANIFEST_DOMAIN);
-    c.str(ring)
-        .int(i64::try_from(generation).unwrap_or(i64::MAX))
-        .str(audit);
-    c.int(i64::try_from(keys.len()).unwrap_or(i64::MAX));
+    c.str(ring).u64(generation).str(audit);
+    c.u64(keys.len() as u64);
     for (kid, digest) in keys {
         c.str(kid).str(digest);
     }
@@ -212,13 +237,27 @@ pub struct IntegrityReport {
     pub ring_generation: u64,
     /// The id of the audit record the last commit wrote, as the manifest authenticates it.
     pub manifest_audit_id: Option<String>,
+    /// The kids of `tampered`, for constant-time lookups.
+    #[serde(skip)]
+    tampered_kids: std::collections::HashSet<String>,
 }
 
 impl IntegrityReport {
     /// Whether the row with `kid` may be used.
     pub fn trusts(&self, kid: &str) -> bool {
         matches!(self.integrity, RingIntegrity::Authenticated | RingIntegrity::Empty)
-            && !self.tampered.iter().any(|t| t.kid == kid)
+            && !self.tampered_kids.contains(kid)
+    }
+
+    /// Records one more row that fails (e.g. found when its key is unsealed).
+    pub fn add_tampered(&mut self, t: TamperedKey) {
+        self.tampered_kids.insert(t.kid.clone());
+        self.tampered.push(t);
+    }
+
+    fn with_index(mut self) -> Self {
+        self.tampered_kids = self.tampered.iter().map(|t| t.kid.clone()).collect();
+        self
     }
 
     /// Whether everything checks out (no tampered, missing or unauthenticated rows, and
@@ -259,12 +298,22 @@ impl IntegrityReport {
             let kids: Vec<String> = self
                 .tampered
                 .iter()
-                .map(|t| format!("{} ({})", t.kid, t.reason))
+                .take(MAX_LISTED)
+                .map(|t| format!("{} ({})", shown(&t.kid), t.reason))
                 .collect();
-            parts.push(format!("tampered key rows: {}", kids.join(", ")));
+            parts.push(format!(
+                "tampered key rows: {}{}",
+                kids.join(", "),
+                more(self.tampered.len())
+            ));
         }
         if !self.missing.is_empty() {
-            parts.push(format!("key rows missing: {}", self.missing.join(", ")));
+            let kids: Vec<String> = self.missing.iter().take(MAX_LISTED).map(|k| shown(k)).collect();
+            parts.push(format!(
+                "key rows missing: {}{}",
+                kids.join(", "),
+                more(self.missing.len())
+            ));
         }
         if let Some(m) = self.manifest_generation
             && m != self.ring_generation
@@ -282,9 +331,35 @@ impl IntegrityReport {
     }
 }
 
+/// How many kids a summary lists (the rest are counted).
+const MAX_LISTED: usize = 10;
+
+/// A stored (possibly forged) kid as it may appear in logs: control characters escaped,
+/// at most 80 characters.
+fn shown(kid: &str) -> String {
+    let escaped: String = kid.chars().flat_map(char::escape_default).collect();
+    if escaped.chars().count() > 80 {
+        format!("{}…", escaped.chars().take(80).collect::<String>())
+    } else {
+        escaped
+    }
+}
+
+fn more(total: usize) -> String {
+    if total > MAX_LISTED {
+        format!(" and {} more", total - MAX_LISTED)
+    } else {
+        String::new()
+    }
+}
+
 /// Checks every row of a loaded ring against its manifest. Pure apart from the MAC check;
 /// runs when a snapshot is built or a rotation loads the ring, never per token.
 pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
+    check_rows(ring, sealer).with_index()
+}
+
+fn check_rows(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
     let all_tampered = |why: &str| IntegrityReport {
         integrity: RingIntegrity::ManifestInvalid(why.to_owned()),
         tampered: ring
@@ -299,6 +374,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         manifest_generation: None,
         ring_generation: ring.generation,
         manifest_audit_id: None,
+        tampered_kids: Default::default(),
     };
     let Some(text) = ring.manifest.as_deref() else {
         let integrity = if ring.keys.is_empty() && ring.generation == 0 {
@@ -321,6 +397,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
             manifest_generation: None,
             ring_generation: ring.generation,
             manifest_audit_id: None,
+            tampered_kids: Default::default(),
         };
     };
     let Ok(stored) = serde_json::from_str::<StoredManifest>(text) else {
@@ -369,7 +446,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
     let missing = stored
         .keys
         .keys()
-        .filter(|kid| !ring.keys.iter().any(|k| &k.kid == *kid))
+        .filter(|kid| !seen.contains(kid.as_str()))
         .cloned()
         .collect();
     IntegrityReport {
@@ -379,6 +456,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         manifest_generation: Some(stored.generation),
         ring_generation: ring.generation,
         manifest_audit_id: Some(stored.audit),
+        tampered_kids: Default::default(),
     }
 }
 
@@ -387,7 +465,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
 fn audit_message(record: &AuditRecord, seq: u64, prev_mac: Option<&str>) -> Vec<u8> {
     let mut c = Canon::new(AUDIT_DOMAIN);
     c.str(&record.ring)
-        .int(i64::try_from(seq).unwrap_or(i64::MAX))
+        .u64(seq)
         .opt_str(prev_mac)
         .str(&record.id)
         .time(record.at)
@@ -400,12 +478,30 @@ fn audit_message(record: &AuditRecord, seq: u64, prev_mac: Option<&str>) -> Vec<
         .opt_str(record.old_fingerprint.as_deref())
         .opt_str(record.new_kid.as_deref())
         .opt_str(record.new_fingerprint.as_deref())
-        .int(i64::try_from(record.generation).unwrap_or(i64::MAX))
+        .u64(record.generation)
         .opt_str(record.idempotency_key.as_deref())
         .opt_str(record.request_id.as_deref())
         .opt_str(record.detail.as_deref())
         .str(&record.instance);
     c.0
+}
+
+/// What the integrity migration records about the ledger it starts the chain over: how
+/// many records had no MAC, and the SHA-256 of their canonical content (sorted by id).
+pub fn legacy_ledger_note(records: &[&AuditRecord]) -> String {
+    let mut sorted: Vec<&&AuditRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut h = Sha256::new();
+    for r in sorted {
+        let m = audit_message(r, 0, None);
+        h.update((m.len() as u64).to_be_bytes());
+        h.update(&m);
+    }
+    format!(
+        "legacy ledger: {} record(s), sha256 {}",
+        records.len(),
+        b64::encode(&h.finalize())
+    )
 }
 
 /// The [`AuditLinker`] keyrot uses: HMAC under the master key.
@@ -458,20 +554,40 @@ pub struct ChainReport {
 /// without a MAC are accepted only before the chain's first record (they predate the
 /// integrity migration); anything else that does not check out is a break.
 pub fn verify_chain(records: &[AuditRecord], sealer: &dyn Sealer) -> Result<ChainReport, ChainBreak> {
+    if let Some(r) = records.iter().find(|r| r.mac.is_none() && r.seq != 0) {
+        return Err(ChainBreak {
+            id: r.id.clone(),
+            seq: r.seq,
+            reason: "the record has a chain position but no MAC (inserted)".into(),
+        });
+    }
     let mut chained: Vec<&AuditRecord> = records.iter().filter(|r| r.mac.is_some()).collect();
     chained.sort_by_key(|r| r.seq);
-    let genesis_at = chained.first().map(|r| r.at);
-    let mut unchained = 0;
-    for r in records.iter().filter(|r| r.mac.is_none()) {
-        match genesis_at {
-            Some(g) if r.at > g => {
-                return Err(ChainBreak {
-                    id: r.id.clone(),
-                    seq: r.seq,
-                    reason: "the record carries no MAC but is newer than the chain's first record (inserted)".into(),
-                });
-            }
-            _ => unchained += 1,
+    let mut legacy: Vec<&AuditRecord> = records.iter().filter(|r| r.mac.is_none()).collect();
+    legacy.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    let unchained = legacy.len();
+    if let Some(first) = legacy.first()
+        && !chained.is_empty()
+    {
+        // Records without a MAC are history from before the ledger was chained: the
+        // integrity migration's (authenticated) record names how many there were and
+        // their digest; without it, or if they differ, someone wrote them.
+        let migration = chained
+            .iter()
+            .find(|r| r.trigger == TriggerKind::Authenticate && r.outcome == crate::storage::Outcome::Authenticated);
+        let vouched = migration.is_some_and(|m| {
+            m.detail
+                .as_deref()
+                .is_some_and(|d| d.contains(&legacy_ledger_note(&legacy)))
+        });
+        if !vouched {
+            return Err(ChainBreak {
+                id: first.id.clone(),
+                seq: 0,
+                reason: "records without a MAC differ from the ones the integrity migration vouched for (inserted, \
+                         altered or deleted)"
+                    .into(),
+            });
         }
     }
     let mut prev: Option<&str> = None;

@@ -576,11 +576,13 @@ impl SigningKey {
 }
 
 /// A verifying key parsed once and reused for every verification.
+#[derive(Clone)]
 pub struct VerifyingKey {
     alg: Algorithm,
     inner: VerifierInner,
 }
 
+#[derive(Clone)]
 enum VerifierInner {
     Ed25519(ed25519_dalek::VerifyingKey),
     Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),

@@ -150,8 +150,11 @@ impl From<&KeyRecord> for KeyStatus {
 pub struct Snapshot {
     ring: RingName,
     generation: u64,
-    signer: Option<ActiveSigner>,
-    verifiers: HashMap<String, VerifierEntry>,
+    signer: Option<Arc<ActiveSigner>>,
+    verifiers: HashMap<String, Arc<VerifierEntry>>,
+    /// The authentic rows (without sealed material), to re-render the JWKS when a
+    /// snapshot is narrowed ([`Snapshot::narrowed_by`]).
+    trusted_keys: Vec<KeyRecord>,
     /// The header segment keyrot writes for each published key → its kid: tokens carrying
     /// one of these skip header decoding.
     known_headers: HashMap<String, String>,
@@ -212,12 +215,27 @@ impl Snapshot {
                     source,
                 })?;
             if k.state == KeyState::Active {
-                match Self::active_signer(ring, k, sealer, token_type)? {
-                    Some(s) => signer = Some(s),
-                    None => {
-                        integrity.tampered.push(TamperedKey {
+                match Self::active_signer(ring, k, sealer, token_type) {
+                    Ok(Some(s)) => signer = Some(Arc::new(s)),
+                    Ok(None) => {
+                        integrity.add_tampered(TamperedKey {
                             kid: k.kid.clone(),
                             reason: "the public key does not match the sealed private key".into(),
+                        });
+                        continue;
+                    }
+                    // A master key this process lacks is a configuration error: fail closed.
+                    Err(
+                        e @ RefreshError::Seal {
+                            source: SealError::UnknownMasterKey(_),
+                            ..
+                        },
+                    ) => return Err(e),
+                    // Anything else about this one row: it never signs; the rest serves.
+                    Err(e) => {
+                        integrity.add_tampered(TamperedKey {
+                            kid: k.kid.clone(),
+                            reason: format!("the private key cannot be used: {e}"),
                         });
                         continue;
                     }
@@ -227,7 +245,7 @@ impl Snapshot {
                 KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
                 _ => None,
             };
-            verifiers.insert(k.kid.clone(), VerifierEntry { key: vk, not_after });
+            verifiers.insert(k.kid.clone(), Arc::new(VerifierEntry { key: vk, not_after }));
             known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
         }
         if !integrity.is_intact() {
@@ -264,6 +282,14 @@ impl Snapshot {
             verifiers,
             known_headers,
             jwks: Jwks::render(&trusted, policy),
+            trusted_keys: trusted
+                .keys
+                .into_iter()
+                .map(|mut k| {
+                    k.sealed = None;
+                    k
+                })
+                .collect(),
             keys,
             integrity,
             token_type: token_type.to_owned(),
@@ -313,6 +339,89 @@ impl Snapshot {
     /// instance never goes back from.
     pub fn authenticated_generation(&self) -> u64 {
         self.integrity.authenticated_generation().unwrap_or(0)
+    }
+
+    /// This snapshot with every change that can only *remove* trust applied from `raw`, a
+    /// newer stored state that could not be accepted (it fails authentication, or goes
+    /// back to an older authenticated generation): keys whose stored row is gone or no
+    /// longer published stop verifying, a Retiring key's window only shrinks, and the
+    /// signer stops unless its stored row is still the Active one. Nothing is added. So
+    /// a revocation reaches an instance even while someone corrupts the manifest. `None`
+    /// when nothing would change.
+    pub fn narrowed_by(&self, raw: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<Snapshot> {
+        let mut verifiers = HashMap::new();
+        let mut changed = false;
+        for (kid, entry) in &self.verifiers {
+            let Some(row) = raw.key(kid) else {
+                changed = true;
+                continue;
+            };
+            if !row.state.is_published() {
+                changed = true;
+                continue;
+            }
+            let mut not_after = entry.not_after;
+            if row.state == KeyState::Retiring {
+                let end = row.expires_at.unwrap_or(now);
+                if not_after.is_none_or(|n| end < n) {
+                    not_after = Some(end);
+                    changed = true;
+                }
+            }
+            if not_after == entry.not_after {
+                verifiers.insert(kid.clone(), entry.clone());
+            } else {
+                verifiers.insert(
+                    kid.clone(),
+                    Arc::new(VerifierEntry {
+                        key: entry.key.clone(),
+                        not_after,
+                    }),
+                );
+            }
+        }
+        let signer = self
+            .signer
+            .as_ref()
+            .filter(|s| raw.key(&s.kid).is_some_and(|r| r.state == KeyState::Active) && verifiers.contains_key(&s.kid))
+            .cloned();
+        if signer.is_none() && self.signer.is_some() {
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        let trusted_keys: Vec<KeyRecord> = self
+            .trusted_keys
+            .iter()
+            .filter(|k| !k.state.is_published() || verifiers.contains_key(&k.kid))
+            .cloned()
+            .collect();
+        let ring = Ring {
+            name: self.ring.clone(),
+            generation: self.generation,
+            keys: trusted_keys.clone(),
+            manifest: None,
+        };
+        let known_headers = self
+            .known_headers
+            .iter()
+            .filter(|(_, kid)| verifiers.contains_key(*kid))
+            .map(|(h, kid)| (h.clone(), kid.clone()))
+            .collect();
+        Some(Snapshot {
+            ring: self.ring.clone(),
+            generation: self.generation,
+            signer,
+            verifiers,
+            trusted_keys,
+            known_headers,
+            jwks: Jwks::render(&ring, policy),
+            keys: self.keys.clone(),
+            integrity: self.integrity.clone(),
+            token_type: self.token_type.clone(),
+            loaded_at: now,
+        })
     }
 
     /// The result of the integrity check this snapshot was built with.
@@ -643,9 +752,29 @@ impl KeyRing {
 
     async fn reload_locked(&self) -> Result<bool, RefreshError> {
         let ring = self.inner.storage.load(&self.inner.ring).await?;
+        match self.accept(&ring) {
+            Ok(changed) => Ok(changed),
+            Err(e) => {
+                // Storage moved on but its state cannot be accepted: still apply what can
+                // only remove trust (a revocation, an expiry), then report.
+                let current = self.inner.snapshot.load_full();
+                if let Some(narrowed) = current.narrowed_by(&ring, &self.inner.policy, self.inner.clock.now()) {
+                    tracing::error!(
+                        ring = %self.inner.ring,
+                        error = %e,
+                        "stored ring refused; keys it no longer publishes stop verifying here"
+                    );
+                    self.inner.snapshot.store(Arc::new(narrowed));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn accept(&self, ring: &Ring) -> Result<bool, RefreshError> {
         let current = self.inner.snapshot.load().generation;
         let snap = Snapshot::build_with_type(
-            &ring,
+            ring,
             &self.inner.policy,
             &*self.inner.sealer,
             self.inner.clock.now(),

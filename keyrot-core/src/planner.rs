@@ -465,7 +465,9 @@ fn plan_uninitialised(ring: &Ring, now: DateTime<Utc>, trigger: &Trigger) -> Res
 
 fn forced_limit(ring: &Ring, policy: &Policy, now: DateTime<Utc>) -> Result<(), Refusal> {
     if let Some(last) = ring.last_forced_activation() {
-        let allowed = last + policy.forced_min_interval();
+        let allowed = last
+            .checked_add_signed(policy.forced_min_interval())
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now < allowed {
             return Err(Refusal::RateLimited {
                 retry_after_ms: (allowed - now).num_milliseconds(),
@@ -517,7 +519,11 @@ fn forced_plan(
 }
 
 fn normal_allowed_at(policy: &Policy, active: &KeyRecord) -> DateTime<Utc> {
-    active.activated_at.unwrap_or(active.created_at) + policy.min_interval()
+    active
+        .activated_at
+        .unwrap_or(active.created_at)
+        .checked_add_signed(policy.min_interval())
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn plan_rotate(ring: &Ring, policy: &Policy, now: DateTime<Utc>, active: &KeyRecord) -> Result<Plan, Refusal> {

@@ -151,6 +151,8 @@ struct Inner {
     instance: String,
     keyring: Option<KeyRing>,
     linker: SealerLinker,
+    /// The highest authenticated generation this rotator loaded or committed.
+    served: std::sync::atomic::AtomicU64,
 }
 
 /// Performs rotations on one ring. Cheap to clone.
@@ -219,6 +221,7 @@ impl RotatorBuilder {
                 instance: self.instance.unwrap_or_else(|| format!("instance-{}", random_hex(4))),
                 keyring: self.keyring,
                 linker: SealerLinker::new(self.sealer.clone()),
+                served: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -325,6 +328,17 @@ impl Rotator {
     /// that already has a manifest, and for one whose ledger is already chained (its
     /// manifest was then deleted: tampering, not a legacy ring).
     pub async fn authenticate_ring(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
+        self.authenticate_ring_reviewed(ctx, None).await
+    }
+
+    /// [`Rotator::authenticate_ring`] bound to what was reviewed: refused unless the rows
+    /// still have `expected_digest` ([`crate::integrity::rows_digest`], which
+    /// `keyrotctl authenticate-ring` prints with the listing) when the lock is held.
+    pub async fn authenticate_ring_reviewed(
+        &self,
+        ctx: RequestContext,
+        expected_digest: Option<&str>,
+    ) -> Result<RotationReport, RotateError> {
         let now = to_millis(self.inner.clock.now());
         let span = tracing::info_span!("keyrot.authenticate", ring = %self.inner.ring, phase = tracing::field::Empty);
         async {
@@ -334,7 +348,7 @@ impl Rotator {
                     .await?;
                 return Ok(report);
             };
-            let result = self.authenticate_locked(&ctx, now).await;
+            let result = self.authenticate_locked(&ctx, now, expected_digest).await;
             self.release(guard).await;
             result
         }
@@ -342,10 +356,59 @@ impl Rotator {
         .await
     }
 
+    /// Rows the integrity migration must not vouch for, each named with why: a
+    /// fingerprint that is not the RFC 7638 thumbprint of the row's public key, a kid
+    /// that is not its thumbprint (unless imported), private material that does not open
+    /// or does not match the public key.
+    fn unvouchable_rows(&self, ring: &Ring) -> Vec<String> {
+        let mut problems = Vec::new();
+        for k in &ring.keys {
+            let public = match k.public_key() {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("{}: public key unusable ({e})", k.kid));
+                    continue;
+                }
+            };
+            let thumbprint = public.thumbprint();
+            if thumbprint != k.fingerprint {
+                problems.push(format!(
+                    "{}: the fingerprint is not the thumbprint of its public key",
+                    k.kid
+                ));
+            }
+            if k.origin != crate::ring::KeyOrigin::Imported && k.kid != thumbprint {
+                problems.push(format!("{}: the kid is not the thumbprint of its public key", k.kid));
+            }
+            if let Some(sealed) = &k.sealed {
+                let ctx = SealContext {
+                    ring: ring.name.as_str(),
+                    kid: &k.kid,
+                    alg: k.alg,
+                };
+                let matches = self
+                    .inner
+                    .sealer
+                    .open(sealed, &ctx)
+                    .ok()
+                    .and_then(|b| PrivateKey::from_secret_bytes(k.alg, &b).ok())
+                    .is_some_and(|p| p.public_key().thumbprint() == thumbprint);
+                if !matches {
+                    problems.push(format!(
+                        "{}: the private key does not open or does not match its public key",
+                        k.kid
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
     async fn authenticate_locked(
         &self,
         ctx: &RequestContext,
         now: DateTime<Utc>,
+        expected_digest: Option<&str>,
     ) -> Result<RotationReport, RotateError> {
         let ring = self.load().await?;
         let refuse = |detail: String| {
@@ -360,13 +423,14 @@ impl Rotator {
                 .await?;
             return Ok(report);
         }
-        let chained = self
+        let ledger = self
             .inner
             .storage
             .audit_log(&self.inner.ring, AuditQuery { limit: usize::MAX })
-            .await?
-            .iter()
-            .any(|r| r.mac.is_some());
+            .await?;
+        // Refusals are chained on a legacy ring too; a chained *commit* means the ring
+        // was authenticated before.
+        let chained = ledger.iter().any(|r| r.mac.is_some() && r.outcome.changed_ring());
         if chained {
             let report = refuse(
                 "the ring's ledger is already chained, so it was authenticated before: a missing manifest means the \
@@ -377,6 +441,26 @@ impl Rotator {
                 .await?;
             return Ok(report);
         }
+        let problems = self.unvouchable_rows(&ring);
+        let digest = crate::integrity::rows_digest(&ring);
+        let stale_review = expected_digest.filter(|e| *e != digest);
+        if !problems.is_empty() || stale_review.is_some() {
+            let detail = match stale_review {
+                Some(_) => format!(
+                    "the rows changed since they were reviewed (their digest is now {digest}): review them again"
+                ),
+                None => format!(
+                    "refusing to vouch for rows that are not self-consistent: {}",
+                    problems.join("; ")
+                ),
+            };
+            let report = refuse(detail);
+            self.audit_only(TriggerKind::Authenticate, ctx, &report, None, None)
+                .await?;
+            return Ok(report);
+        }
+        let legacy: Vec<&AuditRecord> = ledger.iter().filter(|r| r.mac.is_none()).collect();
+        let legacy_note = crate::integrity::legacy_ledger_note(&legacy);
         let mut next = ring.clone();
         next.generation += 1;
         let audit_id = random_hex(16);
@@ -389,7 +473,11 @@ impl Rotator {
             .iter()
             .map(|k| format!("{} ({})", k.kid, k.state.as_str()))
             .collect();
-        report.detail = Some(format!("authenticated {} key row(s): {}", kids.len(), kids.join(", ")));
+        report.detail = Some(format!(
+            "authenticated {} key row(s): {}; {legacy_note}",
+            kids.len(),
+            kids.join(", ")
+        ));
         let commit = Commit {
             ring: ring.name.clone(),
             expected_generation: ring.generation,
@@ -459,12 +547,8 @@ impl Rotator {
                 _ => None,
             }
         };
-        if let Some(kr) = &self.inner.keyring {
-            let served = kr.highest_generation();
-            let found = integrity.authenticated_generation().unwrap_or(0);
-            if found < served {
-                return Err(RotateError::Rollback { found, served });
-            }
+        if refusal.is_none() {
+            self.check_not_rolled_back(&integrity).await?;
         }
         if let Some(detail) = refusal {
             let mut r = self.report(Outcome::Refused, now, None);
@@ -482,9 +566,19 @@ impl Rotator {
                     k.retired_at = k.retired_at.or(Some(now));
                     k.expired_at = Some(now);
                 }
+                // Nothing the attacker wrote may count for anything afterwards: not as an
+                // activation (rate limits), not with a time in the future, not as a
+                // fingerprint that blocks importing that key.
                 k.state = KeyState::Expired;
+                k.forced = false;
+                k.activate_at = None;
+                k.activated_at = None;
+                k.created_at = k.created_at.min(now);
+                k.retired_at = k.retired_at.map(|t| t.min(now));
+                k.expires_at = k.expires_at.map(|t| t.min(now));
                 k.revoked_at = Some(now);
                 k.revoke_reason = Some(format!("quarantined: {}; {reason}", t.reason));
+                k.fingerprint = format!("quarantined:{}", k.kid);
                 k.sealed = None;
                 k.purged_at = Some(now);
                 changed.push(k.clone());
@@ -555,13 +649,7 @@ impl Rotator {
     async fn load_trusted(&self) -> Result<Ring, RotateError> {
         let ring = self.load().await?;
         let report = crate::integrity::check_ring(&ring, &*self.inner.sealer);
-        if let Some(kr) = &self.inner.keyring {
-            let served = kr.highest_generation();
-            let found = report.authenticated_generation().unwrap_or(0);
-            if found < served {
-                return Err(RotateError::Rollback { found, served });
-            }
-        }
+        self.check_not_rolled_back(&report).await?;
         if !report.is_intact() {
             tracing::error!(ring = %ring.name, integrity = %report.summary(), "stored ring fails its integrity check");
             return Err(RotateError::Integrity(report.summary()));
@@ -569,7 +657,83 @@ impl Rotator {
         Ok(ring)
     }
 
+    /// The highest authenticated generation this rotator (or its key ring) has seen.
+    fn served(&self) -> u64 {
+        let own = self.inner.served.load(std::sync::atomic::Ordering::Acquire);
+        self.inner
+            .keyring
+            .as_ref()
+            .map_or(own, |kr| kr.highest_generation().max(own))
+    }
+
+    /// Refuses a ring whose authenticated state is older than what this process served,
+    /// or than what the ledger proves was committed: the newest chained record of a
+    /// commit must be the one the manifest names. A whole-ring rollback (old rows and
+    /// their old manifest restored together) is caught here even by a process that never
+    /// served the newer state, unless the ledger was truncated as well.
+    async fn check_not_rolled_back(&self, report: &crate::integrity::IntegrityReport) -> Result<(), RotateError> {
+        let found = report.authenticated_generation().unwrap_or(0);
+        let served = self.served();
+        if found < served {
+            return Err(RotateError::Rollback { found, served });
+        }
+        if let (Some(generation), Some(id)) = (report.manifest_generation, &report.manifest_audit_id) {
+            match self.newest_commit_record().await? {
+                Some(r) if &r.id == id && r.generation == generation => {}
+                Some(r) if r.generation > generation => {
+                    tracing::error!(
+                        ring = %self.inner.ring,
+                        manifest = generation,
+                        ledger = r.generation,
+                        "the ledger records a newer commit than the stored ring: a rollback"
+                    );
+                    return Err(RotateError::Rollback {
+                        found: generation,
+                        served: r.generation,
+                    });
+                }
+                Some(r) => {
+                    return Err(RotateError::Integrity(format!(
+                        "the ledger's newest commit (record {}, generation {}) is not the one the manifest names \
+                         (record {id}, generation {generation})",
+                        r.id, r.generation
+                    )));
+                }
+                None => {
+                    return Err(RotateError::Integrity(format!(
+                        "the ledger holds no record of the commit the manifest names (record {id}, generation \
+                         {generation})"
+                    )));
+                }
+            }
+        }
+        self.inner.served.fetch_max(found, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The newest chained audit record of a change to the ring.
+    async fn newest_commit_record(&self) -> Result<Option<AuditRecord>, StorageError> {
+        let mut limit = 64;
+        loop {
+            let records = self
+                .inner
+                .storage
+                .audit_log(&self.inner.ring, AuditQuery { limit })
+                .await?;
+            if let Some(r) = records.iter().find(|r| r.mac.is_some() && r.outcome.changed_ring()) {
+                return Ok(Some(r.clone()));
+            }
+            if records.len() < limit || limit >= 1 << 22 {
+                return Ok(None);
+            }
+            limit *= 8;
+        }
+    }
+
     async fn install(&self, next: &Ring) {
+        self.inner
+            .served
+            .fetch_max(next.generation, std::sync::atomic::Ordering::AcqRel);
         if let Some(kr) = &self.inner.keyring {
             let span = tracing::info_span!("keyrot.phase", phase = "notify");
             if let Err(e) = kr.install(next).instrument(span).await {

@@ -594,3 +594,219 @@ async fn after_quarantining_the_active_row_the_ring_bootstraps_again() {
     assert_ne!(boot.new_kid.as_deref(), Some(active.as_str()));
     assert!(s.keyring.sign(&claims(&s)).is_ok());
 }
+
+/// A rotator on its own (no key ring that served the newer state, as in `keyrotctl`)
+/// still refuses a whole-ring rollback: the ledger proves a newer commit.
+#[tokio::test]
+async fn a_whole_ring_rollback_is_refused_by_a_fresh_rotator_through_the_ledger() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let image: (u64, Vec<keyrot_core::KeyRecord>, Option<String>) = s
+        .storage
+        .tamper(&s.ring, |raw| (*raw.generation, raw.keys.clone(), raw.manifest.clone()));
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator
+        .force_rotate(ctx(), "revoke the old one", true)
+        .await
+        .expect("force");
+    let fresh = || {
+        Rotator::builder(
+            s.ring.clone(),
+            s.storage.clone(),
+            Arc::new(MemoryLock::new(Arc::new(s.clock.clone()))),
+            s.sealer.clone(),
+        )
+        .with_clock(Arc::new(s.clock.clone()))
+        .build()
+    };
+    // Old rows and manifest restored, the generation column left where it was …
+    s.storage.tamper(&s.ring, |raw| {
+        *raw.keys = image.1.clone();
+        *raw.manifest = image.2.clone();
+    });
+    s.clock.advance(TimeDelta::hours(2));
+    let r = fresh().force_rotate(ctx(), "on a rollback", false).await;
+    assert!(matches!(r, Err(RotateError::Rollback { .. })), "{r:?}");
+    let r = fresh().quarantine_tampered(ctx(), "repair a rollback?").await;
+    assert!(
+        matches!(r, Err(RotateError::Rollback { .. })),
+        "repair never blesses a rollback: {r:?}"
+    );
+    // … or set back too.
+    s.storage.tamper(&s.ring, |raw| *raw.generation = image.0);
+    let r = fresh().force_rotate(ctx(), "on a rollback", false).await;
+    assert!(matches!(r, Err(RotateError::Rollback { .. })), "{r:?}");
+}
+
+/// A running instance whose store is corrupted after a revocation elsewhere still stops
+/// verifying the revoked key: changes that only remove trust are applied.
+#[tokio::test]
+async fn a_revocation_reaches_an_instance_even_when_the_manifest_is_corrupted() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let b = instance(&s).await;
+    let retiring = s
+        .storage
+        .load(&s.ring)
+        .await
+        .expect("load")
+        .in_state(KeyState::Retiring)
+        .next()
+        .map(|k| k.kid.clone())
+        .expect("retiring");
+    assert!(b.snapshot().verifies(&retiring));
+    s.rotator
+        .revoke(ctx(), retiring.clone(), "leaked")
+        .await
+        .expect("revoke");
+    s.storage.tamper(&s.ring, |raw| *raw.manifest = Some("{}".into()));
+    assert!(b.reload().await.is_err(), "the corrupted state is not accepted");
+    assert!(!b.snapshot().verifies(&retiring), "but the revocation is");
+    assert!(b.snapshot().active_kid().is_some(), "the Active key keeps signing");
+}
+
+/// Repair leaves nothing of the attacker's row that counts: an inserted "forced
+/// activation in the year 9999" does not block forced rotation afterwards.
+#[tokio::test]
+async fn repair_sanitises_quarantined_rows() {
+    let s = setup().await;
+    let mut forged = s.storage.load(&s.ring).await.expect("load").keys[0].clone();
+    forged.kid = "forged".into();
+    forged.state = KeyState::Expired;
+    forged.forced = true;
+    forged.activated_at = Utc.with_ymd_and_hms(9999, 1, 1, 0, 0, 0).single();
+    s.storage.tamper(&s.ring, |raw| raw.keys.push(forged));
+    let r = s.rotator.quarantine_tampered(ctx(), "INC-9").await.expect("repair");
+    assert_eq!(r.outcome, Outcome::Quarantined);
+    s.clock.advance(TimeDelta::hours(2));
+    let f = s
+        .rotator
+        .force_rotate(ctx(), "after repair", false)
+        .await
+        .expect("force");
+    assert_eq!(f.outcome, Outcome::Rotated, "{f:?}");
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    let q = ring.key("forged").expect("row");
+    assert!(!q.forced && q.activated_at.is_none() && q.fingerprint.starts_with("quarantined:"));
+}
+
+/// The integrity migration: a refusal chained on a legacy ring does not block it; a row
+/// whose public key was swapped (fingerprint left alone) is refused; a reviewed digest
+/// that no longer matches is refused.
+#[tokio::test]
+async fn the_integrity_migration_checks_what_it_vouches_for() {
+    let s = setup().await;
+    let legacy = |s: &Setup| {
+        s.storage.tamper(&s.ring, |raw| {
+            *raw.manifest = None;
+            for a in raw.audit.iter_mut() {
+                a.mac = None;
+                a.seq = 0;
+            }
+        })
+    };
+    legacy(&s);
+    // An operator's rotator, as keyrotctl builds it (no key ring that served the ring).
+    let rotator = Rotator::builder(
+        s.ring.clone(),
+        s.storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(s.clock.clone()))),
+        s.sealer.clone(),
+    )
+    .with_clock(Arc::new(s.clock.clone()))
+    .build();
+    // A stray request fails on the legacy ring and writes a chained record.
+    let failed = rotator.revoke(ctx(), "nope", "typo").await;
+    assert!(matches!(failed, Err(RotateError::Integrity(_))), "{failed:?}");
+    assert!(
+        s.storage
+            .audit_log(&s.ring, AuditQuery::default())
+            .await
+            .expect("audit")[0]
+            .mac
+            .is_some()
+    );
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    let digest = keyrot_core::integrity::rows_digest(&ring);
+    let stale = rotator
+        .authenticate_ring_reviewed(ctx(), Some("not-what-was-reviewed"))
+        .await
+        .expect("answer");
+    assert_eq!(stale.outcome, Outcome::Refused);
+    assert!(
+        stale
+            .detail
+            .unwrap_or_default()
+            .contains("changed since they were reviewed")
+    );
+    // A swapped public key with the stored fingerprint left alone.
+    let active = ring.active().expect("active").kid.clone();
+    let attacker = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
+    let jwk = attacker.public_key().to_jwk(&active).to_string();
+    let original = ring.keys.clone();
+    s.storage.tamper(&s.ring, |raw| raw.keys[0].public_jwk = jwk.clone());
+    let r = rotator.authenticate_ring(ctx()).await.expect("answer");
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.detail.unwrap_or_default().contains(&active), "names the row");
+    s.storage.tamper(&s.ring, |raw| *raw.keys = original.clone());
+    let ok = rotator
+        .authenticate_ring_reviewed(ctx(), Some(&digest))
+        .await
+        .expect("migrate");
+    assert_eq!(ok.outcome, Outcome::Authenticated, "{ok:?}");
+    assert!(rotator.verify_audit_chain().await.expect("read").is_ok());
+}
+
+/// A corrupted sealed private key is a tampered row, not a ring that fails to load.
+#[tokio::test]
+async fn a_corrupted_sealed_key_is_a_tampered_row() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.storage.tamper(&s.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == active).expect("row");
+        if let Some(sealed) = row.sealed.as_mut()
+            && let Some(b) = sealed.ciphertext.last_mut()
+        {
+            *b ^= 1;
+        }
+        *raw.generation += 1;
+    });
+    let b = instance(&s).await;
+    assert!(b.snapshot().integrity().tampered.iter().any(|t| t.kid == active));
+    assert_eq!(b.snapshot().active_kid(), None);
+    assert_eq!(b.snapshot().keys().iter().filter(|k| k.tampered.is_none()).count(), 1);
+}
+
+/// Unchained records in a ledger that was chained from its start, and records with a
+/// position but no MAC, are breaks.
+#[tokio::test]
+async fn unchained_records_are_only_history_the_migration_vouched_for() {
+    let s = setup().await;
+    let mut fake = s
+        .storage
+        .audit_log(&s.ring, AuditQuery::default())
+        .await
+        .expect("audit")[0]
+        .clone();
+    fake.id = "backdated".into();
+    fake.at = t0() - TimeDelta::days(365);
+    fake.mac = None;
+    fake.seq = 0;
+    s.storage.tamper(&s.ring, |raw| raw.audit.push(fake.clone()));
+    let b = s.rotator.verify_audit_chain().await.expect("read");
+    assert_eq!(b.err().map(|b| b.id), Some("backdated".to_owned()));
+    s.storage.tamper(&s.ring, |raw| {
+        let last = raw.audit.last_mut().expect("record");
+        last.seq = 2;
+    });
+    let b = s.rotator.verify_audit_chain().await.expect("read");
+    assert_eq!(
+        b.err().map(|b| b.id),
+        Some("backdated".to_owned()),
+        "a position without a MAC"
+    );
+}

@@ -153,9 +153,14 @@ enum Command {
     /// The explicit, audited integrity migration for a ring written before keyrot
     /// authenticated rings: vouches for its key rows as they are stored now.
     AuthenticateRing {
-        /// Confirm (without it, the rows that would be vouched for are listed).
+        /// Confirm (without it, the rows that would be vouched for are listed, with
+        /// their digest).
         #[arg(long)]
         yes: bool,
+        /// The rows digest the listing printed: the migration is refused if the rows
+        /// changed since (required with --yes).
+        #[arg(long)]
+        expect: Option<String>,
         /// Stable JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -462,7 +467,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             print_report(&report, false);
             exit_for(&report, true)
         }
-        Command::AuthenticateRing { yes, json } => authenticate_ring(&ctx, yes, json).await,
+        Command::AuthenticateRing { yes, expect, json } => authenticate_ring(&ctx, yes, expect, json).await,
         Command::Repair { reason, yes, json } => repair(&ctx, reason, yes, json).await,
     }
 }
@@ -812,14 +817,15 @@ async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>
 }
 
 /// `authenticate-ring`: the explicit, audited integrity migration.
-async fn authenticate_ring(ctx: &Ctx, yes: bool, json: bool) -> Result<(), Fail> {
+async fn authenticate_ring(ctx: &Ctx, yes: bool, expect: Option<String>, json: bool) -> Result<(), Fail> {
     if !yes {
         let ring = ctx.load().await?;
+        let digest = keyrot_core::integrity::rows_digest(&ring);
         if json {
             let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
             let out = serde_json::json!({
                 "ring": ring.name, "generation": ring.generation, "has_manifest": ring.manifest.is_some(),
-                "keys": keys,
+                "keys": keys, "rows_digest": digest,
             });
             println!("{out}");
             return Err(usage(
@@ -863,15 +869,22 @@ async fn authenticate_ring(ctx: &Ctx, yes: bool, json: bool) -> Result<(), Fail>
         if ring.manifest.is_some() {
             println!("note: the ring already has a manifest; authenticate-ring will refuse");
         }
+        println!("rows digest: {digest}");
+        println!("to vouch for exactly these rows: keyrotctl authenticate-ring --yes --expect {digest}");
         return Err(usage(
             "authenticating vouches for every row listed above: check them (no key you did not create, no state or \
              time you did not expect), then confirm with --yes",
         ));
     }
+    let Some(expect) = expect else {
+        return Err(usage(
+            "authenticate-ring --yes needs --expect DIGEST, the rows digest its listing printed (run it without --yes)",
+        ));
+    };
     let report = ctx
         .rotator(None)
         .await?
-        .authenticate_ring(actor())
+        .authenticate_ring_reviewed(actor(), Some(&expect))
         .await
         .map_err(|e| refused(e.to_string()))?;
     print_report(&report, json);

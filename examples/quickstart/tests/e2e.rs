@@ -485,7 +485,19 @@ fn integrity_checks(env: &Env, forced_kid: &str, forced_token: &str) {
             && preview_text.contains("--yes"),
         "{preview_text}"
     );
-    let again = env.run("keyrotctl", &["authenticate-ring", "--yes"], &[]);
+    let digest = preview_text
+        .lines()
+        .find_map(|l| l.strip_prefix("rows digest: "))
+        .expect("the listing prints the rows digest")
+        .to_owned();
+    let unbound = env.run("keyrotctl", &["authenticate-ring", "--yes"], &[]);
+    assert_eq!(
+        unbound.status.code(),
+        Some(2),
+        "--yes needs --expect: {}",
+        text(&unbound)
+    );
+    let again = env.run("keyrotctl", &["authenticate-ring", "--yes", "--expect", &digest], &[]);
     let again_text = text(&again);
     assert_eq!(again.status.code(), Some(1), "an authenticated ring: {again_text}");
     assert!(
