@@ -273,8 +273,12 @@ impl TxError {
 }
 
 /// The position and predecessor MAC the next record of a ring's chain gets, from the
-/// stored head (the highest `chain_seq` with a MAC), if the ring has one.
-pub(crate) fn next_link(head: Option<(i64, String)>) -> Result<(u64, i64, Option<String>), StorageError> {
+/// stored head: the record with the highest `chain_seq`, whether or not it has a MAC. A
+/// head without a MAC (only someone writing to the database directly can put one there)
+/// is linked after as it is, with no predecessor MAC: the chain goes on, and the verifier
+/// reports the MAC-less record as a break, instead of the record squatting the next
+/// position and every later append failing on it.
+pub(crate) fn next_link(head: Option<(i64, Option<String>)>) -> Result<(u64, i64, Option<String>), StorageError> {
     match head {
         None => Ok((1, 1, None)),
         Some((seq, mac)) => {
@@ -284,22 +288,38 @@ pub(crate) fn next_link(head: Option<(i64, String)>) -> Result<(u64, i64, Option
                 .ok_or_else(|| StorageError::Corrupt(format!("the audit chain head has an invalid position {seq}")))?;
             let next_u =
                 u64::try_from(next).map_err(|_| StorageError::Corrupt(format!("audit chain position {next}")))?;
-            Ok((next_u, next, Some(mac)))
+            Ok((next_u, next, mac))
         }
+    }
+}
+
+/// A commit appends to the chain of the ring it locks (and moves) only: an audit record
+/// naming another ring would extend that ring's chain without holding its lock.
+pub(crate) fn check_commit_ring(commit: &keyrot_core::Commit) -> Result<(), StorageError> {
+    if commit.audit.ring == commit.ring.as_str() {
+        Ok(())
+    } else {
+        Err(StorageError::Corrupt(format!(
+            "commit to ring {:?}: its audit record {:?} belongs to another ring ({:?}); nothing was written",
+            commit.ring.as_str(),
+            commit.audit.id,
+            commit.audit.ring
+        )))
     }
 }
 
 /// Inside a transaction step (returning `Result<_, TxError>`) that has already serialised
 /// appends to the ring's ledger (the ring row is locked, or the whole database is, on
-/// SQLite): reads the ring's chain head with `$sql.audit_head`, links `$audit` after it
-/// with `$linker` and inserts it with `$sql.insert_audit`.
+/// SQLite): reads the ring's chain head (the highest `chain_seq`, MAC or not) with
+/// `$sql.audit_head`, links `$audit` after it with `$linker` and inserts it with
+/// `$sql.insert_audit`.
 macro_rules! append_audit {
     ($tx:ident, $sql:ident, $audit:expr, $linker:expr) => {{
         use sqlx::AssertSqlSafe;
         let a: &keyrot_core::AuditRecord = $audit;
         let linker: &dyn keyrot_core::AuditLinker = $linker;
         let generation = $crate::common::gen_to_db(a.generation)?;
-        let head: Option<(i64, String)> = sqlx::query_as(AssertSqlSafe($sql.audit_head.as_str()))
+        let head: Option<(i64, Option<String>)> = sqlx::query_as(AssertSqlSafe($sql.audit_head.as_str()))
             .bind(a.ring.as_str())
             .fetch_optional(&mut *$tx)
             .await?;
@@ -437,6 +457,7 @@ macro_rules! impl_storage {
                 }
 
                 async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+                    common::check_commit_ring(commit)?;
                     let expected = gen_to_db(commit.expected_generation)?;
                     let mut tries = 0;
                     loop {
@@ -794,18 +815,22 @@ pub(crate) fn pending<'m>(
         .collect())
 }
 
-/// Checks that migration 1 is the released one (by checksum) and versions are
-/// contiguous: each store's unit test calls this on its own list.
+/// Checks that every released migration is unchanged (by checksum: `released[i]` is
+/// version `i + 1`'s), that none is missing and versions are contiguous: each store's unit
+/// test calls this on its own list.
 #[cfg(test)]
-pub(crate) fn assert_released(migrations: &[Migration], v1_checksum: &str) {
-    assert_eq!(migrations[0].version, 1);
-    assert_eq!(migrations[0].checksum(), v1_checksum, "migration 1 was edited");
-    let versions: Vec<i64> = migrations.iter().map(|m| m.version).collect();
-    assert_eq!(
-        versions,
-        (1..=versions.len() as i64).collect::<Vec<_>>(),
-        "versions are contiguous"
-    );
+pub(crate) fn assert_released(migrations: &[Migration], released: &[&str]) {
+    assert_eq!(migrations.len(), released.len(), "pin the checksum of every migration");
+    for (m, (i, sum)) in migrations.iter().zip(released.iter().enumerate()) {
+        assert_eq!(m.version, i as i64 + 1, "versions are contiguous from 1");
+        assert_eq!(
+            &m.checksum(),
+            sum,
+            "migration {} ({}) was edited",
+            m.version,
+            m.description
+        );
+    }
 }
 
 #[cfg(test)]
@@ -854,12 +879,14 @@ mod tests {
     fn the_next_link_follows_the_chain_head_or_fails_as_corrupt() {
         assert_eq!(next_link(None).ok(), Some((1, 1, None)));
         assert_eq!(
-            next_link(Some((41, "mk:tag".into()))).ok(),
+            next_link(Some((41, Some("mk:tag".into())))).ok(),
             Some((42, 42, Some("mk:tag".to_owned())))
         );
+        // A head without a MAC is linked after, not skipped (it would squat position 42).
+        assert_eq!(next_link(Some((41, None))).ok(), Some((42, 42, None)));
         for bad in [i64::MAX, -5, -1] {
             assert!(
-                matches!(next_link(Some((bad, String::new()))), Err(StorageError::Corrupt(_))),
+                matches!(next_link(Some((bad, None))), Err(StorageError::Corrupt(_))),
                 "{bad}"
             );
         }

@@ -25,10 +25,16 @@
 //! refused (triggers; on MySQL, whose triggers cannot see `TRUNCATE`, an empty
 //! `audit_guard` table with a foreign key to the ledger, which InnoDB will not truncate),
 //! and so is SQLite's `INSERT OR REPLACE`, which would otherwise delete a row without
-//! firing a trigger. These close the cheap paths; whoever gets past them (drops a trigger,
-//! `SET foreign_key_checks = 0`, `session_replication_role = replica`) is still caught by
-//! the chain ([`Rotator::verify_audit_chain`](keyrot_core::Rotator::verify_audit_chain)). Timestamps are stored as `BIGINT` Unix milliseconds (UTC, whatever the
-//! server's time zone). The schema is created and upgraded by `migrate()`, which you call at
+//! firing a trigger. A record with a chain position but no MAC (or the reverse) is refused
+//! too (a `CHECK` constraint; a trigger on SQLite and, besides the constraint, on MySQL),
+//! and the chain head is the highest position whether or not it has a MAC, so such a
+//! record can never hold the next position and block every later append. A commit whose
+//! audit record names another ring is refused. These close the cheap paths; whoever gets
+//! past them (drops a trigger, `SET foreign_key_checks = 0`, `session_replication_role =
+//! replica`) is still caught by the chain
+//! ([`Rotator::verify_audit_chain`](keyrot_core::Rotator::verify_audit_chain)).
+//! Timestamps are stored as `BIGINT` Unix milliseconds (UTC, whatever the server's time
+//! zone). The schema is created and upgraded by `migrate()`, which you call at
 //! start-up; applied versions are recorded in keyrot's own `<prefix>migrations` table, never
 //! in the application's `_sqlx_migrations`.
 //!

@@ -8,8 +8,10 @@
 //!   the ring's chain and inserted, and the idempotency record inserted. Deadlock victims
 //!   are retried.
 //! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
-//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); the chain head is then
-//!   read by the transaction's first consistent read, so it sees every earlier append.
+//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); the chain head (the
+//!   highest `chain_seq`) is then read by the transaction's first consistent read, so it
+//!   sees every earlier append. A position without a MAC, or the reverse, is refused by a
+//!   trigger (and a `CHECK` constraint).
 //! - **Append-only ledger**: triggers refuse `UPDATE` and `DELETE` (and so `REPLACE` and
 //!   `INSERT … ON DUPLICATE KEY UPDATE`, which fire them). Triggers never see `TRUNCATE`:
 //!   an empty `<prefix>audit_guard` table has a foreign key to the ledger, and InnoDB
@@ -134,6 +136,26 @@ CREATE TABLE IF NOT EXISTS {audit_guard} (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='keyrot: keep empty; its foreign key makes InnoDB refuse TRUNCATE of the audit ledger'
 "#,
     },
+    // A chain position and a MAC go together: a position without a MAC would hold the
+    // ring's next slot of the unique (ring, chain_seq) key. A trigger refuses such an insert
+    // on every server (MySQL before 8.0.16 parses CHECK constraints but ignores them, and a
+    // MariaDB session can switch them off with `check_constraint_checks = 0`); the CHECK
+    // constraint states the rule in the schema, and is added only if the rows already there
+    // satisfy it (legacy rows have neither, chained rows both), so that a ledger someone
+    // wrote such a row into still upgrades and the chain verifier names the row. Idempotent,
+    // as DDL commits implicitly.
+    Migration {
+        version: 3,
+        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
+        sql: r#"
+DROP TRIGGER IF EXISTS {prefix}audit_chain_link_insert;
+CREATE TRIGGER {prefix}audit_chain_link_insert BEFORE INSERT ON {audit} FOR EACH ROW BEGIN IF (NEW.chain_seq IS NULL) <> (NEW.chain_mac IS NULL) THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'keyrot audit_chain_link: an audit record has both chain_seq and chain_mac, or neither'; END IF; END;
+SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0 AND NOT EXISTS (SELECT 1 FROM {audit} WHERE (chain_seq IS NULL) <> (chain_mac IS NULL)), 'ALTER TABLE {audit} ADD CONSTRAINT {prefix}audit_chain_link CHECK ((chain_seq IS NULL) = (chain_mac IS NULL))', 'DO 0') FROM information_schema.TABLE_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND CONSTRAINT_NAME = '{prefix}audit_chain_link');
+PREPARE keyrot_ddl FROM @keyrot_ddl;
+EXECUTE keyrot_ddl;
+DEALLOCATE PREPARE keyrot_ddl
+"#,
+    },
 ];
 
 /// MySQL's longest identifier.
@@ -201,11 +223,12 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, false, 1)
             ),
-            // A consistent (non-locking) read: it is the transaction's first, made after the
-            // ring row is locked, so it sees every append committed before.
+            // The highest position, MAC or not (see `common::next_link`). A consistent
+            // (non-locking) read: it is the transaction's first, made after the ring row is
+            // locked, so it sees every append committed before.
             audit_head: format!(
                 "SELECT chain_seq, chain_mac FROM {} WHERE ring = ? AND chain_seq IS NOT NULL \
-                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+                 ORDER BY chain_seq DESC LIMIT 1",
                 t.audit
             ),
             insert_audit: format!(
@@ -626,7 +649,11 @@ mod tests {
     fn released_migrations_are_unchanged() {
         crate::common::assert_released(
             MIGRATIONS,
-            "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036",
+            &[
+                "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036",
+                "f4d829f970aff27c4276435a361264c4c883dce4383138c7ca74f63925c4b6b8",
+                "5803c23e0f01031a18e83620eb5a2baa2e66ad8ea9fc2b344291874e12e55d20",
+            ],
         );
     }
 }

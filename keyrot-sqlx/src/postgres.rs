@@ -9,8 +9,10 @@
 //!   inserted, and `pg_notify` sent — all inside the transaction, so listeners hear of a
 //!   change exactly when it becomes visible.
 //! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
-//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); at `READ COMMITTED`
-//!   the chain head read next sees every earlier append.
+//!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); both transactions
+//!   run at `READ COMMITTED` whatever the database's default, so the chain head read next
+//!   (the highest `chain_seq`) sees every earlier append. A position without a MAC, or the
+//!   reverse, is refused by a `CHECK` constraint.
 //! - **Append-only ledger**: row triggers refuse `UPDATE` and `DELETE` (and so
 //!   `INSERT … ON CONFLICT DO UPDATE`), a statement trigger refuses `TRUNCATE`.
 //! - **Lock**: a session advisory lock (`pg_try_advisory_lock`, key = SHA-256 of schema,
@@ -121,7 +123,33 @@ CREATE UNIQUE INDEX {prefix}audit_ring_chain ON {audit} (ring, chain_seq DESC NU
 DROP INDEX {q}{prefix}audit_ring_seq;
 "#,
     },
+    // A chain position and a MAC go together: a position without a MAC would hold the
+    // ring's next slot of the unique (ring, chain_seq) index. The constraint binds every row
+    // written from now on; it is validated over the rows already there only when they
+    // satisfy it (legacy rows have neither, chained rows both), so that a ledger someone
+    // wrote such a row into still upgrades, and the chain verifier names the row.
+    Migration {
+        version: 3,
+        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
+        sql: r#"
+ALTER TABLE {audit} ADD CONSTRAINT {prefix}audit_chain_link CHECK ((chain_seq IS NULL) = (chain_mac IS NULL)) NOT VALID;
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM {audit} WHERE (chain_seq IS NULL) <> (chain_mac IS NULL)) THEN
+        RAISE WARNING 'keyrot: the audit ledger holds records with a chain position but no MAC, or the reverse (written outside keyrot): verify the audit chain';
+    ELSE
+        ALTER TABLE {audit} VALIDATE CONSTRAINT {prefix}audit_chain_link;
+    END IF;
+END $$;
+"#,
+    },
 ];
+
+/// How every transaction that appends to a ledger begins. At `READ COMMITTED` each
+/// statement sees what committed before it started, so the chain head read after the ring
+/// row is locked sees every earlier append; at a stricter default (`REPEATABLE READ`,
+/// `SERIALIZABLE`, set for the database, role or session) the snapshot could predate the
+/// lock and the append would collide with, or fail to follow, the head.
+const BEGIN_APPEND: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// PostgreSQL's longest identifier (and `LISTEN` channel).
 const MAX_IDENT: usize = 63;
@@ -179,9 +207,10 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, true, 1)
             ),
+            // The highest position, MAC or not (see `common::next_link`).
             audit_head: format!(
                 "SELECT chain_seq, chain_mac FROM {} WHERE ring = $1 AND chain_seq IS NOT NULL \
-                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC NULLS LAST LIMIT 1",
+                 ORDER BY chain_seq DESC NULLS LAST LIMIT 1",
                 t.audit
             ),
             insert_audit: format!(
@@ -402,7 +431,7 @@ impl PostgresStore {
 
     async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
         // The compare-and-swap locks the ring row: appends to its ledger are serialised.
         common::swap_generation_or_return!(tx, sql, c, expected);
         common::insert_keys_and_audit!(tx, sql, c, linker);
@@ -422,7 +451,7 @@ impl PostgresStore {
         linker: &dyn AuditLinker,
     ) -> Result<(), TxError> {
         let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
         // Serialise appends to the ring's ledger on its row.
         let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
             .bind(audit.ring.as_str())
@@ -653,7 +682,11 @@ mod tests {
     fn released_migrations_are_unchanged() {
         crate::common::assert_released(
             MIGRATIONS,
-            "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737",
+            &[
+                "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737",
+                "31a65fa6682c981eccd9bbb63ce5115b695c918e0b31cfee46cefbd7a8439c32",
+                "c13beb659bd4800bdd1ed1f1b08f556d6427efa66fdf3a626381a683e0607e19",
+            ],
         );
     }
 

@@ -10,7 +10,8 @@
 //!   kind of transaction, so appends to the ledger never interleave.
 //! - **Append-only ledger**: triggers refuse `UPDATE` and `DELETE`, and an insert that
 //!   would conflict with an existing row (`INSERT OR REPLACE`, `REPLACE`, which delete the
-//!   row they conflict with without firing DELETE triggers).
+//!   row they conflict with without firing DELETE triggers), and a record with a chain
+//!   position but no MAC, or the reverse.
 //! - **Lock**: a lease row (`<prefix>locks`) with an expiry, taken by one atomic
 //!   `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at_ms <= now`. A holder that crashes
 //!   keeps it at most its ttl; release deletes the row; a guard dropped without release
@@ -132,6 +133,19 @@ WHEN EXISTS (SELECT 1 FROM {audit} WHERE seq = NEW.seq)
 BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
 "#,
     },
+    // A chain position and a MAC go together: a position without a MAC would hold the
+    // ring's next slot of the unique (ring, chain_seq) index. SQLite cannot add a CHECK
+    // constraint to an existing table: a trigger refuses such an insert (updates are
+    // refused already). Rows already there are left to the chain verifier.
+    Migration {
+        version: 3,
+        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
+        sql: r#"
+CREATE TRIGGER "{prefix}audit_chain_link" BEFORE INSERT ON {audit}
+WHEN (NEW.chain_seq IS NULL) <> (NEW.chain_mac IS NULL)
+BEGIN SELECT RAISE(ABORT, '{prefix}audit_chain_link: an audit record has both chain_seq and chain_mac, or neither'); END;
+"#,
+    },
 ];
 
 #[derive(Debug)]
@@ -188,9 +202,10 @@ impl Sql {
                 t.keys,
                 common::placeholders(19, false, 1)
             ),
+            // The highest position, MAC or not (see `common::next_link`).
             audit_head: format!(
                 "SELECT chain_seq, chain_mac FROM {} WHERE ring = ? AND chain_seq IS NOT NULL \
-                 AND chain_mac IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+                 ORDER BY chain_seq DESC LIMIT 1",
                 t.audit
             ),
             insert_audit: format!(
@@ -518,7 +533,11 @@ mod tests {
     fn released_migrations_are_unchanged() {
         crate::common::assert_released(
             MIGRATIONS,
-            "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8",
+            &[
+                "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8",
+                "1084d1b168d37d18efe4782799474d17ad9484cf2d837012c33cd3e0143d520e",
+                "7368e4124393431f5d518266e7df01fb5caa6e8152552bef4b925594ef27c124",
+            ],
         );
     }
 }
