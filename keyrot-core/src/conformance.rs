@@ -84,6 +84,7 @@ macro_rules! storage_conformance_tests {
             manifest_is_stored_with_each_commit,
             audit_chain_links_every_append,
             concurrent_appends_keep_the_chain_contiguous,
+            commit_refuses_records_of_another_ring,
         );
     };
 }
@@ -784,4 +785,37 @@ pub async fn concurrent_appends_keep_the_chain_contiguous(b: &Backend) {
         .count();
     assert_eq!(won, 1, "{races:?}");
     assert_chain(b, &r, 1 + 12 + 1).await;
+}
+
+pub async fn commit_refuses_records_of_another_ring(b: &Backend) {
+    let (r, other) = (ring("conf-foreign-a"), ring("conf-foreign-b"));
+    let mut c = commit(&r, 0, vec![sample_key(r.as_str(), KeyState::Active, t0())], t0());
+    c.audit = sample_audit(other.as_str(), t0(), 1, Outcome::Rotated);
+    assert!(
+        b.storage.commit(&c, &linker()).await.is_err(),
+        "an audit record of another ring is refused"
+    );
+    let mut c = commit(&r, 0, vec![sample_key(r.as_str(), KeyState::Active, t0())], t0());
+    c.idempotency = Some(IdempotencyRecord {
+        ring: other.to_string(),
+        key: "foreign".into(),
+        request_hash: "h".into(),
+        response: "{}".into(),
+        created_at: t0(),
+    });
+    assert!(
+        b.storage.commit(&c, &linker()).await.is_err(),
+        "an idempotency record of another ring is refused"
+    );
+    for x in [&r, &other] {
+        assert_eq!(b.storage.generation(x).await.expect("generation"), 0);
+        assert!(
+            b.storage
+                .audit_log(x, AuditQuery::default())
+                .await
+                .expect("audit")
+                .is_empty()
+        );
+    }
+    assert!(b.storage.idempotency(&other, "foreign").await.expect("idem").is_none());
 }

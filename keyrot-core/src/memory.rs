@@ -129,6 +129,17 @@ impl Storage for MemoryStorage {
     }
 
     async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+        let foreign = commit.audit.ring != commit.ring.as_str()
+            || commit
+                .idempotency
+                .as_ref()
+                .is_some_and(|i| i.ring != commit.ring.as_str());
+        if foreign {
+            return Err(StorageError::Corrupt(format!(
+                "commit to ring {:?} carries a record of another ring; nothing was written",
+                commit.ring.as_str()
+            )));
+        }
         let mut g = self.lock();
         let data = g.rings.entry(commit.ring.clone()).or_default();
         if data.generation != commit.expected_generation {

@@ -296,6 +296,15 @@ pub(crate) fn next_link(head: Option<(i64, Option<String>)>) -> Result<(u64, i64
 /// A commit appends to the chain of the ring it locks (and moves) only: an audit record
 /// naming another ring would extend that ring's chain without holding its lock.
 pub(crate) fn check_commit_ring(commit: &keyrot_core::Commit) -> Result<(), StorageError> {
+    if let Some(i) = &commit.idempotency
+        && i.ring != commit.ring.as_str()
+    {
+        return Err(StorageError::Corrupt(format!(
+            "commit to ring {:?}: its idempotency record belongs to another ring ({:?}); nothing was written",
+            commit.ring.as_str(),
+            i.ring
+        )));
+    }
     if commit.audit.ring == commit.ring.as_str() {
         Ok(())
     } else {

@@ -574,6 +574,26 @@ async fn commit_refuses_an_audit_record_of_another_ring(db: &TestDb) {
         "{}: {err:?}",
         db.name
     );
+    // Nor may it carry another ring's idempotency record.
+    let mut foreign_idem = commit(&a);
+    foreign_idem.idempotency = Some(keyrot_core::IdempotencyRecord {
+        ring: b.to_string(),
+        key: "k".into(),
+        request_hash: "h".into(),
+        response: "{}".into(),
+        created_at: at,
+    });
+    let err = db.storage.commit(&foreign_idem, &linker).await.err();
+    assert!(
+        matches!(&err, Some(StorageError::Corrupt(m)) if m.contains("idempotency record belongs to another ring")),
+        "{}: {err:?}",
+        db.name
+    );
+    assert!(
+        db.storage.idempotency(&b, "k").await.expect("idem").is_none(),
+        "{}",
+        db.name
+    );
     for r in [&a, &b] {
         assert_eq!(db.storage.generation(r).await.expect("generation"), 0, "{}", db.name);
         assert!(db.storage.load(r).await.expect("load").keys.is_empty(), "{}", db.name);
