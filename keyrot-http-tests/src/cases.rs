@@ -1086,3 +1086,129 @@ pub async fn tampered_rows_are_refused_and_shown_on_the_status_page(start: Start
         .unwrap_or_default();
     assert!(row["tampered"].is_string(), "{row}");
 }
+
+/// A client with a valid rotation token looping on a rotation that changes nothing (here
+/// rate limited) writes its per-actor budget of records and one summary per interval:
+/// beyond the budget the endpoint answers `429` itself, without the rotator, until the
+/// interval ends. The first request after it reaches the rotator, which rotates once the
+/// rate limit allows.
+pub async fn authorized_requests_that_change_nothing_are_audited_within_a_budget(start: Start) {
+    let w = World::start_with(start, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(5))
+    })
+    .await;
+    // 30 s before normal rotations are allowed again.
+    w.advance(TimeDelta::days(6) - TimeDelta::seconds(30));
+    let began = w.now();
+    let token = w.scheduler_token();
+    let before = w.audit().await.len();
+    for i in 0..1200 {
+        let rid = format!("loop-{i}");
+        let a = w.rotate(Some(&token), None, &[("x-request-id", rid.as_str())]).await;
+        assert_eq!(a.status, 429, "request {i}: {}", a.text());
+        let j = a.json();
+        assert_eq!(j["error"], "rate_limited", "request {i}");
+        if i < 5 {
+            assert_eq!(j["outcome"], "rate_limited", "answered by the rotator: {j}");
+        } else {
+            assert_eq!(j["outcome"], Value::Null, "answered by the endpoint: {j}");
+            let left = (began + TimeDelta::seconds(60) - w.now()).num_milliseconds();
+            let secs = u64::try_from(left).expect("within the interval").div_ceil(1000);
+            assert_eq!(j["retry_after_secs"].as_u64(), Some(secs), "to the end of the interval");
+            let retry_after = secs.to_string();
+            assert_eq!(
+                keyrot_headers(&a),
+                pairs(&[
+                    ("cache-control", "no-store"),
+                    ("content-type", "application/json"),
+                    ("retry-after", retry_after.as_str()),
+                    ("x-content-type-options", "nosniff"),
+                    ("x-request-id", rid.as_str()),
+                ])
+            );
+        }
+        w.advance(TimeDelta::milliseconds(20));
+    }
+    let log = w.audit().await;
+    assert_eq!(log.len() - before, 5, "the rotator wrote the budget, nothing more");
+    assert!(log[before..].iter().all(|r| r.outcome == Outcome::RateLimited));
+
+    // The rotator's limit is over, the client's budget lasts until the interval ends.
+    w.advance(TimeDelta::seconds(10));
+    let a = w.rotate(Some(&token), None, &[]).await;
+    assert_eq!((a.status, a.header("retry-after")), (429, Some("26")), "{}", a.text());
+    assert_eq!(w.generation().await, 1, "nothing rotated");
+
+    w.advance(TimeDelta::seconds(26));
+    let a = w.rotate(Some(&token), None, &[]).await;
+    assert_eq!(
+        a.status,
+        202,
+        "the first request after the interval rotates: {}",
+        a.text()
+    );
+    assert_eq!(a.json()["outcome"], "scheduled");
+    assert_eq!(w.generation().await, 2);
+    let log = w.audit().await;
+    let scheduler: Vec<&keyrot_core::AuditRecord> = log[before..].iter().filter(|r| r.actor == "scheduler").collect();
+    assert_eq!(scheduler.len(), 5 + 2, "the budget, one summary, the rotation");
+    let summary = scheduler[5];
+    assert_eq!(
+        (summary.outcome, summary.trigger),
+        (Outcome::Refused, TriggerKind::Rotate)
+    );
+    assert!(
+        summary
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("1196 refused attempts by actor scheduler between ")),
+        "{:?}",
+        summary.detail
+    );
+    assert_eq!(scheduler[6].outcome, Outcome::Scheduled);
+    assert_eq!(w.endpoints.flush_refusal_summaries().await, 0);
+}
+
+/// A key row moved to the end of time in storage (a Pending key whose `created_at +
+/// publish_lead` is not a date) neither breaks the status page nor shows up as the next
+/// transition.
+pub async fn status_ignores_tampered_rows_at_the_end_of_time(start: Start) {
+    let w = World::start(start).await;
+    let a = w
+        .rotate(
+            Some(&w.admin_token()),
+            Some(json!({"force": true, "reason": "two keys"})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let max = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+    w.storage.tamper(&w.ring, |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == w.first_kid).expect("row");
+        row.state = keyrot_core::KeyState::Pending;
+        row.created_at = max;
+        row.activate_at = Some(max);
+        row.expires_at = Some(max);
+        *raw.generation += 1;
+    });
+    w.keyring.refresh().await.expect("refresh");
+    for _ in 0..2 {
+        let s = w.get(STATUS_PATH, Some(&w.scheduler_token())).await;
+        assert_eq!(s.status, 200, "{}", s.text());
+        let j = s.json();
+        assert_eq!(
+            j["next_transition"]["action"], "publish_next",
+            "{}",
+            j["next_transition"]
+        );
+        assert_eq!(j["next_transition"]["kid"], Value::Null);
+        let row = j["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["kid"] == w.first_kid.as_str())
+            .cloned()
+            .unwrap_or_default();
+        assert!(row["tampered"].is_string(), "{row}");
+    }
+}

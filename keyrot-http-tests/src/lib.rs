@@ -130,6 +130,8 @@ macro_rules! http_suite {
             refused_attempts_are_audited_within_a_budget,
             status_shows_ring_without_key_material,
             tampered_rows_are_refused_and_shown_on_the_status_page,
+            authorized_requests_that_change_nothing_are_audited_within_a_budget,
+            status_ignores_tampered_rows_at_the_end_of_time,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

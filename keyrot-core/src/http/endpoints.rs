@@ -1,7 +1,7 @@
 //! The rotation endpoint and the status page, behind a [`RotationAuthorizer`].
 
 use super::authorizer::{AuthorizationDenied, RotationAuthorizer, RotationGrant, ScopeAuthorizer};
-use super::refusal_audit::{ANONYMOUS_ACTOR, RefusalAuditLimits, RefusalBudget, RefusalSummary};
+use super::refusal_audit::{ANONYMOUS_ACTOR, Gate, RefusalAuditLimits, RefusalBudget, RefusalSummary};
 use super::status::{LedgerView, status_body};
 use super::{
     HeaderSource, HttpRequest, HttpResponse, IDEMPOTENT_REPLAYED_HEADER, REQUEST_ID_HEADER, RequestBody, Single,
@@ -88,7 +88,24 @@ impl HttpEndpointsBuilder {
 
     /// How many refused attempts are written to the audit ledger one by one, per actor
     /// and in all, per interval (default [`RefusalAuditLimits::default`]: 10 per actor,
-    /// 60 in all, per minute); the rest are summarised.
+    /// 60 in all, per minute); the rest are summarised, in at most `global` (at least 1)
+    /// summary records per interval (further actors folded into the `(untracked actors)`
+    /// one).
+    ///
+    /// The per-actor budget also applies to callers that *are* authorized: each rotator
+    /// answer that did not change the ring (`rate_limited`, `already_scheduled`,
+    /// `lock_busy`, `lost_race`, a replay, a reused `Idempotency-Key`, `failed`, storage
+    /// errors) writes a record and takes one of that client's budget of the interval (a
+    /// count apart from refusals naming the same client, at least 1). Once it is used,
+    /// the endpoint answers the client's further rotation requests itself until the
+    /// interval ends — `429 rate_limited` with `Retry-After` (seconds to the end of the
+    /// interval) — without calling the rotator, and counts them into the client's summary
+    /// record. A client looping on a rate-limited rotation thus writes at most
+    /// `per_actor` records and one summary per interval. Rotations that change the ring
+    /// never use the budget; an over-budget client's next rotation waits at most until
+    /// the interval ends (its first request after that reaches the rotator again). A
+    /// legitimate client retrying within its budget (a few `lock_busy` or replayed
+    /// answers) is not affected.
     pub fn with_refusal_audit_limits(mut self, limits: RefusalAuditLimits) -> Self {
         self.refusal_audit = limits;
         self
@@ -193,6 +210,17 @@ struct RotationAnswer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_secs: Option<u64>,
     at: DateTime<Utc>,
+}
+
+/// The answer to a client over its budget (see
+/// [`HttpEndpointsBuilder::with_refusal_audit_limits`]).
+#[derive(Serialize)]
+struct OverBudgetAnswer<'a> {
+    error: &'static str,
+    error_description: String,
+    ring: &'a str,
+    forced: bool,
+    retry_after_secs: u64,
 }
 
 /// Seconds a caller should wait after `lock_busy` before retrying.
@@ -346,10 +374,13 @@ impl HttpEndpoints {
     /// | body over the limit               | 413    |                                        |
     /// | non-JSON content type             | 415    |                                        |
     /// | storage down                      | 503    | nothing changed                        |
+    /// | over the client's budget of answers that changed nothing | 429 | `rate_limited`, `Retry-After` to the end of the interval; the rotator is not called |
     ///
     /// Every answer carries a JSON body and `X-Request-Id`; every attempt is audited,
     /// including those refused here before reaching the rotator, which are written one by
-    /// one within the [`RefusalAuditLimits`] and summarised beyond them.
+    /// one within the [`RefusalAuditLimits`] and summarised beyond them. Authorized
+    /// requests whose answers changed nothing are bounded by the same per-actor budget
+    /// (see [`HttpEndpointsBuilder::with_refusal_audit_limits`]).
     pub async fn rotate(&self, req: &HttpRequest<'_>, body: RequestBody<'_>) -> HttpResponse {
         self.write_due_refusal_summaries().await;
         let rid = request_id(req.headers);
@@ -468,6 +499,15 @@ impl HttpEndpoints {
                 return self.refuse(refused, 400, "invalid_request", detail).await;
             }
         };
+        let reservation = match self
+            .budget()
+            .reserve(&grant.client_id, forced, self.inner.keyring.clock().now())
+        {
+            Gate::Pass(r) => r,
+            Gate::OverBudget { retry_after_secs } => {
+                return self.over_budget(&grant.client_id, forced, &refused, retry_after_secs);
+            }
+        };
         let ctx = RequestContext {
             actor: grant.client_id.clone(),
             idempotency_key,
@@ -482,6 +522,9 @@ impl HttpEndpoints {
         } else {
             self.inner.rotator.rotate(ctx).await
         };
+        if matches!(&result, Ok(report) if report.outcome.changed_ring() && !report.replayed) {
+            self.budget().release(reservation);
+        }
         match result {
             Ok(mut report) => {
                 if report.outcome == Outcome::LockBusy && report.old_kid.is_none() {
@@ -511,6 +554,32 @@ impl HttpEndpoints {
             ),
             Err(_) => HttpResponse::error(500, "server_error", "the rotation failed; nothing was changed"),
         }
+    }
+
+    /// Answers an authorized request of a client over its budget of answers that changed
+    /// nothing, without the rotator; it is counted into the client's summary.
+    fn over_budget(&self, actor: &str, forced: bool, refused: &Refused<'_>, retry_after_secs: u64) -> HttpResponse {
+        tracing::info!(
+            ring = %self.inner.keyring.ring(),
+            actor,
+            status = 429,
+            outcome = "refused",
+            forced,
+            request_id = refused.request_id,
+            retry_after_secs,
+            audited = false,
+            "key rotation request over the client's budget of requests that changed nothing; answered without the rotator"
+        );
+        let body = OverBudgetAnswer {
+            error: "rate_limited",
+            error_description: format!(
+                "too many rotation requests that changed nothing from this client; retry in {retry_after_secs} s"
+            ),
+            ring: self.inner.keyring.ring().as_str(),
+            forced,
+            retry_after_secs,
+        };
+        HttpResponse::json(429, &body).with_header("retry-after", retry_after_secs.to_string())
     }
 
     async fn invalid_idempotency_key(&self, mut refused: Refused<'_>) -> HttpResponse {

@@ -37,30 +37,52 @@ pub struct NextTransition {
 
 /// The earliest transition the planner will make on its own, from the keys' public facts
 /// and the policy.
+///
+/// Rows that failed their integrity check ([`KeyStatus::tampered`]) are left out: their
+/// times are whatever was written to the database, and the planner does not act on them
+/// as they read. Every sum is checked, so no stored time (however close to the end of
+/// time) can make this panic; a transition that would fall beyond the representable
+/// times is not shown.
 pub fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
+    let keys: Vec<&KeyStatus> = keys.iter().filter(|k| k.tampered.is_none()).collect();
     let mut candidates = Vec::new();
     let active = keys.iter().find(|k| k.state == KeyState::Active);
     let active_since = active.map(|a| a.activated_at.unwrap_or(a.created_at));
-    let mut pending: Vec<&KeyStatus> = keys.iter().filter(|k| k.state == KeyState::Pending).collect();
+    let mut pending: Vec<&KeyStatus> = keys.iter().copied().filter(|k| k.state == KeyState::Pending).collect();
     pending.sort_by_key(|k| (k.activate_at, k.created_at));
     match (pending.first(), active_since) {
         (Some(p), since) => {
-            let published_for_lead = p.created_at + policy.publish_lead();
-            let mut at = p.activate_at.unwrap_or(published_for_lead).max(published_for_lead);
-            if let Some(since) = since {
-                at = at.max(since + policy.min_interval());
+            let at = p
+                .created_at
+                .checked_add_signed(policy.publish_lead())
+                .and_then(|published_for_lead| {
+                    let at = p.activate_at.unwrap_or(published_for_lead).max(published_for_lead);
+                    match since {
+                        Some(since) => since.checked_add_signed(policy.min_interval()).map(|s| at.max(s)),
+                        None => Some(at),
+                    }
+                });
+            if let Some(at) = at {
+                candidates.push(NextTransition {
+                    action: TransitionAction::Activate,
+                    kid: Some(p.kid.clone()),
+                    at,
+                });
             }
-            candidates.push(NextTransition {
-                action: TransitionAction::Activate,
-                kid: Some(p.kid.clone()),
-                at,
-            });
         }
-        (None, Some(since)) => candidates.push(NextTransition {
-            action: TransitionAction::PublishNext,
-            kid: None,
-            at: since + policy.rotation_interval() - policy.publish_lead(),
-        }),
+        (None, Some(since)) => {
+            let at = policy
+                .rotation_interval()
+                .checked_sub(&policy.publish_lead())
+                .and_then(|lead| since.checked_add_signed(lead));
+            if let Some(at) = at {
+                candidates.push(NextTransition {
+                    action: TransitionAction::PublishNext,
+                    kid: None,
+                    at,
+                });
+            }
+        }
         (None, None) => {}
     }
     for k in keys {
@@ -76,11 +98,13 @@ pub fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransi
             }
             KeyState::Expired if k.purged_at.is_none() => {
                 let since = k.expired_at.unwrap_or(k.created_at);
-                candidates.push(NextTransition {
-                    action: TransitionAction::Purge,
-                    kid: Some(k.kid.clone()),
-                    at: since + policy.purge_after(),
-                });
+                if let Some(at) = since.checked_add_signed(policy.purge_after()) {
+                    candidates.push(NextTransition {
+                        action: TransitionAction::Purge,
+                        kid: Some(k.kid.clone()),
+                        at,
+                    });
+                }
             }
             _ => {}
         }

@@ -203,6 +203,56 @@ fn next_transition_is_the_earliest_due_change() {
     assert_eq!((n.action, n.kid.as_deref()), (TransitionAction::Expire, Some("r")));
 }
 
+#[test]
+fn next_transition_ignores_tampered_rows_and_never_panics() {
+    use crate::KeyState::*;
+    let p = crate::Policy::default();
+    let max = DateTime::<Utc>::MAX_UTC;
+    let near = max - TimeDelta::hours(1);
+    let t0 = DateTime::from_timestamp(1_900_000_000, 0).expect("time");
+    let tampered = |kid: &str, state| {
+        let mut k = key(kid, state, max);
+        k.activate_at = Some(max);
+        k.activated_at = Some(max);
+        k.expires_at = Some(t0 - TimeDelta::days(365));
+        k.expired_at = Some(max);
+        k.tampered = Some("the row's MAC does not match".into());
+        k
+    };
+    // Rows written by someone with database access: ignored whatever they say (one even
+    // claims an expiry earlier than anything real).
+    let forged = [
+        tampered("x-pending", Pending),
+        tampered("x-active", Active),
+        tampered("x-retiring", Retiring),
+        tampered("x-expired", Expired),
+    ];
+    assert_eq!(next_transition(&forged, &p), None);
+
+    // Honest rows near the end of time: sums that do not fit are left out, no panic.
+    let mut active = key("a", Active, near);
+    active.activated_at = Some(near);
+    let mut pending = key("p", Pending, near);
+    pending.activate_at = Some(max);
+    let mut expired = key("e", Expired, near);
+    expired.expired_at = Some(near);
+    let mut keys = vec![active, pending, expired];
+    keys.extend(forged.iter().cloned());
+    assert_eq!(next_transition(&keys, &p), None, "nothing representable is due");
+    let mut retiring = key("r", Retiring, near);
+    retiring.expires_at = Some(max);
+    keys.push(retiring);
+    let n = next_transition(&keys, &p).expect("next");
+    assert_eq!(
+        (n.action, n.kid.as_deref(), n.at),
+        (TransitionAction::Expire, Some("r"), max)
+    );
+    // Only an Active key near the end: publishing the next does not fit either.
+    let mut active = key("a", Active, near);
+    active.activated_at = None;
+    assert_eq!(next_transition(&[active], &p), None);
+}
+
 /// A subscriber that writes every span and event field into one string.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<String>>);
@@ -248,7 +298,15 @@ async fn fixture_with(
     clock: &ManualClock,
     configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
 ) -> HttpEndpoints {
-    let storage = Arc::new(MemoryStorage::new());
+    fixture_on(Arc::new(MemoryStorage::new()), clock, configure).await
+}
+
+/// [`fixture_with`] on `storage`.
+async fn fixture_on(
+    storage: Arc<MemoryStorage>,
+    clock: &ManualClock,
+    configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
+) -> HttpEndpoints {
     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
     let ring = RingName::new("t").expect("ring");
     let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
@@ -852,5 +910,212 @@ async fn a_required_token_type_is_enforced_by_the_rotation_endpoint() {
         post(&jwt, &bearer(&token)).await.status,
         429,
         "authorized; too soon after init"
+    );
+}
+
+/// A service token with `scope` for `client`, living 10 minutes from now.
+fn service_token(e: &HttpEndpoints, clock: &ManualClock, client: &str, scope: &str) -> String {
+    let now = clock.now().timestamp();
+    e.keyring()
+        .sign(&json!({"sub": client, "client_id": client, "scope": scope, "iat": now, "exp": now + 600}))
+        .expect("sign")
+}
+
+fn json_of(r: &HttpResponse) -> Value {
+    serde_json::from_slice(r.body.as_bytes()).expect("json")
+}
+
+#[tokio::test]
+async fn the_status_page_ignores_a_tampered_row_at_the_end_of_time() {
+    let clock = ManualClock::new(t0());
+    let storage = Arc::new(MemoryStorage::new());
+    let e = fixture_on(storage.clone(), &clock, |_, b| b).await;
+    let first = e.keyring().snapshot().active_kid().map(str::to_owned).expect("active");
+    let admin = service_token(&e, &clock, "ops", "admin.force-rotate-keys");
+    let headers = vec![
+        ("authorization", format!("Bearer {admin}")),
+        ("content-type", "application/json".to_owned()),
+    ];
+    let req = HttpRequest {
+        method: "POST",
+        headers: &headers,
+    };
+    let r = e
+        .rotate(&req, RequestBody::Complete(br#"{"force":true,"reason":"two keys"}"#))
+        .await;
+    assert_eq!(r.status, 200);
+    // Someone with write access to the database makes the old row a Pending key at the
+    // end of time (the sum `created_at + publish_lead` does not fit in a date).
+    let max = DateTime::<Utc>::MAX_UTC;
+    storage.tamper(e.keyring().ring(), |raw| {
+        let row = raw.keys.iter_mut().find(|k| k.kid == first).expect("row");
+        row.state = crate::KeyState::Pending;
+        row.created_at = max;
+        row.activate_at = Some(max);
+        row.expires_at = Some(max);
+        *raw.generation += 1;
+    });
+    e.keyring().refresh().await.expect("refresh");
+    let j = status_json(&e, &clock).await;
+    let row = j["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == first.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert!(row["tampered"].is_string(), "the row is shown as tampered: {row}");
+    assert_eq!(
+        (
+            j["next_transition"]["action"].as_str(),
+            j["next_transition"]["kid"].as_str()
+        ),
+        (Some("publish_next"), None),
+        "the tampered Pending row is not the next transition: {}",
+        j["next_transition"]
+    );
+    let at: DateTime<Utc> = serde_json::from_value(j["next_transition"]["at"].clone()).expect("time");
+    assert_eq!(at, t0() + TimeDelta::days(6), "from the real Active key");
+}
+
+#[tokio::test]
+async fn a_rotation_token_looping_on_a_rate_limit_writes_the_budget_and_one_summary() {
+    // Six days after init, less 30 s: normal rotations are rate limited for 30 s more.
+    let start = t0() + TimeDelta::days(6) - TimeDelta::seconds(30);
+    let clock = ManualClock::new(t0());
+    let e = fixture(&clock).await;
+    clock.set(start);
+    let headers = bearer(&service_token(&e, &clock, "svc", "service.rotate-keys"));
+    let before = ledger(&e).await.len();
+    let per_actor = DEFAULT_REFUSALS_AUDITED_PER_ACTOR as usize;
+    for i in 0..1200 {
+        let r = post(&e, &headers).await;
+        assert_eq!(r.status, 429, "request {i}");
+        let j = json_of(&r);
+        assert_eq!(j["error"], "rate_limited");
+        if i < per_actor {
+            assert_eq!(j["outcome"], "rate_limited", "answered by the rotator");
+        } else {
+            assert_eq!(j["outcome"], Value::Null, "answered by the endpoint: {j}");
+            // The interval began with the first request; retry when it ends.
+            let left = (start + TimeDelta::seconds(60) - clock.now()).num_milliseconds();
+            let secs = u64::try_from(left).expect("within the interval").div_ceil(1000);
+            assert_eq!(r.header("retry-after"), Some(secs.to_string().as_str()));
+            assert_eq!(j["retry_after_secs"].as_u64(), Some(secs));
+        }
+        clock.advance(TimeDelta::milliseconds(20));
+    }
+    assert_eq!(
+        ledger(&e).await.len() - before,
+        per_actor,
+        "the rotator wrote the budget"
+    );
+    // The rotator's rate limit is over (24 s + 6 s), but the client's budget lasts until
+    // the interval ends.
+    clock.set(start + TimeDelta::seconds(31));
+    let r = post(&e, &headers).await;
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("29")));
+    assert_eq!(ledger(&e).await.len() - before, per_actor);
+    // The first request after the interval reaches the rotator, and rotates.
+    clock.set(start + TimeDelta::seconds(60));
+    let r = post(&e, &headers).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(r.body.as_bytes()));
+    assert_eq!(json_of(&r)["outcome"], "scheduled");
+    let log = ledger(&e).await;
+    let svc = by_actor(&log, "svc");
+    assert_eq!(svc.len(), per_actor + 2, "the budget, one summary, the rotation");
+    assert!(
+        svc[..per_actor].iter().all(|r| r.outcome == Outcome::RateLimited),
+        "{svc:?}"
+    );
+    let summary = svc[per_actor];
+    assert_eq!(summary.outcome, Outcome::Refused);
+    assert_eq!(
+        summary.detail.as_deref(),
+        Some("1191 refused attempts by actor svc between 2030-03-23T17:46:10.200Z and 2030-03-23T17:46:41.000Z")
+    );
+    assert_eq!(svc[per_actor + 1].outcome, Outcome::Scheduled);
+    assert_eq!(e.flush_refusal_summaries().await, 0);
+}
+
+#[tokio::test]
+async fn rotations_that_change_the_ring_do_not_use_the_budget() {
+    let clock = ManualClock::new(t0());
+    let e = fixture_with(&clock, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(1))
+    })
+    .await;
+    // The same client without the rotation scope floods: its refusals are its own count.
+    let no_scope = bearer(&service_token(&e, &clock, "svc", "orders.read"));
+    for _ in 0..20 {
+        assert_eq!(post(&e, &no_scope).await.status, 403);
+    }
+    clock.advance(TimeDelta::days(6) + TimeDelta::seconds(1));
+    let svc = bearer(&service_token(&e, &clock, "svc", "service.rotate-keys"));
+    let r = post(&e, &svc).await;
+    assert_eq!(
+        (r.status, json_of(&r)["outcome"].as_str()),
+        (202, Some("scheduled")),
+        "a rotation"
+    );
+    let r = post(&e, &svc).await;
+    assert_eq!(
+        (r.status, json_of(&r)["outcome"].as_str()),
+        (202, Some("already_scheduled")),
+        "the rotation gave its reservation back"
+    );
+    let r = post(&e, &svc).await;
+    assert_eq!(
+        (r.status, json_of(&r)["error"].as_str(), json_of(&r)["outcome"].as_str()),
+        (429, Some("rate_limited"), None),
+        "over the budget of answers that changed nothing"
+    );
+    // Another rotation client has its own budget.
+    let other = bearer(&service_token(&e, &clock, "svc-2", "service.rotate-keys"));
+    assert_eq!(json_of(&post(&e, &other).await)["outcome"], "already_scheduled");
+}
+
+#[tokio::test]
+async fn summaries_of_one_interval_are_capped_by_the_global_budget() {
+    let clock = ManualClock::new(t0());
+    let e = fixture_with(&clock, |_, b| {
+        b.with_refusal_audit_limits(RefusalAuditLimits::new().with_per_actor(1).with_global(3))
+    })
+    .await;
+    let before = ledger(&e).await.len();
+    for i in 0..40 {
+        let t = bearer(&user_token(&e, &clock, &format!("app-{i:02}")));
+        assert_eq!(post(&e, &t).await.status, 403);
+        assert_eq!(post(&e, &t).await.status, 403);
+    }
+    assert_eq!(
+        ledger(&e).await.len() - before,
+        3,
+        "the global budget of single records"
+    );
+    clock.advance(TimeDelta::seconds(60));
+    assert_eq!(e.flush_refusal_summaries().await, 3, "three summaries, not forty");
+    let log = ledger(&e).await;
+    let summaries: Vec<(&str, &str)> = log[before + 3..]
+        .iter()
+        .map(|r| (r.actor.as_str(), r.detail.as_deref().unwrap_or("")))
+        .collect();
+    let at = "2030-03-17T17:46:40.000Z";
+    assert_eq!(
+        summaries,
+        [
+            (
+                UNTRACKED_ACTORS,
+                format!("75 refused attempts by actor (untracked actors) between {at} and {at}").as_str()
+            ),
+            (
+                "app-00",
+                format!("1 refused attempts by actor app-00 between {at} and {at}").as_str()
+            ),
+            (
+                "app-01",
+                format!("1 refused attempts by actor app-01 between {at} and {at}").as_str()
+            ),
+        ]
     );
 }
