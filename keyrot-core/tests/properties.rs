@@ -4,10 +4,11 @@
 //! tokens along the way and verifying them at every later step until they expire.
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use keyrot_core::planner::{self, Trigger};
+use keyrot_core::planner::{self, Action, NextTransition, Refusal, TransitionAction, Trigger};
 use keyrot_core::{
-    Clock, KeyOrigin, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Outcome,
-    Policy, RequestContext, RingName, Rotator, Storage, Validation,
+    Algorithm, Clock, ImportState, ImportedKey, KeyOrigin, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer,
+    MemoryLock, MemoryStorage, Outcome, Policy, PrivateKey, RequestContext, Ring, RingName, Rotator, RsaBits, Storage,
+    Validation,
 };
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -18,11 +19,15 @@ enum Op {
     Tick,
     Advance(i64),
     Rotate,
-    Force { revoke_old: bool },
+    Force {
+        revoke_old: bool,
+    },
     Revoke(usize),
     ConcurrentForce(usize),
     ConcurrentTick(usize),
     Sign(i64),
+    /// Import a Pending key: due `publish_lead` from now, so `min_interval` may bind.
+    ImportPending,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -49,6 +54,7 @@ fn op_without_tick() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(Op::Revoke),
         1 => (2usize..5).prop_map(Op::ConcurrentForce),
         3 => (1i64..=3_600).prop_map(Op::Sign),
+        1 => Just(Op::ImportPending),
     ]
 }
 
@@ -227,6 +233,18 @@ impl World {
                 assert!(changed <= 1, "at most one of {n} concurrent rotators changes the ring");
                 self.keyring.refresh().await.expect("refresh");
             }
+            Op::ImportPending => {
+                let key = ImportedKey {
+                    key: PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key"),
+                    kid: None,
+                };
+                let r = self
+                    .rotator
+                    .import(ctx(), key, ImportState::Pending)
+                    .await
+                    .expect("import");
+                self.count(r.outcome);
+            }
             Op::Sign(ttl) => {
                 let now = self.clock.now().timestamp();
                 let exp = now + ttl;
@@ -355,6 +373,117 @@ impl World {
         let a = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
         let b = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
         assert_eq!(a, b);
+        // 9. `next_transition` tells what the tick does, and when.
+        let next = planner::next_transition(&ring.keys, &self.policy);
+        assert_eq!(
+            next,
+            planner::next_transition(snap.keys(), &self.policy),
+            "the status page's view of the keys gives the planner's answer"
+        );
+        check_next_transition_predicts_the_tick(&ring, &self.policy, now, next.as_ref());
+    }
+
+    /// Moves the clock to `next.at` (if it is ahead) by scheduler ticks: one a millisecond
+    /// before finds nothing due, one at `next.at` makes the change announced. Returns
+    /// whether it did (false when nothing is next).
+    async fn tick_to_next_transition(&mut self) -> bool {
+        self.keyring.refresh().await.expect("refresh");
+        let Some(next) = planner::next_transition(self.keyring.snapshot().keys(), &self.policy) else {
+            return false;
+        };
+        let now = self.clock.now();
+        if next.at > now {
+            let before = next.at - TimeDelta::milliseconds(1);
+            if before > now {
+                self.clock.set(before);
+                let r = self.rotator.tick().await.expect("tick");
+                assert_eq!(
+                    r.outcome,
+                    Outcome::NothingDue,
+                    "a tick at {before} changed the ring before {next:?} (detail {:?})",
+                    r.detail
+                );
+                self.check().await;
+            }
+            self.clock.set(next.at);
+        }
+        let ring_before = self.storage.load(&self.ring).await.expect("load");
+        let r = self.rotator.tick().await.expect("tick");
+        assert!(
+            r.outcome.changed_ring(),
+            "a tick at {} made no change for {next:?}: {:?}",
+            self.clock.now(),
+            r.outcome
+        );
+        self.count(r.outcome);
+        let ring = self.storage.load(&self.ring).await.expect("load");
+        let kid_state = |ring: &Ring, kid: &Option<String>| {
+            kid.as_deref()
+                .and_then(|k| ring.key(k))
+                .map(|k| (k.state, k.sealed.is_some()))
+        };
+        match next.action {
+            TransitionAction::PublishNext => assert!(
+                ring.pending().len() > ring_before.pending().len(),
+                "a tick at {} published no key",
+                next.at
+            ),
+            TransitionAction::Activate => {
+                assert_eq!(kid_state(&ring, &next.kid), Some((KeyState::Active, true)))
+            }
+            TransitionAction::Expire => {
+                assert_eq!(kid_state(&ring, &next.kid).map(|(s, _)| s), Some(KeyState::Expired))
+            }
+            TransitionAction::Purge => assert_eq!(kid_state(&ring, &next.kid), Some((KeyState::Expired, false))),
+            other => panic!("unexpected action {other:?}"),
+        }
+        self.check_tidy_after_commit().await;
+        self.check().await;
+        true
+    }
+}
+
+/// Whatever `next_transition` says is due at `T`, the planner's tick plan at `T` (or now,
+/// if `T` has passed) contains that action; and if `T` is ahead, a tick plan at any time
+/// before it (now, or one nanosecond before `T`) is `NothingDue`: `T` is the earliest
+/// change, so nothing at all is due before it.
+fn check_next_transition_predicts_the_tick(
+    ring: &Ring,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    next: Option<&NextTransition>,
+) {
+    let Some(next) = next else {
+        // Nothing is next: no tick changes the ring now, nor a year from now.
+        for t in [now, now + TimeDelta::days(365)] {
+            assert_eq!(
+                planner::plan(ring, policy, t, &Trigger::Tick),
+                Err(Refusal::NothingDue),
+                "no next transition, yet a tick at {t} plans one"
+            );
+        }
+        return;
+    };
+    let at = next.at.max(now);
+    let plan = planner::plan(ring, policy, at, &Trigger::Tick)
+        .unwrap_or_else(|r| panic!("{next:?} is due, yet a tick at {at} is refused: {r:?}"));
+    let kid = next.kid.as_deref();
+    let performed = plan.actions.iter().any(|a| match (next.action, a) {
+        (TransitionAction::PublishNext, Action::NewKey { .. }) => true,
+        (TransitionAction::Activate, Action::Activate { kid: k })
+        | (TransitionAction::Expire, Action::Expire { kid: k })
+        | (TransitionAction::Purge, Action::Purge { kid: k }) => Some(k.as_str()) == kid,
+        _ => false,
+    });
+    assert!(performed, "{next:?} is due, yet the tick at {at} plans {plan:?}");
+    if next.at > now {
+        for t in [now, next.at - TimeDelta::nanoseconds(1)] {
+            assert_eq!(
+                planner::plan(ring, policy, t, &Trigger::Tick),
+                Err(Refusal::NothingDue),
+                "{next:?} is the earliest change, yet a tick at {t} plans one"
+            );
+        }
     }
 }
 
@@ -393,6 +522,31 @@ proptest! {
             for op in &ops {
                 w.apply(op).await;
                 w.check().await;
+            }
+        });
+    }
+
+    /// After any random sequence, the scheduler follows `next_transition`: ticking the
+    /// clock from one announced time to the next, a tick just before finds nothing due and
+    /// the tick at the time makes the change announced.
+    #[test]
+    fn the_tick_makes_the_next_transition_when_announced(
+        ops in proptest::collection::vec(op(), 0..25),
+        steps in 1usize..8,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut w = World::new().await;
+            let r = w.rotator.tick().await.expect("bootstrap");
+            assert_eq!(r.outcome, Outcome::Bootstrapped);
+            w.count(r.outcome);
+            w.check().await;
+            for op in &ops {
+                w.apply(op).await;
+                w.check().await;
+            }
+            for _ in 0..steps {
+                assert!(w.tick_to_next_transition().await, "an initialised ring always has a next transition");
             }
         });
     }

@@ -6,8 +6,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyrot_core::Sealer as _;
-use keyrot_core::http::next_transition;
 use keyrot_core::integrity::check_ring;
+use keyrot_core::planner::next_transition;
 use keyrot_core::{
     Algorithm, AuditQuery, ChainBreak, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome, Policy,
     PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator, SealError,

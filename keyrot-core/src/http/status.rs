@@ -3,113 +3,20 @@
 use crate::keyring::{KeyRing, KeyStatus};
 use crate::planner::TriggerKind;
 use crate::policy::Policy;
-use crate::ring::KeyState;
 use crate::storage::{AuditQuery, AuditRecord, Outcome, StorageError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// What the scheduler will do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum TransitionAction {
-    /// Publish the next Pending key (it signs after `publish_lead`).
-    PublishNext,
-    /// Activate the Pending key (the Active one starts retiring).
-    Activate,
-    /// Expire a Retiring key (it leaves the JWKS and stops verifying).
-    Expire,
-    /// Destroy an Expired key's private material.
-    Purge,
-}
+pub use crate::planner::{NextTransition, TransitionAction};
 
-/// The next planned change of a ring, and when it is due (it happens on the first
-/// scheduler tick at or after that time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NextTransition {
-    /// What.
-    pub action: TransitionAction,
-    /// The key it concerns (none for [`TransitionAction::PublishNext`]).
-    pub kid: Option<String>,
-    /// When it is due.
-    pub at: DateTime<Utc>,
-}
-
-/// The earliest transition the planner will make on its own, from the keys' public facts
-/// and the policy.
+/// The earliest transition the scheduler will make on its own, from the keys' public
+/// facts and the policy: [`planner::next_transition`](crate::planner::next_transition),
+/// which holds the rule (and its tests against the tick), for a snapshot's keys.
 ///
-/// Rows that failed their integrity check ([`KeyStatus::tampered`]) are left out: their
-/// times are whatever was written to the database, and the planner does not act on them
-/// as they read. Every sum is checked, so no stored time (however close to the end of
-/// time) can make this panic; a transition that would fall beyond the representable
-/// times is not shown.
+/// Rows that failed their integrity check ([`KeyStatus::tampered`]) are left out, and no
+/// stored time can make it panic.
 pub fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
-    let keys: Vec<&KeyStatus> = keys.iter().filter(|k| k.tampered.is_none()).collect();
-    let mut candidates = Vec::new();
-    let active = keys.iter().find(|k| k.state == KeyState::Active);
-    let active_since = active.map(|a| a.activated_at.unwrap_or(a.created_at));
-    let mut pending: Vec<&KeyStatus> = keys.iter().copied().filter(|k| k.state == KeyState::Pending).collect();
-    pending.sort_by_key(|k| (k.activate_at, k.created_at));
-    match (pending.first(), active_since) {
-        (Some(p), since) => {
-            let at = p
-                .created_at
-                .checked_add_signed(policy.publish_lead())
-                .and_then(|published_for_lead| {
-                    let at = p.activate_at.unwrap_or(published_for_lead).max(published_for_lead);
-                    match since {
-                        Some(since) => since.checked_add_signed(policy.min_interval()).map(|s| at.max(s)),
-                        None => Some(at),
-                    }
-                });
-            if let Some(at) = at {
-                candidates.push(NextTransition {
-                    action: TransitionAction::Activate,
-                    kid: Some(p.kid.clone()),
-                    at,
-                });
-            }
-        }
-        (None, Some(since)) => {
-            let at = policy
-                .rotation_interval()
-                .checked_sub(&policy.publish_lead())
-                .and_then(|lead| since.checked_add_signed(lead));
-            if let Some(at) = at {
-                candidates.push(NextTransition {
-                    action: TransitionAction::PublishNext,
-                    kid: None,
-                    at,
-                });
-            }
-        }
-        (None, None) => {}
-    }
-    for k in keys {
-        match k.state {
-            KeyState::Retiring => {
-                if let Some(at) = k.expires_at {
-                    candidates.push(NextTransition {
-                        action: TransitionAction::Expire,
-                        kid: Some(k.kid.clone()),
-                        at,
-                    });
-                }
-            }
-            KeyState::Expired if k.purged_at.is_none() => {
-                let since = k.expired_at.unwrap_or(k.created_at);
-                if let Some(at) = since.checked_add_signed(policy.purge_after()) {
-                    candidates.push(NextTransition {
-                        action: TransitionAction::Purge,
-                        kid: Some(k.kid.clone()),
-                        at,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    candidates.into_iter().min_by_key(|c| c.at)
+    crate::planner::next_transition(keys, policy)
 }
 
 /// Whether an audit record is a rotation attempt (normal or forced, by any caller).
