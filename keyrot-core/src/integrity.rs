@@ -534,7 +534,7 @@ pub struct ChainBreak {
     pub id: String,
     /// Its sequence number as stored (0 when it has none).
     pub seq: u64,
-    /// Why.
+    /// What does not check out, in words (a MAC mismatch, a gap in `seq`, …).
     pub reason: String,
 }
 

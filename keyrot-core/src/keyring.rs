@@ -33,16 +33,16 @@ pub enum RefreshError {
     Seal {
         /// The key, or `ring manifest` for the ring's manifest.
         kid: String,
-        /// Why.
+        /// The sealer's error (unknown master key id, failed authentication, …).
         #[source]
         source: SealError,
     },
     /// A stored key could not be parsed.
     #[error("stored key {kid} is unusable: {source}")]
     Key {
-        /// The key.
+        /// The kid of the stored key that could not be parsed.
         kid: String,
-        /// Why.
+        /// The parse error (bad key bytes, or an algorithm this build does not support).
         #[source]
         source: KeyError,
     },
@@ -91,33 +91,39 @@ struct ActiveSigner {
 pub struct KeyStatus {
     /// Key id.
     pub kid: String,
-    /// Algorithm.
+    /// The JWS algorithm the key signs with (its `alg` in the JWKS).
     pub alg: Algorithm,
-    /// State.
+    /// Where the key is in its life: Pending, Active, Retiring or Expired.
     pub state: KeyState,
-    /// Origin.
+    /// How the key entered the ring (bootstrap, scheduled, rotation request, forced,
+    /// imported).
     pub origin: KeyOrigin,
-    /// Activated by the forced path.
+    /// Whether the key was activated by the forced path (emergency rotation or an import
+    /// made Active at once), which bypasses `publish_lead` and `min_interval`.
     pub forced: bool,
-    /// RFC 7638 thumbprint.
+    /// The RFC 7638 thumbprint of the public key.
     pub fingerprint: String,
-    /// Created (published).
+    /// When the key was created; it is published (in the JWKS) from then on.
     pub created_at: DateTime<Utc>,
-    /// Due activation (Pending).
+    /// When the key is (or was) due to activate: set when it is added, Pending or Active;
+    /// `None` only for rows written without one (read as `publish_lead` after creation).
     pub activate_at: Option<DateTime<Utc>>,
-    /// Activated.
+    /// When the key started signing; `None` if it never became Active.
     pub activated_at: Option<DateTime<Utc>>,
-    /// Retired.
+    /// When the key stopped signing (Active → Retiring, or revoked while Active); `None`
+    /// while it has not.
     pub retired_at: Option<DateTime<Utc>>,
-    /// Due expiry (Retiring).
+    /// When a Retiring key's grace ends and it leaves the JWKS (`retire_grace` after it
+    /// retired); `None` for a key that never retired normally.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Expired.
+    /// When the key became Expired (grace over, or revoked); `None` while it is published.
     pub expired_at: Option<DateTime<Utc>>,
-    /// Revoked.
+    /// When the key was revoked; `None` if it was not (a revoked key is also Expired).
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Revocation reason.
+    /// The reason given for the revocation; `None` if the key was not revoked.
     pub revoke_reason: Option<String>,
-    /// Material destroyed.
+    /// When the private material was destroyed (`purge_after` after expiry); `None` while
+    /// it is still stored. The metadata stays.
     pub purged_at: Option<DateTime<Utc>>,
     /// Why the row failed its integrity check, if it did: it never verifies.
     pub tampered: Option<String>,

@@ -28,14 +28,14 @@ pub enum Trigger {
     },
     /// Revoke a Pending or Retiring key.
     Revoke {
-        /// The key.
+        /// The kid of the Pending or Retiring key to revoke.
         kid: String,
         /// Why (required, non-empty).
         reason: String,
     },
     /// Add a key the user brings.
     Import {
-        /// Its kid.
+        /// The kid the imported key will have in the ring (never one already used).
         kid: String,
         /// Its RFC 7638 thumbprint.
         fingerprint: String,
@@ -119,7 +119,8 @@ impl TriggerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImportState {
-    /// Published now, activated after `publish_lead`.
+    /// Published now, due to activate `publish_lead` from now: a tick activates it then,
+    /// or later if the Active key is not yet `min_interval` old.
     Pending,
     /// Active now (bootstrap from an existing issuer, or the forced path).
     Active,
@@ -128,9 +129,10 @@ pub enum ImportState {
 /// Where a new key goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Pending until `activate_at`.
+    /// Pending until `activate_at` (and at least `min_interval` after the Active key's
+    /// activation: the tick waits for both).
     Pending {
-        /// Due activation.
+        /// The due activation stored on the key ([`crate::KeyRecord::activate_at`]).
         activate_at: DateTime<Utc>,
     },
     /// Active at once.
@@ -151,31 +153,34 @@ pub enum Action {
     },
     /// Pending → Active.
     Activate {
-        /// The key.
+        /// The kid of the Pending key that starts signing.
         kid: String,
     },
     /// Active → Retiring.
     Retire {
-        /// The key.
+        /// The kid of the Active key that stops signing.
         kid: String,
-        /// When its grace ends.
+        /// When its grace ends: `retire_grace` after the plan's `now`. Until then it stays
+        /// published and verifies tokens it signed.
         expires_at: DateTime<Utc>,
     },
     /// Retiring → Expired (grace passed).
     Expire {
-        /// The key.
+        /// The kid of the Retiring key whose `expires_at` has passed.
         kid: String,
     },
     /// Pending/Active/Retiring → Expired, with a reason.
     Revoke {
-        /// The key.
+        /// The kid of the key revoked.
         kid: String,
-        /// Why.
+        /// The reason recorded on the key ([`crate::KeyRecord::revoke_reason`]): the
+        /// caller's, or the planner's (`cancelled by forced rotation: …`) for Pending keys
+        /// it cancels.
         reason: String,
     },
     /// Destroy an Expired key's private material (metadata stays).
     Purge {
-        /// The key.
+        /// The kid of the Expired key whose material is destroyed.
         kid: String,
     },
 }
@@ -254,9 +259,11 @@ pub enum Refusal {
     /// A normal rotation is already scheduled.
     #[error("a rotation is already scheduled: key {kid} activates at {activates_at}")]
     AlreadyScheduled {
-        /// The Pending key.
+        /// The kid of the Pending key already published.
         kid: String,
-        /// When it activates.
+        /// Its due activation (`activate_at`, or `publish_lead` after it was published
+        /// when it has none); a rotation request activates it once `publish_lead` has
+        /// passed since it was published.
         activates_at: DateTime<Utc>,
     },
     /// Forced rotations and revocations need a non-empty reason.
@@ -271,19 +278,20 @@ pub enum Refusal {
     /// The key is already Expired.
     #[error("key {kid} is already expired")]
     AlreadyExpired {
-        /// The key.
+        /// The kid asked to be revoked.
         kid: String,
     },
     /// The Active key can only be replaced, not revoked on its own.
     #[error("key {kid} is the Active key: use a forced rotation with revoke_old to replace and revoke it")]
     CannotRevokeActive {
-        /// The key.
+        /// The kid of the Active key asked to be revoked.
         kid: String,
     },
     /// The kid or key is already in the ring (kids are never reused).
     #[error("key {kid} is already in this ring (kids are never reused)")]
     DuplicateKey {
-        /// The kid.
+        /// The kid of the key being imported (its kid, or its thumbprint, matches a key
+        /// the ring has or had).
         kid: String,
     },
     /// The ring has no Active key yet.
@@ -301,7 +309,8 @@ impl Refusal {
     }
 }
 
-/// `90061000` ms → `1d 1h 1m 2s` (rounded up to the second).
+/// `90061000` ms → `1d 1h 1m 1s`, `90060001` ms → `1d 1h 1m 1s` (rounded up to the
+/// second; zero units are left out, `0s` for nothing).
 fn human_wait(ms: i64) -> String {
     let mut secs = u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000);
     let mut out = Vec::new();
@@ -849,9 +858,9 @@ pub fn next_transition<'k, K: KeyTimes + 'k>(
 /// A freshly generated or imported key, sealed, ready to enter the ring.
 #[derive(Debug, Clone)]
 pub struct NewKey {
-    /// Its kid.
+    /// The kid it enters the ring with (generated, or the imported key's).
     pub kid: String,
-    /// Its algorithm.
+    /// The JWS algorithm it signs with.
     pub alg: Algorithm,
     /// RFC 7638 thumbprint.
     pub fingerprint: String,
@@ -974,6 +983,78 @@ fn expect_state(k: &KeyRecord, allowed: &[KeyState]) -> Result<(), ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::RingName;
+
+    fn record(kid: &str, state: KeyState, created_at: DateTime<Utc>) -> KeyRecord {
+        KeyRecord {
+            kid: kid.into(),
+            alg: Algorithm::EdDsa,
+            state,
+            origin: KeyOrigin::Rotation,
+            forced: false,
+            fingerprint: format!("fp-{kid}"),
+            public_jwk: "{}".into(),
+            sealed: None,
+            created_at,
+            activate_at: None,
+            activated_at: None,
+            retired_at: None,
+            expires_at: None,
+            expired_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            purged_at: None,
+        }
+    }
+
+    fn ring(keys: Vec<KeyRecord>) -> Ring {
+        let mut r = Ring::empty(RingName::new("t").expect("ring name"));
+        r.generation = 1;
+        r.keys = keys;
+        r
+    }
+
+    #[test]
+    fn the_tick_activates_when_next_transition_says() {
+        let p = Policy::default();
+        let t0 = DateTime::from_timestamp(1_900_000_000, 0).expect("time");
+        let mut active = record("a", KeyState::Active, t0);
+        active.activated_at = Some(t0);
+        // A Pending row without `activate_at` activates `publish_lead` after it was
+        // published, and not before `min_interval`: the same time for both.
+        let pending = record("p", KeyState::Pending, t0 + TimeDelta::days(5) + TimeDelta::hours(12));
+        let r = ring(vec![active, pending]);
+        let next = next_transition(&r.keys, &p).expect("next");
+        let due = t0 + TimeDelta::days(6) + TimeDelta::hours(12);
+        assert_eq!(
+            (next.action, next.kid.as_deref(), next.at),
+            (TransitionAction::Activate, Some("p"), due)
+        );
+        let before = due - TimeDelta::milliseconds(1);
+        assert_eq!(plan(&r, &p, before, &Trigger::Tick), Err(Refusal::NothingDue));
+        let at = plan(&r, &p, due, &Trigger::Tick).expect("due");
+        assert_eq!(at.kind, PlanKind::Rotated);
+        assert_eq!(at.actions[0], Action::Activate { kid: "p".into() });
+    }
+
+    #[test]
+    fn the_tick_never_panics_near_the_end_of_time() {
+        let p = Policy::default();
+        let max = DateTime::<Utc>::MAX_UTC;
+        let near = max - TimeDelta::hours(1);
+        let mut active = record("a", KeyState::Active, near);
+        active.activated_at = Some(near);
+        let mut expired = record("e", KeyState::Expired, near);
+        expired.expired_at = Some(near);
+        let mut r = ring(vec![active.clone(), expired]);
+        assert_eq!(plan(&r, &p, max, &Trigger::Tick), Err(Refusal::NothingDue));
+        assert_eq!(next_transition(&r.keys, &p), None);
+        let mut pending = record("p", KeyState::Pending, near);
+        pending.activate_at = Some(max);
+        r.keys.push(pending);
+        assert_eq!(plan(&r, &p, max, &Trigger::Tick), Err(Refusal::NothingDue));
+        assert_eq!(next_transition(&r.keys, &p), None);
+    }
 
     #[test]
     fn rate_limit_messages_are_readable() {

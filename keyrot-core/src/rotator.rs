@@ -77,15 +77,20 @@ pub struct RotationReport {
     pub generation: u64,
     /// Whether the forced path was used.
     pub forced: bool,
-    /// The Active key before.
+    /// The kid of the ring's Active key when the attempt was planned; `None` when the
+    /// ring had none (bootstrap) or could not be read.
     pub old_kid: Option<String>,
-    /// Its fingerprint.
+    /// The RFC 7638 thumbprint of the `old_kid` key; `None` exactly when `old_kid` is (or
+    /// when a quarantine could not vouch for it).
     pub old_fingerprint: Option<String>,
-    /// The new key (Active, or Pending when scheduled).
+    /// The kid of the key the attempt added or activated (Active, or Pending when
+    /// scheduled), or of the Pending key already scheduled for
+    /// [`Outcome::AlreadyScheduled`]; `None` when no key was added or activated.
     pub new_kid: Option<String>,
-    /// Its fingerprint.
+    /// The RFC 7638 thumbprint of the `new_kid` key; `None` when `new_kid` is.
     pub new_fingerprint: Option<String>,
-    /// When a scheduled key activates.
+    /// The `new_kid` key's due activation (its `activate_at`): when a scheduled or
+    /// already scheduled Pending key is due to sign; `None` when there is no `new_kid`.
     pub activates_at: Option<DateTime<Utc>>,
     /// For rate limits: how long until allowed (milliseconds).
     pub retry_after_ms: Option<i64>,
@@ -93,7 +98,8 @@ pub struct RotationReport {
     pub refusal: Option<Refusal>,
     /// Human-readable detail (never secrets).
     pub detail: Option<String>,
-    /// When.
+    /// When the attempt was handled: the rotator's clock, truncated to whole milliseconds;
+    /// the audit record of the attempt carries the same time.
     pub at: DateTime<Utc>,
     /// Whether this answer was replayed from an earlier request with the same
     /// idempotency key.

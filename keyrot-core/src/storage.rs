@@ -3,12 +3,96 @@
 //!
 //! # Implementing your own store
 //!
-//! A store keeps rings (name + generation), key records, an append-only audit ledger and
-//! idempotency records. `commit` must be atomic and must compare-and-swap on the ring's
-//! generation. Run the conformance kit (feature `test-util`) to prove it:
+//! A store keeps rings (name, generation, manifest), key records, an append-only audit
+//! ledger and idempotency records, and follows the rules listed on [`Storage`]. Run the
+//! conformance kit (feature `test-util`) to prove it: one `#[tokio::test]` per rule.
 //!
-//! ```ignore
-//! keyrot_core::storage_conformance_tests!(async { MyStore::connect_fresh().await });
+//! Here a store that counts commits and keeps everything in a [`MemoryStorage`]
+//! (a real store would write to its database instead, in one transaction per call):
+//!
+//! ```
+//! use keyrot_core::storage::{
+//!     AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Storage, StorageError,
+//! };
+//! use keyrot_core::{MemoryStorage, Ring, RingName, async_trait};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! #[derive(Debug, Default)]
+//! pub struct CountingStore {
+//!     inner: MemoryStorage,
+//!     commits: AtomicU64,
+//! }
+//!
+//! #[async_trait]
+//! impl Storage for CountingStore {
+//!     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+//!         self.inner.load(ring).await
+//!     }
+//!
+//!     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+//!         self.inner.generation(ring).await
+//!     }
+//!
+//!     async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+//!         let outcome = self.inner.commit(commit, linker).await?;
+//!         if outcome == CommitOutcome::Committed {
+//!             self.commits.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!         Ok(outcome)
+//!     }
+//!
+//!     async fn record_attempt(
+//!         &self,
+//!         audit: &AuditRecord,
+//!         idempotency: Option<&IdempotencyRecord>,
+//!         linker: &dyn AuditLinker,
+//!     ) -> Result<(), StorageError> {
+//!         self.inner.record_attempt(audit, idempotency, linker).await
+//!     }
+//!
+//!     async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+//!         self.inner.audit_log(ring, query).await
+//!     }
+//!
+//!     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+//!         self.inner.idempotency(ring, key).await
+//!     }
+//! }
+//!
+//! // In your crate's tests (with keyrot-core's `test-util` feature and tokio as
+//! // dev-dependencies): every case of the kit, each on a fresh store.
+//! #[cfg(feature = "test-util")]
+//! mod conformance {
+//!     use super::CountingStore;
+//!     use keyrot_core::MemoryLock;
+//!     use keyrot_core::conformance::Backend;
+//!     use std::sync::Arc;
+//!
+//!     pub async fn setup() -> Option<Backend> {
+//!         // `None` skips every case (e.g. when no test database is configured).
+//!         Some(Backend::new(Arc::new(CountingStore::default()), Arc::new(MemoryLock::default())))
+//!     }
+//!
+//!     keyrot_core::storage_conformance_tests!(setup);
+//! }
+//! # fn main() {
+//! #     // The cases are plain async functions too: run two of them here.
+//! #     #[cfg(feature = "test-util")]
+//! #     tokio::runtime::Builder::new_multi_thread()
+//! #         .enable_all()
+//! #         .build()
+//! #         .expect("runtime")
+//! #         .block_on(async {
+//! #             for case in 0..2 {
+//! #                 let backend = conformance::setup().await.expect("backend");
+//! #                 match case {
+//! #                     0 => keyrot_core::conformance::stale_generation_conflicts_and_writes_nothing(&backend).await,
+//! #                     _ => keyrot_core::conformance::idempotency_first_answer_wins(&backend).await,
+//! #                 }
+//! #                 backend.finish().await;
+//! #             }
+//! #         });
+//! # }
 //! ```
 
 use crate::planner::TriggerKind;
@@ -161,9 +245,11 @@ impl Outcome {
 pub struct AuditRecord {
     /// Unique id of the record.
     pub id: String,
-    /// When.
+    /// When the attempt was handled: the rotator's clock, truncated to whole milliseconds
+    /// (the precision every store keeps); the same as [`RotationReport::at`](crate::RotationReport::at).
     pub at: DateTime<Utc>,
-    /// Which ring.
+    /// The name of the ring the attempt was on (a store refuses a commit whose audit
+    /// record names another ring).
     pub ring: String,
     /// Who (OAuth client id, `scheduler:<instance>`, `cli:<user>`).
     pub actor: String,
@@ -173,15 +259,20 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// Whether the forced path was used.
     pub forced: bool,
-    /// The reason given (forced rotation, revocation).
+    /// The reason the caller gave, for forced rotations and revocations; `None` for every
+    /// other trigger.
     pub reason: Option<String>,
-    /// The Active key before.
+    /// The kid of the ring's Active key when the attempt was planned; `None` when the
+    /// ring had none (bootstrap) or could not be read.
     pub old_kid: Option<String>,
-    /// Its fingerprint.
+    /// The RFC 7638 thumbprint of the `old_kid` key; `None` exactly when `old_kid` is (or
+    /// when a quarantine could not vouch for it).
     pub old_fingerprint: Option<String>,
-    /// The new key (Active or Pending).
+    /// The kid of the key the attempt added or activated (Active, or Pending when
+    /// scheduled), or of the Pending key already scheduled for an `already_scheduled`
+    /// answer; `None` when no key was added or activated.
     pub new_kid: Option<String>,
-    /// Its fingerprint.
+    /// The RFC 7638 thumbprint of the `new_kid` key; `None` when `new_kid` is.
     pub new_fingerprint: Option<String>,
     /// The ring generation after the attempt (unchanged if nothing was committed).
     pub generation: u64,
@@ -209,8 +300,8 @@ pub struct AuditRecord {
 ///
 /// A storage calls it inside the transaction that appends the record, *after* it has
 /// serialised appends to the ring's ledger (a row lock on the ring, an exclusive
-/// transaction), with the sequence number the record gets (the newest chained record's
-/// `seq` + 1, or 1) and the newest chained record's `mac`; it stores the returned MAC in
+/// transaction), with the sequence number the record gets (the highest chain position in
+/// the ring's ledger + 1, or 1) and the `mac` of the record at that highest position; it stores the returned MAC in
 /// [`AuditRecord::mac`] and the sequence number in [`AuditRecord::seq`]. keyrot's linker
 /// is [`crate::integrity::SealerLinker`] (HMAC under the master key).
 pub trait AuditLinker: Debug + Send + Sync {
@@ -221,9 +312,11 @@ pub trait AuditLinker: Debug + Send + Sync {
 /// The stored answer to a request with an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
-    /// Ring.
+    /// The name of the ring the request was on (a store refuses a commit whose
+    /// idempotency record names another ring).
     pub ring: String,
-    /// The key.
+    /// The request's `Idempotency-Key` header value, unique per ring: the first answer
+    /// stored under it is kept.
     pub key: String,
     /// Hash of what was asked (trigger, reason, actor): a key reused for a different
     /// request is refused.
@@ -279,6 +372,45 @@ impl Default for AuditQuery {
 }
 
 /// Where rings live.
+///
+/// # The rules every store follows
+///
+/// The conformance kit ([`storage_conformance_tests!`](crate::storage_conformance_tests),
+/// feature `test-util`) checks each of them; keyrot's correctness across instances rests
+/// on them.
+///
+/// - **Compare-and-swap on the generation.** [`commit`](Storage::commit) writes if and
+///   only if the ring is still at [`Commit::expected_generation`], and then moves it to
+///   exactly `expected_generation + 1`. Otherwise it answers
+///   [`CommitOutcome::Conflict`] with the generation found and writes nothing. Of
+///   concurrent commits on one generation exactly one wins. An unknown ring is at
+///   generation 0 and loads empty.
+/// - **All or nothing.** Key records, the manifest, the audit record and the idempotency
+///   record of a commit are written in one transaction: after a failure or a conflict,
+///   none of them is.
+/// - **The first answer wins.** A commit whose idempotency key already exists for the
+///   ring is a `Conflict` and writes nothing (another request with the key committed
+///   first). An idempotency record, once stored (by `commit` or
+///   [`record_attempt`](Storage::record_attempt)), is never replaced:
+///   [`idempotency`](Storage::idempotency) keeps returning the first one.
+/// - **The manifest is stored with the ring.** [`Commit::manifest`] is kept with the
+///   generation it was committed at and returned as [`Ring::manifest`] by
+///   [`load`](Storage::load), unchanged (it is opaque to the store).
+/// - **Keys are replaced by kid, never deleted.** A commit's key records insert or
+///   replace the ring's record with the same kid; every other record stays. Timestamps
+///   keep at least millisecond precision.
+/// - **One chain per ring.** Audit appends (by `commit` and `record_attempt`) are
+///   serialised per ring (a row lock on the ring, an exclusive transaction) and linked
+///   with the [`AuditLinker`] inside the same transaction: the new record gets position
+///   head + 1 (1 for the first), where the head is the record with the highest chain
+///   position in the ring's ledger, and the linker's MAC over it and the head's MAC. The
+///   store keeps both in [`AuditRecord::seq`] and [`AuditRecord::mac`].
+/// - **Rings are isolated.** A commit carrying an audit or idempotency record that names
+///   another ring is refused ([`StorageError`]) and writes nothing; records of one ring
+///   never show in another's reads.
+/// - **Nothing is deleted.** Audit records, key records and idempotency records are
+///   never removed or rewritten by the store (purging a key's material is a commit that
+///   replaces its record with `sealed: None`, not a deletion).
 #[async_trait]
 pub trait Storage: Debug + Send + Sync + 'static {
     /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.

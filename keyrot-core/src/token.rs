@@ -268,8 +268,9 @@ fn json_err(e: JsonError, part: &'static str) -> TokenError {
     }
 }
 
-/// Reads the header of a token (size, shape, forbidden members, `kid`) without verifying
-/// anything else.
+/// Reads the header of a token without verifying anything else: the size cap, three
+/// segments, strict JSON without duplicate or forbidden members, a string `alg`, a
+/// non-empty `kid` (required), and the `typ` rule of `v`.
 pub fn decode_header<'t>(token: &'t str, v: &Validation) -> Result<Unverified<'t>, TokenError> {
     decode(token, v, true)
 }
