@@ -20,7 +20,9 @@ struct RingData {
     manifest: Option<String>,
     audit: Vec<AuditRecord>,
     /// The newest chained record's seq and MAC.
-    head: Option<(u64, String)>,
+    /// The chain head: the highest position, and its MAC (none if a record there lacks
+    /// one — the chain verifier then reports it).
+    head: Option<(u64, Option<String>)>,
     idempotency: HashMap<String, IdempotencyRecord>,
 }
 
@@ -81,7 +83,8 @@ impl MemoryStorage {
         data.head = data
             .audit
             .iter()
-            .filter_map(|r| r.mac.as_ref().map(|m| (r.seq, m.clone())))
+            .filter(|r| r.seq > 0)
+            .map(|r| (r.seq, r.mac.clone()))
             .max_by_key(|(s, _)| *s);
         out
     }
@@ -93,13 +96,13 @@ impl MemoryStorage {
 
 /// Appends `audit` to the ring's chain.
 fn append_audit(data: &mut RingData, audit: &AuditRecord, linker: &dyn AuditLinker) -> Result<(), StorageError> {
-    let (seq, prev) = data.head.as_ref().map_or((1, None), |(s, m)| (s + 1, Some(m.as_str())));
+    let (seq, prev) = data.head.as_ref().map_or((1, None), |(s, m)| (s + 1, m.as_deref()));
     let mut rec = audit.clone();
     let mac = linker.link(&rec, seq, prev)?;
     rec.mac = Some(mac.clone());
     rec.seq = seq;
     data.audit.push(rec);
-    data.head = Some((seq, mac));
+    data.head = Some((seq, Some(mac)));
     Ok(())
 }
 
