@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// A JWS signature algorithm keyrot signs and verifies with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub enum Algorithm {
     /// Ed25519 (RFC 8037), published as `"alg": "EdDSA"`. The default.
     #[default]
@@ -20,6 +21,10 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order key import tries their families. A new variant goes
+    /// here as well as in [`Algorithm::as_str`] and `FromStr`.
+    pub(crate) const ALL: [Algorithm; 3] = [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256];
+
     /// The JWS `alg` value.
     pub fn as_str(self) -> &'static str {
         match self {

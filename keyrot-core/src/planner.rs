@@ -61,6 +61,7 @@ impl Trigger {
 /// The kind of an attempt, as audited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TriggerKind {
     /// [`Trigger::Init`].
     Init,

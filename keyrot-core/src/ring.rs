@@ -104,6 +104,7 @@ impl KeyState {
 /// How a key came into the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum KeyOrigin {
     /// The first key of a ring.
     Bootstrap,

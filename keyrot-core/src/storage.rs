@@ -135,6 +135,7 @@ impl StorageError {
 /// The outcome of one attempt, as audited and reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// The first key of the ring was created.
     Bootstrapped,

@@ -39,6 +39,7 @@ fn rsa_key(alg: Algorithm) -> &'static PrivateKey {
         Algorithm::Rs256 => &RS256,
         Algorithm::Ps256 => &PS256,
         Algorithm::EdDsa => panic!("not an RSA algorithm"),
+        other => panic!("no RSA key for {other}"),
     };
     cell.get_or_init(|| PrivateKey::generate(alg, RsaBits::B2048).expect("RSA key generation"))
 }
@@ -48,6 +49,7 @@ fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
         Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
         Algorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
         Algorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+        other => panic!("no jsonwebtoken counterpart for {other}"),
     }
 }
 
@@ -85,6 +87,7 @@ fn encoding_key(key: &PrivateKey) -> EncodingKey {
     match key.algorithm() {
         Algorithm::EdDsa => EncodingKey::from_ed_pem(pem.expose()),
         Algorithm::Rs256 | Algorithm::Ps256 => EncodingKey::from_rsa_pem(pem.expose()),
+        other => panic!("no jsonwebtoken encoding key for {other}"),
     }
     .expect("jsonwebtoken reads keyrot's PKCS#8 PEM")
 }

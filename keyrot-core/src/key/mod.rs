@@ -1,0 +1,590 @@
+//! Key material: generation, import, public JWKs, RFC 7638 thumbprints, and the
+//! pre-parsed signing and verifying keys the hot path uses.
+//!
+//! The public types here are family-agnostic. Each algorithm family lives in its own
+//! file behind the internal `Family`, `PublicParams`, `PrivateParams`, `Signer` and
+//! `Verifier` traits, and the private `fn family` is the one table from [`Algorithm`] to
+//! family: a new family is a new file and one arm there.
+
+mod ed25519;
+mod rsa;
+
+use crate::alg::{Algorithm, RsaBits};
+use crate::b64;
+use crate::secret::SecretBytes;
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+use std::any::Any;
+use std::fmt;
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::Arc;
+
+/// Smallest RSA modulus keyrot accepts (bits).
+pub const RSA_MIN_BITS: usize = 2048;
+/// Largest RSA modulus keyrot accepts (bits).
+pub const RSA_MAX_BITS: usize = 4096;
+
+/// Why key material could not be generated, imported or used. Never carries key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+    /// RSA key generation failed.
+    #[error("RSA key generation failed: {0}")]
+    RsaGeneration(String),
+    /// A JWK or PEM could not be used; the message names the field or rule, never a value.
+    #[error("invalid key: {0}")]
+    Invalid(String),
+    /// The key's type does not match the algorithm asked for.
+    #[error("key type does not fit algorithm {alg}")]
+    AlgorithmMismatch {
+        /// The algorithm asked for.
+        alg: Algorithm,
+    },
+    /// An RSA modulus outside 2048–4096 bits.
+    #[error("RSA modulus of {bits} bits is outside the supported 2048–4096 bits")]
+    RsaSize {
+        /// The modulus size found.
+        bits: usize,
+    },
+    /// An Ed25519 public key of small order (a weak key that verifies forged signatures).
+    #[error("Ed25519 public key is of small order (weak key)")]
+    WeakKey,
+}
+
+fn invalid(msg: impl Into<String>) -> KeyError {
+    KeyError::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The family table and the internal traits every family implements.
+// ---------------------------------------------------------------------------------------
+
+/// The one table from algorithm to family. Exhaustive on purpose: a new [`Algorithm`]
+/// does not compile until it names its family here.
+fn family(alg: Algorithm) -> &'static dyn Family {
+    match alg {
+        Algorithm::EdDsa => &ed25519::Ed25519,
+        Algorithm::Rs256 | Algorithm::Ps256 => &self::rsa::Rsa,
+    }
+}
+
+/// Every family once, in the order PEM import tries them (the order of [`Algorithm::ALL`]).
+fn families() -> impl Iterator<Item = &'static dyn Family> {
+    let mut seen: Vec<&'static str> = Vec::new();
+    Algorithm::ALL.iter().map(|alg| family(*alg)).filter(move |f| {
+        let new = !seen.contains(&f.name());
+        if new {
+            seen.push(f.name());
+        }
+        new
+    })
+}
+
+/// One algorithm family (a key type): generation and every way of importing its keys.
+/// Each method that takes an [`Algorithm`] refuses, with
+/// [`KeyError::AlgorithmMismatch`], one the family does not sign with.
+pub(crate) trait Family: Sync {
+    /// A name unique among families.
+    fn name(&self) -> &'static str;
+    /// The JWK `kty` of its keys.
+    fn kty(&self) -> &'static str;
+    /// Whether generation is slow enough to belong on a blocking thread.
+    fn slow_generation(&self) -> bool;
+    /// Generates a new private key for `alg`.
+    fn generate(&self, alg: Algorithm, rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError>;
+    /// Parses what [`PrivateParams::to_secret_bytes`] produced.
+    fn import_secret_bytes(&self, alg: Algorithm, bytes: &SecretBytes) -> Result<Arc<dyn PrivateParams>, KeyError>;
+    /// Parses a PKCS#8 PEM private key: `Ok(None)` when it is not this family's key.
+    /// `alg` is the caller's choice, `None` for the family's default.
+    fn import_pkcs8_pem(&self, pem: &str, alg: Option<Algorithm>) -> Result<Option<Arc<dyn PrivateParams>>, KeyError>;
+    /// Parses and validates the public members of a JWK of this family's `kty`.
+    fn public_from_jwk(
+        &self,
+        obj: &Map<String, Value>,
+        alg: Option<Algorithm>,
+    ) -> Result<Arc<dyn PublicParams>, KeyError>;
+}
+
+/// A family's validated public key, bound to its algorithm.
+pub(crate) trait PublicParams: Send + Sync + RefUnwindSafe + UnwindSafe + Any {
+    /// The algorithm this key is used with.
+    fn algorithm(&self) -> Algorithm;
+    /// RSA modulus size in bits (None for other families).
+    fn rsa_bits(&self) -> Option<usize>;
+    /// The RFC 7638 canonical JSON of the required members.
+    fn thumbprint_input(&self) -> String;
+    /// Inserts `kty` and the key's public members into a JWK.
+    fn jwk_members(&self, m: &mut Map<String, Value>);
+    /// Builds the verifier used for every verification with this key.
+    fn verifier(&self) -> Result<Arc<dyn Verifier>, KeyError>;
+    /// Builds the private key from a private JWK's members, `d` already decoded, checking
+    /// that it matches this public key.
+    fn private_from_jwk(&self, obj: &Map<String, Value>, d: &SecretBytes) -> Result<Arc<dyn PrivateParams>, KeyError>;
+    /// Whether `other` is the same key with the same algorithm.
+    fn same_as(&self, other: &dyn PublicParams) -> bool;
+    /// For [`PublicParams::same_as`].
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A family's private key, bound to its algorithm. Zeroised on drop by its crate.
+pub(crate) trait PrivateParams: Send + Sync + RefUnwindSafe + UnwindSafe {
+    /// The algorithm this key signs with.
+    fn algorithm(&self) -> Algorithm;
+    /// The public half.
+    fn public(&self) -> Arc<dyn PublicParams>;
+    /// The pre-parsed signer.
+    fn signer(&self) -> Box<dyn Signer>;
+    /// The bytes sealed in storage.
+    fn to_secret_bytes(&self) -> Result<SecretBytes, KeyError>;
+    /// PKCS#8 DER, for PEM export.
+    fn to_pkcs8_der(&self) -> Result<SecretBytes, KeyError>;
+}
+
+/// Signs on the hot path: no parsing, no allocation beyond the signature.
+pub(crate) trait Signer: Send + Sync + RefUnwindSafe + UnwindSafe {
+    /// Signs `message`, returning the raw signature bytes.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+}
+
+/// Verifies on the hot path: no parsing, no allocation.
+pub(crate) trait Verifier: Send + Sync + RefUnwindSafe + UnwindSafe {
+    /// Verifies `signature` over `message`.
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared JWK member helpers.
+// ---------------------------------------------------------------------------------------
+
+fn member_b64(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, KeyError> {
+    let s = obj
+        .get(name)
+        .ok_or_else(|| invalid(format!("JWK member \"{name}\" is missing")))?
+        .as_str()
+        .ok_or_else(|| invalid(format!("JWK member \"{name}\" is not a string")))?;
+    b64::decode(s).ok_or_else(|| invalid(format!("JWK member \"{name}\" is not base64url")))
+}
+
+fn member_str<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, KeyError> {
+    match obj.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Null | Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_)) => {
+            Err(invalid(format!("JWK member \"{name}\" is not a string")))
+        }
+    }
+}
+
+fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<Algorithm>, KeyError> {
+    let declared = member_str(obj, "alg")?
+        .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(e.to_string())))
+        .transpose()?;
+    match (declared, hint) {
+        (Some(d), Some(h)) if d != h => Err(invalid(format!("JWK declares alg {d} but {h} was asked for"))),
+        (d, h) => Ok(d.or(h)),
+    }
+}
+
+fn check_use(obj: &Map<String, Value>) -> Result<(), KeyError> {
+    if !matches!(member_str(obj, "use")?, None | Some("sig")) {
+        return Err(invalid("JWK \"use\" must be \"sig\" for a signing key"));
+    }
+    // RFC 7517 §4.3: `key_ops`, when present, must only permit signing and verifying.
+    let ops_ok = match obj.get("key_ops") {
+        None => true,
+        Some(Value::Array(ops)) => {
+            !ops.is_empty() && ops.iter().all(|op| matches!(op.as_str(), Some("sign" | "verify")))
+        }
+        Some(Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Object(_)) => false,
+    };
+    if ops_ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key",
+        ))
+    }
+}
+
+fn parse_public(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<PublicKey, KeyError> {
+    check_use(obj)?;
+    let alg = jwk_alg(obj, hint)?;
+    let kty = member_str(obj, "kty")?.ok_or_else(|| invalid("JWK member \"kty\" is missing"))?;
+    let family = families()
+        .find(|f| f.kty() == kty)
+        .ok_or_else(|| invalid("unsupported JWK \"kty\": use OKP (Ed25519) or RSA"))?;
+    Ok(PublicKey::new(family.public_from_jwk(obj, alg)?))
+}
+
+// ---------------------------------------------------------------------------------------
+// The public types.
+// ---------------------------------------------------------------------------------------
+
+/// The public half of a key, parsed and validated.
+#[derive(Clone)]
+pub struct PublicKey {
+    alg: Algorithm,
+    params: Arc<dyn PublicParams>,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.alg == other.alg && self.params.same_as(&*other.params)
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey")
+            .field("alg", &self.alg)
+            .field("thumbprint", &self.thumbprint())
+            .finish()
+    }
+}
+
+impl PublicKey {
+    fn new(params: Arc<dyn PublicParams>) -> Self {
+        Self {
+            alg: params.algorithm(),
+            params,
+        }
+    }
+
+    /// The algorithm this key is used with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// RSA modulus size in bits (None for Ed25519).
+    pub fn rsa_bits(&self) -> Option<usize> {
+        self.params.rsa_bits()
+    }
+
+    /// The RFC 7638 JWK thumbprint (SHA-256, base64url): keyrot's default `kid`.
+    pub fn thumbprint(&self) -> String {
+        b64::encode(&sha2::Sha256::digest(self.thumbprint_input().as_bytes()))
+    }
+
+    /// The canonical JSON RFC 7638 hashes: required members only, sorted, no whitespace.
+    pub fn thumbprint_input(&self) -> String {
+        self.params.thumbprint_input()
+    }
+
+    /// The public JWK as published in the JWKS: `kty`, `kid`, `alg`, `use: "sig"`, and
+    /// `crv`/`x` or `n`/`e`. Nothing else.
+    pub fn to_jwk(&self, kid: &str) -> Value {
+        let mut m = Map::new();
+        self.params.jwk_members(&mut m);
+        m.insert("kid".into(), kid.into());
+        m.insert("alg".into(), self.alg.as_str().into());
+        m.insert("use".into(), "sig".into());
+        Value::Object(m)
+    }
+
+    /// Parses a public JWK (as [`PublicKey::to_jwk`] renders it, or any RFC 7517 public
+    /// key of a supported type). Private members are refused: a public JWK that carries
+    /// `d` is a leak waiting to happen.
+    pub fn from_jwk(jwk: &Value, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
+        let obj = jwk.as_object().ok_or_else(|| invalid("JWK is not a JSON object"))?;
+        if obj.contains_key("d") {
+            return Err(invalid("a public JWK must not contain the private member \"d\""));
+        }
+        parse_public(obj, alg_hint)
+    }
+
+    /// Builds the verifying key once; used for every verification with this key.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, KeyError> {
+        Ok(VerifyingKey {
+            alg: self.alg,
+            inner: self.params.verifier()?,
+        })
+    }
+}
+
+/// A private signing key. Zeroised on drop; `Debug` shows only the algorithm and
+/// thumbprint.
+#[derive(Clone)]
+pub struct PrivateKey {
+    alg: Algorithm,
+    inner: Arc<dyn PrivateParams>,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("alg", &self.alg)
+            .field("thumbprint", &self.public_key().thumbprint())
+            .field("material", &"[redacted]")
+            .finish()
+    }
+}
+
+/// A key imported from a JWK or PEM, with the `kid` it arrived with (if any).
+#[derive(Debug, Clone)]
+pub struct ImportedKey {
+    /// The key.
+    pub key: PrivateKey,
+    /// The JWK's own `kid`, kept so tokens already in circulation keep verifying.
+    pub kid: Option<String>,
+}
+
+impl ImportedKey {
+    /// The kid keyrot will use: the imported one, else the RFC 7638 thumbprint.
+    pub fn effective_kid(&self) -> String {
+        self.kid.clone().unwrap_or_else(|| self.key.public_key().thumbprint())
+    }
+}
+
+impl PrivateKey {
+    fn new(inner: Arc<dyn PrivateParams>) -> Self {
+        Self {
+            alg: inner.algorithm(),
+            inner,
+        }
+    }
+
+    /// Generates a new key. Ed25519 is instant; RSA takes from tens of milliseconds to
+    /// seconds, so async callers use [`PrivateKey::generate_async`].
+    pub fn generate(alg: Algorithm, rsa_bits: RsaBits) -> Result<Self, KeyError> {
+        family(alg).generate(alg, rsa_bits).map(Self::new)
+    }
+
+    /// Generates a key without blocking the async runtime: RSA runs on tokio's blocking
+    /// pool.
+    pub async fn generate_async(alg: Algorithm, rsa_bits: RsaBits) -> Result<Self, KeyError> {
+        if family(alg).slow_generation() {
+            tokio::task::spawn_blocking(move || Self::generate(alg, rsa_bits))
+                .await
+                .map_err(|e| KeyError::RsaGeneration(format!("generation task failed: {e}")))?
+        } else {
+            Self::generate(alg, rsa_bits)
+        }
+    }
+
+    /// The algorithm this key signs with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::new(self.inner.public())
+    }
+
+    /// The pre-parsed signing key used for every token signed with this key.
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey {
+            alg: self.alg,
+            inner: self.inner.signer(),
+        }
+    }
+
+    /// The private key as bytes for sealing: the 32-byte Ed25519 seed, or RSA PKCS#8 DER.
+    pub fn to_secret_bytes(&self) -> Result<SecretBytes, KeyError> {
+        self.inner.to_secret_bytes()
+    }
+
+    /// Parses bytes produced by [`PrivateKey::to_secret_bytes`].
+    pub fn from_secret_bytes(alg: Algorithm, bytes: &SecretBytes) -> Result<Self, KeyError> {
+        family(alg).import_secret_bytes(alg, bytes).map(Self::new)
+    }
+
+    /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519 or RSA.
+    /// For RSA, `alg` chooses RS256 (default) or PS256.
+    pub fn from_pkcs8_pem(pem: &str, alg: Option<Algorithm>) -> Result<Self, KeyError> {
+        for family in families() {
+            if let Some(inner) = family.import_pkcs8_pem(pem, alg)? {
+                return Ok(Self::new(inner));
+            }
+        }
+        Err(invalid("not a PKCS#8 PEM Ed25519 or RSA private key"))
+    }
+
+    /// Renders the key as PKCS#8 PEM (for export by an operator; never logged).
+    pub fn to_pkcs8_pem(&self) -> Result<SecretBytes, KeyError> {
+        let der = self.inner.to_pkcs8_der()?;
+        let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.expose());
+        let body = zeroize::Zeroizing::new(body);
+        const BEGIN: &str = "-----BEGIN PRIVATE KEY-----\n";
+        const END: &str = "-----END PRIVATE KEY-----\n";
+        // Allocated once at its final size, so no reallocation leaves a copy behind.
+        let mut pem = Vec::with_capacity(BEGIN.len() + body.len() + body.len().div_ceil(64) + END.len());
+        pem.extend_from_slice(BEGIN.as_bytes());
+        for chunk in body.as_bytes().chunks(64) {
+            pem.extend_from_slice(chunk);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(END.as_bytes());
+        Ok(SecretBytes::new(pem))
+    }
+
+    /// Imports a private JWK (RFC 7517/7518/8037: `d` present). The JWK's own `kid` is
+    /// kept. For RSA, `alg` comes from the JWK's `alg`, else the hint, else RS256.
+    pub fn from_jwk_str(json: &str, alg_hint: Option<Algorithm>) -> Result<ImportedKey, KeyError> {
+        let value = crate::json::parse_strict(json.as_bytes())
+            .map_err(|_| invalid("JWK is not a JSON object without duplicate members"))?;
+        Self::from_jwk(&value, alg_hint)
+    }
+
+    /// See [`PrivateKey::from_jwk_str`].
+    pub fn from_jwk(jwk: &Value, alg_hint: Option<Algorithm>) -> Result<ImportedKey, KeyError> {
+        let obj = jwk.as_object().ok_or_else(|| invalid("JWK is not a JSON object"))?;
+        let public = parse_public(obj, alg_hint)?;
+        let kid = member_str(obj, "kid")?.map(str::to_owned);
+        if let Some(k) = &kid
+            && (k.is_empty() || k.len() > 256)
+        {
+            return Err(invalid("JWK \"kid\" must be 1 to 256 characters"));
+        }
+        let d = SecretBytes::new(member_b64(obj, "d")?);
+        let key = Self::new(public.params.private_from_jwk(obj, &d)?);
+        Ok(ImportedKey { key, kid })
+    }
+}
+
+/// A signing key parsed once and reused for every token (no parsing on the hot path).
+pub struct SigningKey {
+    alg: Algorithm,
+    inner: Box<dyn Signer>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .field("material", &"[redacted]")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// Signs `message`, returning the raw signature bytes.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.inner.sign(message)
+    }
+}
+
+/// A verifying key parsed once and reused for every verification.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    alg: Algorithm,
+    inner: Arc<dyn Verifier>,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey").field("alg", &self.alg).finish()
+    }
+}
+
+impl VerifyingKey {
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// Verifies `signature` over `message`. Ed25519 uses strict verification (canonical
+    /// `S`, no small-order components); RSA signatures must be exactly the modulus length.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.inner.verify(message, signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_round_trip_and_debug_redacted() -> Result<(), KeyError> {
+        let k = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048)?;
+        let bytes = k.to_secret_bytes()?;
+        let back = PrivateKey::from_secret_bytes(Algorithm::EdDsa, &bytes)?;
+        assert_eq!(k.public_key(), back.public_key());
+        let sig = k.signing_key().sign(b"msg")?;
+        let vk = k.public_key().verifying_key()?;
+        assert!(vk.verify(b"msg", &sig));
+        assert!(!vk.verify(b"msh", &sig));
+        let dbg = format!("{k:?} {:?}", k.signing_key());
+        assert!(!dbg.contains(&b64::encode(bytes.expose())));
+        assert!(dbg.contains("[redacted]"));
+        Ok(())
+    }
+
+    #[test]
+    fn private_jwk_with_mismatched_public_is_refused() -> Result<(), KeyError> {
+        let a = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048)?;
+        let b = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048)?;
+        let mut jwk = b.public_key().to_jwk("x");
+        jwk["d"] = b64::encode(a.to_secret_bytes()?.expose()).into();
+        let err = PrivateKey::from_jwk(&jwk, None).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("invalid key: Ed25519 \"d\" does not match \"x\""));
+        Ok(())
+    }
+
+    #[test]
+    fn public_jwk_with_private_member_is_refused() -> Result<(), KeyError> {
+        let a = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048)?;
+        let mut jwk = a.public_key().to_jwk("x");
+        assert!(PublicKey::from_jwk(&jwk, None).is_ok());
+        jwk["d"] = "AAAA".into();
+        assert!(PublicKey::from_jwk(&jwk, None).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn small_order_ed25519_key_is_refused() {
+        // The identity point (y = 1) is of small order.
+        let mut x = [0u8; 32];
+        x[0] = 1;
+        let jwk = serde_json::json!({"kty":"OKP","crv":"Ed25519","x": b64::encode(&x)});
+        assert!(matches!(PublicKey::from_jwk(&jwk, None), Err(KeyError::WeakKey)));
+    }
+
+    #[test]
+    fn every_algorithm_has_a_family_that_keeps_it() -> Result<(), KeyError> {
+        let names: Vec<&str> = families().map(|f| f.name()).collect();
+        assert_eq!(names, ["Ed25519", "RSA"]);
+        for alg in Algorithm::ALL {
+            let k = PrivateKey::generate(alg, RsaBits::B2048)?;
+            assert_eq!(k.algorithm(), alg);
+            assert_eq!(k.public_key().algorithm(), alg);
+            assert_eq!(k.signing_key().algorithm(), alg);
+            assert_eq!(k.public_key().verifying_key()?.algorithm(), alg);
+            assert_eq!(family(alg).kty(), k.public_key().to_jwk("k")["kty"]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn public_types_keep_their_auto_traits() {
+        fn check<T: Send + Sync + Unpin + UnwindSafe + RefUnwindSafe>() {}
+        check::<PublicKey>();
+        check::<PrivateKey>();
+        check::<ImportedKey>();
+        check::<SigningKey>();
+        check::<VerifyingKey>();
+    }
+
+    #[test]
+    fn rs256_and_ps256_keys_with_the_same_modulus_differ() -> Result<(), KeyError> {
+        let k = PrivateKey::generate(Algorithm::Rs256, RsaBits::B2048)?;
+        let ps = PrivateKey::from_secret_bytes(Algorithm::Ps256, &k.to_secret_bytes()?)?;
+        assert_eq!(ps.algorithm(), Algorithm::Ps256);
+        assert_ne!(k.public_key(), ps.public_key());
+        assert_eq!(k.public_key().thumbprint(), ps.public_key().thumbprint());
+        let sig = ps.signing_key().sign(b"m")?;
+        assert!(ps.public_key().verifying_key()?.verify(b"m", &sig));
+        assert!(!k.public_key().verifying_key()?.verify(b"m", &sig));
+        Ok(())
+    }
+}
