@@ -7,7 +7,7 @@
 //! ledger and idempotency records, and follows the rules listed on [`Storage`]. Run the
 //! conformance kit (feature `test-util`) to prove it: one `#[tokio::test]` per rule.
 //!
-//! Here a store that counts commits and keeps everything in a [`MemoryStorage`]
+//! Here a store that counts commits and keeps everything in a [`MemoryStorage`](crate::MemoryStorage)
 //! (a real store would write to its database instead, in one transaction per call):
 //!
 //! ```
