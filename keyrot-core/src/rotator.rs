@@ -346,15 +346,39 @@ impl Rotator {
         expected_digest: Option<&str>,
     ) -> Result<RotationReport, RotateError> {
         let now = to_millis(self.inner.clock.now());
-        let span = tracing::info_span!("keyrot.authenticate", ring = %self.inner.ring, phase = tracing::field::Empty);
+        self.under_lock(TriggerKind::Authenticate, &ctx, now, || {
+            self.authenticate_locked(&ctx, now, expected_digest)
+        })
+        .await
+    }
+
+    /// Runs an operator's operation (rewrap, the integrity migration, repair) under the
+    /// ring's rotation lock, in a `keyrot.operation` span; a busy lock is audited and
+    /// answered, not an error.
+    async fn under_lock<'a, F, Fut>(
+        &'a self,
+        kind: TriggerKind,
+        ctx: &'a RequestContext,
+        now: DateTime<Utc>,
+        op: F,
+    ) -> Result<RotationReport, RotateError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<RotationReport, RotateError>> + 'a,
+    {
+        let span = tracing::info_span!(
+            "keyrot.operation",
+            ring = %self.inner.ring,
+            trigger = kind.as_str(),
+            phase = tracing::field::Empty
+        );
         async {
             let Some(guard) = self.acquire().await? else {
                 let report = self.report(Outcome::LockBusy, now, None);
-                self.audit_only(TriggerKind::Authenticate, &ctx, &report, None, None)
-                    .await?;
+                self.audit_only(kind, ctx, &report, None, None).await?;
                 return Ok(report);
             };
-            let result = self.authenticate_locked(&ctx, now, expected_digest).await;
+            let result = op().await;
             self.release(guard).await;
             result
         }
@@ -515,18 +539,9 @@ impl Rotator {
     ) -> Result<RotationReport, RotateError> {
         let reason = reason.into();
         let now = to_millis(self.inner.clock.now());
-        let span = tracing::info_span!("keyrot.repair", ring = %self.inner.ring, phase = tracing::field::Empty);
-        async {
-            let Some(guard) = self.acquire().await? else {
-                let report = self.report(Outcome::LockBusy, now, None);
-                self.audit_only(TriggerKind::Repair, &ctx, &report, None, None).await?;
-                return Ok(report);
-            };
-            let result = self.quarantine_locked(&ctx, &reason, now).await;
-            self.release(guard).await;
-            result
-        }
-        .instrument(span)
+        self.under_lock(TriggerKind::Repair, &ctx, now, || {
+            self.quarantine_locked(&ctx, &reason, now)
+        })
         .await
     }
 
@@ -851,19 +866,8 @@ impl Rotator {
     /// sealer's primary key. Audited.
     pub async fn rewrap(&self, ctx: RequestContext) -> Result<RotationReport, RotateError> {
         let now = to_millis(self.inner.clock.now());
-        let span = tracing::info_span!("keyrot.rewrap", ring = %self.inner.ring, phase = tracing::field::Empty);
-        async {
-            let Some(guard) = self.acquire().await? else {
-                let report = self.report(Outcome::LockBusy, now, None);
-                self.audit_only(TriggerKind::Rewrap, &ctx, &report, None, None).await?;
-                return Ok(report);
-            };
-            let result = self.rewrap_locked(&ctx, now).await;
-            self.release(guard).await;
-            result
-        }
-        .instrument(span)
-        .await
+        self.under_lock(TriggerKind::Rewrap, &ctx, now, || self.rewrap_locked(&ctx, now))
+            .await
     }
 
     async fn rewrap_locked(&self, ctx: &RequestContext, now: DateTime<Utc>) -> Result<RotationReport, RotateError> {

@@ -810,3 +810,23 @@ async fn unchained_records_are_only_history_the_migration_vouched_for() {
         "a position without a MAC"
     );
 }
+
+/// A ring with a manifest whose ledger lost every MAC (stripped) is a break: the manifest
+/// names the chained record of its commit.
+#[tokio::test]
+async fn a_ledger_stripped_of_its_macs_is_a_break() {
+    let s = setup().await;
+    s.storage.tamper(&s.ring, |raw| {
+        for a in raw.audit.iter_mut() {
+            a.mac = None;
+            a.seq = 0;
+        }
+    });
+    let b = s
+        .rotator
+        .verify_audit_chain()
+        .await
+        .expect("read")
+        .expect_err("stripped MACs are found");
+    assert!(b.reason.contains("last commit"), "{b:?}");
+}
