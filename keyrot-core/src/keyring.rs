@@ -188,13 +188,16 @@ impl Snapshot {
     /// parses every published key that passes, unseals only the Active one (and checks
     /// that its public key is the stored one). A row that fails never verifies, is
     /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
+    ///
+    /// This is a read-only view (`keyrotctl status` inspects a ring with it); only the
+    /// ring's own [`KeyRing`] and rotator install snapshots.
     pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
         Self::build_with_type(ring, policy, sealer, now, token::DEFAULT_TOKEN_TYPE)
     }
 
     /// [`Snapshot::build`] for a ring that signs tokens with header `typ` `token_type`
     /// (explicit typing, RFC 8725 §3.11, e.g. `at+jwt`).
-    pub fn build_with_type(
+    pub(crate) fn build_with_type(
         ring: &Ring,
         policy: &Policy,
         sealer: &dyn Sealer,
@@ -797,7 +800,7 @@ impl KeyRing {
 
     /// Installs a snapshot of `ring` directly if it is newer (the rotator does this after
     /// committing, so the committing instance serves the change at once).
-    pub async fn install(&self, ring: &Ring) -> Result<(), RefreshError> {
+    pub(crate) async fn install(&self, ring: &Ring) -> Result<(), RefreshError> {
         let _g = self.inner.refresh_lock.lock().await;
         if ring.name != self.inner.ring || ring.generation <= self.inner.snapshot.load().generation {
             return Ok(());

@@ -878,7 +878,7 @@ pub struct ApplyError(pub String);
 
 /// Applies a plan to a ring, giving the next ring state (generation + 1) and the kids
 /// whose records changed.
-pub fn apply(
+pub(crate) fn apply(
     ring: &Ring,
     plan: &Plan,
     new_key: Option<NewKey>,

@@ -201,7 +201,7 @@ pub struct Ring {
     /// Every key the ring ever had (expired ones stay for the audit trail).
     pub keys: Vec<KeyRecord>,
     /// The authenticated manifest written with the last commit
-    /// ([`crate::integrity`]); `None` for an empty ring or one written before rings were
+    /// ([`crate::check_ring`]); `None` for an empty ring or one written before rings were
     /// authenticated.
     pub manifest: Option<String>,
 }

@@ -120,7 +120,7 @@ pub enum SignError {
     Key(#[from] KeyError),
 }
 
-/// What [`verify`] checks besides the signature. Leeway defaults to 30 seconds and is
+/// What [`crate::KeyRing::verify`] checks besides the signature. Leeway defaults to 30 seconds and is
 /// limited to [`MAX_LEEWAY`].
 #[derive(Debug, Clone)]
 pub struct Validation {
@@ -328,6 +328,7 @@ fn type_matches(required: &str, typ: &str) -> bool {
 /// Checks only the `typ` rule of `v` on a token's header (after the size cap and the
 /// segment and header-JSON rules), for callers whose verifier is not keyrot's, such as
 /// an authorizer in front of another issuer's tokens.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn check_header_type(token: &str, v: &Validation) -> Result<(), TokenError> {
     let (h, _, _) = segments(token, v)?;
     check_type(parse_header(h)?.get("typ"), v)
@@ -436,8 +437,9 @@ impl Unverified<'_> {
     }
 }
 
-/// Verifies a token against the keys `lookup` knows, as of `now` (Unix seconds).
-pub fn verify<'k>(
+/// Verifies a token against the keys `lookup` finds by `kid`, as of `now` (Unix seconds):
+/// every rule of [`crate::KeyRing::verify`], for a key set the caller keeps itself.
+pub fn verify_with_lookup<'k>(
     token: &str,
     lookup: impl FnOnce(&str) -> Option<&'k VerifyingKey>,
     v: &Validation,
@@ -449,7 +451,7 @@ pub fn verify<'k>(
 }
 
 /// Verifies a token against one pinned key, as of `now` (Unix seconds), for issuers that
-/// do not set `kid`. Every rule of [`verify`] applies (size cap, segments, forbidden and
+/// do not set `kid`. Every rule of [`crate::KeyRing::verify`] applies (size cap, segments, forbidden and
 /// duplicate header members, `alg` equal to the key's algorithm, signature, claims)
 /// except that `kid` is not required. [`Verified::kid`] is the header's `kid`, or empty
 /// when the token has none.
@@ -532,6 +534,7 @@ pub const DEFAULT_TOKEN_TYPE: &str = "JWT";
 
 /// The protected header keyrot writes, base64url-encoded once per key, with
 /// `typ: "JWT"` (see [`encode_header_with_type`] for explicit typing).
+#[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
 pub fn encode_header(alg: Algorithm, kid: &str) -> String {
     encode_header_with_type(alg, kid, DEFAULT_TOKEN_TYPE)
 }
@@ -660,7 +663,7 @@ mod tests {
     }
 
     fn check(f: &Fixture, token: &str, v: &Validation, now: i64) -> Result<Verified, TokenError> {
-        verify(token, |kid| (kid == "k1").then_some(&f.vk), v, now)
+        verify_with_lookup(token, |kid| (kid == "k1").then_some(&f.vk), v, now)
     }
 
     fn raw_token(f: &Fixture, header: &Value, payload: &[u8]) -> String {

@@ -6,8 +6,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyrot_core::Sealer as _;
-use keyrot_core::integrity::check_ring;
-use keyrot_core::planner::next_transition;
+use keyrot_core::check_ring;
+use keyrot_core::next_transition;
 use keyrot_core::{
     Algorithm, AuditQuery, ChainBreak, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome, Policy,
     PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator, SealError,
@@ -547,7 +547,7 @@ fn explain_refusal(
     e: &TokenError,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Option<String> {
-    let kid = keyrot_core::token::decode_header(token, v).ok()?.kid;
+    let kid = keyrot_core::decode_header(token, v).ok()?.kid;
     let key = snap.keys().iter().find(|k| k.kid == kid)?;
     match e {
         TokenError::UnknownKid => key.tampered.as_deref().map(|reason| {
@@ -798,7 +798,7 @@ async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>
 async fn authenticate_ring(ctx: &Ctx, yes: bool, expect: Option<String>, json: bool) -> Result<(), Fail> {
     if !yes {
         let ring = ctx.load().await?;
-        let digest = keyrot_core::integrity::rows_digest(&ring);
+        let digest = keyrot_core::rows_digest(&ring);
         if json {
             let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
             let out = serde_json::json!({
@@ -876,7 +876,7 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
     };
     if !yes {
         let ring = ctx.load().await?;
-        let report = keyrot_core::integrity::check_ring(&ring, &*ctx.sealer()?);
+        let report = keyrot_core::check_ring(&ring, &*ctx.sealer()?);
         if json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {

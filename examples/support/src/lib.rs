@@ -131,7 +131,7 @@ pub async fn connect(url: &str) -> Result<Backend, SetupError> {
 /// `VERIFIER_CACHE`, `PURGE_AFTER`). Demos and end-to-end tests shorten them; the policy
 /// is validated, so unsafe combinations are refused with the rule they break.
 pub fn policy_from_env(alg: Option<keyrot_core::Algorithm>) -> Result<keyrot_core::Policy, SetupError> {
-    type Setter = fn(keyrot_core::policy::PolicyBuilder, Duration) -> keyrot_core::policy::PolicyBuilder;
+    type Setter = fn(keyrot_core::PolicyBuilder, Duration) -> keyrot_core::PolicyBuilder;
     let fields: [(&str, Setter); 10] = [
         ("ROTATION_INTERVAL", |b, d| b.with_rotation_interval(d)),
         ("MIN_INTERVAL", |b, d| b.with_min_interval(d)),
@@ -237,5 +237,8 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), SetupError> {
 pub fn random_secret() -> Result<String, SetupError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|_| SetupError::MasterKey("the system random number generator failed".into()))?;
-    Ok(keyrot_core::b64::encode(&b))
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        b,
+    ))
 }

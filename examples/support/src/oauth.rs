@@ -97,7 +97,7 @@ fn random_jti() -> String {
                 .to_be_bytes(),
         );
     }
-    keyrot_core::b64::encode(&b)
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
 }
 
 /// Decodes `application/x-www-form-urlencoded`. Duplicate parameters are refused

@@ -7,10 +7,10 @@ use crate::{
     Backend, MasterKeySource, SetupError, connect, database_url_from_env, load_master_key, policy_from_env,
     random_secret,
 };
+use keyrot_core::RefresherHandle;
 use keyrot_core::http::{
     DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpEndpoints, JWKS_PATH, ROTATE_PATH, STATUS_PATH,
 };
-use keyrot_core::keyring::RefresherHandle;
 use keyrot_core::{KeyRing, RequestContext, RingName, Rotator, SchedulerConfig, SchedulerHandle, Validation};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -167,7 +167,7 @@ impl Quickstart {
             issuer,
             TokenService::rotation_clients(&s1, &s2),
         ));
-        let scheduler = keyrot_core::scheduler::spawn(
+        let scheduler = keyrot_core::spawn_scheduler(
             rotator.clone(),
             SchedulerConfig {
                 interval: config.tick,
