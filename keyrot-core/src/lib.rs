@@ -43,6 +43,7 @@ mod keyring;
 mod memory;
 mod planner;
 mod policy;
+mod report;
 mod ring;
 mod rotator;
 mod scheduler;
@@ -67,7 +68,9 @@ pub use integrity::{
 };
 pub use json::JsonError;
 pub use jwks::{JWKS_CONTENT_TYPE, Jwks};
-pub use key::{ImportedKey, KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, SigningKey, VerifyingKey};
+pub use key::{
+    ImportedKey, InvalidKey, KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, SigningKey, VerifyingKey,
+};
 pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHandle, Snapshot};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
@@ -77,6 +80,7 @@ pub use planner::{
     Trigger, TriggerKind, next_transition, plan,
 };
 pub use policy::{Policy, PolicyBuilder, PolicyError};
+pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 pub use rotator::{RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
 pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
@@ -87,8 +91,8 @@ pub use storage::{
     IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
 };
 pub use token::{
-    DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError, StandardClaims,
-    TokenError, Unverified, Validation, Verified, decode_header, verify_with_key, verify_with_lookup,
+    ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,
+    StandardClaims, TokenError, Unverified, Validation, Verified, decode_header, verify_with_key, verify_with_lookup,
 };
 
 #[doc(hidden)]

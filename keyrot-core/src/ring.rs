@@ -186,7 +186,7 @@ impl KeyRecord {
     /// Parses the stored public JWK.
     pub fn public_key(&self) -> Result<PublicKey, KeyError> {
         let v: serde_json::Value = serde_json::from_str(&self.public_jwk)
-            .map_err(|_| KeyError::Invalid("stored public JWK is not JSON".into()))?;
+            .map_err(|_| KeyError::Invalid(crate::key::InvalidKey::StoredJwkNotJson))?;
         PublicKey::from_jwk(&v, Some(self.alg))
     }
 }

@@ -612,7 +612,7 @@ fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, I
                     ..
                 }
             ) || matches!(report.integrity, RingIntegrity::UnknownMasterKey(_));
-            let msg = format!("the ring cannot be opened: {e}");
+            let msg = format!("the ring cannot be opened: {}", keyrot_core::ErrorChain(&e));
             let fail = if unknown_master_key { usage(msg) } else { refused(msg) };
             Ok((keys, report, Some(fail)))
         }

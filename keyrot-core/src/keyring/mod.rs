@@ -31,7 +31,7 @@ pub enum RefreshError {
     Storage(#[from] StorageError),
     /// The Active key could not be unsealed, or the ring manifest checked (e.g. an
     /// unknown master key id).
-    #[error("cannot open {kid}: {source}")]
+    #[error("cannot open {kid}")]
     Seal {
         /// The key, or `ring manifest` for the ring's manifest.
         kid: String,
@@ -40,7 +40,7 @@ pub enum RefreshError {
         source: SealError,
     },
     /// A stored key could not be parsed.
-    #[error("stored key {kid} is unusable: {source}")]
+    #[error("stored key {kid} is unusable")]
     Key {
         /// The kid of the stored key that could not be parsed.
         kid: String,

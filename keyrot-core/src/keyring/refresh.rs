@@ -42,7 +42,7 @@ impl KeyRing {
             Ok(_) => self.inner.stale.store(false, Ordering::Relaxed),
             Err(e) => {
                 self.inner.stale.store(true, Ordering::Relaxed);
-                tracing::warn!(ring = %self.inner.ring, error = %e, "key ring refresh failed; serving the last snapshot");
+                tracing::warn!(ring = %self.inner.ring, error = %crate::ErrorChain(e), "key ring refresh failed; serving the last snapshot");
             }
         }
         result
@@ -76,7 +76,7 @@ impl KeyRing {
                 if let Some(narrowed) = current.narrowed_by(&ring, &self.inner.policy, self.inner.clock.now()) {
                     tracing::error!(
                         ring = %self.inner.ring,
-                        error = %e,
+                        error = %crate::ErrorChain(&e),
                         "stored ring refused; keys it no longer publishes stop verifying here"
                     );
                     self.inner.snapshot.store(Arc::new(narrowed));

@@ -244,7 +244,7 @@ impl Snapshot {
                     ..
                 },
             ) => return Err(e),
-            Err(e) => format!("the private key cannot be used: {e}"),
+            Err(e) => format!("the private key cannot be used: {}", crate::ErrorChain(&e)),
         };
         integrity.add_tampered(TamperedKey {
             kid: k.kid.clone(),
@@ -278,7 +278,7 @@ impl Snapshot {
     ) -> Result<Option<ActiveSigner>, RefreshError> {
         let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
             kid: k.kid.clone(),
-            source: KeyError::Invalid("active key has no private material".into()),
+            source: KeyError::Invalid(crate::key::InvalidKey::NoPrivateMaterial),
         })?;
         let ctx = SealContext {
             ring: ring.name.as_str(),
