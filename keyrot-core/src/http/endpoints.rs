@@ -10,7 +10,9 @@ use super::{
 use crate::clock::to_millis;
 use crate::keyring::KeyRing;
 use crate::planner::{Refusal, TriggerKind};
-use crate::rotator::{MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator};
+use crate::rotator::{
+    MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator, checked_idempotency_key,
+};
 use crate::storage::{AuditRecord, Outcome};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -399,11 +401,7 @@ impl HttpEndpoints {
         let intent_forced = matches!(&parsed, Some(Ok(b)) if b.forced());
         let idem_header = single(req.headers, "idempotency-key");
         let idem_valid = match idem_header {
-            Single::One(v)
-                if !v.is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY_LEN && v.iter().all(u8::is_ascii_graphic) =>
-            {
-                std::str::from_utf8(v).ok()
-            }
+            Single::One(v) => checked_idempotency_key(v),
             _ => None,
         };
         let mut refused = Refused {
