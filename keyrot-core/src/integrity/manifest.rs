@@ -110,7 +110,7 @@ pub fn check_ring(ring: &Ring, sealer: &dyn Sealer) -> IntegrityReport {
         None => unauthenticated(ring),
         Some(text) => match open_manifest(ring, text, sealer) {
             Ok(stored) => check_rows(ring, stored),
-            Err(report) => report,
+            Err((integrity, why)) => all_tampered(ring, integrity, &why),
         },
     };
     report.with_index()
@@ -148,10 +148,10 @@ fn unauthenticated(ring: &Ring) -> IntegrityReport {
     )
 }
 
-/// The manifest, if it is readable and its MAC checks out; the report on a ring that
-/// trusts no row otherwise.
-fn open_manifest(ring: &Ring, text: &str, sealer: &dyn Sealer) -> Result<StoredManifest, IntegrityReport> {
-    let invalid = |why: &str| all_tampered(ring, RingIntegrity::ManifestInvalid(why.to_owned()), why);
+/// The manifest, if it is readable and its MAC checks out; otherwise how the ring fails
+/// as a whole and why (every row then fails for that reason).
+fn open_manifest(ring: &Ring, text: &str, sealer: &dyn Sealer) -> Result<StoredManifest, (RingIntegrity, String)> {
+    let invalid = |why: &str| (RingIntegrity::ManifestInvalid(why.to_owned()), why.to_owned());
     let Ok(stored) = serde_json::from_str::<StoredManifest>(text) else {
         return Err(invalid("the manifest is unreadable"));
     };
@@ -163,7 +163,7 @@ fn open_manifest(ring: &Ring, text: &str, sealer: &dyn Sealer) -> Result<StoredM
         Ok(()) => Ok(stored),
         Err(SealError::UnknownMasterKey(id)) => {
             let why = format!("the manifest is authenticated under unknown master key {id:?}");
-            Err(all_tampered(ring, RingIntegrity::UnknownMasterKey(id), &why))
+            Err((RingIntegrity::UnknownMasterKey(id), why))
         }
         Err(_) => Err(invalid("the manifest fails authentication")),
     }

@@ -45,42 +45,51 @@ impl RequestContext {
 }
 
 /// Builds a [`Rotator`].
-#[derive(Debug)]
 pub struct RotatorBuilder {
-    ring: RingName,
-    storage: Arc<dyn Storage>,
-    lock: Arc<dyn Lock>,
-    sealer: Arc<dyn Sealer>,
-    clock: Arc<dyn Clock>,
-    policy: Policy,
+    /// Everything but the instance name, which defaults when the rotator is built.
+    inner: Inner,
     instance: Option<String>,
-    keyring: Option<KeyRing>,
+}
+
+impl std::fmt::Debug for RotatorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatorBuilder")
+            .field("ring", &self.inner.ring)
+            .field("instance", &self.instance)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RotatorBuilder {
     /// The defaults: system clock, default policy, random instance name, no key ring.
     pub(super) fn new(ring: RingName, storage: Arc<dyn Storage>, lock: Arc<dyn Lock>, sealer: Arc<dyn Sealer>) -> Self {
         Self {
-            ring,
-            storage,
-            lock,
-            sealer,
-            clock: Arc::new(SystemClock),
-            policy: Policy::default(),
+            inner: Inner {
+                ring,
+                storage,
+                lock,
+                linker: SealerLinker::new(sealer.clone()),
+                sealer,
+                clock: Arc::new(SystemClock),
+                policy: Policy::default(),
+                instance: String::new(),
+                keyring: None,
+                served: std::sync::atomic::AtomicU64::new(0),
+            },
             instance: None,
-            keyring: None,
         }
     }
 
     /// Clock (default: system).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.inner.clock = clock;
         self
     }
 
     /// Policy (default: [`Policy::default`]).
     pub fn with_policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
+        self.inner.policy = policy;
         self
     }
 
@@ -92,25 +101,15 @@ impl RotatorBuilder {
 
     /// A local key ring to update at once after each commit.
     pub fn with_keyring(mut self, keyring: KeyRing) -> Self {
-        self.keyring = Some(keyring);
+        self.inner.keyring = Some(keyring);
         self
     }
 
     /// The rotator.
     pub fn build(self) -> Rotator {
+        let instance = self.instance.unwrap_or_else(|| format!("instance-{}", random_hex(4)));
         Rotator {
-            inner: Arc::new(Inner {
-                ring: self.ring,
-                storage: self.storage,
-                lock: self.lock,
-                linker: SealerLinker::new(self.sealer.clone()),
-                sealer: self.sealer,
-                clock: self.clock,
-                policy: self.policy,
-                instance: self.instance.unwrap_or_else(|| format!("instance-{}", random_hex(4))),
-                keyring: self.keyring,
-                served: std::sync::atomic::AtomicU64::new(0),
-            }),
+            inner: Arc::new(Inner { instance, ..self.inner }),
         }
     }
 }
