@@ -2,22 +2,23 @@
 //!
 //! Every request — a rotation, a forced rotation, an import, a revocation, `init`, a
 //! scheduler tick, and the operator's rewrap, integrity migration and repair — is one
-//! [`attempt::Attempt`] (its kind, who asked, the time, its idempotency key) that runs the
-//! same phases, each a `tracing` span with a `phase` field inside one `keyrot.attempt`
-//! span:
+//! `Attempt` (its kind, who asked, the time, its idempotency key) that runs the same
+//! phases inside one `keyrot.attempt` span, each phase a `keyrot.phase` span with a
+//! `phase` field:
 //!
-//! 1. validate the idempotency key ([`idempotency`]) and answer a replay from its record;
-//! 2. `lock` the ring (a busy lock is answered `lock_busy`), check the replay again;
-//! 3. `load` the ring and check it can be trusted ([`trust`]: manifest, no rollback);
-//! 4. decide: `plan` (the planner; all rate limits are its rules) and `generate` and
-//!    `seal` a new key outside any transaction ([`plan`]), or build the operator's
-//!    change ([`maintenance`]);
-//! 5. `commit` (compare-and-swap on the generation, with the manifest, the audit record
-//!    and the idempotency record) — a lost race is answered, not an error — then
-//!    `notify` the local key ring and `release` the lock.
+//! 1. `idempotency`: validate the key and answer a replay from its record;
+//! 2. `lock` the ring (a busy lock is answered `lock_busy`), then check the replay again;
+//! 3. `load` the ring and check it can be trusted (integrity manifest, no rollback);
+//! 4. decide: `plan` (the planner, which holds every rate-limit rule), then `generate`
+//!    and `seal` the new key outside any transaction (RSA on a blocking thread); or
+//!    build the operator's change (rewrap, authenticate, repair);
+//! 5. `seal` the manifest and `commit`: compare-and-swap on the generation, with the
+//!    audit and idempotency records. Losing it is not an error: the report says another
+//!    instance already did it;
+//! 6. `notify` the local key ring, `release` the lock.
 //!
 //! Every answer becomes the [`RotationReport`] and the audit record together, in one
-//! place ([`attempt::Attempt::conclude`]).
+//! place (`Attempt::conclude`).
 
 mod attempt;
 mod context;
