@@ -11,7 +11,7 @@
 //!   field that decides what verifies (kid, algorithm, state, origin, forced flag,
 //!   fingerprint, public JWK, all lifecycle times, revocation). The manifest is
 //!   authenticated with HMAC-SHA-256 under a key derived from the master key
-//!   ([`Sealer::authenticate`]). When a snapshot is built, a row whose digest is not in
+//!   ([`Sealer::authenticate`](crate::seal::Sealer::authenticate)). When a snapshot is built, a row whose digest is not in
 //!   the manifest (altered, inserted, or replayed from an older image) is *tampered*: it
 //!   never verifies and is reported. A manifest that fails its MAC, or names another
 //!   generation than the ring row, makes every row untrusted.

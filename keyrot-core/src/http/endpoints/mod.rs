@@ -165,7 +165,7 @@ impl HttpEndpoints {
     }
 
     /// How many body bytes the adapter must read at most before answering
-    /// [`RequestBody::TooLarge`].
+    /// [`RequestBody::TooLarge`](crate::http::RequestBody::TooLarge).
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
     }

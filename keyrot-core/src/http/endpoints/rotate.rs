@@ -86,9 +86,9 @@ impl HttpEndpoints {
     ///
     /// Every answer carries a JSON body and `X-Request-Id`; every attempt is audited,
     /// including those refused here before reaching the rotator, which are written one by
-    /// one within the [`RefusalAuditLimits`] and summarised beyond them. Authorized
+    /// one within the [`RefusalAuditLimits`](crate::http::RefusalAuditLimits) and summarised beyond them. Authorized
     /// requests whose answers changed nothing are bounded by the same per-actor budget
-    /// (see [`HttpEndpointsBuilder::with_refusal_audit_limits`]).
+    /// (see [`HttpEndpointsBuilder::with_refusal_audit_limits`](super::HttpEndpointsBuilder::with_refusal_audit_limits)).
     pub async fn rotate(&self, req: &HttpRequest<'_>, body: RequestBody<'_>) -> HttpResponse {
         self.write_due_refusal_summaries().await;
         let rid = request_id(req.headers);
