@@ -9,9 +9,9 @@ use keyrot_core::Sealer as _;
 use keyrot_core::check_ring;
 use keyrot_core::next_transition;
 use keyrot_core::{
-    Algorithm, AuditQuery, ChainBreak, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome, Policy,
-    PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator, SealError,
-    Snapshot, TokenError, Validation,
+    Algorithm, AuditQuery, ChainBreak, ErrorChain, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome,
+    Policy, PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator,
+    SealError, Snapshot, TokenError, Validation,
 };
 use keyrot_examples_support::{Backend, connect, database_url_from_env, load_master_key, policy_from_env};
 use std::io::Read as _;
@@ -222,7 +222,8 @@ struct Ctx {
 
 impl Ctx {
     fn sealer(&self) -> Result<Arc<keyrot_core::MasterKeySealer>, Fail> {
-        let (sealer, _) = load_master_key(self.master_key_file.as_deref(), false).map_err(|e| usage(e.to_string()))?;
+        let (sealer, _) =
+            load_master_key(self.master_key_file.as_deref(), false).map_err(|e| usage(ErrorChain(&e).to_string()))?;
         Ok(Arc::new(sealer))
     }
 
@@ -231,7 +232,7 @@ impl Ctx {
             .storage
             .load(&self.ring)
             .await
-            .map_err(|e| usage(e.to_string()))
+            .map_err(|e| usage(ErrorChain(&e).to_string()))
     }
 
     async fn policy(&self, alg: Option<Algorithm>) -> Result<Policy, Fail> {
@@ -256,14 +257,14 @@ impl Ctx {
             .with_validation(validation)
             .build()
             .await
-            .map_err(|e| usage(e.to_string()))
+            .map_err(|e| usage(ErrorChain(&e).to_string()))
     }
 }
 
 /// Rotations keep the ring's algorithm: that of its Active key.
 fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
     let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
-    policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
+    policy_from_env(Some(alg)).map_err(|e| usage(ErrorChain(&e).to_string()))
 }
 
 fn actor() -> RequestContext {
@@ -272,9 +273,9 @@ fn actor() -> RequestContext {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let ring = RingName::new(cli.ring.clone()).map_err(|e| usage(e.to_string()))?;
+    let ring = RingName::new(cli.ring.clone()).map_err(|e| usage(ErrorChain(&e).to_string()))?;
     let url = cli.database_url.clone().unwrap_or_else(database_url_from_env);
-    let backend = connect(&url).await.map_err(|e| usage(e.to_string()))?;
+    let backend = connect(&url).await.map_err(|e| usage(ErrorChain(&e).to_string()))?;
     let ctx = Ctx {
         backend,
         ring,
@@ -291,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .init(actor())
                 .await
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             match report.outcome {
                 Outcome::Bootstrapped => println!(
                     "initialised ring {}: active key {}",
@@ -312,7 +313,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .tick()
                 .await
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             print_report(&report, false);
             exit_for(&report, true)
         }
@@ -335,7 +336,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 }
                 rotator.rotate(rc).await
             };
-            let report = result.map_err(|e| refused(e.to_string()))?;
+            let report = result.map_err(|e| refused(ErrorChain(&e).to_string()))?;
             print_report(&report, json);
             exit_for(&report, false)
         }
@@ -353,7 +354,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .revoke(actor(), kid, reason)
                 .await
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             print_report(&report, false);
             exit_for(&report, false)
         }
@@ -382,7 +383,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     claims[name] = v.into();
                 }
             }
-            let token = kr.sign(&claims).map_err(|e| refused(e.to_string()))?;
+            let token = kr.sign(&claims).map_err(|e| refused(ErrorChain(&e).to_string()))?;
             println!("{token}");
             Ok(())
         }
@@ -436,7 +437,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Command::Import { jwk, state } => {
             let text = std::fs::read_to_string(&jwk).map_err(|e| usage(format!("{}: {e}", jwk.display())))?;
-            let imported = PrivateKey::from_jwk_str(&text, None).map_err(|e| usage(e.to_string()))?;
+            let imported = PrivateKey::from_jwk_str(&text, None).map_err(|e| usage(ErrorChain(&e).to_string()))?;
             let alg = imported.key.algorithm();
             let state = match state {
                 StateArg::Pending => ImportState::Pending,
@@ -448,7 +449,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .import(actor(), imported, state)
                 .await
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             if report.outcome == Outcome::Imported {
                 println!("{kid}");
                 Ok(())
@@ -463,7 +464,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .await?
                 .rewrap(actor())
                 .await
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             print_report(&report, false);
             exit_for(&report, true)
         }
@@ -612,7 +613,7 @@ fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, I
                     ..
                 }
             ) || matches!(report.integrity, RingIntegrity::UnknownMasterKey(_));
-            let msg = format!("the ring cannot be opened: {}", keyrot_core::ErrorChain(&e));
+            let msg = format!("the ring cannot be opened: {}", ErrorChain(&e));
             let fail = if unknown_master_key { usage(msg) } else { refused(msg) };
             Ok((keys, report, Some(fail)))
         }
@@ -698,7 +699,7 @@ async fn audit(ctx: &Ctx, limit: usize, json: bool) -> Result<(), Fail> {
         .storage
         .audit_log(&ctx.ring, AuditQuery { limit })
         .await
-        .map_err(|e| usage(e.to_string()))?;
+        .map_err(|e| usage(ErrorChain(&e).to_string()))?;
     if json {
         println!("{}", serde_json::to_string(&records).unwrap_or_default());
         return Ok(());
@@ -733,7 +734,7 @@ async fn audit_verify(ctx: &Ctx, json: bool) -> Result<(), Fail> {
     let result = rotator
         .verify_audit_chain()
         .await
-        .map_err(|e| usage(format!("reading the audit ledger: {e}")))?;
+        .map_err(|e| usage(format!("reading the audit ledger: {}", ErrorChain(&e))))?;
     match result {
         Ok(report) => {
             if json {
@@ -780,7 +781,7 @@ async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>
         .storage
         .audit_log(&ctx.ring, AuditQuery { limit: usize::MAX })
         .await
-        .map_err(|e| usage(format!("reading the audit ledger: {e}")))?;
+        .map_err(|e| usage(format!("reading the audit ledger: {}", ErrorChain(&e))))?;
     let sealer = ctx.sealer()?;
     Ok(records
         .iter()
@@ -864,7 +865,7 @@ async fn authenticate_ring(ctx: &Ctx, yes: bool, expect: Option<String>, json: b
         .await?
         .authenticate_ring_reviewed(actor(), Some(&expect))
         .await
-        .map_err(|e| refused(e.to_string()))?;
+        .map_err(|e| refused(ErrorChain(&e).to_string()))?;
     print_report(&report, json);
     exit_for(&report, false)
 }
@@ -897,7 +898,7 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
         .await?
         .quarantine_tampered(actor(), reason)
         .await
-        .map_err(|e| refused(e.to_string()))?;
+        .map_err(|e| refused(ErrorChain(&e).to_string()))?;
     print_report(&report, json);
     exit_for(&report, false)
 }
