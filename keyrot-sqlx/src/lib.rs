@@ -1,7 +1,7 @@
 //! # keyrot-sqlx
 //!
 //! keyrot's [`Storage`](keyrot_core::Storage), [`Lock`](keyrot_core::Lock) and change feed
-//! on real databases, with [`sqlx`] (re-exported): one cargo feature and one file per
+//! on real databases, with [`sqlx`] (re-exported): one cargo feature and one module per
 //! database.
 //!
 //! | feature    | store           | rotation lock                                   | change feed                  |
@@ -71,9 +71,24 @@ pub use sqlx;
 // With only some databases enabled, some shared helpers go unused.
 #[cfg_attr(
     not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports, unused_macros)
+    allow(dead_code, unused_imports)
 )]
 mod common;
+#[cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
+mod dialect;
+#[cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
+mod migrate;
+#[cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
+mod ops;
 
 #[cfg(feature = "mysql")]
 pub mod mysql;

@@ -30,133 +30,23 @@
 //!
 //! [`Storage`]: keyrot_core::Storage
 
-use crate::common::{
-    self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    Migration, Tables, TxError, bind_idempotency, db_err, gen_from_db,
-};
+mod migrations;
+
+use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err, gen_from_db};
+use crate::dialect::Value;
+use crate::migrate::{self, AppliedAt, Migrate};
+use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use keyrot_core::{
-    AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, RingName,
-    StorageError,
+    AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed, Ring,
+    RingName, Storage, StorageError,
 };
+use migrations::MIGRATIONS;
 use sqlx::AssertSqlSafe;
-use sqlx::mysql::{MySql, MySqlPool};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
 use sqlx::pool::PoolConnection;
 use std::sync::Arc;
 use std::time::Duration;
-
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        description: "rings, keys, append-only audit ledger, idempotency records",
-        sql: r#"
-CREATE TABLE IF NOT EXISTS {rings} (
-    name VARBINARY(64) NOT NULL PRIMARY KEY,
-    generation BIGINT NOT NULL
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
-CREATE TABLE IF NOT EXISTS {keys} (
-    seq BIGINT NOT NULL AUTO_INCREMENT,
-    ring VARBINARY(64) NOT NULL,
-    kid VARBINARY(1024) NOT NULL,
-    alg VARCHAR(16) NOT NULL,
-    state VARCHAR(16) NOT NULL,
-    origin VARCHAR(16) NOT NULL,
-    forced BOOLEAN NOT NULL,
-    fingerprint VARCHAR(255) NOT NULL,
-    public_jwk TEXT NOT NULL,
-    master_key_id VARCHAR(64) NULL,
-    sealed_private_key BLOB NULL,
-    created_at_ms BIGINT NOT NULL,
-    activate_at_ms BIGINT NULL,
-    activated_at_ms BIGINT NULL,
-    retired_at_ms BIGINT NULL,
-    expires_at_ms BIGINT NULL,
-    expired_at_ms BIGINT NULL,
-    revoked_at_ms BIGINT NULL,
-    revoke_reason TEXT NULL,
-    purged_at_ms BIGINT NULL,
-    PRIMARY KEY (ring, kid),
-    UNIQUE KEY {prefix}keys_seq (seq)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
-CREATE TABLE IF NOT EXISTS {audit} (
-    seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    audit_id VARCHAR(255) NOT NULL,
-    at_ms BIGINT NOT NULL,
-    ring VARBINARY(64) NOT NULL,
-    actor TEXT NOT NULL,
-    trigger_kind VARCHAR(32) NOT NULL,
-    outcome VARCHAR(32) NOT NULL,
-    forced BOOLEAN NOT NULL,
-    reason TEXT NULL,
-    old_kid TEXT NULL,
-    old_fingerprint TEXT NULL,
-    new_kid TEXT NULL,
-    new_fingerprint TEXT NULL,
-    generation BIGINT NOT NULL,
-    idempotency_key TEXT NULL,
-    request_id TEXT NULL,
-    detail TEXT NULL,
-    instance TEXT NOT NULL,
-    KEY {prefix}audit_ring_seq (ring, seq)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
-CREATE TABLE IF NOT EXISTS {idempotency} (
-    ring VARBINARY(64) NOT NULL,
-    idem_key VARBINARY(255) NOT NULL,
-    request_hash TEXT NOT NULL,
-    response MEDIUMTEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL,
-    PRIMARY KEY (ring, idem_key)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
-DROP TRIGGER IF EXISTS {prefix}audit_no_update;
-CREATE TRIGGER {prefix}audit_no_update BEFORE UPDATE ON {audit} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the keyrot audit ledger is append-only';
-DROP TRIGGER IF EXISTS {prefix}audit_no_delete;
-CREATE TRIGGER {prefix}audit_no_delete BEFORE DELETE ON {audit} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the keyrot audit ledger is append-only'
-"#,
-    },
-    // Every statement is idempotent (DDL commits implicitly, so a migration cut short is
-    // run again from the start): a column is added only if missing, through a prepared
-    // statement (MySQL 8 has no ADD COLUMN IF NOT EXISTS). The ledger is read in
-    // (chain_seq, seq) order, which MariaDB sorts by hand unless an index has both columns:
-    // (ring, chain_seq, seq) replaces (ring, seq), which nothing reads by any more.
-    Migration {
-        version: 2,
-        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); TRUNCATE guard",
-        sql: r#"
-SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {rings} ADD COLUMN manifest MEDIUMTEXT NULL', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}rings' AND COLUMN_NAME = 'manifest');
-PREPARE keyrot_ddl FROM @keyrot_ddl;
-EXECUTE keyrot_ddl;
-DEALLOCATE PREPARE keyrot_ddl;
-SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT NULL, ADD COLUMN chain_mac TEXT NULL, ADD UNIQUE KEY {prefix}audit_ring_chain (ring, chain_seq), ADD KEY {prefix}audit_ring_chain_seq (ring, chain_seq, seq), DROP KEY {prefix}audit_ring_seq', 'DO 0') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND COLUMN_NAME = 'chain_seq');
-PREPARE keyrot_ddl FROM @keyrot_ddl;
-EXECUTE keyrot_ddl;
-DEALLOCATE PREPARE keyrot_ddl;
-CREATE TABLE IF NOT EXISTS {audit_guard} (
-    audit_seq BIGINT NULL,
-    CONSTRAINT {prefix}audit_no_truncate FOREIGN KEY (audit_seq) REFERENCES {audit} (seq)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='keyrot: keep empty; its foreign key makes InnoDB refuse TRUNCATE of the audit ledger'
-"#,
-    },
-    // A chain position and a MAC go together: a position without a MAC would hold the
-    // ring's next slot of the unique (ring, chain_seq) key. A trigger refuses such an insert
-    // on every server (MySQL before 8.0.16 parses CHECK constraints but ignores them, and a
-    // MariaDB session can switch them off with `check_constraint_checks = 0`); the CHECK
-    // constraint states the rule in the schema, and is added only if the rows already there
-    // satisfy it (legacy rows have neither, chained rows both), so that a ledger someone
-    // wrote such a row into still upgrades and the chain verifier names the row. Idempotent,
-    // as DDL commits implicitly.
-    Migration {
-        version: 3,
-        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
-        sql: r#"
-DROP TRIGGER IF EXISTS {prefix}audit_chain_link_insert;
-CREATE TRIGGER {prefix}audit_chain_link_insert BEFORE INSERT ON {audit} FOR EACH ROW BEGIN IF (NEW.chain_seq IS NULL) <> (NEW.chain_mac IS NULL) THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'keyrot audit_chain_link: an audit record has both chain_seq and chain_mac, or neither'; END IF; END;
-SET @keyrot_ddl = (SELECT IF(COUNT(*) = 0 AND NOT EXISTS (SELECT 1 FROM {audit} WHERE (chain_seq IS NULL) <> (chain_mac IS NULL)), 'ALTER TABLE {audit} ADD CONSTRAINT {prefix}audit_chain_link CHECK ((chain_seq IS NULL) = (chain_mac IS NULL))', 'DO 0') FROM information_schema.TABLE_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = '{prefix}audit' AND CONSTRAINT_NAME = '{prefix}audit_chain_link');
-PREPARE keyrot_ddl FROM @keyrot_ddl;
-EXECUTE keyrot_ddl;
-DEALLOCATE PREPARE keyrot_ddl
-"#,
-    },
-];
 
 /// MySQL's longest identifier.
 const MAX_IDENT: usize = 64;
@@ -164,90 +54,32 @@ const MAX_IDENT: usize = 64;
 /// A lock name for `(database, prefix, ring)`, at most 64 characters (MySQL's limit).
 const LOCK_NAME: &str = "CONCAT('keyrot:', LEFT(SHA2(CONCAT_WS(':', DATABASE(), ?, ?), 256), 56))";
 
+/// How MySQL words the statements that differ between databases. A duplicate
+/// idempotency key fails the insert (a unique violation): the commit reports a conflict.
+const WORDING: Wording<'static> = Wording {
+    upsert_key: "ON DUPLICATE KEY UPDATE",
+    new_value: "VALUES({c})",
+    ensure_ring: "ON DUPLICATE KEY UPDATE name = name",
+    insert_idempotency: "",
+    chain_desc: "chain_seq DESC",
+};
+
 #[derive(Debug)]
 struct Sql {
-    load: String,
-    generation: String,
-    ensure_ring: String,
+    common: Statements,
+    /// Locks the ring row (`?`: ring).
     lock_ring: String,
-    cas: String,
-    upsert_key: String,
-    audit_head: String,
-    insert_audit: String,
-    insert_idempotency: String,
+    /// The idempotency insert of `record_attempt`: the first record of a key stays.
     insert_idempotency_first_wins: String,
-    audit_log: String,
-    idempotency: String,
 }
 
 impl Sql {
     fn new(t: &Tables) -> Self {
-        let key_cols = KEY_COLUMNS
-            .split(", ")
-            .map(|c| format!("k.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let updates = KEY_UPDATE_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = VALUES({c})"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let audit_cols = common::AUDIT_COLUMNS;
-        let insert_idempotency = format!(
-            "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({})",
-            t.idempotency,
-            common::placeholders(5, false, 1)
-        );
+        let common = Statements::new::<MySql>(t, &WORDING);
         Self {
-            // One statement (one consistent read): the manifest matches the key rows. Only
-            // the first row carries it, so a ring of many keys does not repeat it on each.
-            load: format!(
-                "SELECT r.generation AS ring_generation, \
-                 CASE WHEN ROW_NUMBER() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, \
-                 {key_cols} FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = ? ORDER BY k.seq",
-                rings = t.rings,
-                keys = t.keys
-            ),
-            generation: format!("SELECT generation FROM {} WHERE name = ?", t.rings),
-            ensure_ring: format!(
-                "INSERT INTO {} (name, generation) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name",
-                t.rings
-            ),
             lock_ring: format!("SELECT generation FROM {} WHERE name = ? FOR UPDATE", t.rings),
-            cas: format!(
-                "UPDATE {} SET generation = generation + 1, manifest = ? WHERE name = ? AND generation = ?",
-                t.rings
-            ),
-            upsert_key: format!(
-                "INSERT INTO {} (ring, {KEY_COLUMNS}) VALUES ({}) ON DUPLICATE KEY UPDATE {updates}",
-                t.keys,
-                common::placeholders(19, false, 1)
-            ),
-            // The highest position, MAC or not (see `common::next_link`). A consistent
-            // (non-locking) read: it is the transaction's first, made after the ring row is
-            // locked, so it sees every append committed before.
-            audit_head: format!(
-                "SELECT chain_seq, chain_mac FROM {} WHERE ring = ? AND chain_seq IS NOT NULL \
-                 ORDER BY chain_seq DESC LIMIT 1",
-                t.audit
-            ),
-            insert_audit: format!(
-                "INSERT INTO {} ({audit_cols}) VALUES ({})",
-                t.audit,
-                common::placeholders(common::AUDIT_COLUMN_COUNT, false, 1)
-            ),
-            insert_idempotency_first_wins: format!("{insert_idempotency} ON DUPLICATE KEY UPDATE ring = ring"),
-            insert_idempotency,
-            // Newest first by chain position; records from before the chain (NULL, which
-            // sorts last descending) last, newest first.
-            audit_log: format!(
-                "SELECT {audit_cols} FROM {} WHERE ring = ? ORDER BY chain_seq DESC, seq DESC LIMIT ?",
-                t.audit
-            ),
-            idempotency: format!(
-                "SELECT {IDEMPOTENCY_COLUMNS} FROM {} WHERE ring = ? AND idem_key = ?",
-                t.idempotency
-            ),
+            insert_idempotency_first_wins: format!("{} ON DUPLICATE KEY UPDATE ring = ring", common.insert_idempotency),
+            common,
         }
     }
 }
@@ -343,115 +175,26 @@ impl MySqlStore {
     /// implicitly, so every statement is idempotent and a version is recorded in
     /// `<prefix>migrations` only once all its statements ran.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("mysql: acquire migration connection"))?;
-        let name: Option<(Option<i64>, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT GET_LOCK(x.n, 60), x.n FROM (SELECT {LOCK_NAME} AS n) x"
-        )))
-        .bind(format!("migrate:{}", self.inner.tables.prefix))
-        .bind("")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err("mysql: migration lock"))?;
-        let lock_name = match name {
-            Some((Some(1), n)) => n,
-            _ => {
-                return Err(StorageError::Unavailable {
-                    message: "mysql: another instance has been migrating for 60 s; retry".into(),
-                    source: None,
-                });
-            }
-        };
-        let result = self.migrate_locked(&mut conn).await;
-        let released = sqlx::query("SELECT RELEASE_LOCK(?)")
-            .bind(&lock_name)
-            .execute(&mut *conn)
-            .await;
-        if released.is_err() {
-            conn.close_on_drop();
-        }
-        result
-    }
-
-    async fn migrate_locked(&self, conn: &mut PoolConnection<MySql>) -> Result<(), StorageError> {
-        let t = &self.inner.tables;
-        sqlx::raw_sql(AssertSqlSafe(t.render(
-            "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT NOT NULL PRIMARY KEY, \
-             description TEXT NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at_ms BIGINT NOT NULL) \
-             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        )))
-        .execute(&mut **conn)
-        .await
-        .map_err(db_err("mysql: create migrations table"))?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as(AssertSqlSafe(t.render("SELECT version, checksum FROM {migrations}")))
-                .fetch_all(&mut **conn)
-                .await
-                .map_err(db_err("mysql: read applied migrations"))?;
-        for m in common::pending(MIGRATIONS, &applied)? {
-            for statement in t.render(m.sql).split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
-                    .execute(&mut **conn)
-                    .await
-                    .map_err(db_err("mysql: apply migration"))?;
-            }
-            sqlx::query(AssertSqlSafe(t.render(
-                "INSERT INTO {migrations} (version, description, checksum, applied_at_ms) \
-                 VALUES (?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
-            )))
-            .bind(m.version)
-            .bind(m.description)
-            .bind(m.checksum())
-            .execute(&mut **conn)
-            .await
-            .map_err(db_err("mysql: record migration"))?;
-            tracing::info!(
-                version = m.version,
-                description = m.description,
-                "keyrot migration applied (mysql)"
-            );
-        }
-        Ok(())
+        let session = MySqlMigration::begin(self).await?;
+        migrate::run(session, &self.inner.tables, MIGRATIONS).await
     }
 
     async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
-        let sql = &self.inner.sql;
-        let ring = c.ring.as_str();
+        let sql = &self.inner.sql.common;
         if expected == 0 {
             // Outside the transaction, so concurrent first commits contend on an existing
             // row (the compare-and-swap below) instead of on inserting it.
-            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
-                .bind(ring)
-                .execute(&self.inner.pool)
-                .await?;
+            ops::execute_pooled(&self.inner.pool, &sql.ensure_ring, &[Value::Text(c.ring.as_str())]).await?;
         }
         let mut tx = self.inner.pool.begin().await?;
         // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        let swapped = sqlx::query(AssertSqlSafe(sql.cas.as_str()))
-            .bind(c.manifest.as_str())
-            .bind(ring)
-            .bind(expected)
-            .execute(&mut *tx)
-            .await?;
-        if swapped.rows_affected() == 0 {
-            let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.generation.as_str()))
-                .bind(ring)
-                .fetch_optional(&mut *tx)
-                .await?;
+        if !ops::cas::<MySql>(&mut tx, sql, c, expected).await? {
+            let current = ops::current_generation::<MySql>(&mut tx, sql, &c.ring).await?;
             tx.rollback().await?;
-            return Ok(CommitOutcome::Conflict {
-                current: current.and_then(|g| gen_from_db(g).ok()).unwrap_or(0),
-            });
+            return Ok(CommitOutcome::Conflict { current });
         }
         if let Some(i) = &c.idempotency {
-            let inserted = bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
-                .execute(&mut *tx)
-                .await;
-            match inserted {
+            match ops::insert_idempotency::<MySql>(&mut tx, &sql.insert_idempotency, i).await {
                 Ok(_) => {}
                 Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
                     // Another request with this key committed first: treat as a lost race.
@@ -463,7 +206,7 @@ impl MySqlStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        common::insert_keys_and_audit!(tx, sql, c, linker);
+        ops::insert_keys_and_audit::<MySql>(&mut tx, sql, c, linker).await?;
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
     }
@@ -475,43 +218,133 @@ impl MySqlStore {
         linker: &dyn AuditLinker,
     ) -> Result<(), TxError> {
         let sql = &self.inner.sql;
-        let ring = audit.ring.as_str();
+        let ring = [Value::Text(&audit.ring)];
         let mut tx = self.inner.pool.begin().await?;
         // Serialise appends to the ring's ledger on its row.
-        let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
-            .bind(ring)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if locked.is_none() {
+        if ops::fetch_optional::<MySql>(&mut tx, &sql.lock_ring, &ring)
+            .await?
+            .is_none()
+        {
             // A new ring: its row is created outside the transaction (concurrent creators
             // inserting it inside theirs would deadlock upgrading their shared locks), then
             // locked.
             tx.rollback().await?;
-            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
-                .bind(ring)
-                .execute(&self.inner.pool)
-                .await?;
+            ops::execute_pooled(&self.inner.pool, &sql.common.ensure_ring, &ring).await?;
             tx = self.inner.pool.begin().await?;
-            let _: i64 = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
-                .bind(ring)
-                .fetch_one(&mut *tx)
-                .await?;
+            ops::fetch_one::<MySql>(&mut tx, &sql.lock_ring, &ring).await?;
         }
-        common::append_audit!(tx, sql, audit, linker);
+        ops::append_audit::<MySql>(&mut tx, &sql.common, audit, linker).await?;
         if let Some(i) = idempotency {
-            bind_idempotency!(
-                sqlx::query(AssertSqlSafe(sql.insert_idempotency_first_wins.as_str())),
-                i
-            )
-            .execute(&mut *tx)
-            .await?;
+            ops::insert_idempotency::<MySql>(&mut tx, &sql.insert_idempotency_first_wins, i).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 }
 
-common::impl_storage!(MySqlStore { label: "mysql" });
+/// A migration: statements on one connection, serialised by `GET_LOCK` (DDL commits
+/// implicitly, so there is no transaction to hold).
+struct MySqlMigration {
+    conn: PoolConnection<MySql>,
+    lock_name: String,
+}
+
+impl MySqlMigration {
+    /// Takes a connection and the migration lock on it (waiting up to 60 s).
+    async fn begin(store: &MySqlStore) -> Result<Self, StorageError> {
+        let mut conn = store
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("mysql: acquire migration connection"))?;
+        let name: Option<(Option<i64>, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT GET_LOCK(x.n, 60), x.n FROM (SELECT {LOCK_NAME} AS n) x"
+        )))
+        .bind(format!("migrate:{}", store.inner.tables.prefix))
+        .bind("")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err("mysql: migration lock"))?;
+        match name {
+            Some((Some(1), lock_name)) => Ok(Self { conn, lock_name }),
+            _ => Err(StorageError::Unavailable {
+                message: "mysql: another instance has been migrating for 60 s; retry".into(),
+                source: None,
+            }),
+        }
+    }
+}
+
+impl Migrate for MySqlMigration {
+    type Db = MySql;
+
+    const VERSION_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT NOT NULL PRIMARY KEY, \
+        description TEXT NOT NULL, checksum VARCHAR(64) NOT NULL, applied_at_ms BIGINT NOT NULL) \
+        ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+    fn conn(&mut self) -> &mut MySqlConnection {
+        &mut self.conn
+    }
+
+    /// One statement at a time: MySQL runs a multi-statement text only as a script.
+    async fn apply(&mut self, sql: &str) -> Result<(), StorageError> {
+        for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+            ops::raw::<MySql>(&mut self.conn, statement)
+                .await
+                .map_err(db_err("mysql: apply migration"))?;
+        }
+        Ok(())
+    }
+
+    fn applied_at(&self) -> AppliedAt {
+        AppliedAt::Server("CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+    }
+
+    /// Releases the lock (closing the connection if that fails, which frees it too).
+    async fn finish(mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&self.lock_name)
+            .execute(&mut *self.conn)
+            .await;
+        if released.is_err() {
+            self.conn.close_on_drop();
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Storage for MySqlStore {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
+    }
+
+    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+        ops::commit::<MySql, _, _>(commit, |expected| self.commit_once(commit, expected, linker)).await
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
+    ) -> Result<(), StorageError> {
+        ops::record_attempt::<MySql, _, _>(audit, || self.attempt_once(audit, idempotency, linker)).await
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        ops::audit_log(&self.inner.pool, &self.inner.sql.common, ring, query.limit).await
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
+    }
+}
 
 /// A held `GET_LOCK`: the session (pool connection) that holds it.
 struct MySqlLockGuard {
@@ -636,24 +469,5 @@ impl Lock for MySqlStore {
                 Err(db_err("mysql: take rotation lock")(e))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A migration, once released, is never edited: databases that applied it refuse a
-    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
-    #[test]
-    fn released_migrations_are_unchanged() {
-        crate::common::assert_released(
-            MIGRATIONS,
-            &[
-                "4d2cd5384f3e7d332088d5f83027474c68b1bef8bdfac642fc3125b7c187f036",
-                "f4d829f970aff27c4276435a361264c4c883dce4383138c7ca74f63925c4b6b8",
-                "5803c23e0f01031a18e83620eb5a2baa2e66ad8ea9fc2b344291874e12e55d20",
-            ],
-        );
     }
 }
