@@ -2,7 +2,8 @@
 //!
 //! keyrot's [`Storage`](keyrot_core::Storage), [`Lock`](keyrot_core::Lock) and change feed
 //! on real databases, with [`sqlx`] (re-exported): one cargo feature and one module per
-//! database.
+//! database. [`connect`] opens the store a database URL names; [`redact_url`] makes a URL
+//! fit to print.
 //!
 //! | feature    | store           | rotation lock                                   | change feed                  |
 //! |------------|-----------------|-------------------------------------------------|------------------------------|
@@ -90,6 +91,8 @@ mod migrate;
 )]
 mod ops;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod connect;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
@@ -98,6 +101,8 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use common::{ConfigError, DEFAULT_TABLE_PREFIX};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use connect::{AnyStore, ConnectError, connect, redact_url};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlStore, MySqlStoreBuilder};
 #[cfg(feature = "postgres")]
