@@ -53,18 +53,15 @@ impl AnyStore {
 
     /// The store as keyrot's [`Storage`].
     pub fn storage(&self) -> Arc<dyn Storage> {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(s) => Arc::new(s.clone()),
-            #[cfg(feature = "mysql")]
-            Self::MySql(s) => Arc::new(s.clone()),
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(s) => Arc::new(s.clone()),
-        }
+        self.store()
     }
 
     /// The store's rotation [`Lock`].
     pub fn lock(&self) -> Arc<dyn Lock> {
+        self.store()
+    }
+
+    fn store(&self) -> Arc<dyn StorageAndLock> {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => Arc::new(s.clone()),
@@ -90,6 +87,11 @@ impl AnyStore {
         }
     }
 }
+
+/// Every store is both; [`AnyStore`] hands out either half.
+trait StorageAndLock: Storage + Lock {}
+
+impl<T: Storage + Lock> StorageAndLock for T {}
 
 /// Why [`connect`] opened no store. Every URL in it is redacted ([`redact_url`]).
 #[derive(Debug, thiserror::Error)]

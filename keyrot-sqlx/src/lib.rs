@@ -67,28 +67,17 @@
 //! # Ok(()) }
 //! ```
 
+// With only some databases enabled, some shared helpers go unused.
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
+
 pub use sqlx;
 
-// With only some databases enabled, some shared helpers go unused.
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
 mod common;
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
 mod dialect;
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
 mod migrate;
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
 mod ops;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
