@@ -129,26 +129,7 @@ async fn apply_pending<M: Migrate>(s: &mut M, t: &Tables, migrations: &[Migratio
         .collect::<Result<Vec<_>, StorageError>>()?;
     for m in pending(migrations, &applied)? {
         s.apply(&t.render(m.sql)).await?;
-        let checksum = m.checksum();
-        let mut values = vec![
-            Value::Int(m.version),
-            Value::Text(m.description),
-            Value::Text(&checksum),
-        ];
-        let at = match s.applied_at() {
-            AppliedAt::Server(expr) => expr.to_owned(),
-            AppliedAt::Clock(ms) => {
-                values.push(Value::Int(ms));
-                <M::Db as Dialect>::placeholder(4)
-            }
-        };
-        let record = t.render(&format!(
-            "INSERT INTO {{migrations}} (version, description, checksum, applied_at_ms) VALUES ({}, {at})",
-            placeholders::<M::Db>(3)
-        ));
-        ops::execute::<M::Db>(s.conn(), &record, &values)
-            .await
-            .map_err(fail("record migration"))?;
+        record(s, t, m).await.map_err(fail("record migration"))?;
         tracing::info!(
             version = m.version,
             description = m.description,
@@ -156,6 +137,28 @@ async fn apply_pending<M: Migrate>(s: &mut M, t: &Tables, migrations: &[Migratio
         );
     }
     Ok(())
+}
+
+/// Records `m` in `{migrations}`, applied now.
+async fn record<M: Migrate>(s: &mut M, t: &Tables, m: &Migration) -> Result<u64, sqlx::Error> {
+    let checksum = m.checksum();
+    let mut values = vec![
+        Value::Int(m.version),
+        Value::Text(m.description),
+        Value::Text(&checksum),
+    ];
+    let at = match s.applied_at() {
+        AppliedAt::Server(expr) => expr.to_owned(),
+        AppliedAt::Clock(ms) => {
+            values.push(Value::Int(ms));
+            <M::Db as Dialect>::placeholder(4)
+        }
+    };
+    let sql = t.render(&format!(
+        "INSERT INTO {{migrations}} (version, description, checksum, applied_at_ms) VALUES ({}, {at})",
+        placeholders::<M::Db>(3)
+    ));
+    ops::execute::<M::Db>(s.conn(), &sql, &values).await
 }
 
 #[cfg(test)]

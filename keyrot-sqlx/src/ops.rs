@@ -10,7 +10,8 @@ use keyrot_core::{AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRe
 use sqlx::{AssertSqlSafe, Pool};
 use std::future::Future;
 
-/// The statements every store runs, built once for its tables and database.
+/// The statements every store runs, built once for its tables and database. `$n` below
+/// is the n-th bound value (`?` on MySQL and SQLite).
 #[derive(Debug)]
 pub(crate) struct Statements {
     /// The ring's generation and manifest with its keys (`$1`: ring).

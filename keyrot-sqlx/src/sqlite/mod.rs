@@ -394,3 +394,29 @@ impl Lock for SqliteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyrot_core::ManualClock;
+
+    /// Migrations are dated by the store's clock, as lock leases are.
+    #[tokio::test]
+    async fn migrations_are_dated_by_the_store_clock() -> Result<(), Box<dyn std::error::Error>> {
+        let at = chrono::DateTime::from_timestamp_millis(1_234_567_890_123).ok_or("time")?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await?;
+        let store = SqliteStore::builder(pool.clone())
+            .with_clock(Arc::new(ManualClock::new(at)))
+            .build()?;
+        store.migrate().await?;
+        let dates: Vec<i64> = sqlx::query_scalar("SELECT applied_at_ms FROM keyrot_migrations")
+            .fetch_all(&pool)
+            .await?;
+        assert_eq!(dates.len(), MIGRATIONS.len());
+        assert!(dates.iter().all(|d| *d == at.timestamp_millis()), "{dates:?}");
+        Ok(())
+    }
+}
