@@ -1,5 +1,5 @@
 //! What every database shares: table naming, row decoding, time and generation
-//! conversions, error mapping, the migration bookkeeping.
+//! conversions, error mapping, the audit chain's next link.
 
 use chrono::{DateTime, Utc};
 use keyrot_core::{
@@ -105,129 +105,6 @@ impl Tables {
     }
 }
 
-/// The key columns, in bind order (after `ring`).
-pub(crate) const KEY_COLUMNS: &str = "kid, alg, state, origin, forced, fingerprint, public_jwk, master_key_id, \
-     sealed_private_key, created_at_ms, activate_at_ms, activated_at_ms, retired_at_ms, expires_at_ms, \
-     expired_at_ms, revoked_at_ms, revoke_reason, purged_at_ms";
-/// Columns an upsert by (ring, kid) replaces.
-pub(crate) const KEY_UPDATE_COLUMNS: [&str; 17] = [
-    "alg",
-    "state",
-    "origin",
-    "forced",
-    "fingerprint",
-    "public_jwk",
-    "master_key_id",
-    "sealed_private_key",
-    "created_at_ms",
-    "activate_at_ms",
-    "activated_at_ms",
-    "retired_at_ms",
-    "expires_at_ms",
-    "expired_at_ms",
-    "revoked_at_ms",
-    "revoke_reason",
-    "purged_at_ms",
-];
-/// The audit columns, in bind order.
-pub(crate) const AUDIT_COLUMNS: &str = "audit_id, at_ms, ring, actor, trigger_kind, outcome, forced, reason, \
-     old_kid, old_fingerprint, new_kid, new_fingerprint, generation, idempotency_key, request_id, detail, instance, \
-     chain_seq, chain_mac";
-/// How many columns [`AUDIT_COLUMNS`] names.
-pub(crate) const AUDIT_COLUMN_COUNT: usize = 19;
-/// The idempotency columns, in bind order.
-pub(crate) const IDEMPOTENCY_COLUMNS: &str = "ring, idem_key, request_hash, response, created_at_ms";
-
-/// `n` placeholders: `$1, $2, …` (PostgreSQL) or `?, ?, …`.
-pub(crate) fn placeholders(n: usize, numbered: bool, first: usize) -> String {
-    (0..n)
-        .map(|i| {
-            if numbered {
-                format!("${}", first + i)
-            } else {
-                "?".to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Binds `ring` and every column of a key record, in [`KEY_COLUMNS`] order.
-macro_rules! bind_key {
-    ($query:expr, $ring:expr, $key:expr) => {{
-        let k: &keyrot_core::KeyRecord = $key;
-        let (mk, ct) = match &k.sealed {
-            Some(s) => (Some(s.master_key_id.as_str()), Some(s.ciphertext.as_slice())),
-            None => (None, None),
-        };
-        $query
-            .bind($ring)
-            .bind(k.kid.as_str())
-            .bind(k.alg.as_str())
-            .bind(k.state.as_str())
-            .bind(k.origin.as_str())
-            .bind(k.forced)
-            .bind(k.fingerprint.as_str())
-            .bind(k.public_jwk.as_str())
-            .bind(mk)
-            .bind(ct)
-            .bind(k.created_at.timestamp_millis())
-            .bind($crate::common::opt_ms(k.activate_at))
-            .bind($crate::common::opt_ms(k.activated_at))
-            .bind($crate::common::opt_ms(k.retired_at))
-            .bind($crate::common::opt_ms(k.expires_at))
-            .bind($crate::common::opt_ms(k.expired_at))
-            .bind($crate::common::opt_ms(k.revoked_at))
-            .bind(k.revoke_reason.as_deref())
-            .bind($crate::common::opt_ms(k.purged_at))
-    }};
-}
-pub(crate) use bind_key;
-
-/// Binds every column of an audit record, in [`AUDIT_COLUMNS`] order. `$generation` is
-/// the record's generation already converted to `i64`; `$chain_seq` (`i64`) and
-/// `$chain_mac` (`&str`) are its position and MAC in the ring's chain.
-macro_rules! bind_audit {
-    ($query:expr, $audit:expr, $generation:expr, $chain_seq:expr, $chain_mac:expr) => {{
-        let a: &keyrot_core::AuditRecord = $audit;
-        $query
-            .bind(a.id.as_str())
-            .bind(a.at.timestamp_millis())
-            .bind(a.ring.as_str())
-            .bind(a.actor.as_str())
-            .bind(a.trigger.as_str())
-            .bind(a.outcome.as_str())
-            .bind(a.forced)
-            .bind(a.reason.as_deref())
-            .bind(a.old_kid.as_deref())
-            .bind(a.old_fingerprint.as_deref())
-            .bind(a.new_kid.as_deref())
-            .bind(a.new_fingerprint.as_deref())
-            .bind($generation)
-            .bind(a.idempotency_key.as_deref())
-            .bind(a.request_id.as_deref())
-            .bind(a.detail.as_deref())
-            .bind(a.instance.as_str())
-            .bind($chain_seq)
-            .bind($chain_mac)
-    }};
-}
-pub(crate) use bind_audit;
-
-/// Binds every column of an idempotency record, in [`IDEMPOTENCY_COLUMNS`] order.
-macro_rules! bind_idempotency {
-    ($query:expr, $rec:expr) => {{
-        let i: &keyrot_core::IdempotencyRecord = $rec;
-        $query
-            .bind(i.ring.as_str())
-            .bind(i.key.as_str())
-            .bind(i.request_hash.as_str())
-            .bind(i.response.as_str())
-            .bind(i.created_at.timestamp_millis())
-    }};
-}
-pub(crate) use bind_idempotency;
-
 /// A transaction step failed: the database (retried when it asks for it), or something
 /// the storage checks itself (the audit linker, a corrupt chain head).
 #[derive(Debug)]
@@ -263,10 +140,10 @@ impl TxError {
         matches!(self, Self::Db(e) if is_retryable(e))
     }
 
-    /// As a [`StorageError`]; `what` says what was being done.
-    pub fn into_storage(self, what: &'static str) -> StorageError {
+    /// As a [`StorageError`]; `label: what` says what was being done.
+    pub fn into_storage_at(self, label: &str, what: &str) -> StorageError {
         match self {
-            Self::Db(e) => db_err(what)(e),
+            Self::Db(e) => db_err_at(label, what, e),
             Self::Storage(e) => e,
         }
     }
@@ -317,223 +194,6 @@ pub(crate) fn check_commit_ring(commit: &keyrot_core::Commit) -> Result<(), Stor
     }
 }
 
-/// Inside a transaction step (returning `Result<_, TxError>`) that has already serialised
-/// appends to the ring's ledger (the ring row is locked, or the whole database is, on
-/// SQLite): reads the ring's chain head (the highest `chain_seq`, MAC or not) with
-/// `$sql.audit_head`, links `$audit` after it with `$linker` and inserts it with
-/// `$sql.insert_audit`.
-macro_rules! append_audit {
-    ($tx:ident, $sql:ident, $audit:expr, $linker:expr) => {{
-        use sqlx::AssertSqlSafe;
-        let a: &keyrot_core::AuditRecord = $audit;
-        let linker: &dyn keyrot_core::AuditLinker = $linker;
-        let generation = $crate::common::gen_to_db(a.generation)?;
-        let head: Option<(i64, Option<String>)> = sqlx::query_as(AssertSqlSafe($sql.audit_head.as_str()))
-            .bind(a.ring.as_str())
-            .fetch_optional(&mut *$tx)
-            .await?;
-        let (seq, seq_db, prev) = $crate::common::next_link(head)?;
-        let mac = linker.link(a, seq, prev.as_deref())?;
-        $crate::common::bind_audit!(
-            sqlx::query(AssertSqlSafe($sql.insert_audit.as_str())),
-            a,
-            generation,
-            seq_db,
-            mac.as_str()
-        )
-        .execute(&mut *$tx)
-        .await?;
-    }};
-}
-pub(crate) use append_audit;
-
-/// Inside a `commit_once` (returning `Result<CommitOutcome, TxError>`) that keeps the
-/// whole compare-and-swap in transaction `$tx` (PostgreSQL, SQLite): creates the ring row
-/// if it is new, moves its generation on from `$expected` (writing the commit's manifest
-/// with it) and inserts the idempotency record. When another commit got there first, rolls
-/// back and **returns** `CommitOutcome::Conflict` from the enclosing function.
-macro_rules! swap_generation_or_return {
-    ($tx:ident, $sql:ident, $commit:ident, $expected:ident) => {{
-        use keyrot_core::CommitOutcome;
-        use sqlx::AssertSqlSafe;
-        let ring = $commit.ring.as_str();
-        sqlx::query(AssertSqlSafe($sql.ensure_ring.as_str()))
-            .bind(ring)
-            .execute(&mut *$tx)
-            .await?;
-        let swapped = sqlx::query(AssertSqlSafe($sql.cas.as_str()))
-            .bind($commit.manifest.as_str())
-            .bind(ring)
-            .bind($expected)
-            .execute(&mut *$tx)
-            .await?;
-        if swapped.rows_affected() == 0 {
-            let current: i64 = sqlx::query_scalar(AssertSqlSafe($sql.generation.as_str()))
-                .bind(ring)
-                .fetch_one(&mut *$tx)
-                .await?;
-            $tx.rollback().await?;
-            return Ok(CommitOutcome::Conflict {
-                current: $crate::common::gen_from_db(current).unwrap_or(0),
-            });
-        }
-        if let Some(i) = &$commit.idempotency {
-            let inserted =
-                $crate::common::bind_idempotency!(sqlx::query(AssertSqlSafe($sql.insert_idempotency.as_str())), i)
-                    .execute(&mut *$tx)
-                    .await?;
-            if inserted.rows_affected() == 0 {
-                // Another request with this key committed first: treat as a lost race.
-                $tx.rollback().await?;
-                return Ok(CommitOutcome::Conflict {
-                    current: $crate::common::gen_from_db($expected).unwrap_or(0),
-                });
-            }
-        }
-    }};
-}
-pub(crate) use swap_generation_or_return;
-
-/// Inside a store's `commit_once` (returning `Result<_, TxError>`), after the
-/// compare-and-swap (which locked the ring row): upserts the commit's keys and appends its
-/// audit record to the ring's chain in transaction `$tx`, with the store's `upsert_key`,
-/// `audit_head` and `insert_audit` statements from `$sql`.
-macro_rules! insert_keys_and_audit {
-    ($tx:ident, $sql:ident, $commit:ident, $linker:ident) => {{
-        use sqlx::AssertSqlSafe;
-        use $crate::common::{append_audit, bind_key};
-        for k in &$commit.keys {
-            bind_key!(
-                sqlx::query(AssertSqlSafe($sql.upsert_key.as_str())),
-                $commit.ring.as_str(),
-                k
-            )
-            .execute(&mut *$tx)
-            .await?;
-        }
-        append_audit!($tx, $sql, &$commit.audit, $linker);
-    }};
-}
-pub(crate) use insert_keys_and_audit;
-
-/// `impl Storage` for a store whose `inner` holds `pool` and `sql` (the statements `load`,
-/// `generation`, `audit_log` and `idempotency`) and which has its own
-/// `commit_once(&self, &Commit, expected: i64, &dyn AuditLinker) -> Result<CommitOutcome,
-/// TxError>` and `attempt_once(&self, &AuditRecord, Option<&IdempotencyRecord>, &dyn
-/// AuditLinker) -> Result<(), TxError>`, each run again while the database asks for a
-/// retry.
-///
-/// - `label`: starts error messages (`"<label>: load ring"`) and logs.
-macro_rules! impl_storage {
-    ($store:ty { label: $label:literal $(,)? }) => {
-        const _: () = {
-            use $crate::common::{self, RowExt as _, db_err, gen_from_db, gen_to_db};
-            use keyrot_core::{
-                AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName,
-                Storage, StorageError,
-            };
-            use sqlx::AssertSqlSafe;
-
-            #[async_trait::async_trait]
-            impl Storage for $store {
-                async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-                    let rows = sqlx::query(AssertSqlSafe(self.inner.sql.load.as_str()))
-                        .bind(ring.as_str())
-                        .fetch_all(&self.inner.pool)
-                        .await
-                        .map_err(db_err(concat!($label, ": load ring")))?;
-                    let mut out = Ring::empty(ring.clone());
-                    for row in &rows {
-                        out.generation = gen_from_db(row.int("ring_generation")?)?;
-                        // Only the first row of the join carries the manifest.
-                        if let Some(m) = row.opt_text("ring_manifest")? {
-                            out.manifest = Some(m);
-                        }
-                        if row.opt_text("kid")?.is_some() {
-                            out.keys.push(common::key_from_row(row)?);
-                        }
-                    }
-                    Ok(out)
-                }
-
-                async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-                    let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.generation.as_str()))
-                        .bind(ring.as_str())
-                        .fetch_optional(&self.inner.pool)
-                        .await
-                        .map_err(db_err(concat!($label, ": read generation")))?;
-                    g.map_or(Ok(0), gen_from_db)
-                }
-
-                async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-                    common::check_commit_ring(commit)?;
-                    let expected = gen_to_db(commit.expected_generation)?;
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        match self.commit_once(commit, expected, linker).await {
-                            Ok(outcome) => return Ok(outcome),
-                            Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
-                                tracing::debug!(ring = %commit.ring, error = %e, concat!($label, " commit retried"));
-                            }
-                            Err(e) => return Err(e.into_storage(concat!($label, ": commit"))),
-                        }
-                    }
-                }
-
-                async fn record_attempt(
-                    &self,
-                    audit: &AuditRecord,
-                    idempotency: Option<&IdempotencyRecord>,
-                    linker: &dyn AuditLinker,
-                ) -> Result<(), StorageError> {
-                    common::audit_ring(audit)?;
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        match self.attempt_once(audit, idempotency, linker).await {
-                            Ok(()) => return Ok(()),
-                            Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
-                                tracing::debug!(ring = %audit.ring, error = %e, concat!($label, " record attempt retried"));
-                            }
-                            Err(e) => return Err(e.into_storage(concat!($label, ": record attempt"))),
-                        }
-                    }
-                }
-
-                async fn audit_log(
-                    &self,
-                    ring: &RingName,
-                    query: AuditQuery,
-                ) -> Result<Vec<AuditRecord>, StorageError> {
-                    let rows = sqlx::query(AssertSqlSafe(self.inner.sql.audit_log.as_str()))
-                        .bind(ring.as_str())
-                        .bind(common::limit(query.limit))
-                        .fetch_all(&self.inner.pool)
-                        .await
-                        .map_err(db_err(concat!($label, ": read audit log")))?;
-                    rows.iter().map(common::audit_from_row).collect()
-                }
-
-                async fn idempotency(
-                    &self,
-                    ring: &RingName,
-                    key: &str,
-                ) -> Result<Option<IdempotencyRecord>, StorageError> {
-                    let row = sqlx::query(AssertSqlSafe(self.inner.sql.idempotency.as_str()))
-                        .bind(ring.as_str())
-                        .bind(key)
-                        .fetch_optional(&self.inner.pool)
-                        .await
-                        .map_err(db_err(concat!($label, ": read idempotency record")))?;
-                    row.as_ref().map(common::idempotency_from_row).transpose()
-                }
-            }
-        };
-    };
-}
-pub(crate) use impl_storage;
-
 pub(crate) fn opt_ms(t: Option<DateTime<Utc>>) -> Option<i64> {
     t.map(|t| t.timestamp_millis())
 }
@@ -556,7 +216,17 @@ pub(crate) fn gen_from_db(v: i64) -> Result<u64, StorageError> {
 /// Maps a sqlx error: decoding problems are [`StorageError::Corrupt`], everything else
 /// is [`StorageError::Unavailable`] with the sqlx error kept as the source.
 pub(crate) fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StorageError {
-    move |e| match e {
+    move |e| db_err_at("", what, e)
+}
+
+/// [`db_err`] for `label: what` (`label` empty: `what` alone).
+pub(crate) fn db_err_at(label: &str, what: &str, e: sqlx::Error) -> StorageError {
+    let what = if label.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{label}: {what}")
+    };
+    match e {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::ColumnNotFound(_)
@@ -669,7 +339,7 @@ fn parse<T>(col: &str, v: String, f: impl FnOnce(&str) -> Option<T>) -> Result<T
     f(&v).ok_or_else(|| StorageError::Corrupt(format!("column {col}: unknown value {v:?}")))
 }
 
-/// A key record from a row holding [`KEY_COLUMNS`].
+/// A key record from a row holding the key columns (`dialect::KEY_COLUMNS`).
 pub(crate) fn key_from_row(row: &impl RowExt) -> Result<KeyRecord, StorageError> {
     let sealed = match (row.opt_text("master_key_id")?, row.opt_bytes("sealed_private_key")?) {
         (Some(master_key_id), Some(ciphertext)) => Some(SealedKey {
@@ -704,7 +374,7 @@ pub(crate) fn key_from_row(row: &impl RowExt) -> Result<KeyRecord, StorageError>
     })
 }
 
-/// An audit record from a row holding [`AUDIT_COLUMNS`].
+/// An audit record from a row holding the audit columns (`dialect::AUDIT_COLUMNS`).
 pub(crate) fn audit_from_row(row: &impl RowExt) -> Result<AuditRecord, StorageError> {
     let id = row.text("audit_id")?;
     let seq = match row.opt_int("chain_seq")? {
@@ -738,7 +408,8 @@ pub(crate) fn audit_from_row(row: &impl RowExt) -> Result<AuditRecord, StorageEr
     })
 }
 
-/// An idempotency record from a row holding [`IDEMPOTENCY_COLUMNS`].
+/// An idempotency record from a row holding the idempotency columns
+/// (`dialect::IDEMPOTENCY_COLUMNS`).
 pub(crate) fn idempotency_from_row(row: &impl RowExt) -> Result<IdempotencyRecord, StorageError> {
     Ok(IdempotencyRecord {
         ring: row.text("ring")?,
@@ -779,67 +450,6 @@ pub(crate) fn digest_hex(s: &str) -> String {
 /// Lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One schema migration. The SQL is a template rendered with [`Tables::render`]; its
-/// checksum (of the template) detects a migration edited after it was applied.
-#[derive(Debug)]
-pub(crate) struct Migration {
-    pub version: i64,
-    pub description: &'static str,
-    pub sql: &'static str,
-}
-
-impl Migration {
-    pub fn checksum(&self) -> String {
-        hex(&Sha256::digest(self.sql.as_bytes()))
-    }
-}
-
-/// Which migrations still need to run, given the applied `(version, checksum)` pairs.
-/// Fails when the database was migrated by a newer keyrot or a migration changed.
-pub(crate) fn pending<'m>(
-    known: &'m [Migration],
-    applied: &[(i64, String)],
-) -> Result<Vec<&'m Migration>, StorageError> {
-    let newest = known.iter().map(|m| m.version).max().unwrap_or(0);
-    if let Some((v, _)) = applied.iter().find(|(v, _)| *v > newest) {
-        return Err(StorageError::Corrupt(format!(
-            "the keyrot schema is at version {v}, newer than this keyrot-sqlx knows ({newest}): upgrade keyrot-sqlx"
-        )));
-    }
-    for (v, sum) in applied {
-        if let Some(m) = known.iter().find(|m| m.version == *v)
-            && &m.checksum() != sum
-        {
-            return Err(StorageError::Corrupt(format!(
-                "keyrot migration {v} ({}) differs from the one applied to this database",
-                m.description
-            )));
-        }
-    }
-    Ok(known
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-        .collect())
-}
-
-/// Checks that every released migration is unchanged (by checksum: `released[i]` is
-/// version `i + 1`'s), that none is missing and versions are contiguous: each store's unit
-/// test calls this on its own list.
-#[cfg(test)]
-pub(crate) fn assert_released(migrations: &[Migration], released: &[&str]) {
-    assert_eq!(migrations.len(), released.len(), "pin the checksum of every migration");
-    for (m, (i, sum)) in migrations.iter().zip(released.iter().enumerate()) {
-        assert_eq!(m.version, i as i64 + 1, "versions are contiguous from 1");
-        assert_eq!(
-            &m.checksum(),
-            sum,
-            "migration {} ({}) was edited",
-            m.version,
-            m.description
-        );
-    }
 }
 
 #[cfg(test)]
@@ -899,34 +509,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn pending_migrations_refuse_newer_or_changed_schemas() {
-        const M: [Migration; 2] = [
-            Migration {
-                version: 1,
-                description: "one",
-                sql: "CREATE TABLE a (x INT)",
-            },
-            Migration {
-                version: 2,
-                description: "two",
-                sql: "CREATE TABLE b (x INT)",
-            },
-        ];
-        let all = pending(&M, &[]).map(|v| v.len()).ok();
-        assert_eq!(all, Some(2));
-        let rest = pending(&M, &[(1, M[0].checksum())]).map(|v| v.iter().map(|m| m.version).collect::<Vec<_>>());
-        assert_eq!(rest.ok(), Some(vec![2]));
-        assert!(matches!(
-            pending(&M, &[(3, String::new())]),
-            Err(StorageError::Corrupt(_))
-        ));
-        assert!(matches!(
-            pending(&M, &[(1, "changed".into())]),
-            Err(StorageError::Corrupt(_))
-        ));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! # keyrot-sqlx
 //!
 //! keyrot's [`Storage`](keyrot_core::Storage), [`Lock`](keyrot_core::Lock) and change feed
-//! on real databases, with [`sqlx`] (re-exported): one cargo feature and one file per
-//! database.
+//! on real databases, with [`sqlx`] (re-exported): one cargo feature and one module per
+//! database. [`connect`] opens the store a database URL names; [`redact_url`] makes a URL
+//! fit to print.
 //!
 //! | feature    | store           | rotation lock                                   | change feed                  |
 //! |------------|-----------------|-------------------------------------------------|------------------------------|
@@ -66,15 +67,21 @@
 //! # Ok(()) }
 //! ```
 
+// With only some databases enabled, some shared helpers go unused.
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
+
 pub use sqlx;
 
-// With only some databases enabled, some shared helpers go unused.
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports, unused_macros)
-)]
 mod common;
+mod dialect;
+mod migrate;
+mod ops;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod connect;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
@@ -83,6 +90,8 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use common::{ConfigError, DEFAULT_TABLE_PREFIX};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use connect::{AnyStore, ConnectError, connect, redact_url};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlStore, MySqlStoreBuilder};
 #[cfg(feature = "postgres")]

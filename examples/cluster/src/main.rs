@@ -157,7 +157,7 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
     let policy = policy_from_env(None).map_err(|e| e.to_string())?;
 
     println!("keyrot cluster demo");
-    println!("  database   {}", redact(&url));
+    println!("  database   {}", keyrot_sqlx::redact_url(&url));
     println!("  ring       {ring}");
     println!(
         "  instances  {} in this process, each with its own connection pool, key ring and rotator",
@@ -248,14 +248,6 @@ fn master_key() -> Result<(MasterKeySealer, String), SetupError> {
         sealer,
         "generated in memory for this run (set KEYROT_MASTER_KEY to use yours)".to_owned(),
     ))
-}
-
-/// The URL without credentials or parameters: `postgres://host:port/db`.
-fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let rest = rest.split('?').next().unwrap_or(rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{rest}")
 }
 
 /// A kid shortened for the timeline (the summary prints the new one in full).

@@ -6,8 +6,6 @@ pub mod oauth;
 pub mod quickstart;
 
 use keyrot_core::{ChangeFeed, Lock, MasterKey, MasterKeySealer, Storage, StorageError};
-use keyrot_sqlx::sqlx;
-use keyrot_sqlx::{MySqlStore, PostgresStore, SqliteStore};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +18,12 @@ pub const DEFAULT_MASTER_KEY_FILE: &str = ".keyrot/master.key";
 /// What went wrong while setting up (configuration errors: exit code 2 in the CLI).
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The database URL has a scheme keyrot does not support.
-    #[error("unsupported database URL {0:?}: use sqlite:PATH, postgres://… or mysql://…")]
-    UnsupportedUrl(String),
+    /// The database URL is unsupported, or the database refused to connect.
+    #[error(transparent)]
+    Connect(#[from] keyrot_sqlx::ConnectError),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Database(#[from] StorageError),
-    /// The database driver refused to connect.
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[source] sqlx::Error),
     /// The master key is missing or invalid.
     #[error("master key: {0}")]
     MasterKey(String),
@@ -64,65 +59,17 @@ pub fn database_url_from_env() -> String {
     std::env::var("KEYROT_DATABASE_URL").unwrap_or_else(|_| format!("sqlite:{DEFAULT_DATABASE_PATH}"))
 }
 
-/// Opens (and migrates) the store behind `url`: `sqlite:PATH` (`sqlite://PATH` too),
-/// `postgres://…`/`postgresql://…`, `mysql://…`/`mariadb://…`.
+/// Opens ([`keyrot_sqlx::connect`]) and migrates the store behind `url`: `sqlite:PATH`
+/// (`sqlite://PATH` too), `postgres://…`/`postgresql://…`, `mysql://…`/`mariadb://…`.
 pub async fn connect(url: &str) -> Result<Backend, SetupError> {
-    let poll = Duration::from_secs(2);
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        let path = path.split('?').next().unwrap_or(path);
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SetupError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let store = SqliteStore::connect_file(path).await?;
-        store.migrate().await?;
-        let feed = Arc::new(store.polling_feed(poll));
-        let store = Arc::new(store);
-        return Ok(Backend {
-            storage: store.clone(),
-            lock: store,
-            feed,
-            kind: "sqlite",
-        });
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(SetupError::Connect)?;
-        let store = Arc::new(PostgresStore::new(pool));
-        store.migrate().await?;
-        return Ok(Backend {
-            storage: store.clone(),
-            lock: store.clone(),
-            feed: store,
-            kind: "postgres",
-        });
-    }
-    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        let url = url.replacen("mariadb://", "mysql://", 1);
-        let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await
-            .map_err(SetupError::Connect)?;
-        let store = MySqlStore::new(pool);
-        store.migrate().await?;
-        let feed = Arc::new(store.polling_feed(poll));
-        let store = Arc::new(store);
-        return Ok(Backend {
-            storage: store.clone(),
-            lock: store,
-            feed,
-            kind: "mysql",
-        });
-    }
-    Err(SetupError::UnsupportedUrl(url.chars().take(40).collect()))
+    let store = keyrot_sqlx::connect(url).await?;
+    store.migrate().await?;
+    Ok(Backend {
+        storage: store.storage(),
+        lock: store.lock(),
+        feed: store.change_feed(Duration::from_secs(2)),
+        kind: store.kind(),
+    })
 }
 
 /// The rotation policy: keyrot's defaults, each duration overridable in milliseconds by

@@ -213,7 +213,7 @@ impl Quickstart {
         let _ = writeln!(
             b,
             "  store     {} ({})",
-            redact_password(&self.config.database_url),
+            keyrot_sqlx::redact_url(&self.config.database_url),
             self.backend.kind
         );
         let _ = writeln!(
@@ -312,40 +312,5 @@ impl Quickstart {
              cargo run -p keyrotctl -- status"
         );
         b
-    }
-}
-
-/// `scheme://user:password@host/db` → `scheme://user:***@host/db`.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_password;
-
-    #[test]
-    fn database_passwords_are_redacted() {
-        assert_eq!(
-            redact_password("postgres://app:s3cret@db:5432/keys"),
-            "postgres://app:***@db:5432/keys"
-        );
-        assert_eq!(
-            redact_password("postgres://postgres@127.0.0.1/test"),
-            "postgres://postgres@127.0.0.1/test"
-        );
-        assert_eq!(
-            redact_password("sqlite:.keyrot/quickstart.db"),
-            "sqlite:.keyrot/quickstart.db"
-        );
     }
 }

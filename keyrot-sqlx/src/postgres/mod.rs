@@ -30,119 +30,22 @@
 //!
 //! [`Storage`]: keyrot_core::Storage
 
-use crate::common::{
-    self, ConfigError, DEFAULT_TABLE_PREFIX, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, KEY_UPDATE_COLUMNS, MAX_PREFIX_LEN,
-    Migration, Tables, TxError, bind_idempotency, db_err,
-};
+mod migrations;
+
+use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err};
+use crate::migrate::{self, AppliedAt, Migrate};
+use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use keyrot_core::{
-    AuditLinker, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
-    LockGuard, RingName, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Ring, RingName, Storage, StorageError,
 };
-use sqlx::AssertSqlSafe;
+use migrations::MIGRATIONS;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgListener, PgPool, Postgres};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
-
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        description: "rings, keys, append-only audit ledger, idempotency records",
-        sql: r#"
-CREATE TABLE {rings} (
-    name TEXT PRIMARY KEY,
-    generation BIGINT NOT NULL CHECK (generation >= 0)
-);
-CREATE TABLE {keys} (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
-    ring TEXT NOT NULL REFERENCES {rings} (name),
-    kid TEXT NOT NULL,
-    alg TEXT NOT NULL,
-    state TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    forced BOOLEAN NOT NULL,
-    fingerprint TEXT NOT NULL,
-    public_jwk TEXT NOT NULL,
-    master_key_id TEXT,
-    sealed_private_key BYTEA,
-    created_at_ms BIGINT NOT NULL,
-    activate_at_ms BIGINT,
-    activated_at_ms BIGINT,
-    retired_at_ms BIGINT,
-    expires_at_ms BIGINT,
-    expired_at_ms BIGINT,
-    revoked_at_ms BIGINT,
-    revoke_reason TEXT,
-    purged_at_ms BIGINT,
-    PRIMARY KEY (ring, kid),
-    CHECK ((master_key_id IS NULL) = (sealed_private_key IS NULL))
-);
-CREATE TABLE {audit} (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    audit_id TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    ring TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    trigger_kind TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    forced BOOLEAN NOT NULL,
-    reason TEXT,
-    old_kid TEXT,
-    old_fingerprint TEXT,
-    new_kid TEXT,
-    new_fingerprint TEXT,
-    generation BIGINT NOT NULL,
-    idempotency_key TEXT,
-    request_id TEXT,
-    detail TEXT,
-    instance TEXT NOT NULL
-);
-CREATE INDEX {prefix}audit_ring_seq ON {audit} (ring, seq DESC);
-CREATE TABLE {idempotency} (
-    ring TEXT NOT NULL,
-    idem_key TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL,
-    PRIMARY KEY (ring, idem_key)
-);
-CREATE FUNCTION {q}{prefix}audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the keyrot audit ledger is append-only'; END $$;
-CREATE TRIGGER {prefix}audit_no_change BEFORE UPDATE OR DELETE ON {audit} FOR EACH ROW EXECUTE FUNCTION {q}{prefix}audit_append_only();
-CREATE TRIGGER {prefix}audit_no_truncate BEFORE TRUNCATE ON {audit} FOR EACH STATEMENT EXECUTE FUNCTION {q}{prefix}audit_append_only();
-"#,
-    },
-    Migration {
-        version: 2,
-        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring)",
-        // The ledger is read by (ring, chain_seq): the (ring, seq) index has no reader left.
-        sql: r#"
-ALTER TABLE {rings} ADD COLUMN manifest TEXT;
-ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT, ADD COLUMN chain_mac TEXT;
-CREATE UNIQUE INDEX {prefix}audit_ring_chain ON {audit} (ring, chain_seq DESC NULLS LAST);
-DROP INDEX {q}{prefix}audit_ring_seq;
-"#,
-    },
-    // A chain position and a MAC go together: a position without a MAC would hold the
-    // ring's next slot of the unique (ring, chain_seq) index. The constraint binds every row
-    // written from now on; it is validated over the rows already there only when they
-    // satisfy it (legacy rows have neither, chained rows both), so that a ledger someone
-    // wrote such a row into still upgrades, and the chain verifier names the row.
-    Migration {
-        version: 3,
-        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
-        sql: r#"
-ALTER TABLE {audit} ADD CONSTRAINT {prefix}audit_chain_link CHECK ((chain_seq IS NULL) = (chain_mac IS NULL)) NOT VALID;
-DO $$ BEGIN
-    IF EXISTS (SELECT 1 FROM {audit} WHERE (chain_seq IS NULL) <> (chain_mac IS NULL)) THEN
-        RAISE WARNING 'keyrot: the audit ledger holds records with a chain position but no MAC, or the reverse (written outside keyrot): verify the audit chain';
-    ELSE
-        ALTER TABLE {audit} VALIDATE CONSTRAINT {prefix}audit_chain_link;
-    END IF;
-END $$;
-"#,
-    },
-];
 
 /// How every transaction that appends to a ledger begins. At `READ COMMITTED` each
 /// statement sees what committed before it started, so the chain head read after the ring
@@ -154,85 +57,27 @@ const BEGIN_APPEND: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 /// PostgreSQL's longest identifier (and `LISTEN` channel).
 const MAX_IDENT: usize = 63;
 
+/// How PostgreSQL words the statements that differ between databases.
+const WORDING: Wording<'static> = Wording {
+    upsert_key: "ON CONFLICT (ring, kid) DO UPDATE SET",
+    new_value: "EXCLUDED.{c}",
+    ensure_ring: "ON CONFLICT (name) DO NOTHING",
+    insert_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
+    chain_desc: "chain_seq DESC NULLS LAST",
+};
+
 #[derive(Debug)]
 struct Sql {
-    load: String,
-    generation: String,
-    ensure_ring: String,
+    common: Statements,
+    /// Locks the ring row (`$1`: ring).
     lock_ring: String,
-    cas: String,
-    upsert_key: String,
-    audit_head: String,
-    insert_audit: String,
-    insert_idempotency: String,
-    audit_log: String,
-    idempotency: String,
 }
 
 impl Sql {
     fn new(t: &Tables) -> Self {
-        let key_cols = KEY_COLUMNS
-            .split(", ")
-            .map(|c| format!("k.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let updates = KEY_UPDATE_COLUMNS
-            .iter()
-            .map(|c| format!("{c} = EXCLUDED.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let audit_cols = common::AUDIT_COLUMNS;
         Self {
-            // One statement (one snapshot): the manifest matches the key rows. Only the
-            // first row carries it, so a ring of many keys does not repeat it on each.
-            load: format!(
-                "SELECT r.generation AS ring_generation, \
-                 CASE WHEN row_number() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, \
-                 {key_cols} FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = $1 ORDER BY k.seq",
-                rings = t.rings,
-                keys = t.keys
-            ),
-            generation: format!("SELECT generation FROM {} WHERE name = $1", t.rings),
-            ensure_ring: format!(
-                "INSERT INTO {} (name, generation) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
-                t.rings
-            ),
+            common: Statements::new::<Postgres>(t, &WORDING),
             lock_ring: format!("SELECT generation FROM {} WHERE name = $1 FOR UPDATE", t.rings),
-            cas: format!(
-                "UPDATE {} SET generation = generation + 1, manifest = $1 WHERE name = $2 AND generation = $3",
-                t.rings
-            ),
-            upsert_key: format!(
-                "INSERT INTO {} (ring, {KEY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, kid) DO UPDATE SET {updates}",
-                t.keys,
-                common::placeholders(19, true, 1)
-            ),
-            // The highest position, MAC or not (see `common::next_link`).
-            audit_head: format!(
-                "SELECT chain_seq, chain_mac FROM {} WHERE ring = $1 AND chain_seq IS NOT NULL \
-                 ORDER BY chain_seq DESC NULLS LAST LIMIT 1",
-                t.audit
-            ),
-            insert_audit: format!(
-                "INSERT INTO {} ({audit_cols}) VALUES ({})",
-                t.audit,
-                common::placeholders(common::AUDIT_COLUMN_COUNT, true, 1)
-            ),
-            insert_idempotency: format!(
-                "INSERT INTO {} ({IDEMPOTENCY_COLUMNS}) VALUES ({}) ON CONFLICT (ring, idem_key) DO NOTHING",
-                t.idempotency,
-                common::placeholders(5, true, 1)
-            ),
-            // Newest first by chain position; records from before the chain last, newest
-            // first.
-            audit_log: format!(
-                "SELECT {audit_cols} FROM {} WHERE ring = $1 ORDER BY chain_seq DESC NULLS LAST, seq DESC LIMIT $2",
-                t.audit
-            ),
-            idempotency: format!(
-                "SELECT {IDEMPOTENCY_COLUMNS} FROM {} WHERE ring = $1 AND idem_key = $2",
-                t.idempotency
-            ),
         }
     }
 }
@@ -371,70 +216,19 @@ impl PostgresStore {
     /// advisory lock) and everything runs in one transaction. Applied versions are recorded
     /// in `<prefix>migrations`.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        let t = &self.inner.tables;
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(db_err("postgres: begin migration"))?;
-        let key = advisory_key(&common::lock_digest(
-            &format!("migrate:{}", self.inner.namespace),
-            &migrate_ring(),
-        ));
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("postgres: migration lock"))?;
-        if let Some(schema) = &self.inner.schema {
-            sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("postgres: create schema"))?;
-        }
-        sqlx::raw_sql(AssertSqlSafe(t.render(
-            "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
-             checksum TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("postgres: create migrations table"))?;
-        let applied: Vec<(i64, String)> =
-            sqlx::query_as(AssertSqlSafe(t.render("SELECT version, checksum FROM {migrations}")))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err("postgres: read applied migrations"))?;
-        for m in common::pending(MIGRATIONS, &applied)? {
-            sqlx::raw_sql(AssertSqlSafe(t.render(m.sql)))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("postgres: apply migration"))?;
-            sqlx::query(AssertSqlSafe(t.render(
-                "INSERT INTO {migrations} (version, description, checksum, applied_at_ms) \
-                 VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
-            )))
-            .bind(m.version)
-            .bind(m.description)
-            .bind(m.checksum())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("postgres: record migration"))?;
-            tracing::info!(
-                version = m.version,
-                description = m.description,
-                "keyrot migration applied (postgres)"
-            );
-        }
-        tx.commit().await.map_err(db_err("postgres: commit migration"))
+        let session = PgMigration::begin(self).await?;
+        migrate::run(session, &self.inner.tables, MIGRATIONS).await
     }
 
     async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
-        let sql = &self.inner.sql;
+        let sql = &self.inner.sql.common;
         let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
         // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        common::swap_generation_or_return!(tx, sql, c, expected);
-        common::insert_keys_and_audit!(tx, sql, c, linker);
+        if let Some(conflict) = ops::swap_generation::<Postgres>(&mut tx, sql, c, expected).await? {
+            tx.rollback().await?;
+            return Ok(conflict);
+        }
+        ops::insert_keys_and_audit::<Postgres>(&mut tx, sql, c, linker).await?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(self.inner.channel.as_str())
             .bind(format!("{}:{}", c.ring.as_str(), expected + 1))
@@ -451,32 +245,79 @@ impl PostgresStore {
         linker: &dyn AuditLinker,
     ) -> Result<(), TxError> {
         let sql = &self.inner.sql;
+        let ring = [crate::dialect::Value::Text(&audit.ring)];
         let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
         // Serialise appends to the ring's ledger on its row.
-        let locked: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
-            .bind(audit.ring.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if locked.is_none() {
+        if ops::fetch_optional::<Postgres>(&mut tx, &sql.lock_ring, &ring)
+            .await?
+            .is_none()
+        {
             // A new ring: its row is created at generation 0 (a concurrent creator waits
             // on the unique index, then finds it), then locked.
-            sqlx::query(AssertSqlSafe(sql.ensure_ring.as_str()))
-                .bind(audit.ring.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let _: i64 = sqlx::query_scalar(AssertSqlSafe(sql.lock_ring.as_str()))
-                .bind(audit.ring.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
+            ops::execute::<Postgres>(&mut tx, &sql.common.ensure_ring, &ring).await?;
+            ops::fetch_one::<Postgres>(&mut tx, &sql.lock_ring, &ring).await?;
         }
-        common::append_audit!(tx, sql, audit, linker);
+        ops::append_audit::<Postgres>(&mut tx, &sql.common, audit, linker).await?;
         if let Some(i) = idempotency {
-            bind_idempotency!(sqlx::query(AssertSqlSafe(sql.insert_idempotency.as_str())), i)
-                .execute(&mut *tx)
-                .await?;
+            ops::insert_idempotency::<Postgres>(&mut tx, &sql.common.insert_idempotency, i).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// A migration: one transaction, serialised by a transaction advisory lock.
+struct PgMigration {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PgMigration {
+    /// Begins the transaction, takes the lock and creates the schema if one is set.
+    async fn begin(store: &PostgresStore) -> Result<Self, StorageError> {
+        let inner = &store.inner;
+        let mut tx = inner.pool.begin().await.map_err(db_err("postgres: begin migration"))?;
+        let key = advisory_key(&common::lock_digest(
+            &format!("migrate:{}", inner.namespace),
+            &migrate_ring(),
+        ));
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("postgres: migration lock"))?;
+        if let Some(schema) = &inner.schema {
+            sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("postgres: create schema"))?;
+        }
+        Ok(Self { tx })
+    }
+}
+
+impl Migrate for PgMigration {
+    type Db = Postgres;
+
+    const VERSION_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS {migrations} (version BIGINT PRIMARY KEY, \
+        description TEXT NOT NULL, checksum TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)";
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    async fn apply(&mut self, sql: &str) -> Result<(), StorageError> {
+        ops::raw::<Postgres>(&mut self.tx, sql)
+            .await
+            .map_err(db_err("postgres: apply migration"))
+    }
+
+    fn applied_at(&self) -> AppliedAt {
+        AppliedAt::Server("(extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+    }
+
+    async fn finish(self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        result?;
+        self.tx.commit().await.map_err(db_err("postgres: commit migration"))
     }
 }
 
@@ -490,7 +331,37 @@ fn advisory_key(digest: &[u8; 32]) -> i64 {
     i64::from_be_bytes(b)
 }
 
-common::impl_storage!(PostgresStore { label: "postgres" });
+#[async_trait]
+impl Storage for PostgresStore {
+    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
+    }
+
+    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+        ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
+    }
+
+    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+        ops::commit::<Postgres, _, _>(commit, |expected| self.commit_once(commit, expected, linker)).await
+    }
+
+    async fn record_attempt(
+        &self,
+        audit: &AuditRecord,
+        idempotency: Option<&IdempotencyRecord>,
+        linker: &dyn AuditLinker,
+    ) -> Result<(), StorageError> {
+        ops::record_attempt::<Postgres, _, _>(audit, || self.attempt_once(audit, idempotency, linker)).await
+    }
+
+    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        ops::audit_log(&self.inner.pool, &self.inner.sql.common, ring, query.limit).await
+    }
+
+    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
+    }
+}
 
 /// A held advisory lock: the session (pool connection) that holds it.
 struct PgLockGuard {
@@ -675,20 +546,6 @@ impl ChangeFeed for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A migration, once released, is never edited: databases that applied it refuse a
-    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
-    #[test]
-    fn released_migrations_are_unchanged() {
-        crate::common::assert_released(
-            MIGRATIONS,
-            &[
-                "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737",
-                "31a65fa6682c981eccd9bbb63ce5115b695c918e0b31cfee46cefbd7a8439c32",
-                "c13beb659bd4800bdd1ed1f1b08f556d6427efa66fdf3a626381a683e0607e19",
-            ],
-        );
-    }
 
     #[test]
     fn payloads_are_filtered_by_ring() -> Result<(), keyrot_core::InvalidRingName> {

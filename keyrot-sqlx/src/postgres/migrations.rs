@@ -1,0 +1,123 @@
+//! The PostgreSQL schema: every released migration, in order. A released migration is
+//! never edited (databases that applied it would refuse this version, and never run the
+//! change): add a version.
+
+use crate::migrate::Migration;
+
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rings, keys, append-only audit ledger, idempotency records",
+        sql: r#"
+CREATE TABLE {rings} (
+    name TEXT PRIMARY KEY,
+    generation BIGINT NOT NULL CHECK (generation >= 0)
+);
+CREATE TABLE {keys} (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    ring TEXT NOT NULL REFERENCES {rings} (name),
+    kid TEXT NOT NULL,
+    alg TEXT NOT NULL,
+    state TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    fingerprint TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    master_key_id TEXT,
+    sealed_private_key BYTEA,
+    created_at_ms BIGINT NOT NULL,
+    activate_at_ms BIGINT,
+    activated_at_ms BIGINT,
+    retired_at_ms BIGINT,
+    expires_at_ms BIGINT,
+    expired_at_ms BIGINT,
+    revoked_at_ms BIGINT,
+    revoke_reason TEXT,
+    purged_at_ms BIGINT,
+    PRIMARY KEY (ring, kid),
+    CHECK ((master_key_id IS NULL) = (sealed_private_key IS NULL))
+);
+CREATE TABLE {audit} (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    audit_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    ring TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    reason TEXT,
+    old_kid TEXT,
+    old_fingerprint TEXT,
+    new_kid TEXT,
+    new_fingerprint TEXT,
+    generation BIGINT NOT NULL,
+    idempotency_key TEXT,
+    request_id TEXT,
+    detail TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX {prefix}audit_ring_seq ON {audit} (ring, seq DESC);
+CREATE TABLE {idempotency} (
+    ring TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ring, idem_key)
+);
+CREATE FUNCTION {q}{prefix}audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the keyrot audit ledger is append-only'; END $$;
+CREATE TRIGGER {prefix}audit_no_change BEFORE UPDATE OR DELETE ON {audit} FOR EACH ROW EXECUTE FUNCTION {q}{prefix}audit_append_only();
+CREATE TRIGGER {prefix}audit_no_truncate BEFORE TRUNCATE ON {audit} FOR EACH STATEMENT EXECUTE FUNCTION {q}{prefix}audit_append_only();
+"#,
+    },
+    Migration {
+        version: 2,
+        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring)",
+        // The ledger is read by (ring, chain_seq): the (ring, seq) index has no reader left.
+        sql: r#"
+ALTER TABLE {rings} ADD COLUMN manifest TEXT;
+ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT, ADD COLUMN chain_mac TEXT;
+CREATE UNIQUE INDEX {prefix}audit_ring_chain ON {audit} (ring, chain_seq DESC NULLS LAST);
+DROP INDEX {q}{prefix}audit_ring_seq;
+"#,
+    },
+    // A chain position and a MAC go together: a position without a MAC would hold the
+    // ring's next slot of the unique (ring, chain_seq) index. The constraint binds every row
+    // written from now on; it is validated over the rows already there only when they
+    // satisfy it (legacy rows have neither, chained rows both), so that a ledger someone
+    // wrote such a row into still upgrades, and the chain verifier names the row.
+    Migration {
+        version: 3,
+        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
+        sql: r#"
+ALTER TABLE {audit} ADD CONSTRAINT {prefix}audit_chain_link CHECK ((chain_seq IS NULL) = (chain_mac IS NULL)) NOT VALID;
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM {audit} WHERE (chain_seq IS NULL) <> (chain_mac IS NULL)) THEN
+        RAISE WARNING 'keyrot: the audit ledger holds records with a chain position but no MAC, or the reverse (written outside keyrot): verify the audit chain';
+    ELSE
+        ALTER TABLE {audit} VALIDATE CONSTRAINT {prefix}audit_chain_link;
+    END IF;
+END $$;
+"#,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration, once released, is never edited: databases that applied it refuse a
+    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        crate::migrate::assert_released(
+            MIGRATIONS,
+            &[
+                "bbe6a0e1433a5482da0a347361da24039edb097d5729cc759372047f2f1b7737",
+                "31a65fa6682c981eccd9bbb63ce5115b695c918e0b31cfee46cefbd7a8439c32",
+                "c13beb659bd4800bdd1ed1f1b08f556d6427efa66fdf3a626381a683e0607e19",
+            ],
+        );
+    }
+}

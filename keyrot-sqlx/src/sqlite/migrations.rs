@@ -1,0 +1,133 @@
+//! The SQLite schema: every released migration, in order. A released migration is
+//! never edited (databases that applied it would refuse this version, and never run the
+//! change): add a version.
+
+use crate::migrate::Migration;
+
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "rings, keys, append-only audit ledger, idempotency records, lock leases",
+        sql: r#"
+CREATE TABLE {rings} (
+    name TEXT NOT NULL PRIMARY KEY,
+    generation INTEGER NOT NULL CHECK (generation >= 0)
+);
+CREATE TABLE {keys} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ring TEXT NOT NULL REFERENCES {prefix}rings (name),
+    kid TEXT NOT NULL,
+    alg TEXT NOT NULL,
+    state TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    fingerprint TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    master_key_id TEXT,
+    sealed_private_key BLOB,
+    created_at_ms BIGINT NOT NULL,
+    activate_at_ms BIGINT,
+    activated_at_ms BIGINT,
+    retired_at_ms BIGINT,
+    expires_at_ms BIGINT,
+    expired_at_ms BIGINT,
+    revoked_at_ms BIGINT,
+    revoke_reason TEXT,
+    purged_at_ms BIGINT,
+    UNIQUE (ring, kid),
+    CHECK ((master_key_id IS NULL) = (sealed_private_key IS NULL))
+);
+CREATE TABLE {audit} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    audit_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    ring TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    forced BOOLEAN NOT NULL,
+    reason TEXT,
+    old_kid TEXT,
+    old_fingerprint TEXT,
+    new_kid TEXT,
+    new_fingerprint TEXT,
+    generation BIGINT NOT NULL,
+    idempotency_key TEXT,
+    request_id TEXT,
+    detail TEXT,
+    instance TEXT NOT NULL
+);
+CREATE INDEX "{prefix}audit_ring_seq" ON {audit} (ring, seq);
+CREATE TABLE {idempotency} (
+    ring TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ring, idem_key)
+);
+CREATE TABLE {locks} (
+    ring TEXT NOT NULL PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token TEXT NOT NULL,
+    acquired_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE TRIGGER "{prefix}audit_no_update" BEFORE UPDATE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+CREATE TRIGGER "{prefix}audit_no_delete" BEFORE DELETE ON {audit} BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+"#,
+    },
+    // `INSERT OR REPLACE` (and `REPLACE`) deletes the row it conflicts with without firing
+    // DELETE triggers (unless `recursive_triggers` is on): an insert that would conflict
+    // with an existing row on any unique key of the ledger (`seq`, or `(ring, chain_seq)`)
+    // is refused before any conflict resolution runs, so nothing can be replaced. The
+    // ledger is read by (ring, chain_seq) (rowid last, as in every SQLite index): the
+    // (ring, seq) index has no reader left.
+    Migration {
+        version: 2,
+        description: "ring manifest; audit hash chain (chain_seq, chain_mac, unique per ring); no REPLACE into the ledger",
+        sql: r#"
+ALTER TABLE {rings} ADD COLUMN manifest TEXT;
+ALTER TABLE {audit} ADD COLUMN chain_seq BIGINT;
+ALTER TABLE {audit} ADD COLUMN chain_mac TEXT;
+CREATE UNIQUE INDEX "{prefix}audit_ring_chain" ON {audit} (ring, chain_seq);
+DROP INDEX "{prefix}audit_ring_seq";
+CREATE TRIGGER "{prefix}audit_no_replace" BEFORE INSERT ON {audit}
+WHEN EXISTS (SELECT 1 FROM {audit} WHERE seq = NEW.seq)
+  OR EXISTS (SELECT 1 FROM {audit} WHERE ring = NEW.ring AND chain_seq = NEW.chain_seq)
+BEGIN SELECT RAISE(ABORT, 'the keyrot audit ledger is append-only'); END;
+"#,
+    },
+    // A chain position and a MAC go together: a position without a MAC would hold the
+    // ring's next slot of the unique (ring, chain_seq) index. SQLite cannot add a CHECK
+    // constraint to an existing table: a trigger refuses such an insert (updates are
+    // refused already). Rows already there are left to the chain verifier.
+    Migration {
+        version: 3,
+        description: "audit ledger: chain_seq and chain_mac both set or both NULL",
+        sql: r#"
+CREATE TRIGGER "{prefix}audit_chain_link" BEFORE INSERT ON {audit}
+WHEN (NEW.chain_seq IS NULL) <> (NEW.chain_mac IS NULL)
+BEGIN SELECT RAISE(ABORT, '{prefix}audit_chain_link: an audit record has both chain_seq and chain_mac, or neither'); END;
+"#,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration, once released, is never edited: databases that applied it refuse a
+    /// keyrot-sqlx whose copy differs (and would never run the change). Add a version.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        crate::migrate::assert_released(
+            MIGRATIONS,
+            &[
+                "06f3c42f070abb8dc258946724905c5e50f2423c4c7c498c1dfba83f1a9e5cd8",
+                "1084d1b168d37d18efe4782799474d17ad9484cf2d837012c33cd3e0143d520e",
+                "7368e4124393431f5d518266e7df01fb5caa6e8152552bef4b925594ef27c124",
+            ],
+        );
+    }
+}
