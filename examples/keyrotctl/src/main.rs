@@ -222,7 +222,8 @@ struct Ctx {
 
 impl Ctx {
     fn sealer(&self) -> Result<Arc<keyrot_core::MasterKeySealer>, Fail> {
-        let (sealer, _) = load_master_key(self.master_key_file.as_deref(), false).map_err(|e| usage(e.to_string()))?;
+        let (sealer, _) = load_master_key(self.master_key_file.as_deref(), false)
+            .map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))?;
         Ok(Arc::new(sealer))
     }
 
@@ -263,7 +264,7 @@ impl Ctx {
 /// Rotations keep the ring's algorithm: that of its Active key.
 fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
     let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
-    policy_from_env(Some(alg)).map_err(|e| usage(e.to_string()))
+    policy_from_env(Some(alg)).map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))
 }
 
 fn actor() -> RequestContext {
@@ -274,7 +275,9 @@ fn actor() -> RequestContext {
 async fn run(cli: Cli) -> Result<(), Fail> {
     let ring = RingName::new(cli.ring.clone()).map_err(|e| usage(e.to_string()))?;
     let url = cli.database_url.clone().unwrap_or_else(database_url_from_env);
-    let backend = connect(&url).await.map_err(|e| usage(e.to_string()))?;
+    let backend = connect(&url)
+        .await
+        .map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))?;
     let ctx = Ctx {
         backend,
         ring,
