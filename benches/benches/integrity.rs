@@ -16,12 +16,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::integrity::{SealerLinker, check_ring, seal_manifest};
-use keyrot_core::storage::{AuditLinker, AuditQuery};
+use keyrot_core::{AuditLinker, AuditQuery};
 use keyrot_core::{
     Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext,
     RingName, Rotator, Snapshot, Storage,
 };
+use keyrot_core::{SealerLinker, check_ring, testing::seal_manifest};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;

@@ -15,8 +15,8 @@
 
 use chrono::{TimeDelta, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyrot_core::clock::to_millis;
 use keyrot_core::conformance::{sample_audit, sample_key};
+use keyrot_core::to_millis;
 use keyrot_core::{
     ChangeFeed, Commit, CommitOutcome, KeyRing, KeyState, Lock, ManualClock, MasterKey, MasterKeySealer, Outcome,
     RequestContext, RingName, Rotator, Storage,
@@ -154,7 +154,7 @@ async fn lock_and_commit(db: &Db, iters: u64) -> Duration {
         .map(|_| sample_key(r.as_str(), KeyState::Active, at))
         .collect();
     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("bench").expect("mk"), []).expect("sealer"));
-    let linker = keyrot_core::integrity::SealerLinker::new(sealer);
+    let linker = keyrot_core::SealerLinker::new(sealer);
     let mut total = Duration::ZERO;
     for (generation, key) in (0u64..).zip(keys) {
         let commit = Commit {

@@ -28,48 +28,72 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
-pub mod alg;
-pub mod b64;
-pub mod clock;
+// Every module is private: the crate root below is the one path to each public item.
+// `http` (default feature `http`) is the framework-neutral HTTP layer the adapters use;
+// `conformance` and `testing` (feature `test-util`) are for store implementors' and
+// keyrot's own tests.
+mod alg;
+mod b64;
+mod clock;
+mod integrity;
+mod json;
+mod jwks;
+mod key;
+mod keyring;
+mod memory;
+mod planner;
+mod policy;
+mod report;
+mod ring;
+mod rotator;
+mod scheduler;
+mod seal;
+mod secret;
+mod storage;
+mod token;
+
+#[cfg(feature = "http")]
 pub mod http;
-pub mod integrity;
-pub mod json;
-pub mod jwks;
-pub mod key;
-pub mod keyring;
-pub mod memory;
-pub mod planner;
-pub mod policy;
-pub mod ring;
-pub mod rotator;
-pub mod scheduler;
-pub mod seal;
-pub mod secret;
-pub mod storage;
-pub mod token;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
-pub use alg::{Algorithm, RsaBits};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use integrity::{ChainBreak, ChainReport, IntegrityReport, RingIntegrity, TamperedKey};
+pub use alg::{Algorithm, RsaBits, UnsupportedAlgorithm};
+pub use clock::{Clock, ManualClock, SystemClock, to_millis};
+pub use integrity::{
+    ChainBreak, ChainReport, IntegrityReport, RingIntegrity, SealerLinker, TamperedKey, check_ring, legacy_ledger_note,
+    row_digest, rows_digest, verify_chain,
+};
+pub use json::JsonError;
 pub use jwks::{JWKS_CONTENT_TYPE, Jwks};
-pub use key::{ImportedKey, KeyError, PrivateKey, PublicKey};
-pub use keyring::{KeyRing, KeyStatus, RefreshError, Snapshot};
+pub use key::{
+    ImportedKey, InvalidKey, KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, SigningKey, VerifyingKey,
+};
+pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHandle, Snapshot};
+#[cfg(feature = "test-util")]
+pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};
-pub use planner::{ImportState, Refusal, Trigger, TriggerKind};
-pub use policy::{Policy, PolicyError};
-pub use ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
-pub use rotator::{RequestContext, RotateError, RotationReport, Rotator};
-pub use scheduler::{SchedulerConfig, SchedulerHandle};
-pub use seal::{Mac, MasterKey, MasterKeySealer, SealError, SealedKey, Sealer};
+pub use planner::{
+    Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,
+    Trigger, TriggerKind, next_transition, plan,
+};
+pub use policy::{Policy, PolicyBuilder, PolicyError};
+pub use report::ErrorChain;
+pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
+pub use rotator::{RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
+pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
+pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;
 pub use storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
     IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
 };
-pub use token::{SignError, StandardClaims, TokenError, Validation, Verified};
+pub use token::{
+    ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,
+    StandardClaims, TokenError, Unverified, Validation, Verified, decode_header, verify_with_key, verify_with_lookup,
+};
 
 #[doc(hidden)]
 pub use async_trait::async_trait;

@@ -33,6 +33,7 @@ struct Inner {
 }
 
 /// The raw stored state of one ring, for [`MemoryStorage::tamper`].
+#[cfg(feature = "test-util")]
 #[derive(Debug)]
 pub struct RawRing<'a> {
     /// The ring's generation.
@@ -71,6 +72,7 @@ impl MemoryStorage {
     /// Edits the stored rows of `ring` directly, as someone with write access to the
     /// database but without the master key could: for tests of the integrity checks.
     /// No change is announced on the change feed.
+    #[cfg(feature = "test-util")]
     pub fn tamper<T>(&self, ring: &RingName, f: impl FnOnce(RawRing<'_>) -> T) -> T {
         let mut g = self.lock();
         let data = g.rings.entry(ring.clone()).or_default();

@@ -4,11 +4,86 @@ use crate::alg::{Algorithm, RsaBits};
 use chrono::TimeDelta;
 use std::time::Duration;
 
-/// A policy that would break a lifecycle guarantee. The message names the settings and
-/// the rule.
+/// A policy that would break a lifecycle guarantee. The message names the settings, the
+/// rule and the values to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsafe rotation policy: {0}")]
-pub struct PolicyError(pub String);
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A duration that must be positive is zero or negative.
+    #[error("unsafe rotation policy: {setting} must be positive")]
+    NotPositive {
+        /// The setting.
+        setting: &'static str,
+    },
+    /// A duration that may be zero is negative.
+    #[error("unsafe rotation policy: {setting} must not be negative")]
+    Negative {
+        /// The setting.
+        setting: &'static str,
+    },
+    /// Scheduled rotations would be refused by the normal rate limit.
+    #[error(
+        "unsafe rotation policy: min_interval ({}) exceeds rotation_interval ({}): scheduled rotations would be refused",
+        human(*min_interval),
+        human(*rotation_interval)
+    )]
+    MinIntervalExceedsRotation {
+        /// The configured `min_interval`.
+        min_interval: TimeDelta,
+        /// The configured `rotation_interval`.
+        rotation_interval: TimeDelta,
+    },
+    /// A new key would sign before every verifier's cached JWKS has it.
+    #[error(
+        "unsafe rotation policy: publish_lead ({}) must be at least jwks_max_age + verifier_cache + clock_skew ({}), \
+         or verifiers with a cached JWKS will meet tokens from a key they have not seen",
+        human(*publish_lead),
+        human(*needed)
+    )]
+    PublishLeadTooShort {
+        /// The configured `publish_lead`.
+        publish_lead: TimeDelta,
+        /// `jwks_max_age + verifier_cache + clock_skew`.
+        needed: TimeDelta,
+    },
+    /// The next key would be published before the current one activates.
+    #[error(
+        "unsafe rotation policy: publish_lead ({}) must be shorter than rotation_interval ({})",
+        human(*publish_lead),
+        human(*rotation_interval)
+    )]
+    PublishLeadNotShorterThanRotation {
+        /// The configured `publish_lead`.
+        publish_lead: TimeDelta,
+        /// The configured `rotation_interval`.
+        rotation_interval: TimeDelta,
+    },
+    /// Tokens signed just before a rotation would stop verifying before they expire.
+    #[error(
+        "unsafe rotation policy: retire_grace ({}) must be at least max_token_ttl + clock_skew + jwks_max_age ({}), \
+         or tokens signed just before a rotation would stop verifying before they expire",
+        human(*retire_grace),
+        human(*needed)
+    )]
+    RetireGraceTooShort {
+        /// The configured `retire_grace`.
+        retire_grace: TimeDelta,
+        /// `max_token_ttl + clock_skew + jwks_max_age`.
+        needed: TimeDelta,
+    },
+    /// The emergency path would be slower than the normal one.
+    #[error(
+        "unsafe rotation policy: forced_min_interval ({}) exceeds min_interval ({}): the emergency path would be slower than the normal one",
+        human(*forced_min_interval),
+        human(*min_interval)
+    )]
+    ForcedSlowerThanNormal {
+        /// The configured `forced_min_interval`.
+        forced_min_interval: TimeDelta,
+        /// The configured `min_interval`.
+        min_interval: TimeDelta,
+    },
+}
 
 /// How a ring rotates. Build with [`Policy::builder`]; defaults follow the seeds: rotate
 /// every 7 days, at most one normal rotation per 6 days, forced at most once per hour,
@@ -98,7 +173,6 @@ impl Policy {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
-        let e = |s: String| Err(PolicyError(s));
         let positive = [
             ("rotation_interval", self.rotation_interval),
             ("min_interval", self.min_interval),
@@ -108,59 +182,49 @@ impl Policy {
             ("max_token_ttl", self.max_token_ttl),
             ("lock_ttl", self.lock_ttl),
         ];
-        for (name, d) in positive {
-            if d <= TimeDelta::zero() {
-                return e(format!("{name} must be positive"));
-            }
+        if let Some((setting, _)) = positive.into_iter().find(|(_, d)| *d <= TimeDelta::zero()) {
+            return Err(PolicyError::NotPositive { setting });
         }
-        for (name, d) in [
+        let non_negative = [
             ("clock_skew", self.clock_skew),
             ("jwks_max_age", self.jwks_max_age),
             ("verifier_cache", self.verifier_cache),
             ("purge_after", self.purge_after),
-        ] {
-            if d < TimeDelta::zero() {
-                return e(format!("{name} must not be negative"));
-            }
+        ];
+        if let Some((setting, _)) = non_negative.into_iter().find(|(_, d)| *d < TimeDelta::zero()) {
+            return Err(PolicyError::Negative { setting });
         }
         if self.min_interval > self.rotation_interval {
-            return e(format!(
-                "min_interval ({}) exceeds rotation_interval ({}): scheduled rotations would be refused",
-                human(self.min_interval),
-                human(self.rotation_interval)
-            ));
+            return Err(PolicyError::MinIntervalExceedsRotation {
+                min_interval: self.min_interval,
+                rotation_interval: self.rotation_interval,
+            });
         }
-        let needed_lead = self.jwks_max_age + self.verifier_cache + self.clock_skew;
-        if self.publish_lead < needed_lead {
-            return e(format!(
-                "publish_lead ({}) must be at least jwks_max_age + verifier_cache + clock_skew ({}), \
-                 or verifiers with a cached JWKS will meet tokens from a key they have not seen",
-                human(self.publish_lead),
-                human(needed_lead)
-            ));
+        let needed = self.jwks_max_age + self.verifier_cache + self.clock_skew;
+        if self.publish_lead < needed {
+            return Err(PolicyError::PublishLeadTooShort {
+                publish_lead: self.publish_lead,
+                needed,
+            });
         }
         if self.publish_lead >= self.rotation_interval {
-            return e(format!(
-                "publish_lead ({}) must be shorter than rotation_interval ({})",
-                human(self.publish_lead),
-                human(self.rotation_interval)
-            ));
+            return Err(PolicyError::PublishLeadNotShorterThanRotation {
+                publish_lead: self.publish_lead,
+                rotation_interval: self.rotation_interval,
+            });
         }
-        let needed_grace = self.max_token_ttl + self.clock_skew + self.jwks_max_age;
-        if self.retire_grace < needed_grace {
-            return e(format!(
-                "retire_grace ({}) must be at least max_token_ttl + clock_skew + jwks_max_age ({}), \
-                 or tokens signed just before a rotation would stop verifying before they expire",
-                human(self.retire_grace),
-                human(needed_grace)
-            ));
+        let needed = self.max_token_ttl + self.clock_skew + self.jwks_max_age;
+        if self.retire_grace < needed {
+            return Err(PolicyError::RetireGraceTooShort {
+                retire_grace: self.retire_grace,
+                needed,
+            });
         }
         if self.forced_min_interval > self.min_interval {
-            return e(format!(
-                "forced_min_interval ({}) exceeds min_interval ({}): the emergency path would be slower than the normal one",
-                human(self.forced_min_interval),
-                human(self.min_interval)
-            ));
+            return Err(PolicyError::ForcedSlowerThanNormal {
+                forced_min_interval: self.forced_min_interval,
+                min_interval: self.min_interval,
+            });
         }
         Ok(())
     }

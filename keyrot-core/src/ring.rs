@@ -186,7 +186,7 @@ impl KeyRecord {
     /// Parses the stored public JWK.
     pub fn public_key(&self) -> Result<PublicKey, KeyError> {
         let v: serde_json::Value = serde_json::from_str(&self.public_jwk)
-            .map_err(|_| KeyError::Invalid("stored public JWK is not JSON".into()))?;
+            .map_err(|_| KeyError::Invalid(crate::key::InvalidKey::StoredJwkNotJson))?;
         PublicKey::from_jwk(&v, Some(self.alg))
     }
 }
@@ -201,7 +201,7 @@ pub struct Ring {
     /// Every key the ring ever had (expired ones stay for the audit trail).
     pub keys: Vec<KeyRecord>,
     /// The authenticated manifest written with the last commit
-    /// ([`crate::integrity`]); `None` for an empty ring or one written before rings were
+    /// ([`crate::check_ring`]); `None` for an empty ring or one written before rings were
     /// authenticated.
     pub manifest: Option<String>,
 }

@@ -67,7 +67,7 @@ pub fn spawn(rotator: Rotator, cfg: SchedulerConfig) -> SchedulerHandle {
                     generation = r.generation,
                     "scheduler tick"
                 ),
-                Err(e) => tracing::warn!(error = %e, "scheduler tick failed; will retry"),
+                Err(e) => tracing::warn!(error = %e.described(), "scheduler tick failed; will retry"),
             }
             tokio::select! {
                 _ = rx.changed() => break,

@@ -11,7 +11,7 @@
 //! (a real store would write to its database instead, in one transaction per call):
 //!
 //! ```
-//! use keyrot_core::storage::{
+//! use keyrot_core::{
 //!     AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Storage, StorageError,
 //! };
 //! use keyrot_core::{MemoryStorage, Ring, RingName, async_trait};

@@ -5,12 +5,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use keyrot_core::storage::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
 use keyrot_core::{
     Algorithm, Clock, ImportState, ImportedKey, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
     MemoryStorage, Outcome, Policy, PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName,
     RotateError, Rotator, RsaBits, Storage, StorageError, TokenError,
 };
+use keyrot_core::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -73,8 +73,8 @@ async fn instance(s: &Setup) -> KeyRing {
 }
 
 fn sign_with(key: &PrivateKey, kid: &str, now: DateTime<Utc>) -> String {
-    let header = keyrot_core::token::encode_header(key.algorithm(), kid);
-    keyrot_core::token::sign(
+    let header = keyrot_core::testing::token::encode_header(key.algorithm(), kid);
+    keyrot_core::testing::token::sign(
         &key.signing_key(),
         &header,
         &serde_json::json!({"sub": "mallory", "exp": now.timestamp() + 300}),
@@ -729,7 +729,7 @@ async fn the_integrity_migration_checks_what_it_vouches_for() {
             .is_some()
     );
     let ring = s.storage.load(&s.ring).await.expect("load");
-    let digest = keyrot_core::integrity::rows_digest(&ring);
+    let digest = keyrot_core::rows_digest(&ring);
     let stale = rotator
         .authenticate_ring_reviewed(ctx(), Some("not-what-was-reviewed"))
         .await

@@ -11,12 +11,13 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header};
-use keyrot_core::key::{SigningKey, VerifyingKey};
-use keyrot_core::token::{self, TokenError, Validation};
+use keyrot_core::testing::token;
 use keyrot_core::{
     Algorithm, ImportState, ImportedKey, KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Outcome,
-    PrivateKey, RequestContext, RingName, Rotator, RsaBits, b64,
+    PrivateKey, RequestContext, RingName, Rotator, RsaBits, testing::b64,
 };
+use keyrot_core::{SigningKey, VerifyingKey};
+use keyrot_core::{TokenError, Validation};
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -4,7 +4,7 @@
 //! tokens along the way and verifying them at every later step until they expire.
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use keyrot_core::planner::{self, Action, NextTransition, Refusal, TransitionAction, Trigger};
+use keyrot_core::{Action, NextTransition, Refusal, TransitionAction, Trigger};
 use keyrot_core::{
     Algorithm, Clock, ImportState, ImportedKey, KeyOrigin, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer,
     MemoryLock, MemoryStorage, Outcome, Policy, PrivateKey, RequestContext, Ring, RingName, Rotator, RsaBits, Storage,
@@ -125,7 +125,7 @@ impl World {
         clock: &ManualClock,
         policy: &Policy,
         instance: &str,
-    ) -> keyrot_core::rotator::RotatorBuilder {
+    ) -> keyrot_core::RotatorBuilder {
         Rotator::builder(ring.clone(), storage.clone(), lock.clone(), sealer.clone())
             .with_clock(Arc::new(clock.clone()))
             .with_policy(policy.clone())
@@ -370,14 +370,14 @@ impl World {
         }
         self.tokens.retain(|t| now.timestamp() < t.exp);
         // The planner is a pure function: the same inputs give the same answer.
-        let a = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
-        let b = planner::plan(&ring, &self.policy, now, &Trigger::Tick);
+        let a = keyrot_core::plan(&ring, &self.policy, now, &Trigger::Tick);
+        let b = keyrot_core::plan(&ring, &self.policy, now, &Trigger::Tick);
         assert_eq!(a, b);
         // 9. `next_transition` tells what the tick does, and when.
-        let next = planner::next_transition(&ring.keys, &self.policy);
+        let next = keyrot_core::next_transition(&ring.keys, &self.policy);
         assert_eq!(
             next,
-            planner::next_transition(snap.keys(), &self.policy),
+            keyrot_core::next_transition(snap.keys(), &self.policy),
             "the status page's view of the keys gives the planner's answer"
         );
         check_next_transition_predicts_the_tick(&ring, &self.policy, now, next.as_ref());
@@ -388,7 +388,7 @@ impl World {
     /// whether it did (false when nothing is next).
     async fn tick_to_next_transition(&mut self) -> bool {
         self.keyring.refresh().await.expect("refresh");
-        let Some(next) = planner::next_transition(self.keyring.snapshot().keys(), &self.policy) else {
+        let Some(next) = keyrot_core::next_transition(self.keyring.snapshot().keys(), &self.policy) else {
             return false;
         };
         let now = self.clock.now();
@@ -457,7 +457,7 @@ fn check_next_transition_predicts_the_tick(
         // Nothing is next: no tick changes the ring now, nor a year from now.
         for t in [now, now + TimeDelta::days(365)] {
             assert_eq!(
-                planner::plan(ring, policy, t, &Trigger::Tick),
+                keyrot_core::plan(ring, policy, t, &Trigger::Tick),
                 Err(Refusal::NothingDue),
                 "no next transition, yet a tick at {t} plans one"
             );
@@ -465,7 +465,7 @@ fn check_next_transition_predicts_the_tick(
         return;
     };
     let at = next.at.max(now);
-    let plan = planner::plan(ring, policy, at, &Trigger::Tick)
+    let plan = keyrot_core::plan(ring, policy, at, &Trigger::Tick)
         .unwrap_or_else(|r| panic!("{next:?} is due, yet a tick at {at} is refused: {r:?}"));
     let kid = next.kid.as_deref();
     let performed = plan.actions.iter().any(|a| match (next.action, a) {
@@ -479,7 +479,7 @@ fn check_next_transition_predicts_the_tick(
     if next.at > now {
         for t in [now, next.at - TimeDelta::nanoseconds(1)] {
             assert_eq!(
-                planner::plan(ring, policy, t, &Trigger::Tick),
+                keyrot_core::plan(ring, policy, t, &Trigger::Tick),
                 Err(Refusal::NothingDue),
                 "{next:?} is the earliest change, yet a tick at {t} plans one"
             );

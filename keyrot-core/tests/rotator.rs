@@ -3,12 +3,12 @@
 
 use async_trait::async_trait;
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::storage::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
 use keyrot_core::{
     Algorithm, Clock, ImportState, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
     MemoryStorage, Outcome, Policy, PrivateKey, RefreshError, Refusal, RequestContext, Ring, RingName, RotateError,
     Rotator, RsaBits, SealError, Storage, StorageError, TokenError,
 };
+use keyrot_core::{AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -284,7 +284,7 @@ async fn imported_keys_keep_their_kid_and_are_never_duplicated() {
     let s = setup_with(Policy::default()).await;
     let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
     let mut jwk = key.public_key().to_jwk("legacy-kid-1");
-    jwk["d"] = keyrot_core::b64::encode(key.to_secret_bytes().expect("bytes").expose()).into();
+    jwk["d"] = keyrot_core::testing::b64::encode(key.to_secret_bytes().expect("bytes").expose()).into();
     let imported = PrivateKey::from_jwk(&jwk, None).expect("import");
     assert_eq!(imported.effective_kid(), "legacy-kid-1");
     let r = s
@@ -295,9 +295,9 @@ async fn imported_keys_keep_their_kid_and_are_never_duplicated() {
     assert_eq!(r.outcome, Outcome::Imported);
     assert_eq!(s.keyring.snapshot().active_kid(), Some("legacy-kid-1"));
     // Tokens the old issuer signed with that key keep verifying.
-    let header = keyrot_core::token::encode_header(Algorithm::EdDsa, "legacy-kid-1");
+    let header = keyrot_core::testing::token::encode_header(Algorithm::EdDsa, "legacy-kid-1");
     let exp = s.clock.now().timestamp() + 60;
-    let legacy = keyrot_core::token::sign(
+    let legacy = keyrot_core::testing::token::sign(
         &key.signing_key(),
         &header,
         &serde_json::json!({"exp": exp}),
@@ -435,8 +435,8 @@ async fn unknown_kid_refreshes_are_single_flight_and_a_real_kid_waits_at_most_th
 
 fn forge_with_kid(kid: &str) -> String {
     let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
-    let header = keyrot_core::token::encode_header(Algorithm::EdDsa, kid);
-    keyrot_core::token::sign(
+    let header = keyrot_core::testing::token::encode_header(Algorithm::EdDsa, kid);
+    keyrot_core::testing::token::sign(
         &key.signing_key(),
         &header,
         &serde_json::json!({"exp": i64::MAX}),
@@ -479,7 +479,7 @@ async fn private_key_bytes_never_leave_in_debug_errors_audit_jwks_or_reports() {
     let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("keygen");
     let secret = key.to_secret_bytes().expect("bytes");
     let forms = [
-        keyrot_core::b64::encode(secret.expose()),
+        keyrot_core::testing::b64::encode(secret.expose()),
         secret.expose().iter().map(|b| format!("{b:02x}")).collect::<String>(),
         format!("{:?}", secret.expose()),
     ];
@@ -606,7 +606,7 @@ async fn scheduler_bootstraps_ticks_and_shuts_down_cleanly() {
         interval: std::time::Duration::from_secs(30),
         jitter: std::time::Duration::from_secs(5),
     };
-    let handle = keyrot_core::scheduler::spawn(s.rotator.clone(), cfg);
+    let handle = keyrot_core::spawn_scheduler(s.rotator.clone(), cfg);
     // Paused tokio time auto-advances while every task is idle: no real waiting.
     tokio::time::sleep(std::time::Duration::from_secs(100)).await;
     let ticks = handle.shutdown().await;
@@ -666,7 +666,7 @@ async fn keyring_fast_path_for_its_own_headers_still_checks_everything_else() {
     let token = s.keyring.sign(&claims(&s, 60)).expect("sign");
     let (header, rest) = token.split_once('.').expect("header");
     let (_, sig) = rest.split_once('.').expect("sig");
-    let forged_payload = keyrot_core::b64::encode(br#"{"sub":"admin","exp":99999999999}"#);
+    let forged_payload = keyrot_core::testing::b64::encode(br#"{"sub":"admin","exp":99999999999}"#);
     let tampered = format!("{header}.{forged_payload}.{sig}");
     assert_eq!(s.keyring.verify(&tampered).err(), Some(TokenError::BadSignature));
     assert!(matches!(
@@ -682,7 +682,7 @@ async fn keyring_fast_path_for_its_own_headers_still_checks_everything_else() {
     s.clock.advance(TimeDelta::seconds(60 + 30));
     assert_eq!(s.keyring.verify(&token).err(), Some(TokenError::Expired));
     // A header keyrot did not write (other member order) takes the full path and verifies too.
-    let key_header = keyrot_core::b64::encode(
+    let key_header = keyrot_core::testing::b64::encode(
         format!(
             r#"{{"kid":"{}","alg":"EdDSA"}}"#,
             s.keyring.snapshot().active_kid().expect("kid")

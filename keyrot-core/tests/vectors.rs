@@ -8,9 +8,10 @@
 //! - The Wycheproof JWS and JWK files, when the shared vector folder is present.
 
 use keyrot_core::Algorithm;
-use keyrot_core::b64;
-use keyrot_core::key::{KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
-use keyrot_core::token::{self, FORBIDDEN_HEADER_MEMBERS, TokenError, Validation, Verified};
+use keyrot_core::testing::b64;
+use keyrot_core::testing::token;
+use keyrot_core::{FORBIDDEN_HEADER_MEMBERS, TokenError, Validation, Verified};
+use keyrot_core::{KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -139,7 +140,7 @@ fn rfc8037_ed25519_jwk_thumbprint_and_deterministic_signature() {
     // As a token: no kid, so the ring path refuses it before anything else ...
     let v = Validation::new();
     assert_eq!(
-        token::verify(RFC8037_COMPACT, |_| Some(&vk), &v, real_now()).err(),
+        keyrot_core::verify_with_lookup(RFC8037_COMPACT, |_| Some(&vk), &v, real_now()).err(),
         Some(TokenError::MissingKid)
     );
     // ... and the pinned-key path accepts the signature but not the payload, which is
@@ -224,7 +225,7 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
     // otherwise pass, and whatever key the lookup would return).
     for now in [real_now(), A2_EXP - 3600] {
         assert_eq!(
-            token::verify(A2_COMPACT, |_| Some(&vk), &v, now).err(),
+            keyrot_core::verify_with_lookup(A2_COMPACT, |_| Some(&vk), &v, now).err(),
             Some(TokenError::MissingKid)
         );
     }
@@ -290,7 +291,7 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
         for vk in [&ed, &rs] {
             // Lenient rules and a time before exp: nothing but the algorithm can refuse.
             for (v, now) in [(Validation::new(), real_now()), (lenient.clone(), A2_EXP - 3600)] {
-                let ring = token::verify(t, |_| Some(vk), &v, now);
+                let ring = keyrot_core::verify_with_lookup(t, |_| Some(vk), &v, now);
                 assert!(
                     is_expected_refusal(&ring),
                     "{name} via lookup ({:?}): {ring:?}",
@@ -308,7 +309,7 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
     // The precise reasons, so a regression that changes them is noticed.
     let v = Validation::new();
     assert_eq!(
-        token::verify(A1_COMPACT, |_| Some(&rs), &v, 0).err(),
+        keyrot_core::verify_with_lookup(A1_COMPACT, |_| Some(&rs), &v, 0).err(),
         Some(TokenError::MissingKid)
     );
     assert_eq!(
@@ -318,11 +319,11 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
         })
     );
     assert!(matches!(
-        token::verify(&tokens[3].1, |_| Some(&ed), &v, 0),
+        keyrot_core::verify_with_lookup(&tokens[3].1, |_| Some(&ed), &v, 0),
         Err(TokenError::Malformed(_))
     ));
     assert_eq!(
-        token::verify(&tokens[4].1, |_| Some(&ed), &v, 0).err(),
+        keyrot_core::verify_with_lookup(&tokens[4].1, |_| Some(&ed), &v, 0).err(),
         Some(TokenError::AlgorithmMismatch {
             expected: Algorithm::EdDsa
         })
@@ -359,7 +360,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     let ok = token::verify_with_key(&no_kid, &vk, &v, now).expect("kid-less token verifies with a pinned key");
     assert_eq!((ok.kid.as_str(), ok.alg), ("", Algorithm::EdDsa));
     assert_eq!(
-        token::verify(&no_kid, |_| Some(&vk), &v, now).err(),
+        keyrot_core::verify_with_lookup(&no_kid, |_| Some(&vk), &v, now).err(),
         Some(TokenError::MissingKid)
     );
 
@@ -377,7 +378,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     let h = json!({"alg": "EdDSA", "kid": "k1"});
     let mut cases: Vec<(String, String)> = vec![
         ("good".into(), signed(&h, exp)),
-        ("too large".into(), "a".repeat(token::DEFAULT_MAX_TOKEN_BYTES + 1)),
+        ("too large".into(), "a".repeat(keyrot_core::DEFAULT_MAX_TOKEN_BYTES + 1)),
         (
             "two segments".into(),
             signed(&h, exp).rsplit_once('.').expect("dot").0.to_owned(),
@@ -415,7 +416,12 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     let mut refused = 0;
     for (name, t) in &cases {
         let pinned = summary(token::verify_with_key(t, &vk, &v, now));
-        let ring = summary(token::verify(t, |kid| (kid == "k1").then_some(&vk), &v, now));
+        let ring = summary(keyrot_core::verify_with_lookup(
+            t,
+            |kid| (kid == "k1").then_some(&vk),
+            &v,
+            now,
+        ));
         assert_eq!(pinned, ring, "{name}");
         assert_eq!(pinned.is_ok(), name == "good", "{name}: {pinned:?}");
         refused += usize::from(pinned.is_err());
@@ -433,7 +439,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     assert_eq!(
         check("too large"),
         Some(TokenError::TooLarge {
-            max: token::DEFAULT_MAX_TOKEN_BYTES
+            max: keyrot_core::DEFAULT_MAX_TOKEN_BYTES
         })
     );
     assert_eq!(
@@ -822,7 +828,7 @@ impl JoseRun {
             .map(|(_, vk)| vk);
         let outcome = if header_kid.is_some() {
             // The ring path, with the pinned path as a cross-check.
-            let ring = token::verify(
+            let ring = keyrot_core::verify_with_lookup(
                 jws,
                 |k| keys.iter().find(|(kid, _)| kid == k).map(|(_, vk)| vk),
                 &v,
@@ -840,7 +846,7 @@ impl JoseRun {
         } else {
             match key {
                 Some(vk) => token::verify_with_key(jws, vk, &v, now),
-                None => token::verify(jws, |_| None, &v, now),
+                None => keyrot_core::verify_with_lookup(jws, |_| None, &v, now),
             }
         };
         let good_signature = key.is_some_and(|vk| signature_verifies(jws, vk));

@@ -2,17 +2,18 @@
 
 use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, World};
 use chrono::TimeDelta;
+use keyrot_core::VerifyingKey;
 use keyrot_core::http::{
     ANONYMOUS_ACTOR, JWKS_PATH, ROTATE_PATH, RefusalAuditLimits, STATUS_PATH, ScopeAuthorizer, TokenVerifier,
 };
-use keyrot_core::key::VerifyingKey;
-use keyrot_core::token::{self, encode_header_with_type};
+use keyrot_core::testing::token;
 use keyrot_core::{
     Algorithm, Clock, Lock, Outcome, PrivateKey, RequestContext, RsaBits, TokenError, TriggerKind, Validation, Verified,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use token::encode_header_with_type;
 
 const INVALID_TOKEN_BODY: &str = r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;
 const MISSING_TOKEN_BODY: &str = r#"{"error":"unauthorized","error_description":"a bearer token is required"}"#;
@@ -172,7 +173,7 @@ pub async fn p0_4_invalid_or_expired_token_is_401(start: Start) {
     let (head, rest) = good.split_once('.').expect("jwt");
     let (_, sig) = rest.split_once('.').expect("jwt");
     let now = w.now().timestamp();
-    let forged_payload = keyrot_core::b64::encode(
+    let forged_payload = keyrot_core::testing::b64::encode(
         json!({"sub":"scheduler","client_id":"scheduler","scope":"admin.force-rotate-keys","iat":now,"exp":now+60})
             .to_string()
             .as_bytes(),
@@ -759,7 +760,7 @@ pub async fn jwks_publishes_pending_key_before_it_signs(start: Start) {
     );
     let token = w.sign(&json!({"sub": "x", "exp": w.now().timestamp() + 60}));
     let header = token.split('.').next().expect("header");
-    let header: Value = serde_json::from_slice(&keyrot_core::b64::decode(header).expect("b64")).expect("json");
+    let header: Value = serde_json::from_slice(&keyrot_core::testing::b64::decode(header).expect("b64")).expect("json");
     assert_eq!(header["kid"], w.first_kid.as_str());
     let cache = w
         .jwks(None)
@@ -912,7 +913,7 @@ struct AuthorizationServer {
 impl TokenVerifier for AuthorizationServer {
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let lookup = |kid: &str| (kid == "as-1").then_some(&self.key);
-        token::verify(token, lookup, &Validation::new(), self.clock.now().timestamp())
+        keyrot_core::verify_with_lookup(token, lookup, &Validation::new(), self.clock.now().timestamp())
     }
 }
 
@@ -938,7 +939,7 @@ pub async fn rotation_token_of_another_type_is_401(start: Start) {
             json!({"sub":"scheduler","client_id":"scheduler","scope":"service.rotate-keys","iat":now,"exp":now+300});
         let header = match typ {
             Some(t) => encode_header_with_type(Algorithm::EdDsa, "as-1", t),
-            None => keyrot_core::b64::encode(br#"{"alg":"EdDSA","kid":"as-1"}"#),
+            None => keyrot_core::testing::b64::encode(br#"{"alg":"EdDSA","kid":"as-1"}"#),
         };
         token::sign(&issuer.signing_key(), &header, &claims, now, 900).expect("sign")
     };

@@ -930,7 +930,7 @@ mod tests {
     }
 
     #[test]
-    fn lock_digests_depend_on_namespace_and_ring() -> Result<(), keyrot_core::ring::InvalidRingName> {
+    fn lock_digests_depend_on_namespace_and_ring() -> Result<(), keyrot_core::InvalidRingName> {
         let (a, b) = (RingName::new("a")?, RingName::new("b")?);
         assert_ne!(lock_digest("public.keyrot_", &a), lock_digest("public.keyrot_", &b));
         assert_ne!(lock_digest("s1.keyrot_", &a), lock_digest("s2.keyrot_", &a));

@@ -691,7 +691,7 @@ mod tests {
     }
 
     #[test]
-    fn payloads_are_filtered_by_ring() -> Result<(), keyrot_core::ring::InvalidRingName> {
+    fn payloads_are_filtered_by_ring() -> Result<(), keyrot_core::InvalidRingName> {
         let r = RingName::new("default")?;
         assert_eq!(parse_payload("default:42", &r), Some(42));
         assert_eq!(parse_payload("other:42", &r), None);

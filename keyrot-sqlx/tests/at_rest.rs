@@ -8,8 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use chrono::Utc;
 use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
-use keyrot_core::clock::to_millis;
-use keyrot_core::seal::SealContext;
+use keyrot_core::SealContext;
+use keyrot_core::to_millis;
 use keyrot_core::{
     Algorithm, AuditQuery, ImportState, ImportedKey, Lock, ManualClock, Outcome, PrivateKey, RequestContext, Rotator,
     RsaBits, SealedKey, Sealer as _, SecretBytes, Storage,

@@ -31,7 +31,9 @@ mod postgres {
     async fn setup() -> Option<Backend> {
         let t = PgTest::new("postgres conformance", true).await?;
         let store = t.instance(5, "keyrot-conformance").await;
-        backend(store.pool().clone(), store, t.finish())
+        // The feed cases run on PostgreSQL's own LISTEN/NOTIFY feed.
+        let feed = std::sync::Arc::new(store.clone());
+        backend(store.pool().clone(), store, t.finish()).map(|b| b.with_feed(feed))
     }
 
     keyrot_core::storage_conformance_tests!(setup);

@@ -6,7 +6,7 @@ mod common;
 
 use chrono::{TimeDelta, Utc};
 use common::{MySqlTest, PgTest, Proxy, SqliteFile, ring, sealer};
-use keyrot_core::clock::to_millis;
+use keyrot_core::to_millis;
 use keyrot_core::{
     KeyRing, Lock, LockGuard, ManualClock, MasterKeySealer, Outcome, RequestContext, Ring, RingName, RotateError,
     RotationReport, Rotator, Storage,

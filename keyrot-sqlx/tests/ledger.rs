@@ -15,9 +15,9 @@ mod common;
 
 use chrono::{TimeDelta, Utc};
 use common::{TestDb, lit, ring, sealer};
-use keyrot_core::clock::to_millis;
+use keyrot_core::SealerLinker;
 use keyrot_core::conformance::sample_audit;
-use keyrot_core::integrity::SealerLinker;
+use keyrot_core::to_millis;
 use keyrot_core::{
     AuditQuery, AuditRecord, Commit, CommitOutcome, KeyRing, KeyState, ManualClock, Outcome, RequestContext,
     RingIntegrity, RingName, Rotator, StorageError,
@@ -436,7 +436,7 @@ async fn concurrent_first_appends_on_a_new_ring_form_one_chain(db: &TestDb) {
     }
     let records = all(db, &r).await;
     assert_eq!(records.len(), 16);
-    let chain = keyrot_core::integrity::verify_chain(&records, &*sealer).expect("one contiguous chain");
+    let chain = keyrot_core::verify_chain(&records, &*sealer).expect("one contiguous chain");
     assert_eq!(chain.records, 16, "{}", db.name);
     assert_eq!(db.storage.generation(&r).await.expect("generation"), 0);
 }
@@ -771,7 +771,7 @@ async fn postgres_appends_keep_one_chain_under_a_stricter_default_isolation() {
         let records = keyrot_core::Storage::audit_log(&store, &r, AuditQuery { limit: usize::MAX })
             .await
             .expect("audit log");
-        let chain = keyrot_core::integrity::verify_chain(&records, &*sealer).expect("one contiguous chain");
+        let chain = keyrot_core::verify_chain(&records, &*sealer).expect("one contiguous chain");
         assert_eq!(chain.records, 1 + 12 + 1, "{level}");
         store.pool().close().await;
     }

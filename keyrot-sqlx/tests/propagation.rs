@@ -6,7 +6,7 @@ mod common;
 
 use chrono::{TimeDelta, Utc};
 use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
-use keyrot_core::clock::to_millis;
+use keyrot_core::to_millis;
 use keyrot_core::{ChangeFeed, KeyRing, Lock, ManualClock, Outcome, RequestContext, Rotator, Storage};
 use keyrot_sqlx::sqlx;
 use std::sync::Arc;

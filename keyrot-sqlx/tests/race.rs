@@ -7,8 +7,8 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
+use keyrot_core::SealerLinker;
 use keyrot_core::conformance::{sample_audit, sample_key};
-use keyrot_core::integrity::SealerLinker;
 use keyrot_core::{
     AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManualClock, MasterKeySealer, Outcome, RequestContext,
     Rotator, Storage,
@@ -195,7 +195,7 @@ async fn cas_race(name: &str, instances: &[Instance], sealer: Arc<MasterKeySeale
         .audit_log(&r, AuditQuery { limit: usize::MAX })
         .await
         .expect("audit");
-    let chain = keyrot_core::integrity::verify_chain(&ledger, &*sealer).expect("the winners' records form one chain");
+    let chain = keyrot_core::verify_chain(&ledger, &*sealer).expect("the winners' records form one chain");
     assert_eq!(chain.records, 20, "{name}: only the winners' records were appended");
 }
 

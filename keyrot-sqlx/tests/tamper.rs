@@ -14,8 +14,8 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{TestDb, lit, ms, ring, sealer};
-use keyrot_core::clock::to_millis;
-use keyrot_core::integrity::ChainBreak;
+use keyrot_core::ChainBreak;
+use keyrot_core::to_millis;
 use keyrot_core::{
     Algorithm, AuditQuery, AuditRecord, Clock as _, KeyRecord, KeyRing, KeyState, ManualClock, MasterKeySealer,
     Outcome, PrivateKey, RefreshError, RequestContext, RingIntegrity, RingName, RotateError, Rotator, RsaBits,
@@ -56,8 +56,8 @@ fn sign(kr: &KeyRing, clock: &ManualClock) -> Token {
 
 /// A token the attacker signs with their own key under `kid`.
 fn forge(key: &PrivateKey, kid: &str, now: DateTime<Utc>) -> String {
-    let header = keyrot_core::token::encode_header(key.algorithm(), kid);
-    keyrot_core::token::sign(&key.signing_key(), &header, &claims(now), now.timestamp(), 3_600).expect("forge")
+    let header = keyrot_core::testing::token::encode_header(key.algorithm(), kid);
+    keyrot_core::testing::token::sign(&key.signing_key(), &header, &claims(now), now.timestamp(), 3_600).expect("forge")
 }
 
 fn attacker() -> PrivateKey {

@@ -12,7 +12,7 @@
 //! within 5 seconds, 1 otherwise, 2 on usage or configuration errors.
 
 use clap::Parser;
-use keyrot_core::keyring::RefresherHandle;
+use keyrot_core::RefresherHandle;
 use keyrot_core::{
     KeyRing, MasterKey, MasterKeySealer, Outcome, RequestContext, RingName, RotateError, RotationReport, Rotator,
 };

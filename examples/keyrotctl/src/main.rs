@@ -6,8 +6,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyrot_core::Sealer as _;
-use keyrot_core::integrity::check_ring;
-use keyrot_core::planner::next_transition;
+use keyrot_core::check_ring;
+use keyrot_core::next_transition;
 use keyrot_core::{
     Algorithm, AuditQuery, ChainBreak, ImportState, IntegrityReport, KeyRing, KeyStatus, Mac, Outcome, Policy,
     PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator, SealError,
@@ -223,7 +223,7 @@ struct Ctx {
 impl Ctx {
     fn sealer(&self) -> Result<Arc<keyrot_core::MasterKeySealer>, Fail> {
         let (sealer, _) = load_master_key(self.master_key_file.as_deref(), false)
-            .map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))?;
+            .map_err(|e| usage(keyrot_core::ErrorChain(&e).to_string()))?;
         Ok(Arc::new(sealer))
     }
 
@@ -264,7 +264,7 @@ impl Ctx {
 /// Rotations keep the ring's algorithm: that of its Active key.
 fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
     let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
-    policy_from_env(Some(alg)).map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))
+    policy_from_env(Some(alg)).map_err(|e| usage(keyrot_core::ErrorChain(&e).to_string()))
 }
 
 fn actor() -> RequestContext {
@@ -277,7 +277,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     let url = cli.database_url.clone().unwrap_or_else(database_url_from_env);
     let backend = connect(&url)
         .await
-        .map_err(|e| usage(keyrot_examples_support::ErrorChain(&e).to_string()))?;
+        .map_err(|e| usage(keyrot_core::ErrorChain(&e).to_string()))?;
     let ctx = Ctx {
         backend,
         ring,
@@ -550,7 +550,7 @@ fn explain_refusal(
     e: &TokenError,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Option<String> {
-    let kid = keyrot_core::token::decode_header(token, v).ok()?.kid;
+    let kid = keyrot_core::decode_header(token, v).ok()?.kid;
     let key = snap.keys().iter().find(|k| k.kid == kid)?;
     match e {
         TokenError::UnknownKid => key.tampered.as_deref().map(|reason| {
@@ -615,7 +615,7 @@ fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, I
                     ..
                 }
             ) || matches!(report.integrity, RingIntegrity::UnknownMasterKey(_));
-            let msg = format!("the ring cannot be opened: {e}");
+            let msg = format!("the ring cannot be opened: {}", keyrot_core::ErrorChain(&e));
             let fail = if unknown_master_key { usage(msg) } else { refused(msg) };
             Ok((keys, report, Some(fail)))
         }
@@ -801,7 +801,7 @@ async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>
 async fn authenticate_ring(ctx: &Ctx, yes: bool, expect: Option<String>, json: bool) -> Result<(), Fail> {
     if !yes {
         let ring = ctx.load().await?;
-        let digest = keyrot_core::integrity::rows_digest(&ring);
+        let digest = keyrot_core::rows_digest(&ring);
         if json {
             let keys: Vec<KeyStatus> = ring.keys.iter().map(KeyStatus::from).collect();
             let out = serde_json::json!({
@@ -879,7 +879,7 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
     };
     if !yes {
         let ring = ctx.load().await?;
-        let report = keyrot_core::integrity::check_ring(&ring, &*ctx.sealer()?);
+        let report = keyrot_core::check_ring(&ring, &*ctx.sealer()?);
         if json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {

@@ -2,14 +2,13 @@
 //!
 //! Each variant says what to do; the underlying error is its [`source`]
 //! (`std::error::Error::source`), never repeated in its own message, so printing the
-//! chain with [`ErrorChain`] names each cause once.
+//! chain with [`ErrorChain`](keyrot_core::ErrorChain) names each cause once.
 //!
 //! [`source`]: std::error::Error::source
 
 use keyrot_core::StorageError;
 use keyrot_core::http::HttpConfigError;
-use keyrot_core::ring::InvalidRingName;
-use keyrot_core::{PolicyError, RefreshError, RotateError, SealError};
+use keyrot_core::{InvalidRingName, PolicyError, RefreshError, RotateError, SealError};
 use keyrot_sqlx::sqlx;
 use std::path::PathBuf;
 
@@ -107,25 +106,10 @@ pub enum SetupError {
     },
 }
 
-/// An error and its chain of sources, printed `error: cause: cause…`, each once.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyrot_core::ErrorChain;
 
     /// The message of every error in the chain, outermost first.
     fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! Shared pieces of keyrot's examples (quickstart, actix-quickstart, keyrotctl, cluster),
 //! one module a concept:
 //!
-//! - [`error`]: [`SetupError`], and [`ErrorChain`] to print it with its causes;
+//! - [`error`]: [`SetupError`] (print it with its causes by [`ErrorChain`]);
 //! - [`policy`]: the rotation policy from `KEYROT_POLICY_*_MS`;
 //! - [`master_key`]: the master key from the environment or a file, or generated;
 //! - [`form`]: form-urlencoded bodies and HTTP Basic credentials;
@@ -16,8 +16,9 @@ pub mod oauth;
 pub mod policy;
 pub mod quickstart;
 
-pub use error::{ErrorChain, SetupError};
+pub use error::SetupError;
 pub use form::parse_form;
+pub use keyrot_core::ErrorChain;
 pub use master_key::{DEFAULT_MASTER_KEY_FILE, MasterKeySource, load_master_key, write_private_file};
 pub use oauth::random_secret;
 pub use policy::policy_from_env;

@@ -99,14 +99,17 @@ fn random_jti() -> String {
                 .to_be_bytes(),
         );
     }
-    keyrot_core::b64::encode(&b)
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
 }
 
 /// A random secret for generated client credentials (URL-safe, 32 bytes of entropy).
 pub fn random_secret() -> Result<String, SetupError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(SetupError::Random)?;
-    Ok(keyrot_core::b64::encode(&b))
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        b,
+    ))
 }
 
 impl TokenService {

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// `VERIFIER_CACHE`, `PURGE_AFTER`). Demos and end-to-end tests shorten them; the policy
 /// is validated, so unsafe combinations are refused with the rule they break.
 pub fn policy_from_env(alg: Option<keyrot_core::Algorithm>) -> Result<keyrot_core::Policy, SetupError> {
-    type Setter = fn(keyrot_core::policy::PolicyBuilder, Duration) -> keyrot_core::policy::PolicyBuilder;
+    type Setter = fn(keyrot_core::PolicyBuilder, Duration) -> keyrot_core::PolicyBuilder;
     let fields: [(&str, Setter); 10] = [
         ("ROTATION_INTERVAL", |b, d| b.with_rotation_interval(d)),
         ("MIN_INTERVAL", |b, d| b.with_min_interval(d)),

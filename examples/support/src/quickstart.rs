@@ -10,8 +10,8 @@ pub use config::{QuickstartConfig, init_tracing};
 use crate::oauth::TokenService;
 use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
 use banner::Secret;
+use keyrot_core::RefresherHandle;
 use keyrot_core::http::HttpEndpoints;
-use keyrot_core::keyring::RefresherHandle;
 use keyrot_core::{KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, Validation};
 use std::error::Error;
 use std::process::ExitCode;
@@ -116,7 +116,7 @@ impl Quickstart {
             issuer,
             TokenService::rotation_clients(&s1, &s2),
         ));
-        let scheduler = keyrot_core::scheduler::spawn(
+        let scheduler = keyrot_core::spawn_scheduler(
             rotator.clone(),
             SchedulerConfig {
                 interval: config.tick,

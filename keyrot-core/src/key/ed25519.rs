@@ -1,7 +1,7 @@
 //! Ed25519 (RFC 8032/8037, JWS `EdDSA`): OKP JWKs with `crv: "Ed25519"`, 32-byte seeds,
 //! strict verification, weak (small-order) public keys refused.
 
-use super::{Family, KeyError, PrivateParams, PublicParams, Signer, Verifier, invalid, member_b64, member_str};
+use super::{Family, KeyError, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64, member_str};
 use crate::alg::{Algorithm, RsaBits};
 use crate::b64;
 use crate::secret::SecretBytes;
@@ -50,7 +50,7 @@ impl Family for Ed25519 {
         let seed: &[u8; 32] = bytes
             .expose()
             .try_into()
-            .map_err(|_| invalid("Ed25519 private key must be 32 bytes"))?;
+            .map_err(|_| broken("Ed25519 private key must be 32 bytes"))?;
         Ok(private(ed25519_dalek::SigningKey::from_bytes(seed)))
     }
 
@@ -68,12 +68,12 @@ impl Family for Ed25519 {
         alg: Option<Algorithm>,
     ) -> Result<Arc<dyn PublicParams>, KeyError> {
         if member_str(obj, "crv")? != Some("Ed25519") {
-            return Err(invalid("OKP JWK must have \"crv\": \"Ed25519\""));
+            return Err(broken("OKP JWK must have \"crv\": \"Ed25519\""));
         }
         check_alg(alg.unwrap_or(Algorithm::EdDsa))?;
         let x: [u8; 32] = member_b64(obj, "x")?
             .try_into()
-            .map_err(|_| invalid("Ed25519 \"x\" must be 32 bytes"))?;
+            .map_err(|_| broken("Ed25519 \"x\" must be 32 bytes"))?;
         let public = Public { x };
         public.dalek()?;
         Ok(Arc::new(public))
@@ -90,7 +90,7 @@ impl Public {
     /// The point, validated: on the curve and not of small order.
     fn dalek(&self) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.x)
-            .map_err(|_| invalid("Ed25519 public key is not a valid point"))?;
+            .map_err(|_| broken("Ed25519 public key is not a valid point"))?;
         if vk.is_weak() {
             return Err(KeyError::WeakKey);
         }
@@ -125,10 +125,10 @@ impl PublicParams for Public {
         let seed: &[u8; 32] = d
             .expose()
             .try_into()
-            .map_err(|_| invalid("Ed25519 \"d\" must be 32 bytes"))?;
+            .map_err(|_| broken("Ed25519 \"d\" must be 32 bytes"))?;
         let sk = ed25519_dalek::SigningKey::from_bytes(seed);
         if sk.verifying_key().to_bytes() != self.x {
-            return Err(invalid("Ed25519 \"d\" does not match \"x\""));
+            return Err(broken("Ed25519 \"d\" does not match \"x\""));
         }
         Ok(private(sk))
     }
@@ -168,7 +168,7 @@ impl PrivateParams for Private {
         let doc = self
             .0
             .to_pkcs8_der()
-            .map_err(|_| invalid("Ed25519 key could not be encoded as PKCS#8"))?;
+            .map_err(|_| broken("Ed25519 key could not be encoded as PKCS#8"))?;
         Ok(SecretBytes::from_slice(doc.as_bytes()))
     }
 }

@@ -9,7 +9,7 @@
 mod ed25519;
 mod rsa;
 
-use crate::alg::{Algorithm, RsaBits};
+use crate::alg::{Algorithm, RsaBits, UnsupportedAlgorithm};
 use crate::b64;
 use crate::secret::SecretBytes;
 use serde_json::{Map, Value};
@@ -32,11 +32,16 @@ pub enum KeyError {
     #[error("the system random number generator failed")]
     Rng,
     /// RSA key generation failed.
-    #[error("RSA key generation failed: {0}")]
-    RsaGeneration(String),
-    /// A JWK or PEM could not be used; the message names the field or rule, never a value.
+    #[error("RSA key generation failed")]
+    RsaGeneration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The blocking task that generates a slow (RSA) key did not finish (it panicked or
+    /// the runtime is shutting down).
+    #[error("the key generation task did not finish")]
+    GenerationTask(#[source] tokio::task::JoinError),
+    /// A JWK, PEM or stored key could not be used; names the member or rule, never a
+    /// value.
     #[error("invalid key: {0}")]
-    Invalid(String),
+    Invalid(InvalidKey),
     /// The key's type does not match the algorithm asked for.
     #[error("key type does not fit algorithm {alg}")]
     AlgorithmMismatch {
@@ -54,8 +59,83 @@ pub enum KeyError {
     WeakKey,
 }
 
-fn invalid(msg: impl Into<String>) -> KeyError {
-    KeyError::Invalid(msg.into())
+/// Which rule a key broke (the reason of [`KeyError::Invalid`]). Names JWK members and
+/// rules, never a key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidKey {
+    /// A required JWK member is absent.
+    MissingMember(&'static str),
+    /// A JWK member that must be a string is not.
+    NotAString(&'static str),
+    /// A JWK member is not canonical base64url.
+    NotBase64url(&'static str),
+    /// The JWK's `alg` is not one keyrot supports.
+    Algorithm(UnsupportedAlgorithm),
+    /// The JWK's `alg` is not the algorithm asked for.
+    AlgorithmConflict {
+        /// The JWK's `alg`.
+        declared: Algorithm,
+        /// The algorithm asked for.
+        requested: Algorithm,
+    },
+    /// `use` is present and not `sig`.
+    NotForSignatures,
+    /// `key_ops` permits more than signing and verifying.
+    KeyOpsNotSigning,
+    /// `kty` names a key type keyrot has no family for.
+    UnsupportedKeyType,
+    /// The JWK is not a JSON object (or has duplicate members).
+    NotAnObject,
+    /// A public JWK carries the private member `d`.
+    PrivateMemberInPublicKey,
+    /// The PEM is not a PKCS#8 private key of a supported family.
+    UnsupportedPem,
+    /// The `kid` is empty or longer than 256 characters.
+    KidLength,
+    /// The stored public JWK is not JSON.
+    StoredJwkNotJson,
+    /// The Active key's row has no private material.
+    NoPrivateMaterial,
+    /// A family's own rule (length, curve point, consistency of the parts).
+    Rule(&'static str),
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidKey::MissingMember(m) => write!(f, "JWK member \"{m}\" is missing"),
+            InvalidKey::NotAString(m) => write!(f, "JWK member \"{m}\" is not a string"),
+            InvalidKey::NotBase64url(m) => write!(f, "JWK member \"{m}\" is not base64url"),
+            InvalidKey::Algorithm(e) => write!(f, "{e}"),
+            InvalidKey::AlgorithmConflict { declared, requested } => {
+                write!(f, "JWK declares alg {declared} but {requested} was asked for")
+            }
+            InvalidKey::NotForSignatures => f.write_str("JWK \"use\" must be \"sig\" for a signing key"),
+            InvalidKey::KeyOpsNotSigning => {
+                f.write_str("JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key")
+            }
+            InvalidKey::UnsupportedKeyType => f.write_str("unsupported JWK \"kty\": use OKP (Ed25519) or RSA"),
+            InvalidKey::NotAnObject => f.write_str("JWK is not a JSON object without duplicate members"),
+            InvalidKey::PrivateMemberInPublicKey => {
+                f.write_str("a public JWK must not contain the private member \"d\"")
+            }
+            InvalidKey::UnsupportedPem => f.write_str("not a PKCS#8 PEM Ed25519 or RSA private key"),
+            InvalidKey::KidLength => f.write_str("JWK \"kid\" must be 1 to 256 characters"),
+            InvalidKey::StoredJwkNotJson => f.write_str("stored public JWK is not JSON"),
+            InvalidKey::NoPrivateMaterial => f.write_str("active key has no private material"),
+            InvalidKey::Rule(rule) => f.write_str(rule),
+        }
+    }
+}
+
+fn invalid(reason: InvalidKey) -> KeyError {
+    KeyError::Invalid(reason)
+}
+
+/// A family's own rule, broken.
+fn broken(rule: &'static str) -> KeyError {
+    KeyError::Invalid(InvalidKey::Rule(rule))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,38 +239,41 @@ pub(crate) trait Verifier: Send + Sync + RefUnwindSafe + UnwindSafe {
 // Shared JWK member helpers.
 // ---------------------------------------------------------------------------------------
 
-fn member_b64(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, KeyError> {
+fn member_b64(obj: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, KeyError> {
     let s = obj
         .get(name)
-        .ok_or_else(|| invalid(format!("JWK member \"{name}\" is missing")))?
+        .ok_or_else(|| invalid(InvalidKey::MissingMember(name)))?
         .as_str()
-        .ok_or_else(|| invalid(format!("JWK member \"{name}\" is not a string")))?;
-    b64::decode(s).ok_or_else(|| invalid(format!("JWK member \"{name}\" is not base64url")))
+        .ok_or_else(|| invalid(InvalidKey::NotAString(name)))?;
+    b64::decode(s).ok_or_else(|| invalid(InvalidKey::NotBase64url(name)))
 }
 
-fn member_str<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, KeyError> {
+fn member_str<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, KeyError> {
     match obj.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Null | Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_)) => {
-            Err(invalid(format!("JWK member \"{name}\" is not a string")))
+            Err(invalid(InvalidKey::NotAString(name)))
         }
     }
 }
 
 fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<Algorithm>, KeyError> {
     let declared = member_str(obj, "alg")?
-        .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(e.to_string())))
+        .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(InvalidKey::Algorithm(e))))
         .transpose()?;
     match (declared, hint) {
-        (Some(d), Some(h)) if d != h => Err(invalid(format!("JWK declares alg {d} but {h} was asked for"))),
+        (Some(d), Some(h)) if d != h => Err(invalid(InvalidKey::AlgorithmConflict {
+            declared: d,
+            requested: h,
+        })),
         (d, h) => Ok(d.or(h)),
     }
 }
 
 fn check_use(obj: &Map<String, Value>) -> Result<(), KeyError> {
     if !matches!(member_str(obj, "use")?, None | Some("sig")) {
-        return Err(invalid("JWK \"use\" must be \"sig\" for a signing key"));
+        return Err(invalid(InvalidKey::NotForSignatures));
     }
     // RFC 7517 §4.3: `key_ops`, when present, must only permit signing and verifying.
     let ops_ok = match obj.get("key_ops") {
@@ -203,19 +286,17 @@ fn check_use(obj: &Map<String, Value>) -> Result<(), KeyError> {
     if ops_ok {
         Ok(())
     } else {
-        Err(invalid(
-            "JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key",
-        ))
+        Err(invalid(InvalidKey::KeyOpsNotSigning))
     }
 }
 
 fn parse_public(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<PublicKey, KeyError> {
     check_use(obj)?;
     let alg = jwk_alg(obj, hint)?;
-    let kty = member_str(obj, "kty")?.ok_or_else(|| invalid("JWK member \"kty\" is missing"))?;
+    let kty = member_str(obj, "kty")?.ok_or_else(|| invalid(InvalidKey::MissingMember("kty")))?;
     let family = families()
         .find(|f| f.kty() == kty)
-        .ok_or_else(|| invalid("unsupported JWK \"kty\": use OKP (Ed25519) or RSA"))?;
+        .ok_or_else(|| invalid(InvalidKey::UnsupportedKeyType))?;
     Ok(PublicKey::new(family.public_from_jwk(obj, alg)?))
 }
 
@@ -290,9 +371,9 @@ impl PublicKey {
     /// key of a supported type). Private members are refused: a public JWK that carries
     /// `d` is a leak waiting to happen.
     pub fn from_jwk(jwk: &Value, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
-        let obj = jwk.as_object().ok_or_else(|| invalid("JWK is not a JSON object"))?;
+        let obj = jwk.as_object().ok_or_else(|| invalid(InvalidKey::NotAnObject))?;
         if obj.contains_key("d") {
-            return Err(invalid("a public JWK must not contain the private member \"d\""));
+            return Err(invalid(InvalidKey::PrivateMemberInPublicKey));
         }
         parse_public(obj, alg_hint)
     }
@@ -360,7 +441,7 @@ impl PrivateKey {
         if family(alg).slow_generation() {
             tokio::task::spawn_blocking(move || Self::generate(alg, rsa_bits))
                 .await
-                .map_err(|e| KeyError::RsaGeneration(format!("generation task failed: {e}")))?
+                .map_err(KeyError::GenerationTask)?
         } else {
             Self::generate(alg, rsa_bits)
         }
@@ -402,7 +483,7 @@ impl PrivateKey {
                 return Ok(Self::new(inner));
             }
         }
-        Err(invalid("not a PKCS#8 PEM Ed25519 or RSA private key"))
+        Err(invalid(InvalidKey::UnsupportedPem))
     }
 
     /// Renders the key as PKCS#8 PEM (for export by an operator; never logged).
@@ -426,20 +507,19 @@ impl PrivateKey {
     /// Imports a private JWK (RFC 7517/7518/8037: `d` present). The JWK's own `kid` is
     /// kept. For RSA, `alg` comes from the JWK's `alg`, else the hint, else RS256.
     pub fn from_jwk_str(json: &str, alg_hint: Option<Algorithm>) -> Result<ImportedKey, KeyError> {
-        let value = crate::json::parse_strict(json.as_bytes())
-            .map_err(|_| invalid("JWK is not a JSON object without duplicate members"))?;
+        let value = crate::json::parse_strict(json.as_bytes()).map_err(|_| invalid(InvalidKey::NotAnObject))?;
         Self::from_jwk(&value, alg_hint)
     }
 
     /// See [`PrivateKey::from_jwk_str`].
     pub fn from_jwk(jwk: &Value, alg_hint: Option<Algorithm>) -> Result<ImportedKey, KeyError> {
-        let obj = jwk.as_object().ok_or_else(|| invalid("JWK is not a JSON object"))?;
+        let obj = jwk.as_object().ok_or_else(|| invalid(InvalidKey::NotAnObject))?;
         let public = parse_public(obj, alg_hint)?;
         let kid = member_str(obj, "kid")?.map(str::to_owned);
         if let Some(k) = &kid
             && (k.is_empty() || k.len() > 256)
         {
-            return Err(invalid("JWK \"kid\" must be 1 to 256 characters"));
+            return Err(invalid(InvalidKey::KidLength));
         }
         let d = SecretBytes::new(member_b64(obj, "d")?);
         let key = Self::new(public.params.private_from_jwk(obj, &d)?);

@@ -2,7 +2,7 @@
 //! 32) with SHA-256, moduli of 2048–4096 bits, PKCS#8 DER in storage.
 
 use super::{
-    Family, KeyError, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS, Signer, Verifier, invalid, member_b64,
+    Family, KeyError, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS, Signer, Verifier, broken, member_b64,
 };
 use crate::alg::{Algorithm, RsaBits};
 use crate::b64;
@@ -68,7 +68,7 @@ fn check_bits(n: &[u8]) -> Result<(), KeyError> {
 fn rsa_public(n: &[u8], e: &[u8]) -> Result<::rsa::PublicKey, KeyError> {
     check_bits(n)?;
     ::rsa::PublicKey::new(BoxedUint::from_be_slice_vartime(n), BoxedUint::from_be_slice_vartime(e))
-        .map_err(|_| invalid("RSA public key rejected (modulus or exponent invalid)"))
+        .map_err(|_| broken("RSA public key rejected (modulus or exponent invalid)"))
 }
 
 /// A private key of an accepted size, bound to `scheme`.
@@ -93,14 +93,14 @@ impl Family for Rsa {
     fn generate(&self, alg: Algorithm, rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError> {
         let scheme = Scheme::for_alg(alg)?;
         let key = ::rsa::PrivateKey::new(&mut getrandom::SysRng, rsa_bits.bits())
-            .map_err(|e| KeyError::RsaGeneration(e.to_string()))?;
+            .map_err(|e| KeyError::RsaGeneration(Box::new(e)))?;
         Ok(Arc::new(Private { key, scheme }))
     }
 
     fn import_secret_bytes(&self, alg: Algorithm, bytes: &SecretBytes) -> Result<Arc<dyn PrivateParams>, KeyError> {
         let scheme = Scheme::for_alg(alg)?;
         let key = ::rsa::PrivateKey::from_pkcs8_der(bytes.expose())
-            .map_err(|_| invalid("RSA private key is not valid PKCS#8"))?;
+            .map_err(|_| broken("RSA private key is not valid PKCS#8"))?;
         private(scheme, key)
     }
 
@@ -176,7 +176,7 @@ impl PublicParams for Public {
                 BoxedUint::from_be_slice_vartime(q.expose()),
             ],
         )
-        .map_err(|_| invalid("RSA private key components are inconsistent"))?;
+        .map_err(|_| broken("RSA private key components are inconsistent"))?;
         private(self.scheme, key)
     }
 
@@ -219,7 +219,7 @@ impl PrivateParams for Private {
         let doc = self
             .key
             .to_pkcs8_der()
-            .map_err(|_| invalid("RSA key could not be encoded as PKCS#8"))?;
+            .map_err(|_| broken("RSA key could not be encoded as PKCS#8"))?;
         Ok(SecretBytes::from_slice(doc.as_bytes()))
     }
 
@@ -232,7 +232,7 @@ impl Signer for ::rsa::pkcs1v15::SigningKey<Sha256> {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         ::rsa::signature::Signer::try_sign(self, message)
             .map(|s| s.to_vec())
-            .map_err(|_| invalid("RS256 signing failed"))
+            .map_err(|_| broken("RS256 signing failed"))
     }
 }
 
@@ -240,7 +240,7 @@ impl Signer for ::rsa::pss::SigningKey<Sha256> {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         ::rsa::signature::Signer::try_sign(self, message)
             .map(|s| s.to_vec())
-            .map_err(|_| invalid("PS256 signing failed"))
+            .map_err(|_| broken("PS256 signing failed"))
     }
 }
 

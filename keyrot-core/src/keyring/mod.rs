@@ -1,0 +1,291 @@
+//! The `KeyRing` handle: signs, verifies and serves the JWKS from an in-memory snapshot
+//! that is swapped atomically. The hot path takes no lock, does no I/O and parses no key.
+
+use crate::clock::{Clock, SystemClock};
+use crate::key::KeyError;
+use crate::policy::Policy;
+use crate::ring::RingName;
+use crate::seal::{SealError, Sealer};
+use crate::storage::{ChangeFeed, Storage, StorageError};
+use crate::token::{self, SignError, TokenError, Validation, Verified};
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
+
+mod refresh;
+mod snapshot;
+
+pub use refresh::RefresherHandle;
+pub use snapshot::{KeyStatus, Snapshot};
+
+/// Why a snapshot could not be (re)built. The previous snapshot stays in use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The Active key could not be unsealed, or the ring manifest checked (e.g. an
+    /// unknown master key id).
+    #[error("cannot open {kid}")]
+    Seal {
+        /// The key, or `ring manifest` for the ring's manifest.
+        kid: String,
+        /// The sealer's error (unknown master key id, failed authentication, …).
+        #[source]
+        source: SealError,
+    },
+    /// A stored key could not be parsed.
+    #[error("stored key {kid} is unusable")]
+    Key {
+        /// The kid of the stored key that could not be parsed.
+        kid: String,
+        /// The parse error (bad key bytes, or an algorithm this build does not support).
+        #[source]
+        source: KeyError,
+    },
+    /// The configured token type (`typ`) is not 1-64 printable ASCII characters.
+    #[error("token type must be 1-64 printable ASCII characters")]
+    InvalidTokenType,
+    /// Storage shows an older generation than this instance already served: a rollback
+    /// of the database (which could resurrect revoked keys) is never accepted.
+    #[error("storage went back to generation {found} after this instance served generation {served}: refused")]
+    Rollback {
+        /// What storage shows.
+        found: u64,
+        /// The highest generation served.
+        served: u64,
+    },
+}
+
+/// What [`RefreshError::Seal`] names when the ring manifest could not be checked.
+const MANIFEST: &str = "ring manifest";
+
+struct Inner {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    sealer: Arc<dyn Sealer>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    validation: Validation,
+    snapshot: ArcSwap<Snapshot>,
+    refresh_lock: AsyncMutex<()>,
+    unknown_kid_interval: Duration,
+    token_type: String,
+    /// Single flight for unknown-kid refreshes: when the last one started.
+    unknown_kid_gate: AsyncMutex<Option<tokio::time::Instant>>,
+    /// How many unknown-kid refreshes have started.
+    unknown_kid_started: AtomicU64,
+    /// The highest generation this handle ever served: storage going back is refused.
+    highest_generation: AtomicU64,
+    stale: AtomicBool,
+}
+
+/// A cheap-to-clone handle to a ring's snapshot: sign, verify, JWKS, refresh.
+#[derive(Clone)]
+pub struct KeyRing {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("snapshot", &*self.inner.snapshot.load())
+            .finish()
+    }
+}
+
+/// Builds a [`KeyRing`].
+#[derive(Debug)]
+pub struct KeyRingBuilder {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    sealer: Arc<dyn Sealer>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    validation: Validation,
+    unknown_kid_interval: Duration,
+    token_type: String,
+}
+
+impl KeyRingBuilder {
+    /// The `typ` of the tokens this ring signs (default `JWT`): e.g. `at+jwt` for OAuth
+    /// access tokens (RFC 9068), so verifiers can require it
+    /// ([`Validation::with_required_type`]).
+    pub fn with_token_type(mut self, typ: impl Into<String>) -> Self {
+        self.token_type = typ.into();
+        self
+    }
+
+    /// Clock (default: system).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Policy (must be the one the rotator uses; default: [`Policy::default`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Token validation rules (issuer, audience, leeway).
+    pub fn with_validation(mut self, validation: Validation) -> Self {
+        self.validation = validation;
+        self
+    }
+
+    /// Minimum time between refreshes triggered by unknown kids (default 1 s). Requests
+    /// that meet an unknown kid within it wait for the next refresh (at most this long)
+    /// and share it: a flood of random kids costs at most one storage query per interval.
+    pub fn with_unknown_kid_refresh_interval(mut self, d: Duration) -> Self {
+        self.unknown_kid_interval = d;
+        self
+    }
+
+    /// Loads the ring and builds the first snapshot.
+    pub async fn build(self) -> Result<KeyRing, RefreshError> {
+        let now = self.clock.now();
+        let ring = self.storage.load(&self.ring).await?;
+        if !(1..=64).contains(&self.token_type.len()) || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RefreshError::InvalidTokenType);
+        }
+        let snap = Snapshot::build_with_type(&ring, &self.policy, &*self.sealer, now, &self.token_type)?;
+        let served = snap.authenticated_generation();
+        Ok(KeyRing {
+            inner: Arc::new(Inner {
+                ring: self.ring,
+                storage: self.storage,
+                sealer: self.sealer,
+                clock: self.clock,
+                policy: self.policy,
+                validation: self.validation,
+                snapshot: ArcSwap::from_pointee(snap),
+                refresh_lock: AsyncMutex::new(()),
+                unknown_kid_interval: self.unknown_kid_interval,
+                token_type: self.token_type,
+                unknown_kid_gate: AsyncMutex::new(None),
+                unknown_kid_started: AtomicU64::new(0),
+                highest_generation: AtomicU64::new(served),
+                stale: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl KeyRing {
+    /// Starts building a handle for `ring`.
+    pub fn builder(ring: RingName, storage: Arc<dyn Storage>, sealer: Arc<dyn Sealer>) -> KeyRingBuilder {
+        KeyRingBuilder {
+            ring,
+            storage,
+            sealer,
+            clock: Arc::new(SystemClock),
+            policy: Policy::default(),
+            validation: Validation::default(),
+            unknown_kid_interval: Duration::from_secs(1),
+            token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
+        }
+    }
+
+    /// The ring's name.
+    pub fn ring(&self) -> &RingName {
+        &self.inner.ring
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The validation rules.
+    pub fn validation(&self) -> &Validation {
+        &self.inner.validation
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// The highest authenticated ring generation this handle ever served.
+    pub fn highest_generation(&self) -> u64 {
+        self.inner.highest_generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the last refresh failed (the snapshot may be out of date).
+    pub fn is_stale(&self) -> bool {
+        self.inner.stale.load(Ordering::Relaxed)
+    }
+
+    /// Signs `claims` with the Active key. `claims` must serialise to an object with a
+    /// numeric `exp` no more than the policy's `max_token_ttl` ahead.
+    pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, SignError> {
+        let snap = self.inner.snapshot.load();
+        let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
+        token::sign(
+            &signer.key,
+            &signer.header_b64,
+            claims,
+            self.inner.clock.now().timestamp(),
+            self.inner.policy.max_token_ttl().num_seconds(),
+        )
+    }
+
+    /// Verifies a token against the snapshot, now.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_at(token, self.inner.clock.now())
+    }
+
+    /// Verifies a token as of `at` (forensics, tests), with the ring's validation rules.
+    pub fn verify_at(&self, token: &str, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        self.verify_with(token, &self.inner.validation, at)
+    }
+
+    /// Verifies with explicit rules.
+    pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        let snap = self.inner.snapshot.load();
+        if token.len() <= v.max_token_bytes()
+            && let Some((header, _)) = token.split_once('.')
+            && let Some(kid) = snap.known_headers.get(header)
+            && let Some(entry) = snap.verifiers.get(kid)
+        {
+            let key = entry.check(at)?;
+            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&snap.token_type))?
+                .verify_with(key, v, at.timestamp());
+        }
+        let u = token::decode_header(token, v)?;
+        let key = snap.verifiers.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
+        u.verify_with(key, v, at.timestamp())
+    }
+
+    /// Verifies, and on an unknown kid refreshes the snapshot once (rate limited) and
+    /// tries again: a key that became Active on another instance a moment ago verifies.
+    pub async fn verify_refreshing(&self, token: &str) -> Result<Verified, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKid) => {
+                let u = token::decode_header(token, &self.inner.validation)?;
+                if self.refresh_for_unknown_kid(&u.kid).await {
+                    self.verify(token)
+                } else {
+                    Err(TokenError::UnknownKid)
+                }
+            }
+            other => other,
+        }
+    }
+}

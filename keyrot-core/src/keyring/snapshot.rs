@@ -1,0 +1,440 @@
+//! The immutable snapshot a key ring serves from: verifiers with their validity windows,
+//! the Active signer, the JWKS, and the integrity verdict of the rows it was built from.
+
+use super::{MANIFEST, RefreshError};
+use crate::alg::Algorithm;
+use crate::integrity::{IntegrityReport, TamperedKey};
+use crate::jwks::Jwks;
+use crate::key::{KeyError, PrivateKey, SigningKey, VerifyingKey};
+use crate::policy::Policy;
+use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
+use crate::seal::{SealContext, SealError, Sealer};
+use crate::token::{self, TokenError};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A verifying key and the end of its validity window.
+pub(super) struct VerifierEntry {
+    pub(super) key: VerifyingKey,
+    /// A Retiring key verifies only before its `expires_at`, whatever ticks ran and
+    /// however old the snapshot is.
+    pub(super) not_after: Option<DateTime<Utc>>,
+}
+
+impl VerifierEntry {
+    pub(super) fn check(&self, at: DateTime<Utc>) -> Result<&VerifyingKey, TokenError> {
+        match self.not_after {
+            Some(end) if at >= end => Err(TokenError::KeyExpired),
+            _ => Ok(&self.key),
+        }
+    }
+}
+
+pub(super) struct ActiveSigner {
+    pub(super) kid: String,
+    pub(super) header_b64: String,
+    pub(super) key: SigningKey,
+}
+
+/// Public facts about one key (no key material), for status pages and CLIs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyStatus {
+    /// Key id.
+    pub kid: String,
+    /// The JWS algorithm the key signs with (its `alg` in the JWKS).
+    pub alg: Algorithm,
+    /// Where the key is in its life: Pending, Active, Retiring or Expired.
+    pub state: KeyState,
+    /// How the key entered the ring (bootstrap, scheduled, rotation request, forced,
+    /// imported).
+    pub origin: KeyOrigin,
+    /// Whether the key was activated by the forced path (emergency rotation or an import
+    /// made Active at once), which bypasses `publish_lead` and `min_interval`.
+    pub forced: bool,
+    /// The RFC 7638 thumbprint of the public key.
+    pub fingerprint: String,
+    /// When the key was created; it is published (in the JWKS) from then on.
+    pub created_at: DateTime<Utc>,
+    /// When the key is (or was) due to activate: set when it is added, Pending or Active;
+    /// `None` only for rows written without one (read as `publish_lead` after creation).
+    pub activate_at: Option<DateTime<Utc>>,
+    /// When the key started signing; `None` if it never became Active.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// When the key stopped signing (Active → Retiring, or revoked while Active); `None`
+    /// while it has not.
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When a Retiring key's grace ends and it leaves the JWKS (`retire_grace` after it
+    /// retired); `None` for a key that never retired normally.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the key became Expired (grace over, or revoked); `None` while it is published.
+    pub expired_at: Option<DateTime<Utc>>,
+    /// When the key was revoked; `None` if it was not (a revoked key is also Expired).
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The reason given for the revocation; `None` if the key was not revoked.
+    pub revoke_reason: Option<String>,
+    /// When the private material was destroyed (`purge_after` after expiry); `None` while
+    /// it is still stored. The metadata stays.
+    pub purged_at: Option<DateTime<Utc>>,
+    /// Why the row failed its integrity check, if it did: it never verifies.
+    pub tampered: Option<String>,
+}
+
+impl From<&KeyRecord> for KeyStatus {
+    fn from(k: &KeyRecord) -> Self {
+        KeyStatus {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            state: k.state,
+            origin: k.origin,
+            forced: k.forced,
+            fingerprint: k.fingerprint.clone(),
+            created_at: k.created_at,
+            activate_at: k.activate_at,
+            activated_at: k.activated_at,
+            retired_at: k.retired_at,
+            expires_at: k.expires_at,
+            expired_at: k.expired_at,
+            revoked_at: k.revoked_at,
+            revoke_reason: k.revoke_reason.clone(),
+            purged_at: k.purged_at,
+            tampered: None,
+        }
+    }
+}
+
+/// An immutable view of a ring at one generation, with every key pre-parsed.
+pub struct Snapshot {
+    pub(super) ring: RingName,
+    pub(super) generation: u64,
+    pub(super) signer: Option<Arc<ActiveSigner>>,
+    pub(super) verifiers: HashMap<String, Arc<VerifierEntry>>,
+    /// The authentic rows (without sealed material), to re-render the JWKS when a
+    /// snapshot is narrowed ([`Snapshot::narrowed_by`]).
+    pub(super) trusted_keys: Vec<KeyRecord>,
+    /// The header segment keyrot writes for each published key → its kid: tokens carrying
+    /// one of these skip header decoding.
+    pub(super) known_headers: HashMap<String, String>,
+    pub(super) jwks: Jwks,
+    pub(super) keys: Vec<KeyStatus>,
+    pub(super) integrity: IntegrityReport,
+    /// The `typ` keyrot writes in headers it signs.
+    pub(super) token_type: String,
+    pub(super) loaded_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("ring", &self.ring)
+            .field("generation", &self.generation)
+            .field("active", &self.signer.as_ref().map(|s| &s.kid))
+            .field("verifying", &self.verifiers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Builds a snapshot: checks every row against the ring's authenticated manifest,
+    /// parses every published key that passes, unseals only the Active one (and checks
+    /// that its public key is the stored one). A row that fails never verifies, is
+    /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
+    ///
+    /// This is a read-only view (`keyrotctl status` inspects a ring with it); only the
+    /// ring's own [`KeyRing`] and rotator install snapshots.
+    pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
+        Self::build_with_type(ring, policy, sealer, now, token::DEFAULT_TOKEN_TYPE)
+    }
+
+    /// [`Snapshot::build`] for a ring that signs tokens with header `typ` `token_type`
+    /// (explicit typing, RFC 8725 §3.11, e.g. `at+jwt`).
+    pub(crate) fn build_with_type(
+        ring: &Ring,
+        policy: &Policy,
+        sealer: &dyn Sealer,
+        now: DateTime<Utc>,
+        token_type: &str,
+    ) -> Result<Self, RefreshError> {
+        let mut integrity = crate::integrity::check_ring(ring, sealer);
+        if let crate::integrity::RingIntegrity::UnknownMasterKey(id) = &integrity.integrity {
+            return Err(RefreshError::Seal {
+                kid: MANIFEST.into(),
+                source: SealError::UnknownMasterKey(id.clone()),
+            });
+        }
+        let mut verifiers = HashMap::new();
+        let mut known_headers = HashMap::new();
+        let mut signer = None;
+        let candidates: Vec<&KeyRecord> = ring.published().filter(|k| integrity.trusts(&k.kid)).collect();
+        for k in candidates {
+            let vk = k
+                .public_key()
+                .and_then(|pk| pk.verifying_key())
+                .map_err(|source| RefreshError::Key {
+                    kid: k.kid.clone(),
+                    source,
+                })?;
+            if k.state == KeyState::Active {
+                match Self::admit_active(ring, k, sealer, token_type, &mut integrity)? {
+                    Some(s) => signer = Some(Arc::new(s)),
+                    None => continue,
+                }
+            }
+            let not_after = match k.state {
+                KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
+                _ => None,
+            };
+            verifiers.insert(k.kid.clone(), Arc::new(VerifierEntry { key: vk, not_after }));
+            known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
+        }
+        if !integrity.is_intact() {
+            tracing::error!(
+                ring = %ring.name,
+                generation = ring.generation,
+                integrity = %integrity.summary(),
+                "key ring fails its integrity check: the rows named never verify"
+            );
+        }
+        let trusted = Ring {
+            name: ring.name.clone(),
+            generation: ring.generation,
+            keys: ring.keys.iter().filter(|k| integrity.trusts(&k.kid)).cloned().collect(),
+            manifest: None,
+        };
+        let keys = Self::statuses(ring, &integrity);
+        Ok(Self {
+            ring: ring.name.clone(),
+            generation: ring.generation,
+            signer,
+            verifiers,
+            known_headers,
+            jwks: Jwks::render(&trusted, policy),
+            trusted_keys: trusted
+                .keys
+                .into_iter()
+                .map(|mut k| {
+                    k.sealed = None;
+                    k
+                })
+                .collect(),
+            keys,
+            integrity,
+            token_type: token_type.to_owned(),
+            loaded_at: now,
+        })
+    }
+
+    /// The Active key's signer, or `None` when its row cannot sign (it is then reported
+    /// as tampered and neither signs nor verifies; the rest of the ring serves). A master
+    /// key this process lacks is a configuration error: the whole build fails closed.
+    pub(super) fn admit_active(
+        ring: &Ring,
+        k: &KeyRecord,
+        sealer: &dyn Sealer,
+        token_type: &str,
+        integrity: &mut IntegrityReport,
+    ) -> Result<Option<ActiveSigner>, RefreshError> {
+        let reason = match Self::active_signer(ring, k, sealer, token_type) {
+            Ok(Some(s)) => return Ok(Some(s)),
+            Ok(None) => "the public key does not match the sealed private key".to_owned(),
+            Err(
+                e @ RefreshError::Seal {
+                    source: SealError::UnknownMasterKey(_),
+                    ..
+                },
+            ) => return Err(e),
+            Err(e) => format!("the private key cannot be used: {}", crate::ErrorChain(&e)),
+        };
+        integrity.add_tampered(TamperedKey {
+            kid: k.kid.clone(),
+            reason,
+        });
+        Ok(None)
+    }
+
+    /// Every row's public status, with the integrity check's verdict on it.
+    pub(super) fn statuses(ring: &Ring, integrity: &IntegrityReport) -> Vec<KeyStatus> {
+        ring.keys
+            .iter()
+            .map(|k| {
+                let mut st = KeyStatus::from(k);
+                st.tampered = integrity
+                    .tampered
+                    .iter()
+                    .find(|t| t.kid == k.kid)
+                    .map(|t| t.reason.clone());
+                st
+            })
+            .collect()
+    }
+
+    /// Unseals the Active key; `None` when its public half is not the stored public key.
+    pub(super) fn active_signer(
+        ring: &Ring,
+        k: &KeyRecord,
+        sealer: &dyn Sealer,
+        token_type: &str,
+    ) -> Result<Option<ActiveSigner>, RefreshError> {
+        let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
+            kid: k.kid.clone(),
+            source: KeyError::Invalid(crate::key::InvalidKey::NoPrivateMaterial),
+        })?;
+        let ctx = SealContext {
+            ring: ring.name.as_str(),
+            kid: &k.kid,
+            alg: k.alg,
+        };
+        let bytes = sealer.open(sealed, &ctx).map_err(|source| RefreshError::Seal {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        let pk = PrivateKey::from_secret_bytes(k.alg, &bytes).map_err(|source| RefreshError::Key {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        let stored = k.public_key().map_err(|source| RefreshError::Key {
+            kid: k.kid.clone(),
+            source,
+        })?;
+        if pk.public_key().thumbprint() != stored.thumbprint() {
+            return Ok(None);
+        }
+        Ok(Some(ActiveSigner {
+            kid: k.kid.clone(),
+            header_b64: token::encode_header_with_type(k.alg, &k.kid, token_type),
+            key: pk.signing_key(),
+        }))
+    }
+
+    /// The generation the snapshot's manifest authenticates (0 without one): what an
+    /// instance never goes back from.
+    pub fn authenticated_generation(&self) -> u64 {
+        self.integrity.authenticated_generation().unwrap_or(0)
+    }
+
+    /// This snapshot with every change that can only *remove* trust applied from `raw`, a
+    /// newer stored state that could not be accepted (it fails authentication, or goes
+    /// back to an older authenticated generation): keys whose stored row is gone or no
+    /// longer published stop verifying, a Retiring key's window only shrinks, and the
+    /// signer stops unless its stored row is still the Active one. Nothing is added. So
+    /// a revocation reaches an instance even while someone corrupts the manifest. `None`
+    /// when nothing would change.
+    pub fn narrowed_by(&self, raw: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<Snapshot> {
+        let mut verifiers = HashMap::new();
+        let mut changed = false;
+        for (kid, entry) in &self.verifiers {
+            let Some(row) = raw.key(kid) else {
+                changed = true;
+                continue;
+            };
+            if !row.state.is_published() {
+                changed = true;
+                continue;
+            }
+            let mut not_after = entry.not_after;
+            if row.state == KeyState::Retiring {
+                let end = row.expires_at.unwrap_or(now);
+                if not_after.is_none_or(|n| end < n) {
+                    not_after = Some(end);
+                    changed = true;
+                }
+            }
+            if not_after == entry.not_after {
+                verifiers.insert(kid.clone(), entry.clone());
+            } else {
+                verifiers.insert(
+                    kid.clone(),
+                    Arc::new(VerifierEntry {
+                        key: entry.key.clone(),
+                        not_after,
+                    }),
+                );
+            }
+        }
+        let signer = self
+            .signer
+            .as_ref()
+            .filter(|s| raw.key(&s.kid).is_some_and(|r| r.state == KeyState::Active) && verifiers.contains_key(&s.kid))
+            .cloned();
+        if signer.is_none() && self.signer.is_some() {
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        let trusted_keys: Vec<KeyRecord> = self
+            .trusted_keys
+            .iter()
+            .filter(|k| !k.state.is_published() || verifiers.contains_key(&k.kid))
+            .cloned()
+            .collect();
+        let ring = Ring {
+            name: self.ring.clone(),
+            generation: self.generation,
+            keys: trusted_keys.clone(),
+            manifest: None,
+        };
+        let known_headers = self
+            .known_headers
+            .iter()
+            .filter(|(_, kid)| verifiers.contains_key(*kid))
+            .map(|(h, kid)| (h.clone(), kid.clone()))
+            .collect();
+        Some(Snapshot {
+            ring: self.ring.clone(),
+            generation: self.generation,
+            signer,
+            verifiers,
+            trusted_keys,
+            known_headers,
+            jwks: Jwks::render(&ring, policy),
+            keys: self.keys.clone(),
+            integrity: self.integrity.clone(),
+            token_type: self.token_type.clone(),
+            loaded_at: now,
+        })
+    }
+
+    /// The result of the integrity check this snapshot was built with.
+    pub fn integrity(&self) -> &IntegrityReport {
+        &self.integrity
+    }
+
+    /// The generation this snapshot shows.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The Active kid.
+    pub fn active_kid(&self) -> Option<&str> {
+        self.signer.as_ref().map(|s| s.kid.as_str())
+    }
+
+    /// The JWKS.
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
+    /// Every key's public facts.
+    pub fn keys(&self) -> &[KeyStatus] {
+        &self.keys
+    }
+
+    /// Whether `kid` is one of the snapshot's verifying keys (published and authentic),
+    /// whatever its validity window; [`Snapshot::verifies_at`] also applies the window.
+    pub fn verifies(&self, kid: &str) -> bool {
+        self.verifiers.contains_key(kid)
+    }
+
+    /// Whether a token of `kid` verifies at `at`: a verifying key, and a Retiring key
+    /// only before its `expires_at`.
+    pub fn verifies_at(&self, kid: &str, at: DateTime<Utc>) -> bool {
+        self.verifiers.get(kid).is_some_and(|e| e.check(at).is_ok())
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> DateTime<Utc> {
+        self.loaded_at
+    }
+}

@@ -1,0 +1,133 @@
+//! The deciding phase of a request the planner answers: plan on the trusted ring, then
+//! generate and seal the new key the plan asks for (outside any transaction; RSA on a
+//! blocking thread).
+
+use super::attempt::{Attempt, Change, Step};
+use super::error::RotateError;
+use super::report::{Answer, NewKid};
+use crate::key::PrivateKey;
+use crate::planner::{self, NewKey, Plan, PlanKind, Trigger};
+use crate::ring::Ring;
+use crate::seal::SealContext;
+use crate::storage::Outcome;
+use tracing::Instrument as _;
+
+impl Attempt<'_> {
+    /// Plans `trigger` on the trusted ring: the planner's refusal (rate limits, nothing
+    /// due, …) as an answer, or the change with its new key.
+    pub(super) async fn plan(&self, trigger: &Trigger, material: Option<PrivateKey>) -> Result<Step, RotateError> {
+        let inner = &self.rotator.inner;
+        let ring = self.rotator.load_trusted().await?;
+        let planned = {
+            let _s = tracing::info_span!("keyrot.phase", phase = "plan").entered();
+            planner::plan(&ring, &inner.policy, self.now, trigger)
+        };
+        let plan = match planned {
+            Ok(p) => p,
+            Err(refusal) => {
+                let forced = matches!(trigger, Trigger::ForceRotate { .. });
+                return Ok(Step::Answer(Answer::refusal(&ring, refusal, forced)));
+            }
+        };
+        let new_key = match plan.new_key() {
+            Some(_) => Some(self.new_key(&ring, material, import_kid(trigger)).await?),
+            None => None,
+        };
+        let new_kid = new_key.as_ref().map(|k| k.kid.clone());
+        let (next, changed) = planner::apply(&ring, &plan, new_key, self.now)?;
+        let answer = Answer {
+            forced: plan.new_key().is_some_and(|(_, _, forced)| forced),
+            new: new_kid
+                .as_deref()
+                .or_else(|| activated_kid(&plan))
+                .map(|kid| NewKid::in_ring(&next, kid)),
+            detail: detail_of(trigger),
+            ..Answer::on(outcome_of(&plan), &ring)
+        };
+        let keys = next.keys.iter().filter(|k| changed.contains(&k.kid)).cloned().collect();
+        Ok(Step::Commit(Change {
+            before: ring,
+            next,
+            keys,
+            answer,
+        }))
+    }
+
+    /// The plan's new key: `material` (an import) or a freshly generated one, sealed.
+    async fn new_key(
+        &self,
+        ring: &Ring,
+        material: Option<PrivateKey>,
+        import_kid: Option<&str>,
+    ) -> Result<NewKey, RotateError> {
+        let inner = &self.rotator.inner;
+        let key = match material {
+            Some(k) => k,
+            None => {
+                let span = tracing::info_span!("keyrot.phase", phase = "generate");
+                PrivateKey::generate_async(inner.policy.algorithm(), inner.policy.rsa_bits())
+                    .instrument(span)
+                    .await?
+            }
+        };
+        let public = key.public_key();
+        let fingerprint = public.thumbprint();
+        // An imported key keeps the kid it arrived with (the planner checked it is new).
+        let kid = import_kid.map_or_else(|| fingerprint.clone(), str::to_owned);
+        let _s = tracing::info_span!("keyrot.phase", phase = "seal").entered();
+        let plain = key.to_secret_bytes()?;
+        let sealed = inner.sealer.seal(
+            &plain,
+            &SealContext {
+                ring: ring.name.as_str(),
+                kid: &kid,
+                alg: key.algorithm(),
+            },
+        )?;
+        Ok(NewKey {
+            public_jwk: public.to_jwk(&kid).to_string(),
+            kid,
+            alg: key.algorithm(),
+            fingerprint,
+            sealed,
+        })
+    }
+}
+
+fn import_kid(trigger: &Trigger) -> Option<&str> {
+    match trigger {
+        Trigger::Import { kid, .. } => Some(kid.as_str()),
+        _ => None,
+    }
+}
+
+/// The detail a committed request's report and record carry.
+fn detail_of(trigger: &Trigger) -> Option<String> {
+    match trigger {
+        Trigger::Revoke { kid, reason } => Some(format!("revoked {kid}: {reason}")),
+        Trigger::ForceRotate {
+            reason,
+            revoke_old: true,
+        } => Some(format!("forced; old key revoked: {reason}")),
+        Trigger::ForceRotate { reason, .. } => Some(format!("forced: {reason}")),
+        _ => None,
+    }
+}
+
+fn activated_kid(plan: &Plan) -> Option<&str> {
+    plan.actions.iter().find_map(|a| match a {
+        planner::Action::Activate { kid } => Some(kid.as_str()),
+        _ => None,
+    })
+}
+
+fn outcome_of(plan: &Plan) -> Outcome {
+    match plan.kind {
+        PlanKind::Bootstrap => Outcome::Bootstrapped,
+        PlanKind::Rotated => Outcome::Rotated,
+        PlanKind::Scheduled => Outcome::Scheduled,
+        PlanKind::Revoked => Outcome::Revoked,
+        PlanKind::Imported => Outcome::Imported,
+        PlanKind::Maintenance => Outcome::Maintained,
+    }
+}

@@ -1,0 +1,21 @@
+//! Low-level pieces for tests (feature `test-util`): forging tokens with a chosen header,
+//! writing a manifest for a hand-made commit.
+//!
+//! None of this is needed to use keyrot; it exists so tests (keyrot's own, and those of a
+//! store or an adapter) can build inputs the public API deliberately refuses to build,
+//! such as a token signed by a key that is not in any ring.
+
+/// Strict base64url (RFC 4648 §5, no padding, canonical trailing bits), as keyrot reads
+/// and writes it.
+pub mod b64 {
+    pub use crate::b64::{decode, encode, encode_into};
+}
+
+/// Token encoding without a ring: sign with any key, under any header.
+pub mod token {
+    pub use crate::token::{encode_header, encode_header_with_type, sign};
+    #[doc(no_inline)]
+    pub use crate::verify_with_key;
+}
+
+pub use crate::integrity::seal_manifest;

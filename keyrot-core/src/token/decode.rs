@@ -1,0 +1,203 @@
+//! Reading a token: the structural rules, the header, and the signature check.
+
+use super::claims::check_claims;
+use super::*;
+
+pub(super) fn json_err(e: JsonError, part: &'static str) -> TokenError {
+    match e {
+        JsonError::DuplicateMember => TokenError::DuplicateMember(part),
+        JsonError::Syntax => TokenError::Malformed("segment is not valid JSON"),
+        JsonError::NotObject => TokenError::Malformed("segment is not a JSON object"),
+    }
+}
+
+/// Reads the header of a token without verifying anything else: the size cap, three
+/// segments, strict JSON without duplicate or forbidden members, a string `alg`, a
+/// non-empty `kid` (required), and the `typ` rule of `v`.
+pub fn decode_header<'t>(token: &'t str, v: &Validation) -> Result<Unverified<'t>, TokenError> {
+    decode(token, v, true)
+}
+
+/// The size cap, then exactly three non-empty dot-separated segments.
+pub(super) fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &'t str, &'t str), TokenError> {
+    if token.len() > v.max_token_bytes {
+        return Err(TokenError::TooLarge { max: v.max_token_bytes });
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed("expected three dot-separated segments"));
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(TokenError::Malformed("empty segment"));
+    }
+    Ok((h, p, s))
+}
+
+/// The header segment as a JSON object (canonical base64url, no duplicate members).
+pub(super) fn parse_header(h: &str) -> Result<Map<String, Value>, TokenError> {
+    let header_bytes = b64::decode(h).ok_or(TokenError::Malformed("header is not base64url"))?;
+    match parse_strict(&header_bytes).map_err(|e| json_err(e, "header"))? {
+        Value::Object(header) => Ok(header),
+        _ => Err(TokenError::Malformed("header is not a JSON object")),
+    }
+}
+
+/// The `typ` rules: a string when present, and the required type when one is configured.
+pub(super) fn check_type(typ: Option<&Value>, v: &Validation) -> Result<(), TokenError> {
+    let typ = match typ {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(TokenError::Malformed("header typ is not a string")),
+    };
+    match (v.required_type.as_deref(), typ) {
+        (None, _) => Ok(()),
+        (Some(required), Some(t)) if type_matches(required, t) => Ok(()),
+        (Some(_), _) => Err(TokenError::InvalidType),
+    }
+}
+
+/// Whether header `typ` names the media type `required` (full, lowercase): compared
+/// case-insensitively, `application/` implied when `typ` has no `/` (RFC 7515 §4.1.9).
+pub(super) fn type_matches(required: &str, typ: &str) -> bool {
+    if typ.contains('/') {
+        required.eq_ignore_ascii_case(typ)
+    } else {
+        required
+            .strip_prefix(MEDIA_TYPE_PREFIX)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(typ))
+    }
+}
+
+/// Checks only the `typ` rule of `v` on a token's header (after the size cap and the
+/// segment and header-JSON rules), for callers whose verifier is not keyrot's, such as
+/// an authorizer in front of another issuer's tokens.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) fn check_header_type(token: &str, v: &Validation) -> Result<(), TokenError> {
+    let (h, _, _) = segments(token, v)?;
+    check_type(parse_header(h)?.get("typ"), v)
+}
+
+/// For a token whose header segment is byte-for-byte the one [`encode_header`] produced for
+/// `kid` and `alg`: the header rules hold by construction (keyrot wrote it), so the header
+/// is not decoded again. Everything else — size cap, segments, signature, payload, claims —
+/// is checked exactly as in [`verify`].
+///
+/// The known header's `typ` is not passed in, so when `v` requires a type the header is
+/// decoded after all and checked as in [`verify`]; callers that know the `typ` they
+/// encoded use [`decode_with_known_typed_header`] to keep the fast path.
+#[cfg(test)]
+pub(crate) fn decode_with_known_header<'t>(
+    token: &'t str,
+    v: &Validation,
+    kid: &str,
+    alg: Algorithm,
+) -> Result<Unverified<'t>, TokenError> {
+    decode_with_known_typed_header(token, v, kid, alg, None)
+}
+
+/// [`decode_with_known_header`] for a header written by [`encode_header_with_type`] with
+/// `typ` (`None`: unknown). The required type, if any, is compared with `typ` without
+/// decoding the header.
+pub(crate) fn decode_with_known_typed_header<'t>(
+    token: &'t str,
+    v: &Validation,
+    kid: &str,
+    alg: Algorithm,
+    typ: Option<&str>,
+) -> Result<Unverified<'t>, TokenError> {
+    match (v.required_type.as_deref(), typ) {
+        // The header's typ is not known here: read it.
+        (Some(_), None) => return decode(token, v, true),
+        (Some(required), Some(t)) if !type_matches(required, t) => return Err(TokenError::InvalidType),
+        _ => {}
+    }
+    let (h, p, s) = segments(token, v)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    Ok(Unverified {
+        kid: kid.to_owned(),
+        alg: alg.as_str().to_owned(),
+        signing_input,
+        payload_b64: p,
+        signature_b64: s,
+    })
+}
+
+/// The header checks [`decode_header`] and [`verify_with_key`] share. With `require_kid`
+/// false an absent `kid` reads as the empty string; a `kid` that is present must still be
+/// a non-empty string.
+pub(super) fn decode<'t>(token: &'t str, v: &Validation, require_kid: bool) -> Result<Unverified<'t>, TokenError> {
+    let (h, p, s) = segments(token, v)?;
+    let header = parse_header(h)?;
+    for name in FORBIDDEN_HEADER_MEMBERS {
+        if header.contains_key(name) {
+            return Err(TokenError::ForbiddenHeader(name));
+        }
+    }
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        Some(_) => return Err(TokenError::Malformed("header alg is not a string")),
+        None => return Err(TokenError::Malformed("header has no alg")),
+    };
+    let kid = match header.get("kid") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        Some(_) => return Err(TokenError::Malformed("header kid is not a non-empty string")),
+        None if require_kid => return Err(TokenError::MissingKid),
+        None => String::new(),
+    };
+    check_type(header.get("typ"), v)?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    Ok(Unverified {
+        kid,
+        alg,
+        signing_input,
+        payload_b64: p,
+        signature_b64: s,
+    })
+}
+
+impl Unverified<'_> {
+    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
+    /// claims as of `now` (Unix seconds).
+    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        let expected = key.algorithm();
+        if self.alg != expected.as_str() {
+            return Err(TokenError::AlgorithmMismatch { expected });
+        }
+        let sig = b64::decode(self.signature_b64).ok_or(TokenError::Malformed("signature is not base64url"))?;
+        if !key.verify(self.signing_input.as_bytes(), &sig) {
+            return Err(TokenError::BadSignature);
+        }
+        let payload = b64::decode(self.payload_b64).ok_or(TokenError::Malformed("payload is not base64url"))?;
+        let Value::Object(claims) = parse_strict(&payload).map_err(|e| json_err(e, "payload"))? else {
+            return Err(TokenError::Malformed("payload is not a JSON object"));
+        };
+        check_claims(&claims, v, now)?;
+        Ok(Verified {
+            kid: self.kid.clone(),
+            alg: expected,
+            claims,
+        })
+    }
+}
+
+/// Verifies a token against the keys `lookup` finds by `kid`, as of `now` (Unix seconds):
+/// every rule of [`crate::KeyRing::verify`], for a key set the caller keeps itself.
+pub fn verify_with_lookup<'k>(
+    token: &str,
+    lookup: impl FnOnce(&str) -> Option<&'k VerifyingKey>,
+    v: &Validation,
+    now: i64,
+) -> Result<Verified, TokenError> {
+    let u = decode_header(token, v)?;
+    let key = lookup(&u.kid).ok_or(TokenError::UnknownKid)?;
+    u.verify_with(key, v, now)
+}
+
+/// Verifies a token against one pinned key, as of `now` (Unix seconds), for issuers that
+/// do not set `kid`. Every rule of [`crate::KeyRing::verify`] applies (size cap, segments, forbidden and
+/// duplicate header members, `alg` equal to the key's algorithm, signature, claims)
+/// except that `kid` is not required. [`Verified::kid`] is the header's `kid`, or empty
+/// when the token has none.
+pub fn verify_with_key(token: &str, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+    decode(token, v, false)?.verify_with(key, v, now)
+}
