@@ -76,32 +76,20 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
 use actix_web::{FromRequest, HttpMessage, ResponseError, web};
 use bytes::Bytes;
+use keyrot_core::Verified;
 use keyrot_core::http::{
-    HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse, RequestBody, ResponseBody,
+    Guard, HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse, RequestBody, ResponseBody,
+    each_header_value, verified_claims, verified_token,
 };
-use keyrot_core::{TokenError, Verified};
 use serde::de::DeserializeOwned;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 
 pub use keyrot_core::http::{
-    AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RotationAuthorizer, STATUS_PATH, ScopeAuthorizer,
-    ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
 };
-
-/// An actix header map as a keyrot [`HeaderSource`].
-#[derive(Debug, Clone, Copy)]
-pub struct Headers<'a>(pub &'a HeaderMap);
-
-impl HeaderSource for Headers<'_> {
-    fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
-        for v in self.0.get_all(name) {
-            f(v.as_bytes());
-        }
-    }
-}
 
 /// Converts a neutral response into an actix response.
 pub fn into_actix_response(r: NeutralResponse) -> actix_web::HttpResponse {
@@ -117,58 +105,29 @@ pub fn into_actix_response(r: NeutralResponse) -> actix_web::HttpResponse {
     }
 }
 
-/// Why [`Claims`], [`Token`] or [`RequireScopes`] refused a request. It is itself the
-/// response: `401`/`403` with `WWW-Authenticate`, or `500` when
-/// [`BearerAuthMiddleware`] is not installed in front of the route (fail closed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    /// The token was refused.
-    Rejected(AuthRejection),
-    /// No verified token in the request: [`BearerAuthMiddleware`] is missing (a bug in
-    /// the app, answered `500`).
-    MissingMiddleware,
-}
+/// An actix header map as a keyrot [`HeaderSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(pub &'a HeaderMap);
 
-impl AuthError {
-    /// The neutral response.
-    pub fn to_http_response(&self) -> NeutralResponse {
-        match self {
-            AuthError::Rejected(r) => r.to_response(),
-            AuthError::MissingMiddleware => NeutralResponse::missing_middleware(),
-        }
+impl HeaderSource for Headers<'_> {
+    fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+        each_header_value(self.0.get_all(name), f);
     }
 }
 
-impl std::fmt::Display for AuthError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthError::Rejected(r) => r.fmt(f),
-            AuthError::MissingMiddleware => f.write_str("BearerAuthMiddleware is not installed for this route"),
-        }
-    }
-}
+/// The response to an [`AuthError`] ([`AuthError::to_response`]): the error of
+/// [`Claims`] and [`Token`], and what [`Guarded`] answers for a refused request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+pub struct AuthErrorResponse(#[from] pub AuthError);
 
-impl ResponseError for AuthError {
+impl ResponseError for AuthErrorResponse {
     fn status_code(&self) -> StatusCode {
-        let status = self.to_http_response().status;
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        if *self == AuthError::MissingMiddleware {
-            tracing::error!("a keyrot extractor ran on a route without BearerAuthMiddleware");
-        }
-        into_actix_response(self.to_http_response())
-    }
-}
-
-fn with_verified<R>(
-    req: &actix_web::HttpRequest,
-    f: impl FnOnce(&Verified) -> Result<R, AuthError>,
-) -> Result<R, AuthError> {
-    match req.extensions().get::<Verified>() {
-        Some(v) => f(v),
-        None => Err(AuthError::MissingMiddleware),
+        into_actix_response(self.0.to_response())
     }
 }
 
@@ -178,15 +137,15 @@ fn with_verified<R>(
 pub struct Claims<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest for Claims<T> {
-    type Error = AuthError;
-    type Future = Ready<Result<Self, AuthError>>;
+    type Error = AuthErrorResponse;
+    type Future = Ready<Result<Self, AuthErrorResponse>>;
 
     fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(with_verified(req, |v| {
-            T::deserialize(&v.claims)
+        ready(
+            verified_claims(req.extensions().get())
                 .map(Claims)
-                .map_err(|_| AuthError::Rejected(AuthRejection::InvalidToken(Some(TokenError::ClaimsShape))))
-        }))
+                .map_err(AuthErrorResponse),
+        )
     }
 }
 
@@ -197,66 +156,83 @@ pub struct Token(pub Verified);
 impl Token {
     /// `Ok` when the token grants every scope in `required`; the error is the `403`.
     pub fn require_scopes<S: AsRef<str>>(&self, required: &[S]) -> Result<(), AuthError> {
-        keyrot_core::http::require_scopes(&self.0, required).map_err(AuthError::Rejected)
+        Ok(keyrot_core::http::require_scopes(&self.0, required)?)
     }
 }
 
 impl FromRequest for Token {
-    type Error = AuthError;
-    type Future = Ready<Result<Self, AuthError>>;
+    type Error = AuthErrorResponse;
+    type Future = Ready<Result<Self, AuthErrorResponse>>;
 
     fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(with_verified(req, |v| Ok(Token(v.clone()))))
+        ready(
+            verified_token(req.extensions().get())
+                .map(|v| Token(v.clone()))
+                .map_err(AuthErrorResponse),
+        )
     }
 }
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T> + 'static>>;
 
-/// Middleware that verifies the bearer token of every request: `401`/`403` with
-/// `WWW-Authenticate` on failure; on success the [`Verified`] token goes into the request
-/// extensions for [`Claims`] and [`Token`].
+/// Middleware that runs a keyrot [`Guard`] before the route: [`BearerAuthMiddleware`]
+/// verifies the bearer token and puts the [`Verified`] token in the request extensions
+/// (for [`Claims`] and [`Token`]); [`RequireScopes`] checks the scopes of that token. A
+/// refused request is answered by the guard's [`AuthError`] (`401`/`403` with
+/// `WWW-Authenticate`, `500` when no verified token is there to check).
 #[derive(Debug, Clone)]
-pub struct BearerAuthMiddleware {
-    auth: BearerAuth,
+pub struct Guarded<G> {
+    guard: G,
 }
 
-impl BearerAuthMiddleware {
-    /// Middleware running `auth`.
-    pub fn new(auth: BearerAuth) -> Self {
-        Self { auth }
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for BearerAuthMiddleware
+impl<S, B, G: Guard> Transform<S, ServiceRequest> for Guarded<G>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
+    GuardedService<S, G>: Service<ServiceRequest, Response = ServiceResponse<EitherBody<B>>, Error = actix_web::Error>,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Transform = BearerAuthService<S>;
+    type Transform = GuardedService<S, G>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(BearerAuthService {
+        ready(Ok(GuardedService {
             service: Rc::new(service),
-            auth: self.auth.clone(),
+            guard: self.guard.clone(),
         }))
     }
 }
 
-/// The service [`BearerAuthMiddleware`] wraps around a route.
-#[derive(Debug)]
-pub struct BearerAuthService<S> {
-    service: Rc<S>,
-    auth: BearerAuth,
+impl<G: Guard> Guarded<G> {
+    /// Middleware running `guard`.
+    pub fn new(guard: G) -> Self {
+        Self { guard }
+    }
 }
 
-impl<S, B> Service<ServiceRequest> for BearerAuthService<S>
+/// Verifies the bearer token of every request (see [`Guarded`]).
+pub type BearerAuthMiddleware = Guarded<BearerAuth>;
+/// Lets a request through only if its verified token grants every scope (see
+/// [`require_scopes`]).
+pub type RequireScopes = Guarded<RequiredScopes>;
+
+/// The service [`Guarded`] wraps around a route.
+#[derive(Debug)]
+pub struct GuardedService<S, G> {
+    service: Rc<S>,
+    guard: G,
+}
+
+/// The service [`BearerAuthMiddleware`] wraps around a route.
+pub type BearerAuthService<S> = GuardedService<S, BearerAuth>;
+/// The service [`RequireScopes`] wraps around a route.
+pub type RequireScopesService<S> = GuardedService<S, RequiredScopes>;
+
+impl<S, B, G> Service<ServiceRequest> for GuardedService<S, G>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: 'static,
+    G: Guard,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
@@ -266,18 +242,23 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let service = self.service.clone();
-        let auth = self.auth.clone();
+        let guard = self.guard.clone();
         Box::pin(async move {
-            let result = auth.authenticate(&Headers(req.headers())).await;
-            match result {
-                Ok(verified) => {
-                    req.extensions_mut().insert(verified);
-                    service.call(req).await.map(ServiceResponse::map_into_left_body)
+            // Taken out (not borrowed: the extensions are a RefCell) and put back below.
+            let found = req.extensions_mut().remove::<Verified>();
+            let admitted = guard.admit(&Headers(req.headers()), found.as_ref()).await;
+            match admitted {
+                Ok(stored) => {
+                    if let Some(verified) = stored.or(found) {
+                        req.extensions_mut().insert(verified);
+                    }
                 }
-                Err(rejection) => Ok(req
-                    .into_response(into_actix_response(rejection.to_response()))
-                    .map_into_right_body()),
+                Err(e) => {
+                    let resp = AuthErrorResponse(e).error_response();
+                    return Ok(req.into_response(resp).map_into_right_body());
+                }
             }
+            service.call(req).await.map(ServiceResponse::map_into_left_body)
         })
     }
 }
@@ -290,70 +271,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<String>,
 {
-    RequireScopes {
-        scopes: scopes.into_iter().map(Into::into).collect(),
-    }
-}
-
-/// See [`require_scopes`].
-#[derive(Debug, Clone)]
-pub struct RequireScopes {
-    scopes: Arc<[String]>,
-}
-
-impl<S, B> Transform<S, ServiceRequest> for RequireScopes
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Transform = RequireScopesService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RequireScopesService {
-            service: Rc::new(service),
-            scopes: self.scopes.clone(),
-        }))
-    }
-}
-
-/// The service [`RequireScopes`] wraps around a route.
-#[derive(Debug)]
-pub struct RequireScopesService<S> {
-    service: Rc<S>,
-    scopes: Arc<[String]>,
-}
-
-impl<S, B> Service<ServiceRequest> for RequireScopesService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let check = match req.extensions().get::<Verified>() {
-            None => Err(AuthError::MissingMiddleware),
-            Some(v) => keyrot_core::http::require_scopes(v, &self.scopes).map_err(AuthError::Rejected),
-        };
-        match check {
-            Ok(()) => {
-                let service = self.service.clone();
-                Box::pin(async move { service.call(req).await.map(ServiceResponse::map_into_left_body) })
-            }
-            Err(e) => {
-                let resp = req.into_response(e.error_response()).map_into_right_body();
-                Box::pin(async move { Ok(resp) })
-            }
-        }
-    }
+    Guarded::new(RequiredScopes::new(scopes))
 }
 
 fn neutral<'a>(req: &'a actix_web::HttpRequest, headers: &'a Headers<'a>) -> NeutralRequest<'a> {

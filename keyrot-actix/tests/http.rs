@@ -3,7 +3,10 @@
 use actix_web::{App, HttpServer, web};
 use keyrot_actix::{BearerAuthMiddleware, Claims, require_scopes};
 use keyrot_core::StandardClaims;
-use keyrot_http_tests::{PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, whoami_body};
+use keyrot_http_tests::{
+    PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH,
+    whoami_body,
+};
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
@@ -17,6 +20,13 @@ async fn start(app: TestApp) -> RunningServer {
             let server = HttpServer::new(move || {
                 App::new()
                     .configure(keyrot_actix::configure(app.endpoints.clone()))
+                    // Before the catch-all scope below, which would answer 404 for them.
+                    .route(UNGUARDED_PATH, web::get().to(whoami))
+                    .service(
+                        web::resource(UNGUARDED_SCOPED_PATH)
+                            .wrap(require_scopes([SCOPED_SCOPE]))
+                            .route(web::get().to(whoami)),
+                    )
                     .service(
                         web::scope("")
                             .wrap(BearerAuthMiddleware::new(app.auth.clone()))

@@ -66,18 +66,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use keyrot_core::http::{HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody};
-use keyrot_core::{TokenError, Verified};
+use keyrot_core::Verified;
+use keyrot_core::http::{
+    Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, each_header_value, verified_claims,
+    verified_token,
+};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 pub use keyrot_core::http::{
-    AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RotationAuthorizer, STATUS_PATH, ScopeAuthorizer,
-    ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
 };
 
 /// An axum header map as a keyrot [`HeaderSource`].
@@ -86,9 +88,7 @@ pub struct Headers<'a>(pub &'a HeaderMap);
 
 impl HeaderSource for Headers<'_> {
     fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
-        for v in self.0.get_all(name) {
-            f(v.as_bytes());
-        }
+        each_header_value(self.0.get_all(name), f);
     }
 }
 
@@ -113,50 +113,16 @@ pub fn into_axum_response(r: HttpResponse) -> Response {
     resp
 }
 
-/// Why [`Claims`], [`Token`] or [`RequireScopes`] refused a request. It is itself the
-/// response: `401`/`403` with `WWW-Authenticate`, or `500` when the verifying
-/// [`BearerAuthLayer`] is not installed in front of the route (fail closed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    /// The token was refused.
-    Rejected(AuthRejection),
-    /// No verified token in the request: [`BearerAuthLayer`] is missing (a bug in the
-    /// router, answered `500`).
-    MissingLayer,
-}
+/// The response to an [`AuthError`] ([`AuthError::to_response`]): the rejection of
+/// [`Claims`] and [`Token`], and what [`Guarded`] answers for a refused request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+pub struct AuthErrorResponse(#[from] pub AuthError);
 
-impl AuthError {
-    /// The neutral response.
-    pub fn to_http_response(&self) -> HttpResponse {
-        match self {
-            AuthError::Rejected(r) => r.to_response(),
-            AuthError::MissingLayer => HttpResponse::missing_middleware(),
-        }
-    }
-}
-
-impl std::fmt::Display for AuthError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthError::Rejected(r) => r.fmt(f),
-            AuthError::MissingLayer => f.write_str("BearerAuthLayer is not installed for this route"),
-        }
-    }
-}
-
-impl std::error::Error for AuthError {}
-
-impl IntoResponse for AuthError {
+impl IntoResponse for AuthErrorResponse {
     fn into_response(self) -> Response {
-        if self == AuthError::MissingLayer {
-            tracing::error!("a keyrot extractor ran on a route without BearerAuthLayer");
-        }
-        into_axum_response(self.to_http_response())
+        into_axum_response(self.0.to_response())
     }
-}
-
-fn verified(parts: &Parts) -> Result<&Verified, AuthError> {
-    parts.extensions.get::<Verified>().ok_or(AuthError::MissingLayer)
 }
 
 /// The verified claims, deserialized into `T` (e.g. [`keyrot_core::StandardClaims`] or
@@ -165,13 +131,10 @@ fn verified(parts: &Parts) -> Result<&Verified, AuthError> {
 pub struct Claims<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Claims<T> {
-    type Rejection = AuthError;
+    type Rejection = AuthErrorResponse;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let v = verified(parts)?;
-        T::deserialize(&v.claims)
-            .map(Claims)
-            .map_err(|_| AuthError::Rejected(AuthRejection::InvalidToken(Some(TokenError::ClaimsShape))))
+        Ok(Claims(verified_claims(parts.extensions.get())?))
     }
 }
 
@@ -182,58 +145,72 @@ pub struct Token(pub Verified);
 impl Token {
     /// `Ok` when the token grants every scope in `required`; the error is the `403`.
     pub fn require_scopes<S: AsRef<str>>(&self, required: &[S]) -> Result<(), AuthError> {
-        keyrot_core::http::require_scopes(&self.0, required).map_err(AuthError::Rejected)
+        Ok(keyrot_core::http::require_scopes(&self.0, required)?)
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Token {
-    type Rejection = AuthError;
+    type Rejection = AuthErrorResponse;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        verified(parts).cloned().map(Token)
+        Ok(Token(verified_token(parts.extensions.get())?.clone()))
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// A tower [`Layer`] that verifies the bearer token of every request: `401`/`403` with
-/// `WWW-Authenticate` on failure; on success the [`Verified`] token goes into the request
-/// extensions for [`Claims`] and [`Token`].
+/// A tower [`Layer`] that runs a keyrot [`Guard`] before the route: [`BearerAuthLayer`]
+/// verifies the bearer token and puts the [`Verified`] token in the request extensions
+/// (for [`Claims`] and [`Token`]); [`RequireScopes`] checks the scopes of that token.
+/// A refused request is answered by the guard's [`AuthError`] (`401`/`403` with
+/// `WWW-Authenticate`, `500` when no verified token is there to check).
 #[derive(Debug, Clone)]
-pub struct BearerAuthLayer {
-    auth: BearerAuth,
+pub struct Guarded<G> {
+    guard: G,
 }
 
-impl BearerAuthLayer {
-    /// A layer running `auth`.
-    pub fn new(auth: BearerAuth) -> Self {
-        Self { auth }
+impl<G: Guard> Guarded<G> {
+    /// A layer running `guard`.
+    pub fn new(guard: G) -> Self {
+        Self { guard }
     }
 }
 
-impl<S> Layer<S> for BearerAuthLayer {
-    type Service = BearerAuthService<S>;
+/// Verifies the bearer token of every request (see [`Guarded`]).
+pub type BearerAuthLayer = Guarded<BearerAuth>;
+/// Lets a request through only if its verified token grants every scope (see
+/// [`require_scopes`]).
+pub type RequireScopes = Guarded<RequiredScopes>;
+
+impl<S, G: Guard> Layer<S> for Guarded<G> {
+    type Service = GuardedService<S, G>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BearerAuthService {
+        GuardedService {
             inner,
-            auth: self.auth.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
 
-/// The service [`BearerAuthLayer`] wraps around a route.
+/// The service [`Guarded`] wraps around a route.
 #[derive(Debug, Clone)]
-pub struct BearerAuthService<S> {
+pub struct GuardedService<S, G> {
     inner: S,
-    auth: BearerAuth,
+    guard: G,
 }
 
-impl<S, B> Service<axum::http::Request<B>> for BearerAuthService<S>
+/// The service [`BearerAuthLayer`] wraps around a route.
+pub type BearerAuthService<S> = GuardedService<S, BearerAuth>;
+/// The service [`RequireScopes`] wraps around a route.
+pub type RequireScopesService<S> = GuardedService<S, RequiredScopes>;
+
+impl<S, B, G> Service<axum::http::Request<B>> for GuardedService<S, G>
 where
     S: Service<axum::http::Request<B>, Response = Response> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    G: Guard,
 {
     type Response = Response;
     type Error = S::Error;
@@ -247,16 +224,18 @@ where
         // The clone is the one that was not polled ready; keep the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.clone();
+        let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match auth.authenticate(&Headers(&parts.headers)).await {
-                Ok(verified) => {
+            let admitted = guard.admit(&Headers(&parts.headers), parts.extensions.get()).await;
+            match admitted {
+                Ok(Some(verified)) => {
                     parts.extensions.insert(verified);
-                    inner.call(axum::http::Request::from_parts(parts, body)).await
                 }
-                Err(rejection) => Ok(into_axum_response(rejection.to_response())),
+                Ok(None) => {}
+                Err(e) => return Ok(AuthErrorResponse(e).into_response()),
             }
+            inner.call(axum::http::Request::from_parts(parts, body)).await
         })
     }
 }
@@ -269,62 +248,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<String>,
 {
-    RequireScopes {
-        scopes: scopes.into_iter().map(Into::into).collect(),
-    }
-}
-
-/// See [`require_scopes`].
-#[derive(Debug, Clone)]
-pub struct RequireScopes {
-    scopes: Arc<[String]>,
-}
-
-impl<S> Layer<S> for RequireScopes {
-    type Service = RequireScopesService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireScopesService {
-            inner,
-            scopes: self.scopes.clone(),
-        }
-    }
-}
-
-/// The service [`RequireScopes`] wraps around a route.
-#[derive(Debug, Clone)]
-pub struct RequireScopesService<S> {
-    inner: S,
-    scopes: Arc<[String]>,
-}
-
-impl<S, B> Service<axum::http::Request<B>> for RequireScopesService<S>
-where
-    S: Service<axum::http::Request<B>, Response = Response> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let check = match req.extensions().get::<Verified>() {
-            None => Err(AuthError::MissingLayer),
-            Some(v) => keyrot_core::http::require_scopes(v, &self.scopes).map_err(AuthError::Rejected),
-        };
-        match check {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(e) => {
-                let resp = e.into_response();
-                Box::pin(async move { Ok(resp) })
-            }
-        }
-    }
+    Guarded::new(RequiredScopes::new(scopes))
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, RequestBody<'static>> {

@@ -4,7 +4,10 @@ use axum::Router;
 use axum::routing::get;
 use keyrot_axum::{BearerAuthLayer, Claims, require_scopes};
 use keyrot_core::StandardClaims;
-use keyrot_http_tests::{PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, whoami_body};
+use keyrot_http_tests::{
+    PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH,
+    whoami_body,
+};
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
@@ -15,6 +18,8 @@ async fn start(app: TestApp) -> RunningServer {
         .route(PROTECTED_PATH, get(whoami))
         .route(SCOPED_PATH, get(whoami).layer(require_scopes([SCOPED_SCOPE])))
         .layer(BearerAuthLayer::new(app.auth))
+        .route(UNGUARDED_PATH, get(whoami))
+        .route(UNGUARDED_SCOPED_PATH, get(whoami).layer(require_scopes([SCOPED_SCOPE])))
         .merge(keyrot_axum::routes(app.endpoints));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

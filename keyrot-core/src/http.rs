@@ -22,6 +22,7 @@ mod authorizer;
 mod bearer;
 mod endpoints;
 mod jwks_route;
+mod middleware;
 mod refusal_audit;
 mod status;
 
@@ -32,6 +33,7 @@ pub use authorizer::{
 pub use bearer::{AuthRejection, BearerAuth, BearerToken, TokenVerifier, bearer_token, has_scope, require_scopes};
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::jwks_response;
+pub use middleware::{AuthError, Guard, RequiredScopes, each_header_value, verified_claims, verified_token};
 pub use refusal_audit::{
     ANONYMOUS_ACTOR, DEFAULT_REFUSAL_AUDIT_INTERVAL, DEFAULT_REFUSAL_AUDIT_MAX_ACTORS, DEFAULT_REFUSALS_AUDITED_GLOBAL,
     DEFAULT_REFUSALS_AUDITED_PER_ACTOR, RefusalAuditLimits, UNTRACKED_ACTORS,

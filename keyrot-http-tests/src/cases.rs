@@ -1,6 +1,6 @@
 //! The cases. Each starts a fresh world and server; [`crate::http_suite!`] runs them.
 
-use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, World};
+use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, World};
 use chrono::TimeDelta;
 use keyrot_core::VerifyingKey;
 use keyrot_core::http::{
@@ -17,6 +17,7 @@ use token::encode_header_with_type;
 
 const INVALID_TOKEN_BODY: &str = r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;
 const MISSING_TOKEN_BODY: &str = r#"{"error":"unauthorized","error_description":"a bearer token is required"}"#;
+const MISSING_MIDDLEWARE_BODY: &str = r#"{"error":"server_error","error_description":"the server is misconfigured: bearer authentication is not installed for this route"}"#;
 const INSUFFICIENT_SCOPE_BODY: &str =
     r#"{"error":"insufficient_scope","error_description":"the access token does not grant access to this resource"}"#;
 
@@ -712,6 +713,30 @@ pub async fn middleware_extractor_and_scope_helper(start: Start) {
         )
         .await;
     assert_401_invalid(&two, "two Authorization headers");
+}
+
+/// The extractor and the scope helper on routes without the verifying middleware fail
+/// closed: `500`, whatever the token, and the route does not run.
+pub async fn extractor_without_middleware_is_500(start: Start) {
+    let w = World::start(start).await;
+    let now = w.now().timestamp();
+    let token = w.sign(&json!({"sub": "carol", "client_id": "web", "scope": SCOPED_SCOPE, "exp": now + 60}));
+    for path in [UNGUARDED_PATH, UNGUARDED_SCOPED_PATH] {
+        for token in [Some(token.as_str()), None] {
+            let a = w.get(path, token).await;
+            assert_eq!(a.status, 500, "{path}: {}", a.text());
+            assert_eq!(a.text(), MISSING_MIDDLEWARE_BODY, "{path}");
+            assert_eq!(
+                keyrot_headers(&a),
+                pairs(&[
+                    ("cache-control", "no-store"),
+                    ("content-type", "application/json"),
+                    ("x-content-type-options", "nosniff"),
+                ]),
+                "{path}"
+            );
+        }
+    }
 }
 
 /// A pending key is in the JWKS before it signs; the cache lifetime does not outlast

@@ -11,7 +11,10 @@
 //!   [`TestApp::auth`], answering [`whoami_body`] of the `Claims<StandardClaims>`
 //!   extractor;
 //! - [`SCOPED_PATH`], the same handler behind the middleware and the adapter's
-//!   scope helper requiring [`SCOPED_SCOPE`].
+//!   scope helper requiring [`SCOPED_SCOPE`];
+//! - [`UNGUARDED_PATH`], the same handler without the middleware, and
+//!   [`UNGUARDED_SCOPED_PATH`], the same handler behind the scope helper alone (both
+//!   misconfigurations, which must fail closed).
 //!
 //! ```ignore
 //! async fn start(app: keyrot_http_tests::TestApp) -> keyrot_http_tests::RunningServer { /* … */ }
@@ -33,6 +36,10 @@ use std::pin::Pin;
 pub const PROTECTED_PATH: &str = "/api/whoami";
 /// A route behind the verifying middleware and the scope helper.
 pub const SCOPED_PATH: &str = "/api/reports";
+/// A route with the claims extractor but without the verifying middleware.
+pub const UNGUARDED_PATH: &str = "/unguarded/whoami";
+/// A route behind the scope helper but without the verifying middleware.
+pub const UNGUARDED_SCOPED_PATH: &str = "/unguarded/reports";
 /// The scope [`SCOPED_PATH`] requires.
 pub const SCOPED_SCOPE: &str = "reports.read";
 
@@ -122,6 +129,7 @@ macro_rules! http_suite {
             middleware_rejects_token_of_expired_key,
             middleware_accepts_retiring_key_until_token_expiry,
             middleware_extractor_and_scope_helper,
+            extractor_without_middleware_is_500,
             jwks_publishes_pending_key_before_it_signs,
             jwks_drops_expired_key,
             jwks_etag_and_304,

@@ -8,24 +8,16 @@
 
 use actix_web::{App, HttpRequest, HttpServer, web};
 use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Token, into_actix_response};
-use keyrot_examples_support::quickstart::{LOGIN_PATH, ME_PATH, Quickstart, QuickstartConfig, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    keyrot_examples_support::quickstart::init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("actix-quickstart: {e}");
-            ExitCode::from(2)
-        }
-    }
+    quickstart::run("actix-quickstart", serve).await
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let config = QuickstartConfig::from_env()?;
-    let app = Quickstart::start(config).await?;
+/// Mounts the routes on actix-web and serves until Ctrl-C.
+async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
     let auth = BearerAuth::new(app.keyring.clone());
     let endpoints = app.endpoints.clone();
     let tokens = app.tokens.clone();
@@ -62,10 +54,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     })
     .bind(app.config.listen)?
     .run();
-    print!("{}", app.banner("actix-web"));
-    println!("ready");
+    app.announce("actix-web");
     server.await?;
-    app.shutdown().await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! within 5 seconds, 1 otherwise, 2 on usage or configuration errors.
 
 use clap::Parser;
+use keyrot_core::ErrorChain;
 use keyrot_core::RefresherHandle;
 use keyrot_core::{
     KeyRing, MasterKey, MasterKeySealer, Outcome, RequestContext, RingName, RotateError, RotationReport, Rotator,
@@ -152,9 +153,9 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
         }
     };
     let ring = RingName::new(ring).map_err(|e| format!("--ring: {e}"))?;
-    let (sealer, master) = master_key().map_err(|e| e.to_string())?;
+    let (sealer, master) = master_key().map_err(|e| ErrorChain(&e).to_string())?;
     let sealer = Arc::new(sealer);
-    let policy = policy_from_env(None).map_err(|e| e.to_string())?;
+    let policy = policy_from_env(None).map_err(|e| ErrorChain(&e).to_string())?;
 
     println!("keyrot cluster demo");
     println!("  database   {}", keyrot_sqlx::redact_url(&url));
@@ -184,12 +185,12 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
         );
         starting.push(tokio::spawn(async move {
             let name = format!("node-{i}");
-            let backend = connect(&url).await.map_err(|e| format!("{name}: {e}"))?;
+            let backend = connect(&url).await.map_err(|e| format!("{name}: {}", ErrorChain(&e)))?;
             let keyring = KeyRing::builder(ring.clone(), backend.storage.clone(), sealer.clone())
                 .with_policy(policy.clone())
                 .build()
                 .await
-                .map_err(|e| format!("{name}: loading the ring: {e}"))?;
+                .map_err(|e| format!("{name}: loading the ring: {}", ErrorChain(&e)))?;
             let rotator = Rotator::builder(ring, backend.storage.clone(), backend.lock.clone(), sealer)
                 .with_policy(policy)
                 .with_instance(name.clone())
@@ -242,8 +243,8 @@ fn master_key() -> Result<(MasterKeySealer, String), SetupError> {
         };
         return Ok((sealer, from));
     }
-    let mk = MasterKey::generate("cluster-demo").map_err(|e| SetupError::MasterKey(e.to_string()))?;
-    let sealer = MasterKeySealer::new(mk, []).map_err(|e| SetupError::MasterKey(e.to_string()))?;
+    let mk = MasterKey::generate("cluster-demo").map_err(SetupError::GenerateMasterKey)?;
+    let sealer = MasterKeySealer::new(mk, []).map_err(SetupError::GenerateMasterKey)?;
     Ok((
         sealer,
         "generated in memory for this run (set KEYROT_MASTER_KEY to use yours)".to_owned(),
@@ -316,7 +317,7 @@ where
         let attempt = op(i.rotator.clone(), i.name.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let result = attempt.await.map_err(|e| e.to_string());
+            let result = attempt.await.map_err(|e| ErrorChain(&e).to_string());
             let done = timeline.record(&name, describe(label, &result));
             (done, result)
         }));

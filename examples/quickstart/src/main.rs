@@ -11,25 +11,17 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
-use keyrot_examples_support::quickstart::{LOGIN_PATH, ME_PATH, Quickstart, QuickstartConfig, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    keyrot_examples_support::quickstart::init_tracing();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("quickstart: {e}");
-            ExitCode::from(2)
-        }
-    }
+    quickstart::run("quickstart", serve).await
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let config = QuickstartConfig::from_env()?;
-    let app = Quickstart::start(config).await?;
+/// Mounts the routes on axum and serves until Ctrl-C.
+async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(app.config.listen).await?;
     let tokens = app.tokens.clone();
     let login_tokens = app.tokens.clone();
@@ -54,14 +46,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )
         .merge(keyrot_axum::routes(app.endpoints.clone()));
-    print!("{}", app.banner("axum"));
-    println!("ready");
+    app.announce("axum");
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    app.shutdown().await;
     Ok(())
 }
 

@@ -1,0 +1,215 @@
+//! The framework-independent half of every web adapter's middleware and extractors: the
+//! error they refuse a request with ([`AuthError`], its status, `WWW-Authenticate` and
+//! body), the checks their middleware runs ([`Guard`], implemented by [`BearerAuth`] and
+//! [`RequiredScopes`]), and the mapping from the verified token an adapter stored in the
+//! request to what a handler asks for ([`verified_token`], [`verified_claims`]).
+//!
+//! An adapter keeps only the glue its framework forces on it: reading its request
+//! extensions, one middleware type generic over [`Guard`], the extractor types, and the
+//! conversion of [`HttpResponse`] into its own response type.
+
+use super::{AuthRejection, BearerAuth, HeaderSource, HttpResponse, require_scopes};
+use crate::token::{TokenError, Verified};
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Why an adapter's middleware or extractor refused a request. It renders its own
+/// response ([`AuthError::to_response`]): `401`/`403` with `WWW-Authenticate`, or `500`
+/// when the verifying middleware is not installed in front of the route (fail closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The token was refused (missing, invalid, or without a required scope).
+    #[error(transparent)]
+    Rejected(#[from] AuthRejection),
+    /// No verified token in the request: the verifying middleware (keyrot-axum's
+    /// `BearerAuthLayer`, keyrot-actix's `BearerAuthMiddleware`) is not installed in
+    /// front of the route. A bug in the application, answered `500`.
+    #[error(
+        "no verified token in the request: the bearer-auth middleware (BearerAuthLayer, BearerAuthMiddleware) \
+         is not installed in front of this route; wrap the route (or its scope) in it"
+    )]
+    MissingMiddleware,
+}
+
+impl AuthError {
+    /// The status code: `401`, `403`, or `500` for [`AuthError::MissingMiddleware`].
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Rejected(r) => r.status(),
+            AuthError::MissingMiddleware => HttpResponse::missing_middleware().status,
+        }
+    }
+
+    /// The response: [`AuthRejection::to_response`], or
+    /// [`HttpResponse::missing_middleware`] (logged as an error: the router is wrong).
+    pub fn to_response(&self) -> HttpResponse {
+        match self {
+            AuthError::Rejected(r) => r.to_response(),
+            AuthError::MissingMiddleware => {
+                tracing::error!("a keyrot extractor ran on a route without the bearer-auth middleware");
+                HttpResponse::missing_middleware()
+            }
+        }
+    }
+}
+
+/// The verified token the adapter's middleware stored in the request (`found`), or
+/// [`AuthError::MissingMiddleware`] when there is none.
+pub fn verified_token(found: Option<&Verified>) -> Result<&Verified, AuthError> {
+    found.ok_or(AuthError::MissingMiddleware)
+}
+
+/// The verified claims deserialized into `T`. Claims that do not fit `T` are
+/// `401 invalid_token` ([`TokenError::ClaimsShape`]); no token is
+/// [`AuthError::MissingMiddleware`].
+pub fn verified_claims<T: DeserializeOwned>(found: Option<&Verified>) -> Result<T, AuthError> {
+    T::deserialize(&verified_token(found)?.claims)
+        .map_err(|_| AuthRejection::InvalidToken(Some(TokenError::ClaimsShape)).into())
+}
+
+/// Calls `f` with each header value in `values`: the body of an adapter's
+/// [`HeaderSource::for_each_value`] over its framework's header map.
+pub fn each_header_value<'s, V>(values: impl IntoIterator<Item = &'s V>, f: &mut dyn FnMut(&'s [u8]))
+where
+    V: AsRef<[u8]> + ?Sized + 's,
+{
+    for v in values {
+        f(v.as_ref());
+    }
+}
+
+/// Scopes a route requires of the token verified before it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequiredScopes(Arc<[String]>);
+
+impl RequiredScopes {
+    /// Every scope in `scopes` is required.
+    pub fn new<I, T>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self(scopes.into_iter().map(Into::into).collect())
+    }
+
+    /// The scopes.
+    pub fn scopes(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `Ok` when the verified token (`found`) grants every scope; `403
+    /// insufficient_scope` when it lacks one; [`AuthError::MissingMiddleware`] when
+    /// there is no verified token.
+    pub fn check(&self, found: Option<&Verified>) -> Result<(), AuthError> {
+        Ok(require_scopes(verified_token(found)?, &self.0)?)
+    }
+}
+
+/// What an adapter's middleware runs before the route. The adapter calls
+/// [`Guard::admit`] with the request's headers and the verified token already stored in
+/// it (if any); on `Ok(Some(token))` it stores `token` in the request, on `Ok(None)` it
+/// lets the request through unchanged, and on `Err` it answers
+/// [`AuthError::to_response`] without running the route.
+pub trait Guard: Clone + Send + Sync + 'static {
+    /// Whether the request may reach the route, and the token to store in it.
+    fn admit(
+        &self,
+        headers: &dyn HeaderSource,
+        verified: Option<&Verified>,
+    ) -> impl Future<Output = Result<Option<Verified>, AuthError>> + Send;
+}
+
+/// Verifies the bearer token ([`BearerAuth::authenticate`]) and stores it.
+impl Guard for BearerAuth {
+    async fn admit(&self, headers: &dyn HeaderSource, _: Option<&Verified>) -> Result<Option<Verified>, AuthError> {
+        Ok(Some(self.authenticate(headers).await?))
+    }
+}
+
+/// Checks the token stored by a [`BearerAuth`] guard in front ([`RequiredScopes::check`]).
+impl Guard for RequiredScopes {
+    async fn admit(&self, _: &dyn HeaderSource, verified: Option<&Verified>) -> Result<Option<Verified>, AuthError> {
+        self.check(verified).map(|()| None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token(claims: serde_json::Value) -> Verified {
+        let serde_json::Value::Object(claims) = claims else {
+            panic!("claims are an object");
+        };
+        Verified {
+            kid: "k1".into(),
+            alg: crate::Algorithm::EdDsa,
+            claims,
+        }
+    }
+
+    #[test]
+    fn errors_render_their_responses() {
+        let missing = AuthError::MissingMiddleware;
+        assert_eq!(missing.status(), 500);
+        assert_eq!(missing.to_response(), HttpResponse::missing_middleware());
+        for r in [
+            AuthRejection::MissingToken,
+            AuthRejection::InvalidToken(None),
+            AuthRejection::InsufficientScope,
+        ] {
+            let e = AuthError::from(r.clone());
+            assert_eq!(e.status(), r.status());
+            assert_eq!(e.to_response(), r.to_response());
+            assert_eq!(e.to_string(), r.to_string());
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let e = AuthError::from(AuthRejection::InvalidToken(Some(TokenError::ClaimsShape)));
+        let mut chain = vec![e.to_string()];
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chain.push(s.to_string());
+            source = s.source();
+        }
+        let all = chain.join(": ");
+        let cause = TokenError::ClaimsShape.to_string();
+        assert_eq!(all.matches(&cause).count(), 1, "{all}");
+    }
+
+    #[test]
+    fn claims_and_scopes_map_to_the_errors() {
+        let v = token(json!({"sub": "alice", "scope": "a b"}));
+        #[derive(serde::Deserialize)]
+        struct Sub {
+            sub: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct NeedsAge {
+            #[allow(dead_code)]
+            age: u32,
+        }
+        assert_eq!(verified_claims::<Sub>(Some(&v)).map(|s| s.sub), Ok("alice".to_owned()));
+        assert_eq!(
+            verified_claims::<NeedsAge>(Some(&v)).err(),
+            Some(AuthError::Rejected(AuthRejection::InvalidToken(Some(
+                TokenError::ClaimsShape
+            ))))
+        );
+        assert_eq!(verified_claims::<Sub>(None).err(), Some(AuthError::MissingMiddleware));
+        assert_eq!(RequiredScopes::new(["a", "b"]).check(Some(&v)), Ok(()));
+        assert_eq!(
+            RequiredScopes::new(["c"]).check(Some(&v)),
+            Err(AuthError::Rejected(AuthRejection::InsufficientScope))
+        );
+        assert_eq!(
+            RequiredScopes::new(["a"]).check(None),
+            Err(AuthError::MissingMiddleware)
+        );
+    }
+}
