@@ -260,12 +260,7 @@ pub fn request_id(headers: &dyn HeaderSource) -> String {
     random_hex(16)
 }
 
-pub(crate) fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    // A failing RNG only makes ids less unique; ids are not secrets.
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub(crate) use crate::ids::random_hex;
 
 #[cfg(test)]
 mod tests;

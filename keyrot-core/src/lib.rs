@@ -35,6 +35,7 @@
 mod alg;
 mod b64;
 mod clock;
+mod ids;
 mod integrity;
 mod json;
 mod jwks;
@@ -82,7 +83,7 @@ pub use planner::{
 pub use policy::{Policy, PolicyBuilder, PolicyError};
 pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
-pub use rotator::{RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
+pub use rotator::{MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
 pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
 pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;

@@ -158,8 +158,9 @@ enum Command {
         #[arg(long)]
         yes: bool,
         /// The rows digest the listing printed: the migration is refused if the rows
-        /// changed since (required with --yes).
-        #[arg(long)]
+        /// changed since (required with --yes). A digest is base64url and may begin
+        /// with `-`, so the value is taken as given.
+        #[arg(long, allow_hyphen_values = true)]
         expect: Option<String>,
         /// Stable JSON for scripts.
         #[arg(long)]
@@ -905,13 +906,28 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::{clean, explain_refusal, parse_ttl};
+    use super::{Cli, Command, clean, explain_refusal, parse_ttl};
+    use clap::Parser as _;
     use keyrot_core::{
         KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Policy, RequestContext, RingName, Rotator,
         Snapshot, Storage as _, TokenError, Validation,
     };
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn a_digest_that_begins_with_a_hyphen_is_a_value() {
+        // A rows digest is base64url: one in 64 begins with `-`.
+        let cli = Cli::try_parse_from(["keyrotctl", "authenticate-ring", "--yes", "--expect", "-sQ4_digest"])
+            .expect("a hyphen-led digest parses");
+        match cli.command {
+            Command::AuthenticateRing { expect, yes, .. } => {
+                assert!(yes);
+                assert_eq!(expect.as_deref(), Some("-sQ4_digest"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn refusals_name_the_key() {

@@ -86,8 +86,9 @@ impl KeyRing {
         }
     }
 
-    pub(super) fn accept(&self, ring: &Ring) -> Result<bool, RefreshError> {
-        let current = self.inner.snapshot.load().generation;
+    /// The snapshot this ring would serve for `ring` now, refused when it is older than
+    /// one already served.
+    fn build_snapshot(&self, ring: &Ring) -> Result<Snapshot, RefreshError> {
         let snap = Snapshot::build_with_type(
             ring,
             &self.inner.policy,
@@ -96,6 +97,12 @@ impl KeyRing {
             &self.inner.token_type,
         )?;
         self.check_not_older(&snap)?;
+        Ok(snap)
+    }
+
+    pub(super) fn accept(&self, ring: &Ring) -> Result<bool, RefreshError> {
+        let current = self.inner.snapshot.load().generation;
+        let snap = self.build_snapshot(ring)?;
         let changed = snap.generation != current;
         self.store(snap);
         if changed {
@@ -111,14 +118,7 @@ impl KeyRing {
         if ring.name != self.inner.ring || ring.generation <= self.inner.snapshot.load().generation {
             return Ok(());
         }
-        let snap = Snapshot::build_with_type(
-            ring,
-            &self.inner.policy,
-            &*self.inner.sealer,
-            self.inner.clock.now(),
-            &self.inner.token_type,
-        )?;
-        self.check_not_older(&snap)?;
+        let snap = self.build_snapshot(ring)?;
         self.store(snap);
         Ok(())
     }

@@ -56,28 +56,35 @@ pub trait KeyTimes {
     fn trusted(&self) -> bool;
 }
 
+/// The getters both row types answer from fields of the same names and types.
+macro_rules! key_times_from_fields {
+    () => {
+        fn kid(&self) -> &str {
+            &self.kid
+        }
+        fn state(&self) -> KeyState {
+            self.state
+        }
+        fn created_at(&self) -> DateTime<Utc> {
+            self.created_at
+        }
+        fn activate_at(&self) -> Option<DateTime<Utc>> {
+            self.activate_at
+        }
+        fn activated_at(&self) -> Option<DateTime<Utc>> {
+            self.activated_at
+        }
+        fn expires_at(&self) -> Option<DateTime<Utc>> {
+            self.expires_at
+        }
+        fn expired_at(&self) -> Option<DateTime<Utc>> {
+            self.expired_at
+        }
+    };
+}
+
 impl KeyTimes for KeyRecord {
-    fn kid(&self) -> &str {
-        &self.kid
-    }
-    fn state(&self) -> KeyState {
-        self.state
-    }
-    fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
-    }
-    fn activate_at(&self) -> Option<DateTime<Utc>> {
-        self.activate_at
-    }
-    fn activated_at(&self) -> Option<DateTime<Utc>> {
-        self.activated_at
-    }
-    fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.expires_at
-    }
-    fn expired_at(&self) -> Option<DateTime<Utc>> {
-        self.expired_at
-    }
+    key_times_from_fields!();
     fn has_material(&self) -> bool {
         self.sealed.is_some()
     }
@@ -87,27 +94,7 @@ impl KeyTimes for KeyRecord {
 }
 
 impl KeyTimes for crate::keyring::KeyStatus {
-    fn kid(&self) -> &str {
-        &self.kid
-    }
-    fn state(&self) -> KeyState {
-        self.state
-    }
-    fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
-    }
-    fn activate_at(&self) -> Option<DateTime<Utc>> {
-        self.activate_at
-    }
-    fn activated_at(&self) -> Option<DateTime<Utc>> {
-        self.activated_at
-    }
-    fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.expires_at
-    }
-    fn expired_at(&self) -> Option<DateTime<Utc>> {
-        self.expired_at
-    }
+    key_times_from_fields!();
     fn has_material(&self) -> bool {
         self.purged_at.is_none()
     }

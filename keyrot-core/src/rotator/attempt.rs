@@ -9,7 +9,7 @@ use super::error::RotateError;
 use super::idempotency::Idempotency;
 use super::report::{Answer, RotationReport};
 use crate::clock::to_millis;
-use crate::http::random_hex;
+use crate::ids::random_hex;
 use crate::key::PrivateKey;
 use crate::planner::{Trigger, TriggerKind};
 use crate::ring::{KeyRecord, Ring};

@@ -2,7 +2,7 @@
 
 use super::{Inner, Rotator};
 use crate::clock::{Clock, SystemClock};
-use crate::http::random_hex;
+use crate::ids::random_hex;
 use crate::integrity::SealerLinker;
 use crate::keyring::KeyRing;
 use crate::policy::Policy;

@@ -32,6 +32,7 @@ mod trust;
 pub use context::{RequestContext, RotatorBuilder};
 pub use error::RotateError;
 pub use idempotency::MAX_IDEMPOTENCY_KEY_LEN;
+#[cfg(feature = "http")]
 pub(crate) use idempotency::checked_idempotency_key;
 pub use report::RotationReport;
 
