@@ -26,6 +26,8 @@ mod middleware;
 mod refusal_audit;
 mod status;
 
+#[cfg(test)]
+use crate::planner::TransitionAction;
 pub use authorizer::{
     AuthorizationDenied, DEFAULT_FORCE_SCOPE, DEFAULT_MAX_ROTATION_TOKEN_LIFETIME, DEFAULT_ROTATE_SCOPE,
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
@@ -38,7 +40,8 @@ pub use refusal_audit::{
     ANONYMOUS_ACTOR, DEFAULT_REFUSAL_AUDIT_INTERVAL, DEFAULT_REFUSAL_AUDIT_MAX_ACTORS, DEFAULT_REFUSALS_AUDITED_GLOBAL,
     DEFAULT_REFUSALS_AUDITED_PER_ACTOR, RefusalAuditLimits, UNTRACKED_ACTORS,
 };
-pub use status::{NextTransition, TransitionAction, next_transition};
+#[cfg(test)]
+use status::next_transition;
 
 use serde::Serialize;
 use std::sync::Arc;

@@ -16,8 +16,11 @@
 //!   [`UNGUARDED_SCOPED_PATH`], the same handler behind the scope helper alone (both
 //!   misconfigurations, which must fail closed).
 //!
-//! ```ignore
-//! async fn start(app: keyrot_http_tests::TestApp) -> keyrot_http_tests::RunningServer { /* … */ }
+//! An adapter's test file is the start function and one line (the compiled uses are
+//! `keyrot-axum/tests/http.rs` and `keyrot-actix/tests/http.rs`):
+//!
+//! ```text
+//! async fn start(app: keyrot_http_tests::TestApp) -> keyrot_http_tests::RunningServer { … }
 //! keyrot_http_tests::http_suite!(start);
 //! ```
 

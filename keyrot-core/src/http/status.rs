@@ -7,7 +7,7 @@ use crate::storage::{AuditQuery, AuditRecord, Outcome, StorageError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use crate::planner::{NextTransition, TransitionAction};
+use crate::planner::NextTransition;
 
 /// The earliest transition the scheduler will make on its own, from the keys' public
 /// facts and the policy: [`planner::next_transition`](crate::planner::next_transition),
@@ -15,7 +15,7 @@ pub use crate::planner::{NextTransition, TransitionAction};
 ///
 /// Rows that failed their integrity check ([`KeyStatus::tampered`]) are left out, and no
 /// stored time can make it panic.
-pub fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
+pub(crate) fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
     crate::planner::next_transition(keys, policy)
 }
 
