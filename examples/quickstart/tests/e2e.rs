@@ -666,14 +666,19 @@ async fn actix_quickstart_end_to_end_on_sqlite() {
     scenario(None, tools().join("actix-quickstart")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickstart_end_to_end_on_postgres() {
+/// Runs `test` with the URL of a fresh PostgreSQL database (dropped afterwards), or skips
+/// (outside CI) when `KEYROT_TEST_POSTGRES_URL` is not set.
+async fn on_fresh_postgres<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let Ok(base) = std::env::var("KEYROT_TEST_POSTGRES_URL") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true requires KEYROT_TEST_POSTGRES_URL"
         );
-        println!("skipped quickstart_end_to_end_on_postgres: KEYROT_TEST_POSTGRES_URL is not set");
+        println!("skipped {name}: KEYROT_TEST_POSTGRES_URL is not set");
         return;
     };
     use keyrot_sqlx::sqlx::{self, AssertSqlSafe};
@@ -690,11 +695,60 @@ async fn quickstart_end_to_end_on_postgres() {
         Some(i) => format!("{}/{db}", &base[..i]),
         None => panic!("KEYROT_TEST_POSTGRES_URL needs a database path"),
     };
-    let result = tokio::spawn(scenario(Some(url), PathBuf::from(env!("CARGO_BIN_EXE_quickstart")))).await;
+    let result = tokio::spawn(test(url)).await;
     let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
         .execute(&admin)
         .await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_end_to_end_on_postgres() {
+    on_fresh_postgres("quickstart_end_to_end_on_postgres", |url| {
+        scenario(Some(url), PathBuf::from(env!("CARGO_BIN_EXE_quickstart")))
+    })
+    .await;
+}
+
+/// The README's several-instances demo: two instances (axum and actix) of one deployment
+/// on one database, with one `KEYROT_ISSUER`, accept each other's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_one_issuer_accept_each_others_tokens() {
+    on_fresh_postgres("instances_of_one_issuer_accept_each_others_tokens", |url| async move {
+        let (p1, p2) = (free_port(), free_port());
+        let mut env = Env::new(Some(url), p1);
+        env.vars
+            .push(("KEYROT_ISSUER".into(), "http://keys.e2e.localhost".into()));
+        let axum = start(&env, p1, Path::new(env!("CARGO_BIN_EXE_quickstart")));
+        for (k, v) in &mut env.vars {
+            if k == "KEYROT_LISTEN" {
+                *v = format!("127.0.0.1:{p2}");
+            }
+        }
+        let actix = start(&env, p2, &tools().join("actix-quickstart"));
+        let from_axum = login(&axum.base).await;
+        let from_actix = login(&actix.base).await;
+        assert_eq!(
+            get_me(&actix.base, &from_axum).await,
+            200,
+            "a token from :{p1} at :{p2}"
+        );
+        assert_eq!(
+            get_me(&axum.base, &from_actix).await,
+            200,
+            "a token from :{p2} at :{p1}"
+        );
+        // What they share is the issuer the tokens name.
+        let me = reqwest::Client::new()
+            .get(format!("{}/api/me", actix.base))
+            .bearer_auth(&from_axum)
+            .send()
+            .await
+            .expect("GET /api/me");
+        let claims: serde_json::Value = serde_json::from_slice(&me.bytes().await.expect("body")).expect("json");
+        assert_eq!(claims["claims"]["iss"], "http://keys.e2e.localhost", "{claims}");
+    })
+    .await;
 }

@@ -31,6 +31,14 @@ pub enum SetupError {
         #[source]
         source: std::net::AddrParseError,
     },
+    /// `KEYROT_ISSUER` is not an issuer URL.
+    #[error(
+        "KEYROT_ISSUER={value:?} is not an issuer: set the service's public URL, like https://auth.example.com (no trailing slash, query or fragment), or unset it"
+    )]
+    Issuer {
+        /// The value given.
+        value: String,
+    },
     /// `KEYROT_RING` is not a valid ring name.
     #[error("KEYROT_RING={value:?} is not a ring name: choose one that follows the rule below, or unset it")]
     RingName {

@@ -85,7 +85,7 @@ impl Quickstart {
         let (sealer, master) = load_master_key(None, true)?;
         let sealer = Arc::new(sealer);
         let policy = policy_from_env(None)?;
-        let issuer = format!("http://{}", config.listen);
+        let issuer = config.issuer.clone();
         let keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
             .with_policy(policy.clone())
             .with_validation(Validation::new().with_issuer(issuer.clone()))

@@ -28,6 +28,10 @@ pub struct QuickstartConfig {
     pub ring: RingName,
     /// Scheduler tick interval, `KEYROT_TICK_SECONDS` (default 30).
     pub tick: Duration,
+    /// The public URL tokens name as `iss` and verifiers require: `KEYROT_ISSUER`
+    /// (default `http://` + the listen address). Every instance of one deployment sets the
+    /// same value, so a token from one is accepted by the others.
+    pub issuer: String,
 }
 
 impl QuickstartConfig {
@@ -43,11 +47,67 @@ impl QuickstartConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(30);
+        let issuer = match std::env::var("KEYROT_ISSUER") {
+            Ok(value) => checked_issuer(value)?,
+            Err(_) => format!("http://{listen}"),
+        };
         Ok(Self {
             listen,
             database_url: database_url_from_env(),
             ring,
             tick: Duration::from_secs(tick),
+            issuer,
         })
+    }
+}
+
+/// An issuer identifier as OpenID Connect Discovery and RFC 8414 define it: an `https`
+/// (or, for local use, `http`) URL without query or fragment, written without a trailing
+/// slash so that `issuer + "/.well-known/…"` is the discovery URL.
+fn checked_issuer(value: String) -> Result<String, SetupError> {
+    let rest = value.strip_prefix("https://").or_else(|| value.strip_prefix("http://"));
+    let ok = match rest {
+        Some(rest) => {
+            !rest.is_empty()
+                && !rest.starts_with('/')
+                && value.len() <= 512
+                && !value.ends_with('/')
+                && !value.contains(['?', '#'])
+                && value.chars().all(|c| c.is_ascii_graphic())
+        }
+        None => false,
+    };
+    if ok {
+        Ok(value)
+    } else {
+        Err(SetupError::Issuer { value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checked_issuer;
+
+    #[test]
+    fn issuers_are_urls_without_query_fragment_or_trailing_slash() {
+        for good in [
+            "https://auth.example.com",
+            "http://127.0.0.1:8080",
+            "https://example.com/tenant-1",
+        ] {
+            assert_eq!(checked_issuer(good.into()).ok().as_deref(), Some(good));
+        }
+        for bad in [
+            "auth.example.com",
+            "https://",
+            "https:///path",
+            "https://example.com/",
+            "https://example.com/?a=1",
+            "https://example.com#x",
+            "https://exa mple.com",
+            "ftp://example.com",
+        ] {
+            assert!(checked_issuer(bad.into()).is_err(), "{bad}");
+        }
     }
 }
