@@ -25,13 +25,25 @@ async fn verifier(server: &Server, floor: u64, ceiling: u64, stale: u64) -> Jwks
 async fn verifies_the_served_set_and_debug_shows_no_token() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=3600"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=3600"),
+    );
     let v = verifier(&server, 1000, 60_000, 60_000).await;
     let t = token(&key, "k1");
     let verified = v.verify(&t).expect("verified");
-    assert_eq!((verified.kid.as_str(), verified.claims["sub"].as_str()), ("k1", Some("alice")));
-    assert_eq!(v.verify(&token(&ed25519(), "k1")).unwrap_err(), TokenError::BadSignature);
-    assert_eq!(v.verify(&token(&key, "k2")).unwrap_err(), TokenError::UnknownKid);
+    assert_eq!(
+        (verified.kid.as_str(), verified.claims["sub"].as_str()),
+        ("k1", Some("alice"))
+    );
+    assert_eq!(
+        v.verify(&token(&ed25519(), "k1")).expect_err("refused"),
+        TokenError::BadSignature
+    );
+    assert_eq!(
+        v.verify(&token(&key, "k2")).expect_err("refused"),
+        TokenError::UnknownKid
+    );
     let debug = format!("{v:?}");
     assert!(debug.contains("k1") && !debug.contains(&t[..20]), "{debug}");
     assert_eq!(server.hits(PATH), 1);
@@ -42,7 +54,10 @@ async fn verifies_the_served_set_and_debug_shows_no_token() {
 async fn max_age_below_the_floor_is_raised_to_it() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"),
+    );
     let v = verifier(&server, 200, 60_000, 60_000).await;
     sleep_ms(700).await;
     // Refreshes every 3/4 of the 200 ms floor: about 4 in 700 ms, not one per request.
@@ -55,13 +70,19 @@ async fn max_age_below_the_floor_is_raised_to_it() {
 async fn max_age_above_the_ceiling_is_lowered_to_it() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "public, max-age=86400"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "public, max-age=86400"),
+    );
     let v = verifier(&server, 50, 300, 60_000).await;
     sleep_ms(100).await;
     assert_eq!(server.hits(PATH), 1, "fresh: no request");
     sleep_ms(700).await;
     let hits = server.hits(PATH);
-    assert!((3..=5).contains(&hits), "refreshed at the 300 ms ceiling: {hits} requests");
+    assert!(
+        (3..=5).contains(&hits),
+        "refreshed at the 300 ms ceiling: {hits} requests"
+    );
     v.shutdown().await;
 }
 
@@ -69,7 +90,10 @@ async fn max_age_above_the_ceiling_is_lowered_to_it() {
 async fn max_age_within_bounds_is_honoured() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=1"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=1"),
+    );
     let v = verifier(&server, 50, 60_000, 60_000).await;
     sleep_ms(600).await;
     assert_eq!(server.hits(PATH), 1, "fresh for 1 s: no request yet");
@@ -134,7 +158,10 @@ async fn no_store_refetches_at_the_floor_without_a_validator() {
     sleep_ms(500).await;
     let seen = server.if_none_match();
     assert!((2..=4).contains(&seen.len()), "{seen:?}");
-    assert!(seen.iter().all(Option::is_none), "no ETag kept after no-store: {seen:?}");
+    assert!(
+        seen.iter().all(Option::is_none),
+        "no ETag kept after no-store: {seen:?}"
+    );
     v.verify(&token(&key, "k1")).expect("verifies");
     v.shutdown().await;
 }
@@ -143,7 +170,10 @@ async fn no_store_refetches_at_the_floor_without_a_validator() {
 async fn the_background_refresh_serves_a_new_key_before_any_request_asks() {
     let server = Server::start().await;
     let (old, new) = (ed25519(), ed25519());
-    server.set(PATH, Reply::ok(jwks(&[jwk(&old, "old")])).header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&old, "old")])).header("cache-control", "max-age=0"),
+    );
     let v = verifier(&server, 300, 300, 0).await;
     // The issuer is slow from now on; no verification may wait for it.
     server.set(
@@ -177,12 +207,19 @@ async fn a_removed_key_stops_verifying_once_the_served_lifetime_has_passed() {
         Reply::ok(jwks(&[jwk(&gone, "gone"), jwk(&kept, "kept")])).header("cache-control", "max-age=1"),
     );
     let v = verifier(&server, 50, 60_000, 60_000).await;
-    server.set(PATH, Reply::ok(jwks(&[jwk(&kept, "kept")])).header("cache-control", "max-age=1"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&kept, "kept")])).header("cache-control", "max-age=1"),
+    );
     let t = token(&gone, "gone");
     sleep_ms(300).await;
     v.verify(&t).expect("still within the served lifetime");
     sleep_ms(900).await;
-    assert_eq!(v.verify(&t).unwrap_err(), TokenError::UnknownKid, "1 s lifetime has passed");
+    assert_eq!(
+        v.verify(&t).expect_err("refused"),
+        TokenError::UnknownKid,
+        "1 s lifetime has passed"
+    );
     v.verify(&token(&kept, "kept")).expect("kept");
     v.shutdown().await;
 }
@@ -191,7 +228,10 @@ async fn a_removed_key_stops_verifying_once_the_served_lifetime_has_passed() {
 async fn shutdown_stops_the_background_refresh() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"),
+    );
     let v = verifier(&server, 50, 50, 60_000).await;
     let clone = v.clone();
     sleep_ms(200).await;
@@ -210,7 +250,10 @@ async fn a_jwk_without_alg_serves_only_an_explicitly_allowed_algorithm() {
     no_alg.as_object_mut().expect("object").remove("alg");
     let mut enc = jwk(&ed25519(), "enc");
     enc["use"] = "enc".into();
-    server.set(PATH, Reply::ok(jwks(&[no_alg, enc])).header("cache-control", "max-age=3600"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[no_alg, enc])).header("cache-control", "max-age=3600"),
+    );
     let t = token(&rsa, "r");
     let build = |v: Validation| {
         JwksVerifier::builder()
@@ -220,10 +263,22 @@ async fn a_jwk_without_alg_serves_only_an_explicitly_allowed_algorithm() {
             .build()
     };
     let any = build(Validation::new()).await.expect("build");
-    assert_eq!(any.verify(&t).unwrap_err(), TokenError::UnknownKid, "no alg, nothing allowed");
+    assert_eq!(
+        any.verify(&t).expect_err("refused"),
+        TokenError::UnknownKid,
+        "no alg, nothing allowed"
+    );
     assert!(!any.has_kid("enc"), "use=enc is not for verification");
-    let allowed = build(Validation::new().with_algorithms([Algorithm::Rs256])).await.expect("build");
+    let allowed = build(Validation::new().with_algorithms([Algorithm::Rs256]))
+        .await
+        .expect("build");
     assert_eq!(allowed.verify(&t).expect("RS256 allowed").alg, Algorithm::Rs256);
-    let other = build(Validation::new().with_algorithms([Algorithm::EdDsa])).await.expect("build");
-    assert_eq!(other.verify(&t).unwrap_err(), TokenError::UnknownKid, "not for its key type");
+    let other = build(Validation::new().with_algorithms([Algorithm::EdDsa]))
+        .await
+        .expect("build");
+    assert_eq!(
+        other.verify(&t).expect_err("refused"),
+        TokenError::UnknownKid,
+        "not for its key type"
+    );
 }

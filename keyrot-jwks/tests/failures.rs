@@ -28,7 +28,10 @@ async fn setup() -> Setup {
     let server = Server::start().await;
     let (old_key, new_key) = (ed25519(), ed25519());
     let (old, new) = (jwk(&old_key, "old"), jwk(&new_key, "new"));
-    server.set(PATH, Reply::ok(jwks(std::slice::from_ref(&old))).header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(std::slice::from_ref(&old))).header("cache-control", "max-age=0"),
+    );
     let v = JwksVerifier::builder()
         .jwks_url(server.url(PATH))
         .client(client())
@@ -58,12 +61,21 @@ async fn stale_then_closed(s: Setup, bad: Reply, recovers: bool) {
     s.server.set(PATH, bad);
     sleep_ms(250).await;
     s.v.verify(&s.t_old).expect("the last good set serves while stale");
-    assert_eq!(s.v.verify(&s.t_new).unwrap_err(), TokenError::UnknownKid, "nothing applied in part");
+    assert_eq!(
+        s.v.verify(&s.t_new).expect_err("refused"),
+        TokenError::UnknownKid,
+        "nothing applied in part"
+    );
     sleep_ms(700u64.saturating_sub(started.elapsed().as_millis() as u64)).await;
-    assert_eq!(s.v.verify(&s.t_old).unwrap_err(), TokenError::KeysUnavailable, "fails closed");
-    assert_eq!(s.v.verify(&s.t_new).unwrap_err(), TokenError::KeysUnavailable);
+    assert_eq!(
+        s.v.verify(&s.t_old).expect_err("refused"),
+        TokenError::KeysUnavailable,
+        "fails closed"
+    );
+    assert_eq!(s.v.verify(&s.t_new).expect_err("refused"), TokenError::KeysUnavailable);
     if recovers {
-        s.server.set(PATH, Reply::ok(s.good.clone()).header("cache-control", "max-age=0"));
+        s.server
+            .set(PATH, Reply::ok(s.good.clone()).header("cache-control", "max-age=0"));
         sleep_ms(300).await;
         s.v.verify(&s.t_old).expect("recovered");
         s.v.verify(&s.t_new).expect("recovered with the new key");
@@ -151,16 +163,25 @@ async fn the_first_fetch_must_succeed() {
     server.set(PATH, Reply::ok(big));
     assert!(matches!(build().await, Err(JwksError::TooLarge { max: MAX_BYTES, .. })));
     server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k"), jwk(&ed25519(), "k")])));
-    let e = build().await.unwrap_err();
-    assert!(matches!(e, JwksError::KeySet(KeySetError::DuplicateKid { .. })), "{e:?}");
+    let e = build().await.expect_err("refused");
+    assert!(
+        matches!(e, JwksError::KeySet(KeySetError::DuplicateKid { .. })),
+        "{e:?}"
+    );
     let chain = keyrot_core::ErrorChain(&e).to_string();
-    assert_eq!(chain, "the JWKS document is refused: JWKS keys #0 and #1 have the same kid");
+    assert_eq!(
+        chain,
+        "the JWKS document is refused: JWKS keys #0 and #1 have the same kid"
+    );
     server.stop();
-    let e = build().await.unwrap_err();
+    let e = build().await.expect_err("refused");
     assert!(matches!(e, JwksError::Request { .. }), "{e:?}");
     let insecure = JwksVerifier::builder().jwks_url("http://id.example/jwks").build().await;
     assert!(matches!(insecure, Err(JwksError::InsecureUrl { .. })));
-    assert!(matches!(JwksVerifier::builder().build().await, Err(JwksError::NoSource)));
+    assert!(matches!(
+        JwksVerifier::builder().build().await,
+        Err(JwksError::NoSource)
+    ));
     let inverted = JwksVerifier::builder()
         .jwks_url(server.url(PATH))
         .min_refresh(ms(200))

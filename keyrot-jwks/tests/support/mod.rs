@@ -121,7 +121,11 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response<Body> {
         .find(|(n, _)| n.eq_ignore_ascii_case("etag"))
         .map(|(_, v)| v.clone());
     let not_modified = reply.status == 200 && etag.is_some() && inm == etag;
-    let mut response = Response::new(if not_modified { Body::empty() } else { Body::from(reply.body.clone()) });
+    let mut response = Response::new(if not_modified {
+        Body::empty()
+    } else {
+        Body::from(reply.body.clone())
+    });
     *response.status_mut() = if not_modified {
         StatusCode::NOT_MODIFIED
     } else {
@@ -138,7 +142,10 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response<Body> {
 
 /// A client without connection reuse, so a stopped server is unreachable at once.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client")
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
 }
 
 pub fn ed25519() -> PrivateKey {
@@ -156,7 +163,14 @@ pub fn now() -> i64 {
 pub fn token_with(key: &PrivateKey, kid: &str, mut claims: Value) -> String {
     let now = now();
     claims["exp"] = json!(now + 600);
-    sign(&key.signing_key(), &encode_header(key.algorithm(), kid), &claims, now, 3600).expect("sign")
+    sign(
+        &key.signing_key(),
+        &encode_header(key.algorithm(), kid),
+        &claims,
+        now,
+        3600,
+    )
+    .expect("sign")
 }
 
 pub fn token(key: &PrivateKey, kid: &str) -> String {
