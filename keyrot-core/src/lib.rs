@@ -41,6 +41,7 @@ mod json;
 mod jwks;
 mod key;
 mod keyring;
+mod keyset;
 mod memory;
 mod planner;
 mod policy;
@@ -73,6 +74,7 @@ pub use key::{
     ImportedKey, InvalidKey, KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, SigningKey, VerifyingKey,
 };
 pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHandle, Snapshot};
+pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};

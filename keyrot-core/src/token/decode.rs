@@ -163,6 +163,9 @@ impl Unverified<'_> {
         if self.alg != expected.as_str() {
             return Err(TokenError::AlgorithmMismatch { expected });
         }
+        if !v.algorithms.is_empty() && !v.algorithms.contains(&expected) {
+            return Err(TokenError::AlgorithmNotAllowed { alg: expected });
+        }
         let sig = b64::decode(self.signature_b64).ok_or(TokenError::Malformed("signature is not base64url"))?;
         if !key.verify(self.signing_input.as_bytes(), &sig) {
             return Err(TokenError::BadSignature);

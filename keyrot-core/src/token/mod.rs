@@ -106,6 +106,17 @@ pub enum TokenError {
     /// The claims do not fit the caller's claims type.
     #[error("token claims do not match the expected shape")]
     ClaimsShape,
+    /// The key's algorithm is not in the allow-list of [`Validation::with_algorithms`].
+    #[error("token algorithm {alg} is not allowed here")]
+    AlgorithmNotAllowed {
+        /// The key's (and the header's) algorithm.
+        alg: Algorithm,
+    },
+    /// The verifier has no key set it may use: a remote key set that could not be
+    /// refreshed for longer than its configured staleness limit (verification fails
+    /// closed).
+    #[error("the verifier's key set is unavailable")]
+    KeysUnavailable,
 }
 
 /// Why a token could not be signed.
@@ -158,6 +169,8 @@ pub struct Validation {
     max_token_bytes: usize,
     /// The required `typ`, normalised to a full lowercase media type.
     required_type: Option<String>,
+    /// The allowed algorithms (empty: any algorithm keyrot supports).
+    algorithms: Vec<Algorithm>,
 }
 
 impl Default for Validation {
@@ -170,6 +183,7 @@ impl Default for Validation {
             require_exp: true,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             required_type: None,
+            algorithms: Vec::new(),
         }
     }
 }
@@ -233,6 +247,30 @@ impl Validation {
         };
         self.required_type = Some(full);
         self
+    }
+
+    /// Accept only tokens signed with one of `algs` (call again to add more); without it
+    /// any algorithm keyrot supports is accepted. A token whose key has another
+    /// algorithm is refused with [`TokenError::AlgorithmNotAllowed`]. A remote key set
+    /// (`keyrot_core::KeySet`) uses a JWK that declares no `alg` only for the algorithms
+    /// listed here that fit its key type.
+    pub fn with_algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        for alg in algs {
+            if !self.algorithms.contains(&alg) {
+                self.algorithms.push(alg);
+            }
+        }
+        self
+    }
+
+    /// The allowed algorithms (empty: every algorithm keyrot supports).
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// The accepted issuers (empty: `iss` is not checked).
+    pub fn issuers(&self) -> &[String] {
+        &self.issuers
     }
 
     /// The required `typ`, if any, as a full lowercase media type (`application/at+jwt`).
