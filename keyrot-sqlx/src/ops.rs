@@ -143,7 +143,10 @@ pub(crate) async fn load_public<DB: Dialect>(
     sql: &Statements,
     ring: &RingName,
 ) -> Result<Ring, StorageError> {
-    load_with::<DB>(pool, &sql.load_public, ring, |row| common::public_key_from_row(row, None)).await
+    load_with::<DB>(pool, &sql.load_public, ring, |row| {
+        common::public_key_from_row(row, None)
+    })
+    .await
 }
 
 async fn load_with<DB: Dialect>(

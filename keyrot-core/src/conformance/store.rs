@@ -295,7 +295,10 @@ pub async fn load_public_is_load_without_sealed_material(b: &Backend) {
     );
     let full = b.storage.load(&r).await.expect("load");
     let public = b.storage.load_public(&r).await.expect("load_public");
-    assert!(full.keys.iter().any(|k| k.sealed.is_some()), "load returns sealed material");
+    assert!(
+        full.keys.iter().any(|k| k.sealed.is_some()),
+        "load returns sealed material"
+    );
     assert!(
         public.keys.iter().all(|k| k.sealed.is_none()),
         "load_public returns no sealed material"
@@ -309,7 +312,10 @@ pub async fn load_public_is_load_without_sealed_material(b: &Backend) {
             k
         })
         .collect();
-    assert_eq!(public.keys, stripped, "every other field equals load's, in load's order");
+    assert_eq!(
+        public.keys, stripped,
+        "every other field equals load's, in load's order"
+    );
     assert_eq!(public.generation, full.generation);
     assert_eq!(public.manifest, full.manifest, "the manifest is public and read alike");
     assert_eq!(public.name, full.name);
