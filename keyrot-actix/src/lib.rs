@@ -87,8 +87,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 pub use keyrot_core::http::{
-    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
+    OPENID_CONFIGURATION_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH, ScopeAuthorizer,
+    ServiceTokenRule,
 };
 
 /// Converts a neutral response into an actix response.
@@ -307,12 +308,27 @@ fn jwks(keyring: &keyrot_core::KeyRing, req: &actix_web::HttpRequest) -> actix_w
 }
 
 /// Registers `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
-/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]).
-/// Every method reaches keyrot, which answers `405` (JSON) for the wrong one. Use with
-/// `App::configure` or `Scope::configure`; do not wrap [`BearerAuthMiddleware`] around
-/// these routes.
+/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
+/// and, when the endpoints have an issuer URL
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
+/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// answers `405` (JSON) for the wrong one. Use with `App::configure` or
+/// `Scope::configure` (at the issuer URL's path); do not wrap [`BearerAuthMiddleware`]
+/// around these routes.
 pub fn configure(endpoints: HttpEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        if endpoints.issuer().is_some() {
+            for path in [OPENID_CONFIGURATION_PATH, OAUTH_AUTHORIZATION_SERVER_PATH] {
+                let for_discovery = endpoints.clone();
+                cfg.service(
+                    web::resource(path).route(web::route().to(move |req: actix_web::HttpRequest| {
+                        let headers = Headers(req.headers());
+                        ready(into_actix_response(for_discovery.discovery(&neutral(&req, &headers))))
+                    })),
+                );
+            }
+        }
         let keyring = endpoints.keyring().clone();
         let for_rotate = endpoints.clone();
         let for_status = endpoints;

@@ -78,8 +78,9 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 pub use keyrot_core::http::{
-    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
+    OPENID_CONFIGURATION_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH, ScopeAuthorizer,
+    ServiceTokenRule,
 };
 
 /// An axum header map as a keyrot [`HeaderSource`].
@@ -267,6 +268,14 @@ async fn jwks(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Response 
     into_axum_response(endpoints.jwks(&req))
 }
 
+async fn discovery(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Response {
+    let req = HttpRequest {
+        method: parts.method.as_str(),
+        headers: &Headers(&parts.headers),
+    };
+    into_axum_response(endpoints.discovery(&req))
+}
+
 async fn rotate(State(endpoints): State<HttpEndpoints>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let read = read_body(body, endpoints.max_body_bytes()).await;
@@ -290,18 +299,27 @@ async fn status(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Respons
 }
 
 /// The routes: `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
-/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]).
-/// Every method reaches keyrot, which answers `405` (JSON) for the wrong one. Merge or
-/// nest the router where you want it; do not put [`BearerAuthLayer`] in front of it.
+/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
+/// and, when the endpoints have an issuer URL
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
+/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// answers `405` (JSON) for the wrong one. Merge or nest the router where you want it
+/// (at the issuer URL's path); do not put [`BearerAuthLayer`] in front of it.
 pub fn routes<S>(endpoints: HttpEndpoints) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
+    let mut router = Router::new()
         .route(JWKS_PATH, any(jwks))
         .route(ROTATE_PATH, any(rotate))
-        .route(STATUS_PATH, any(status))
-        .with_state(endpoints)
+        .route(STATUS_PATH, any(status));
+    if endpoints.issuer().is_some() {
+        router = router
+            .route(OPENID_CONFIGURATION_PATH, any(discovery))
+            .route(OAUTH_AUTHORIZATION_SERVER_PATH, any(discovery));
+    }
+    router.with_state(endpoints)
 }
 
 /// Only the JWKS route, for services that verify but do not rotate.

@@ -10,6 +10,7 @@
 //! | route (suggested path)          | function                  | protected by                      |
 //! |---------------------------------|---------------------------|-----------------------------------|
 //! | `GET /.well-known/jwks.json`    | [`jwks_response`]         | nothing (public keys only)        |
+//! | `GET /.well-known/openid-configuration`, `GET /.well-known/oauth-authorization-server` | [`discovery_response`] (with [`HttpEndpointsBuilder::with_issuer_url`]) | nothing |
 //! | `POST /internal/rotate-keys`    | [`HttpEndpoints::rotate`] | a [`RotationAuthorizer`]          |
 //! | `GET /internal/keys/status`     | [`HttpEndpoints::status`] | the same authorizer, normal scope |
 //! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`]) |
@@ -34,7 +35,9 @@ pub use authorizer::{
 };
 pub use bearer::{AuthRejection, BearerAuth, BearerToken, TokenVerifier, bearer_token, has_scope, require_scopes};
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
-pub use jwks_route::jwks_response;
+pub use jwks_route::{
+    IssuerMetadata, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH, discovery_response, jwks_response,
+};
 pub use middleware::{AuthError, Guard, RequiredScopes, each_header_value, verified_claims, verified_token};
 pub use refusal_audit::{
     ANONYMOUS_ACTOR, DEFAULT_REFUSAL_AUDIT_INTERVAL, DEFAULT_REFUSAL_AUDIT_MAX_ACTORS, DEFAULT_REFUSALS_AUDITED_GLOBAL,
