@@ -199,3 +199,54 @@ pub fn discovery_response(keyring: &KeyRing, metadata: &IssuerMetadata, req: &Ht
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_urls_are_checked() {
+        for ok in [
+            "https://issuer.example",
+            "https://issuer.example/",
+            "https://issuer.example:8443/tenant",
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "http://[::1]:8080/x",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "issuer.example",
+            "http://issuer.example",
+            "ftp://issuer.example",
+            "https://",
+            "https:///path",
+            "https://issuer.example/?q=1",
+            "https://issuer.example/#f",
+            "https://user@issuer.example",
+            "https://issuer.example/a b",
+            "http://localhost.evil.example",
+        ] {
+            assert_eq!(check_url(bad), Err(()), "{bad}");
+        }
+        assert!(IssuerMetadata::new("https://i.example").validate().is_ok());
+        assert_eq!(
+            IssuerMetadata::new("https://i.example")
+                .with_token_endpoint("http://i.example/token")
+                .validate(),
+            Err(crate::http::HttpConfigError::InvalidUrl("token_endpoint"))
+        );
+        assert_eq!(
+            IssuerMetadata::new("https://i.example")
+                .with_response_types_supported(Vec::<String>::new())
+                .validate(),
+            Err(crate::http::HttpConfigError::InvalidUrl("response_types_supported"))
+        );
+        assert_eq!(
+            IssuerMetadata::new("https://i.example/").jwks_uri(),
+            "https://i.example/.well-known/jwks.json"
+        );
+    }
+}
