@@ -78,8 +78,8 @@ use actix_web::{FromRequest, HttpMessage, ResponseError, web};
 use bytes::Bytes;
 use keyrot_core::Verified;
 use keyrot_core::http::{
-    Guard, HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse, RequestBody, ResponseBody,
-    each_header_value, verified_claims, verified_token,
+    Admission, Anonymous, Guard, HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse,
+    RequestBody, ResponseBody, Stored, each_header_value,
 };
 use serde::de::DeserializeOwned;
 use std::future::{Future, Ready, ready};
@@ -87,8 +87,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 pub use keyrot_core::http::{
-    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
+    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH,
+    ScopeAuthorizer, ServiceTokenRule, TokenSource, TokenVerifier,
 };
 
 /// Converts a neutral response into an actix response.
@@ -141,12 +142,35 @@ impl<T: DeserializeOwned> FromRequest for Claims<T> {
     type Future = Ready<Result<Self, AuthErrorResponse>>;
 
     fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(
-            verified_claims(req.extensions().get())
-                .map(Claims)
-                .map_err(AuthErrorResponse),
-        )
+        ready(with_stored(req, |s| s.claims().map(Claims)))
     }
+}
+
+/// The verified claims of a route that serves anonymous users too, behind
+/// [`OptionalBearerAuthMiddleware`]: `MaybeClaims(None)` when the request sent no token,
+/// `MaybeClaims(Some(claims))` for a valid one. An invalid token never gets here (the
+/// middleware answers `401`); claims that do not fit `T` are `401 invalid_token`;
+/// without the middleware in front the answer is `500` (never a silent `None`). Do not
+/// use actix's `Option<Claims<T>>`: actix turns every error of an extractor into `None`.
+#[derive(Debug, Clone)]
+pub struct MaybeClaims<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest for MaybeClaims<T> {
+    type Error = AuthErrorResponse;
+    type Future = Ready<Result<Self, AuthErrorResponse>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(with_stored(req, |s| s.optional_claims().map(MaybeClaims)))
+    }
+}
+
+/// `f` of what keyrot's middleware stored in the request.
+fn with_stored<T>(
+    req: &actix_web::HttpRequest,
+    f: impl FnOnce(Stored<'_>) -> Result<T, AuthError>,
+) -> Result<T, AuthErrorResponse> {
+    let ext = req.extensions();
+    f(Stored::new(ext.get(), ext.get::<Anonymous>())).map_err(AuthErrorResponse)
 }
 
 /// The whole verified token (kid, algorithm, claims as JSON).
@@ -165,11 +189,7 @@ impl FromRequest for Token {
     type Future = Ready<Result<Self, AuthErrorResponse>>;
 
     fn from_request(req: &actix_web::HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(
-            verified_token(req.extensions().get())
-                .map(|v| Token(v.clone()))
-                .map_err(AuthErrorResponse),
-        )
+        ready(with_stored(req, |s| s.token().map(|v| Token(v.clone()))))
     }
 }
 
@@ -210,8 +230,14 @@ impl<G: Guard> Guarded<G> {
     }
 }
 
-/// Verifies the bearer token of every request (see [`Guarded`]).
+/// Verifies the bearer token of every request (see [`Guarded`]). Its [`BearerAuth`]
+/// verifies against a key ring or any [`TokenVerifier`] ([`BearerAuth::with_verifier`]:
+/// a [`keyrot_core::PublicKeyRing`], the remote verifier of `keyrot-jwks`, your own),
+/// and reads the token from `Authorization: Bearer` or the [`TokenSource`]s configured.
 pub type BearerAuthMiddleware = Guarded<BearerAuth>;
+/// Verifies the token of a request that sends one (`401` if it is invalid) and lets a
+/// request without any through as anonymous, for [`MaybeClaims`] (see [`Guarded`]).
+pub type OptionalBearerAuthMiddleware = Guarded<OptionalBearerAuth>;
 /// Lets a request through only if its verified token grants every scope (see
 /// [`require_scopes`]).
 pub type RequireScopes = Guarded<RequiredScopes>;
@@ -246,11 +272,27 @@ where
         Box::pin(async move {
             // Taken out (not borrowed: the extensions are a RefCell) and put back below.
             let found = req.extensions_mut().remove::<Verified>();
-            let admitted = guard.admit(&Headers(req.headers()), found.as_ref()).await;
+            let anonymous = req.extensions_mut().remove::<Anonymous>();
+            let admitted = guard
+                .admit(&Headers(req.headers()), Stored::new(found.as_ref(), anonymous.as_ref()))
+                .await;
             match admitted {
-                Ok(stored) => {
-                    if let Some(verified) = stored.or(found) {
-                        req.extensions_mut().insert(verified);
+                Ok(admission) => {
+                    let mut ext = req.extensions_mut();
+                    if let Some(v) = found {
+                        ext.insert(v);
+                    }
+                    if let Some(a) = anonymous {
+                        ext.insert(a);
+                    }
+                    match admission {
+                        Admission::Verified(v) => {
+                            ext.insert(v);
+                        }
+                        Admission::Anonymous => {
+                            ext.insert(Anonymous);
+                        }
+                        Admission::Unchanged => {}
                     }
                 }
                 Err(e) => {
@@ -307,12 +349,27 @@ fn jwks(keyring: &keyrot_core::KeyRing, req: &actix_web::HttpRequest) -> actix_w
 }
 
 /// Registers `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
-/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]).
-/// Every method reaches keyrot, which answers `405` (JSON) for the wrong one. Use with
-/// `App::configure` or `Scope::configure`; do not wrap [`BearerAuthMiddleware`] around
-/// these routes.
+/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
+/// and, when the endpoints have an issuer URL
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
+/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// answers `405` (JSON) for the wrong one. Use with `App::configure` or
+/// `Scope::configure` (at the issuer URL's path); do not wrap [`BearerAuthMiddleware`]
+/// around these routes.
 pub fn configure(endpoints: HttpEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
+        if endpoints.issuer().is_some() {
+            for path in [OPENID_CONFIGURATION_PATH, OAUTH_AUTHORIZATION_SERVER_PATH] {
+                let for_discovery = endpoints.clone();
+                cfg.service(
+                    web::resource(path).route(web::route().to(move |req: actix_web::HttpRequest| {
+                        let headers = Headers(req.headers());
+                        ready(into_actix_response(for_discovery.discovery(&neutral(&req, &headers))))
+                    })),
+                );
+            }
+        }
         let keyring = endpoints.keyring().clone();
         let for_rotate = endpoints.clone();
         let for_status = endpoints;

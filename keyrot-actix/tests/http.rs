@@ -1,15 +1,20 @@
 //! The shared HTTP suite (keyrot-http-tests) against keyrot-actix, over real HTTP.
 
 use actix_web::{App, HttpServer, web};
-use keyrot_actix::{BearerAuthMiddleware, Claims, require_scopes};
+use keyrot_actix::{BearerAuthMiddleware, Claims, MaybeClaims, OptionalBearerAuthMiddleware, require_scopes};
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
-    PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH,
+    COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
+    SCOPED_SCOPE, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
     whoami_body,
 };
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
+}
+
+async fn maybe_whoami(MaybeClaims(claims): MaybeClaims<StandardClaims>) -> String {
+    maybe_whoami_body(claims.as_ref())
 }
 
 async fn start(app: TestApp) -> RunningServer {
@@ -22,6 +27,29 @@ async fn start(app: TestApp) -> RunningServer {
                     .configure(keyrot_actix::configure(app.endpoints.clone()))
                     // Before the catch-all scope below, which would answer 404 for them.
                     .route(UNGUARDED_PATH, web::get().to(whoami))
+                    .route(UNGUARDED_OPTIONAL_PATH, web::get().to(maybe_whoami))
+                    .service(
+                        web::resource(COOKIE_PATH)
+                            .wrap(BearerAuthMiddleware::new(app.cookie_auth.clone()))
+                            .route(web::get().to(whoami)),
+                    )
+                    .service(
+                        web::resource(HEADER_PATH)
+                            .wrap(BearerAuthMiddleware::new(app.header_auth.clone()))
+                            .route(web::get().to(whoami)),
+                    )
+                    .service(
+                        web::scope("/optional")
+                            .wrap(OptionalBearerAuthMiddleware::new(app.auth.clone().optional()))
+                            .route(
+                                OPTIONAL_PATH.trim_start_matches("/optional"),
+                                web::get().to(maybe_whoami),
+                            )
+                            .route(
+                                OPTIONAL_STRICT_PATH.trim_start_matches("/optional"),
+                                web::get().to(whoami),
+                            ),
+                    )
                     .service(
                         web::resource(UNGUARDED_SCOPED_PATH)
                             .wrap(require_scopes([SCOPED_SCOPE]))

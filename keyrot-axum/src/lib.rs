@@ -68,8 +68,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use keyrot_core::Verified;
 use keyrot_core::http::{
-    Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, each_header_value, verified_claims,
-    verified_token,
+    Admission, Anonymous, Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, Stored,
+    each_header_value,
 };
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -78,8 +78,9 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 pub use keyrot_core::http::{
-    AuthError, AuthRejection, BearerAuth, HttpEndpoints, JWKS_PATH, ROTATE_PATH, RequiredScopes, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule,
+    AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
+    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH,
+    ScopeAuthorizer, ServiceTokenRule, TokenSource, TokenVerifier,
 };
 
 /// An axum header map as a keyrot [`HeaderSource`].
@@ -134,8 +135,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Claims<T> {
     type Rejection = AuthErrorResponse;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Claims(verified_claims(parts.extensions.get())?))
+        Ok(Claims(stored(parts).claims()?))
     }
+}
+
+/// The verified claims of a route that serves anonymous users too, behind
+/// [`OptionalBearerAuthLayer`]: `MaybeClaims(None)` when the request sent no token,
+/// `MaybeClaims(Some(claims))` for a valid one. An invalid token never gets here (the
+/// layer answers `401`); claims that do not fit `T` are `401 invalid_token`; without the
+/// layer in front the answer is `500` (never a silent `None`).
+#[derive(Debug, Clone)]
+pub struct MaybeClaims<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for MaybeClaims<T> {
+    type Rejection = AuthErrorResponse;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(MaybeClaims(stored(parts).optional_claims()?))
+    }
+}
+
+/// What keyrot's middleware stored in the request.
+fn stored(parts: &Parts) -> Stored<'_> {
+    Stored::new(parts.extensions.get(), parts.extensions.get::<Anonymous>())
 }
 
 /// The whole verified token (kid, algorithm, claims as JSON).
@@ -153,7 +175,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Token {
     type Rejection = AuthErrorResponse;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Token(verified_token(parts.extensions.get())?.clone()))
+        Ok(Token(stored(parts).token()?.clone()))
     }
 }
 
@@ -176,8 +198,14 @@ impl<G: Guard> Guarded<G> {
     }
 }
 
-/// Verifies the bearer token of every request (see [`Guarded`]).
+/// Verifies the bearer token of every request (see [`Guarded`]). Its [`BearerAuth`]
+/// verifies against a key ring or any [`TokenVerifier`] ([`BearerAuth::with_verifier`]:
+/// a [`keyrot_core::PublicKeyRing`], the remote verifier of `keyrot-jwks`, your own),
+/// and reads the token from `Authorization: Bearer` or the [`TokenSource`]s configured.
 pub type BearerAuthLayer = Guarded<BearerAuth>;
+/// Verifies the token of a request that sends one (`401` if it is invalid) and lets a
+/// request without any through as anonymous, for [`MaybeClaims`] (see [`Guarded`]).
+pub type OptionalBearerAuthLayer = Guarded<OptionalBearerAuth>;
 /// Lets a request through only if its verified token grants every scope (see
 /// [`require_scopes`]).
 pub type RequireScopes = Guarded<RequiredScopes>;
@@ -227,12 +255,15 @@ where
         let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let admitted = guard.admit(&Headers(&parts.headers), parts.extensions.get()).await;
+            let admitted = guard.admit(&Headers(&parts.headers), stored(&parts)).await;
             match admitted {
-                Ok(Some(verified)) => {
+                Ok(Admission::Verified(verified)) => {
                     parts.extensions.insert(verified);
                 }
-                Ok(None) => {}
+                Ok(Admission::Anonymous) => {
+                    parts.extensions.insert(Anonymous);
+                }
+                Ok(Admission::Unchanged) => {}
                 Err(e) => return Ok(AuthErrorResponse(e).into_response()),
             }
             inner.call(axum::http::Request::from_parts(parts, body)).await
@@ -267,6 +298,14 @@ async fn jwks(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Response 
     into_axum_response(endpoints.jwks(&req))
 }
 
+async fn discovery(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Response {
+    let req = HttpRequest {
+        method: parts.method.as_str(),
+        headers: &Headers(&parts.headers),
+    };
+    into_axum_response(endpoints.discovery(&req))
+}
+
 async fn rotate(State(endpoints): State<HttpEndpoints>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let read = read_body(body, endpoints.max_body_bytes()).await;
@@ -290,18 +329,27 @@ async fn status(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Respons
 }
 
 /// The routes: `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
-/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]).
-/// Every method reaches keyrot, which answers `405` (JSON) for the wrong one. Merge or
-/// nest the router where you want it; do not put [`BearerAuthLayer`] in front of it.
+/// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
+/// and, when the endpoints have an issuer URL
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
+/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// answers `405` (JSON) for the wrong one. Merge or nest the router where you want it
+/// (at the issuer URL's path); do not put [`BearerAuthLayer`] in front of it.
 pub fn routes<S>(endpoints: HttpEndpoints) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
+    let mut router = Router::new()
         .route(JWKS_PATH, any(jwks))
         .route(ROTATE_PATH, any(rotate))
-        .route(STATUS_PATH, any(status))
-        .with_state(endpoints)
+        .route(STATUS_PATH, any(status));
+    if endpoints.issuer().is_some() {
+        router = router
+            .route(OPENID_CONFIGURATION_PATH, any(discovery))
+            .route(OAUTH_AUTHORIZATION_SERVER_PATH, any(discovery));
+    }
+    router.with_state(endpoints)
 }
 
 /// Only the JWKS route, for services that verify but do not rotate.

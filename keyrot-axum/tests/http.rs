@@ -2,10 +2,11 @@
 
 use axum::Router;
 use axum::routing::get;
-use keyrot_axum::{BearerAuthLayer, Claims, require_scopes};
+use keyrot_axum::{BearerAuthLayer, Claims, MaybeClaims, OptionalBearerAuthLayer, require_scopes};
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
-    PROTECTED_PATH, RunningServer, SCOPED_PATH, SCOPED_SCOPE, TestApp, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH,
+    COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
+    SCOPED_SCOPE, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
     whoami_body,
 };
 
@@ -13,13 +14,34 @@ async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
 }
 
+async fn maybe_whoami(MaybeClaims(claims): MaybeClaims<StandardClaims>) -> String {
+    maybe_whoami_body(claims.as_ref())
+}
+
 async fn start(app: TestApp) -> RunningServer {
     let router = Router::new()
         .route(PROTECTED_PATH, get(whoami))
         .route(SCOPED_PATH, get(whoami).layer(require_scopes([SCOPED_SCOPE])))
-        .layer(BearerAuthLayer::new(app.auth))
+        .layer(BearerAuthLayer::new(app.auth.clone()))
         .route(UNGUARDED_PATH, get(whoami))
         .route(UNGUARDED_SCOPED_PATH, get(whoami).layer(require_scopes([SCOPED_SCOPE])))
+        .route(UNGUARDED_OPTIONAL_PATH, get(maybe_whoami))
+        .merge(
+            Router::new()
+                .route(COOKIE_PATH, get(whoami))
+                .layer(BearerAuthLayer::new(app.cookie_auth)),
+        )
+        .merge(
+            Router::new()
+                .route(HEADER_PATH, get(whoami))
+                .layer(BearerAuthLayer::new(app.header_auth)),
+        )
+        .merge(
+            Router::new()
+                .route(OPTIONAL_PATH, get(maybe_whoami))
+                .route(OPTIONAL_STRICT_PATH, get(whoami))
+                .layer(OptionalBearerAuthLayer::new(app.auth.optional())),
+        )
         .merge(keyrot_axum::routes(app.endpoints));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -10,6 +10,7 @@
 //! | route (suggested path)          | function                  | protected by                      |
 //! |---------------------------------|---------------------------|-----------------------------------|
 //! | `GET /.well-known/jwks.json`    | [`jwks_response`]         | nothing (public keys only)        |
+//! | `GET /.well-known/openid-configuration`, `GET /.well-known/oauth-authorization-server` | [`discovery_response`] (with [`HttpEndpointsBuilder::with_issuer_url`]) | nothing |
 //! | `POST /internal/rotate-keys`    | [`HttpEndpoints::rotate`] | a [`RotationAuthorizer`]          |
 //! | `GET /internal/keys/status`     | [`HttpEndpoints::status`] | the same authorizer, normal scope |
 //! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`]) |
@@ -25,6 +26,7 @@ mod jwks_route;
 mod middleware;
 mod refusal_audit;
 mod status;
+mod token_source;
 
 #[cfg(test)]
 use crate::planner::TransitionAction;
@@ -32,16 +34,23 @@ pub use authorizer::{
     AuthorizationDenied, DEFAULT_FORCE_SCOPE, DEFAULT_MAX_ROTATION_TOKEN_LIFETIME, DEFAULT_ROTATE_SCOPE,
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
 };
-pub use bearer::{AuthRejection, BearerAuth, BearerToken, TokenVerifier, bearer_token, has_scope, require_scopes};
+pub use bearer::{
+    AuthRejection, BearerAuth, BearerToken, OptionalBearerAuth, TokenVerifier, bearer_token, has_scope, require_scopes,
+};
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
-pub use jwks_route::jwks_response;
-pub use middleware::{AuthError, Guard, RequiredScopes, each_header_value, verified_claims, verified_token};
+pub use jwks_route::{
+    IssuerMetadata, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH, discovery_response, jwks_response,
+};
+pub use middleware::{
+    Admission, Anonymous, AuthError, Guard, RequiredScopes, Stored, each_header_value, verified_claims, verified_token,
+};
 pub use refusal_audit::{
     ANONYMOUS_ACTOR, DEFAULT_REFUSAL_AUDIT_INTERVAL, DEFAULT_REFUSAL_AUDIT_MAX_ACTORS, DEFAULT_REFUSALS_AUDITED_GLOBAL,
     DEFAULT_REFUSALS_AUDITED_PER_ACTOR, RefusalAuditLimits, UNTRACKED_ACTORS,
 };
 #[cfg(test)]
 use status::next_transition;
+pub use token_source::TokenSource;
 
 use serde::Serialize;
 use std::sync::Arc;

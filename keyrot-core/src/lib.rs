@@ -45,6 +45,7 @@ mod keyset;
 mod memory;
 mod planner;
 mod policy;
+mod public_ring;
 mod report;
 mod ring;
 mod rotator;
@@ -83,6 +84,7 @@ pub use planner::{
     Trigger, TriggerKind, next_transition, plan,
 };
 pub use policy::{Policy, PolicyBuilder, PolicyError};
+pub use public_ring::{PublicKeyRing, PublicKeyRingBuilder};
 pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 pub use rotator::{MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};

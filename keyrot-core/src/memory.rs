@@ -129,6 +129,42 @@ impl Storage for MemoryStorage {
         })
     }
 
+    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let g = self.lock();
+        Ok(match g.rings.get(ring) {
+            Some(d) => Ring {
+                name: ring.clone(),
+                generation: d.generation,
+                keys: d
+                    .keys
+                    .iter()
+                    .map(|k| crate::ring::KeyRecord {
+                        kid: k.kid.clone(),
+                        alg: k.alg,
+                        state: k.state,
+                        origin: k.origin,
+                        forced: k.forced,
+                        fingerprint: k.fingerprint.clone(),
+                        public_jwk: k.public_jwk.clone(),
+                        // The sealed blob is never copied out.
+                        sealed: None,
+                        created_at: k.created_at,
+                        activate_at: k.activate_at,
+                        activated_at: k.activated_at,
+                        retired_at: k.retired_at,
+                        expires_at: k.expires_at,
+                        expired_at: k.expired_at,
+                        revoked_at: k.revoked_at,
+                        revoke_reason: k.revoke_reason.clone(),
+                        purged_at: k.purged_at,
+                    })
+                    .collect(),
+                manifest: d.manifest.clone(),
+            },
+            None => Ring::empty(ring.clone()),
+        })
+    }
+
     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
         Ok(self.lock().rings.get(ring).map_or(0, |d| d.generation))
     }

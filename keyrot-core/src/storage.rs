@@ -417,6 +417,19 @@ pub trait Storage: Debug + Send + Sync + 'static {
     /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.
     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError>;
 
+    /// Loads a ring as [`Storage::load`] does, without any sealed private material: every
+    /// row equals `load`'s but has `sealed: None`. A public-only verifier
+    /// ([`crate::PublicKeyRing`]) reads through it. A store should override it with a
+    /// query that never reads the sealed columns; this default reads them (through
+    /// `load`) and drops them at once.
+    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        let mut ring = self.load(ring).await?;
+        for k in &mut ring.keys {
+            k.sealed = None;
+        }
+        Ok(ring)
+    }
+
     /// The ring's current generation (0 if unknown), cheaply.
     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError>;
 

@@ -15,15 +15,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use token::encode_header_with_type;
 
-const INVALID_TOKEN_BODY: &str = r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;
-const MISSING_TOKEN_BODY: &str = r#"{"error":"unauthorized","error_description":"a bearer token is required"}"#;
-const MISSING_MIDDLEWARE_BODY: &str = r#"{"error":"server_error","error_description":"the server is misconfigured: bearer authentication is not installed for this route"}"#;
+pub use crate::plane::*;
+
+pub(crate) const INVALID_TOKEN_BODY: &str =
+    r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;
+pub(crate) const MISSING_TOKEN_BODY: &str =
+    r#"{"error":"unauthorized","error_description":"a bearer token is required"}"#;
+pub(crate) const MISSING_MIDDLEWARE_BODY: &str = r#"{"error":"server_error","error_description":"the server is misconfigured: bearer authentication is not installed for this route"}"#;
 const INSUFFICIENT_SCOPE_BODY: &str =
     r#"{"error":"insufficient_scope","error_description":"the access token does not grant access to this resource"}"#;
 
 /// The headers keyrot set (the framework's own `date`, `content-length`, … left out),
 /// sorted: the same on every adapter.
-fn keyrot_headers(a: &crate::Answer) -> Vec<(String, String)> {
+pub(crate) fn keyrot_headers(a: &crate::Answer) -> Vec<(String, String)> {
     const FRAMEWORK: [&str; 5] = [
         "date",
         "content-length",
@@ -49,7 +53,7 @@ fn six_days_later(w: &World) {
     w.advance(TimeDelta::days(6) + TimeDelta::seconds(1));
 }
 
-fn assert_401_invalid(a: &crate::Answer, what: &str) {
+pub(crate) fn assert_401_invalid(a: &crate::Answer, what: &str) {
     assert_eq!(a.status, 401, "{what}: {}", a.text());
     assert_eq!(
         a.header("www-authenticate"),

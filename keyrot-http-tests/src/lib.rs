@@ -14,7 +14,14 @@
 //!   scope helper requiring [`SCOPED_SCOPE`];
 //! - [`UNGUARDED_PATH`], the same handler without the middleware, and
 //!   [`UNGUARDED_SCOPED_PATH`], the same handler behind the scope helper alone (both
-//!   misconfigurations, which must fail closed).
+//!   misconfigurations, which must fail closed);
+//! - [`COOKIE_PATH`] and [`HEADER_PATH`], the same handler behind the middleware running
+//!   [`TestApp::cookie_auth`] and [`TestApp::header_auth`];
+//! - [`OPTIONAL_PATH`], answering [`maybe_whoami_body`] of the adapter's optional claims
+//!   extractor (`MaybeClaims<StandardClaims>`), and [`OPTIONAL_STRICT_PATH`], the
+//!   `Claims` handler, both behind the optional-auth middleware running
+//!   `TestApp::auth.optional()`; and [`UNGUARDED_OPTIONAL_PATH`], the optional handler
+//!   without any middleware (fails closed).
 //!
 //! An adapter's test file is the start function and one line (the compiled uses are
 //! `keyrot-axum/tests/http.rs` and `keyrot-actix/tests/http.rs`):
@@ -25,6 +32,7 @@
 //! ```
 
 pub mod cases;
+mod plane;
 mod world;
 
 pub use world::{Answer, World};
@@ -45,19 +53,48 @@ pub const UNGUARDED_PATH: &str = "/unguarded/whoami";
 pub const UNGUARDED_SCOPED_PATH: &str = "/unguarded/reports";
 /// The scope [`SCOPED_PATH`] requires.
 pub const SCOPED_SCOPE: &str = "reports.read";
+/// A route behind the middleware reading the token from cookie [`TOKEN_COOKIE`].
+pub const COOKIE_PATH: &str = "/api-cookie/whoami";
+/// The cookie [`TestApp::cookie_auth`] reads.
+pub const TOKEN_COOKIE: &str = "keyrot_token";
+/// A route behind the middleware reading the token from header [`TOKEN_HEADER`].
+pub const HEADER_PATH: &str = "/api-header/whoami";
+/// The header [`TestApp::header_auth`] reads.
+pub const TOKEN_HEADER: &str = "x-api-token";
+/// A route serving anonymous users too: the optional claims extractor behind the
+/// optional-auth middleware.
+pub const OPTIONAL_PATH: &str = "/optional/whoami";
+/// The `Claims` extractor behind the optional-auth middleware.
+pub const OPTIONAL_STRICT_PATH: &str = "/optional/strict";
+/// The optional claims extractor without any middleware.
+pub const UNGUARDED_OPTIONAL_PATH: &str = "/unguarded/maybe";
 
 /// What the adapter's test server serves.
 #[derive(Debug, Clone)]
 pub struct TestApp {
     /// The keyrot endpoints (JWKS, rotation, status).
     pub endpoints: HttpEndpoints,
-    /// The verifying middleware's configuration for [`PROTECTED_PATH`] and [`SCOPED_PATH`].
+    /// The verifying middleware's configuration for [`PROTECTED_PATH`] and [`SCOPED_PATH`]
+    /// (and, made optional, for [`OPTIONAL_PATH`] and [`OPTIONAL_STRICT_PATH`]).
     pub auth: BearerAuth,
+    /// `auth` reading the token from cookie [`TOKEN_COOKIE`], for [`COOKIE_PATH`].
+    pub cookie_auth: BearerAuth,
+    /// `auth` reading the token from header [`TOKEN_HEADER`], for [`HEADER_PATH`].
+    pub header_auth: BearerAuth,
 }
 
 /// The body the protected handlers answer with (JSON of `sub` and `client_id`).
 pub fn whoami_body(claims: &StandardClaims) -> String {
     serde_json::json!({ "sub": claims.sub, "client_id": claims.client_id }).to_string()
+}
+
+/// The body the optional handler answers with: [`whoami_body`] for a verified token,
+/// `{"anonymous":true}` without one.
+pub fn maybe_whoami_body(claims: Option<&StandardClaims>) -> String {
+    match claims {
+        Some(c) => whoami_body(c),
+        None => serde_json::json!({ "anonymous": true }).to_string(),
+    }
 }
 
 /// A server started by an adapter's test; stopped when dropped.
@@ -143,6 +180,13 @@ macro_rules! http_suite {
             tampered_rows_are_refused_and_shown_on_the_status_page,
             authorized_requests_that_change_nothing_are_audited_within_a_budget,
             status_ignores_tampered_rows_at_the_end_of_time,
+            discovery_document_is_served_at_both_paths,
+            discovery_is_routed_only_with_an_issuer_url,
+            discovery_lists_a_configured_token_endpoint,
+            token_from_a_cookie,
+            token_from_a_custom_header,
+            optional_auth_serves_anonymous_users_and_refuses_invalid_tokens,
+            middleware_takes_any_token_verifier,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

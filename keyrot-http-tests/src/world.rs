@@ -3,7 +3,7 @@
 
 use crate::{RunningServer, Start, TestApp};
 use chrono::{DateTime, TimeDelta, Utc};
-use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder};
+use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder, TokenSource};
 use keyrot_core::{
     AuditQuery, AuditRecord, Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
     RequestContext, RingName, Rotator, Storage,
@@ -88,6 +88,18 @@ impl World {
         start: Start,
         configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
     ) -> World {
+        Self::start_with_auth(start, configure, async |keyring, _| BearerAuth::new(keyring)).await
+    }
+
+    /// [`World::start_with`] whose middleware runs the [`BearerAuth`] `auth` makes (given
+    /// the server's key ring, once initialised, and the store); the cookie and header
+    /// routes read the token with it from [`crate::TOKEN_COOKIE`] and
+    /// [`crate::TOKEN_HEADER`].
+    pub async fn start_with_auth(
+        start: Start,
+        configure: impl FnOnce(&KeyRing, HttpEndpointsBuilder) -> HttpEndpointsBuilder,
+        auth: impl AsyncFnOnce(KeyRing, Arc<MemoryStorage>) -> BearerAuth,
+    ) -> World {
         let t0 = DateTime::from_timestamp(T0_UNIX, 0).expect("valid start time");
         let clock = ManualClock::new(t0);
         let storage = Arc::new(MemoryStorage::new());
@@ -110,9 +122,12 @@ impl World {
         let endpoints = configure(&keyring, HttpEndpoints::builder(keyring.clone(), rotator.clone()))
             .build()
             .expect("endpoints");
+        let auth = auth(keyring.clone(), storage.clone()).await;
         let app = TestApp {
             endpoints: endpoints.clone(),
-            auth: BearerAuth::new(keyring.clone()),
+            cookie_auth: auth.clone().with_token_source(TokenSource::cookie(crate::TOKEN_COOKIE)),
+            header_auth: auth.clone().with_token_source(TokenSource::header(crate::TOKEN_HEADER)),
+            auth,
         };
         let server = start(app).await;
         let base = format!("http://{}", server.addr());

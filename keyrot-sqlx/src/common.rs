@@ -353,6 +353,12 @@ pub(crate) fn key_from_row(row: &impl RowExt) -> Result<KeyRecord, StorageError>
             ));
         }
     };
+    public_key_from_row(row, sealed)
+}
+
+/// A key record from a row holding the key columns but the sealed ones
+/// (`dialect::SEALED_COLUMNS`), with `sealed` as its sealed material.
+pub(crate) fn public_key_from_row(row: &impl RowExt, sealed: Option<SealedKey>) -> Result<KeyRecord, StorageError> {
     Ok(KeyRecord {
         kid: row.text("kid")?,
         alg: parse("alg", row.text("alg")?, |s| s.parse().ok())?,

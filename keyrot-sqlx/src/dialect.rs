@@ -200,6 +200,20 @@ pub(crate) const KEY_COLUMNS: &[Column<KeyRecord, str>] = &[
     col("purged_at_ms", |k, _| Value::OptInt(opt_ms(k.purged_at))),
 ];
 
+/// The key columns that hold sealed private material: a public-only read
+/// (`Storage::load_public`) never names them.
+pub(crate) const SEALED_COLUMNS: &[&str] = &["master_key_id", "sealed_private_key"];
+
+/// The key columns but the sealed ones, comma-separated, each after `alias`.
+pub(crate) fn public_key_column_list(alias: &str) -> String {
+    KEY_COLUMNS
+        .iter()
+        .filter(|c| !SEALED_COLUMNS.contains(&c.name))
+        .map(|c| format!("{alias}{}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The key columns an upsert by (ring, kid) replaces: all but the key.
 pub(crate) fn key_update_columns() -> impl Iterator<Item = &'static str> {
     KEY_COLUMNS

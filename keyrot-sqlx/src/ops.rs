@@ -4,7 +4,7 @@
 use crate::common::{self, RowExt as _, TxError, gen_from_db, next_link};
 use crate::dialect::{
     self, AUDIT_COLUMNS, ConnExec as _, Dialect, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, Link, column_list, insert_sql,
-    key_update_columns, query,
+    key_update_columns, public_key_column_list, query,
 };
 use keyrot_core::{AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName, StorageError};
 use sqlx::{AssertSqlSafe, Pool};
@@ -16,6 +16,8 @@ use std::future::Future;
 pub(crate) struct Statements {
     /// The ring's generation and manifest with its keys (`$1`: ring).
     pub load: String,
+    /// [`Statements::load`] without the sealed columns ([`dialect::SEALED_COLUMNS`]).
+    pub load_public: String,
     /// The ring's generation (`$1`: ring).
     pub generation: String,
     /// Inserts the ring row at generation 0 unless it exists (`$1`: ring).
@@ -62,15 +64,8 @@ impl Statements {
         let idem_cols = column_list(IDEMPOTENCY_COLUMNS, "");
         let (rings, keys, audit, chain_desc) = (&t.rings, &t.keys, &t.audit, w.chain_desc);
         Self {
-            // One statement (one snapshot): the manifest matches the key rows. Only the
-            // first row carries it, so a ring of many keys does not repeat it on each.
-            load: format!(
-                "SELECT r.generation AS ring_generation, \
-                 CASE WHEN row_number() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, {} \
-                 FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = {} ORDER BY k.seq",
-                column_list(KEY_COLUMNS, "k."),
-                p(1)
-            ),
+            load: load_sql(rings, keys, &column_list(KEY_COLUMNS, "k."), &p(1)),
+            load_public: load_sql(rings, keys, &public_key_column_list("k."), &p(1)),
             generation: format!("SELECT generation FROM {rings} WHERE name = {}", p(1)),
             ensure_ring: format!(
                 "INSERT INTO {rings} (name, generation) VALUES ({}, 0) {}",
@@ -117,6 +112,17 @@ impl Statements {
     }
 }
 
+/// The load statement over `columns` of the key table: one statement (one snapshot), so
+/// the manifest matches the key rows. Only the first row carries it, so a ring of many
+/// keys does not repeat it on each.
+fn load_sql(rings: &str, keys: &str, columns: &str, ring: &str) -> String {
+    format!(
+        "SELECT r.generation AS ring_generation, \
+         CASE WHEN row_number() OVER (ORDER BY k.seq) = 1 THEN r.manifest END AS ring_manifest, {columns} \
+         FROM {rings} r LEFT JOIN {keys} k ON k.ring = r.name WHERE r.name = {ring} ORDER BY k.seq"
+    )
+}
+
 /// A failed read, as a [`StorageError`] starting with the database's label.
 fn read_err<DB: Dialect>(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError {
     move |e| common::db_err_at(DB::LABEL, what, e)
@@ -128,7 +134,28 @@ pub(crate) async fn load<DB: Dialect>(
     sql: &Statements,
     ring: &RingName,
 ) -> Result<Ring, StorageError> {
-    let rows = read::<DB>(pool, &sql.load, &[dialect::Value::Text(ring.as_str())])
+    load_with::<DB>(pool, &sql.load, ring, common::key_from_row).await
+}
+
+/// `Storage::load_public`: [`load`] by a statement that does not name the sealed columns.
+pub(crate) async fn load_public<DB: Dialect>(
+    pool: &Pool<DB>,
+    sql: &Statements,
+    ring: &RingName,
+) -> Result<Ring, StorageError> {
+    load_with::<DB>(pool, &sql.load_public, ring, |row| {
+        common::public_key_from_row(row, None)
+    })
+    .await
+}
+
+async fn load_with<DB: Dialect>(
+    pool: &Pool<DB>,
+    statement: &str,
+    ring: &RingName,
+    key: fn(&<DB as sqlx::Database>::Row) -> Result<keyrot_core::KeyRecord, StorageError>,
+) -> Result<Ring, StorageError> {
+    let rows = read::<DB>(pool, statement, &[dialect::Value::Text(ring.as_str())])
         .await
         .map_err(read_err::<DB>("load ring"))?;
     let mut out = Ring::empty(ring.clone());
@@ -139,7 +166,7 @@ pub(crate) async fn load<DB: Dialect>(
             out.manifest = Some(m);
         }
         if row.opt_text("kid")?.is_some() {
-            out.keys.push(common::key_from_row(row)?);
+            out.keys.push(key(row)?);
         }
     }
     Ok(out)

@@ -106,6 +106,7 @@ macro_rules! storage_conformance_tests {
             $setup;
             empty_ring_loads_at_generation_zero,
             commit_round_trips_every_field,
+            load_public_is_load_without_sealed_material,
             stale_generation_conflicts_and_writes_nothing,
             concurrent_commits_on_one_generation_exactly_one_wins,
             commits_replace_keys_by_kid_and_never_delete,

@@ -278,3 +278,45 @@ pub async fn rings_are_isolated(b: &Backend) {
         1
     );
 }
+
+pub async fn load_public_is_load_without_sealed_material(b: &Backend) {
+    let r = ring("conf-public");
+    let empty = b.storage.load_public(&r).await.expect("load_public of an unknown ring");
+    assert_eq!(empty.generation, 0);
+    assert!(empty.keys.is_empty());
+    let sealed = sample_key(r.as_str(), KeyState::Active, t0());
+    let mut purged = sample_key(r.as_str(), KeyState::Expired, t0());
+    purged.sealed = None;
+    purged.purged_at = Some(t0() + TimeDelta::milliseconds(9));
+    let c = commit(&r, 0, vec![sealed, purged], t0());
+    assert_eq!(
+        b.storage.commit(&c, &linker()).await.expect("commit"),
+        CommitOutcome::Committed
+    );
+    let full = b.storage.load(&r).await.expect("load");
+    let public = b.storage.load_public(&r).await.expect("load_public");
+    assert!(
+        full.keys.iter().any(|k| k.sealed.is_some()),
+        "load returns sealed material"
+    );
+    assert!(
+        public.keys.iter().all(|k| k.sealed.is_none()),
+        "load_public returns no sealed material"
+    );
+    let stripped: Vec<KeyRecord> = full
+        .keys
+        .iter()
+        .cloned()
+        .map(|mut k| {
+            k.sealed = None;
+            k
+        })
+        .collect();
+    assert_eq!(
+        public.keys, stripped,
+        "every other field equals load's, in load's order"
+    );
+    assert_eq!(public.generation, full.generation);
+    assert_eq!(public.manifest, full.manifest, "the manifest is public and read alike");
+    assert_eq!(public.name, full.name);
+}

@@ -1,6 +1,7 @@
 //! Bearer tokens (RFC 6750): reading the `Authorization` header, verifying, scopes, and
 //! the 401/403 answers.
 
+use super::token_source::TokenSource;
 use super::{HeaderSource, HttpResponse, Single, single};
 use crate::keyring::KeyRing;
 use crate::token::{TokenError, Verified};
@@ -10,7 +11,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 /// Verifies bearer tokens. [`KeyRing`] implements it (with one rate-limited refresh on
-/// an unknown `kid`); implement it to accept tokens from another issuer.
+/// an unknown `kid`), and so do [`PublicKeyRing`](crate::PublicKeyRing) (the published
+/// keys of a shared store, without the master key) and the remote verifier of
+/// `keyrot-jwks` (an issuer's JWKS over HTTPS); implement it to accept tokens from any
+/// other issuer. Any `Arc<dyn TokenVerifier>` goes into [`BearerAuth::with_verifier`],
+/// and so into both adapters' middleware.
 #[async_trait]
 pub trait TokenVerifier: Debug + Send + Sync + 'static {
     /// Verifies `token` now.
@@ -52,7 +57,7 @@ pub enum BearerToken<'a> {
     Malformed,
 }
 
-fn is_b64token_char(b: u8) -> bool {
+pub(super) fn is_b64token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
 }
 
@@ -172,28 +177,33 @@ pub fn require_scopes<S: AsRef<str>>(token: &Verified, required: &[S]) -> Result
 }
 
 /// Verifies the bearer token of a request and, optionally, required scopes. Cheap to
-/// clone; this is what the adapters' middleware runs.
+/// clone; this is what the adapters' middleware runs. The token is read from
+/// `Authorization: Bearer` unless other [`TokenSource`]s are configured.
 #[derive(Debug, Clone)]
 pub struct BearerAuth {
     verifier: Verifier,
     required_scopes: Arc<[String]>,
+    sources: Arc<[TokenSource]>,
 }
 
 impl BearerAuth {
     /// Verifies tokens against `keyring` (an unknown `kid` triggers one rate-limited
     /// refresh, so a key activated on another instance a moment ago is accepted).
     pub fn new(keyring: KeyRing) -> Self {
-        Self {
-            verifier: Verifier::Ring(keyring),
-            required_scopes: Arc::new([]),
-        }
+        Self::from_verifier(Verifier::Ring(keyring))
     }
 
-    /// Verifies tokens with any verifier.
+    /// Verifies tokens with any verifier: a [`PublicKeyRing`](crate::PublicKeyRing), the
+    /// remote verifier of `keyrot-jwks`, or your own [`TokenVerifier`].
     pub fn with_verifier(verifier: Arc<dyn TokenVerifier>) -> Self {
+        Self::from_verifier(Verifier::Custom(verifier))
+    }
+
+    fn from_verifier(verifier: Verifier) -> Self {
         Self {
-            verifier: Verifier::Custom(verifier),
+            verifier,
             required_scopes: Arc::new([]),
+            sources: Arc::new([TokenSource::authorization_header()]),
         }
     }
 
@@ -205,22 +215,48 @@ impl BearerAuth {
         self
     }
 
+    /// Reads the token from `source` only (instead of `Authorization: Bearer`).
+    pub fn with_token_source(self, source: TokenSource) -> Self {
+        self.with_token_sources([source])
+    }
+
+    /// Reads the token from any of `sources` (e.g. the `Authorization` header or a
+    /// cookie). Exactly one may hold a credential: a request carrying two (even the
+    /// same token twice), or a malformed one in any source, is `401 invalid_token`. No
+    /// source at all refuses every request.
+    pub fn with_token_sources(mut self, sources: impl IntoIterator<Item = TokenSource>) -> Self {
+        self.sources = sources.into_iter().collect();
+        self
+    }
+
+    /// Where the token is read from.
+    pub fn token_sources(&self) -> &[TokenSource] {
+        &self.sources
+    }
+
     /// The scopes every request must carry.
     pub fn required_scopes(&self) -> &[String] {
         &self.required_scopes
     }
 
+    /// This verification for routes that serve anonymous users too: a request without
+    /// any token goes on as anonymous; one with a token is verified exactly as here
+    /// (an invalid token is still `401`, never anonymous).
+    pub fn optional(self) -> OptionalBearerAuth {
+        OptionalBearerAuth(self)
+    }
+
     /// Verifies the request's bearer token. The detail of a failure goes to `tracing`
     /// (at debug level); the rejection converts into the response to send.
     pub async fn authenticate(&self, headers: &dyn HeaderSource) -> Result<Verified, AuthRejection> {
-        let token = match bearer_token(headers) {
+        let token = match TokenSource::read_all(&self.sources, headers) {
             BearerToken::Present(t) => t,
             BearerToken::Absent => {
                 tracing::debug!("request without a bearer token");
                 return Err(AuthRejection::MissingToken);
             }
             BearerToken::Malformed => {
-                tracing::debug!("malformed Authorization header");
+                tracing::debug!("malformed or ambiguous token credential");
                 return Err(AuthRejection::InvalidToken(None));
             }
         };
@@ -233,6 +269,24 @@ impl BearerAuth {
                 tracing::debug!(reason = %e, "bearer token rejected");
                 Err(AuthRejection::InvalidToken(Some(e)))
             }
+        }
+    }
+}
+
+/// [`BearerAuth`] for routes that serve anonymous users too ([`BearerAuth::optional`]):
+/// the adapters' optional-auth middleware runs it, and their `MaybeClaims` extractor
+/// gives `None` for a request that sent no token.
+#[derive(Debug, Clone)]
+pub struct OptionalBearerAuth(pub BearerAuth);
+
+impl OptionalBearerAuth {
+    /// `Ok(None)` when the request carries no token at all; otherwise
+    /// [`BearerAuth::authenticate`].
+    pub async fn authenticate(&self, headers: &dyn HeaderSource) -> Result<Option<Verified>, AuthRejection> {
+        match self.0.authenticate(headers).await {
+            Ok(v) => Ok(Some(v)),
+            Err(AuthRejection::MissingToken) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

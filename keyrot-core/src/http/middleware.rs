@@ -8,7 +8,7 @@
 //! extensions, one middleware type generic over [`Guard`], the extractor types, and the
 //! conversion of [`HttpResponse`] into its own response type.
 
-use super::{AuthRejection, BearerAuth, HeaderSource, HttpResponse, require_scopes};
+use super::{AuthRejection, BearerAuth, HeaderSource, HttpResponse, OptionalBearerAuth, require_scopes};
 use crate::token::{TokenError, Verified};
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -107,31 +107,110 @@ impl RequiredScopes {
     }
 }
 
+/// The marker an adapter stores in a request that an optional guard
+/// ([`OptionalBearerAuth`]) let through without a token: the route serves it as
+/// anonymous. Without it (and without a verified token), the extractors answer `500`
+/// (the middleware is missing) instead of `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anonymous;
+
+/// What the middleware in front of a route stored in the request: the adapter reads its
+/// request extensions into this ([`Stored::new`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    /// Nothing: no keyrot middleware ran.
+    Nothing,
+    /// A verified token.
+    Verified(&'a Verified),
+    /// No token, admitted by an optional guard.
+    Anonymous,
+}
+
+impl<'a> Stored<'a> {
+    /// From the request's extensions: the verified token if there is one, else the
+    /// [`Anonymous`] marker if there is one.
+    pub fn new(verified: Option<&'a Verified>, anonymous: Option<&Anonymous>) -> Self {
+        match (verified, anonymous) {
+            (Some(v), _) => Stored::Verified(v),
+            (None, Some(_)) => Stored::Anonymous,
+            (None, None) => Stored::Nothing,
+        }
+    }
+
+    /// The verified token; `401` (a token is required) for an anonymous request,
+    /// [`AuthError::MissingMiddleware`] when no middleware ran.
+    pub fn token(self) -> Result<&'a Verified, AuthError> {
+        match self {
+            Stored::Verified(v) => Ok(v),
+            Stored::Anonymous => Err(AuthRejection::MissingToken.into()),
+            Stored::Nothing => Err(AuthError::MissingMiddleware),
+        }
+    }
+
+    /// The verified claims deserialized into `T` (as [`verified_claims`]); `401` for an
+    /// anonymous request.
+    pub fn claims<T: DeserializeOwned>(self) -> Result<T, AuthError> {
+        verified_claims(Some(self.token()?))
+    }
+
+    /// The claims of a route that serves anonymous users too: `None` for an anonymous
+    /// request, the claims (`401` when they do not fit `T`) for a verified one, and
+    /// [`AuthError::MissingMiddleware`] when no middleware ran (never a silent `None`).
+    pub fn optional_claims<T: DeserializeOwned>(self) -> Result<Option<T>, AuthError> {
+        match self {
+            Stored::Anonymous => Ok(None),
+            other => other.claims().map(Some),
+        }
+    }
+}
+
+/// What a [`Guard`] lets through.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Store this verified token in the request.
+    Verified(Verified),
+    /// Store the [`Anonymous`] marker: no token, and the route serves anonymous users.
+    Anonymous,
+    /// Leave the request as it is.
+    Unchanged,
+}
+
 /// What an adapter's middleware runs before the route. The adapter calls
-/// [`Guard::admit`] with the request's headers and the verified token already stored in
-/// it (if any); on `Ok(Some(token))` it stores `token` in the request, on `Ok(None)` it
-/// lets the request through unchanged, and on `Err` it answers
+/// [`Guard::admit`] with the request's headers and what is already stored in it
+/// ([`Stored`]); on `Ok` it stores what the [`Admission`] says, and on `Err` it answers
 /// [`AuthError::to_response`] without running the route.
 pub trait Guard: Clone + Send + Sync + 'static {
-    /// Whether the request may reach the route, and the token to store in it.
+    /// Whether the request may reach the route, and what to store in it.
     fn admit(
         &self,
         headers: &dyn HeaderSource,
-        verified: Option<&Verified>,
-    ) -> impl Future<Output = Result<Option<Verified>, AuthError>> + Send;
+        stored: Stored<'_>,
+    ) -> impl Future<Output = Result<Admission, AuthError>> + Send;
 }
 
 /// Verifies the bearer token ([`BearerAuth::authenticate`]) and stores it.
 impl Guard for BearerAuth {
-    async fn admit(&self, headers: &dyn HeaderSource, _: Option<&Verified>) -> Result<Option<Verified>, AuthError> {
-        Ok(Some(self.authenticate(headers).await?))
+    async fn admit(&self, headers: &dyn HeaderSource, _: Stored<'_>) -> Result<Admission, AuthError> {
+        Ok(Admission::Verified(self.authenticate(headers).await?))
     }
 }
 
-/// Checks the token stored by a [`BearerAuth`] guard in front ([`RequiredScopes::check`]).
+/// Verifies a token if one is sent ([`OptionalBearerAuth::authenticate`]); marks the
+/// request [`Anonymous`] if none is.
+impl Guard for OptionalBearerAuth {
+    async fn admit(&self, headers: &dyn HeaderSource, _: Stored<'_>) -> Result<Admission, AuthError> {
+        Ok(match self.authenticate(headers).await? {
+            Some(v) => Admission::Verified(v),
+            None => Admission::Anonymous,
+        })
+    }
+}
+
+/// Checks the token stored by a guard in front ([`RequiredScopes::check`]); an anonymous
+/// request is `401` (a token is required).
 impl Guard for RequiredScopes {
-    async fn admit(&self, _: &dyn HeaderSource, verified: Option<&Verified>) -> Result<Option<Verified>, AuthError> {
-        self.check(verified).map(|()| None)
+    async fn admit(&self, _: &dyn HeaderSource, stored: Stored<'_>) -> Result<Admission, AuthError> {
+        self.check(Some(stored.token()?)).map(|()| Admission::Unchanged)
     }
 }
 

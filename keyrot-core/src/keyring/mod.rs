@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 
+mod public;
 mod refresh;
 mod snapshot;
 
+pub(crate) use public::{Verifiers, trusted_rows};
 pub use refresh::RefresherHandle;
+pub(crate) use refresh::{Follows, spawn_follower};
 pub use snapshot::{KeyStatus, Snapshot};
 
 /// Why a snapshot could not be (re)built. The previous snapshot stays in use.
@@ -258,19 +261,7 @@ impl KeyRing {
 
     /// Verifies with explicit rules.
     pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
-        let snap = self.inner.snapshot.load();
-        if token.len() <= v.max_token_bytes()
-            && let Some((header, _)) = token.split_once('.')
-            && let Some(kid) = snap.known_headers.get(header)
-            && let Some(entry) = snap.verifiers.get(kid)
-        {
-            let key = entry.check(at)?;
-            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&snap.token_type))?
-                .verify_with(key, v, at.timestamp());
-        }
-        let u = token::decode_header(token, v)?;
-        let key = snap.verifiers.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
-        u.verify_with(key, v, at.timestamp())
+        self.inner.snapshot.load().public.verify(token, v, at)
     }
 
     /// Verifies, and on an unknown kid refreshes the snapshot once (rate limited) and

@@ -13,7 +13,7 @@ impl KeyRing {
     pub(super) async fn refresh_for_unknown_kid(&self, kid: &str) -> bool {
         let arrived = self.inner.unknown_kid_started.load(Ordering::Acquire);
         let mut gate = self.inner.unknown_kid_gate.lock().await;
-        if self.inner.snapshot.load().verifiers.contains_key(kid) {
+        if self.inner.snapshot.load().public.contains(kid) {
             return true;
         }
         if self.inner.unknown_kid_started.load(Ordering::Acquire) != arrived {
@@ -28,7 +28,7 @@ impl KeyRing {
         self.inner.unknown_kid_started.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(ring = %self.inner.ring, "unknown kid: refreshing key ring");
         match self.refresh().await {
-            Ok(_) => self.inner.snapshot.load().verifiers.contains_key(kid),
+            Ok(_) => self.inner.snapshot.load().public.contains(kid),
             Err(_) => false,
         }
     }
@@ -151,49 +151,91 @@ impl KeyRing {
     /// generation every `poll_interval` as a fallback, and reloads fully after a feed
     /// reconnect. Stop it with [`RefresherHandle::shutdown`].
     pub fn spawn_refresher(&self, feed: Option<Arc<dyn ChangeFeed>>, poll_interval: Duration) -> RefresherHandle {
-        let (tx, mut rx) = watch::channel(false);
-        let ring = self.clone();
-        let join = tokio::spawn(async move {
-            let mut stream = None;
-            let mut poll = tokio::time::interval(poll_interval);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                if stream.is_none()
-                    && let Some(f) = &feed
-                {
-                    match f.subscribe(ring.ring()).await {
-                        Ok(s) => {
-                            stream = Some(s);
-                            // Anything sent while we were not listening is lost.
-                            let _ = ring.reload().await;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "change feed subscribe failed; polling"),
+        spawn_follower(self.clone(), feed, poll_interval)
+    }
+}
+
+#[async_trait::async_trait]
+impl Follows for KeyRing {
+    fn followed_ring(&self) -> &RingName {
+        self.ring()
+    }
+
+    fn served_generation(&self) -> u64 {
+        self.snapshot().generation()
+    }
+
+    async fn refresh_now(&self) {
+        let _ = self.refresh().await;
+    }
+
+    async fn reload_now(&self) {
+        let _ = self.reload().await;
+    }
+}
+
+/// A handle a refresher task keeps fresh ([`KeyRing`], [`crate::PublicKeyRing`]). A failed
+/// refresh is reported by the handle itself (it is then stale).
+#[async_trait::async_trait]
+pub(crate) trait Follows: Clone + Send + Sync + 'static {
+    /// The ring it serves.
+    fn followed_ring(&self) -> &RingName;
+    /// The generation of the view it serves.
+    fn served_generation(&self) -> u64;
+    /// Reloads if the stored generation moved.
+    async fn refresh_now(&self);
+    /// Reloads unconditionally.
+    async fn reload_now(&self);
+}
+
+/// The refresher task: follows `feed` (if any), polls every `poll_interval` as a
+/// fallback, and reloads fully after a feed (re)subscribe.
+pub(crate) fn spawn_follower<F: Follows>(
+    ring: F,
+    feed: Option<Arc<dyn ChangeFeed>>,
+    poll_interval: Duration,
+) -> RefresherHandle {
+    let (tx, mut rx) = watch::channel(false);
+    let join = tokio::spawn(async move {
+        let mut stream = None;
+        let mut poll = tokio::time::interval(poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if stream.is_none()
+                && let Some(f) = &feed
+            {
+                match f.subscribe(ring.followed_ring()).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        // Anything sent while we were not listening is lost.
+                        ring.reload_now().await;
                     }
+                    Err(e) => tracing::warn!(error = %e, "change feed subscribe failed; polling"),
                 }
-                tokio::select! {
-                    _ = rx.changed() => break,
-                    _ = poll.tick() => { let _ = ring.refresh().await; }
-                    ev = async {
-                        match stream.as_mut() {
-                            Some(s) => s.next().await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        match ev {
-                            Ok(FeedEvent::Changed(g)) if g > ring.snapshot().generation() => { let _ = ring.refresh().await; }
-                            Ok(FeedEvent::Changed(_)) => {}
-                            Ok(FeedEvent::Resync) => { let _ = ring.reload().await; }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "change feed failed; resubscribing");
-                                stream = None;
-                            }
+            }
+            tokio::select! {
+                _ = rx.changed() => break,
+                _ = poll.tick() => ring.refresh_now().await,
+                ev = async {
+                    match stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match ev {
+                        Ok(FeedEvent::Changed(g)) if g > ring.served_generation() => ring.refresh_now().await,
+                        Ok(FeedEvent::Changed(_)) => {}
+                        Ok(FeedEvent::Resync) => ring.reload_now().await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "change feed failed; resubscribing");
+                            stream = None;
                         }
                     }
                 }
             }
-        });
-        RefresherHandle { tx, join }
-    }
+        }
+    });
+    RefresherHandle { tx, join }
 }
 
 /// Stops a refresher task.

@@ -1,36 +1,20 @@
 //! The immutable snapshot a key ring serves from: verifiers with their validity windows,
 //! the Active signer, the JWKS, and the integrity verdict of the rows it was built from.
 
+use super::public::{VerifierEntry, Verifiers, trusted_rows};
 use super::{MANIFEST, RefreshError};
 use crate::alg::Algorithm;
 use crate::integrity::{IntegrityReport, TamperedKey};
 use crate::jwks::Jwks;
-use crate::key::{KeyError, PrivateKey, SigningKey, VerifyingKey};
+use crate::key::{KeyError, PrivateKey, SigningKey};
 use crate::policy::Policy;
 use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 use crate::seal::{SealContext, SealError, Sealer};
-use crate::token::{self, TokenError};
+use crate::token;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A verifying key and the end of its validity window.
-pub(super) struct VerifierEntry {
-    pub(super) key: VerifyingKey,
-    /// A Retiring key verifies only before its `expires_at`, whatever ticks ran and
-    /// however old the snapshot is.
-    pub(super) not_after: Option<DateTime<Utc>>,
-}
-
-impl VerifierEntry {
-    pub(super) fn check(&self, at: DateTime<Utc>) -> Result<&VerifyingKey, TokenError> {
-        match self.not_after {
-            Some(end) if at >= end => Err(TokenError::KeyExpired),
-            _ => Ok(&self.key),
-        }
-    }
-}
 
 pub(super) struct ActiveSigner {
     pub(super) kid: String,
@@ -109,18 +93,14 @@ pub struct Snapshot {
     pub(super) ring: RingName,
     pub(super) generation: u64,
     pub(super) signer: Option<Arc<ActiveSigner>>,
-    pub(super) verifiers: HashMap<String, Arc<VerifierEntry>>,
+    /// The verifying keys, with their windows and known headers.
+    pub(super) public: Verifiers,
     /// The authentic rows (without sealed material), to re-render the JWKS when a
     /// snapshot is narrowed ([`Snapshot::narrowed_by`]).
     pub(super) trusted_keys: Vec<KeyRecord>,
-    /// The header segment keyrot writes for each published key → its kid: tokens carrying
-    /// one of these skip header decoding.
-    pub(super) known_headers: HashMap<String, String>,
     pub(super) jwks: Jwks,
     pub(super) keys: Vec<KeyStatus>,
     pub(super) integrity: IntegrityReport,
-    /// The `typ` keyrot writes in headers it signs.
-    pub(super) token_type: String,
     pub(super) loaded_at: DateTime<Utc>,
 }
 
@@ -130,7 +110,7 @@ impl std::fmt::Debug for Snapshot {
             .field("ring", &self.ring)
             .field("generation", &self.generation)
             .field("active", &self.signer.as_ref().map(|s| &s.kid))
-            .field("verifying", &self.verifiers.keys().collect::<Vec<_>>())
+            .field("verifying", &self.public.by_kid.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -163,31 +143,16 @@ impl Snapshot {
                 source: SealError::UnknownMasterKey(id.clone()),
             });
         }
-        let mut verifiers = HashMap::new();
-        let mut known_headers = HashMap::new();
-        let mut signer = None;
         let candidates: Vec<&KeyRecord> = ring.published().filter(|k| integrity.trusts(&k.kid)).collect();
-        for k in candidates {
-            let vk = k
-                .public_key()
-                .and_then(|pk| pk.verifying_key())
-                .map_err(|source| RefreshError::Key {
-                    kid: k.kid.clone(),
-                    source,
-                })?;
-            if k.state == KeyState::Active {
-                match Self::admit_active(ring, k, sealer, token_type, &mut integrity)? {
-                    Some(s) => signer = Some(Arc::new(s)),
-                    None => continue,
-                }
+        let mut public = Verifiers::parse(candidates.iter().copied(), token_type)?;
+        let mut signer = None;
+        for k in candidates.iter().filter(|k| k.state == KeyState::Active) {
+            if let Some(s) = Self::admit_active(ring, k, sealer, token_type, &mut integrity)? {
+                signer = Some(Arc::new(s));
             }
-            let not_after = match k.state {
-                KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
-                _ => None,
-            };
-            verifiers.insert(k.kid.clone(), Arc::new(VerifierEntry { key: vk, not_after }));
-            known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
         }
+        // An Active row that cannot sign is now reported as tampered: it does not verify.
+        public.retain(|kid| integrity.trusts(kid));
         if !integrity.is_intact() {
             tracing::error!(
                 ring = %ring.name,
@@ -196,31 +161,17 @@ impl Snapshot {
                 "key ring fails its integrity check: the rows named never verify"
             );
         }
-        let trusted = Ring {
-            name: ring.name.clone(),
-            generation: ring.generation,
-            keys: ring.keys.iter().filter(|k| integrity.trusts(&k.kid)).cloned().collect(),
-            manifest: None,
-        };
-        let keys = Self::statuses(ring, &integrity);
+        let (trusted_keys, jwks) = trusted_rows(ring, policy, |kid| integrity.trusts(kid));
+        let keys = Self::statuses(ring, &integrity.tampered);
         Ok(Self {
             ring: ring.name.clone(),
             generation: ring.generation,
             signer,
-            verifiers,
-            known_headers,
-            jwks: Jwks::render(&trusted, policy),
-            trusted_keys: trusted
-                .keys
-                .into_iter()
-                .map(|mut k| {
-                    k.sealed = None;
-                    k
-                })
-                .collect(),
+            public,
+            jwks,
+            trusted_keys,
             keys,
             integrity,
-            token_type: token_type.to_owned(),
             loaded_at: now,
         })
     }
@@ -253,17 +204,13 @@ impl Snapshot {
         Ok(None)
     }
 
-    /// Every row's public status, with the integrity check's verdict on it.
-    pub(super) fn statuses(ring: &Ring, integrity: &IntegrityReport) -> Vec<KeyStatus> {
+    /// Every row's public status, with the verdict of the integrity check on it.
+    pub(crate) fn statuses(ring: &Ring, tampered: &[TamperedKey]) -> Vec<KeyStatus> {
         ring.keys
             .iter()
             .map(|k| {
                 let mut st = KeyStatus::from(k);
-                st.tampered = integrity
-                    .tampered
-                    .iter()
-                    .find(|t| t.kid == k.kid)
-                    .map(|t| t.reason.clone());
+                st.tampered = tampered.iter().find(|t| t.kid == k.kid).map(|t| t.reason.clone());
                 st
             })
             .collect()
@@ -323,7 +270,7 @@ impl Snapshot {
     pub fn narrowed_by(&self, raw: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<Snapshot> {
         let mut verifiers = HashMap::new();
         let mut changed = false;
-        for (kid, entry) in &self.verifiers {
+        for (kid, entry) in &self.public.by_kid {
             let Some(row) = raw.key(kid) else {
                 changed = true;
                 continue;
@@ -376,6 +323,7 @@ impl Snapshot {
             manifest: None,
         };
         let known_headers = self
+            .public
             .known_headers
             .iter()
             .filter(|(_, kid)| verifiers.contains_key(*kid))
@@ -385,13 +333,15 @@ impl Snapshot {
             ring: self.ring.clone(),
             generation: self.generation,
             signer,
-            verifiers,
+            public: Verifiers {
+                by_kid: verifiers,
+                known_headers,
+                token_type: self.public.token_type.clone(),
+            },
             trusted_keys,
-            known_headers,
             jwks: Jwks::render(&ring, policy),
             keys: self.keys.clone(),
             integrity: self.integrity.clone(),
-            token_type: self.token_type.clone(),
             loaded_at: now,
         })
     }
@@ -424,13 +374,13 @@ impl Snapshot {
     /// Whether `kid` is one of the snapshot's verifying keys (published and authentic),
     /// whatever its validity window; [`Snapshot::verifies_at`] also applies the window.
     pub fn verifies(&self, kid: &str) -> bool {
-        self.verifiers.contains_key(kid)
+        self.public.contains(kid)
     }
 
     /// Whether a token of `kid` verifies at `at`: a verifying key, and a Retiring key
     /// only before its `expires_at`.
     pub fn verifies_at(&self, kid: &str, at: DateTime<Utc>) -> bool {
-        self.verifiers.get(kid).is_some_and(|e| e.check(at).is_ok())
+        self.public.by_kid.get(kid).is_some_and(|e| e.check(at).is_ok())
     }
 
     /// When it was loaded.

@@ -337,6 +337,10 @@ impl Storage for PostgresStore {
         ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
     }
 
+    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
+        ops::load_public(&self.inner.pool, &self.inner.sql.common, ring).await
+    }
+
     async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
         ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
     }

@@ -9,6 +9,7 @@ mod rotate;
 mod status_page;
 
 use super::authorizer::{RotationAuthorizer, ScopeAuthorizer};
+use super::jwks_route::{IssuerMetadata, discovery_response};
 use super::refusal_audit::{RefusalAuditLimits, RefusalBudget};
 use super::status::LedgerView;
 use super::{HttpRequest, HttpResponse, jwks_response};
@@ -34,6 +35,11 @@ pub enum HttpConfigError {
     /// The interval of [`RefusalAuditLimits`] is out of range.
     #[error("the refusal audit interval must be between 1 second and 1 day")]
     RefusalAuditInterval,
+    /// A discovery URL ([`IssuerMetadata`]) is not an `https` URL with a host and neither
+    /// query nor fragment (`http` is accepted for a loopback host only), or a list of
+    /// supported values is empty. Names the field.
+    #[error("the discovery document's {0} is invalid")]
+    InvalidUrl(&'static str),
 }
 
 struct Inner {
@@ -43,6 +49,7 @@ struct Inner {
     rotator: Rotator,
     authorizer: Arc<dyn RotationAuthorizer>,
     max_body_bytes: usize,
+    issuer: Option<IssuerMetadata>,
 }
 
 /// The JWKS, rotation and status endpoints of one ring. Cheap to clone.
@@ -57,6 +64,7 @@ impl std::fmt::Debug for HttpEndpoints {
             .field("ring", self.inner.keyring.ring())
             .field("authorizer", &self.inner.authorizer)
             .field("max_body_bytes", &self.inner.max_body_bytes)
+            .field("issuer", &self.inner.issuer.as_ref().map(IssuerMetadata::issuer))
             .finish()
     }
 }
@@ -69,6 +77,7 @@ pub struct HttpEndpointsBuilder {
     authorizer: Option<Arc<dyn RotationAuthorizer>>,
     max_body_bytes: usize,
     refusal_audit: RefusalAuditLimits,
+    issuer: Option<IssuerMetadata>,
 }
 
 impl HttpEndpointsBuilder {
@@ -111,8 +120,28 @@ impl HttpEndpointsBuilder {
         self
     }
 
+    /// Serves the discovery document ([`discovery_response`]) of the issuer at
+    /// `issuer_url` (its public URL, the `iss` of its tokens): both adapters then route
+    /// [`OPENID_CONFIGURATION_PATH`](crate::http::OPENID_CONFIGURATION_PATH) and
+    /// [`OAUTH_AUTHORIZATION_SERVER_PATH`](crate::http::OAUTH_AUTHORIZATION_SERVER_PATH).
+    /// Mount the routes at the issuer URL's path. Shorthand for
+    /// [`HttpEndpointsBuilder::with_issuer`] with [`IssuerMetadata::new`].
+    pub fn with_issuer_url(self, issuer_url: impl Into<String>) -> Self {
+        self.with_issuer(IssuerMetadata::new(issuer_url))
+    }
+
+    /// Serves the discovery document of the issuer `metadata` describes (see
+    /// [`HttpEndpointsBuilder::with_issuer_url`]).
+    pub fn with_issuer(mut self, metadata: IssuerMetadata) -> Self {
+        self.issuer = Some(metadata);
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<HttpEndpoints, HttpConfigError> {
+        if let Some(m) = &self.issuer {
+            m.validate()?;
+        }
         if self.keyring.ring() != self.rotator.ring() {
             return Err(HttpConfigError::RingMismatch {
                 keyring: self.keyring.ring().to_string(),
@@ -137,6 +166,7 @@ impl HttpEndpointsBuilder {
                 rotator: self.rotator,
                 authorizer,
                 max_body_bytes: self.max_body_bytes,
+                issuer: self.issuer,
             }),
         })
     }
@@ -151,6 +181,7 @@ impl HttpEndpoints {
             authorizer: None,
             max_body_bytes: crate::http::DEFAULT_MAX_BODY_BYTES,
             refusal_audit: RefusalAuditLimits::default(),
+            issuer: None,
         }
     }
 
@@ -173,6 +204,22 @@ impl HttpEndpoints {
     /// The JWKS answer (see [`jwks_response`]).
     pub fn jwks(&self, req: &HttpRequest<'_>) -> HttpResponse {
         jwks_response(&self.inner.keyring, req)
+    }
+
+    /// The issuer's discovery metadata, when configured
+    /// ([`HttpEndpointsBuilder::with_issuer_url`]): the adapters route the discovery
+    /// paths only then.
+    pub fn issuer(&self) -> Option<&IssuerMetadata> {
+        self.inner.issuer.as_ref()
+    }
+
+    /// The discovery answer ([`discovery_response`]); `404` when no issuer URL is
+    /// configured.
+    pub fn discovery(&self, req: &HttpRequest<'_>) -> HttpResponse {
+        match &self.inner.issuer {
+            Some(m) => discovery_response(&self.inner.keyring, m, req),
+            None => HttpResponse::error(404, "not_found", "no discovery document is configured"),
+        }
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, RefusalBudget> {

@@ -1,0 +1,126 @@
+//! The public half of a snapshot, shared by [`super::KeyRing`] and
+//! [`crate::PublicKeyRing`]: the verifying keys with their validity windows, the header
+//! segments keyrot writes for them, and the one token-verification path both use.
+
+use super::RefreshError;
+use crate::jwks::Jwks;
+use crate::key::VerifyingKey;
+use crate::policy::Policy;
+use crate::ring::{KeyRecord, KeyState, Ring};
+use crate::token::{self, TokenError, Validation, Verified};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A verifying key and the end of its validity window.
+pub(crate) struct VerifierEntry {
+    pub(crate) key: VerifyingKey,
+    /// A Retiring key verifies only before its `expires_at`, whatever ticks ran and
+    /// however old the snapshot is.
+    pub(crate) not_after: Option<DateTime<Utc>>,
+}
+
+impl VerifierEntry {
+    /// The entry for a published row: its parsed public key, and for a Retiring key the
+    /// end of its window (`expires_at`, else when it retired, else when it was created).
+    fn for_record(k: &KeyRecord) -> Result<Self, RefreshError> {
+        let key = k
+            .public_key()
+            .and_then(|pk| pk.verifying_key())
+            .map_err(|source| RefreshError::Key {
+                kid: k.kid.clone(),
+                source,
+            })?;
+        let not_after = match k.state {
+            KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
+            _ => None,
+        };
+        Ok(Self { key, not_after })
+    }
+
+    pub(crate) fn check(&self, at: DateTime<Utc>) -> Result<&VerifyingKey, TokenError> {
+        match self.not_after {
+            Some(end) if at >= end => Err(TokenError::KeyExpired),
+            _ => Ok(&self.key),
+        }
+    }
+}
+
+/// The verifying keys of one snapshot.
+pub(crate) struct Verifiers {
+    pub(crate) by_kid: HashMap<String, Arc<VerifierEntry>>,
+    /// The header segment keyrot writes for each published key → its kid: tokens carrying
+    /// one of these skip header decoding.
+    pub(crate) known_headers: HashMap<String, String>,
+    /// The `typ` keyrot writes in headers it signs.
+    pub(crate) token_type: String,
+}
+
+impl Verifiers {
+    /// Parses every row of `rows` (published rows the caller trusts) into a verifier.
+    pub(crate) fn parse<'r>(
+        rows: impl IntoIterator<Item = &'r KeyRecord>,
+        token_type: &str,
+    ) -> Result<Self, RefreshError> {
+        let mut by_kid = HashMap::new();
+        let mut known_headers = HashMap::new();
+        for k in rows {
+            by_kid.insert(k.kid.clone(), Arc::new(VerifierEntry::for_record(k)?));
+            known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
+        }
+        Ok(Self {
+            by_kid,
+            known_headers,
+            token_type: token_type.to_owned(),
+        })
+    }
+
+    /// Keeps only the kids for which `keep` holds.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_kid.retain(|kid, _| keep(kid));
+        self.known_headers.retain(|_, kid| keep(kid));
+    }
+
+    /// Whether `kid` is a verifying key (whatever its window).
+    pub(crate) fn contains(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
+    /// Verifies `token` as of `at` under `v`: the token rules of [`crate::token`], with
+    /// each key's validity window applied first.
+    pub(crate) fn verify(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        if token.len() <= v.max_token_bytes()
+            && let Some((header, _)) = token.split_once('.')
+            && let Some(kid) = self.known_headers.get(header)
+            && let Some(entry) = self.by_kid.get(kid)
+        {
+            let key = entry.check(at)?;
+            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&self.token_type))?
+                .verify_with(key, v, at.timestamp());
+        }
+        let u = token::decode_header(token, v)?;
+        let key = self.by_kid.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
+        u.verify_with(key, v, at.timestamp())
+    }
+}
+
+/// The rows of `ring` that `trusts` accepts, without sealed material, and the JWKS that
+/// publishes them.
+pub(crate) fn trusted_rows(ring: &Ring, policy: &Policy, trusts: impl Fn(&str) -> bool) -> (Vec<KeyRecord>, Jwks) {
+    let trusted = Ring {
+        name: ring.name.clone(),
+        generation: ring.generation,
+        keys: ring
+            .keys
+            .iter()
+            .filter(|k| trusts(&k.kid))
+            .map(|k| KeyRecord {
+                sealed: None,
+                ..k.clone()
+            })
+            .collect(),
+        manifest: None,
+    };
+    let jwks = Jwks::render(&trusted, policy);
+    (trusted.keys, jwks)
+}

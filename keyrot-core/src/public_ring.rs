@@ -1,0 +1,369 @@
+//! A public-only verifier over a keyrot store: verifies from the ring's published keys
+//! without any [`Sealer`](crate::Sealer), for services that share the database but must
+//! not hold the master key.
+
+use crate::clock::{Clock, SystemClock};
+use crate::integrity::TamperedKey;
+use crate::jwks::Jwks;
+use crate::keyring::{
+    Follows, KeyStatus, RefreshError, RefresherHandle, Snapshot, Verifiers, spawn_follower, trusted_rows,
+};
+use crate::policy::Policy;
+use crate::ring::{KeyOrigin, Ring, RingName};
+use crate::storage::{ChangeFeed, Storage};
+use crate::token::{self, TokenError, Validation, Verified};
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Verifies tokens of a keyrot ring from its published keys, read from the shared store
+/// with [`Storage::load_public`]: it holds no [`Sealer`](crate::Sealer), never reads a
+/// sealed column, and cannot sign. It refreshes like a [`KeyRing`](crate::KeyRing) (the
+/// change feed, a poll: [`PublicKeyRing::spawn_refresher`]) and verifies by the same code
+/// path with the same rules: the same [`Validation`], the same header checks, and a
+/// Retiring key refuses tokens from its `expires_at` on.
+///
+/// # Trust
+///
+/// Without the master key it **cannot check the ring manifest's HMAC**, which is what
+/// lets a `KeyRing` tell a row keyrot wrote from one written by anyone else with access
+/// to the database. What it does check, on every load:
+///
+/// - **No rollback:** it never goes back to a lower ring generation than one it served
+///   (the refresh is refused and the previous keys stay in use).
+/// - **Self-consistent rows:** a row verifies only if its public key parses for its
+///   algorithm, its `fingerprint` is the RFC 7638 thumbprint of that key, and, for a key
+///   keyrot generated (any origin but `imported`), its `kid` is that thumbprint too.
+/// - **A manifest is present:** a ring with keys but no manifest (one a `KeyRing` would
+///   not trust either) verifies nothing.
+/// - **Lifecycle and windows:** only published keys (Pending, Active, Retiring) verify,
+///   a Retiring key only before its `expires_at`; every token rule of [`Validation`]
+///   (issuer, audience, expiry, type, algorithm fixed by the key) applies.
+///
+/// What it cannot detect: **anyone who can write to the ring's tables can insert a key
+/// pair of their own (or mark one published, or move a Retiring key's `expires_at`) and
+/// it will be accepted**, since a self-consistent row is all it can ask for; and a
+/// rollback to an old state it never served. So it is as trustworthy as write access to
+/// the database is restricted. The remote verifier (the JWKS fetched over HTTPS from the
+/// issuer, `keyrot-jwks`) trusts the issuer's TLS certificate and its serving host
+/// instead. Where a service can hold the master key, a `KeyRing` checks all of the above
+/// and the manifest's HMAC over every row.
+#[derive(Clone)]
+pub struct PublicKeyRing {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    validation: Validation,
+    token_type: String,
+    view: ArcSwap<View>,
+    refresh_lock: AsyncMutex<()>,
+    /// The highest generation this handle ever served: storage going back is refused.
+    highest_generation: AtomicU64,
+    stale: AtomicBool,
+}
+
+/// What a [`PublicKeyRing`] serves at one generation.
+struct View {
+    generation: u64,
+    public: Verifiers,
+    jwks: Jwks,
+    keys: Vec<KeyStatus>,
+    rejected: Vec<TamperedKey>,
+}
+
+impl std::fmt::Debug for PublicKeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let view = self.inner.view.load();
+        f.debug_struct("PublicKeyRing")
+            .field("ring", &self.inner.ring)
+            .field("generation", &view.generation)
+            .field("verifying", &view.public.by_kid.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builds a [`PublicKeyRing`].
+#[derive(Debug)]
+pub struct PublicKeyRingBuilder {
+    ring: RingName,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    validation: Validation,
+    token_type: String,
+}
+
+impl PublicKeyRingBuilder {
+    /// Clock (default: system).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Policy (the issuer's; it caps the JWKS's `max-age`; default: [`Policy::default`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Token validation rules (issuer, audience, leeway, required type).
+    pub fn with_validation(mut self, validation: Validation) -> Self {
+        self.validation = validation;
+        self
+    }
+
+    /// The `typ` the issuer writes in its headers (default `JWT`), as
+    /// [`KeyRingBuilder::with_token_type`](crate::KeyRingBuilder::with_token_type).
+    pub fn with_token_type(mut self, typ: impl Into<String>) -> Self {
+        self.token_type = typ.into();
+        self
+    }
+
+    /// Loads the ring's public rows and builds the first view.
+    pub async fn build(self) -> Result<PublicKeyRing, RefreshError> {
+        if !(1..=64).contains(&self.token_type.len()) || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RefreshError::InvalidTokenType);
+        }
+        let ring = self.storage.load_public(&self.ring).await?;
+        let view = View::build(&ring, &self.policy, &self.token_type)?;
+        Ok(PublicKeyRing {
+            inner: Arc::new(Inner {
+                highest_generation: AtomicU64::new(view.generation),
+                view: ArcSwap::from_pointee(view),
+                ring: self.ring,
+                storage: self.storage,
+                clock: self.clock,
+                policy: self.policy,
+                validation: self.validation,
+                token_type: self.token_type,
+                refresh_lock: AsyncMutex::new(()),
+                stale: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl View {
+    fn build(ring: &Ring, policy: &Policy, token_type: &str) -> Result<Self, RefreshError> {
+        let rejected = check_rows(ring);
+        let accepted = |kid: &str| !rejected.iter().any(|t| t.kid == kid);
+        let public = Verifiers::parse(ring.published().filter(|k| accepted(&k.kid)), token_type)?;
+        let (_, jwks) = trusted_rows(ring, policy, accepted);
+        if !rejected.is_empty() {
+            tracing::error!(
+                ring = %ring.name,
+                generation = ring.generation,
+                rejected = rejected.len(),
+                "public key ring: published rows fail their consistency checks and never verify"
+            );
+        }
+        Ok(Self {
+            generation: ring.generation,
+            public,
+            jwks,
+            keys: Snapshot::statuses(ring, &rejected),
+            rejected,
+        })
+    }
+}
+
+/// The published rows that fail what a verifier without the master key can check.
+fn check_rows(ring: &Ring) -> Vec<TamperedKey> {
+    let unauthenticated = ring.manifest.is_none();
+    ring.published()
+        .filter_map(|k| {
+            let reason = if unauthenticated {
+                "not authenticated (the ring has no manifest)".to_owned()
+            } else {
+                match k.public_key() {
+                    Err(e) => format!("the public key cannot be used: {}", crate::ErrorChain(&e)),
+                    Ok(pk) => {
+                        let thumbprint = pk.thumbprint();
+                        if thumbprint != k.fingerprint {
+                            "the fingerprint is not the thumbprint of the public key".to_owned()
+                        } else if k.origin != KeyOrigin::Imported && k.kid != thumbprint {
+                            "the kid of a generated key is not the thumbprint of its public key".to_owned()
+                        } else {
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some(TamperedKey {
+                kid: k.kid.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+impl PublicKeyRing {
+    /// Starts building a public verifier for `ring` over `storage`.
+    pub fn builder(ring: RingName, storage: Arc<dyn Storage>) -> PublicKeyRingBuilder {
+        PublicKeyRingBuilder {
+            ring,
+            storage,
+            clock: Arc::new(SystemClock),
+            policy: Policy::default(),
+            validation: Validation::default(),
+            token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
+        }
+    }
+
+    /// The ring's name.
+    pub fn ring(&self) -> &RingName {
+        &self.inner.ring
+    }
+
+    /// The validation rules.
+    pub fn validation(&self) -> &Validation {
+        &self.inner.validation
+    }
+
+    /// The generation of the view it serves.
+    pub fn generation(&self) -> u64 {
+        self.inner.view.load().generation
+    }
+
+    /// The highest ring generation this handle ever served (it never goes back from it).
+    pub fn highest_generation(&self) -> u64 {
+        self.inner.highest_generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the last refresh failed (the view may be out of date).
+    pub fn is_stale(&self) -> bool {
+        self.inner.stale.load(Ordering::Relaxed)
+    }
+
+    /// The JWKS of the keys it verifies with.
+    pub fn jwks(&self) -> Jwks {
+        self.inner.view.load().jwks.clone()
+    }
+
+    /// Every key's public facts; `tampered` names why a published row is not used.
+    pub fn keys(&self) -> Vec<KeyStatus> {
+        self.inner.view.load().keys.clone()
+    }
+
+    /// The published rows that fail the checks it can make, with why: they never verify.
+    pub fn rejected(&self) -> Vec<TamperedKey> {
+        self.inner.view.load().rejected.clone()
+    }
+
+    /// Whether `kid` is one of its verifying keys (whatever its validity window).
+    pub fn verifies(&self, kid: &str) -> bool {
+        self.inner.view.load().public.contains(kid)
+    }
+
+    /// Verifies a token now, with the configured rules.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_at(token, self.inner.clock.now())
+    }
+
+    /// Verifies a token as of `at`, with the configured rules.
+    pub fn verify_at(&self, token: &str, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        self.verify_with(token, &self.inner.validation, at)
+    }
+
+    /// Verifies with explicit rules.
+    pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        self.inner.view.load().public.verify(token, v, at)
+    }
+
+    /// Reloads if the stored generation moved; returns whether the view changed. On
+    /// failure (storage, or a generation older than one served) the old view stays and
+    /// the handle reports itself stale.
+    pub async fn refresh(&self) -> Result<bool, RefreshError> {
+        let _g = self.inner.refresh_lock.lock().await;
+        let current = self.generation();
+        let result = match self.inner.storage.generation(&self.inner.ring).await {
+            Ok(g) if g == current => Ok(false),
+            Ok(_) => self.reload_locked().await,
+            Err(e) => Err(e.into()),
+        };
+        self.finish(&result);
+        result
+    }
+
+    /// Reloads unconditionally (after a change-feed reconnect).
+    pub async fn reload(&self) -> Result<bool, RefreshError> {
+        let _g = self.inner.refresh_lock.lock().await;
+        let result = self.reload_locked().await;
+        self.finish(&result);
+        result
+    }
+
+    fn finish(&self, result: &Result<bool, RefreshError>) {
+        self.inner.stale.store(result.is_err(), Ordering::Relaxed);
+        if let Err(e) = result {
+            tracing::warn!(ring = %self.inner.ring, error = %crate::ErrorChain(e), "public key ring refresh failed; serving the last view");
+        }
+    }
+
+    async fn reload_locked(&self) -> Result<bool, RefreshError> {
+        let ring = self.inner.storage.load_public(&self.inner.ring).await?;
+        let served = self.highest_generation();
+        if ring.generation < served {
+            tracing::error!(
+                ring = %self.inner.ring,
+                found = ring.generation,
+                served,
+                "storage went back to an older generation (a database rollback?): keeping the view"
+            );
+            return Err(RefreshError::Rollback {
+                found: ring.generation,
+                served,
+            });
+        }
+        let view = View::build(&ring, &self.inner.policy, &self.inner.token_type)?;
+        let changed = view.generation != self.generation();
+        self.inner
+            .highest_generation
+            .fetch_max(view.generation, Ordering::AcqRel);
+        self.inner.view.store(Arc::new(view));
+        Ok(changed)
+    }
+
+    /// Starts a task that keeps the view fresh: it follows `feed` (if any), polls the
+    /// generation every `poll_interval` as a fallback, and reloads fully after a feed
+    /// reconnect. Stop it with [`RefresherHandle::shutdown`].
+    pub fn spawn_refresher(&self, feed: Option<Arc<dyn ChangeFeed>>, poll_interval: Duration) -> RefresherHandle {
+        spawn_follower(self.clone(), feed, poll_interval)
+    }
+}
+
+#[async_trait::async_trait]
+impl Follows for PublicKeyRing {
+    fn followed_ring(&self) -> &RingName {
+        self.ring()
+    }
+
+    fn served_generation(&self) -> u64 {
+        self.generation()
+    }
+
+    async fn refresh_now(&self) {
+        let _ = self.refresh().await;
+    }
+
+    async fn reload_now(&self) {
+        let _ = self.reload().await;
+    }
+}
+
+#[cfg(feature = "http")]
+#[async_trait::async_trait]
+impl crate::http::TokenVerifier for PublicKeyRing {
+    /// Verifies from the current view (no storage access on this path).
+    async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        PublicKeyRing::verify(self, token)
+    }
+}

@@ -1,0 +1,232 @@
+//! The cases of issue 10: the discovery document, token sources, optional auth and any
+//! token verifier in the middleware. Re-exported by [`crate::cases`].
+
+use crate::cases::{INVALID_TOKEN_BODY, MISSING_MIDDLEWARE_BODY, MISSING_TOKEN_BODY, assert_401_invalid};
+use crate::{
+    COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, Start, TOKEN_COOKIE, TOKEN_HEADER,
+    UNGUARDED_OPTIONAL_PATH, World,
+};
+use keyrot_core::PublicKeyRing;
+use keyrot_core::http::{
+    BearerAuth, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+const ISSUER: &str = "https://issuer.example/tenant";
+const WHOAMI_ALICE: &str = r#"{"client_id":"web-app","sub":"alice"}"#;
+
+fn assert_401_missing(a: &crate::Answer, what: &str) {
+    assert_eq!(a.status, 401, "{what}: {}", a.text());
+    assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{what}");
+    assert_eq!(a.text(), MISSING_TOKEN_BODY, "{what}");
+}
+
+/// The discovery document at the OpenID and RFC 8414 paths: the fields, the headers, `405`.
+pub async fn discovery_document_is_served_at_both_paths(start: Start) {
+    let w = World::start_with(start, |_, b| b.with_issuer_url(ISSUER)).await;
+    let openid = w.send("GET", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert_eq!(openid.status, 200, "{}", openid.text());
+    assert_eq!(openid.header("content-type"), Some("application/json"));
+    assert_eq!(openid.header("x-content-type-options"), Some("nosniff"));
+    let jwks = w.jwks(None).await;
+    assert_eq!(
+        openid.header("cache-control"),
+        jwks.header("cache-control"),
+        "cached like the JWKS it points to"
+    );
+    assert_eq!(
+        openid.json(),
+        json!({
+            "issuer": ISSUER,
+            "jwks_uri": format!("{ISSUER}{JWKS_PATH}"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+        }),
+        "no endpoint keyrot does not serve"
+    );
+    let oauth = w.send("GET", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
+    assert_eq!(oauth.status, 200);
+    assert_eq!(oauth.body, openid.body, "RFC 8414 metadata: the same document");
+    let head = w.send("HEAD", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert_eq!(head.status, 200);
+    let post = w.send("POST", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+}
+
+/// Without an issuer URL the discovery paths are not routed.
+pub async fn discovery_is_routed_only_with_an_issuer_url(start: Start) {
+    let w = World::start(start).await;
+    for path in [OPENID_CONFIGURATION_PATH, OAUTH_AUTHORIZATION_SERVER_PATH] {
+        // Not found, or refused by the test server's catch-all authenticated scope.
+        let a = w.send("GET", path, &[], None).await;
+        assert!(
+            matches!(a.status, 404 | 401) && !a.text().contains("jwks_uri"),
+            "{path} without an issuer URL: {} {}",
+            a.status,
+            a.text()
+        );
+    }
+}
+
+/// A configured token endpoint and response types are listed; the issuer is kept exactly.
+pub async fn discovery_lists_a_configured_token_endpoint(start: Start) {
+    let token_endpoint = "https://issuer.example/tenant/oauth/token";
+    let meta = IssuerMetadata::new(format!("{ISSUER}/"))
+        .with_token_endpoint(token_endpoint)
+        .with_response_types_supported(["code", "id_token"]);
+    let w = World::start_with(start, move |_, b| b.with_issuer(meta)).await;
+    let a = w.send("GET", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let doc = a.json();
+    assert_eq!(doc["issuer"], format!("{ISSUER}/"), "the issuer exactly as configured");
+    assert_eq!(doc["jwks_uri"], format!("{ISSUER}{JWKS_PATH}"), "no double slash");
+    assert_eq!(doc["token_endpoint"], token_endpoint);
+    assert_eq!(doc["response_types_supported"], json!(["code", "id_token"]));
+}
+
+/// `GET path` with extra headers.
+async fn get_with(w: &World, path: &str, headers: &[(&str, String)]) -> crate::Answer {
+    w.send("GET", path, headers, None).await
+}
+
+/// A route reading the token from a cookie, strictly.
+pub async fn token_from_a_cookie(start: Start) {
+    let w = World::start(start).await;
+    let t = w.user_token("");
+    let cookie = |v: String| vec![("cookie", v)];
+    let ok = get_with(
+        &w,
+        COOKIE_PATH,
+        &cookie(format!("theme=dark; {TOKEN_COOKIE}={t}; lang=en")),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.text(), WHOAMI_ALICE);
+    let quoted = get_with(&w, COOKIE_PATH, &cookie(format!("{TOKEN_COOKIE}=\"{t}\""))).await;
+    assert_eq!(quoted.status, 200, "a quoted cookie value");
+    assert_401_missing(&get_with(&w, COOKIE_PATH, &[]).await, "no cookie");
+    assert_401_missing(
+        &get_with(&w, COOKIE_PATH, &[("authorization", format!("Bearer {t}"))]).await,
+        "the Authorization header is not a source of this route",
+    );
+    assert_401_missing(
+        &get_with(&w, COOKIE_PATH, &cookie(format!("x{TOKEN_COOKIE}={t}"))).await,
+        "another cookie's name",
+    );
+    assert_401_invalid(
+        &get_with(
+            &w,
+            COOKIE_PATH,
+            &cookie(format!("{TOKEN_COOKIE}={t}; {TOKEN_COOKIE}={t}")),
+        )
+        .await,
+        "the cookie twice",
+    );
+    assert_401_invalid(
+        &get_with(&w, COOKIE_PATH, &cookie(format!("{TOKEN_COOKIE}="))).await,
+        "an empty cookie",
+    );
+    assert_401_invalid(
+        &get_with(&w, COOKIE_PATH, &cookie(format!("{TOKEN_COOKIE}={t}x"))).await,
+        "a bad signature",
+    );
+}
+
+/// A route reading the token from a custom header, strictly.
+pub async fn token_from_a_custom_header(start: Start) {
+    let w = World::start(start).await;
+    let t = w.user_token("");
+    let ok = get_with(&w, HEADER_PATH, &[(TOKEN_HEADER, t.clone())]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.text(), WHOAMI_ALICE);
+    let upper = get_with(&w, HEADER_PATH, &[("X-API-TOKEN", t.clone())]).await;
+    assert_eq!(upper.status, 200, "header names are case-insensitive");
+    assert_401_missing(&get_with(&w, HEADER_PATH, &[]).await, "no header");
+    assert_401_missing(
+        &get_with(&w, HEADER_PATH, &[("authorization", format!("Bearer {t}"))]).await,
+        "the Authorization header is not a source of this route",
+    );
+    assert_401_invalid(
+        &get_with(&w, HEADER_PATH, &[(TOKEN_HEADER, format!("Bearer {t}"))]).await,
+        "the whole value is the token",
+    );
+    assert_401_invalid(
+        &get_with(&w, HEADER_PATH, &[(TOKEN_HEADER, t.clone()), (TOKEN_HEADER, t.clone())]).await,
+        "the header twice",
+    );
+    assert_401_invalid(
+        &get_with(&w, HEADER_PATH, &[(TOKEN_HEADER, format!("{t}x"))]).await,
+        "a bad signature",
+    );
+}
+
+/// Optional auth: no token is anonymous, an invalid one is `401`, no middleware is `500`.
+pub async fn optional_auth_serves_anonymous_users_and_refuses_invalid_tokens(start: Start) {
+    let w = World::start(start).await;
+    let anonymous = w.get(OPTIONAL_PATH, None).await;
+    assert_eq!(anonymous.status, 200, "{}", anonymous.text());
+    assert_eq!(anonymous.text(), r#"{"anonymous":true}"#);
+    let basic = get_with(&w, OPTIONAL_PATH, &[("authorization", "Basic YTpi".to_owned())]).await;
+    assert_eq!(
+        basic.text(),
+        r#"{"anonymous":true}"#,
+        "another scheme is no bearer token"
+    );
+    let t = w.user_token("");
+    let known = w.get(OPTIONAL_PATH, Some(&t)).await;
+    assert_eq!(known.status, 200);
+    assert_eq!(known.text(), WHOAMI_ALICE);
+    assert_401_invalid(
+        &w.get(OPTIONAL_PATH, Some(&format!("{t}x"))).await,
+        "an invalid token is never anonymous",
+    );
+    let now = w.now().timestamp();
+    let expired = w.sign(&json!({ "sub": "alice", "exp": now - 3600 }));
+    assert_401_invalid(&w.get(OPTIONAL_PATH, Some(&expired)).await, "an expired token");
+    assert_401_invalid(
+        &get_with(&w, OPTIONAL_PATH, &[("authorization", "Bearer ".to_owned())]).await,
+        "a malformed credential",
+    );
+    assert_401_missing(
+        &w.get(OPTIONAL_STRICT_PATH, None).await,
+        "Claims behind optional auth requires a token",
+    );
+    assert_eq!(w.get(OPTIONAL_STRICT_PATH, Some(&t)).await.text(), WHOAMI_ALICE);
+    let unguarded = w.get(UNGUARDED_OPTIONAL_PATH, None).await;
+    assert_eq!(
+        unguarded.status, 500,
+        "without the middleware: fail closed, not anonymous"
+    );
+    assert_eq!(unguarded.text(), MISSING_MIDDLEWARE_BODY);
+    assert_eq!(w.get(UNGUARDED_OPTIONAL_PATH, Some(&t)).await.status, 500);
+}
+
+/// The middleware over a `dyn TokenVerifier` (a `PublicKeyRing`).
+pub async fn middleware_takes_any_token_verifier(start: Start) {
+    // A public-only verifier over the same store: no sealer, a dyn TokenVerifier.
+    let w = World::start_with_auth(
+        start,
+        |_, b| b,
+        async |keyring, storage| {
+            let public = PublicKeyRing::builder(keyring.ring().clone(), storage)
+                .with_clock(keyring.clock().clone())
+                .build()
+                .await
+                .expect("public key ring");
+            BearerAuth::with_verifier(Arc::new(public))
+        },
+    )
+    .await;
+    let t = w.user_token("");
+    let ok = w.get(PROTECTED_PATH, Some(&t)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.text(), WHOAMI_ALICE);
+    let by_cookie = get_with(&w, COOKIE_PATH, &[("cookie", format!("{TOKEN_COOKIE}={t}"))]).await;
+    assert_eq!(by_cookie.status, 200, "token sources work with any verifier");
+    assert_401_invalid(&w.get(PROTECTED_PATH, Some(&format!("{t}x"))).await, "a bad signature");
+    let a = w.get(PROTECTED_PATH, Some(&format!("{t}x"))).await;
+    assert_eq!(a.text(), INVALID_TOKEN_BODY);
+}
