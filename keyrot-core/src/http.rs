@@ -195,7 +195,7 @@ impl HttpResponse {
     }
 
     /// A JSON response (`Content-Type: application/json`, `Cache-Control: no-store`).
-    pub(crate) fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
         // Serialising these plain structs cannot fail; an empty object is the safe fallback.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
         Self {

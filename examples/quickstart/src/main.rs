@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
+use keyrot_core::http::HttpResponse;
 use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,8 +59,5 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
 /// The protected route: echoes the verified claims.
 async fn me(Token(verified): Token) -> Response {
     let body = serde_json::json!({ "kid": verified.kid, "claims": verified.claims });
-    let mut r = Response::new(axum::body::Body::from(body.to_string()));
-    r.headers_mut()
-        .insert("content-type", axum::http::HeaderValue::from_static("application/json"));
-    r
+    into_axum_response(HttpResponse::json(200, &body))
 }

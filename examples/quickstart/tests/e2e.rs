@@ -31,7 +31,8 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// Builds keyrotctl and the scheduler example once (they are other packages' binaries).
+/// Builds keyrotctl, the scheduler example, the actix quickstart and the resource server once
+/// (they are other packages' binaries).
 fn tools() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -46,6 +47,8 @@ fn tools() -> &'static PathBuf {
                 "scheduler",
                 "-p",
                 "actix-quickstart",
+                "-p",
+                "resource-server",
                 "--manifest-path",
             ])
             .arg(workspace_root().join("Cargo.toml"))
@@ -53,7 +56,7 @@ fn tools() -> &'static PathBuf {
             .expect("run cargo build");
         assert!(
             status.success(),
-            "building keyrotctl, scheduler and actix-quickstart failed"
+            "building keyrotctl, scheduler, actix-quickstart and resource-server failed"
         );
         bin_dir()
     })
@@ -134,12 +137,16 @@ fn free_port() -> u16 {
 }
 
 fn start(env: &Env, port: u16, binary: &Path) -> Service {
-    let mut child = env
-        .command(binary)
+    start_command(env.command(binary), port)
+}
+
+/// Spawns `command` and waits for the `ready` line it prints once it listens on `port`.
+fn start_command(mut command: Command, port: u16) -> Service {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start quickstart");
+        .expect("start the service");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -160,7 +167,7 @@ fn start(env: &Env, port: u16, binary: &Path) -> Service {
                 banner.push_str(&line);
                 banner.push('\n');
             }
-            Err(_) => panic!("quickstart did not print `ready` within 60 s; output so far:\n{banner}"),
+            Err(_) => panic!("the service did not print `ready` within 60 s; output so far:\n{banner}"),
         }
     }
     Service {
@@ -751,4 +758,142 @@ async fn instances_of_one_issuer_accept_each_others_tokens() {
         assert_eq!(claims["claims"]["iss"], "http://keys.e2e.localhost", "{claims}");
     })
     .await;
+}
+
+/// The kids the service's JWKS publishes now.
+async fn published_kids(base: &str) -> Vec<String> {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("GET the JWKS");
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("JWKS json");
+    v["keys"]
+        .as_array()
+        .map(|ks| ks.iter().filter_map(|k| k["kid"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Polls until `cond` holds (or panics naming `what` after `within`); returns how long it took.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cond().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
+
+/// The control plane / data plane split, as real processes: the quickstart issues tokens;
+/// the resource server, which holds no key and no database credentials, verifies them
+/// through discovery of the quickstart's issuer URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_server_verifies_the_issuers_tokens_without_keys() {
+    let (p_issuer, p_rs) = (free_port(), free_port());
+    let issuer_url = format!("http://127.0.0.1:{p_issuer}");
+    let max_age = Duration::from_millis(1000);
+    let mut env = Env::new(None, p_issuer);
+    env.vars.retain(|(k, _)| !k.starts_with("KEYROT_POLICY_"));
+    for (k, v) in [
+        ("KEYROT_ISSUER", issuer_url.clone()),
+        ("KEYROT_POLICY_MIN_INTERVAL_MS", "1".to_owned()),
+        ("KEYROT_POLICY_FORCED_MIN_INTERVAL_MS", "1".to_owned()),
+        ("KEYROT_POLICY_JWKS_MAX_AGE_MS", max_age.as_millis().to_string()),
+        ("KEYROT_POLICY_PUBLISH_LEAD_MS", max_age.as_millis().to_string()),
+        ("KEYROT_POLICY_VERIFIER_CACHE_MS", "0".to_owned()),
+        ("KEYROT_POLICY_CLOCK_SKEW_MS", "0".to_owned()),
+    ] {
+        env.vars.push((k.into(), v));
+    }
+    let issuer = start(&env, p_issuer, Path::new(env!("CARGO_BIN_EXE_quickstart")));
+    // The resource server gets the issuer URL and nothing else: no master key, no database.
+    let mut rs_cmd = Command::new(tools().join("resource-server"));
+    rs_cmd
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYROT_ISSUER", &issuer_url)
+        .env("KEYROT_LISTEN", format!("127.0.0.1:{p_rs}"))
+        .env("KEYROT_JWKS_MIN_REFRESH_MS", "200")
+        .env("RUST_LOG", "warn");
+    let rs = start_command(rs_cmd, p_rs);
+
+    // 1. A user token verifies at the resource server.
+    let first = login(&issuer.base).await;
+    assert_eq!(
+        get_me(&rs.base, &first).await,
+        200,
+        "a token of the issuer's Active key"
+    );
+
+    // 2. A forced rotation at the issuer: a token of the new kid verifies at the resource
+    //    server on its first request (the unknown kid fetches the JWKS once).
+    let rotate = |revoke_old: bool| {
+        let mut args = vec!["rotate", "--force", "--reason", "data-plane drill", "--json"];
+        if revoke_old {
+            args.push("--revoke-old");
+        }
+        let out = env.run("keyrotctl", &args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
+        report["new_kid"].as_str().expect("new kid").to_owned()
+    };
+    let second_kid = rotate(false);
+    eventually("the issuer serves the new key", Duration::from_secs(15), || {
+        let base = issuer.base.clone();
+        let kid = second_kid.clone();
+        async move { published_kids(&base).await.contains(&kid) }
+    })
+    .await;
+    let second = login(&issuer.base).await;
+    assert_eq!(
+        get_me(&rs.base, &second).await,
+        200,
+        "the new kid verifies on the first request"
+    );
+    assert_eq!(get_me(&rs.base, &first).await, 200, "the retiring key still verifies");
+
+    // 3. --revoke-old: the revoked kid is refused at the resource server within the
+    //    max-age the issuer served once the issuer stops publishing it.
+    let third_kid = rotate(true);
+    eventually(
+        "the issuer stops publishing the revoked key",
+        Duration::from_secs(15),
+        || {
+            let base = issuer.base.clone();
+            let (gone, new) = (second_kid.clone(), third_kid.clone());
+            async move {
+                let kids = published_kids(&base).await;
+                kids.contains(&new) && !kids.contains(&gone)
+            }
+        },
+    )
+    .await;
+    let took = eventually("the resource server refuses the revoked key", max_age * 3, || {
+        let (base, token) = (rs.base.clone(), second.clone());
+        async move { get_me(&base, &token).await == 401 }
+    })
+    .await;
+    println!("the revoked key was refused {took:?} after the issuer stopped publishing it (max-age {max_age:?})");
+    let third = login(&issuer.base).await;
+    assert_eq!(get_me(&rs.base, &third).await, 200, "the replacement key verifies");
+
+    // 4. The issuer dies: the keys the resource server knows keep verifying.
+    drop(issuer);
+    tokio::time::sleep(max_age * 2).await;
+    assert_eq!(
+        get_me(&rs.base, &third).await,
+        200,
+        "known keys verify with the issuer down"
+    );
+    assert_eq!(
+        get_me(&rs.base, &second).await,
+        401,
+        "and the revoked one stays refused"
+    );
 }

@@ -11,7 +11,7 @@ use crate::oauth::TokenService;
 use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
 use banner::Secret;
 use keyrot_core::RefresherHandle;
-use keyrot_core::http::HttpEndpoints;
+use keyrot_core::http::{HttpEndpoints, IssuerMetadata};
 use keyrot_core::{KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, Validation};
 use std::error::Error;
 use std::process::ExitCode;
@@ -106,7 +106,11 @@ impl Quickstart {
             .init(RequestContext::actor("quickstart:startup"))
             .await
             .map_err(SetupError::InitRing)?;
+        // The discovery documents name the issuer, its JWKS and the token endpoint, so a
+        // resource server needs only KEYROT_ISSUER to verify this service's tokens.
+        let metadata = IssuerMetadata::new(issuer.clone()).with_token_endpoint(format!("{issuer}{TOKEN_PATH}"));
         let endpoints = HttpEndpoints::builder(keyring.clone(), rotator.clone())
+            .with_issuer(metadata)
             .build()
             .map_err(SetupError::Endpoints)?;
         let (scheduler_secret, s1) = Secret::load("KEYROT_SCHEDULER_CLIENT_SECRET")?;
