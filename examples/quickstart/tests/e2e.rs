@@ -7,8 +7,9 @@ use keyrot_core::MasterKey;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Short intervals so that every transition is due at once; every other setting default.
@@ -830,6 +831,24 @@ async fn a_resource_server_verifies_the_issuers_tokens_without_keys() {
         200,
         "a token of the issuer's Active key"
     );
+    // `first` stays valid throughout (its key only retires): the resource server must
+    // never refuse it, whatever happens at the issuer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (base, token, stop) = (rs.base.clone(), first.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut checked, mut refused) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let status = get_me(&base, &token).await;
+                checked += 1;
+                if status != 200 {
+                    refused.push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (checked, refused)
+        })
+    };
 
     // 2. A forced rotation at the issuer: a token of the new kid verifies at the resource
     //    server on its first request (the unknown kid fetches the JWKS once).
@@ -895,5 +914,12 @@ async fn a_resource_server_verifies_the_issuers_tokens_without_keys() {
         get_me(&rs.base, &second).await,
         401,
         "and the revoked one stays refused"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (checked, refused) = watch.await.expect("the watcher");
+    assert!(checked > 20, "the watcher ran ({checked} requests)");
+    assert!(
+        refused.is_empty(),
+        "a valid token was refused: {refused:?} of {checked} requests"
     );
 }
