@@ -367,3 +367,120 @@ impl crate::http::TokenVerifier for PublicKeyRing {
         PublicKeyRing::verify(self, token)
     }
 }
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use super::*;
+    use crate::storage::{
+        AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, StorageError,
+    };
+    use crate::{KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, Rotator};
+
+    /// A store that does not override `load_public`: the trait's default serves it.
+    #[derive(Debug)]
+    struct Plain(MemoryStorage);
+
+    #[async_trait::async_trait]
+    impl Storage for Plain {
+        async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+            self.0.load(ring).await
+        }
+        async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+            self.0.generation(ring).await
+        }
+        async fn commit(&self, c: &Commit, l: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+            self.0.commit(c, l).await
+        }
+        async fn record_attempt(
+            &self,
+            a: &AuditRecord,
+            i: Option<&IdempotencyRecord>,
+            l: &dyn AuditLinker,
+        ) -> Result<(), StorageError> {
+            self.0.record_attempt(a, i, l).await
+        }
+        async fn audit_log(&self, ring: &RingName, q: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+            self.0.audit_log(ring, q).await
+        }
+        async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+            self.0.idempotency(ring, key).await
+        }
+    }
+
+    async fn issuer(storage: MemoryStorage) -> (RingName, KeyRing) {
+        let ring = RingName::new("public").expect("ring");
+        let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
+        let keyring = KeyRing::builder(ring.clone(), Arc::new(storage.clone()), sealer.clone())
+            .build()
+            .await
+            .expect("keyring");
+        Rotator::builder(ring.clone(), Arc::new(storage), Arc::new(MemoryLock::default()), sealer)
+            .with_keyring(keyring.clone())
+            .build()
+            .init(RequestContext::actor("test"))
+            .await
+            .expect("init");
+        (ring, keyring)
+    }
+
+    fn claims() -> serde_json::Value {
+        serde_json::json!({ "sub": "alice", "exp": Utc::now().timestamp() + 60 })
+    }
+
+    #[tokio::test]
+    async fn the_default_load_public_drops_the_sealed_material() {
+        let storage = MemoryStorage::new();
+        let (ring, keyring) = issuer(storage.clone()).await;
+        let plain = Plain(storage);
+        assert!(
+            plain
+                .load(&ring)
+                .await
+                .expect("load")
+                .keys
+                .iter()
+                .any(|k| k.sealed.is_some())
+        );
+        let public = plain.load_public(&ring).await.expect("load_public");
+        assert!(public.keys.iter().all(|k| k.sealed.is_none()));
+        let verifier = PublicKeyRing::builder(ring, Arc::new(plain))
+            .build()
+            .await
+            .expect("public ring");
+        let token = keyring.sign(&claims()).expect("sign");
+        assert_eq!(verifier.verify(&token).expect("verifies").claims["sub"], "alice");
+        assert!(format!("{verifier:?}").contains("PublicKeyRing"));
+    }
+
+    #[tokio::test]
+    async fn a_ring_without_manifest_verifies_nothing() {
+        let storage = MemoryStorage::new();
+        let (ring, keyring) = issuer(storage.clone()).await;
+        let token = keyring.sign(&claims()).expect("sign");
+        let verifier = PublicKeyRing::builder(ring.clone(), Arc::new(storage.clone()))
+            .build()
+            .await
+            .expect("public ring");
+        assert!(verifier.verify(&token).is_ok());
+        storage.tamper(&ring, |raw| {
+            *raw.manifest = None;
+            *raw.generation += 1;
+        });
+        assert_eq!(verifier.refresh().await.ok(), Some(true));
+        assert!(matches!(verifier.verify(&token), Err(TokenError::UnknownKid)));
+        assert_eq!(verifier.rejected().len(), 1);
+        assert!(verifier.keys()[0].tampered.is_some());
+        assert_eq!(verifier.jwks().body(), br#"{"keys":[]}"#);
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_type_is_refused() {
+        let storage = MemoryStorage::new();
+        let ring = RingName::new("public").expect("ring");
+        let r = PublicKeyRing::builder(ring, Arc::new(storage))
+            .with_token_type("")
+            .build()
+            .await;
+        assert!(matches!(r, Err(RefreshError::InvalidTokenType)));
+    }
+}
