@@ -24,7 +24,11 @@ use tokio::sync::Mutex as AsyncMutex;
 /// sealed column, and cannot sign. It refreshes like a [`KeyRing`](crate::KeyRing) (the
 /// change feed, a poll: [`PublicKeyRing::spawn_refresher`]) and verifies by the same code
 /// path with the same rules: the same [`Validation`], the same header checks, and a
-/// Retiring key refuses tokens from its `expires_at` on.
+/// Retiring key refuses tokens from its `expires_at` on. Verifying never touches
+/// storage, and an unknown `kid` does not trigger a reload: a new key reaches it by the
+/// change feed or the poll (keyrot publishes a key `publish_lead` before it signs, so a
+/// refresher polling more often than that sees every key before its first token). A
+/// stored state it refuses (an older generation) is not applied at all.
 ///
 /// # Trust
 ///
