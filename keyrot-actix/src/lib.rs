@@ -9,6 +9,18 @@
 //! This crate only converts types: every status code, header and body byte comes from
 //! [`keyrot_core::http`], so keyrot-actix and keyrot-axum answer identically.
 //!
+//! - **Any verifier:** [`BearerAuth::with_verifier`] takes any `Arc<dyn TokenVerifier>`:
+//!   a [`keyrot_core::PublicKeyRing`] (a shared store's published keys, no master key),
+//!   the remote verifier of `keyrot-jwks` (an issuer's JWKS over HTTPS), or your own.
+//! - **Token sources:** `auth.with_token_source(TokenSource::cookie("session"))` or
+//!   `TokenSource::header("x-api-token")` instead of `Authorization: Bearer`.
+//! - **Anonymous users too:** `OptionalBearerAuthMiddleware::new(auth.optional())` with
+//!   the [`MaybeClaims`] extractor: no token is `MaybeClaims(None)`, an invalid one
+//!   `401`.
+//! - **Discovery:** with `HttpEndpoints::builder(…).with_issuer_url("https://…")`,
+//!   [`configure`] also serves `/.well-known/openid-configuration` and
+//!   `/.well-known/oauth-authorization-server`.
+//!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
 //! use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Claims, HttpEndpoints, require_scopes};
