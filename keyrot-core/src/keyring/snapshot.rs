@@ -122,7 +122,7 @@ impl Snapshot {
     /// reported ([`Snapshot::integrity`], an error event) and does not stop the others.
     ///
     /// This is a read-only view (`keyrotctl status` inspects a ring with it); only the
-    /// ring's own [`KeyRing`](super::KeyRing) and rotator install snapshots.
+    /// ring's own [`KeyRing`](crate::KeyRing) and rotator install snapshots.
     pub fn build(ring: &Ring, policy: &Policy, sealer: &dyn Sealer, now: DateTime<Utc>) -> Result<Self, RefreshError> {
         Self::build_with_type(ring, policy, sealer, now, token::DEFAULT_TOKEN_TYPE)
     }
