@@ -10,7 +10,7 @@
 //!
 //! - **Any verifier:** [`BearerAuth::with_verifier`] takes any `Arc<dyn TokenVerifier>`:
 //!   a [`keyrot_core::PublicKeyRing`] (a shared store's published keys, no master key),
-//!   the remote verifier of `keyrot-jwks` (an issuer's JWKS over HTTPS), or your own.
+//!   the remote verifier (`keyrot_jwks::JwksVerifier`) (an issuer's JWKS over HTTPS), or your own.
 //! - **Token sources:** `auth.with_token_source(TokenSource::cookie("session"))` or
 //!   `TokenSource::header("x-api-token")` instead of `Authorization: Bearer`.
 //! - **Anonymous users too:** `OptionalBearerAuthLayer::new(auth.optional())` with the
@@ -211,7 +211,7 @@ impl<G: Guard> Guarded<G> {
 
 /// Verifies the bearer token of every request (see [`Guarded`]). Its [`BearerAuth`]
 /// verifies against a key ring or any [`TokenVerifier`] ([`BearerAuth::with_verifier`]:
-/// a [`keyrot_core::PublicKeyRing`], the remote verifier of `keyrot-jwks`, your own),
+/// a [`keyrot_core::PublicKeyRing`], the remote verifier (`keyrot_jwks::JwksVerifier`), your own),
 /// and reads the token from `Authorization: Bearer` or the [`TokenSource`]s configured.
 pub type BearerAuthLayer = Guarded<BearerAuth>;
 /// Verifies the token of a request that sends one (`401` if it is invalid) and lets a

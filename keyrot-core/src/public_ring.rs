@@ -52,7 +52,7 @@ use tokio::sync::Mutex as AsyncMutex;
 /// it will be accepted**, since a self-consistent row is all it can ask for; and a
 /// rollback to an old state it never served. So it is as trustworthy as write access to
 /// the database is restricted. The remote verifier (the JWKS fetched over HTTPS from the
-/// issuer, `keyrot-jwks`) trusts the issuer's TLS certificate and its serving host
+/// issuer, `keyrot_jwks::JwksVerifier`) trusts the issuer's TLS certificate and its serving host
 /// instead. Where a service can hold the master key, a `KeyRing` checks all of the above
 /// and the manifest's HMAC over every row.
 #[derive(Clone)]
