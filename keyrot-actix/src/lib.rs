@@ -9,6 +9,18 @@
 //! This crate only converts types: every status code, header and body byte comes from
 //! [`keyrot_core::http`], so keyrot-actix and keyrot-axum answer identically.
 //!
+//! - **Any verifier:** [`BearerAuth::with_verifier`] takes any `Arc<dyn TokenVerifier>`:
+//!   a [`keyrot_core::PublicKeyRing`] (a shared store's published keys, no master key),
+//!   the remote verifier (`keyrot_jwks::JwksVerifier`) (an issuer's JWKS over HTTPS), or your own.
+//! - **Token sources:** `auth.with_token_source(TokenSource::cookie("session"))` or
+//!   `TokenSource::header("x-api-token")` instead of `Authorization: Bearer`.
+//! - **Anonymous users too:** `OptionalBearerAuthMiddleware::new(auth.optional())` with
+//!   the [`MaybeClaims`] extractor: no token is `MaybeClaims(None)`, an invalid one
+//!   `401`.
+//! - **Discovery:** with `HttpEndpoints::builder(…).with_issuer_url("https://…")`,
+//!   [`configure`] also serves `/.well-known/openid-configuration` and
+//!   `/.well-known/oauth-authorization-server`.
+//!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
 //! use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Claims, HttpEndpoints, require_scopes};
@@ -232,7 +244,7 @@ impl<G: Guard> Guarded<G> {
 
 /// Verifies the bearer token of every request (see [`Guarded`]). Its [`BearerAuth`]
 /// verifies against a key ring or any [`TokenVerifier`] ([`BearerAuth::with_verifier`]:
-/// a [`keyrot_core::PublicKeyRing`], the remote verifier of `keyrot-jwks`, your own),
+/// a [`keyrot_core::PublicKeyRing`], the remote verifier (`keyrot_jwks::JwksVerifier`), your own),
 /// and reads the token from `Authorization: Bearer` or the [`TokenSource`]s configured.
 pub type BearerAuthMiddleware = Guarded<BearerAuth>;
 /// Verifies the token of a request that sends one (`401` if it is invalid) and lets a

@@ -24,7 +24,11 @@ use tokio::sync::Mutex as AsyncMutex;
 /// sealed column, and cannot sign. It refreshes like a [`KeyRing`](crate::KeyRing) (the
 /// change feed, a poll: [`PublicKeyRing::spawn_refresher`]) and verifies by the same code
 /// path with the same rules: the same [`Validation`], the same header checks, and a
-/// Retiring key refuses tokens from its `expires_at` on.
+/// Retiring key refuses tokens from its `expires_at` on. Verifying never touches
+/// storage, and an unknown `kid` does not trigger a reload: a new key reaches it by the
+/// change feed or the poll (keyrot publishes a key `publish_lead` before it signs, so a
+/// refresher polling more often than that sees every key before its first token). A
+/// stored state it refuses (an older generation) is not applied at all.
 ///
 /// # Trust
 ///
@@ -48,7 +52,7 @@ use tokio::sync::Mutex as AsyncMutex;
 /// it will be accepted**, since a self-consistent row is all it can ask for; and a
 /// rollback to an old state it never served. So it is as trustworthy as write access to
 /// the database is restricted. The remote verifier (the JWKS fetched over HTTPS from the
-/// issuer, `keyrot-jwks`) trusts the issuer's TLS certificate and its serving host
+/// issuer, `keyrot_jwks::JwksVerifier`) trusts the issuer's TLS certificate and its serving host
 /// instead. Where a service can hold the master key, a `KeyRing` checks all of the above
 /// and the manifest's HMAC over every row.
 #[derive(Clone)]
@@ -365,5 +369,122 @@ impl crate::http::TokenVerifier for PublicKeyRing {
     /// Verifies from the current view (no storage access on this path).
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         PublicKeyRing::verify(self, token)
+    }
+}
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use super::*;
+    use crate::storage::{
+        AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, StorageError,
+    };
+    use crate::{KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, Rotator};
+
+    /// A store that does not override `load_public`: the trait's default serves it.
+    #[derive(Debug)]
+    struct Plain(MemoryStorage);
+
+    #[async_trait::async_trait]
+    impl Storage for Plain {
+        async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
+            self.0.load(ring).await
+        }
+        async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
+            self.0.generation(ring).await
+        }
+        async fn commit(&self, c: &Commit, l: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
+            self.0.commit(c, l).await
+        }
+        async fn record_attempt(
+            &self,
+            a: &AuditRecord,
+            i: Option<&IdempotencyRecord>,
+            l: &dyn AuditLinker,
+        ) -> Result<(), StorageError> {
+            self.0.record_attempt(a, i, l).await
+        }
+        async fn audit_log(&self, ring: &RingName, q: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+            self.0.audit_log(ring, q).await
+        }
+        async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+            self.0.idempotency(ring, key).await
+        }
+    }
+
+    async fn issuer(storage: MemoryStorage) -> (RingName, KeyRing) {
+        let ring = RingName::new("public").expect("ring");
+        let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
+        let keyring = KeyRing::builder(ring.clone(), Arc::new(storage.clone()), sealer.clone())
+            .build()
+            .await
+            .expect("keyring");
+        Rotator::builder(ring.clone(), Arc::new(storage), Arc::new(MemoryLock::default()), sealer)
+            .with_keyring(keyring.clone())
+            .build()
+            .init(RequestContext::actor("test"))
+            .await
+            .expect("init");
+        (ring, keyring)
+    }
+
+    fn claims() -> serde_json::Value {
+        serde_json::json!({ "sub": "alice", "exp": Utc::now().timestamp() + 60 })
+    }
+
+    #[tokio::test]
+    async fn the_default_load_public_drops_the_sealed_material() {
+        let storage = MemoryStorage::new();
+        let (ring, keyring) = issuer(storage.clone()).await;
+        let plain = Plain(storage);
+        assert!(
+            plain
+                .load(&ring)
+                .await
+                .expect("load")
+                .keys
+                .iter()
+                .any(|k| k.sealed.is_some())
+        );
+        let public = plain.load_public(&ring).await.expect("load_public");
+        assert!(public.keys.iter().all(|k| k.sealed.is_none()));
+        let verifier = PublicKeyRing::builder(ring, Arc::new(plain))
+            .build()
+            .await
+            .expect("public ring");
+        let token = keyring.sign(&claims()).expect("sign");
+        assert_eq!(verifier.verify(&token).expect("verifies").claims["sub"], "alice");
+        assert!(format!("{verifier:?}").contains("PublicKeyRing"));
+    }
+
+    #[tokio::test]
+    async fn a_ring_without_manifest_verifies_nothing() {
+        let storage = MemoryStorage::new();
+        let (ring, keyring) = issuer(storage.clone()).await;
+        let token = keyring.sign(&claims()).expect("sign");
+        let verifier = PublicKeyRing::builder(ring.clone(), Arc::new(storage.clone()))
+            .build()
+            .await
+            .expect("public ring");
+        assert!(verifier.verify(&token).is_ok());
+        storage.tamper(&ring, |raw| {
+            *raw.manifest = None;
+            *raw.generation += 1;
+        });
+        assert_eq!(verifier.refresh().await.ok(), Some(true));
+        assert!(matches!(verifier.verify(&token), Err(TokenError::UnknownKid)));
+        assert_eq!(verifier.rejected().len(), 1);
+        assert!(verifier.keys()[0].tampered.is_some());
+        assert_eq!(verifier.jwks().body(), br#"{"keys":[]}"#);
+    }
+
+    #[tokio::test]
+    async fn a_bad_token_type_is_refused() {
+        let storage = MemoryStorage::new();
+        let ring = RingName::new("public").expect("ring");
+        let r = PublicKeyRing::builder(ring, Arc::new(storage))
+            .with_token_type("")
+            .build()
+            .await;
+        assert!(matches!(r, Err(RefreshError::InvalidTokenType)));
     }
 }

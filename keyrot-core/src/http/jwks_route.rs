@@ -105,7 +105,7 @@ impl IssuerMetadata {
 
     /// Checks the URLs; the error names which one is wrong.
     pub(crate) fn validate(&self) -> Result<(), super::HttpConfigError> {
-        let bad = |what: &'static str| super::HttpConfigError::InvalidUrl(what);
+        let bad = |what: &'static str| super::HttpConfigError::InvalidIssuerMetadata(what);
         check_url(&self.issuer).map_err(|()| bad("issuer"))?;
         if let Some(t) = &self.token_endpoint {
             check_url(t).map_err(|()| bad("token_endpoint"))?;
@@ -236,13 +236,15 @@ mod tests {
             IssuerMetadata::new("https://i.example")
                 .with_token_endpoint("http://i.example/token")
                 .validate(),
-            Err(crate::http::HttpConfigError::InvalidUrl("token_endpoint"))
+            Err(crate::http::HttpConfigError::InvalidIssuerMetadata("token_endpoint"))
         );
         assert_eq!(
             IssuerMetadata::new("https://i.example")
                 .with_response_types_supported(Vec::<String>::new())
                 .validate(),
-            Err(crate::http::HttpConfigError::InvalidUrl("response_types_supported"))
+            Err(crate::http::HttpConfigError::InvalidIssuerMetadata(
+                "response_types_supported"
+            ))
         );
         assert_eq!(
             IssuerMetadata::new("https://i.example/").jwks_uri(),

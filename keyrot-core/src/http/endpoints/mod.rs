@@ -39,7 +39,7 @@ pub enum HttpConfigError {
     /// query nor fragment (`http` is accepted for a loopback host only), or a list of
     /// supported values is empty. Names the field.
     #[error("the discovery document's {0} is invalid")]
-    InvalidUrl(&'static str),
+    InvalidIssuerMetadata(&'static str),
 }
 
 struct Inner {
