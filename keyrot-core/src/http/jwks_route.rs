@@ -126,7 +126,8 @@ impl IssuerMetadata {
 }
 
 /// An `https` URL with a host and neither query nor fragment (`http` for a loopback
-/// host), of visible ASCII, at most 2048 bytes.
+/// host: `localhost` and its subdomains (RFC 6761), `127.0.0.1`, `[::1]`), of visible
+/// ASCII, at most 2048 bytes.
 fn check_url(url: &str) -> Result<(), ()> {
     if url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) || url.contains(['?', '#']) {
         return Err(());
@@ -147,7 +148,8 @@ fn check_url(url: &str) -> Result<(), ()> {
     } else {
         authority.split(':').next().unwrap_or_default()
     };
-    if host.is_empty() || (loopback_only && !matches!(host, "localhost" | "127.0.0.1" | "[::1]")) {
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.ends_with(".localhost");
+    if host.is_empty() || (loopback_only && !loopback) {
         return Err(());
     }
     Ok(())
@@ -213,6 +215,7 @@ mod tests {
             "http://localhost:3000",
             "http://127.0.0.1",
             "http://[::1]:8080/x",
+            "http://keys.localhost:8080",
         ] {
             assert_eq!(check_url(ok), Ok(()), "{ok}");
         }
@@ -228,6 +231,7 @@ mod tests {
             "https://user@issuer.example",
             "https://issuer.example/a b",
             "http://localhost.evil.example",
+            "http://evil-localhost",
         ] {
             assert_eq!(check_url(bad), Err(()), "{bad}");
         }
