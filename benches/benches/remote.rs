@@ -3,10 +3,14 @@
 //! set fetched over real HTTP from the ring's own JWKS) and `KeyRing::verify`,
 //! interleaved in shuffled rounds in one process (this shared VM's speed drifts, so only
 //! interleaved figures compare). Reported: each one's median over rounds, and the median
-//! per-round ratio.
+//! per-round ratio. A third job verifies a token whose header another issuer wrote
+//! (members in another order, so the header is decoded rather than recognised), signed by
+//! a second Ed25519 key of the same JWKS.
 //!
 //! Run with `cargo bench -p keyrot-benches --bench remote`.
 
+use keyrot_core::testing::{b64, token::sign};
+use keyrot_core::{Algorithm, PrivateKey, RsaBits};
 use keyrot_core::{KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName, Rotator};
 use keyrot_jwks::JwksVerifier;
 use std::hint::black_box;
@@ -46,6 +50,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let other = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key");
     let (keyring, remote) = rt.block_on(async {
         let storage = Arc::new(MemoryStorage::new());
         let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
@@ -60,7 +65,12 @@ fn main() {
             .init(RequestContext::actor("bench"))
             .await
             .expect("init");
-        let url = serve(keyring.snapshot().jwks().body().to_vec()).await;
+        let mut jwks: serde_json::Value = serde_json::from_slice(keyring.snapshot().jwks().body()).expect("jwks");
+        jwks["keys"]
+            .as_array_mut()
+            .expect("keys")
+            .push(other.public_key().to_jwk("other"));
+        let url = serve(serde_json::to_vec(&jwks).expect("json")).await;
         let remote = JwksVerifier::builder()
             .jwks_url(url)
             .build()
@@ -91,9 +101,16 @@ fn main() {
                 black_box(remote.verify(black_box(&token))).expect("verify");
             }),
         ),
+        (
+            "JwksVerifier (foreign)",
+            Box::new(|| {
+                black_box(remote.verify(black_box(&foreign))).expect("verify");
+            }),
+        ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); jobs.len()];
     let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut foreign_ratios = Vec::with_capacity(ROUNDS);
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..ROUNDS {
@@ -114,14 +131,19 @@ fn main() {
             samples[j].push(round[j]);
         }
         ratios.push(round[1] / round[0]);
+        foreign_ratios.push(round[2] / round[0]);
     }
     println!("remote verification, median of {ROUNDS} shuffled rounds of {ITERS} calls (EdDSA, one key):");
     for (j, (name, _)) in jobs.iter().enumerate() {
-        println!("  {name:<21} {:>8.2} µs", median(&mut samples[j]));
+        println!("  {name:<23} {:>8.2} µs", median(&mut samples[j]));
     }
     println!(
         "  JwksVerifier::verify / KeyRing::verify, median per-round ratio: {:.3}",
         median(&mut ratios)
+    );
+    println!(
+        "  JwksVerifier::verify (foreign header) / KeyRing::verify, median per-round ratio: {:.3}",
+        median(&mut foreign_ratios)
     );
     rt.block_on(remote.shutdown());
 }
