@@ -287,7 +287,10 @@ async fn a_jwk_without_alg_serves_only_an_explicitly_allowed_algorithm() {
 async fn shutdown_during_a_refresh_stops_the_task() {
     let server = Server::start().await;
     let key = ed25519();
-    server.set(PATH, Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"),
+    );
     let v = verifier(&server, 40, 40, 60_000).await;
     // From now on each refresh takes 200 ms; the first starts 30 ms after the build.
     server.set(
