@@ -97,7 +97,14 @@ pub struct KeySet {
     /// Each kid's keys: one per algorithm it may verify (several only for a JWK without
     /// `alg` whose type fits several allowed algorithms, e.g. RS256 and PS256).
     keys: Arc<HashMap<String, Vec<VerifyingKey>>>,
+    /// The header segments keyrot itself writes for each key ([`KNOWN_TYPES`]), to the
+    /// kid, the key's index and the header's `typ`: a token from a keyrot issuer skips
+    /// the header decoding, as [`crate::KeyRing::verify`] does.
+    known_headers: Arc<HashMap<String, (String, usize, &'static str)>>,
 }
+
+/// The `typ` values whose keyrot-written headers [`KeySet`] recognises without decoding.
+const KNOWN_TYPES: [&str; 2] = [token::DEFAULT_TOKEN_TYPE, "at+jwt"];
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,7 +153,19 @@ impl KeySet {
                 keys.insert(kid.to_owned(), parsed);
             }
         }
-        Ok(Self { keys: Arc::new(keys) })
+        let mut known_headers = HashMap::new();
+        for (kid, candidates) in &keys {
+            for (index, key) in candidates.iter().enumerate() {
+                for typ in KNOWN_TYPES {
+                    let header = token::encode_header_with_type(key.algorithm(), kid, typ);
+                    known_headers.insert(header, (kid.clone(), index, typ));
+                }
+            }
+        }
+        Ok(Self {
+            keys: Arc::new(keys),
+            known_headers: Arc::new(known_headers),
+        })
     }
 
     /// How many kids the set can verify.
@@ -174,6 +193,14 @@ impl KeySet {
     /// `Unverified::verify_with`), the key chosen by `kid` and, for a JWK usable with
     /// several algorithms, by the header's `alg`.
     pub fn verify(&self, token: &str, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        if token.len() <= v.max_token_bytes()
+            && let Some((header, _)) = token.split_once('.')
+            && let Some((kid, index, typ)) = self.known_headers.get(header)
+            && let Some(key) = self.keys.get(kid).and_then(|k| k.get(*index))
+        {
+            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(typ))?
+                .verify_with(key, v, now);
+        }
         let u = token::decode_header(token, v)?;
         let candidates = self.keys.get(&u.kid).ok_or(TokenError::UnknownKid)?;
         let key = candidates
@@ -290,6 +317,28 @@ mod tests {
             set.verify(&forged, &Validation::new(), NOW).unwrap_err(),
             TokenError::BadSignature
         );
+    }
+
+    #[test]
+    fn keyrot_headers_and_other_issuers_headers_verify_alike() {
+        let k = ed();
+        let set = KeySet::from_jwks(&doc(vec![k.public_key().to_jwk("k1")]), &Validation::new()).expect("set");
+        let claims = json!({"sub": "a", "exp": NOW + 60});
+        let foreign = crate::b64::encode(br#"{"kid":"k1","typ":"at+jwt","alg":"EdDSA"}"#);
+        let at_jwt = token::encode_header_with_type(Algorithm::EdDsa, "k1", "at+jwt");
+        let required = Validation::new().with_required_type("at+jwt");
+        for header in [foreign, at_jwt] {
+            let t = token::sign(&k.signing_key(), &header, &claims, NOW, 3600).expect("sign");
+            assert_eq!(set.verify(&t, &required, NOW).expect("verified").kid, "k1");
+            assert!(set.verify(&t, &Validation::new(), NOW).is_ok());
+        }
+        let jwt = token(&k, "k1");
+        assert_eq!(set.verify(&jwt, &required, NOW).unwrap_err(), TokenError::InvalidType);
+        let small = Validation::new().with_max_token_bytes(16);
+        assert!(matches!(
+            set.verify(&jwt, &small, NOW),
+            Err(TokenError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -117,18 +117,25 @@ impl Inner {
         let _one = self.fetch_lock.lock().await;
         let result = self.fetch().await;
         match &result {
-            Ok(()) => {
-                let next = self.cached.load().refresh_at();
-                let _ = self.schedule.send_replace(Some(next));
-            }
+            Ok(()) => self.reschedule(self.cached.load().refresh_at()),
             Err(e) => {
                 tracing::warn!(url = %self.url, error = %ErrorChain(e), "JWKS refresh failed; serving the last good key set");
-                let _ = self
-                    .schedule
-                    .send_replace(Some(Instant::now() + self.timing.min_refresh));
+                self.reschedule(Instant::now() + self.timing.min_refresh);
             }
         }
         result
+    }
+
+    /// Schedules the next background refresh, unless the task was stopped: a refresh that
+    /// finishes after [`Inner::stop`] must not start the task again.
+    fn reschedule(&self, at: Instant) {
+        self.schedule.send_if_modified(|next| match next {
+            Some(t) => {
+                *t = at;
+                true
+            }
+            None => false,
+        });
     }
 
     async fn fetch(&self) -> Result<(), JwksError> {

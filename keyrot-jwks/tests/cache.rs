@@ -282,3 +282,30 @@ async fn a_jwk_without_alg_serves_only_an_explicitly_allowed_algorithm() {
         "not for its key type"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_refresh_stops_the_task() {
+    let server = Server::start().await;
+    let key = ed25519();
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"),
+    );
+    let v = verifier(&server, 40, 40, 60_000).await;
+    // From now on each refresh takes 200 ms; the first starts 30 ms after the build.
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")]))
+            .header("cache-control", "max-age=0")
+            .delay(ms(200)),
+    );
+    sleep_ms(80).await;
+    assert_eq!(server.hits(PATH), 2, "a refresh is in flight");
+    // The refresh that finishes after the stop must not schedule another.
+    tokio::time::timeout(ms(2000), v.shutdown())
+        .await
+        .expect("shutdown returns once the in-flight refresh ends");
+    let after = server.hits(PATH);
+    sleep_ms(300).await;
+    assert_eq!(server.hits(PATH), after);
+}

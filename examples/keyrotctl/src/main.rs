@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 refused or invalid (a rejected token, a rate limit, a lost
 //! race, a ring or audit ledger that fails its integrity check); 2 usage or configuration
-//! errors. No command ever prints private key material.
+//! errors (including a database or, for `verify --jwks-url`/`--issuer`, a remote issuer
+//! whose keys cannot be fetched). No command ever prints private key material.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyrot_core::Sealer as _;
@@ -18,6 +19,8 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+mod remote;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -136,6 +139,15 @@ enum Command {
         /// Clock-skew leeway in seconds (max 300).
         #[arg(long, default_value_t = 0)]
         leeway: u64,
+        /// Verify against the remote JWKS at this URL instead of the local ring (https,
+        /// or http to a loopback address).
+        #[arg(long, value_name = "URL")]
+        jwks_url: Option<String>,
+        /// Verify against this issuer's keys instead of the local ring: its JWKS is found
+        /// by discovery (OpenID Connect, then RFC 8414) unless --jwks-url is given, and
+        /// it is the required `iss` unless --iss is given.
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
         /// The token, or `-`.
         token: String,
     },
@@ -262,6 +274,31 @@ impl Ctx {
     }
 }
 
+/// The token argument, read from standard input when it is `-`.
+fn token_arg(token: String) -> Result<String, Fail> {
+    if token != "-" {
+        return Ok(token);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| usage(format!("reading the token: {e}")))?;
+    Ok(s.trim().to_owned())
+}
+
+/// The rules `verify` checks: leeway, the required issuer, the audience (any without
+/// --aud).
+fn verify_validation(iss: Option<String>, aud: Option<String>, leeway: u64) -> Validation {
+    let mut v = Validation::new().with_leeway(std::time::Duration::from_secs(leeway));
+    if let Some(i) = iss {
+        v = v.with_issuer(i);
+    }
+    match aud {
+        Some(a) => v.with_audience(a),
+        None => v.allow_any_audience(),
+    }
+}
+
 /// Rotations keep the ring's algorithm: that of its Active key.
 fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
     let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
@@ -274,6 +311,30 @@ fn actor() -> RequestContext {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
+    if let Command::Verify {
+        jwks_url,
+        issuer,
+        at,
+        iss,
+        aud,
+        leeway,
+        token,
+    } = &cli.command
+        && (jwks_url.is_some() || issuer.is_some())
+    {
+        if cli.database_url.is_some() || cli.master_key_file.is_some() {
+            return Err(usage(
+                "--jwks-url and --issuer verify against a remote issuer, not the local ring: \
+                 --database-url and --master-key-file do not apply",
+            ));
+        }
+        let source = remote::Source {
+            jwks_url: jwks_url.clone(),
+            issuer: issuer.clone(),
+        };
+        let v = verify_validation(iss.clone(), aud.clone(), *leeway);
+        return remote::verify(source, &token_arg(token.clone())?, v, *at).await;
+    }
     let ring = RingName::new(cli.ring.clone()).map_err(|e| usage(ErrorChain(&e).to_string()))?;
     let url = cli.database_url.clone().unwrap_or_else(database_url_from_env);
     let backend = connect(&url).await.map_err(|e| usage(ErrorChain(&e).to_string()))?;
@@ -394,24 +455,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             aud,
             leeway,
             token,
+            ..
         } => {
-            let token = if token == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| usage(format!("reading the token: {e}")))?;
-                s.trim().to_owned()
-            } else {
-                token
-            };
-            let mut v = Validation::new().with_leeway(std::time::Duration::from_secs(leeway));
-            if let Some(i) = iss {
-                v = v.with_issuer(i);
-            }
-            v = match aud {
-                Some(a) => v.with_audience(a),
-                None => v.allow_any_audience(),
-            };
+            let token = token_arg(token)?;
+            let v = verify_validation(iss, aud, leeway);
             let kr = ctx.keyring(v.clone()).await?;
             let moment = match at {
                 Some(t) => chrono::DateTime::from_timestamp(t, 0).ok_or_else(|| usage("--at is out of range"))?,
