@@ -93,6 +93,9 @@ pub fn bearer_token(headers: &dyn HeaderSource) -> BearerToken<'_> {
     }
 }
 
+/// The `Retry-After` (seconds) of a [`AuthRejection::KeysUnavailable`] answer.
+const KEYS_UNAVAILABLE_RETRY_AFTER: &str = "5";
+
 /// Why a request was not let through. Answered per RFC 6750: the client learns only the
 /// error code; the detail goes to `tracing`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +114,11 @@ pub enum AuthRejection {
     /// `WWW-Authenticate: Bearer error="insufficient_scope"`.
     #[error("insufficient scope")]
     InsufficientScope,
+    /// The verifier cannot tell: its keys are unavailable (a remote issuer that has failed
+    /// for longer than the verifier may serve its last keys). `503` with `Retry-After`:
+    /// the token may well be valid, so the client is not told it is not.
+    #[error("the keys that verify tokens are unavailable")]
+    KeysUnavailable,
 }
 
 impl AuthRejection {
@@ -119,6 +127,7 @@ impl AuthRejection {
         match self {
             AuthRejection::MissingToken | AuthRejection::InvalidToken(_) => 401,
             AuthRejection::InsufficientScope => 403,
+            AuthRejection::KeysUnavailable => 503,
         }
     }
 
@@ -128,13 +137,14 @@ impl AuthRejection {
             AuthRejection::MissingToken => None,
             AuthRejection::InvalidToken(_) => Some("invalid_token"),
             AuthRejection::InsufficientScope => Some("insufficient_scope"),
+            AuthRejection::KeysUnavailable => Some("temporarily_unavailable"),
         }
     }
 
     /// The `WWW-Authenticate` challenge.
     pub fn www_authenticate(&self) -> &'static str {
         match self {
-            AuthRejection::MissingToken => "Bearer",
+            AuthRejection::MissingToken | AuthRejection::KeysUnavailable => "Bearer",
             AuthRejection::InvalidToken(_) => "Bearer error=\"invalid_token\"",
             AuthRejection::InsufficientScope => "Bearer error=\"insufficient_scope\"",
         }
@@ -149,8 +159,18 @@ impl AuthRejection {
                 "insufficient_scope",
                 "the access token does not grant access to this resource",
             ),
+            AuthRejection::KeysUnavailable => (
+                "temporarily_unavailable",
+                "the token cannot be checked now; retry later",
+            ),
         };
-        HttpResponse::error(self.status(), code, description).with_header("www-authenticate", self.www_authenticate())
+        let response = HttpResponse::error(self.status(), code, description);
+        match self {
+            AuthRejection::KeysUnavailable => response.with_header("retry-after", KEYS_UNAVAILABLE_RETRY_AFTER),
+            AuthRejection::MissingToken | AuthRejection::InvalidToken(_) | AuthRejection::InsufficientScope => {
+                response.with_header("www-authenticate", self.www_authenticate())
+            }
+        }
     }
 }
 
@@ -267,7 +287,10 @@ impl BearerAuth {
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "bearer token rejected");
-                Err(AuthRejection::InvalidToken(Some(e)))
+                Err(match e {
+                    TokenError::KeysUnavailable => AuthRejection::KeysUnavailable,
+                    e => AuthRejection::InvalidToken(Some(e)),
+                })
             }
         }
     }

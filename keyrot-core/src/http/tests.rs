@@ -1028,3 +1028,39 @@ async fn summaries_of_one_interval_are_capped_by_the_global_budget() {
         ]
     );
 }
+
+/// A verifier whose keys are unavailable (a remote issuer failing for too long).
+#[derive(Debug)]
+struct KeysDown;
+
+#[async_trait::async_trait]
+impl TokenVerifier for KeysDown {
+    async fn verify(&self, _token: &str) -> Result<crate::Verified, crate::TokenError> {
+        Err(crate::TokenError::KeysUnavailable)
+    }
+}
+
+#[tokio::test]
+async fn unavailable_keys_answer_503_not_an_invalid_token() {
+    let auth = BearerAuth::with_verifier(Arc::new(KeysDown));
+    let headers = vec![("authorization", "Bearer a.b.c")];
+    let rejection = auth.authenticate(&headers).await.expect_err("no keys");
+    assert_eq!(rejection, AuthRejection::KeysUnavailable);
+    let r = rejection.to_response();
+    assert_eq!(r.status, 503);
+    assert!(
+        r.headers.iter().any(|(n, v)| *n == "retry-after" && v == "5"),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        !r.headers.iter().any(|(n, _)| *n == "www-authenticate"),
+        "the token is not called invalid: {:?}",
+        r.headers
+    );
+    assert!(
+        String::from_utf8_lossy(r.body.as_bytes()).contains("temporarily_unavailable"),
+        "{:?}",
+        r.body
+    );
+}
