@@ -18,12 +18,24 @@ pub enum Algorithm {
     /// RSASSA-PSS with SHA-256 and MGF1-SHA-256, salt length 32.
     #[serde(rename = "PS256")]
     Ps256,
+    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4), signatures in the fixed-length `R‖S`.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// ECDSA on P-384 with SHA-384 (RFC 7518 §3.4), signatures in the fixed-length `R‖S`.
+    #[serde(rename = "ES384")]
+    Es384,
 }
 
 impl Algorithm {
     /// Every algorithm, in the order key import tries their families. A new variant goes
     /// here as well as in [`Algorithm::as_str`] and `FromStr`.
-    pub(crate) const ALL: [Algorithm; 3] = [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256];
+    pub(crate) const ALL: [Algorithm; 5] = [
+        Algorithm::EdDsa,
+        Algorithm::Rs256,
+        Algorithm::Ps256,
+        Algorithm::Es256,
+        Algorithm::Es384,
+    ];
 
     /// The JWS `alg` value.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +43,8 @@ impl Algorithm {
             Algorithm::EdDsa => "EdDSA",
             Algorithm::Rs256 => "RS256",
             Algorithm::Ps256 => "PS256",
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
         }
     }
 
@@ -48,7 +62,7 @@ impl fmt::Display for Algorithm {
 
 /// The error for an algorithm name keyrot does not support.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsupported algorithm {0:?}: use EdDSA, RS256 or PS256")]
+#[error("unsupported algorithm {0:?}: use EdDSA, RS256, PS256, ES256 or ES384")]
 pub struct UnsupportedAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -58,6 +72,8 @@ impl FromStr for Algorithm {
             "EdDSA" => Ok(Algorithm::EdDsa),
             "RS256" => Ok(Algorithm::Rs256),
             "PS256" => Ok(Algorithm::Ps256),
+            "ES256" => Ok(Algorithm::Es256),
+            "ES384" => Ok(Algorithm::Es384),
             other => Err(UnsupportedAlgorithm(other.chars().take(32).collect())),
         }
     }
@@ -102,11 +118,12 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_is_refused() {
-        for a in [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256] {
+        for a in Algorithm::ALL {
             assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
             assert_eq!(serde_json::to_string(&a).ok(), Some(format!("\"{a}\"")));
         }
-        for bad in ["none", "HS256", "Ed25519", "rs256", "ES256"] {
+        // ES256 became supported in issue 11; ES512 and a lowercase es256 still are not.
+        for bad in ["none", "HS256", "Ed25519", "rs256", "ES512", "es256"] {
             assert!(bad.parse::<Algorithm>().is_err(), "{bad}");
         }
     }

@@ -6,6 +6,7 @@
 //! `Verifier` traits, and the private `fn family` is the one table from [`Algorithm`] to
 //! family: a new family is a new file and one arm there.
 
+mod ecdsa;
 mod ed25519;
 mod rsa;
 
@@ -115,12 +116,14 @@ impl fmt::Display for InvalidKey {
             InvalidKey::KeyOpsNotSigning => {
                 f.write_str("JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key")
             }
-            InvalidKey::UnsupportedKeyType => f.write_str("unsupported JWK \"kty\": use OKP (Ed25519) or RSA"),
+            InvalidKey::UnsupportedKeyType => {
+                f.write_str("unsupported JWK \"kty\": use OKP (Ed25519), EC (P-256, P-384) or RSA")
+            }
             InvalidKey::NotAnObject => f.write_str("JWK is not a JSON object without duplicate members"),
             InvalidKey::PrivateMemberInPublicKey => {
                 f.write_str("a public JWK must not contain the private member \"d\"")
             }
-            InvalidKey::UnsupportedPem => f.write_str("not a PKCS#8 PEM Ed25519 or RSA private key"),
+            InvalidKey::UnsupportedPem => f.write_str("not a PKCS#8 PEM Ed25519, RSA or EC (P-256, P-384) private key"),
             InvalidKey::KidLength => f.write_str("JWK \"kid\" must be 1 to 256 characters"),
             InvalidKey::StoredJwkNotJson => f.write_str("stored public JWK is not JSON"),
             InvalidKey::NoPrivateMaterial => f.write_str("active key has no private material"),
@@ -148,6 +151,7 @@ fn family(alg: Algorithm) -> &'static dyn Family {
     match alg {
         Algorithm::EdDsa => &ed25519::Ed25519,
         Algorithm::Rs256 | Algorithm::Ps256 => &self::rsa::Rsa,
+        Algorithm::Es256 | Algorithm::Es384 => &ecdsa::Ecdsa,
     }
 }
 
@@ -633,7 +637,7 @@ mod tests {
     #[test]
     fn every_algorithm_has_a_family_that_keeps_it() -> Result<(), KeyError> {
         let names: Vec<&str> = families().map(|f| f.name()).collect();
-        assert_eq!(names, ["Ed25519", "RSA"]);
+        assert_eq!(names, ["Ed25519", "RSA", "ECDSA"]);
         for alg in Algorithm::ALL {
             let k = PrivateKey::generate(alg, RsaBits::B2048)?;
             assert_eq!(k.algorithm(), alg);
