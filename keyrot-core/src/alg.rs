@@ -48,6 +48,32 @@ impl Algorithm {
         }
     }
 
+    /// Whether a JWS header or JWK `alg` of `name` names this algorithm: its own name, and
+    /// for EdDSA also the RFC 9864 fully-specified `Ed25519` (keyrot's EdDSA keys are
+    /// Ed25519 keys, so the key decides the family either way).
+    pub fn accepts_name(self, name: &str) -> bool {
+        name == self.as_str() || (self == Algorithm::EdDsa && name == ED25519_NAME)
+    }
+
+    /// Parses a JWS or JWK `alg`: every name [`FromStr`] accepts, plus RFC 9864's
+    /// `Ed25519` for [`Algorithm::EdDsa`]. (`FromStr` itself stays strict: it parses the
+    /// names keyrot stores and is configured with.)
+    pub fn from_jose_name(name: &str) -> Result<Self, UnsupportedAlgorithm> {
+        if name == ED25519_NAME {
+            Ok(Algorithm::EdDsa)
+        } else {
+            name.parse()
+        }
+    }
+
+    /// The name written in headers and JWKs for this algorithm under `naming`.
+    pub fn name_with(self, naming: EdDsaName) -> &'static str {
+        match (self, naming) {
+            (Algorithm::EdDsa, EdDsaName::Ed25519) => ED25519_NAME,
+            _ => self.as_str(),
+        }
+    }
+
     /// Whether this algorithm uses RSA keys.
     pub fn is_rsa(self) -> bool {
         matches!(self, Algorithm::Rs256 | Algorithm::Ps256)
@@ -58,6 +84,21 @@ impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// RFC 9864's fully-specified JOSE name for EdDSA with Ed25519.
+pub const ED25519_NAME: &str = "Ed25519";
+
+/// Which name a ring writes for its Ed25519 keys, in the JWS header `alg` of the tokens it
+/// signs and in the JWK `alg` it publishes. Verification accepts both whichever is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[non_exhaustive]
+pub enum EdDsaName {
+    /// `EdDSA` (RFC 8037), the default, understood by every JOSE library.
+    #[default]
+    EdDsa,
+    /// `Ed25519` (RFC 9864), the fully-specified name.
+    Ed25519,
 }
 
 /// The error for an algorithm name keyrot does not support.
@@ -121,7 +162,15 @@ mod tests {
         for a in Algorithm::ALL {
             assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
             assert_eq!(serde_json::to_string(&a).ok(), Some(format!("\"{a}\"")));
+            assert_eq!(Algorithm::from_jose_name(a.as_str()), Ok(a));
+            assert!(a.accepts_name(a.as_str()));
         }
+        assert_eq!(Algorithm::from_jose_name("Ed25519"), Ok(Algorithm::EdDsa));
+        assert!(Algorithm::EdDsa.accepts_name("Ed25519"));
+        assert!(!Algorithm::Es256.accepts_name("Ed25519") && !Algorithm::Es256.accepts_name("ES384"));
+        assert_eq!(Algorithm::EdDsa.name_with(EdDsaName::Ed25519), "Ed25519");
+        assert_eq!(Algorithm::EdDsa.name_with(EdDsaName::EdDsa), "EdDSA");
+        assert_eq!(Algorithm::Es256.name_with(EdDsaName::Ed25519), "ES256");
         // ES256 became supported in issue 11; ES512 and a lowercase es256 still are not.
         for bad in ["none", "HS256", "Ed25519", "rs256", "ES512", "es256"] {
             assert!(bad.parse::<Algorithm>().is_err(), "{bad}");

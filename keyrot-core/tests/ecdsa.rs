@@ -345,3 +345,56 @@ fn allow_lists_and_algorithm_names() {
     let es = Validation::new().with_algorithms([Algorithm::Es256, Algorithm::Es384]);
     assert!(token::verify_with_key(&t, &vk, &es, now()).is_ok());
 }
+
+/// RFC 9864: a header `alg` of `Ed25519` names an EdDSA key (the key decides the family),
+/// and a JWK published with `"alg": "Ed25519"` imports as EdDSA. It names nothing else.
+#[test]
+fn rfc9864_ed25519_header_verifies_against_an_eddsa_key() {
+    let ed = key(Algorithm::EdDsa);
+    let vk = ed.public_key().verifying_key().expect("vk");
+    let v = Validation::new();
+    let claims = json!({"exp": now() + 60});
+    let signed_as = |k: &PrivateKey, alg: &str| {
+        let header = b64::encode(format!(r#"{{"alg":"{alg}","kid":"k","typ":"JWT"}}"#).as_bytes());
+        let input = format!("{header}.{}", b64::encode(claims.to_string().as_bytes()));
+        let sig = k.signing_key().sign(input.as_bytes()).expect("sign");
+        with_sig(&input, &sig)
+    };
+    for name in ["EdDSA", "Ed25519"] {
+        let t = signed_as(&ed, name);
+        let verified = token::verify_with_key(&t, &vk, &v, now()).expect("verifies");
+        assert_eq!(verified.alg, Algorithm::EdDsa, "{name}");
+        assert!(keyrot_core::verify_with_lookup(&t, |_| Some(&vk), &v, now()).is_ok());
+    }
+    for name in ["ed25519", "Ed448", "EdDSA ", "ES256"] {
+        assert!(
+            matches!(
+                token::verify_with_key(&signed_as(&ed, name), &vk, &v, now()),
+                Err(TokenError::AlgorithmMismatch { .. })
+            ),
+            "{name}"
+        );
+    }
+    // An ES256 key is not an Ed25519 key, whatever the header says.
+    let es = key(Algorithm::Es256);
+    let es_vk = es.public_key().verifying_key().expect("vk");
+    assert_eq!(
+        token::verify_with_key(&signed_as(&es, "Ed25519"), &es_vk, &v, now()).err(),
+        Some(TokenError::AlgorithmMismatch {
+            expected: Algorithm::Es256
+        })
+    );
+    // JWKs: "alg": "Ed25519" is EdDSA; on an EC key it conflicts.
+    let mut jwk = ed.public_key().to_jwk("k");
+    jwk["alg"] = "Ed25519".into();
+    assert_eq!(
+        PublicKey::from_jwk(&jwk, None).expect("imports").algorithm(),
+        Algorithm::EdDsa
+    );
+    assert_eq!(PublicKey::from_jwk(&jwk, None).expect("imports"), ed.public_key());
+    let mut ec = es.public_key().to_jwk("k");
+    ec["alg"] = "Ed25519".into();
+    assert!(PublicKey::from_jwk(&ec, None).is_err());
+    // The configured names stay strict.
+    assert!("Ed25519".parse::<Algorithm>().is_err());
+}

@@ -264,7 +264,7 @@ fn member_str<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<Opt
 
 fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<Algorithm>, KeyError> {
     let declared = member_str(obj, "alg")?
-        .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(InvalidKey::Algorithm(e))))
+        .map(|s| Algorithm::from_jose_name(s).map_err(|e| invalid(InvalidKey::Algorithm(e))))
         .transpose()?;
     match (declared, hint) {
         (Some(d), Some(h)) if d != h => Err(invalid(InvalidKey::AlgorithmConflict {
