@@ -3,10 +3,12 @@
 //! public API and real storage round trips (sealed keys, stored JWKs, a second instance).
 
 use chrono::{TimeDelta, TimeZone, Utc};
+use keyrot_core::testing::b64;
 use keyrot_core::{
-    Algorithm, Clock, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, Outcome,
-    Policy, RequestContext, RingName, Rotator, Storage, TokenError,
+    Algorithm, Clock, EdDsaName, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
+    Outcome, Policy, RequestContext, RingName, Rotator, Storage, TokenError,
 };
+use keyrot_core::{PublicKey, Validation};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -20,15 +22,20 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_named(None).await
+}
+
+async fn setup_named(name: Option<EdDsaName>) -> Setup {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("time"));
     let storage = Arc::new(MemoryStorage::new());
     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("mk"), []).expect("sealer"));
     let ring = RingName::new("migrating").expect("ring");
-    let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
-        .with_clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .expect("keyring");
+    let mut builder =
+        KeyRing::builder(ring.clone(), storage.clone(), sealer.clone()).with_clock(Arc::new(clock.clone()));
+    if let Some(name) = name {
+        builder = builder.with_eddsa_name(name);
+    }
+    let keyring = builder.build().await.expect("keyring");
     let lock = Arc::new(MemoryLock::new(Arc::new(clock.clone())));
     Setup {
         clock,
@@ -196,4 +203,51 @@ async fn es384_rings_rotate_sign_and_verify() {
         s.jwks_families(),
         [("EC".into(), "ES256".into()), ("EC".into(), "ES384".into())]
     );
+}
+
+fn header_alg(token: &str) -> String {
+    let header = b64::decode(token.split('.').next().expect("header")).expect("b64");
+    let header: Value = serde_json::from_slice(&header).expect("json");
+    header["alg"].as_str().expect("alg").to_owned()
+}
+
+/// RFC 9864: a ring told to use `Ed25519` signs and publishes it; `EdDSA` stays the
+/// default, and either instance verifies the other's tokens (the key decides the family).
+#[tokio::test]
+async fn a_ring_can_sign_and_publish_the_rfc9864_ed25519_name() {
+    let named = setup_named(Some(EdDsaName::Ed25519)).await;
+    named.rotator(Algorithm::EdDsa).init(ctx()).await.expect("init");
+    let t = named.sign();
+    assert_eq!(header_alg(&t), "Ed25519");
+    assert_eq!(named.keyring.verify(&t).expect("verifies").alg, Algorithm::EdDsa);
+    assert_eq!(named.jwks_families(), [("OKP".into(), "Ed25519".into())]);
+    let jwks: Value = serde_json::from_slice(named.keyring.snapshot().jwks().body()).expect("json");
+    let published = PublicKey::from_jwk(&jwks["keys"][0], None).expect("the published JWK imports");
+    assert_eq!(published.algorithm(), Algorithm::EdDsa);
+    let vk = published.verifying_key().expect("vk");
+    assert!(keyrot_core::verify_with_key(&t, &vk, &Validation::new(), named.clock.now().timestamp()).is_ok());
+
+    // A default instance of the same ring writes EdDSA, and verifies the Ed25519 token.
+    let default = named.other_instance().await;
+    let d = default
+        .sign(&serde_json::json!({"exp": named.clock.now().timestamp() + 60}))
+        .expect("sign");
+    assert_eq!(header_alg(&d), "EdDSA");
+    assert!(default.verify(&t).is_ok() && named.keyring.verify(&d).is_ok());
+    let jwks: Value = serde_json::from_slice(default.snapshot().jwks().body()).expect("json");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+
+    // The name applies to Ed25519 keys only: ES256 keys stay ES256.
+    named
+        .rotator(Algorithm::Es256)
+        .force_rotate(ctx(), "to ES256", false)
+        .await
+        .expect("rotate");
+    let e = named.sign();
+    assert_eq!(header_alg(&e), "ES256");
+    assert_eq!(
+        named.jwks_families(),
+        [("EC".into(), "ES256".into()), ("OKP".into(), "Ed25519".into())]
+    );
+    assert!(named.keyring.verify(&t).is_ok() && named.keyring.verify(&e).is_ok());
 }
