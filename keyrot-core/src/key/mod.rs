@@ -345,7 +345,7 @@ impl PublicKey {
         self.alg
     }
 
-    /// RSA modulus size in bits (None for Ed25519).
+    /// RSA modulus size in bits (None for Ed25519 and EC keys).
     pub fn rsa_bits(&self) -> Option<usize> {
         self.params.rsa_bits()
     }
@@ -361,7 +361,7 @@ impl PublicKey {
     }
 
     /// The public JWK as published in the JWKS: `kty`, `kid`, `alg`, `use: "sig"`, and
-    /// `crv`/`x` or `n`/`e`. Nothing else.
+    /// `crv`/`x` (OKP), `crv`/`x`/`y` (EC) or `n`/`e` (RSA). Nothing else.
     pub fn to_jwk(&self, kid: &str) -> Value {
         let mut m = Map::new();
         self.params.jwk_members(&mut m);
@@ -469,7 +469,8 @@ impl PrivateKey {
         }
     }
 
-    /// The private key as bytes for sealing: the 32-byte Ed25519 seed, or RSA PKCS#8 DER.
+    /// The private key as bytes for sealing: the 32-byte Ed25519 seed, the EC private
+    /// scalar (32 bytes for P-256, 48 for P-384), or RSA PKCS#8 DER.
     pub fn to_secret_bytes(&self) -> Result<SecretBytes, KeyError> {
         self.inner.to_secret_bytes()
     }
@@ -479,8 +480,9 @@ impl PrivateKey {
         family(alg).import_secret_bytes(alg, bytes).map(Self::new)
     }
 
-    /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519 or RSA.
-    /// For RSA, `alg` chooses RS256 (default) or PS256.
+    /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519, RSA or
+    /// EC (P-256, P-384). For RSA, `alg` chooses RS256 (default) or PS256; for EC the curve
+    /// decides (ES256 or ES384), and an `alg` of another curve is refused.
     pub fn from_pkcs8_pem(pem: &str, alg: Option<Algorithm>) -> Result<Self, KeyError> {
         for family in families() {
             if let Some(inner) = family.import_pkcs8_pem(pem, alg)? {
@@ -578,7 +580,8 @@ impl VerifyingKey {
     }
 
     /// Verifies `signature` over `message`. Ed25519 uses strict verification (canonical
-    /// `S`, no small-order components); RSA signatures must be exactly the modulus length.
+    /// `S`, no small-order components); RSA signatures must be exactly the modulus length;
+    /// ECDSA signatures must be the fixed-length `R‖S` (never DER) with `r`, `s` in `[1, n)`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.inner.verify(message, signature)
     }
