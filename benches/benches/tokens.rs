@@ -3,7 +3,7 @@
 //!
 //! * `raw` signs / verifies the exact signing input (`header.payload`) of the keyrot
 //!   token with the crypto crate keyrot uses (ed25519-dalek `verify_strict`, rsa 0.10
-//!   PKCS#1 v1.5 with SHA-256). It is the floor: no JSON, no base64, no claims checks.
+//!   PKCS#1 v1.5 with SHA-256, p256 0.14 ECDSA with SHA-256 and RFC 6979 nonces). It is the floor: no JSON, no base64, no claims checks.
 //! * `jsonwebtoken` encodes the same claims / decodes the keyrot token with the same
 //!   issuer and audience rules, its keys built once outside the timing loop.
 //! * `keyrot` is `KeyRing::sign` / `KeyRing::verify` on a ring bootstrapped with the
@@ -223,9 +223,80 @@ fn rs256(c: &mut Criterion) {
     g.finish();
 }
 
+fn es256(c: &mut Criterion) {
+    let rt = common::runtime();
+    let ring = common::ring(&rt, Algorithm::Es256);
+    let claims = common::claims();
+    let token = ring.keyring.sign(&claims).expect("keyrot signs");
+    let parts = split(&token);
+
+    // raw: p256 keys from the same 32-byte scalar.
+    let scalar = ring.key.to_secret_bytes().expect("scalar");
+    let sk = p256::ecdsa::SigningKey::from_slice(scalar.expose()).expect("P-256 scalar");
+    let vk = *sk.verifying_key();
+    let point = vk.to_sec1_point(false);
+    assert_eq!(
+        URL_SAFE_NO_PAD.encode(point.x().expect("x")),
+        jwk_member(&ring, "x"),
+        "raw key is the keyrot key"
+    );
+    let raw_sign = |msg: &[u8]| -> p256::ecdsa::Signature { p256::ecdsa::signature::Signer::sign(&sk, msg) };
+    let raw_verify = |msg: &[u8], sig: &[u8]| {
+        let sig = p256::ecdsa::Signature::from_slice(sig).expect("64-byte R‖S");
+        p256::ecdsa::signature::Verifier::verify(&vk, msg, &sig)
+    };
+    // RFC 6979: deterministic, so raw and keyrot agree byte for byte.
+    assert_eq!(
+        raw_sign(parts.signing_input.as_bytes()).to_bytes().as_slice(),
+        parts.signature.as_slice()
+    );
+    raw_verify(parts.signing_input.as_bytes(), &parts.signature).expect("raw verifies the keyrot token");
+
+    // jsonwebtoken: keys built once.
+    let pem = ring.key.to_pkcs8_pem().expect("PKCS#8 PEM");
+    let ek = jsonwebtoken::EncodingKey::from_ec_pem(pem.expose()).expect("jsonwebtoken P-256 PEM");
+    let dk = jsonwebtoken::DecodingKey::from_ec_components(&jwk_member(&ring, "x"), &jwk_member(&ring, "y"))
+        .expect("jsonwebtoken P-256 x, y");
+    let header = jwt_header(jsonwebtoken::Algorithm::ES256, &ring.kid);
+    let validation = jwt_validation(jsonwebtoken::Algorithm::ES256);
+    let jwt_token = jsonwebtoken::encode(&header, &claims, &ek).expect("jsonwebtoken signs");
+    let decoded = jsonwebtoken::decode::<Claims>(&token, &dk, &validation).expect("jsonwebtoken verifies keyrot");
+    let verified = ring.keyring.verify(&token).expect("keyrot verifies");
+    assert_eq!(decoded.claims, verified.claims, "same claims either way");
+    ring.keyring
+        .verify(&jwt_token)
+        .expect("keyrot verifies jsonwebtoken's token");
+
+    let mut g = c.benchmark_group("verify_es256");
+    tune(&mut g, false);
+    g.bench_function("raw", |b| {
+        b.iter(|| raw_verify(black_box(parts.signing_input.as_bytes()), black_box(&parts.signature)))
+    });
+    g.bench_function("jsonwebtoken", |b| {
+        b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&token), &dk, &validation).expect("verifies"))
+    });
+    g.bench_function("keyrot", |b| {
+        b.iter(|| ring.keyring.verify(black_box(&token)).expect("verifies"))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("sign_es256");
+    tune(&mut g, false);
+    g.bench_function("raw", |b| {
+        b.iter(|| raw_sign(black_box(parts.signing_input.as_bytes())))
+    });
+    g.bench_function("jsonwebtoken", |b| {
+        b.iter(|| jsonwebtoken::encode(&header, black_box(&claims), &ek).expect("signs"))
+    });
+    g.bench_function("keyrot", |b| {
+        b.iter(|| ring.keyring.sign(black_box(&claims)).expect("signs"))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = eddsa, rs256
+    targets = eddsa, rs256, es256
 }
 criterion_main!(benches);

@@ -18,12 +18,24 @@ pub enum Algorithm {
     /// RSASSA-PSS with SHA-256 and MGF1-SHA-256, salt length 32.
     #[serde(rename = "PS256")]
     Ps256,
+    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4), signatures in the fixed-length `R‖S`.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// ECDSA on P-384 with SHA-384 (RFC 7518 §3.4), signatures in the fixed-length `R‖S`.
+    #[serde(rename = "ES384")]
+    Es384,
 }
 
 impl Algorithm {
     /// Every algorithm, in the order key import tries their families. A new variant goes
     /// here as well as in [`Algorithm::as_str`] and `FromStr`.
-    pub(crate) const ALL: [Algorithm; 3] = [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256];
+    pub(crate) const ALL: [Algorithm; 5] = [
+        Algorithm::EdDsa,
+        Algorithm::Rs256,
+        Algorithm::Ps256,
+        Algorithm::Es256,
+        Algorithm::Es384,
+    ];
 
     /// The JWS `alg` value.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +43,34 @@ impl Algorithm {
             Algorithm::EdDsa => "EdDSA",
             Algorithm::Rs256 => "RS256",
             Algorithm::Ps256 => "PS256",
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
+        }
+    }
+
+    /// Whether a JWS header or JWK `alg` of `name` names this algorithm: its own name, and
+    /// for EdDSA also the RFC 9864 fully-specified `Ed25519` (keyrot's EdDSA keys are
+    /// Ed25519 keys, so the key decides the family either way).
+    pub fn accepts_name(self, name: &str) -> bool {
+        name == self.as_str() || (self == Algorithm::EdDsa && name == ED25519_NAME)
+    }
+
+    /// Parses a JWS or JWK `alg`: every name [`FromStr`] accepts, plus RFC 9864's
+    /// `Ed25519` for [`Algorithm::EdDsa`]. (`FromStr` itself stays strict: it parses the
+    /// names keyrot stores and is configured with.)
+    pub fn from_jose_name(name: &str) -> Result<Self, UnsupportedAlgorithm> {
+        if name == ED25519_NAME {
+            Ok(Algorithm::EdDsa)
+        } else {
+            name.parse()
+        }
+    }
+
+    /// The name written in headers and JWKs for this algorithm under `naming`.
+    pub fn name_with(self, naming: EdDsaName) -> &'static str {
+        match (self, naming) {
+            (Algorithm::EdDsa, EdDsaName::Ed25519) => ED25519_NAME,
+            _ => self.as_str(),
         }
     }
 
@@ -46,9 +86,24 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// RFC 9864's fully-specified JOSE name for EdDSA with Ed25519.
+pub const ED25519_NAME: &str = "Ed25519";
+
+/// Which name a ring writes for its Ed25519 keys, in the JWS header `alg` of the tokens it
+/// signs and in the JWK `alg` it publishes. Verification accepts both whichever is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[non_exhaustive]
+pub enum EdDsaName {
+    /// `EdDSA` (RFC 8037), the default, understood by every JOSE library.
+    #[default]
+    EdDsa,
+    /// `Ed25519` (RFC 9864), the fully-specified name.
+    Ed25519,
+}
+
 /// The error for an algorithm name keyrot does not support.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsupported algorithm {0:?}: use EdDSA, RS256 or PS256")]
+#[error("unsupported algorithm {0:?}: use EdDSA, RS256, PS256, ES256 or ES384")]
 pub struct UnsupportedAlgorithm(pub String);
 
 impl FromStr for Algorithm {
@@ -58,6 +113,8 @@ impl FromStr for Algorithm {
             "EdDSA" => Ok(Algorithm::EdDsa),
             "RS256" => Ok(Algorithm::Rs256),
             "PS256" => Ok(Algorithm::Ps256),
+            "ES256" => Ok(Algorithm::Es256),
+            "ES384" => Ok(Algorithm::Es384),
             other => Err(UnsupportedAlgorithm(other.chars().take(32).collect())),
         }
     }
@@ -102,11 +159,20 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_is_refused() {
-        for a in [Algorithm::EdDsa, Algorithm::Rs256, Algorithm::Ps256] {
+        for a in Algorithm::ALL {
             assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
             assert_eq!(serde_json::to_string(&a).ok(), Some(format!("\"{a}\"")));
+            assert_eq!(Algorithm::from_jose_name(a.as_str()), Ok(a));
+            assert!(a.accepts_name(a.as_str()));
         }
-        for bad in ["none", "HS256", "Ed25519", "rs256", "ES256"] {
+        assert_eq!(Algorithm::from_jose_name("Ed25519"), Ok(Algorithm::EdDsa));
+        assert!(Algorithm::EdDsa.accepts_name("Ed25519"));
+        assert!(!Algorithm::Es256.accepts_name("Ed25519") && !Algorithm::Es256.accepts_name("ES384"));
+        assert_eq!(Algorithm::EdDsa.name_with(EdDsaName::Ed25519), "Ed25519");
+        assert_eq!(Algorithm::EdDsa.name_with(EdDsaName::EdDsa), "EdDSA");
+        assert_eq!(Algorithm::Es256.name_with(EdDsaName::Ed25519), "ES256");
+        // ES256 became supported in issue 11; ES512 and a lowercase es256 still are not.
+        for bad in ["none", "HS256", "Ed25519", "rs256", "ES512", "es256"] {
             assert!(bad.parse::<Algorithm>().is_err(), "{bad}");
         }
     }

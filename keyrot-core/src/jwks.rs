@@ -1,5 +1,6 @@
 //! The JWKS document: pre-rendered bytes, a strong ETag, and a lifecycle-aware max-age.
 
+use crate::alg::Algorithm;
 use crate::b64;
 use crate::policy::Policy;
 use crate::ring::{KeyState, Ring};
@@ -34,6 +35,16 @@ impl Jwks {
         let keys: Vec<serde_json::Value> = published
             .iter()
             .filter_map(|k| k.public_key().ok().map(|pk| pk.to_jwk(&k.kid)))
+            .map(|mut jwk| {
+                if let Some(alg) = jwk
+                    .get("alg")
+                    .and_then(|a| a.as_str())
+                    .and_then(|a| a.parse::<Algorithm>().ok())
+                {
+                    jwk["alg"] = alg.name_with(policy.eddsa_name()).into();
+                }
+                jwk
+            })
             .collect();
         let body = serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default();
         let etag = format!("\"{}\"", b64::encode(&sha2::Sha256::digest(&body)[..18]));

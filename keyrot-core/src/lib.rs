@@ -63,7 +63,7 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use alg::{Algorithm, RsaBits, UnsupportedAlgorithm};
+pub use alg::{Algorithm, ED25519_NAME, EdDsaName, RsaBits, UnsupportedAlgorithm};
 pub use clock::{Clock, ManualClock, SystemClock, to_millis};
 pub use integrity::{
     ChainBreak, ChainReport, IntegrityReport, RingIntegrity, SealerLinker, TamperedKey, check_ring, legacy_ledger_note,

@@ -1,6 +1,6 @@
 //! Rotation policy: intervals, grace periods and the checks that refuse unsafe ones.
 
-use crate::alg::{Algorithm, RsaBits};
+use crate::alg::{Algorithm, EdDsaName, RsaBits};
 use chrono::TimeDelta;
 use std::time::Duration;
 
@@ -92,6 +92,7 @@ pub enum PolicyError {
 pub struct Policy {
     algorithm: Algorithm,
     rsa_bits: RsaBits,
+    eddsa_name: EdDsaName,
     rotation_interval: TimeDelta,
     min_interval: TimeDelta,
     forced_min_interval: TimeDelta,
@@ -110,6 +111,7 @@ impl Default for Policy {
         Self {
             algorithm: Algorithm::EdDsa,
             rsa_bits: RsaBits::B2048,
+            eddsa_name: EdDsaName::EdDsa,
             rotation_interval: TimeDelta::days(7),
             min_interval: TimeDelta::days(6),
             forced_min_interval: TimeDelta::hours(1),
@@ -137,6 +139,11 @@ impl Policy {
         PolicyBuilder(Policy::default())
     }
 
+    /// Sets [`Policy::eddsa_name`] (for [`crate::KeyRingBuilder::with_eddsa_name`]).
+    pub(crate) fn set_eddsa_name(&mut self, name: EdDsaName) {
+        self.eddsa_name = name;
+    }
+
     /// Algorithm of newly generated keys.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
@@ -145,6 +152,12 @@ impl Policy {
     /// RSA size of newly generated keys.
     pub fn rsa_bits(&self) -> RsaBits {
         self.rsa_bits
+    }
+
+    /// The `alg` name the ring writes for its Ed25519 keys, in the headers it signs and the
+    /// JWKS it publishes (default `EdDSA`; verification accepts both names).
+    pub fn eddsa_name(&self) -> EdDsaName {
+        self.eddsa_name
     }
 
     getters! {
@@ -267,6 +280,13 @@ impl PolicyBuilder {
     /// RSA size for new keys.
     pub fn with_rsa_bits(mut self, bits: RsaBits) -> Self {
         self.0.rsa_bits = bits;
+        self
+    }
+
+    /// See [`Policy::eddsa_name`]: [`EdDsaName::Ed25519`] signs and publishes RFC 9864's
+    /// `Ed25519` instead of `EdDSA`.
+    pub fn with_eddsa_name(mut self, name: EdDsaName) -> Self {
+        self.0.eddsa_name = name;
         self
     }
 

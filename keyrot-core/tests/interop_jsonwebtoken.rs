@@ -50,6 +50,8 @@ fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
         Algorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
         Algorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
         Algorithm::Ps256 => jsonwebtoken::Algorithm::PS256,
+        Algorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::Es384 => jsonwebtoken::Algorithm::ES384,
         other => panic!("no jsonwebtoken counterpart for {other}"),
     }
 }
@@ -88,6 +90,7 @@ fn encoding_key(key: &PrivateKey) -> EncodingKey {
     match key.algorithm() {
         Algorithm::EdDsa => EncodingKey::from_ed_pem(pem.expose()),
         Algorithm::Rs256 | Algorithm::Ps256 => EncodingKey::from_rsa_pem(pem.expose()),
+        Algorithm::Es256 | Algorithm::Es384 => EncodingKey::from_ec_pem(pem.expose()),
         other => panic!("no jsonwebtoken encoding key for {other}"),
     }
     .expect("jsonwebtoken reads keyrot's PKCS#8 PEM")
@@ -198,6 +201,45 @@ async fn ps256_tokens_interoperate() {
     differential(Algorithm::Ps256, rsa_key(Algorithm::Ps256), "interop-ps256").await;
 }
 
+#[tokio::test]
+async fn es256_tokens_interoperate() {
+    let key = PrivateKey::generate(Algorithm::Es256, RsaBits::B2048).expect("P-256 key");
+    differential(Algorithm::Es256, &key, "interop-es256").await;
+}
+
+#[tokio::test]
+async fn es384_tokens_interoperate() {
+    let key = PrivateKey::generate(Algorithm::Es384, RsaBits::B2048).expect("P-384 key");
+    differential(Algorithm::Es384, &key, "interop-es384").await;
+}
+
+/// jsonwebtoken signs ES384 with a P-384 key and the token is presented under the kid of
+/// keyrot's ES256 key: the key decides the algorithm, so the header's ES384 is refused
+/// before any signature check.
+#[tokio::test]
+async fn es384_header_on_an_es256_key_is_refused() {
+    let es256 = PrivateKey::generate(Algorithm::Es256, RsaBits::B2048).expect("P-256 key");
+    let es384 = PrivateKey::generate(Algorithm::Es384, RsaBits::B2048).expect("P-384 key");
+    let (keyring, kid) = ring_with(&es256, "interop-es-swap").await;
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES384);
+    header.kid = Some(kid.clone());
+    let other_curve = jsonwebtoken::encode(&header, &claims(), &encoding_key(&es384)).expect("sign ES384");
+    assert_eq!(
+        keyring.verify(&other_curve).err(),
+        Some(TokenError::AlgorithmMismatch {
+            expected: Algorithm::Es256
+        })
+    );
+    // jsonwebtoken, asked for ES256 only, refuses it too.
+    let err = jsonwebtoken::decode::<Value>(
+        &other_curve,
+        &decoding_key(&keyring, &kid),
+        &jwt_validation(Algorithm::Es256),
+    )
+    .expect_err("alg not allowed");
+    assert_eq!(err.kind(), &ErrorKind::InvalidAlgorithm);
+}
+
 /// The same RSA material signed as RS256 by jsonwebtoken, presented under the kid of a
 /// PS256 key: keyrot takes the algorithm from the key and refuses the swap, even though
 /// the RS256 signature is genuine.
@@ -262,7 +304,7 @@ fn secret_needles(key: &PrivateKey) -> Vec<(String, String)> {
     let der = STANDARD.decode(body.as_bytes()).expect("PEM body is base64");
     renderings("PKCS#8 DER", &der, &mut out);
     out.push(("PEM".into(), pem));
-    if key.algorithm() != Algorithm::EdDsa {
+    if key.algorithm().is_rsa() {
         use rsa::pkcs8::DecodePrivateKey as _;
         use rsa::traits::PrivateKeyParts as _;
         let k = rsa::PrivateKey::from_pkcs8_der(secret.expose()).expect("RSA PKCS#8");
@@ -324,9 +366,10 @@ async fn hygiene(key: &PrivateKey, ring: &str) {
         .expect("ascii")
         .to_owned();
     bad_pem.insert_str(40, "!!");
+    // A 32-byte P-256 scalar is also a well-formed Ed25519 seed, so EC keys are tried as RSA.
     let wrong_alg = match key.algorithm() {
-        Algorithm::EdDsa => Algorithm::Rs256,
-        _ => Algorithm::EdDsa,
+        a if a.is_rsa() => Algorithm::EdDsa,
+        _ => Algorithm::Rs256,
     };
     let key_errors = [
         (
@@ -396,4 +439,12 @@ async fn ed25519_secrets_never_leak() {
 #[tokio::test]
 async fn rsa_secrets_never_leak() {
     hygiene(rsa_key(Algorithm::Rs256), "hygiene-rs256").await;
+}
+
+#[tokio::test]
+async fn ecdsa_secrets_never_leak() {
+    for (alg, ring) in [(Algorithm::Es256, "hygiene-es256"), (Algorithm::Es384, "hygiene-es384")] {
+        let key = PrivateKey::generate(alg, RsaBits::B2048).expect("EC key");
+        hygiene(&key, ring).await;
+    }
 }

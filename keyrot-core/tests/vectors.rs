@@ -410,9 +410,22 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
         hm[m] = json!("x");
         cases.push((format!("forbidden {m}"), signed(&hm, exp)));
     }
-    for alg in ["none", "HS256", "RS256", "PS256", "Ed25519", "eddsa"] {
+    // (Issue 11: "Ed25519", RFC 9864's name for EdDSA, is accepted for an EdDSA key; see
+    // the check after this loop. "ES256" and "Ed448" took its place among the refused.)
+    for alg in ["none", "HS256", "RS256", "PS256", "ES256", "Ed448", "eddsa"] {
         cases.push((format!("alg {alg}"), signed(&json!({"alg": alg, "kid": "k1"}), exp)));
     }
+    let rfc9864 = signed(&json!({"alg": "Ed25519", "kid": "k1"}), exp);
+    assert_eq!(
+        summary(token::verify_with_key(&rfc9864, &vk, &v, now)),
+        summary(keyrot_core::verify_with_lookup(&rfc9864, |_| Some(&vk), &v, now))
+    );
+    assert_eq!(
+        token::verify_with_key(&rfc9864, &vk, &v, now)
+            .expect("Ed25519 header")
+            .alg,
+        Algorithm::EdDsa
+    );
     let mut refused = 0;
     for (name, t) in &cases {
         let pinned = summary(token::verify_with_key(t, &vk, &v, now));
@@ -680,7 +693,7 @@ fn wycheproof_rsa_pss_sha256_mgf1_sha256_salt32() {
 // verifies with `Validation::new().allow_missing_exp().allow_any_audience()`, and every
 // deliberate difference is listed below by tcId.
 
-const SUPPORTED_ALGS: [&str; 3] = ["EdDSA", "RS256", "PS256"];
+const SUPPORTED_ALGS: [&str; 5] = ["EdDSA", "RS256", "PS256", "ES256", "ES384"];
 
 /// Why keyrot deliberately refuses a token Wycheproof calls valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -698,6 +711,8 @@ enum Stricter {
 
 /// json_web_signature_test.json: valid cases keyrot refuses, and why.
 const JWS_VALID_REFUSED: &[(u64, Stricter)] = &[
+    // ES256 (in scope since issue 11): payload `foo`.
+    (18, Stricter::NotAJwt),
     (33, Stricter::NotAJwt),
     (259, Stricter::NotAJwt),
     (260, Stricter::NotAJwt),
@@ -714,6 +729,8 @@ const JWS_VALID_REFUSED: &[(u64, Stricter)] = &[
     (346, Stricter::AlgorithmNotTheKeys),
     (349, Stricter::NotAJwt),
     (350, Stricter::AlgorithmNotTheKeys),
+    // ES256 special case (in scope since issue 11): payload `foo`.
+    (378, Stricter::NotAJwt),
 ];
 
 /// json_web_key_test.json: valid cases keyrot refuses, and why.
@@ -939,7 +956,7 @@ impl JoseRun {
 }
 
 fn jwk_in_scope(jwk: &Value) -> bool {
-    matches!(jwk["kty"].as_str(), Some("RSA" | "OKP"))
+    matches!(jwk["kty"].as_str(), Some("RSA" | "OKP" | "EC"))
         && jwk
             .get("alg")
             .is_none_or(|a| a.as_str().is_some_and(|a| SUPPORTED_ALGS.contains(&a)))

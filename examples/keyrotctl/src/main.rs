@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Create the ring and its first Active key (no-op if present).
     Init {
-        /// Algorithm of the first key.
+        /// Algorithm of the first key: EdDSA, RS256, PS256, ES256 or ES384.
         #[arg(long, default_value = "EdDSA")]
         alg: Algorithm,
     },

@@ -17,7 +17,9 @@ pub(super) struct Ed25519;
 fn check_alg(alg: Algorithm) -> Result<(), KeyError> {
     match alg {
         Algorithm::EdDsa => Ok(()),
-        Algorithm::Rs256 | Algorithm::Ps256 => Err(KeyError::AlgorithmMismatch { alg }),
+        Algorithm::Rs256 | Algorithm::Ps256 | Algorithm::Es256 | Algorithm::Es384 => {
+            Err(KeyError::AlgorithmMismatch { alg })
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! `Verifier` traits, and the private `fn family` is the one table from [`Algorithm`] to
 //! family: a new family is a new file and one arm there.
 
+mod ecdsa;
 mod ed25519;
 mod rsa;
 
@@ -115,12 +116,14 @@ impl fmt::Display for InvalidKey {
             InvalidKey::KeyOpsNotSigning => {
                 f.write_str("JWK \"key_ops\" must list only \"sign\" and \"verify\" for a signing key")
             }
-            InvalidKey::UnsupportedKeyType => f.write_str("unsupported JWK \"kty\": use OKP (Ed25519) or RSA"),
+            InvalidKey::UnsupportedKeyType => {
+                f.write_str("unsupported JWK \"kty\": use OKP (Ed25519), EC (P-256, P-384) or RSA")
+            }
             InvalidKey::NotAnObject => f.write_str("JWK is not a JSON object without duplicate members"),
             InvalidKey::PrivateMemberInPublicKey => {
                 f.write_str("a public JWK must not contain the private member \"d\"")
             }
-            InvalidKey::UnsupportedPem => f.write_str("not a PKCS#8 PEM Ed25519 or RSA private key"),
+            InvalidKey::UnsupportedPem => f.write_str("not a PKCS#8 PEM Ed25519, RSA or EC (P-256, P-384) private key"),
             InvalidKey::KidLength => f.write_str("JWK \"kid\" must be 1 to 256 characters"),
             InvalidKey::StoredJwkNotJson => f.write_str("stored public JWK is not JSON"),
             InvalidKey::NoPrivateMaterial => f.write_str("active key has no private material"),
@@ -148,6 +151,7 @@ fn family(alg: Algorithm) -> &'static dyn Family {
     match alg {
         Algorithm::EdDsa => &ed25519::Ed25519,
         Algorithm::Rs256 | Algorithm::Ps256 => &self::rsa::Rsa,
+        Algorithm::Es256 | Algorithm::Es384 => &ecdsa::Ecdsa,
     }
 }
 
@@ -260,7 +264,7 @@ fn member_str<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<Opt
 
 fn jwk_alg(obj: &Map<String, Value>, hint: Option<Algorithm>) -> Result<Option<Algorithm>, KeyError> {
     let declared = member_str(obj, "alg")?
-        .map(|s| s.parse::<Algorithm>().map_err(|e| invalid(InvalidKey::Algorithm(e))))
+        .map(|s| Algorithm::from_jose_name(s).map_err(|e| invalid(InvalidKey::Algorithm(e))))
         .transpose()?;
     match (declared, hint) {
         (Some(d), Some(h)) if d != h => Err(invalid(InvalidKey::AlgorithmConflict {
@@ -341,7 +345,7 @@ impl PublicKey {
         self.alg
     }
 
-    /// RSA modulus size in bits (None for Ed25519).
+    /// RSA modulus size in bits (None for Ed25519 and EC keys).
     pub fn rsa_bits(&self) -> Option<usize> {
         self.params.rsa_bits()
     }
@@ -357,7 +361,7 @@ impl PublicKey {
     }
 
     /// The public JWK as published in the JWKS: `kty`, `kid`, `alg`, `use: "sig"`, and
-    /// `crv`/`x` or `n`/`e`. Nothing else.
+    /// `crv`/`x` (OKP), `crv`/`x`/`y` (EC) or `n`/`e` (RSA). Nothing else.
     pub fn to_jwk(&self, kid: &str) -> Value {
         let mut m = Map::new();
         self.params.jwk_members(&mut m);
@@ -465,7 +469,8 @@ impl PrivateKey {
         }
     }
 
-    /// The private key as bytes for sealing: the 32-byte Ed25519 seed, or RSA PKCS#8 DER.
+    /// The private key as bytes for sealing: the 32-byte Ed25519 seed, the EC private
+    /// scalar (32 bytes for P-256, 48 for P-384), or RSA PKCS#8 DER.
     pub fn to_secret_bytes(&self) -> Result<SecretBytes, KeyError> {
         self.inner.to_secret_bytes()
     }
@@ -475,8 +480,9 @@ impl PrivateKey {
         family(alg).import_secret_bytes(alg, bytes).map(Self::new)
     }
 
-    /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519 or RSA.
-    /// For RSA, `alg` chooses RS256 (default) or PS256.
+    /// Imports a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519, RSA or
+    /// EC (P-256, P-384). For RSA, `alg` chooses RS256 (default) or PS256; for EC the curve
+    /// decides (ES256 or ES384), and an `alg` of another curve is refused.
     pub fn from_pkcs8_pem(pem: &str, alg: Option<Algorithm>) -> Result<Self, KeyError> {
         for family in families() {
             if let Some(inner) = family.import_pkcs8_pem(pem, alg)? {
@@ -574,7 +580,8 @@ impl VerifyingKey {
     }
 
     /// Verifies `signature` over `message`. Ed25519 uses strict verification (canonical
-    /// `S`, no small-order components); RSA signatures must be exactly the modulus length.
+    /// `S`, no small-order components); RSA signatures must be exactly the modulus length;
+    /// ECDSA signatures must be the fixed-length `R‖S` (never DER) with `r`, `s` in `[1, n)`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.inner.verify(message, signature)
     }
@@ -633,7 +640,7 @@ mod tests {
     #[test]
     fn every_algorithm_has_a_family_that_keeps_it() -> Result<(), KeyError> {
         let names: Vec<&str> = families().map(|f| f.name()).collect();
-        assert_eq!(names, ["Ed25519", "RSA"]);
+        assert_eq!(names, ["Ed25519", "RSA", "ECDSA"]);
         for alg in Algorithm::ALL {
             let k = PrivateKey::generate(alg, RsaBits::B2048)?;
             assert_eq!(k.algorithm(), alg);

@@ -32,7 +32,7 @@ impl Scheme {
         match alg {
             Algorithm::Rs256 => Ok(Scheme::Pkcs1v15),
             Algorithm::Ps256 => Ok(Scheme::Pss),
-            Algorithm::EdDsa => Err(KeyError::AlgorithmMismatch { alg }),
+            Algorithm::EdDsa | Algorithm::Es256 | Algorithm::Es384 => Err(KeyError::AlgorithmMismatch { alg }),
         }
     }
 

@@ -113,6 +113,7 @@ pub struct KeyRingBuilder {
     validation: Validation,
     unknown_kid_interval: Duration,
     token_type: String,
+    eddsa_name: Option<crate::EdDsaName>,
 }
 
 impl KeyRingBuilder {
@@ -127,6 +128,15 @@ impl KeyRingBuilder {
     /// Clock (default: system).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Signs and publishes RFC 9864's `Ed25519` instead of `EdDSA` for Ed25519 keys
+    /// ([`EdDsaName::Ed25519`](crate::EdDsaName::Ed25519)); `EdDSA` stays the default for
+    /// compatibility. Verification accepts both names either way. It overrides
+    /// [`Policy::eddsa_name`] of the policy given to [`KeyRingBuilder::with_policy`].
+    pub fn with_eddsa_name(mut self, name: crate::EdDsaName) -> Self {
+        self.eddsa_name = Some(name);
         self
     }
 
@@ -151,7 +161,10 @@ impl KeyRingBuilder {
     }
 
     /// Loads the ring and builds the first snapshot.
-    pub async fn build(self) -> Result<KeyRing, RefreshError> {
+    pub async fn build(mut self) -> Result<KeyRing, RefreshError> {
+        if let Some(name) = self.eddsa_name {
+            self.policy.set_eddsa_name(name);
+        }
         let now = self.clock.now();
         let ring = self.storage.load(&self.ring).await?;
         if !(1..=64).contains(&self.token_type.len()) || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
@@ -192,6 +205,7 @@ impl KeyRing {
             validation: Validation::default(),
             unknown_kid_interval: Duration::from_secs(1),
             token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
+            eddsa_name: None,
         }
     }
 

@@ -67,6 +67,11 @@ impl Verifiers {
         for k in rows {
             by_kid.insert(k.kid.clone(), Arc::new(VerifierEntry::for_record(k)?));
             known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
+            // The RFC 9864 name a ring may be configured to sign with (`Ed25519`).
+            let rfc9864 = k.alg.name_with(crate::alg::EdDsaName::Ed25519);
+            if rfc9864 != k.alg.as_str() {
+                known_headers.insert(token::encode_header_named(rfc9864, &k.kid, token_type), k.kid.clone());
+            }
         }
         Ok(Self {
             by_kid,

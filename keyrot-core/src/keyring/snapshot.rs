@@ -147,7 +147,8 @@ impl Snapshot {
         let mut public = Verifiers::parse(candidates.iter().copied(), token_type)?;
         let mut signer = None;
         for k in candidates.iter().filter(|k| k.state == KeyState::Active) {
-            if let Some(s) = Self::admit_active(ring, k, sealer, token_type, &mut integrity)? {
+            let header = (k.alg.name_with(policy.eddsa_name()), token_type);
+            if let Some(s) = Self::admit_active(ring, k, sealer, header, &mut integrity)? {
                 signer = Some(Arc::new(s));
             }
         }
@@ -183,10 +184,10 @@ impl Snapshot {
         ring: &Ring,
         k: &KeyRecord,
         sealer: &dyn Sealer,
-        token_type: &str,
+        header: (&str, &str),
         integrity: &mut IntegrityReport,
     ) -> Result<Option<ActiveSigner>, RefreshError> {
-        let reason = match Self::active_signer(ring, k, sealer, token_type) {
+        let reason = match Self::active_signer(ring, k, sealer, header) {
             Ok(Some(s)) => return Ok(Some(s)),
             Ok(None) => "the public key does not match the sealed private key".to_owned(),
             Err(
@@ -217,11 +218,12 @@ impl Snapshot {
     }
 
     /// Unseals the Active key; `None` when its public half is not the stored public key.
+    /// `header` is the `alg` name and the `typ` the signer writes.
     pub(super) fn active_signer(
         ring: &Ring,
         k: &KeyRecord,
         sealer: &dyn Sealer,
-        token_type: &str,
+        (alg_name, token_type): (&str, &str),
     ) -> Result<Option<ActiveSigner>, RefreshError> {
         let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
             kid: k.kid.clone(),
@@ -249,7 +251,7 @@ impl Snapshot {
         }
         Ok(Some(ActiveSigner {
             kid: k.kid.clone(),
-            header_b64: token::encode_header_with_type(k.alg, &k.kid, token_type),
+            header_b64: token::encode_header_named(alg_name, &k.kid, token_type),
             key: pk.signing_key(),
         }))
     }

@@ -160,7 +160,8 @@ impl Unverified<'_> {
     /// claims as of `now` (Unix seconds).
     pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
         let expected = key.algorithm();
-        if self.alg != expected.as_str() {
+        // The key decides the family; RFC 9864's `Ed25519` names an EdDSA key too.
+        if !expected.accepts_name(&self.alg) {
             return Err(TokenError::AlgorithmMismatch { expected });
         }
         if !v.algorithms.is_empty() && !v.algorithms.contains(&expected) {

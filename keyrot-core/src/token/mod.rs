@@ -26,6 +26,7 @@ pub(crate) use decode::decode_with_known_typed_header;
 pub use decode::{decode_header, verify_with_key, verify_with_lookup};
 #[cfg(any(test, feature = "test-util"))]
 pub use sign::encode_header;
+pub(crate) use sign::encode_header_named;
 pub use sign::{DEFAULT_TOKEN_TYPE, encode_header_with_type, sign};
 
 /// Default cap on a token's length before any parsing.

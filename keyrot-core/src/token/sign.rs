@@ -15,18 +15,19 @@ pub fn encode_header(alg: Algorithm, kid: &str) -> String {
 /// The protected header with another `typ`, e.g. `"at+jwt"` for OAuth access tokens
 /// (RFC 9068; explicit typing, RFC 8725 §3.11), base64url-encoded once per key.
 pub fn encode_header_with_type(alg: Algorithm, kid: &str, typ: &str) -> String {
+    encode_header_named(alg.as_str(), kid, typ)
+}
+
+/// [`encode_header_with_type`] with the `alg` name spelled out (e.g. RFC 9864's `Ed25519`
+/// for an EdDSA key; see [`Algorithm::name_with`]).
+pub(crate) fn encode_header_named(alg: &str, kid: &str, typ: &str) -> String {
     #[derive(Serialize)]
     struct Header<'a> {
         alg: &'a str,
         kid: &'a str,
         typ: &'a str,
     }
-    let json = serde_json::to_vec(&Header {
-        alg: alg.as_str(),
-        kid,
-        typ,
-    })
-    .unwrap_or_default();
+    let json = serde_json::to_vec(&Header { alg, kid, typ }).unwrap_or_default();
     b64::encode(&json)
 }
 

@@ -115,13 +115,16 @@ fn every_structural_rule_is_enforced() {
     let other = raw_token(&f, &json!({"alg":"EdDSA","kid":"k9"}), br#"{"exp":100}"#);
     assert_eq!(check(&f, &other, &v, 0).err(), Some(TokenError::UnknownKid));
     // alg must match the key
-    for alg in ["none", "HS256", "RS256", "PS256", "Ed25519", "eddsa"] {
+    // (Issue 11: "Ed25519", RFC 9864's name for an EdDSA key, moved to the accepted side.)
+    for alg in ["none", "HS256", "RS256", "PS256", "ES256", "Ed448", "eddsa", "ed25519"] {
         let t = raw_token(&f, &json!({"alg":alg,"kid":"k1"}), br#"{"exp":100}"#);
         assert!(
             matches!(check(&f, &t, &v, 0), Err(TokenError::AlgorithmMismatch { .. })),
             "{alg}"
         );
     }
+    let ed25519 = raw_token(&f, &json!({"alg":"Ed25519","kid":"k1"}), br#"{"exp":100}"#);
+    assert!(check(&f, &ed25519, &v, 0).is_ok());
     // forbidden members
     for m in FORBIDDEN_HEADER_MEMBERS {
         let mut h = json!({"alg":"EdDSA","kid":"k1"});
