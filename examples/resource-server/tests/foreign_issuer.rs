@@ -1,5 +1,5 @@
 //! Tokens of a foreign, non-Rust issuer (PyJWT) verify through keyrot's remote verifier:
-//! RS256, PS256 and EdDSA, with keyrot's token rules (issuer, audience, the key's
+//! RS256, PS256, EdDSA, ES256 and ES384, with keyrot's token rules (issuer, audience, the key's
 //! algorithm). PyJWT is installed from PyPI into a virtualenv under the target directory
 //! at the first run; with `CI=true` a failed install fails the test instead of skipping.
 
@@ -86,7 +86,7 @@ async fn pyjwt_tokens_verify_through_the_remote_verifier() {
         .build()
         .await
         .expect("the PyJWT JWKS loads");
-    for alg in ["RS256", "PS256", "EdDSA"] {
+    for alg in ["RS256", "PS256", "EdDSA", "ES256", "ES384"] {
         let token = issued["tokens"][alg].as_str().expect("token");
         let verified = verifier
             .verify(token)

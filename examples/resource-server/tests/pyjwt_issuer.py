@@ -1,4 +1,4 @@
-"""A foreign issuer for keyrot's tests: PyJWT signs RS256, PS256 and EdDSA tokens and
+"""A foreign issuer for keyrot's tests: PyJWT signs RS256, PS256, EdDSA, ES256 and ES384 tokens and
 prints {"jwks": ..., "tokens": {alg: token}} as one line of JSON.
 
 Usage: python3 pyjwt_issuer.py ISSUER AUDIENCE
@@ -8,8 +8,8 @@ import sys
 import time
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 
 def public_jwk(algorithm, key, kid, alg):
@@ -25,6 +25,8 @@ def main():
         "RS256": (RSAAlgorithm, rsa.generate_private_key(public_exponent=65537, key_size=2048)),
         "PS256": (RSAAlgorithm, rsa.generate_private_key(public_exponent=65537, key_size=2048)),
         "EdDSA": (OKPAlgorithm, ed25519.Ed25519PrivateKey.generate()),
+        "ES256": (ECAlgorithm, ec.generate_private_key(ec.SECP256R1())),
+        "ES384": (ECAlgorithm, ec.generate_private_key(ec.SECP384R1())),
     }
     jwks = {"keys": []}
     tokens = {}
