@@ -13,6 +13,8 @@
 //!
 //! Run with `cargo bench -p keyrot-benches --bench integrity`.
 
+mod paired;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{TimeDelta, TimeZone, Utc};
@@ -22,17 +24,12 @@ use keyrot_core::{
     RingName, Rotator, Snapshot, Storage,
 };
 use keyrot_core::{SealerLinker, check_ring, testing::seal_manifest};
+use paired::Job;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 const ROUNDS: usize = 200;
 const ITERS: usize = 50;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -99,7 +96,6 @@ fn main() {
     let (signing_input, sig) = token.rsplit_once('.').expect("three segments");
     let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).expect("sig")).expect("sig");
 
-    type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
     let jobs: Vec<Job<'_>> = vec![
         (
             "snapshot_build",
@@ -138,41 +134,15 @@ fn main() {
             }),
         ),
     ];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); jobs.len()];
-    let mut ratios = Vec::with_capacity(ROUNDS);
-    let mut verify_ratios = Vec::with_capacity(ROUNDS);
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..ROUNDS {
-        // Fisher–Yates with a xorshift generator: a new order every round.
-        for i in (1..order.len()).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(i, (seed % (i as u64 + 1)) as usize);
-        }
-        let mut round = vec![0.0; jobs.len()];
-        for &j in &order {
-            let start = Instant::now();
-            for _ in 0..ITERS {
-                (jobs[j].1)();
-            }
-            round[j] = start.elapsed().as_secs_f64() * 1e6 / ITERS as f64;
-            samples[j].push(round[j]);
-        }
-        ratios.push(round[1] / round[0]);
-        verify_ratios.push(round[4] / round[3]);
-    }
+    let per_round = paired::rounds(&jobs, ROUNDS, ITERS);
     println!("integrity costs, median of {ROUNDS} shuffled rounds of {ITERS} calls (10 published keys):");
-    for (j, (name, _)) in jobs.iter().enumerate() {
-        println!("  {name:<15} {:>9.2} µs", median(&mut samples[j]));
-    }
+    paired::print_medians(&jobs, &per_round);
     println!(
         "  check_ring / snapshot_build, median per-round ratio: {:.3}",
-        median(&mut ratios)
+        paired::median_ratio(&per_round, 1, 0)
     );
     println!(
         "  verify_keyrot / verify_raw, median per-round ratio: {:.3}",
-        median(&mut verify_ratios)
+        paired::median_ratio(&per_round, 4, 3)
     );
 }

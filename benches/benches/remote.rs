@@ -9,21 +9,18 @@
 //!
 //! Run with `cargo bench -p keyrot-benches --bench remote`.
 
+mod paired;
+
 use keyrot_core::testing::{b64, token::sign};
 use keyrot_core::{Algorithm, PrivateKey, RsaBits};
 use keyrot_core::{KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName, Rotator};
 use keyrot_jwks::JwksVerifier;
+use paired::Job;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 const ROUNDS: usize = 300;
 const ITERS: usize = 100;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Serves `body` as the JWKS at `/jwks` on 127.0.0.1; returns the URL.
 async fn serve(body: Vec<u8>) -> String {
@@ -92,7 +89,6 @@ fn main() {
         keyring.verify(&token).expect("local").kid
     );
 
-    type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
     let jobs: Vec<Job<'_>> = vec![
         (
             "KeyRing::verify",
@@ -113,42 +109,16 @@ fn main() {
             }),
         ),
     ];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); jobs.len()];
-    let mut ratios = Vec::with_capacity(ROUNDS);
-    let mut foreign_ratios = Vec::with_capacity(ROUNDS);
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..ROUNDS {
-        // Fisher–Yates with a xorshift generator: a new order every round.
-        for i in (1..order.len()).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(i, (seed % (i as u64 + 1)) as usize);
-        }
-        let mut round = vec![0.0; jobs.len()];
-        for &j in &order {
-            let start = Instant::now();
-            for _ in 0..ITERS {
-                (jobs[j].1)();
-            }
-            round[j] = start.elapsed().as_secs_f64() * 1e6 / ITERS as f64;
-            samples[j].push(round[j]);
-        }
-        ratios.push(round[1] / round[0]);
-        foreign_ratios.push(round[2] / round[0]);
-    }
+    let per_round = paired::rounds(&jobs, ROUNDS, ITERS);
     println!("remote verification, median of {ROUNDS} shuffled rounds of {ITERS} calls (EdDSA):");
-    for (j, (name, _)) in jobs.iter().enumerate() {
-        println!("  {name:<23} {:>8.2} µs", median(&mut samples[j]));
-    }
+    paired::print_medians(&jobs, &per_round);
     println!(
         "  JwksVerifier::verify / KeyRing::verify, median per-round ratio: {:.3}",
-        median(&mut ratios)
+        paired::median_ratio(&per_round, 1, 0)
     );
     println!(
         "  JwksVerifier::verify (foreign header) / KeyRing::verify, median per-round ratio: {:.3}",
-        median(&mut foreign_ratios)
+        paired::median_ratio(&per_round, 2, 0)
     );
     drop(jobs);
     rt.block_on(remote.shutdown());

@@ -1,0 +1,55 @@
+//! Paired measurement for benchmarks whose results are compared with each other: the jobs
+//! run interleaved, in a new shuffled order every round, so the shared machine's drift hits
+//! them alike; compare them by the median of per-round ratios.
+
+use std::time::Instant;
+
+/// A named job: one call of the thing measured.
+pub type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
+/// The median (the upper one for an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `rounds` rounds of `iters` calls of every job, in a new shuffled order each round
+/// (Fisher–Yates with a fixed-seed xorshift). Returns, per round, every job's mean time per
+/// call in microseconds, indexed like `jobs`.
+pub fn rounds(jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let mut round = vec![0.0; jobs.len()];
+        for &j in &order {
+            let start = Instant::now();
+            for _ in 0..iters {
+                (jobs[j].1)();
+            }
+            round[j] = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        }
+        out.push(round);
+    }
+    out
+}
+
+/// Prints every job's median time per call.
+pub fn print_medians(jobs: &[Job<'_>], per_round: &[Vec<f64>]) {
+    for (j, (name, _)) in jobs.iter().enumerate() {
+        let mut times: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
+        println!("  {name:<23} {:>9.2} µs", median(&mut times));
+    }
+}
+
+/// The median over rounds of `job a / job b`.
+pub fn median_ratio(per_round: &[Vec<f64>], a: usize, b: usize) -> f64 {
+    let mut ratios: Vec<f64> = per_round.iter().map(|r| r[a] / r[b]).collect();
+    median(&mut ratios)
+}
