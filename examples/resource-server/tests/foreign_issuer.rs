@@ -7,44 +7,14 @@ use axum::Router;
 use axum::routing::get;
 use keyrot_core::{TokenError, Validation};
 use keyrot_jwks::JwksVerifier;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
+use support::python_with_pyjwt;
 
 const ISSUER: &str = "https://pyjwt.issuer.test";
 const AUDIENCE: &str = "keyrot-resource-server";
-
-/// A Python with PyJWT and cryptography, or `None` (skip) outside CI.
-fn python_with_pyjwt() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyjwt-venv");
-    let python = venv.join("bin").join("python3");
-    let has = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import jwt, cryptography"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin").join("pip"))
-                .args(["install", "--quiet", "pyjwt>=2.8", "cryptography>=42"])
-                .status()
-                .is_ok_and(|s| s.success());
-        if !made || !has(&python) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: could not install PyJWT into {}",
-                venv.display()
-            );
-            println!("skipped foreign_issuer: PyJWT could not be installed (no registry?)");
-            return None;
-        }
-    }
-    Some(python)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyjwt_tokens_verify_through_the_remote_verifier() {
