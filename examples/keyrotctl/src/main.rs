@@ -963,6 +963,26 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn init_takes_every_algorithm_and_refuses_others() {
+        for (name, alg) in [
+            ("EdDSA", keyrot_core::Algorithm::EdDsa),
+            ("RS256", keyrot_core::Algorithm::Rs256),
+            ("PS256", keyrot_core::Algorithm::Ps256),
+            ("ES256", keyrot_core::Algorithm::Es256),
+            ("ES384", keyrot_core::Algorithm::Es384),
+        ] {
+            let cli = Cli::try_parse_from(["keyrotctl", "init", "--alg", name]).expect(name);
+            assert!(matches!(cli.command, Command::Init { alg: a } if a == alg), "{name}");
+        }
+        for bad in ["ES512", "HS256", "none", "es256"] {
+            assert!(
+                Cli::try_parse_from(["keyrotctl", "init", "--alg", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn a_digest_that_begins_with_a_hyphen_is_a_value() {
         // A rows digest is base64url: one in 64 begins with `-`.
         let cli = Cli::try_parse_from(["keyrotctl", "authenticate-ring", "--yes", "--expect", "-sQ4_digest"])
