@@ -14,6 +14,7 @@
 use crate::alg::Algorithm;
 use crate::json::{JsonError, parse_strict};
 use crate::key::{InvalidKey, KeyError, PublicKey, VerifyingKey};
+use crate::keyring::{Anchor, TokenCache};
 use crate::token::{self, TokenError, Validation, Verified};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -209,6 +210,19 @@ impl KeySet {
             .or_else(|| candidates.first())
             .ok_or(TokenError::UnknownKid)?;
         u.verify_with(key, v, now)
+    }
+
+    /// [`KeySet::verify`] through `cache` (see [`TokenCache`]): a cached verification is
+    /// reused only while this very set is the one verifying (a new JWKS, whatever it
+    /// holds, invalidates the entries of the previous set) and the token's time claims
+    /// hold at `now`; a successful full verification is stored.
+    pub fn verify_cached(&self, token: &str, v: &Validation, now: i64, cache: &TokenCache) -> Result<Verified, TokenError> {
+        if let Some(hit) = cache.lookup(token, v, now, |_, anchor| anchor.is_set(&self.keys)) {
+            return Ok(hit);
+        }
+        let verified = self.verify(token, v, now)?;
+        cache.store(token, v, &verified, Anchor::Set(self.keys.clone()));
+        Ok(verified)
     }
 }
 

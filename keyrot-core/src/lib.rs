@@ -74,7 +74,10 @@ pub use jwks::{JWKS_CONTENT_TYPE, Jwks};
 pub use key::{
     ImportedKey, InvalidKey, KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, SigningKey, VerifyingKey,
 };
-pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHandle, Snapshot};
+pub use keyring::{
+    DEFAULT_TOKEN_CACHE_BYTES, DEFAULT_TOKEN_CACHE_ENTRIES, KeyRing, KeyRingBuilder, KeyStatus, RefreshError,
+    RefresherHandle, Snapshot, TokenCache, TokenCacheConfig, TokenCacheStats,
+};
 pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;

@@ -6,6 +6,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::integrity::TamperedKey;
 use crate::jwks::Jwks;
 use crate::keyring::{
+    TokenCache,
     Follows, KeyStatus, RefreshError, RefresherHandle, Snapshot, Verifiers, spawn_follower, trusted_rows,
 };
 use crate::policy::Policy;
@@ -72,6 +73,7 @@ struct Inner {
     /// The highest generation this handle ever served: storage going back is refused.
     highest_generation: AtomicU64,
     stale: AtomicBool,
+    token_cache: Option<TokenCache>,
 }
 
 /// What a [`PublicKeyRing`] serves at one generation.
@@ -103,9 +105,18 @@ pub struct PublicKeyRingBuilder {
     policy: Policy,
     validation: Validation,
     token_type: String,
+    token_cache: Option<TokenCache>,
 }
 
 impl PublicKeyRingBuilder {
+    /// Reuses successful verifications of repeated tokens from `cache`, with the rules of
+    /// [`KeyRingBuilder::with_token_cache`](crate::KeyRingBuilder::with_token_cache): a
+    /// key that leaves the published rows invalidates its cached tokens at once.
+    pub fn with_token_cache(mut self, cache: TokenCache) -> Self {
+        self.token_cache = Some(cache);
+        self
+    }
+
     /// Clock (default: system).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -150,6 +161,7 @@ impl PublicKeyRingBuilder {
                 token_type: self.token_type,
                 refresh_lock: AsyncMutex::new(()),
                 stale: AtomicBool::new(false),
+                token_cache: self.token_cache,
             }),
         })
     }
@@ -219,6 +231,7 @@ impl PublicKeyRing {
             policy: Policy::default(),
             validation: Validation::default(),
             token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
+            token_cache: None,
         }
     }
 
@@ -279,7 +292,8 @@ impl PublicKeyRing {
 
     /// Verifies with explicit rules.
     pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
-        self.inner.view.load().public.verify(token, v, at)
+        let cache = self.inner.token_cache.as_ref();
+        self.inner.view.load().public.verify_using(token, v, at, cache)
     }
 
     /// Reloads if the stored generation moved; returns whether the view changed. On
@@ -369,6 +383,11 @@ impl crate::http::TokenVerifier for PublicKeyRing {
     /// Verifies from the current view (no storage access on this path).
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         PublicKeyRing::verify(self, token)
+    }
+
+    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
+        let at = self.inner.clock.now();
+        self.inner.view.load().public.verify_cached(token, &self.inner.validation, at, cache)
     }
 }
 

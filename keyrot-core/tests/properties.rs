@@ -8,7 +8,7 @@ use keyrot_core::{Action, NextTransition, Refusal, TransitionAction, Trigger};
 use keyrot_core::{
     Algorithm, Clock, ImportState, ImportedKey, KeyOrigin, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer,
     MemoryLock, MemoryStorage, Outcome, Policy, PrivateKey, RequestContext, Ring, RingName, Rotator, RsaBits, Storage,
-    Validation,
+    TokenCache, TokenCacheConfig, Validation,
 };
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -71,7 +71,10 @@ struct World {
     sealer: Arc<MasterKeySealer>,
     ring: RingName,
     policy: Policy,
+    /// The ring the rotator installs into, with a verified-token cache.
     keyring: KeyRing,
+    /// The same ring without a cache: every answer of `keyring` must equal its answer.
+    reference: KeyRing,
     rotator: Rotator,
     committed: u64,
     seen_states: HashMap<String, KeyState>,
@@ -92,7 +95,16 @@ impl World {
             Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("master key"), []).expect("sealer"));
         let ring = RingName::new("prop").expect("ring name");
         let policy = Policy::default();
+        // A small cache, so evictions happen during the runs too.
+        let cache = TokenCache::new(TokenCacheConfig::new().with_max_entries(8));
         let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_policy(policy.clone())
+            .with_token_cache(cache)
+            .build()
+            .await
+            .expect("keyring");
+        let reference = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
             .with_clock(Arc::new(clock.clone()))
             .with_policy(policy.clone())
             .build()
@@ -109,6 +121,7 @@ impl World {
             ring,
             policy,
             keyring,
+            reference,
             rotator,
             committed: 0,
             seen_states: HashMap::new(),
@@ -366,6 +379,20 @@ impl World {
                     self.keyring.verify_with(&t.token, &strict, now).is_err(),
                     "expired token accepted"
                 );
+            }
+        }
+        // 10. The verified-token cache changes no answer: each token, twice (a miss, then
+        // a hit when it verifies), under the ring's rules and strict ones, gives exactly
+        // the uncached ring's answer, revoked and expired keys included.
+        self.reference.refresh().await.expect("refresh");
+        for t in &self.tokens {
+            for _ in 0..2 {
+                let cached = self.keyring.verify(&t.token).map(|v| (v.kid, v.claims));
+                let plain = self.reference.verify(&t.token).map(|v| (v.kid, v.claims));
+                assert_eq!(cached, plain, "cached and uncached answers differ for {} at {now}", t.kid);
+                let cached = self.keyring.verify_with(&t.token, &strict, now).map(|v| v.kid);
+                let plain = self.reference.verify_with(&t.token, &strict, now).map(|v| v.kid);
+                assert_eq!(cached, plain, "cached and uncached strict answers differ for {}", t.kid);
             }
         }
         self.tokens.retain(|t| now.timestamp() < t.exp);

@@ -1,5 +1,6 @@
 //! The cases. Each starts a fresh world and server; [`crate::http_suite!`] runs them.
 
+pub use crate::cache::middleware_token_cache_hits_and_never_outlives_a_revocation;
 use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, World};
 use chrono::TimeDelta;
 use keyrot_core::VerifyingKey;

@@ -31,6 +31,7 @@
 //! keyrot_http_tests::http_suite!(start);
 //! ```
 
+mod cache;
 pub mod cases;
 mod plane;
 mod world;
@@ -187,6 +188,7 @@ macro_rules! http_suite {
             token_from_a_custom_header,
             optional_auth_serves_anonymous_users_and_refuses_invalid_tokens,
             middleware_takes_any_token_verifier,
+            middleware_token_cache_hits_and_never_outlives_a_revocation,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

@@ -5,7 +5,7 @@ use crate::error::{Document, JwksError};
 use crate::http::{self, Limits};
 use crate::refresh::{Cached, Inner, Timing};
 use keyrot_core::http::TokenVerifier;
-use keyrot_core::{KeySet, TokenError, Validation, Verified};
+use keyrot_core::{KeySet, TokenCache, TokenError, Validation, Verified};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct JwksVerifier {
     inner: Arc<Inner>,
+    token_cache: Option<TokenCache>,
 }
 
 impl fmt::Debug for JwksVerifier {
@@ -54,6 +55,7 @@ pub struct JwksVerifierBuilder {
     client: Option<reqwest::Client>,
     timing: Timing,
     limits: Limits,
+    token_cache: Option<TokenCache>,
 }
 
 impl JwksVerifier {
@@ -73,6 +75,7 @@ impl JwksVerifier {
                 timeout: DEFAULT_TIMEOUT,
                 max_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             },
+            token_cache: None,
         }
     }
 
@@ -81,27 +84,45 @@ impl JwksVerifier {
     /// been unusable for longer than `max_stale` past its lifetime, every token is refused
     /// with [`TokenError::KeysUnavailable`].
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_using(token, self.token_cache.as_ref())
+    }
+
+    fn verify_using(&self, token: &str, cache: Option<&TokenCache>) -> Result<Verified, TokenError> {
         let cached = self.inner.cached.load();
         if Instant::now() >= cached.usable_until {
             return Err(TokenError::KeysUnavailable);
         }
-        cached.keys.verify(token, &self.inner.validation, unix_now())
+        let (v, now) = (&self.inner.validation, unix_now());
+        match cache {
+            Some(cache) => cached.keys.verify_cached(token, v, now, cache),
+            None => cached.keys.verify(token, v, now),
+        }
     }
 
     /// [`JwksVerifier::verify`], and on an unknown `kid` one fetch of the JWKS (at most
     /// one per `min_refresh`, shared by concurrent misses), then once more.
     pub async fn verify_refreshing(&self, token: &str) -> Result<Verified, TokenError> {
-        match self.verify(token) {
+        self.verify_refreshing_using(token, self.token_cache.as_ref()).await
+    }
+
+    async fn verify_refreshing_using(&self, token: &str, cache: Option<&TokenCache>) -> Result<Verified, TokenError> {
+        match self.verify_using(token, cache) {
             Err(TokenError::UnknownKid) => {
                 let kid = keyrot_core::decode_header(token, &self.inner.validation)?.kid;
                 if self.inner.refresh_for_unknown_kid(&kid).await {
-                    self.verify(token)
+                    self.verify_using(token, cache)
                 } else {
                     Err(TokenError::UnknownKid)
                 }
             }
             other => other,
         }
+    }
+
+    /// The verified-token cache, when one is configured
+    /// ([`JwksVerifierBuilder::token_cache`]).
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.token_cache.as_ref()
     }
 
     /// Fetches the JWKS now (conditionally), outside the schedule. On failure the
@@ -142,6 +163,10 @@ impl TokenVerifier for JwksVerifier {
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         self.verify_refreshing(token).await
     }
+
+    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
+        self.verify_refreshing_using(token, Some(cache)).await
+    }
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -151,6 +176,16 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 impl JwksVerifierBuilder {
+    /// Reuses successful verifications of repeated tokens from `cache` (see
+    /// [`TokenCache`]; off by default). A hit skips the signature check and is
+    /// re-checked against the current key set: once a fetched JWKS no longer publishes
+    /// the key, its cached tokens are refused. A new JWKS document invalidates the
+    /// entries (a `304 Not Modified` keeps them).
+    pub fn token_cache(mut self, cache: TokenCache) -> Self {
+        self.token_cache = Some(cache);
+        self
+    }
+
     /// The JWKS URL (`https`, or `http` to a loopback address). Without it, the JWKS URL
     /// is found by discovery from [`JwksVerifierBuilder::issuer`].
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
@@ -250,7 +285,10 @@ impl JwksVerifierBuilder {
         let (inner, schedule) = Inner::new(url, client, validation, t, self.limits, placeholder);
         inner.refresh().await?;
         inner.spawn(schedule);
-        let verifier = JwksVerifier { inner };
+        let verifier = JwksVerifier {
+            inner,
+            token_cache: self.token_cache,
+        };
         Ok(verifier)
     }
 }

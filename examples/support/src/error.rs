@@ -39,6 +39,12 @@ pub enum SetupError {
         /// The value given.
         value: String,
     },
+    /// `KEYROT_TOKEN_CACHE_ENTRIES` is not a whole number.
+    #[error("KEYROT_TOKEN_CACHE_ENTRIES={value:?} is not a number of tokens: set a whole number (0 turns the cache off), or unset it")]
+    TokenCacheEntries {
+        /// The value given.
+        value: String,
+    },
     /// `KEYROT_RING` is not a valid ring name.
     #[error("KEYROT_RING={value:?} is not a ring name: choose one that follows the rule below, or unset it")]
     RingName {

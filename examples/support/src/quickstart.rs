@@ -12,7 +12,9 @@ use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_mast
 use banner::Secret;
 use keyrot_core::RefresherHandle;
 use keyrot_core::http::{HttpEndpoints, IssuerMetadata};
-use keyrot_core::{KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, Validation};
+use keyrot_core::{
+    KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, TokenCache, TokenCacheConfig, Validation,
+};
 use std::error::Error;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -86,9 +88,14 @@ impl Quickstart {
         let sealer = Arc::new(sealer);
         let policy = policy_from_env(None)?;
         let issuer = config.issuer.clone();
-        let keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
+        let mut keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
             .with_policy(policy.clone())
-            .with_validation(Validation::new().with_issuer(issuer.clone()))
+            .with_validation(Validation::new().with_issuer(issuer.clone()));
+        if config.token_cache_entries > 0 {
+            let bounds = TokenCacheConfig::new().with_max_entries(config.token_cache_entries);
+            keyring = keyring.with_token_cache(TokenCache::new(bounds));
+        }
+        let keyring = keyring
             .build()
             .await
             .map_err(SetupError::LoadRing)?;

@@ -234,7 +234,7 @@ impl RotationAuthorizer for ScopeAuthorizer {
         if let Some(v) = &self.required_type {
             token::check_header_type(token, v).map_err(invalid)?;
         }
-        let verified = self.verifier.verify(token).await.map_err(invalid)?;
+        let verified = self.verifier.verify(token, None).await.map_err(invalid)?;
         let claims = &verified.claims;
         let client_id = str_claim(claims, "client_id");
         let actor = client_id.or_else(|| str_claim(claims, "sub")).map(str::to_owned);

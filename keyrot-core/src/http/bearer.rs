@@ -3,7 +3,7 @@
 
 use super::token_source::TokenSource;
 use super::{HeaderSource, HttpResponse, Single, single};
-use crate::keyring::KeyRing;
+use crate::keyring::{KeyRing, TokenCache};
 use crate::token::{TokenError, Verified};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -20,12 +20,25 @@ use std::sync::Arc;
 pub trait TokenVerifier: Debug + Send + Sync + 'static {
     /// Verifies `token` now.
     async fn verify(&self, token: &str) -> Result<Verified, TokenError>;
+
+    /// Verifies `token` now through `cache` ([`BearerAuth::with_token_cache`]). keyrot's
+    /// verifiers reuse a cached verification only while its key is still in their current
+    /// key set (see [`TokenCache`]). The default ignores the cache and verifies in full:
+    /// a cache that does not know a verifier's keys cannot tell when they are revoked.
+    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
+        let _ = cache;
+        self.verify(token).await
+    }
 }
 
 #[async_trait]
 impl TokenVerifier for KeyRing {
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         self.verify_refreshing(token).await
+    }
+
+    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
+        self.verify_refreshing_using(token, Some(cache)).await
     }
 }
 
@@ -37,10 +50,12 @@ pub(crate) enum Verifier {
 }
 
 impl Verifier {
-    pub(crate) async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        match self {
-            Verifier::Ring(r) => r.verify_refreshing(token).await,
-            Verifier::Custom(v) => v.verify(token).await,
+    pub(crate) async fn verify(&self, token: &str, cache: Option<&TokenCache>) -> Result<Verified, TokenError> {
+        match (self, cache) {
+            (Verifier::Ring(r), None) => r.verify_refreshing(token).await,
+            (Verifier::Ring(r), Some(c)) => r.verify_refreshing_using(token, Some(c)).await,
+            (Verifier::Custom(v), None) => v.verify(token).await,
+            (Verifier::Custom(v), Some(c)) => v.verify_cached(token, c).await,
         }
     }
 }
@@ -204,6 +219,7 @@ pub struct BearerAuth {
     verifier: Verifier,
     required_scopes: Arc<[String]>,
     sources: Arc<[TokenSource]>,
+    token_cache: Option<TokenCache>,
 }
 
 impl BearerAuth {
@@ -224,7 +240,25 @@ impl BearerAuth {
             verifier,
             required_scopes: Arc::new([]),
             sources: Arc::new([TokenSource::authorization_header()]),
+            token_cache: None,
         }
+    }
+
+    /// Reuses successful verifications of repeated tokens from `cache` (see
+    /// [`TokenCache`]): a hit skips the signature check, and is refused at once when the
+    /// token expires or its key is revoked or expires. Works with [`KeyRing`],
+    /// [`PublicKeyRing`](crate::PublicKeyRing) and `keyrot-jwks`'s verifiers; other
+    /// [`TokenVerifier`]s verify in full unless they implement
+    /// [`TokenVerifier::verify_cached`]. A ring built with its own cache uses that one
+    /// when this is not set.
+    pub fn with_token_cache(mut self, cache: TokenCache) -> Self {
+        self.token_cache = Some(cache);
+        self
+    }
+
+    /// The cache [`BearerAuth::with_token_cache`] set.
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.token_cache.as_ref()
     }
 
     /// Also requires `scope` (every required scope must be granted; `403` otherwise).
@@ -280,7 +314,7 @@ impl BearerAuth {
                 return Err(AuthRejection::InvalidToken(None));
             }
         };
-        match self.verifier.verify(token).await {
+        match self.verifier.verify(token, self.token_cache.as_ref()).await {
             Ok(v) => {
                 require_scopes(&v, &self.required_scopes)?;
                 Ok(v)

@@ -16,9 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 
+mod cache;
 mod public;
 mod refresh;
 mod snapshot;
+
+pub(crate) use cache::Anchor;
+pub use cache::{
+    DEFAULT_TOKEN_CACHE_BYTES, DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache, TokenCacheConfig, TokenCacheStats,
+};
 
 pub(crate) use public::{Verifiers, trusted_rows};
 pub use refresh::RefresherHandle;
@@ -86,6 +92,8 @@ struct Inner {
     /// The highest generation this handle ever served: storage going back is refused.
     highest_generation: AtomicU64,
     stale: AtomicBool,
+    /// Successful verifications reused for repeated tokens (opt-in).
+    token_cache: Option<TokenCache>,
 }
 
 /// A cheap-to-clone handle to a ring's snapshot: sign, verify, JWKS, refresh.
@@ -114,6 +122,7 @@ pub struct KeyRingBuilder {
     unknown_kid_interval: Duration,
     token_type: String,
     eddsa_name: Option<crate::EdDsaName>,
+    token_cache: Option<TokenCache>,
 }
 
 impl KeyRingBuilder {
@@ -160,6 +169,15 @@ impl KeyRingBuilder {
         self
     }
 
+    /// Reuses successful verifications of repeated tokens from `cache` (see
+    /// [`TokenCache`]): a hit skips the signature check but re-checks the token's time
+    /// claims and that its key is still a verifying key of the current snapshot, so a
+    /// revoked or expired key is refused at once. Off by default.
+    pub fn with_token_cache(mut self, cache: TokenCache) -> Self {
+        self.token_cache = Some(cache);
+        self
+    }
+
     /// Loads the ring and builds the first snapshot.
     pub async fn build(mut self) -> Result<KeyRing, RefreshError> {
         if let Some(name) = self.eddsa_name {
@@ -188,6 +206,7 @@ impl KeyRingBuilder {
                 unknown_kid_started: AtomicU64::new(0),
                 highest_generation: AtomicU64::new(served),
                 stale: AtomicBool::new(false),
+                token_cache: self.token_cache,
             }),
         })
     }
@@ -206,6 +225,7 @@ impl KeyRing {
             unknown_kid_interval: Duration::from_secs(1),
             token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
             eddsa_name: None,
+            token_cache: None,
         }
     }
 
@@ -275,17 +295,35 @@ impl KeyRing {
 
     /// Verifies with explicit rules.
     pub fn verify_with(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
-        self.inner.snapshot.load().public.verify(token, v, at)
+        let cache = self.inner.token_cache.as_ref();
+        self.inner.snapshot.load().public.verify_using(token, v, at, cache)
+    }
+
+    /// The verified-token cache, when one is configured
+    /// ([`KeyRingBuilder::with_token_cache`]).
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.inner.token_cache.as_ref()
     }
 
     /// Verifies, and on an unknown kid refreshes the snapshot once (rate limited) and
     /// tries again: a key that became Active on another instance a moment ago verifies.
     pub async fn verify_refreshing(&self, token: &str) -> Result<Verified, TokenError> {
-        match self.verify(token) {
+        self.verify_refreshing_using(token, self.inner.token_cache.as_ref()).await
+    }
+
+    /// [`KeyRing::verify_refreshing`] through `cache` (the middleware's, or the ring's).
+    pub(crate) async fn verify_refreshing_using(
+        &self,
+        token: &str,
+        cache: Option<&TokenCache>,
+    ) -> Result<Verified, TokenError> {
+        let v = &self.inner.validation;
+        let now = || self.inner.clock.now();
+        match self.inner.snapshot.load().public.verify_using(token, v, now(), cache) {
             Err(TokenError::UnknownKid) => {
-                let u = token::decode_header(token, &self.inner.validation)?;
+                let u = token::decode_header(token, v)?;
                 if self.refresh_for_unknown_kid(&u.kid).await {
-                    self.verify(token)
+                    self.inner.snapshot.load().public.verify_using(token, v, now(), cache)
                 } else {
                     Err(TokenError::UnknownKid)
                 }

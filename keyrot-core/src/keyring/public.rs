@@ -3,6 +3,7 @@
 //! segments keyrot writes for them, and the one token-verification path both use.
 
 use super::RefreshError;
+use super::cache::{Anchor, TokenCache};
 use crate::jwks::Jwks;
 use crate::key::VerifyingKey;
 use crate::policy::Policy;
@@ -106,6 +107,45 @@ impl Verifiers {
         let u = token::decode_header(token, v)?;
         let key = self.by_kid.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
         u.verify_with(key, v, at.timestamp())
+    }
+
+    /// [`Verifiers::verify`] through `cache`: a hit needs the entry's key to be this
+    /// snapshot's key object for its kid, inside its window at `at`; a successful full
+    /// verification is stored.
+    pub(crate) fn verify_cached(
+        &self,
+        token: &str,
+        v: &Validation,
+        at: DateTime<Utc>,
+        cache: &TokenCache,
+    ) -> Result<Verified, TokenError> {
+        let current = |kid: &str, anchor: &Anchor| {
+            self.by_kid
+                .get(kid)
+                .is_some_and(|entry| anchor.is_entry(entry) && entry.check(at).is_ok())
+        };
+        if let Some(hit) = cache.lookup(token, v, at.timestamp(), current) {
+            return Ok(hit);
+        }
+        let verified = self.verify(token, v, at)?;
+        if let Some(entry) = self.by_kid.get(&verified.kid) {
+            cache.store(token, v, &verified, Anchor::Entry(entry.clone()));
+        }
+        Ok(verified)
+    }
+
+    /// [`Verifiers::verify`], through `cache` when there is one.
+    pub(crate) fn verify_using(
+        &self,
+        token: &str,
+        v: &Validation,
+        at: DateTime<Utc>,
+        cache: Option<&TokenCache>,
+    ) -> Result<Verified, TokenError> {
+        match cache {
+            Some(cache) => self.verify_cached(token, v, at, cache),
+            None => self.verify(token, v, at),
+        }
     }
 }
 

@@ -22,24 +22,61 @@ pub(super) fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> R
     }
 }
 
+/// A token's time claims (`exp`, `nbf`, `iat`) as whole seconds: what may change its
+/// verdict as time passes, once everything else has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Times {
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+}
+
+impl Times {
+    /// Reads the time claims (each must be a number when present).
+    pub(crate) fn of(claims: &Map<String, Value>) -> Result<Self, TokenError> {
+        Ok(Self {
+            exp: numeric_date(claims, "exp")?,
+            nbf: numeric_date(claims, "nbf")?,
+            iat: numeric_date(claims, "iat")?,
+        })
+    }
+
+    /// The time rules of `v` as of `now`: `exp` (required unless allowed missing), `nbf`
+    /// and `iat`, each with the leeway.
+    pub(crate) fn check(&self, v: &Validation, now: i64) -> Result<(), TokenError> {
+        check_exp(self.exp, v, now)?;
+        check_nbf(self.nbf, v, now)?;
+        check_iat(self.iat, v, now)
+    }
+}
+
+fn check_exp(exp: Option<i64>, v: &Validation, now: i64) -> Result<(), TokenError> {
+    match exp {
+        Some(exp) if now >= exp.saturating_add(v.leeway_secs) => Err(TokenError::Expired),
+        None if v.require_exp => Err(TokenError::MissingClaim("exp")),
+        _ => Ok(()),
+    }
+}
+
+fn check_nbf(nbf: Option<i64>, v: &Validation, now: i64) -> Result<(), TokenError> {
+    match nbf {
+        Some(nbf) if now.saturating_add(v.leeway_secs) < nbf => Err(TokenError::NotYetValid),
+        _ => Ok(()),
+    }
+}
+
+fn check_iat(iat: Option<i64>, v: &Validation, now: i64) -> Result<(), TokenError> {
+    match iat {
+        Some(iat) if iat > now.saturating_add(v.leeway_secs) => Err(TokenError::IssuedInFuture),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn check_claims(claims: &Map<String, Value>, v: &Validation, now: i64) -> Result<(), TokenError> {
-    let leeway = v.leeway_secs;
-    match numeric_date(claims, "exp")? {
-        Some(exp) if now >= exp.saturating_add(leeway) => return Err(TokenError::Expired),
-        Some(_) => {}
-        None if v.require_exp => return Err(TokenError::MissingClaim("exp")),
-        None => {}
-    }
-    if let Some(nbf) = numeric_date(claims, "nbf")?
-        && now.saturating_add(leeway) < nbf
-    {
-        return Err(TokenError::NotYetValid);
-    }
-    if let Some(iat) = numeric_date(claims, "iat")?
-        && iat > now.saturating_add(leeway)
-    {
-        return Err(TokenError::IssuedInFuture);
-    }
+    // Read and checked one at a time, in this order, so the first failing rule is reported.
+    check_exp(numeric_date(claims, "exp")?, v, now)?;
+    check_nbf(numeric_date(claims, "nbf")?, v, now)?;
+    check_iat(numeric_date(claims, "iat")?, v, now)?;
     if !v.issuers.is_empty() {
         match claims.get("iss") {
             Some(Value::String(iss)) if v.issuers.iter().any(|i| i == iss) => {}

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 mod claims;
+pub(crate) use claims::Times;
 mod decode;
 mod sign;
 #[cfg(test)]
@@ -160,7 +161,7 @@ pub enum ClaimsError {
 
 /// What [`crate::KeyRing::verify`] checks besides the signature. Leeway defaults to 30 seconds and is
 /// limited to [`MAX_LEEWAY`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validation {
     issuers: Vec<String>,
     audiences: Vec<String>,

@@ -32,6 +32,10 @@ pub struct QuickstartConfig {
     /// (default `http://` + the listen address). Every instance of one deployment sets the
     /// same value, so a token from one is accepted by the others.
     pub issuer: String,
+    /// How many verified tokens the middleware keeps to skip repeated signature checks:
+    /// `KEYROT_TOKEN_CACHE_ENTRIES` (default 0, no cache). A revoked or expired key still
+    /// refuses its cached tokens at once.
+    pub token_cache_entries: usize,
 }
 
 impl QuickstartConfig {
@@ -51,8 +55,16 @@ impl QuickstartConfig {
             Ok(value) => checked_issuer(value)?,
             Err(_) => format!("http://{listen}"),
         };
+        let token_cache_entries = match std::env::var("KEYROT_TOKEN_CACHE_ENTRIES") {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .map_err(|_| SetupError::TokenCacheEntries { value })?,
+            Err(_) => 0,
+        };
         Ok(Self {
             listen,
+            token_cache_entries,
             database_url: database_url_from_env(),
             ring,
             tick: Duration::from_secs(tick),
