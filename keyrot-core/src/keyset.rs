@@ -216,7 +216,13 @@ impl KeySet {
     /// reused only while this very set is the one verifying (a new JWKS, whatever it
     /// holds, invalidates the entries of the previous set) and the token's time claims
     /// hold at `now`; a successful full verification is stored.
-    pub fn verify_cached(&self, token: &str, v: &Validation, now: i64, cache: &TokenCache) -> Result<Verified, TokenError> {
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        v: &Validation,
+        now: i64,
+        cache: &TokenCache,
+    ) -> Result<Verified, TokenError> {
         if let Some(hit) = cache.lookup(token, v, now, |_, anchor| anchor.is_set(&self.keys)) {
             return Ok(hit);
         }

@@ -6,8 +6,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::integrity::TamperedKey;
 use crate::jwks::Jwks;
 use crate::keyring::{
-    TokenCache,
-    Follows, KeyStatus, RefreshError, RefresherHandle, Snapshot, Verifiers, spawn_follower, trusted_rows,
+    Follows, KeyStatus, RefreshError, RefresherHandle, Snapshot, TokenCache, Verifiers, spawn_follower, trusted_rows,
 };
 use crate::policy::Policy;
 use crate::ring::{KeyOrigin, Ring, RingName};
@@ -387,7 +386,11 @@ impl crate::http::TokenVerifier for PublicKeyRing {
 
     async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
         let at = self.inner.clock.now();
-        self.inner.view.load().public.verify_cached(token, &self.inner.validation, at, cache)
+        self.inner
+            .view
+            .load()
+            .public
+            .verify_cached(token, &self.inner.validation, at, cache)
     }
 }
 

@@ -389,7 +389,11 @@ impl World {
             for _ in 0..2 {
                 let cached = self.keyring.verify(&t.token).map(|v| (v.kid, v.claims));
                 let plain = self.reference.verify(&t.token).map(|v| (v.kid, v.claims));
-                assert_eq!(cached, plain, "cached and uncached answers differ for {} at {now}", t.kid);
+                assert_eq!(
+                    cached, plain,
+                    "cached and uncached answers differ for {} at {now}",
+                    t.kid
+                );
                 let cached = self.keyring.verify_with(&t.token, &strict, now).map(|v| v.kid);
                 let plain = self.reference.verify_with(&t.token, &strict, now).map(|v| v.kid);
                 assert_eq!(cached, plain, "cached and uncached strict answers differ for {}", t.kid);

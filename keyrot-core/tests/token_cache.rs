@@ -4,12 +4,12 @@
 //! uncached ring gives.
 
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::{
-    Algorithm, Clock, ImportState, ImportedKey, KeyRing, KeySet, ManualClock, MasterKey, MasterKeySealer,
-    MemoryLock, MemoryStorage, PrivateKey, RequestContext, RingName, Rotator, RsaBits, SigningKey, TokenCache,
-    TokenCacheConfig, TokenError, Validation,
-};
 use keyrot_core::testing::token::{encode_header_with_type, sign};
+use keyrot_core::{
+    Algorithm, Clock, ImportState, ImportedKey, KeyRing, KeySet, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
+    MemoryStorage, PrivateKey, RequestContext, RingName, Rotator, RsaBits, SigningKey, TokenCache, TokenCacheConfig,
+    TokenError, Validation,
+};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -156,11 +156,18 @@ async fn a_key_past_its_window_invalidates_its_cached_tokens() {
     // The imported key retires (after the forced-rotation interval); its window ends at
     // its expires_at.
     s.clock.advance(TimeDelta::hours(2));
-    let report = s.rotator.force_rotate(ctx(), "rotate away", false).await.expect("force");
+    let report = s
+        .rotator
+        .force_rotate(ctx(), "rotate away", false)
+        .await
+        .expect("force");
     assert!(report.outcome.changed_ring(), "{:?}", report.outcome);
     s.verify(&token).await.expect("a Retiring key still verifies");
     let status = s.cached.snapshot().keys().iter().find(|k| k.kid == "imported").cloned();
-    let end = status.as_ref().and_then(|k| k.expires_at).unwrap_or_else(|| panic!("expires_at of {status:?}"));
+    let end = status
+        .as_ref()
+        .and_then(|k| k.expires_at)
+        .unwrap_or_else(|| panic!("expires_at of {status:?}"));
     s.verify(&token).await.expect("hit against the new snapshot's key");
     s.clock.set(end);
     // No tick ran, no refresh: the window alone refuses it.
@@ -174,7 +181,11 @@ async fn a_new_snapshot_invalidates_entries_then_they_are_cached_again() {
     let token = s.token("alice", 600);
     s.verify(&token).await.expect("verifies");
     // Any commit builds a new snapshot: here the token's key retires (it still verifies).
-    let report = s.rotator.force_rotate(ctx(), "new snapshot", false).await.expect("force");
+    let report = s
+        .rotator
+        .force_rotate(ctx(), "new snapshot", false)
+        .await
+        .expect("force");
     assert!(report.outcome.changed_ring(), "{:?}", report.outcome);
     s.verify(&token).await.expect("still verifies (in full)");
     let stats = s.cache.stats();
@@ -187,7 +198,10 @@ async fn a_new_snapshot_invalidates_entries_then_they_are_cached_again() {
 async fn the_cache_stays_within_its_entry_and_byte_bounds() {
     let by_entries = setup(TokenCacheConfig::new().with_max_entries(8)).await;
     for i in 0..100 {
-        by_entries.verify(&by_entries.token(&format!("user{i}"), 600)).await.expect("verifies");
+        by_entries
+            .verify(&by_entries.token(&format!("user{i}"), 600))
+            .await
+            .expect("verifies");
     }
     let stats = by_entries.cache.stats();
     assert!(stats.entries <= 8, "{stats:?}");
@@ -197,7 +211,10 @@ async fn the_cache_stays_within_its_entry_and_byte_bounds() {
     let max_bytes = 8 * 1024;
     let by_bytes = setup(TokenCacheConfig::new().with_max_bytes(max_bytes)).await;
     for i in 0..100 {
-        by_bytes.verify(&by_bytes.token(&format!("user{i}"), 600)).await.expect("verifies");
+        by_bytes
+            .verify(&by_bytes.token(&format!("user{i}"), 600))
+            .await
+            .expect("verifies");
     }
     let stats = by_bytes.cache.stats();
     assert!(stats.bytes <= max_bytes as u64, "{stats:?}");

@@ -13,9 +13,11 @@ use serde_json::json;
 pub async fn middleware_token_cache_hits_and_never_outlives_a_revocation(start: Start) {
     let cache = TokenCache::new(TokenCacheConfig::new());
     let in_auth = cache.clone();
-    let w = World::start_with_auth(start, |_, b| b, async move |keyring, _| {
-        BearerAuth::new(keyring).with_token_cache(in_auth)
-    })
+    let w = World::start_with_auth(
+        start,
+        |_, b| b,
+        async move |keyring, _| BearerAuth::new(keyring).with_token_cache(in_auth),
+    )
     .await;
     let now = w.now().timestamp();
     let old = w.sign(&json!({"sub": "bob", "client_id": "app", "exp": now + 3000}));
@@ -35,7 +37,11 @@ pub async fn middleware_token_cache_hits_and_never_outlives_a_revocation(start: 
         )
         .await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(w.get(PROTECTED_PATH, Some(&old)).await.status, 401, "revoked key: refused at once");
+    assert_eq!(
+        w.get(PROTECTED_PATH, Some(&old)).await.status,
+        401,
+        "revoked key: refused at once"
+    );
     assert_eq!(cache.stats().invalidations, 1);
 
     let fresh = w.sign(&json!({"sub": "bob", "client_id": "app", "exp": now + 60}));
@@ -43,6 +49,10 @@ pub async fn middleware_token_cache_hits_and_never_outlives_a_revocation(start: 
     assert_eq!(w.get(PROTECTED_PATH, Some(&fresh)).await.status, 200);
     let leeway = w.keyring.validation().leeway_secs();
     w.advance(TimeDelta::seconds(60 + leeway));
-    assert_eq!(w.get(PROTECTED_PATH, Some(&fresh)).await.status, 401, "past exp + leeway");
+    assert_eq!(
+        w.get(PROTECTED_PATH, Some(&fresh)).await.status,
+        401,
+        "past exp + leeway"
+    );
     assert_eq!(cache.stats().entries, 0, "the expired entry is gone");
 }

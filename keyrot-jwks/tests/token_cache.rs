@@ -37,7 +37,10 @@ async fn cached_tokens_of_a_key_the_issuer_stopped_publishing_are_refused() {
 
     // A conditional refresh answered 304 keeps the set, so the entry keeps hitting.
     v.refresh().await.expect("refresh (304)");
-    assert_eq!(server.if_none_match().last().cloned().flatten().as_deref(), Some("\"v1\""));
+    assert_eq!(
+        server.if_none_match().last().cloned().flatten().as_deref(),
+        Some("\"v1\"")
+    );
     v.verify(&t_old).expect("verifies");
     assert_eq!(cache.stats().hits, 3, "{:?}", cache.stats());
 

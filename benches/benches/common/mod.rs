@@ -23,6 +23,8 @@ pub struct Ring {
     pub rotator: Rotator,
     /// The Active key, as generated.
     pub key: PrivateKey,
+    /// The sealer of the ring's store (for further handles on the same ring).
+    pub sealer: Arc<MasterKeySealer>,
     /// Its kid as keyrot publishes it.
     pub kid: String,
 }
@@ -52,7 +54,7 @@ pub fn ring(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Ring {
             .build()
             .await
             .expect("keyring");
-        let rotator = Rotator::builder(name, storage, Arc::new(MemoryLock::default()), sealer)
+        let rotator = Rotator::builder(name, storage, Arc::new(MemoryLock::default()), sealer.clone())
             .with_policy(policy)
             .with_keyring(keyring.clone())
             .build();
@@ -78,6 +80,7 @@ pub fn ring(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Ring {
             keyring,
             rotator,
             key,
+            sealer,
             kid,
         }
     })

@@ -40,7 +40,9 @@ pub enum SetupError {
         value: String,
     },
     /// `KEYROT_TOKEN_CACHE_ENTRIES` is not a whole number.
-    #[error("KEYROT_TOKEN_CACHE_ENTRIES={value:?} is not a number of tokens: set a whole number (0 turns the cache off), or unset it")]
+    #[error(
+        "KEYROT_TOKEN_CACHE_ENTRIES={value:?} is not a number of tokens: set a whole number (0 turns the cache off), or unset it"
+    )]
     TokenCacheEntries {
         /// The value given.
         value: String,

@@ -95,10 +95,7 @@ impl Quickstart {
             let bounds = TokenCacheConfig::new().with_max_entries(config.token_cache_entries);
             keyring = keyring.with_token_cache(TokenCache::new(bounds));
         }
-        let keyring = keyring
-            .build()
-            .await
-            .map_err(SetupError::LoadRing)?;
+        let keyring = keyring.build().await.map_err(SetupError::LoadRing)?;
         let rotator = Rotator::builder(
             config.ring.clone(),
             backend.storage.clone(),

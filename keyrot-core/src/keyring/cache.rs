@@ -213,9 +213,17 @@ impl TokenCache {
         // A power of two, so that shards can be halved for a small entry count; the
         // capacity a whole multiple of it, so the shards' capacities add up to the bound.
         let shards = (max_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
-        let shards = if shards.is_power_of_two() { shards } else { shards.next_power_of_two() / 2 };
+        let shards = if shards.is_power_of_two() {
+            shards
+        } else {
+            shards.next_power_of_two() / 2
+        };
         let capacity = max_bytes - max_bytes % shards;
-        let floor = if max_entries == 0 { 0 } else { capacity.div_ceil(max_entries).max(1) };
+        let floor = if max_entries == 0 {
+            0
+        } else {
+            capacity.div_ceil(max_entries).max(1)
+        };
         let entries = (max_entries > 0 && capacity > 0)
             .then(|| {
                 let options = OptionsBuilder::new()

@@ -308,7 +308,8 @@ impl KeyRing {
     /// Verifies, and on an unknown kid refreshes the snapshot once (rate limited) and
     /// tries again: a key that became Active on another instance a moment ago verifies.
     pub async fn verify_refreshing(&self, token: &str) -> Result<Verified, TokenError> {
-        self.verify_refreshing_using(token, self.inner.token_cache.as_ref()).await
+        self.verify_refreshing_using(token, self.inner.token_cache.as_ref())
+            .await
     }
 
     /// [`KeyRing::verify_refreshing`] through `cache` (the middleware's, or the ring's).
