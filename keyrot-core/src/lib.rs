@@ -43,6 +43,7 @@ mod key;
 mod keyring;
 mod keyset;
 mod memory;
+mod metrics;
 mod planner;
 mod policy;
 mod public_ring;
@@ -79,6 +80,7 @@ pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};
+pub use metrics::{METRICS, MetricDef, MetricKind, describe_metrics, names as metric_names};
 pub use planner::{
     Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,
     Trigger, TriggerKind, next_transition, plan,

@@ -127,7 +127,11 @@ impl Rotator {
     /// nothing due or the lock busy are traced but not written to the ledger.
     pub async fn tick(&self) -> Result<RotationReport, RotateError> {
         let ctx = RequestContext::actor(format!("scheduler:{}", self.inner.instance));
-        self.attempt(Request::Plan(Trigger::Tick), ctx, None).await
+        let result = self.attempt(Request::Plan(Trigger::Tick), ctx, None).await;
+        if let Some(kr) = &self.inner.keyring {
+            kr.record_clock_gauges();
+        }
+        result
     }
 
     /// A normal rotation: promotes a Pending key published for `publish_lead`, or
@@ -245,6 +249,8 @@ impl Rotator {
             .instrument(span.clone())
             .await;
         attempt::trace_answer(&span, kind, &result);
+        let outcome = result.as_ref().map_or("failed", |r| r.outcome.as_str());
+        crate::metrics::rotation_attempt(&self.inner.ring, kind, outcome);
         result
     }
 }
