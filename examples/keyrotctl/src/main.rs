@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod remote;
+mod timeline;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -668,6 +669,12 @@ fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, I
     }
 }
 
+/// Whether to colour what goes to stdout: only a terminal, and not when `NO_COLOR` is set.
+fn colour_stdout() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
     let ring = ctx.load().await?;
     let policy = policy_for(&ring, None)?;
@@ -720,6 +727,8 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
                 clean(kid)
             );
         }
+        println!();
+        print!("{}", timeline::render(&keys, chrono::Utc::now(), next.as_ref(), colour_stdout()));
         match next {
             Some(n) => println!(
                 "next: {:?} {} at {}",
