@@ -576,6 +576,21 @@ fn print_report(r: &RotationReport, json: bool) {
     if let Some(d) = &r.detail {
         println!("detail      {d}");
     }
+    if let Some(b) = &r.revocation {
+        let fmt = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        println!("revoked     {}", clean(&b.kid));
+        println!(
+            "refused by  keyrot instances: {} (propagation {}s)",
+            fmt(b.keyrot_instances_by),
+            b.propagation_secs
+        );
+        println!(
+            "refused by  JWKS verifiers: {} (largest max-age served {}s)",
+            fmt(b.jwks_verifiers_by),
+            b.max_age_secs
+        );
+        println!("            verifiers that cache the JWKS longer than its max-age accept it until their cache expires");
+    }
 }
 
 /// A stored string made safe for a terminal: a forged kid or reason cannot carry control

@@ -412,6 +412,12 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     assert_eq!(report["outcome"], "rotated");
     assert_eq!(report["old_kid"], scheduled_kid.as_str());
     assert_eq!(report["generation"].as_u64(), Some(generation_before + 1));
+    let radius = &report["revocation"];
+    assert_eq!(radius["kid"], scheduled_kid.as_str(), "the blast radius names the revoked key: {report}");
+    assert!(
+        radius["keyrot_instances_by"].is_string() && radius["jwks_verifiers_by"].is_string(),
+        "{report}"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = 0;
     while Instant::now() < deadline {

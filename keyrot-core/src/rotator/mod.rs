@@ -29,12 +29,12 @@ mod plan;
 mod report;
 mod trust;
 
-pub use context::{RequestContext, RotatorBuilder};
+pub use context::{DEFAULT_PROPAGATION, RequestContext, RotatorBuilder};
 pub use error::RotateError;
 pub use idempotency::MAX_IDEMPOTENCY_KEY_LEN;
 #[cfg(feature = "http")]
 pub(crate) use idempotency::checked_idempotency_key;
-pub use report::RotationReport;
+pub use report::{BlastRadius, RotationReport};
 
 use crate::clock::Clock;
 use crate::integrity::SealerLinker;
@@ -60,6 +60,8 @@ struct Inner {
     linker: SealerLinker,
     /// The highest authenticated generation this rotator loaded or committed.
     served: std::sync::atomic::AtomicU64,
+    /// How long a commit takes at most to reach every instance (change feed or poll).
+    propagation: std::time::Duration,
 }
 
 /// Performs rotations on one ring. Cheap to clone.
