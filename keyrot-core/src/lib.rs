@@ -89,7 +89,10 @@ pub use policy::{Policy, PolicyBuilder, PolicyError};
 pub use public_ring::{PublicKeyRing, PublicKeyRingBuilder};
 pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
-pub use rotator::{BlastRadius, DEFAULT_PROPAGATION, MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
+pub use rotator::{
+    BlastRadius, DEFAULT_PROPAGATION, MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator,
+    RotatorBuilder,
+};
 pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
 pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;

@@ -106,26 +106,116 @@ use MetricKind::{Counter, Gauge};
 
 /// Every metric keyrot records.
 pub const METRICS: &[MetricDef] = &[
-    def(ROTATION_ATTEMPTS, Counter, &["ring", "trigger", "outcome"], "Rotation attempts by trigger and outcome."),
-    def(ACTIVE_KEY_AGE, Gauge, &["ring"], "Seconds since the Active key was activated."),
-    def(NEXT_TRANSITION, Gauge, &["ring"], "Seconds until the scheduler's next transition; negative when overdue."),
-    def(SNAPSHOT_GENERATION, Gauge, &["ring"], "Generation of the snapshot this instance serves."),
-    def(SNAPSHOT_STALE, Gauge, &["ring"], "1 when the last refresh from storage failed and the last snapshot is served."),
-    def(SNAPSHOT_REFRESH_AGE, Gauge, &["ring"], "Seconds since the last successful refresh from storage."),
-    def(SNAPSHOT_LAST_REFRESH, Gauge, &["ring"], "Unix time of the last successful refresh from storage."),
-    def(SNAPSHOT_REFRESHES, Counter, &["ring"], "Refreshes of the snapshot from storage."),
-    def(SNAPSHOT_REFRESH_FAILURES, Counter, &["ring", "reason"], "Failed refreshes from storage, by reason."),
-    def(UNKNOWN_KID_REFRESHES, Counter, &["ring"], "Refreshes started by a token with an unknown kid."),
-    def(TAMPERED_ROWS, Gauge, &["ring"], "Rows of the served ring that failed their integrity check (or are missing)."),
-    def(RING_INTACT, Gauge, &["ring"], "1 when the served ring passed its integrity check as a whole."),
-    def(VERIFICATION_FAILURES, Counter, &["reason"], "Bearer tokens refused, by reason."),
-    def(JWKS_RESPONSES, Counter, &["ring", "status"], "JWKS responses by status (200, 304)."),
-    def(LEDGER_AGGREGATED, Counter, &["reason"], "Ledger records counted into a summary by the refusal budget."),
-    def(REMOTE_JWKS_FETCHES, Counter, &["outcome"], "Remote JWKS fetches by outcome (updated, not_modified, failed)."),
-    def(REMOTE_JWKS_STALE, Gauge, &[], "Remote JWKS verifiers serving a key set past its lifetime (refresh failing)."),
+    def(
+        ROTATION_ATTEMPTS,
+        Counter,
+        &["ring", "trigger", "outcome"],
+        "Rotation attempts by trigger and outcome.",
+    ),
+    def(
+        ACTIVE_KEY_AGE,
+        Gauge,
+        &["ring"],
+        "Seconds since the Active key was activated.",
+    ),
+    def(
+        NEXT_TRANSITION,
+        Gauge,
+        &["ring"],
+        "Seconds until the scheduler's next transition; negative when overdue.",
+    ),
+    def(
+        SNAPSHOT_GENERATION,
+        Gauge,
+        &["ring"],
+        "Generation of the snapshot this instance serves.",
+    ),
+    def(
+        SNAPSHOT_STALE,
+        Gauge,
+        &["ring"],
+        "1 when the last refresh from storage failed and the last snapshot is served.",
+    ),
+    def(
+        SNAPSHOT_REFRESH_AGE,
+        Gauge,
+        &["ring"],
+        "Seconds since the last successful refresh from storage.",
+    ),
+    def(
+        SNAPSHOT_LAST_REFRESH,
+        Gauge,
+        &["ring"],
+        "Unix time of the last successful refresh from storage.",
+    ),
+    def(
+        SNAPSHOT_REFRESHES,
+        Counter,
+        &["ring"],
+        "Refreshes of the snapshot from storage.",
+    ),
+    def(
+        SNAPSHOT_REFRESH_FAILURES,
+        Counter,
+        &["ring", "reason"],
+        "Failed refreshes from storage, by reason.",
+    ),
+    def(
+        UNKNOWN_KID_REFRESHES,
+        Counter,
+        &["ring"],
+        "Refreshes started by a token with an unknown kid.",
+    ),
+    def(
+        TAMPERED_ROWS,
+        Gauge,
+        &["ring"],
+        "Rows of the served ring that failed their integrity check (or are missing).",
+    ),
+    def(
+        RING_INTACT,
+        Gauge,
+        &["ring"],
+        "1 when the served ring passed its integrity check as a whole.",
+    ),
+    def(
+        VERIFICATION_FAILURES,
+        Counter,
+        &["reason"],
+        "Bearer tokens refused, by reason.",
+    ),
+    def(
+        JWKS_RESPONSES,
+        Counter,
+        &["ring", "status"],
+        "JWKS responses by status (200, 304).",
+    ),
+    def(
+        LEDGER_AGGREGATED,
+        Counter,
+        &["reason"],
+        "Ledger records counted into a summary by the refusal budget.",
+    ),
+    def(
+        REMOTE_JWKS_FETCHES,
+        Counter,
+        &["outcome"],
+        "Remote JWKS fetches by outcome (updated, not_modified, failed).",
+    ),
+    def(
+        REMOTE_JWKS_STALE,
+        Gauge,
+        &[],
+        "Remote JWKS verifiers serving a key set past its lifetime (refresh failing).",
+    ),
     def(TOKEN_CACHE_HITS, Counter, &["ring"], "Verified-token cache hits."),
     def(TOKEN_CACHE_MISSES, Counter, &["ring"], "Verified-token cache misses."),
-    def(TOKEN_CACHE_EVICTIONS, Counter, &["ring"], "Verified-token cache evictions."),
+    def(
+        TOKEN_CACHE_EVICTIONS,
+        Counter,
+        &["ring"],
+        "Verified-token cache evictions.",
+    ),
 ];
 
 /// Gives every metric of [`METRICS`] its help text in the installed recorder. Call it once
@@ -281,10 +371,18 @@ mod tests {
         for m in METRICS {
             assert!(seen.insert(m.name), "{} listed twice", m.name);
             assert!(m.name.starts_with("keyrot_"), "{}", m.name);
-            assert!(m.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", m.name);
+            assert!(
+                m.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                m.name
+            );
             assert_eq!(m.kind == Counter, m.name.ends_with("_total"), "{}", m.name);
             for l in m.labels {
-                assert!(["ring", "trigger", "outcome", "reason", "status"].contains(l), "{}: {l}", m.name);
+                assert!(
+                    ["ring", "trigger", "outcome", "reason", "status"].contains(l),
+                    "{}: {l}",
+                    m.name
+                );
             }
         }
     }
@@ -293,6 +391,9 @@ mod tests {
     fn token_reasons_are_fixed_labels() {
         assert_eq!(token_reason(&TokenError::BadSignature), "bad_signature");
         assert_eq!(token_reason(&TokenError::TooLarge { max: 8 }), "too_large");
-        assert_eq!(token_reason(&TokenError::Malformed("a secret-looking detail")), "malformed");
+        assert_eq!(
+            token_reason(&TokenError::Malformed("a secret-looking detail")),
+            "malformed"
+        );
     }
 }

@@ -27,11 +27,16 @@ async fn setup() -> Setup {
         .build()
         .await
         .expect("keyring");
-    let rotator = Rotator::builder(ring, storage.clone(), Arc::new(MemoryLock::new(Arc::new(clock.clone()))), sealer)
-        .with_clock(Arc::new(clock.clone()))
-        .with_keyring(keyring.clone())
-        .with_propagation(Duration::from_secs(5))
-        .build();
+    let rotator = Rotator::builder(
+        ring,
+        storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+        sealer,
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_keyring(keyring.clone())
+    .with_propagation(Duration::from_secs(5))
+    .build();
     rotator.init(RequestContext::actor("t")).await.expect("init");
     Setup {
         clock,
@@ -57,11 +62,22 @@ async fn the_report_and_the_audit_record_state_when_the_old_key_is_refused() {
     let max_age = s.rotator.policy().jwks_max_age();
     assert_eq!(b.max_age_secs, max_age.num_seconds() as u64);
     assert_eq!(b.jwks_verifiers_by, r.at + max_age);
-    assert!(b.summary.contains("cache the JWKS longer than its max-age"), "{}", b.summary);
+    assert!(
+        b.summary.contains("cache the JWKS longer than its max-age"),
+        "{}",
+        b.summary
+    );
     let ring = RingName::new("svc").expect("ring");
-    let audit = s.storage.audit_log(&ring, AuditQuery { limit: 1 }).await.expect("audit");
+    let audit = s
+        .storage
+        .audit_log(&ring, AuditQuery { limit: 1 })
+        .await
+        .expect("audit");
     let detail = audit[0].detail.as_deref().expect("detail");
-    assert!(detail.contains(&b.summary), "the audit record carries the same figure: {detail}");
+    assert!(
+        detail.contains(&b.summary),
+        "the audit record carries the same figure: {detail}"
+    );
 
     // A forced rotation that keeps the old key revokes nothing and states nothing.
     s.clock.advance(TimeDelta::hours(2));
@@ -76,10 +92,11 @@ async fn the_report_and_the_audit_record_state_when_the_old_key_is_refused() {
 #[tokio::test]
 async fn the_http_answer_states_it() {
     let s = setup().await;
-    let endpoints = HttpEndpoints::builder(s.keyring.clone(), s.rotator.clone()).build().expect("endpoints");
+    let endpoints = HttpEndpoints::builder(s.keyring.clone(), s.rotator.clone())
+        .build()
+        .expect("endpoints");
     let now = s.clock.now().timestamp();
-    let claims =
-        serde_json::json!({"sub": "bg", "client_id": "bg", "scope": "admin.force-rotate-keys", "iat": now, "exp": now + 60});
+    let claims = serde_json::json!({"sub": "bg", "client_id": "bg", "scope": "admin.force-rotate-keys", "iat": now, "exp": now + 60});
     let token = s.keyring.sign(&claims).expect("sign");
     let headers = vec![
         ("authorization", format!("Bearer {token}")),

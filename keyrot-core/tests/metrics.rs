@@ -8,8 +8,8 @@ use keyrot_core::http::{BearerAuth, HttpRequest, jwks_response};
 use keyrot_core::testing::metrics::value;
 use keyrot_core::testing::token::{encode_header, sign};
 use keyrot_core::{
-    Algorithm, Clock, KeyRing, RsaBits, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, PrivateKey, RequestContext,
-    RingName, Rotator,
+    Algorithm, Clock, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
+    PrivateKey, RequestContext, RingName, Rotator, RsaBits,
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::sync::Arc;
@@ -31,10 +31,15 @@ async fn metrics_follow_the_ring() {
         .build()
         .await
         .expect("keyring");
-    let rotator = Rotator::builder(ring, storage.clone(), Arc::new(MemoryLock::new(Arc::new(clock.clone()))), sealer)
-        .with_clock(Arc::new(clock.clone()))
-        .with_keyring(keyring.clone())
-        .build();
+    let rotator = Rotator::builder(
+        ring,
+        storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(clock.clone()))),
+        sealer,
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_keyring(keyring.clone())
+    .build();
     let m = |name: &str, labels: &[(&str, &str)]| value(&prom.render(), name, labels);
     let svc = ("ring", "svc");
 
@@ -52,7 +57,10 @@ async fn metrics_follow_the_ring() {
     assert_eq!(m("keyrot_active_key_age_seconds", &[svc]), Some(3600.0));
     assert_eq!(m("keyrot_next_transition_seconds", &[svc]), Some(next - 3600.0));
     assert_eq!(
-        m("keyrot_rotation_attempts_total", &[svc, ("trigger", "tick"), ("outcome", "nothing_due")]),
+        m(
+            "keyrot_rotation_attempts_total",
+            &[svc, ("trigger", "tick"), ("outcome", "nothing_due")]
+        ),
         Some(1.0)
     );
 
@@ -61,7 +69,10 @@ async fn metrics_follow_the_ring() {
         .await
         .expect("forced");
     assert_eq!(
-        m("keyrot_rotation_attempts_total", &[svc, ("trigger", "force_rotate"), ("outcome", "rotated")]),
+        m(
+            "keyrot_rotation_attempts_total",
+            &[svc, ("trigger", "force_rotate"), ("outcome", "rotated")]
+        ),
         Some(1.0)
     );
     assert_eq!(m("keyrot_snapshot_generation", &[svc]), Some(2.0));
@@ -69,7 +80,10 @@ async fn metrics_follow_the_ring() {
     // Refused: too soon after the last forced rotation.
     let _ = rotator.force_rotate(RequestContext::actor("t"), "again", false).await;
     assert_eq!(
-        m("keyrot_rotation_attempts_total", &[svc, ("trigger", "force_rotate"), ("outcome", "rate_limited")]),
+        m(
+            "keyrot_rotation_attempts_total",
+            &[svc, ("trigger", "force_rotate"), ("outcome", "rate_limited")]
+        ),
         Some(1.0)
     );
 
@@ -78,14 +92,34 @@ async fn metrics_follow_the_ring() {
     assert_eq!(m("keyrot_snapshot_refreshes_total", &[svc]), Some(1.0));
     assert_eq!(m("keyrot_snapshot_stale", &[svc]), Some(0.0));
     assert_eq!(m("keyrot_snapshot_refresh_age_seconds", &[svc]), Some(0.0));
-    assert_eq!(m("keyrot_active_key_age_seconds", &[svc]), Some(30.0), "recomputed at the refresh");
+    assert_eq!(
+        m("keyrot_active_key_age_seconds", &[svc]),
+        Some(30.0),
+        "recomputed at the refresh"
+    );
 
     // JWKS by status.
     let none: Vec<(&str, String)> = Vec::new();
-    let r = jwks_response(&keyring, &HttpRequest { method: "GET", headers: &none });
+    let r = jwks_response(
+        &keyring,
+        &HttpRequest {
+            method: "GET",
+            headers: &none,
+        },
+    );
     let etag = r.header("etag").expect("etag").to_owned();
     let cond = vec![("if-none-match", etag)];
-    assert_eq!(jwks_response(&keyring, &HttpRequest { method: "GET", headers: &cond }).status, 304);
+    assert_eq!(
+        jwks_response(
+            &keyring,
+            &HttpRequest {
+                method: "GET",
+                headers: &cond
+            }
+        )
+        .status,
+        304
+    );
     assert_eq!(m("keyrot_jwks_responses_total", &[svc, ("status", "200")]), Some(1.0));
     assert_eq!(m("keyrot_jwks_responses_total", &[svc, ("status", "304")]), Some(1.0));
 
@@ -93,7 +127,10 @@ async fn metrics_follow_the_ring() {
     let auth = BearerAuth::new(keyring.clone());
     let bad = vec![("authorization", "Bearer a.b.c".to_owned())];
     assert!(auth.authenticate(&bad).await.is_err());
-    assert_eq!(m("keyrot_verification_failures_total", &[("reason", "malformed")]), Some(1.0));
+    assert_eq!(
+        m("keyrot_verification_failures_total", &[("reason", "malformed")]),
+        Some(1.0)
+    );
     let stranger = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key");
     let now = clock.now().timestamp();
     let header = encode_header(stranger.algorithm(), "unknown-kid-x");
@@ -101,13 +138,20 @@ async fn metrics_follow_the_ring() {
     let token = sign(&stranger.signing_key(), &header, &claims, now, 3600).expect("sign");
     let unknown = vec![("authorization", format!("Bearer {token}"))];
     assert!(auth.authenticate(&unknown).await.is_err());
-    assert_eq!(m("keyrot_verification_failures_total", &[("reason", "unknown_kid")]), Some(1.0));
+    assert_eq!(
+        m("keyrot_verification_failures_total", &[("reason", "unknown_kid")]),
+        Some(1.0)
+    );
     assert_eq!(m("keyrot_unknown_kid_refreshes_total", &[svc]), Some(1.0));
 
     // A row edited in storage: the reloaded snapshot reports it.
     assert_eq!(m("keyrot_tampered_rows", &[svc]), Some(0.0));
     storage.tamper(&RingName::new("svc").expect("ring"), |raw| {
-        let retiring = raw.keys.iter_mut().find(|k| k.state == KeyState::Retiring).expect("retiring key");
+        let retiring = raw
+            .keys
+            .iter_mut()
+            .find(|k| k.state == KeyState::Retiring)
+            .expect("retiring key");
         retiring.expires_at = retiring.expires_at.map(|t| t + TimeDelta::days(365));
     });
     let _ = keyring.reload().await;
@@ -116,9 +160,16 @@ async fn metrics_follow_the_ring() {
 
     // Labels are bounded: no kid appears anywhere in the exposition.
     let text = prom.render();
-    for kid in [forced.new_kid.as_deref(), forced.old_kid.as_deref(), Some("unknown-kid-x")] {
+    for kid in [
+        forced.new_kid.as_deref(),
+        forced.old_kid.as_deref(),
+        Some("unknown-kid-x"),
+    ] {
         let kid = kid.expect("kid");
         assert!(!text.contains(kid), "kid {kid} in the metrics:\n{text}");
     }
-    assert!(text.contains("# HELP keyrot_rotation_attempts_total Rotation attempts"), "{text}");
+    assert!(
+        text.contains("# HELP keyrot_rotation_attempts_total Rotation attempts"),
+        "{text}"
+    );
 }

@@ -25,7 +25,10 @@ fn every_metric_in_the_alert_rules_exists() {
     let words = metric_words(&exprs.join("\n"));
     assert!(words.len() >= 7, "the rules use keyrot's metrics: {words:?}");
     for w in words {
-        assert!(METRICS.iter().any(|m| m.name == w), "{w} is used by an alert but keyrot records no such metric");
+        assert!(
+            METRICS.iter().any(|m| m.name == w),
+            "{w} is used by an alert but keyrot records no such metric"
+        );
     }
 }
 
@@ -38,8 +41,15 @@ fn the_readme_table_lists_every_metric() {
             MetricKind::Gauge => "gauge",
             _ => "?",
         };
-        let labels = if m.labels.is_empty() { "—".to_owned() } else { m.labels.join(", ") };
+        let labels = if m.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            m.labels.join(", ")
+        };
         let row = format!("| `{}` | {kind} | {labels} |", m.name);
-        assert!(readme.contains(&row), "README metrics table is missing the row starting {row}");
+        assert!(
+            readme.contains(&row),
+            "README metrics table is missing the row starting {row}"
+        );
     }
 }

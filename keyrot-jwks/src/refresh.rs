@@ -142,7 +142,11 @@ impl Inner {
     fn set_stale(&self, stale: bool) {
         if self.stale.swap(stale, Ordering::AcqRel) != stale {
             let gauge = metrics::gauge!(REMOTE_JWKS_STALE);
-            if stale { gauge.increment(1.0) } else { gauge.decrement(1.0) }
+            if stale {
+                gauge.increment(1.0)
+            } else {
+                gauge.decrement(1.0)
+            }
         }
     }
 

@@ -20,7 +20,12 @@ async fn fetches_by_outcome_and_stale_state() {
     let server = Server::start().await;
     let key = ed25519();
     let body = jwks(&[jwk(&key, "k1")]);
-    server.set(PATH, Reply::ok(body.clone()).header("etag", "\"v1\"").header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::ok(body.clone())
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=0"),
+    );
     let v = JwksVerifier::builder()
         .jwks_url(server.url(PATH))
         .client(client())
@@ -30,9 +35,20 @@ async fn fetches_by_outcome_and_stale_state() {
         .build()
         .await
         .expect("build");
-    let fetches = |outcome| value(&handle.render(), "keyrot_remote_jwks_fetches_total", &[("outcome", outcome)]);
+    let fetches = |outcome| {
+        value(
+            &handle.render(),
+            "keyrot_remote_jwks_fetches_total",
+            &[("outcome", outcome)],
+        )
+    };
     assert_eq!(fetches("updated"), Some(1.0), "{}", handle.render());
-    server.set(PATH, Reply::status(304).header("etag", "\"v1\"").header("cache-control", "max-age=0"));
+    server.set(
+        PATH,
+        Reply::status(304)
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=0"),
+    );
     v.refresh().await.expect("revalidated");
     assert!(fetches("not_modified").is_some_and(|n| n >= 1.0), "{}", handle.render());
     let stale = || value(&handle.render(), "keyrot_remote_jwks_stale", &[]);

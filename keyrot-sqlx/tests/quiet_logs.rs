@@ -37,7 +37,10 @@ impl Captured {
     /// The lines written since the last call, each starting with its level.
     fn take(&self) -> Vec<String> {
         let bytes = std::mem::take(&mut *self.0.lock().expect("log buffer"));
-        String::from_utf8_lossy(&bytes).lines().map(|l| l.trim_start().to_owned()).collect()
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|l| l.trim_start().to_owned())
+            .collect()
     }
 }
 
@@ -67,15 +70,23 @@ async fn idle_tick_is_quiet(name: &str, storage: Arc<dyn Storage>, lock: Arc<dyn
         .build();
     rotator.init(RequestContext::actor("t")).await.expect("init");
     let init = logs.take();
-    assert_eq!(at_info_or_above(&init).len(), 1, "{name}: one INFO line for the bootstrap: {init:#?}");
+    assert_eq!(
+        at_info_or_above(&init).len(),
+        1,
+        "{name}: one INFO line for the bootstrap: {init:#?}"
+    );
 
     clock.advance(TimeDelta::minutes(1));
     let r = rotator.tick().await.expect("tick");
     assert_eq!(r.outcome, Outcome::NothingDue, "{name}");
     let idle = logs.take();
-    assert!(at_info_or_above(&idle).is_empty(), "{name}: an idle tick logs nothing at INFO or above: {idle:#?}");
     assert!(
-        idle.iter().any(|l| l.starts_with("DEBUG") && l.contains("rotation lock acquired")),
+        at_info_or_above(&idle).is_empty(),
+        "{name}: an idle tick logs nothing at INFO or above: {idle:#?}"
+    );
+    assert!(
+        idle.iter()
+            .any(|l| l.starts_with("DEBUG") && l.contains("rotation lock acquired")),
         "{name}: the lock is still traced, at DEBUG: {idle:#?}"
     );
 
@@ -87,7 +98,10 @@ async fn idle_tick_is_quiet(name: &str, storage: Arc<dyn Storage>, lock: Arc<dyn
     let changed = logs.take();
     let info = at_info_or_above(&changed);
     assert_eq!(info.len(), 1, "{name}: one INFO line per change: {changed:#?}");
-    assert!(info[0].contains("outcome=\"scheduled\"") || info[0].contains("outcome=scheduled"), "{name}: {info:?}");
+    assert!(
+        info[0].contains("outcome=\"scheduled\"") || info[0].contains("outcome=scheduled"),
+        "{name}: {info:?}"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +113,9 @@ async fn idle_ticks_are_quiet_on_sqlite() {
 
 #[tokio::test]
 async fn idle_ticks_are_quiet_on_postgres() {
-    let Some(pg) = PgTest::new("idle_ticks_are_quiet_on_postgres", false).await else { return };
+    let Some(pg) = PgTest::new("idle_ticks_are_quiet_on_postgres", false).await else {
+        return;
+    };
     let store = pg.instance(2, "quiet").await;
     idle_tick_is_quiet("postgres", Arc::new(store.clone()), Arc::new(store)).await;
     pg.finish().await;
@@ -107,7 +123,9 @@ async fn idle_ticks_are_quiet_on_postgres() {
 
 #[tokio::test]
 async fn idle_ticks_are_quiet_on_mysql() {
-    let Some(my) = MySqlTest::new("idle_ticks_are_quiet_on_mysql", false).await else { return };
+    let Some(my) = MySqlTest::new("idle_ticks_are_quiet_on_mysql", false).await else {
+        return;
+    };
     let store = my.instance(2).await;
     idle_tick_is_quiet("mysql", Arc::new(store.clone()), Arc::new(store)).await;
     my.finish().await;

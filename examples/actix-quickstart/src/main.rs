@@ -8,7 +8,7 @@
 
 use actix_web::{App, HttpRequest, HttpServer, web};
 use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Token, into_actix_response};
-use keyrot_examples_support::quickstart::{self, LOGIN_PATH, METRICS_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 
 #[tokio::main]

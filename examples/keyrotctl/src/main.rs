@@ -589,7 +589,9 @@ fn print_report(r: &RotationReport, json: bool) {
             fmt(b.jwks_verifiers_by),
             b.max_age_secs
         );
-        println!("            verifiers that cache the JWKS longer than its max-age accept it until their cache expires");
+        println!(
+            "            verifiers that cache the JWKS longer than its max-age accept it until their cache expires"
+        );
     }
 }
 
@@ -743,7 +745,10 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
             );
         }
         println!();
-        print!("{}", timeline::render(&keys, chrono::Utc::now(), next.as_ref(), colour_stdout()));
+        print!(
+            "{}",
+            timeline::render(&keys, chrono::Utc::now(), next.as_ref(), colour_stdout())
+        );
         match next {
             Some(n) => println!(
                 "next: {:?} {} at {}",

@@ -63,7 +63,10 @@ struct Span {
 impl Span {
     fn new(keys: &[KeyStatus], now: DateTime<Utc>, next: Option<&NextTransition>) -> Self {
         let start = keys.iter().map(|k| k.created_at).min().unwrap_or(now).min(now);
-        let planned = keys.iter().flat_map(|k| [k.activate_at, k.expires_at, k.revoked_at]).flatten();
+        let planned = keys
+            .iter()
+            .flat_map(|k| [k.activate_at, k.expires_at, k.revoked_at])
+            .flatten();
         let end = planned.chain(next.map(|n| n.at)).chain([now]).max().unwrap_or(now);
         // A tenth more on the right, so "now" and the last change are not on the edge.
         let total = (end - start).max(TimeDelta::hours(1));
@@ -212,7 +215,11 @@ pub fn render(keys: &[KeyStatus], now: DateTime<Utc>, next: Option<&NextTransiti
         minute(now)
     );
     if let Some(n) = next {
-        let kid = n.kid.as_deref().map(|k| format!(" {}", label(k).trim_end())).unwrap_or_default();
+        let kid = n
+            .kid
+            .as_deref()
+            .map(|k| format!(" {}", label(k).trim_end()))
+            .unwrap_or_default();
         let _ = writeln!(out, "▽ next: {}{kid} at {} UTC", action_name(n.action), minute(n.at));
     }
     out
@@ -240,7 +247,9 @@ mod tests {
     use keyrot_core::{Algorithm, KeyOrigin};
 
     fn t(month: u32, day: u32, hour: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, month, day, hour, 0, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2026, month, day, hour, 0, 0)
+            .single()
+            .expect("time")
     }
 
     fn key(kid: &str, state: KeyState, created: DateTime<Utc>) -> KeyStatus {

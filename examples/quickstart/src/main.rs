@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
 use keyrot_core::http::HttpResponse;
-use keyrot_examples_support::quickstart::{self, LOGIN_PATH, METRICS_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -48,7 +48,10 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
             }),
         )
         // Unauthenticated on the quickstart; in production keep it on an internal listener.
-        .route(METRICS_PATH, get(move || std::future::ready(into_axum_response(metrics()))))
+        .route(
+            METRICS_PATH,
+            get(move || std::future::ready(into_axum_response(metrics()))),
+        )
         .merge(keyrot_axum::routes(app.endpoints.clone()));
     app.announce("axum");
     axum::serve(listener, router)

@@ -233,8 +233,15 @@ async fn scrape(base: &str) -> String {
         .await
         .expect("GET /metrics");
     assert_eq!(r.status().as_u16(), 200, "/metrics is served unauthenticated");
-    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(
+        content_type.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     r.text().await.expect("metrics text")
 }
 
@@ -253,7 +260,10 @@ async fn metrics_move_with_a_forced_rotation(svc: &Service) {
     };
     let generation = |text: &str| metrics::value(text, "keyrot_snapshot_generation", &[("ring", "default")]);
     let g0 = generation(&before).expect("the generation gauge is exported");
-    assert!(before.contains("# TYPE keyrot_rotation_attempts_total counter"), "{before}");
+    assert!(
+        before.contains("# TYPE keyrot_rotation_attempts_total counter"),
+        "{before}"
+    );
     let secret = secret_from_banner(&svc.banner, "breakglass");
     let client = reqwest::Client::new();
     let r = client
@@ -413,7 +423,11 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     assert_eq!(report["old_kid"], scheduled_kid.as_str());
     assert_eq!(report["generation"].as_u64(), Some(generation_before + 1));
     let radius = &report["revocation"];
-    assert_eq!(radius["kid"], scheduled_kid.as_str(), "the blast radius names the revoked key: {report}");
+    assert_eq!(
+        radius["kid"],
+        scheduled_kid.as_str(),
+        "the blast radius names the revoked key: {report}"
+    );
     assert!(
         radius["keyrot_instances_by"].is_string() && radius["jwks_verifiers_by"].is_string(),
         "{report}"

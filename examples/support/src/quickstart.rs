@@ -12,8 +12,8 @@ use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_mast
 use banner::Secret;
 use keyrot_core::RefresherHandle;
 use keyrot_core::http::{HttpEndpoints, HttpResponse, IssuerMetadata, ResponseBody};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use keyrot_core::{KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, Validation};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::error::Error;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -89,7 +89,9 @@ impl Quickstart {
     /// scheduler and the refresher.
     pub async fn start(config: QuickstartConfig) -> Result<Self, SetupError> {
         // Installed first, so the first snapshot's gauges are recorded.
-        let metrics = PrometheusBuilder::new().install_recorder().map_err(SetupError::Metrics)?;
+        let metrics = PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(SetupError::Metrics)?;
         keyrot_core::describe_metrics();
         let backend = connect(&config.database_url).await?;
         let (sealer, master) = load_master_key(None, true)?;

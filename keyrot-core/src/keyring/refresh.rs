@@ -54,7 +54,9 @@ impl KeyRing {
     fn refreshed(&self, failure: Option<&RefreshError>) {
         let now = self.inner.clock.now();
         if failure.is_none() {
-            self.inner.last_refresh_ms.store(now.timestamp_millis(), Ordering::Relaxed);
+            self.inner
+                .last_refresh_ms
+                .store(now.timestamp_millis(), Ordering::Relaxed);
         }
         let last = DateTime::<Utc>::from_timestamp_millis(self.inner.last_refresh_ms.load(Ordering::Relaxed));
         crate::metrics::refreshed(&self.inner.ring, failure, last, now);
@@ -101,7 +103,12 @@ impl KeyRing {
                         error = %crate::ErrorChain(&e),
                         "stored ring refused; keys it no longer publishes stop verifying here"
                     );
-                    crate::metrics::snapshot_installed(&self.inner.ring, &narrowed, &self.inner.policy, self.inner.clock.now());
+                    crate::metrics::snapshot_installed(
+                        &self.inner.ring,
+                        &narrowed,
+                        &self.inner.policy,
+                        self.inner.clock.now(),
+                    );
                     self.inner.snapshot.store(Arc::new(narrowed));
                 }
                 Err(e)

@@ -327,10 +327,21 @@ impl<'r> Attempt<'r> {
 
     /// For a forced rotation that revoked the old key: when that key is refused everywhere.
     fn blast_radius(&self, a: &Answer) -> Option<super::BlastRadius> {
-        let revoked = matches!(&self.request, Request::Plan(Trigger::ForceRotate { revoke_old: true, .. }));
-        let old = a.old_kid.as_deref().filter(|_| revoked && a.outcome == Outcome::Rotated)?;
+        let revoked = matches!(
+            &self.request,
+            Request::Plan(Trigger::ForceRotate { revoke_old: true, .. })
+        );
+        let old = a
+            .old_kid
+            .as_deref()
+            .filter(|_| revoked && a.outcome == Outcome::Rotated)?;
         let inner = &self.rotator.inner;
-        Some(super::BlastRadius::new(old, self.now, inner.propagation, inner.policy.jwks_max_age()))
+        Some(super::BlastRadius::new(
+            old,
+            self.now,
+            inner.propagation,
+            inner.policy.jwks_max_age(),
+        ))
     }
 
     async fn acquire(&self) -> Result<Option<Box<dyn LockGuard>>, StorageError> {

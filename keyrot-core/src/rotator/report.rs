@@ -75,7 +75,12 @@ pub struct BlastRadius {
 
 impl BlastRadius {
     /// The figures for `kid` revoked at `at`.
-    pub(crate) fn new(kid: &str, at: DateTime<Utc>, propagation: std::time::Duration, max_age: chrono::TimeDelta) -> Self {
+    pub(crate) fn new(
+        kid: &str,
+        at: DateTime<Utc>,
+        propagation: std::time::Duration,
+        max_age: chrono::TimeDelta,
+    ) -> Self {
         let propagation_secs = propagation.as_secs();
         let max_age_secs = u64::try_from(max_age.num_seconds()).unwrap_or(0);
         let add = |secs: u64| at + chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000));

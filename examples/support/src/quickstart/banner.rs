@@ -1,7 +1,7 @@
 //! What the quickstart prints at start: where everything is, and `curl` commands that
 //! work as printed.
 
-use super::{LOGIN_PATH, METRICS_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use super::{LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use crate::oauth::USER_SCOPES;
 use crate::{MasterKeySource, SetupError, random_secret};
 use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
