@@ -19,6 +19,7 @@ use crate::keyring::Snapshot;
 use crate::planner::TriggerKind;
 use crate::policy::Policy;
 use crate::ring::RingName;
+#[cfg(feature = "http")]
 use crate::token::TokenError;
 use chrono::{DateTime, Utc};
 
@@ -303,11 +304,13 @@ pub(crate) fn unknown_kid_refresh(ring: &RingName) {
 }
 
 /// A bearer token was refused.
+#[cfg(feature = "http")]
 pub(crate) fn verification_failure(e: &TokenError) {
     ::metrics::counter!(VERIFICATION_FAILURES, "reason" => token_reason(e)).increment(1);
 }
 
 /// The fixed reason label of a [`TokenError`]: its variant, in snake case.
+#[cfg(feature = "http")]
 pub(crate) fn token_reason(e: &TokenError) -> &'static str {
     use TokenError as E;
     match e {
@@ -388,6 +391,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "http")]
     fn token_reasons_are_fixed_labels() {
         assert_eq!(token_reason(&TokenError::BadSignature), "bad_signature");
         assert_eq!(token_reason(&TokenError::TooLarge { max: 8 }), "too_large");
