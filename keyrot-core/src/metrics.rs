@@ -23,7 +23,7 @@ use crate::ring::RingName;
 use crate::token::TokenError;
 use chrono::{DateTime, Utc};
 
-/// The metric names, one constant per metric (see [`METRICS`] for types and labels).
+/// The metric names, one constant per metric (see [`crate::METRICS`] for types and labels).
 pub mod names {
     /// Counter: rotation attempts by ring, trigger and outcome.
     pub const ROTATION_ATTEMPTS: &str = "keyrot_rotation_attempts_total";
