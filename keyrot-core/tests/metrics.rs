@@ -173,3 +173,44 @@ async fn metrics_follow_the_ring() {
         "{text}"
     );
 }
+
+/// Refusals beyond the per-actor budget are counted into a summary, not written one by
+/// one: the aggregation counter says how many.
+#[tokio::test]
+async fn the_refusal_budget_aggregation_is_counted() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prom = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let storage = Arc::new(MemoryStorage::new());
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk1").expect("mk"), []).expect("sealer"));
+    let ring = RingName::new("svc").expect("ring");
+    let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
+        .build()
+        .await
+        .expect("keyring");
+    let rotator = Rotator::builder(ring, storage, Arc::new(MemoryLock::default()), sealer)
+        .with_keyring(keyring.clone())
+        .build();
+    rotator.init(RequestContext::actor("t")).await.expect("init");
+    let endpoints = keyrot_core::http::HttpEndpoints::builder(keyring, rotator)
+        .build()
+        .expect("endpoints");
+    let none: Vec<(&str, String)> = Vec::new();
+    let req = HttpRequest {
+        method: "POST",
+        headers: &none,
+    };
+    let per_actor = keyrot_core::http::DEFAULT_REFUSALS_AUDITED_PER_ACTOR;
+    for _ in 0..per_actor + 3 {
+        let r = endpoints
+            .rotate(&req, keyrot_core::http::RequestBody::Complete(b""))
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let aggregated = value(
+        &prom.render(),
+        "keyrot_ledger_records_aggregated_total",
+        &[("reason", "refused")],
+    );
+    assert_eq!(aggregated, Some(3.0), "{}", prom.render());
+}
