@@ -43,6 +43,7 @@ mod key;
 mod keyring;
 mod keyset;
 mod memory;
+mod metrics;
 mod planner;
 mod policy;
 mod public_ring;
@@ -82,6 +83,7 @@ pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};
+pub use metrics::{METRICS, MetricDef, MetricKind, describe_metrics, names as metric_names};
 pub use planner::{
     Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,
     Trigger, TriggerKind, next_transition, plan,
@@ -90,7 +92,10 @@ pub use policy::{Policy, PolicyBuilder, PolicyError};
 pub use public_ring::{PublicKeyRing, PublicKeyRingBuilder};
 pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
-pub use rotator::{MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator, RotatorBuilder};
+pub use rotator::{
+    BlastRadius, DEFAULT_PROPAGATION, MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator,
+    RotatorBuilder,
+};
 pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
 pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;

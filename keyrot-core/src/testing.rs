@@ -19,3 +19,20 @@ pub mod token {
 }
 
 pub use crate::integrity::seal_manifest;
+
+/// Reading metrics out of the Prometheus text format in tests.
+pub mod metrics {
+    /// The value of the sample of `name` whose labels include every `name="value"` pair of
+    /// `labels` (the first such sample), from Prometheus text exposition.
+    pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let (series, v) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
+            all.then(|| v.parse().ok()).flatten()
+        })
+    }
+}

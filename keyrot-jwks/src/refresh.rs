@@ -5,9 +5,10 @@
 use crate::error::{Document, JwksError};
 use crate::http::{self, Limits, Response};
 use arc_swap::ArcSwap;
+use keyrot_core::metric_names::{REMOTE_JWKS_FETCHES, REMOTE_JWKS_STALE};
 use keyrot_core::{ErrorChain, KeySet, Validation};
 use reqwest::{Client, Url};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex as AsyncMutex, watch};
@@ -73,6 +74,9 @@ pub(crate) struct Inner {
     /// When the background task should refresh next; `None` stops it.
     schedule: watch::Sender<Option<Instant>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Counted in [`keyrot_core::metric_names::REMOTE_JWKS_STALE`]: refreshing failed and
+    /// the set being served is past its lifetime.
+    stale: AtomicBool,
 }
 
 impl Inner {
@@ -99,6 +103,7 @@ impl Inner {
             kid_fetches: AtomicU64::new(0),
             schedule,
             task: std::sync::Mutex::new(None),
+            stale: AtomicBool::new(false),
         });
         (inner, rx)
     }
@@ -116,14 +121,33 @@ impl Inner {
     pub(crate) async fn refresh(&self) -> Result<(), JwksError> {
         let _one = self.fetch_lock.lock().await;
         let result = self.fetch().await;
-        match &result {
-            Ok(()) => self.reschedule(self.cached.load().refresh_at()),
+        let outcome = match &result {
+            Ok(outcome) => {
+                self.reschedule(self.cached.load().refresh_at());
+                outcome
+            }
             Err(e) => {
                 tracing::warn!(url = %self.url, error = %ErrorChain(e), "JWKS refresh failed; serving the last good key set");
                 self.reschedule(Instant::now() + self.timing.min_refresh);
+                "failed"
+            }
+        };
+        metrics::counter!(REMOTE_JWKS_FETCHES, "outcome" => outcome).increment(1);
+        let cached = self.cached.load();
+        self.set_stale(result.is_err() && Instant::now() >= cached.fetched + cached.lifetime);
+        result.map(|_| ())
+    }
+
+    /// Moves this verifier in or out of the count of stale remote key sets.
+    fn set_stale(&self, stale: bool) {
+        if self.stale.swap(stale, Ordering::AcqRel) != stale {
+            let gauge = metrics::gauge!(REMOTE_JWKS_STALE);
+            if stale {
+                gauge.increment(1.0)
+            } else {
+                gauge.decrement(1.0)
             }
         }
-        result
     }
 
     /// Schedules the next background refresh, unless the task was stopped: a refresh that
@@ -138,7 +162,9 @@ impl Inner {
         });
     }
 
-    async fn fetch(&self) -> Result<(), JwksError> {
+    /// Fetches and installs the set; the outcome is the metrics label (`updated` for a new
+    /// body, `not_modified` for a `304`).
+    async fn fetch(&self) -> Result<&'static str, JwksError> {
         let current = self.cached.load_full();
         let sent = Instant::now();
         let response = http::get(
@@ -150,6 +176,10 @@ impl Inner {
         )
         .await?;
         let t = &self.timing;
+        let outcome = match response {
+            Response::NotModified { .. } => "not_modified",
+            Response::Body { .. } => "updated",
+        };
         let next = match response {
             Response::NotModified { cache } => {
                 let etag = if cache.no_store { None } else { current.etag.clone() };
@@ -167,7 +197,7 @@ impl Inner {
             }
         };
         self.cached.store(Arc::new(next));
-        Ok(())
+        Ok(outcome)
     }
 
     /// For a token whose `kid` is not in the set: at most one fetch per `min_refresh`,
@@ -197,11 +227,19 @@ impl Inner {
 
     /// Stops the background task and waits for it.
     pub(crate) async fn stop(&self) {
+        self.set_stale(false);
         let _ = self.schedule.send_replace(None);
         let task = self.task.lock().ok().and_then(|mut slot| slot.take());
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for Inner {
+    /// A verifier dropped while stale leaves the count.
+    fn drop(&mut self) {
+        self.set_stale(false);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use actix_web::{App, HttpRequest, HttpServer, web};
 use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Token, into_actix_response};
-use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -21,9 +21,11 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
     let auth = BearerAuth::new(app.keyring.clone());
     let endpoints = app.endpoints.clone();
     let tokens = app.tokens.clone();
+    let metrics = app.metrics_response_fn();
     let server = HttpServer::new(move || {
         let cc_tokens = tokens.clone();
         let login_tokens = tokens.clone();
+        let metrics = metrics.clone();
         App::new()
             .service(
                 web::resource(ME_PATH)
@@ -46,6 +48,11 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                     let tokens = login_tokens.clone();
                     async move { into_actix_response(tokens.demo_login(&body)) }
                 }),
+            )
+            // Unauthenticated on the quickstart; in production keep it on an internal listener.
+            .route(
+                METRICS_PATH,
+                web::get().to(move || std::future::ready(into_actix_response(metrics()))),
             )
             .configure(keyrot_actix::configure(endpoints.clone()))
     })

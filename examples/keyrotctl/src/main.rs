@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod remote;
+mod timeline;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -575,6 +576,23 @@ fn print_report(r: &RotationReport, json: bool) {
     if let Some(d) = &r.detail {
         println!("detail      {d}");
     }
+    if let Some(b) = &r.revocation {
+        let fmt = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        println!("revoked     {}", clean(&b.kid));
+        println!(
+            "refused by  keyrot instances: {} (propagation {}s)",
+            fmt(b.keyrot_instances_by),
+            b.propagation_secs
+        );
+        println!(
+            "refused by  JWKS verifiers: {} (largest max-age served {}s)",
+            fmt(b.jwks_verifiers_by),
+            b.max_age_secs
+        );
+        println!(
+            "            verifiers that cache the JWKS longer than its max-age accept it until their cache expires"
+        );
+    }
 }
 
 /// A stored string made safe for a terminal: a forged kid or reason cannot carry control
@@ -668,6 +686,12 @@ fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, I
     }
 }
 
+/// Whether to colour what goes to stdout: only a terminal, and not when `NO_COLOR` is set.
+fn colour_stdout() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
     let ring = ctx.load().await?;
     let policy = policy_for(&ring, None)?;
@@ -720,6 +744,11 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
                 clean(kid)
             );
         }
+        println!();
+        print!(
+            "{}",
+            timeline::render(&keys, chrono::Utc::now(), next.as_ref(), colour_stdout())
+        );
         match next {
             Some(n) => println!(
                 "next: {:?} {} at {}",

@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
 use keyrot_core::http::HttpResponse;
-use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(app.config.listen).await?;
     let tokens = app.tokens.clone();
     let login_tokens = app.tokens.clone();
+    let metrics = app.metrics_response_fn();
     let router = Router::new()
         .route(ME_PATH, get(me))
         .layer(BearerAuthLayer::new(BearerAuth::new(app.keyring.clone())))
@@ -45,6 +46,11 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                 let tokens = Arc::clone(&login_tokens);
                 async move { into_axum_response(tokens.demo_login(&body)) }
             }),
+        )
+        // Unauthenticated on the quickstart; in production keep it on an internal listener.
+        .route(
+            METRICS_PATH,
+            get(move || std::future::ready(into_axum_response(metrics()))),
         )
         .merge(keyrot_axum::routes(app.endpoints.clone()));
     app.announce("axum");

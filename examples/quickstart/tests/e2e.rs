@@ -4,6 +4,7 @@
 //! checks, and on SQLite the same checks after tampering with the database file.
 
 use keyrot_core::MasterKey;
+use keyrot_core::testing::metrics;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -225,6 +226,73 @@ fn secret_from_banner(banner: &str, client: &str) -> String {
         .to_owned()
 }
 
+async fn scrape(base: &str) -> String {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status().as_u16(), 200, "/metrics is served unauthenticated");
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(
+        content_type.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    r.text().await.expect("metrics text")
+}
+
+/// Scrapes `/metrics`, forces a rotation through `POST /internal/rotate-keys` with the
+/// break-glass client's token, scrapes again: the forced attempt is counted and the served
+/// generation moved by one.
+async fn metrics_move_with_a_forced_rotation(svc: &Service) {
+    let before = scrape(&svc.base).await;
+    let forced = |text: &str| {
+        metrics::value(
+            text,
+            "keyrot_rotation_attempts_total",
+            &[("ring", "default"), ("trigger", "force_rotate"), ("outcome", "rotated")],
+        )
+        .unwrap_or(0.0)
+    };
+    let generation = |text: &str| metrics::value(text, "keyrot_snapshot_generation", &[("ring", "default")]);
+    let g0 = generation(&before).expect("the generation gauge is exported");
+    assert!(
+        before.contains("# TYPE keyrot_rotation_attempts_total counter"),
+        "{before}"
+    );
+    let secret = secret_from_banner(&svc.banner, "breakglass");
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/oauth/token", svc.base))
+        .basic_auth("breakglass", Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&scope=admin.force-rotate-keys")
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    let token = v["access_token"].as_str().expect("access_token");
+    let r = client
+        .post(format!("{}/internal/rotate-keys", svc.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(r#"{"force":true,"reason":"metrics drill"}"#)
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    let after = scrape(&svc.base).await;
+    assert_eq!(forced(&after), forced(&before) + 1.0, "{after}");
+    assert_eq!(generation(&after), Some(g0 + 1.0), "{after}");
+    let age = metrics::value(&after, "keyrot_active_key_age_seconds", &[("ring", "default")]).expect("age");
+    assert!((0.0..60.0).contains(&age), "the new Active key is young: {age}");
+}
+
 async fn scenario(database_url: Option<String>, binary: PathBuf) {
     let port = free_port();
     let env = Env::new(database_url, port);
@@ -268,6 +336,9 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
         );
         println!("skipped the printed curl commands: bash or curl is not installed");
     }
+
+    // 1b. GET /metrics moves with a forced rotation through HTTP.
+    metrics_move_with_a_forced_rotation(&svc).await;
 
     // 2. The scheduler example: slot 1 publishes a Pending key, slot 2 activates it, a rerun
     //    of slot 2 replays the answer without rotating again.
@@ -351,6 +422,16 @@ async fn scenario(database_url: Option<String>, binary: PathBuf) {
     assert_eq!(report["outcome"], "rotated");
     assert_eq!(report["old_kid"], scheduled_kid.as_str());
     assert_eq!(report["generation"].as_u64(), Some(generation_before + 1));
+    let radius = &report["revocation"];
+    assert_eq!(
+        radius["kid"],
+        scheduled_kid.as_str(),
+        "the blast radius names the revoked key: {report}"
+    );
+    assert!(
+        radius["keyrot_instances_by"].is_string() && radius["jwks_verifiers_by"].is_string(),
+        "{report}"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = 0;
     while Instant::now() < deadline {

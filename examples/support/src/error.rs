@@ -105,6 +105,9 @@ pub enum SetupError {
     /// The HTTP endpoints refused their configuration.
     #[error("the HTTP endpoints' configuration is invalid")]
     Endpoints(#[source] HttpConfigError),
+    /// The Prometheus recorder could not be installed (another recorder is installed).
+    #[error("cannot install the Prometheus metrics recorder: install only one recorder per process")]
+    Metrics(#[source] metrics_exporter_prometheus::BuildError),
     /// A file or directory could not be read or written.
     #[error("{}: check that it exists and that this user may read and write it", path.display())]
     Io {

@@ -11,10 +11,11 @@ use crate::oauth::TokenService;
 use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
 use banner::Secret;
 use keyrot_core::RefresherHandle;
-use keyrot_core::http::{HttpEndpoints, IssuerMetadata};
+use keyrot_core::http::{HttpEndpoints, HttpResponse, IssuerMetadata, ResponseBody};
 use keyrot_core::{
     KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, TokenCache, TokenCacheConfig, Validation,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::error::Error;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,6 +27,11 @@ pub const ME_PATH: &str = "/api/me";
 pub const TOKEN_PATH: &str = "/oauth/token";
 /// Path of the demo login.
 pub const LOGIN_PATH: &str = "/demo/login";
+/// Path of the Prometheus metrics. Unauthenticated here: in production serve it only on
+/// an internal listener or network (it names rings and shows their schedule).
+pub const METRICS_PATH: &str = "/metrics";
+/// The `Content-Type` of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `main` of a quickstart binary called `program`: logging, configuration from the
 /// environment, [`Quickstart::start`], then `serve` (which binds, calls
@@ -63,6 +69,7 @@ pub struct Quickstart {
     pub endpoints: HttpEndpoints,
     /// The demo token service.
     pub tokens: Arc<TokenService>,
+    metrics: PrometheusHandle,
     backend: Backend,
     master: MasterKeySource,
     scheduler_secret: Secret,
@@ -83,6 +90,11 @@ impl Quickstart {
     /// Opens the store, loads or creates the master key, bootstraps the ring and starts the
     /// scheduler and the refresher.
     pub async fn start(config: QuickstartConfig) -> Result<Self, SetupError> {
+        // Installed first, so the first snapshot's gauges are recorded.
+        let metrics = PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(SetupError::Metrics)?;
+        keyrot_core::describe_metrics();
         let backend = connect(&config.database_url).await?;
         let (sealer, master) = load_master_key(None, true)?;
         let sealer = Arc::new(sealer);
@@ -138,6 +150,7 @@ impl Quickstart {
             rotator,
             endpoints,
             tokens,
+            metrics,
             backend,
             master,
             scheduler_secret,
@@ -154,6 +167,20 @@ impl Quickstart {
         }
         if let Some(r) = self.refresher.take() {
             r.shutdown().await;
+        }
+    }
+
+    /// The `GET /metrics` handler for a router: every metric of this process in the
+    /// Prometheus text format.
+    pub fn metrics_response_fn(&self) -> impl Fn() -> HttpResponse + Clone + Send + Sync + 'static {
+        let handle = self.metrics.clone();
+        move || HttpResponse {
+            status: 200,
+            headers: vec![
+                ("content-type", METRICS_CONTENT_TYPE.to_owned()),
+                ("cache-control", "no-store".to_owned()),
+            ],
+            body: ResponseBody::Owned(handle.render().into_bytes()),
         }
     }
 

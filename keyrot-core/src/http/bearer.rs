@@ -321,6 +321,7 @@ impl BearerAuth {
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "bearer token rejected");
+                crate::metrics::verification_failure(&e);
                 Err(match e {
                     TokenError::KeysUnavailable => AuthRejection::KeysUnavailable,
                     e => AuthRejection::InvalidToken(Some(e)),

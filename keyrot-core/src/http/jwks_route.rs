@@ -26,6 +26,7 @@ pub fn jwks_response(keyring: &KeyRing, req: &HttpRequest<'_>) -> HttpResponse {
     });
     let mut headers = vec![("etag", jwks.etag().to_owned()), ("cache-control", cache_control)];
     if not_modified {
+        crate::metrics::jwks_response(keyring.ring(), 304);
         return HttpResponse {
             status: 304,
             headers,
@@ -34,6 +35,7 @@ pub fn jwks_response(keyring: &KeyRing, req: &HttpRequest<'_>) -> HttpResponse {
     }
     headers.push(("content-type", JWKS_CONTENT_TYPE.to_owned()));
     headers.push(("x-content-type-options", "nosniff".to_owned()));
+    crate::metrics::jwks_response(keyring.ring(), 200);
     HttpResponse {
         status: 200,
         headers,

@@ -105,6 +105,7 @@ fn report(outcome: Outcome) -> RotationReport {
         detail: None,
         at: DateTime::from_timestamp(1_900_000_000, 0).expect("time"),
         replayed: false,
+        revocation: None,
     }
 }
 

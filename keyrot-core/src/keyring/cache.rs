@@ -154,6 +154,8 @@ struct Counters {
     misses: AtomicU64,
     evictions: AtomicU64,
     invalidations: AtomicU64,
+    /// What [`TokenCache::take_unexported`] already handed to the metrics.
+    exported: [AtomicU64; 3],
 }
 
 #[derive(Clone)]
@@ -173,8 +175,8 @@ struct Shared {
     /// `None` when the bounds allow nothing.
     entries: Option<Entries>,
     counters: Arc<Counters>,
-    /// The least weight of an entry: `max_bytes / max_entries` rounded up, so the byte
-    /// bound also bounds the number of entries.
+    /// The least weight of an entry, `max_bytes / (max_entries + 1) + 1`: the byte bound
+    /// then also bounds the number of entries.
     floor: u64,
     config: TokenCacheConfig,
     /// The validation rules of the latest insert, shared by the entries verified under
@@ -219,11 +221,9 @@ impl TokenCache {
             shards.next_power_of_two() / 2
         };
         let capacity = max_bytes - max_bytes % shards;
-        let floor = if max_entries == 0 {
-            0
-        } else {
-            capacity.div_ceil(max_entries).max(1)
-        };
+        // n + 1 entries of this weight exceed the capacity, so at most n fit; and one
+        // entry of it stays well inside a shard's admission limit, even for n = 1.
+        let floor = capacity / max_entries.saturating_add(1) + 1;
         let entries = (max_entries > 0 && capacity > 0)
             .then(|| {
                 let options = OptionsBuilder::new()
@@ -272,6 +272,21 @@ impl TokenCache {
             entries,
             bytes,
         }
+    }
+
+    /// Hits, misses and evictions counted since the last call (for the metrics' counters;
+    /// concurrent callers never hand out the same count twice).
+    pub(crate) fn take_unexported(&self) -> (u64, u64, u64) {
+        let c = &self.shared.counters;
+        let delta = |now: &AtomicU64, exported: &AtomicU64| {
+            let now = now.load(Ordering::Relaxed);
+            now.saturating_sub(exported.fetch_max(now, Ordering::Relaxed))
+        };
+        (
+            delta(&c.hits, &c.exported[0]),
+            delta(&c.misses, &c.exported[1]),
+            delta(&c.evictions, &c.exported[2]),
+        )
     }
 
     /// Drops every entry.

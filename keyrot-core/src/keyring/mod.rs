@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -94,6 +94,8 @@ struct Inner {
     stale: AtomicBool,
     /// Successful verifications reused for repeated tokens (opt-in).
     token_cache: Option<TokenCache>,
+    /// When the last refresh from storage succeeded (Unix milliseconds), for the metrics.
+    last_refresh_ms: AtomicI64,
 }
 
 /// A cheap-to-clone handle to a ring's snapshot: sign, verify, JWKS, refresh.
@@ -189,6 +191,7 @@ impl KeyRingBuilder {
             return Err(RefreshError::InvalidTokenType);
         }
         let snap = Snapshot::build_with_type(&ring, &self.policy, &*self.sealer, now, &self.token_type)?;
+        crate::metrics::snapshot_installed(&self.ring, &snap, &self.policy, now);
         let served = snap.authenticated_generation();
         Ok(KeyRing {
             inner: Arc::new(Inner {
@@ -207,6 +210,7 @@ impl KeyRingBuilder {
                 highest_generation: AtomicU64::new(served),
                 stale: AtomicBool::new(false),
                 token_cache: self.token_cache,
+                last_refresh_ms: AtomicI64::new(now.timestamp_millis()),
             }),
         })
     }

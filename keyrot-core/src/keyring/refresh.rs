@@ -27,6 +27,7 @@ impl KeyRing {
         *gate = Some(tokio::time::Instant::now());
         self.inner.unknown_kid_started.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(ring = %self.inner.ring, "unknown kid: refreshing key ring");
+        crate::metrics::unknown_kid_refresh(&self.inner.ring);
         match self.refresh().await {
             Ok(_) => self.inner.snapshot.load().public.contains(kid),
             Err(_) => false,
@@ -45,7 +46,34 @@ impl KeyRing {
                 tracing::warn!(ring = %self.inner.ring, error = %crate::ErrorChain(e), "key ring refresh failed; serving the last snapshot");
             }
         }
+        self.refreshed(result.as_ref().err());
         result
+    }
+
+    /// Records a refresh's end in the metrics (and the time-dependent gauges).
+    fn refreshed(&self, failure: Option<&RefreshError>) {
+        let now = self.inner.clock.now();
+        if failure.is_none() {
+            self.inner
+                .last_refresh_ms
+                .store(now.timestamp_millis(), Ordering::Relaxed);
+        }
+        let last = DateTime::<Utc>::from_timestamp_millis(self.inner.last_refresh_ms.load(Ordering::Relaxed));
+        crate::metrics::refreshed(&self.inner.ring, failure, last, now);
+        self.record_clock_gauges();
+    }
+
+    /// Updates the gauges that move with the clock (the Active key's age, the time to the
+    /// next transition) from the served snapshot, at the clock's now, and adds what the
+    /// token cache counted since the last call. Called after every refresh and every
+    /// scheduler tick.
+    pub(crate) fn record_clock_gauges(&self) {
+        let snap = self.inner.snapshot.load();
+        crate::metrics::ring_clock(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
+        if let Some(cache) = &self.inner.token_cache {
+            let (hits, misses, evictions) = cache.take_unexported();
+            crate::metrics::token_cache(&self.inner.ring, hits, misses, evictions);
+        }
     }
 
     pub(super) async fn refresh_locked(&self) -> Result<bool, RefreshError> {
@@ -62,6 +90,7 @@ impl KeyRing {
         let _g = self.inner.refresh_lock.lock().await;
         let r = self.reload_locked().await;
         self.inner.stale.store(r.is_err(), Ordering::Relaxed);
+        self.refreshed(r.as_ref().err());
         r
     }
 
@@ -78,6 +107,12 @@ impl KeyRing {
                         ring = %self.inner.ring,
                         error = %crate::ErrorChain(&e),
                         "stored ring refused; keys it no longer publishes stop verifying here"
+                    );
+                    crate::metrics::snapshot_installed(
+                        &self.inner.ring,
+                        &narrowed,
+                        &self.inner.policy,
+                        self.inner.clock.now(),
                     );
                     self.inner.snapshot.store(Arc::new(narrowed));
                 }
@@ -144,6 +179,7 @@ impl KeyRing {
         self.inner
             .highest_generation
             .fetch_max(snap.authenticated_generation(), Ordering::AcqRel);
+        crate::metrics::snapshot_installed(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
         self.inner.snapshot.store(Arc::new(snap));
     }
 

@@ -274,6 +274,12 @@ impl<'r> Attempt<'r> {
             Request::Plan(Trigger::Revoke { reason, .. }) => (Some(reason.clone()), false),
             _ => (None, false),
         };
+        let revocation = self.blast_radius(&a);
+        let detail = match (&a.detail, &revocation) {
+            (Some(d), Some(r)) => Some(format!("{d}; {}", r.summary)),
+            (None, Some(r)) => Some(r.summary.clone()),
+            (d, None) => d.clone(),
+        };
         let (new_kid, new_fingerprint, activates_at) = match a.new {
             Some(n) => (Some(n.kid), n.fingerprint, n.activates_at),
             None => (None, None, None),
@@ -294,7 +300,7 @@ impl<'r> Attempt<'r> {
             generation: a.generation,
             idempotency_key: self.ctx.idempotency_key.clone(),
             request_id: self.ctx.request_id.clone(),
-            detail: a.detail.clone(),
+            detail,
             instance: inner.instance.clone(),
             seq: 0,
             mac: None,
@@ -314,8 +320,28 @@ impl<'r> Attempt<'r> {
             detail: a.detail,
             at: self.now,
             replayed: false,
+            revocation,
         };
         (report, audit)
+    }
+
+    /// For a forced rotation that revoked the old key: when that key is refused everywhere.
+    fn blast_radius(&self, a: &Answer) -> Option<super::BlastRadius> {
+        let revoked = matches!(
+            &self.request,
+            Request::Plan(Trigger::ForceRotate { revoke_old: true, .. })
+        );
+        let old = a
+            .old_kid
+            .as_deref()
+            .filter(|_| revoked && a.outcome == Outcome::Rotated)?;
+        let inner = &self.rotator.inner;
+        Some(super::BlastRadius::new(
+            old,
+            self.now,
+            inner.propagation,
+            inner.policy.jwks_max_age(),
+        ))
     }
 
     async fn acquire(&self) -> Result<Option<Box<dyn LockGuard>>, StorageError> {

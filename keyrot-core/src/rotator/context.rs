@@ -61,6 +61,9 @@ impl std::fmt::Debug for RotatorBuilder {
     }
 }
 
+/// The default propagation bound ([`RotatorBuilder::with_propagation`]).
+pub const DEFAULT_PROPAGATION: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl RotatorBuilder {
     /// The defaults: system clock, default policy, random instance name, no key ring.
     pub(super) fn new(ring: RingName, storage: Arc<dyn Storage>, lock: Arc<dyn Lock>, sealer: Arc<dyn Sealer>) -> Self {
@@ -76,6 +79,7 @@ impl RotatorBuilder {
                 instance: String::new(),
                 keyring: None,
                 served: std::sync::atomic::AtomicU64::new(0),
+                propagation: DEFAULT_PROPAGATION,
             },
             instance: None,
         }
@@ -96,6 +100,15 @@ impl RotatorBuilder {
     /// A name for this instance in audit records and lock holders (default: random).
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
+        self
+    }
+
+    /// The longest a commit takes to reach every instance's key ring: the change feed's
+    /// delay (PostgreSQL `NOTIFY`: about a second), or the refresher's poll interval where
+    /// there is no feed. Stated in the blast radius of a revocation (default 30 s, the
+    /// examples' poll interval).
+    pub fn with_propagation(mut self, bound: std::time::Duration) -> Self {
+        self.inner.propagation = bound;
         self
     }
 

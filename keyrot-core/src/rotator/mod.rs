@@ -29,12 +29,12 @@ mod plan;
 mod report;
 mod trust;
 
-pub use context::{RequestContext, RotatorBuilder};
+pub use context::{DEFAULT_PROPAGATION, RequestContext, RotatorBuilder};
 pub use error::RotateError;
 pub use idempotency::MAX_IDEMPOTENCY_KEY_LEN;
 #[cfg(feature = "http")]
 pub(crate) use idempotency::checked_idempotency_key;
-pub use report::RotationReport;
+pub use report::{BlastRadius, RotationReport};
 
 use crate::clock::Clock;
 use crate::integrity::SealerLinker;
@@ -60,6 +60,8 @@ struct Inner {
     linker: SealerLinker,
     /// The highest authenticated generation this rotator loaded or committed.
     served: std::sync::atomic::AtomicU64,
+    /// How long a commit takes at most to reach every instance (change feed or poll).
+    propagation: std::time::Duration,
 }
 
 /// Performs rotations on one ring. Cheap to clone.
@@ -127,7 +129,11 @@ impl Rotator {
     /// nothing due or the lock busy are traced but not written to the ledger.
     pub async fn tick(&self) -> Result<RotationReport, RotateError> {
         let ctx = RequestContext::actor(format!("scheduler:{}", self.inner.instance));
-        self.attempt(Request::Plan(Trigger::Tick), ctx, None).await
+        let result = self.attempt(Request::Plan(Trigger::Tick), ctx, None).await;
+        if let Some(kr) = &self.inner.keyring {
+            kr.record_clock_gauges();
+        }
+        result
     }
 
     /// A normal rotation: promotes a Pending key published for `publish_lead`, or
@@ -245,6 +251,8 @@ impl Rotator {
             .instrument(span.clone())
             .await;
         attempt::trace_answer(&span, kind, &result);
+        let outcome = result.as_ref().map_or("failed", |r| r.outcome.as_str());
+        crate::metrics::rotation_attempt(&self.inner.ring, kind, outcome);
         result
     }
 }

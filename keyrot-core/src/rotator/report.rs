@@ -46,6 +46,62 @@ pub struct RotationReport {
     /// idempotency key.
     #[serde(default)]
     pub replayed: bool,
+    /// For a forced rotation that revoked the old key: when the old key is refused
+    /// everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<BlastRadius>,
+}
+
+/// When a revoked key is refused everywhere, from the time of the revocation: by keyrot
+/// instances once the change has propagated (the change feed, or at worst the poll
+/// interval), and by verifiers that honour the JWKS `Cache-Control` once the largest
+/// `max-age` served while the key was published has run out. Every `max-age` keyrot serves
+/// is capped by the policy's `jwks_max_age`, so that cap is the figure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlastRadius {
+    /// The revoked key.
+    pub kid: String,
+    /// Every keyrot instance refuses it by then (revocation + propagation bound).
+    pub keyrot_instances_by: DateTime<Utc>,
+    /// The propagation bound used, in seconds ([`crate::RotatorBuilder::with_propagation`]).
+    pub propagation_secs: u64,
+    /// Every verifier honouring the JWKS `max-age` refuses it by then.
+    pub jwks_verifiers_by: DateTime<Utc>,
+    /// The largest `max-age` (seconds) served while the key was published.
+    pub max_age_secs: u64,
+    /// One plain sentence for people.
+    pub summary: String,
+}
+
+impl BlastRadius {
+    /// The figures for `kid` revoked at `at`.
+    pub(crate) fn new(
+        kid: &str,
+        at: DateTime<Utc>,
+        propagation: std::time::Duration,
+        max_age: chrono::TimeDelta,
+    ) -> Self {
+        let propagation_secs = propagation.as_secs();
+        let max_age_secs = u64::try_from(max_age.num_seconds()).unwrap_or(0);
+        let add = |secs: u64| at + chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000));
+        let (keyrot_instances_by, jwks_verifiers_by) = (add(propagation_secs), add(max_age_secs));
+        let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let summary = format!(
+            "key {kid} is refused by every keyrot instance by {} (propagation within {propagation_secs}s) and by \
+             verifiers that honour the JWKS max-age by {} (largest max-age served: {max_age_secs}s); verifiers \
+             that cache the JWKS longer than its max-age keep accepting it until their own cache expires",
+            fmt(keyrot_instances_by),
+            fmt(jwks_verifiers_by),
+        );
+        Self {
+            kid: kid.to_owned(),
+            keyrot_instances_by,
+            propagation_secs,
+            jwks_verifiers_by,
+            max_age_secs,
+            summary,
+        }
+    }
 }
 
 impl RotationReport {

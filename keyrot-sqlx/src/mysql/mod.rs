@@ -400,7 +400,7 @@ impl LockGuard for MySqlLockGuard {
         }
         match released {
             Ok(Some(1)) => {
-                tracing::info!(ring = %self.ring, holder = %self.holder, lock = %self.name, "mysql rotation lock released");
+                tracing::debug!(ring = %self.ring, holder = %self.holder, lock = %self.name, "mysql rotation lock released");
                 Ok(())
             }
             Ok(_) => {
@@ -449,7 +449,7 @@ impl Lock for MySqlStore {
                     conn.close_on_drop();
                     return Err(db_err("mysql: bound rotation lock session")(e));
                 }
-                tracing::info!(ring = %ring, holder, lock = %name, ttl_s = secs, "mysql rotation lock acquired (GET_LOCK)");
+                tracing::debug!(ring = %ring, holder, lock = %name, ttl_s = secs, "mysql rotation lock acquired (GET_LOCK)");
                 Ok(Some(Box::new(MySqlLockGuard {
                     conn: Some(conn),
                     name,

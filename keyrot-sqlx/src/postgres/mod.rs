@@ -411,7 +411,7 @@ impl LockGuard for PgLockGuard {
         .await;
         match released {
             Ok(true) => {
-                tracing::info!(ring = %self.ring, holder = %self.holder, lock_key = self.key, "postgres rotation lock released");
+                tracing::debug!(ring = %self.ring, holder = %self.holder, lock_key = self.key, "postgres rotation lock released");
                 Ok(())
             }
             Ok(false) => {
@@ -459,7 +459,7 @@ impl Lock for PostgresStore {
         .await;
         match got {
             Ok(true) => {
-                tracing::info!(ring = %ring, holder, lock_key = key, ttl_ms = ttl.as_millis() as u64,
+                tracing::debug!(ring = %ring, holder, lock_key = key, ttl_ms = ttl.as_millis() as u64,
                     "postgres rotation lock acquired (advisory lock)");
                 Ok(Some(Box::new(PgLockGuard {
                     conn: Some(conn),

@@ -340,7 +340,7 @@ impl LockGuard for SqliteLockGuard {
         let Some(store) = self.store.take() else { return Ok(()) };
         match Self::delete(&store, &self.ring, &self.token).await {
             Ok(true) => {
-                tracing::info!(ring = %self.ring, holder = %self.holder, "sqlite rotation lock released (lease deleted)");
+                tracing::debug!(ring = %self.ring, holder = %self.holder, "sqlite rotation lock released (lease deleted)");
                 Ok(())
             }
             Ok(false) => {
@@ -385,7 +385,7 @@ impl Lock for SqliteStore {
             .await
             .map_err(db_err("sqlite: take rotation lock"))?;
         if taken.rows_affected() == 1 {
-            tracing::info!(ring = %ring, holder, ttl_ms = ttl.as_millis() as u64, "sqlite rotation lock acquired (lease)");
+            tracing::debug!(ring = %ring, holder, ttl_ms = ttl.as_millis() as u64, "sqlite rotation lock acquired (lease)");
             Ok(Some(Box::new(SqliteLockGuard {
                 store: Some(self.clone()),
                 ring: ring.clone(),

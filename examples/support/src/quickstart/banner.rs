@@ -1,7 +1,7 @@
 //! What the quickstart prints at start: where everything is, and `curl` commands that
 //! work as printed.
 
-use super::{LOGIN_PATH, ME_PATH, Quickstart, TOKEN_PATH};
+use super::{LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use crate::oauth::USER_SCOPES;
 use crate::{MasterKeySource, SetupError, random_secret};
 use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
@@ -137,6 +137,11 @@ fn endpoints(base: &str) -> Vec<String> {
             "GET ",
             STATUS_PATH,
             format!("        ring status ({DEFAULT_ROTATE_SCOPE})"),
+        ),
+        (
+            "GET ",
+            METRICS_PATH,
+            "                    Prometheus metrics (unauthenticated: keep internal)".to_owned(),
         ),
     ];
     rows.into_iter()

@@ -29,6 +29,9 @@ struct RotationAnswer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_secs: Option<u64>,
     at: DateTime<Utc>,
+    /// A revocation's blast radius: when the old key is refused everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revocation: Option<&'a crate::rotator::BlastRadius>,
 }
 
 /// The answer to a client over its budget (see
@@ -138,6 +141,7 @@ pub(super) fn report_response(report: &RotationReport) -> HttpResponse {
         activates_at: report.activates_at,
         retry_after_secs: retry_after,
         at: report.at,
+        revocation: report.revocation.as_ref(),
     };
     let mut r = HttpResponse::json(status, &answer);
     if let Some(secs) = retry_after {
