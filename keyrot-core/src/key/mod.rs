@@ -227,10 +227,23 @@ pub(crate) trait PrivateParams: Send + Sync + RefUnwindSafe + UnwindSafe {
     fn to_pkcs8_der(&self) -> Result<SecretBytes, KeyError>;
 }
 
-/// Signs on the hot path: no parsing, no allocation beyond the signature.
+/// The longest signature of any family: RSA 4096 (512 bytes).
+pub(crate) const MAX_SIGNATURE_BYTES: usize = RSA_MAX_BITS / 8;
+
+/// Signs on the hot path: no parsing, and no allocation beyond what the crypto crate makes.
 pub(crate) trait Signer: Send + Sync + RefUnwindSafe + UnwindSafe {
-    /// Signs `message`, returning the raw signature bytes.
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// Signs `message` into the front of `out`, returning the signature's length.
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError>;
+    /// The length of every signature this key makes.
+    fn signature_len(&self) -> usize;
+}
+
+/// Copies a signature into the front of `out`, returning its length.
+fn put_signature(sig: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+    out.get_mut(..sig.len())
+        .ok_or_else(|| broken("signature longer than any supported key makes"))?
+        .copy_from_slice(sig);
+    Ok(sig.len())
 }
 
 /// Verifies on the hot path: no parsing, no allocation.
@@ -556,7 +569,20 @@ impl SigningKey {
 
     /// Signs `message`, returning the raw signature bytes.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.inner.sign(message)
+        let mut buf = [0u8; MAX_SIGNATURE_BYTES];
+        let n = self.inner.sign_into(message, &mut buf)?;
+        Ok(buf[..n].to_vec())
+    }
+
+    /// Signs `message` into the front of `out` without allocating, returning the
+    /// signature's length.
+    pub(crate) fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+        self.inner.sign_into(message, out)
+    }
+
+    /// The length of every signature this key makes.
+    pub(crate) fn signature_len(&self) -> usize {
+        self.inner.signature_len()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Writing a token: the protected header and the signature.
 
 use super::*;
+use crate::key::MAX_SIGNATURE_BYTES;
 
 /// The `typ` [`encode_header`] writes.
 pub const DEFAULT_TOKEN_TYPE: &str = "JWT";
@@ -36,9 +37,108 @@ struct ExpOnly {
     exp: Option<Value>,
 }
 
+/// The top-level `exp` of `payload` (JSON that serde_json wrote, starting with `{`) as
+/// whole seconds (`None`: absent or not a number), and serde's error when `exp` is
+/// given twice.
+fn payload_exp(payload: &[u8]) -> Result<Option<i64>, serde_json::Error> {
+    let exp = match scan_exp(payload).map(|raw| raw.map(serde_json::from_slice::<Value>).transpose()) {
+        Some(Ok(exp)) => exp,
+        // A shape the scan does not read: serde reads it.
+        None | Some(Err(_)) => serde_json::from_slice::<ExpOnly>(payload)?.exp,
+    };
+    Ok(exp.and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64))))
+}
+
+/// The bytes of the value of the top-level member `exp` of the object `json` (`Some(None)`
+/// when it has none), found without parsing the other values. `None` when the text is
+/// not a shape this scan reads (a key with an escape, `exp` twice, anything unexpected):
+/// the caller then parses it with serde, whose answer is the rule.
+fn scan_exp(json: &[u8]) -> Option<Option<&[u8]>> {
+    let mut i = skip_ws(json, json.first().filter(|b| **b == b'{').map(|_| 1)?);
+    let mut found = None;
+    if json.get(i) == Some(&b'}') {
+        return Some(None);
+    }
+    loop {
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(json, i)?;
+        let key = &json[i + 1..key_end];
+        i = skip_ws(json, key_end + 1);
+        if json.get(i) != Some(&b':') || key.contains(&b'\\') {
+            return None;
+        }
+        let start = skip_ws(json, i + 1);
+        i = value_end(json, start)?;
+        if key == b"exp" {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(&json[start..i]);
+        }
+        i = skip_ws(json, i);
+        match json.get(i) {
+            Some(b',') => i = skip_ws(json, i + 1),
+            Some(b'}') => return Some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the quote that closes the string opening at `i`.
+fn string_end(json: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match json.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j),
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index just past the value starting at `i`.
+fn value_end(json: &[u8], i: usize) -> Option<usize> {
+    match json.get(i)? {
+        b'"' => string_end(json, i).map(|j| j + 1),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0usize, i);
+            loop {
+                match json.get(j)? {
+                    b'"' => j = string_end(json, j)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let len = json[i..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
+            (len > 0).then_some(i + len)
+        }
+    }
+}
+
 /// Signs `claims` with `key`, whose encoded header is `header_b64`
 /// (see [`encode_header`]). Enforces a numeric `exp` no further than `max_ttl_secs`
-/// after `now`.
+/// after `now`. Allocates the token it returns and the serialised claims, nothing else
+/// (besides what the crypto crate allocates inside its signing call).
 pub fn sign<C: Serialize + ?Sized>(
     key: &SigningKey,
     header_b64: &str,
@@ -46,14 +146,13 @@ pub fn sign<C: Serialize + ?Sized>(
     now: i64,
     max_ttl_secs: i64,
 ) -> Result<String, SignError> {
-    let payload = serde_json::to_vec(claims).map_err(|e| SignError::Claims(ClaimsError::Serialize(e)))?;
+    let mut payload = Vec::with_capacity(256);
+    serde_json::to_writer(&mut payload, claims).map_err(|e| SignError::Claims(ClaimsError::Serialize(e)))?;
     if payload.first() != Some(&b'{') {
         return Err(SignError::Claims(ClaimsError::NotAnObject));
     }
-    let exp = serde_json::from_slice::<ExpOnly>(&payload)
+    let exp = payload_exp(&payload)
         .map_err(|e| SignError::Claims(ClaimsError::Serialize(e)))?
-        .exp
-        .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)))
         .ok_or(SignError::MissingExp)?;
     let requested = exp.saturating_sub(now);
     if requested > max_ttl_secs {
@@ -62,12 +161,73 @@ pub fn sign<C: Serialize + ?Sized>(
             max_secs: max_ttl_secs,
         });
     }
-    let mut token = String::with_capacity(header_b64.len() + payload.len() * 4 / 3 + 100);
+    let encoded = |n: usize| base64::encoded_len(n, false).unwrap_or(0);
+    let mut token = String::with_capacity(header_b64.len() + encoded(payload.len()) + encoded(key.signature_len()) + 2);
     token.push_str(header_b64);
     token.push('.');
     b64::encode_into(&payload, &mut token);
-    let sig = key.sign(token.as_bytes())?;
+    let mut sig = [0u8; MAX_SIGNATURE_BYTES];
+    let n = key.sign_into(token.as_bytes(), &mut sig)?;
     token.push('.');
-    b64::encode_into(&sig, &mut token);
+    b64::encode_into(&sig[..n], &mut token);
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rule before the scan: serde reads `exp` out of the whole payload.
+    fn by_serde(payload: &[u8]) -> Result<Option<i64>, String> {
+        serde_json::from_slice::<ExpOnly>(payload)
+            .map(|e| e.exp.and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64))))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_exp_scan_answers_what_serde_answers() {
+        let cases: &[&[u8]] = &[
+            br#"{"exp":100}"#,
+            br#"{}"#,
+            br#"{ }"#,
+            br#"{"sub":"a","exp":1900000600,"scope":"read write"}"#,
+            br#"{"a":{"exp":1},"exp":2}"#,
+            br#"{"a":[1,{"exp":"x"}],"b":"}\"exp\":9,","exp":3}"#,
+            br#"{"a":{"exp":1}}"#,
+            br#"{"exp":1,"exp":2}"#,
+            br#"{"exp":1,"a":{"b":[{}]},"exp":2}"#,
+            br#"{"\u0065xp":5}"#,
+            br#"{"e\"xp":5,"exp":6}"#,
+            br#"{"exp":1.9}"#,
+            br#"{"exp":-1.5}"#,
+            br#"{"exp":-1}"#,
+            br#"{"exp":18446744073709551615}"#,
+            br#"{"exp":1e3}"#,
+            br#"{"exp":1e400}"#,
+            br#"{"exp":"100"}"#,
+            br#"{"exp":null}"#,
+            br#"{"exp":true}"#,
+            br#"{"exp":[1]}"#,
+            br#"{"exp":{"a":1}}"#,
+            b"{ \"exp\" : 7 , \"a\" : [ ] }",
+            b"{\n\t\"a\": \"x\",\r\n \"exp\": 8\n}",
+            br#"{"a":"\\","exp":9}"#,
+            br#"{"exp":}"#,
+            br#"{"exp":1"#,
+            br#"{"exp""#,
+        ];
+        for case in cases {
+            assert_eq!(
+                payload_exp(case).map_err(|e| e.to_string()),
+                by_serde(case),
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        // The scan itself reads the plain shapes (no fallback to serde there).
+        assert_eq!(scan_exp(br#"{"a":[1,{"exp":2}],"exp":3}"#), Some(Some(&b"3"[..])));
+        assert_eq!(scan_exp(br#"{"a":1}"#), Some(None));
+        assert_eq!(scan_exp(br#"{"exp":1,"exp":2}"#), None);
+        assert_eq!(scan_exp(br#"{"\u0065xp":5}"#), None);
+    }
 }
