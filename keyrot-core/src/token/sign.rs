@@ -41,12 +41,39 @@ struct ExpOnly {
 /// whole seconds (`None`: absent or not a number), and serde's error when `exp` is
 /// given twice.
 fn payload_exp(payload: &[u8]) -> Result<Option<i64>, serde_json::Error> {
-    let exp = match scan_exp(payload).map(|raw| raw.map(serde_json::from_slice::<Value>).transpose()) {
-        Some(Ok(exp)) => exp,
+    let exp = match scan_exp(payload) {
+        Some(None) => None,
+        Some(Some(raw)) => match plain_integer(raw) {
+            Some(secs) => return Ok(Some(secs)),
+            None => match serde_json::from_slice::<Value>(raw) {
+                Ok(exp) => Some(exp),
+                Err(_) => serde_json::from_slice::<ExpOnly>(payload)?.exp,
+            },
+        },
         // A shape the scan does not read: serde reads it.
-        None | Some(Err(_)) => serde_json::from_slice::<ExpOnly>(payload)?.exp,
+        None => serde_json::from_slice::<ExpOnly>(payload)?.exp,
     };
     Ok(exp.and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64))))
+}
+
+/// `raw` as an integer when it is plain JSON digits (an optional `-`, no leading zero, at
+/// most 18 digits, so it fits an `i64` and reads the same as through serde).
+fn plain_integer(raw: &[u8]) -> Option<i64> {
+    let (negative, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    if digits.is_empty() || digits.len() > 18 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// The bytes of the value of the top-level member `exp` of the object `json` (`Some(None)`
@@ -97,10 +124,10 @@ fn skip_ws(json: &[u8], mut i: usize) -> usize {
 fn string_end(json: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        match json.get(j)? {
-            b'\\' => j += 2,
+        j += json.get(j..)?.iter().position(|b| matches!(b, b'"' | b'\\'))?;
+        match json[j] {
             b'"' => return Some(j),
-            _ => j += 1,
+            _ => j += 2,
         }
     }
 }
@@ -161,16 +188,18 @@ pub fn sign<C: Serialize + ?Sized>(
             max_secs: max_ttl_secs,
         });
     }
-    let encoded = |n: usize| base64::encoded_len(n, false).unwrap_or(0);
-    let mut token = String::with_capacity(header_b64.len() + encoded(payload.len()) + encoded(key.signature_len()) + 2);
-    token.push_str(header_b64);
-    token.push('.');
-    b64::encode_into(&payload, &mut token);
+    let len = header_b64.len() + 1 + b64::encoded_len(payload.len()) + 1 + b64::encoded_len(key.signature_len());
+    let mut token = Vec::with_capacity(len);
+    token.extend_from_slice(header_b64.as_bytes());
+    token.push(b'.');
+    b64::encode_into_vec(&payload, &mut token);
     let mut sig = [0u8; MAX_SIGNATURE_BYTES];
-    let n = key.sign_into(token.as_bytes(), &mut sig)?;
-    token.push('.');
-    b64::encode_into(&sig[..n], &mut token);
-    Ok(token)
+    let n = key.sign_into(&token, &mut sig)?;
+    token.push(b'.');
+    b64::encode_into_vec(&sig[..n], &mut token);
+    // ASCII throughout: the header is base64url text, the rest keyrot just encoded.
+    String::from_utf8(token)
+        .map_err(|_| SignError::Key(KeyError::Invalid(crate::key::InvalidKey::Rule("header is not text"))))
 }
 
 #[cfg(test)]
@@ -203,6 +232,12 @@ mod tests {
             br#"{"exp":-1}"#,
             br#"{"exp":18446744073709551615}"#,
             br#"{"exp":1e3}"#,
+            br#"{"exp":0}"#,
+            br#"{"exp":-0}"#,
+            br#"{"exp":007}"#,
+            br#"{"exp":999999999999999999}"#,
+            br#"{"exp":9223372036854775807}"#,
+            br#"{"exp":-9223372036854775808}"#,
             br#"{"exp":1e400}"#,
             br#"{"exp":"100"}"#,
             br#"{"exp":null}"#,
@@ -229,5 +264,24 @@ mod tests {
         assert_eq!(scan_exp(br#"{"a":1}"#), Some(None));
         assert_eq!(scan_exp(br#"{"exp":1,"exp":2}"#), None);
         assert_eq!(scan_exp(br#"{"\u0065xp":5}"#), None);
+        for (raw, n) in [
+            (&b"0"[..], Some(0)),
+            (b"-7", Some(-7)),
+            (b"1900000600", Some(1_900_000_600)),
+        ] {
+            assert_eq!(plain_integer(raw), n);
+        }
+        for raw in [
+            &b""[..],
+            b"-",
+            b"01",
+            b"1.5",
+            b"1e3",
+            b"1234567890123456789",
+            b"+1",
+            b"-0x1",
+        ] {
+            assert_eq!(plain_integer(raw), None, "{}", String::from_utf8_lossy(raw));
+        }
     }
 }
