@@ -45,7 +45,7 @@ fn clock() -> Clock {
 }
 /// CPU time each group spends warming up, then in measured rounds.
 const WARM_UP: Duration = Duration::from_millis(200);
-const GROUP_BUDGET: Duration = Duration::from_secs(4);
+const GROUP_BUDGET: Duration = Duration::from_millis(2500);
 /// CPU time of one job's run of calls within a round.
 const CHUNK: Duration = Duration::from_millis(2);
 const MIN_ROUNDS: usize = 31;

@@ -20,6 +20,12 @@ const ALPHABET: [bool; 256] = {
     t
 };
 
+/// Encodes into an existing string (no allocation beyond growth).
+#[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
+pub fn encode_into(bytes: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(bytes, out);
+}
+
 /// Whether every byte of `s` is in the base64url alphabet.
 fn url_safe_alphabet(s: &str) -> bool {
     // The engine's default config already rejects padding and non-canonical trailing bits;
