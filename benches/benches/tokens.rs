@@ -1,302 +1,327 @@
-//! Token signing and verification: keyrot side by side with the crypto crate alone
-//! (`raw`) and with `jsonwebtoken`, on the same key and the same claims.
+//! Token signing and verification, paired: for every algorithm keyrot has, the crypto
+//! crate alone (`raw`), `jsonwebtoken` and keyrot run interleaved in shuffled rounds on the
+//! same key and the same token (`paired/mod.rs`), and each group reports the median of the
+//! per-round ratios keyrot/raw and keyrot/jsonwebtoken, plus every job's median time.
 //!
-//! * `raw` signs / verifies the exact signing input (`header.payload`) of the keyrot
-//!   token with the crypto crate keyrot uses (ed25519-dalek `verify_strict`, rsa 0.10
-//!   PKCS#1 v1.5 with SHA-256, p256 0.14 ECDSA with SHA-256 and RFC 6979 nonces). It is the floor: no JSON, no base64, no claims checks.
-//! * `jsonwebtoken` encodes the same claims / decodes the keyrot token with the same
-//!   issuer and audience rules, its keys built once outside the timing loop.
-//! * `keyrot` is `KeyRing::sign` / `KeyRing::verify` on a ring bootstrapped with the
-//!   same key through `Rotator::import(.., ImportState::Active)`.
+//! * `raw` signs / verifies the exact signing input (`header.payload`) of the keyrot token
+//!   with the crypto crate and the call keyrot uses (ed25519-dalek `verify_strict`, rsa 0.10
+//!   PKCS#1 v1.5 and PSS with SHA-256, p256/p384 0.14 ECDSA with RFC 6979 nonces). It is
+//!   the floor: no JSON, no base64, no claims checks.
+//! * `jsonwebtoken` encodes the same claims / decodes the keyrot token into a JSON map
+//!   with the same issuer, audience and leeway rules, its keys built once outside the loop.
+//! * `keyrot` is `KeyRing::sign` / `KeyRing::verify` on a ring bootstrapped with the same
+//!   key through `Rotator::import(.., ImportState::Active)`.
 //!
-//! Run with `cargo bench -p keyrot-benches --bench tokens`.
+//! Jobs are timed on the thread's CPU time (`KEYROT_BENCH_CLOCK=wall`: on wall time).
+//!
+//! Run with `cargo bench -p keyrot-benches --bench tokens` (about two minutes); a word
+//! after `--` keeps only the groups whose name contains it (`-- EdDSA`, `-- verify`).
 
 mod common;
+mod jwt;
+#[allow(dead_code, reason = "the harness's printing helpers are for other bench targets")]
+mod paired;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{AUDIENCE, ISSUER, Ring};
-use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime};
+use common::Ring;
+use jwt::{Jwt, jwk_member};
 use keyrot_core::Algorithm;
+use paired::{Clock, Job};
 use serde_json::{Map, Value};
 use std::hint::black_box;
 use std::time::Duration;
 
 type Claims = Map<String, Value>;
 
-/// The three parts of a compact token, decoded where it helps the raw baseline.
-struct Parts {
-    /// `header.payload`, the bytes the signature covers.
-    signing_input: String,
-    /// The raw signature bytes.
-    signature: Vec<u8>,
-}
-
-fn split(token: &str) -> Parts {
-    let (signing_input, sig_b64) = token.rsplit_once('.').expect("compact token has a signature segment");
-    Parts {
-        signing_input: signing_input.to_owned(),
-        signature: URL_SAFE_NO_PAD.decode(sig_b64).expect("signature is base64url"),
+/// Jobs are timed on the thread's CPU time: on the shared machine the process is often
+/// descheduled, and wall time would count that against whichever job was running.
+/// `KEYROT_BENCH_CLOCK=wall` times them on wall time instead.
+fn clock() -> Clock {
+    match std::env::var("KEYROT_BENCH_CLOCK").as_deref() {
+        Ok("wall") => Clock::Wall,
+        _ => Clock::ThreadCpu,
     }
 }
+/// CPU time each group spends warming up, then in measured rounds.
+const WARM_UP: Duration = Duration::from_millis(200);
+const GROUP_BUDGET: Duration = Duration::from_millis(2500);
+/// CPU time of one job's run of calls within a round.
+const CHUNK: Duration = Duration::from_millis(2);
+const MIN_ROUNDS: usize = 31;
+const MAX_ROUNDS: usize = 401;
 
-/// The public JWK member `name` of the ring's Active key, as keyrot publishes it.
-fn jwk_member(ring: &Ring, name: &str) -> String {
-    ring.key.public_key().to_jwk(&ring.kid)[name]
-        .as_str()
-        .expect("JWK member is a string")
-        .to_owned()
+/// The crypto crate alone, on the ring's Active key: a sign and a verify of raw bytes.
+struct Raw {
+    sign: Box<dyn Fn(&[u8])>,
+    verify: Box<dyn Fn(&[u8], &[u8]) -> bool>,
+    /// Whether signing is deterministic (raw and keyrot then agree byte for byte).
+    deterministic: bool,
+    /// Signs like `sign`, returning the signature bytes (for the set-up checks only).
+    sign_bytes: Box<dyn Fn(&[u8]) -> Vec<u8>>,
 }
 
-/// jsonwebtoken's validation with the rules the keyring uses (issuer, audience, 30 s leeway,
-/// `exp` required).
-fn jwt_validation(alg: jsonwebtoken::Algorithm) -> jsonwebtoken::Validation {
-    let mut v = jsonwebtoken::Validation::new(alg);
-    v.set_issuer(&[ISSUER]);
-    v.set_audience(&[AUDIENCE]);
-    v.leeway = 30;
-    v
-}
-
-fn jwt_header(alg: jsonwebtoken::Algorithm, kid: &str) -> jsonwebtoken::Header {
-    let mut h = jsonwebtoken::Header::new(alg);
-    h.kid = Some(kid.to_owned());
-    h
-}
-
-fn tune(group: &mut BenchmarkGroup<'_, WallTime>, slow: bool) {
-    if slow {
-        // RSA signing takes milliseconds: 20 samples over 5 s is still over a thousand iterations.
-        group
-            .sample_size(20)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(5));
-    } else {
-        group
-            .sample_size(60)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(4));
-    }
-}
-
-fn eddsa(c: &mut Criterion) {
-    let rt = common::runtime();
-    let ring = common::ring(&rt, Algorithm::EdDsa);
-    let claims = common::claims();
-    let token = ring.keyring.sign(&claims).expect("keyrot signs");
-    let parts = split(&token);
-
-    // raw: ed25519-dalek keys from the same 32-byte seed.
-    let seed: [u8; 32] = ring
-        .key
-        .to_secret_bytes()
-        .expect("seed")
-        .expose()
-        .try_into()
-        .expect("Ed25519 secret is a 32-byte seed");
-    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let vk = sk.verifying_key();
-    assert_eq!(
-        URL_SAFE_NO_PAD.encode(vk.as_bytes()),
-        jwk_member(&ring, "x"),
-        "raw key is the keyrot key"
-    );
-    let raw_sign = |msg: &[u8]| ed25519_dalek::Signer::sign(&sk, msg);
-    let raw_verify = |msg: &[u8], sig: &[u8]| {
-        let sig = ed25519_dalek::Signature::from_slice(sig).expect("64-byte signature");
-        vk.verify_strict(msg, &sig)
-    };
-    assert_eq!(
-        raw_sign(parts.signing_input.as_bytes()).to_bytes().as_slice(),
-        parts.signature.as_slice()
-    );
-    raw_verify(parts.signing_input.as_bytes(), &parts.signature).expect("raw verifies the keyrot token");
-
-    // jsonwebtoken: keys built once.
-    let pem = ring.key.to_pkcs8_pem().expect("PKCS#8 PEM");
-    let ek = jsonwebtoken::EncodingKey::from_ed_pem(pem.expose()).expect("jsonwebtoken Ed25519 PEM");
-    let dk = jsonwebtoken::DecodingKey::from_ed_components(&jwk_member(&ring, "x")).expect("jsonwebtoken Ed25519 x");
-    let header = jwt_header(jsonwebtoken::Algorithm::EdDSA, &ring.kid);
-    let validation = jwt_validation(jsonwebtoken::Algorithm::EdDSA);
-    let jwt_token = jsonwebtoken::encode(&header, &claims, &ek).expect("jsonwebtoken signs");
-    let decoded = jsonwebtoken::decode::<Claims>(&token, &dk, &validation).expect("jsonwebtoken verifies keyrot");
-    let verified = ring.keyring.verify(&token).expect("keyrot verifies");
-    assert_eq!(decoded.claims, verified.claims, "same claims either way");
-    ring.keyring
-        .verify(&jwt_token)
-        .expect("keyrot verifies jsonwebtoken's token");
-
-    let mut g = c.benchmark_group("verify_eddsa");
-    tune(&mut g, false);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_verify(black_box(parts.signing_input.as_bytes()), black_box(&parts.signature)))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&token), &dk, &validation).expect("verifies"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.verify(black_box(&token)).expect("verifies"))
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("sign_eddsa");
-    tune(&mut g, false);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_sign(black_box(parts.signing_input.as_bytes())))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::encode(&header, black_box(&claims), &ek).expect("signs"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.sign(black_box(&claims)).expect("signs"))
-    });
-    g.finish();
-}
-
-fn rs256(c: &mut Criterion) {
+fn raw(ring: &Ring) -> Raw {
     use rsa::pkcs8::DecodePrivateKey as _;
     use rsa::signature::{SignatureEncoding as _, Signer as _, Verifier as _};
 
-    let rt = common::runtime();
-    let ring = common::ring(&rt, Algorithm::Rs256);
+    let secret = ring.key.to_secret_bytes().expect("secret bytes");
+    match ring.key.algorithm() {
+        Algorithm::EdDsa => {
+            let seed: [u8; 32] = secret.expose().try_into().expect("Ed25519 seed is 32 bytes");
+            let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let vk = sk.verifying_key();
+            assert_eq!(URL_SAFE_NO_PAD.encode(vk.as_bytes()), jwk_member(ring, "x"));
+            let sk2 = sk.clone();
+            Raw {
+                sign: Box::new(move |m| {
+                    black_box(ed25519_dalek::Signer::sign(&sk, m));
+                }),
+                verify: Box::new(move |m, s| {
+                    ed25519_dalek::Signature::from_slice(s).is_ok_and(|sig| vk.verify_strict(m, &sig).is_ok())
+                }),
+                deterministic: true,
+                sign_bytes: Box::new(move |m| ed25519_dalek::Signer::sign(&sk2, m).to_vec()),
+            }
+        }
+        alg @ (Algorithm::Rs256 | Algorithm::Ps256) => {
+            let private = rsa::PrivateKey::from_pkcs8_der(secret.expose()).expect("rsa parses PKCS#8");
+            let public = private.to_public_key();
+            if alg == Algorithm::Rs256 {
+                let sk = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private);
+                let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public);
+                let sk2 = sk.clone();
+                Raw {
+                    sign: Box::new(move |m| {
+                        black_box(sk.sign(m));
+                    }),
+                    verify: Box::new(move |m, s| {
+                        rsa::pkcs1v15::Signature::try_from(s).is_ok_and(|sig| vk.verify(m, &sig).is_ok())
+                    }),
+                    deterministic: true,
+                    sign_bytes: Box::new(move |m| sk2.sign(m).to_vec()),
+                }
+            } else {
+                let sk = rsa::pss::SigningKey::<sha2::Sha256>::new(private);
+                let vk = rsa::pss::VerifyingKey::<sha2::Sha256>::new(public);
+                let sk2 = sk.clone();
+                Raw {
+                    sign: Box::new(move |m| {
+                        black_box(sk.sign(m));
+                    }),
+                    verify: Box::new(move |m, s| {
+                        rsa::pss::Signature::try_from(s).is_ok_and(|sig| vk.verify(m, &sig).is_ok())
+                    }),
+                    deterministic: false,
+                    sign_bytes: Box::new(move |m| sk2.sign(m).to_vec()),
+                }
+            }
+        }
+        Algorithm::Es256 => {
+            use p256::ecdsa::{Signature, SigningKey, signature::Signer as _, signature::Verifier as _};
+            let sk = SigningKey::from_slice(secret.expose()).expect("P-256 scalar");
+            let vk = *sk.verifying_key();
+            assert_eq!(
+                URL_SAFE_NO_PAD.encode(vk.to_sec1_point(false).x().expect("x")),
+                jwk_member(ring, "x")
+            );
+            let sk2 = sk.clone();
+            Raw {
+                sign: Box::new(move |m| {
+                    black_box::<Signature>(sk.sign(m));
+                }),
+                verify: Box::new(move |m, s| Signature::from_slice(s).is_ok_and(|sig| vk.verify(m, &sig).is_ok())),
+                deterministic: true,
+                sign_bytes: Box::new(move |m| {
+                    let sig: Signature = sk2.sign(m);
+                    sig.to_bytes().to_vec()
+                }),
+            }
+        }
+        Algorithm::Es384 => {
+            use p384::ecdsa::{Signature, SigningKey, signature::Signer as _, signature::Verifier as _};
+            let sk = SigningKey::from_slice(secret.expose()).expect("P-384 scalar");
+            let vk = *sk.verifying_key();
+            let sk2 = sk.clone();
+            Raw {
+                sign: Box::new(move |m| {
+                    black_box::<Signature>(sk.sign(m));
+                }),
+                verify: Box::new(move |m, s| Signature::from_slice(s).is_ok_and(|sig| vk.verify(m, &sig).is_ok())),
+                deterministic: true,
+                sign_bytes: Box::new(move |m| {
+                    let sig: Signature = sk2.sign(m);
+                    sig.to_bytes().to_vec()
+                }),
+            }
+        }
+        other => panic!("no raw baseline for {other}"),
+    }
+}
+
+/// Everything one algorithm's two groups need, checked to be the same key three ways.
+struct Setup {
+    ring: Ring,
+    raw: Raw,
+    jwt: Jwt,
+    claims: Value,
+    token: String,
+    signing_input: String,
+    signature: Vec<u8>,
+}
+
+fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Setup {
+    let ring = common::ring(rt, alg);
     let claims = common::claims();
     let token = ring.keyring.sign(&claims).expect("keyrot signs");
-    let parts = split(&token);
-
-    // raw: rsa 0.10 keys from the same PKCS#8 DER.
-    let der = ring.key.to_secret_bytes().expect("PKCS#8 DER");
-    let private = rsa::PrivateKey::from_pkcs8_der(der.expose()).expect("rsa parses PKCS#8");
-    let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(private.to_public_key());
-    let sk = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private);
-    let raw_sign = |msg: &[u8]| sk.sign(msg);
-    let raw_verify = |msg: &[u8], sig: &[u8]| {
-        let sig = rsa::pkcs1v15::Signature::try_from(sig).expect("signature bytes");
-        vk.verify(msg, &sig)
-    };
-    // PKCS#1 v1.5 is deterministic: the same key gives the same signature.
-    assert_eq!(
-        raw_sign(parts.signing_input.as_bytes()).to_vec(),
-        parts.signature,
-        "raw key is the keyrot key"
+    let (signing_input, sig_b64) = token.rsplit_once('.').expect("compact token");
+    let signature = URL_SAFE_NO_PAD.decode(sig_b64).expect("signature is base64url");
+    let raw = raw(&ring);
+    assert!(
+        (raw.verify)(signing_input.as_bytes(), &signature),
+        "raw verifies keyrot's token"
     );
-    raw_verify(parts.signing_input.as_bytes(), &parts.signature).expect("raw verifies the keyrot token");
-
-    // jsonwebtoken: keys built once.
-    let pem = ring.key.to_pkcs8_pem().expect("PKCS#8 PEM");
-    let ek = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose()).expect("jsonwebtoken RSA PEM");
-    let dk = jsonwebtoken::DecodingKey::from_rsa_components(&jwk_member(&ring, "n"), &jwk_member(&ring, "e"))
-        .expect("jsonwebtoken RSA n/e");
-    let header = jwt_header(jsonwebtoken::Algorithm::RS256, &ring.kid);
-    let validation = jwt_validation(jsonwebtoken::Algorithm::RS256);
-    let jwt_token = jsonwebtoken::encode(&header, &claims, &ek).expect("jsonwebtoken signs");
-    let decoded = jsonwebtoken::decode::<Claims>(&token, &dk, &validation).expect("jsonwebtoken verifies keyrot");
+    if raw.deterministic {
+        assert_eq!(
+            (raw.sign_bytes)(signing_input.as_bytes()),
+            signature,
+            "raw key is keyrot's key"
+        );
+    } else {
+        let again = URL_SAFE_NO_PAD.encode((raw.sign_bytes)(signing_input.as_bytes()));
+        ring.keyring
+            .verify(&format!("{signing_input}.{again}"))
+            .expect("keyrot verifies raw's signature");
+    }
+    let jwt = jwt::jwt(&ring);
+    let decoded =
+        jsonwebtoken::decode::<Claims>(&token, &jwt.decoding, &jwt.validation).expect("jsonwebtoken verifies");
     let verified = ring.keyring.verify(&token).expect("keyrot verifies");
     assert_eq!(decoded.claims, verified.claims, "same claims either way");
+    let theirs = jsonwebtoken::encode(&jwt.header, &claims, &jwt.encoding).expect("jsonwebtoken signs");
     ring.keyring
-        .verify(&jwt_token)
+        .verify(&theirs)
         .expect("keyrot verifies jsonwebtoken's token");
-
-    let mut g = c.benchmark_group("verify_rs256");
-    tune(&mut g, false);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_verify(black_box(parts.signing_input.as_bytes()), black_box(&parts.signature)))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&token), &dk, &validation).expect("verifies"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.verify(black_box(&token)).expect("verifies"))
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("sign_rs256");
-    tune(&mut g, true);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_sign(black_box(parts.signing_input.as_bytes())))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::encode(&header, black_box(&claims), &ek).expect("signs"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.sign(black_box(&claims)).expect("signs"))
-    });
-    g.finish();
+    Setup {
+        signing_input: signing_input.to_owned(),
+        signature,
+        ring,
+        raw,
+        jwt,
+        claims,
+        token,
+    }
 }
 
-fn es256(c: &mut Criterion) {
+/// The three verify jobs, then the three sign jobs, in the order raw, jsonwebtoken, keyrot.
+fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
+    let msg = s.signing_input.as_bytes();
+    let verify: [Job<'_>; 3] = [
+        (
+            "raw",
+            Box::new(move || assert!((s.raw.verify)(black_box(msg), black_box(&s.signature)))),
+        ),
+        (
+            "jsonwebtoken",
+            Box::new(move || {
+                black_box(
+                    jsonwebtoken::decode::<Claims>(black_box(&s.token), &s.jwt.decoding, &s.jwt.validation)
+                        .expect("verifies"),
+                );
+            }),
+        ),
+        (
+            "keyrot",
+            Box::new(move || {
+                black_box(s.ring.keyring.verify(black_box(&s.token)).expect("verifies"));
+            }),
+        ),
+    ];
+    let sign: [Job<'_>; 3] = [
+        ("raw", Box::new(move || (s.raw.sign)(black_box(msg)))),
+        (
+            "jsonwebtoken",
+            Box::new(move || {
+                black_box(jsonwebtoken::encode(&s.jwt.header, black_box(&s.claims), &s.jwt.encoding).expect("signs"));
+            }),
+        ),
+        (
+            "keyrot",
+            Box::new(move || {
+                black_box(s.ring.keyring.sign(black_box(&s.claims)).expect("signs"));
+            }),
+        ),
+    ];
+    [verify, sign]
+}
+
+/// Warms the jobs up, sizes the rounds to the budget, runs them and prints one line.
+fn run_group(clock: Clock, name: &str, jobs: &[Job<'_>]) {
+    let mut calls = 0u32;
+    let mut warm = Duration::ZERO;
+    while warm < WARM_UP || calls < 3 {
+        warm += clock.time(|| {
+            for (_, f) in jobs {
+                f();
+            }
+        });
+        calls += 1;
+    }
+    let per_call = warm.as_secs_f64() / f64::from(calls * jobs.len() as u32);
+    let iters = (CHUNK.as_secs_f64() / per_call).ceil().max(1.0) as usize;
+    let round = per_call * (iters * jobs.len()) as f64;
+    let rounds = ((GROUP_BUDGET.as_secs_f64() / round) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
+    let per_round = paired::rounds_on(clock, jobs, rounds, iters);
+    let median_of = |j: usize| {
+        let mut t: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
+        paired::median(&mut t)
+    };
+    println!(
+        "{name:<13} keyrot/raw {:>6.3}  keyrot/jsonwebtoken {:>6.3}   raw {:>9.2} µs  jsonwebtoken {:>9.2} µs  keyrot {:>9.2} µs   ({rounds} rounds × {iters})",
+        paired::median_ratio(&per_round, 2, 0),
+        paired::median_ratio(&per_round, 2, 1),
+        median_of(0),
+        median_of(1),
+        median_of(2),
+    );
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let clock = clock();
+    let profile = std::env::var("KEYROT_BENCH_PROFILE").ok();
     let rt = common::runtime();
-    let ring = common::ring(&rt, Algorithm::Es256);
-    let claims = common::claims();
-    let token = ring.keyring.sign(&claims).expect("keyrot signs");
-    let parts = split(&token);
-
-    // raw: p256 keys from the same 32-byte scalar.
-    let scalar = ring.key.to_secret_bytes().expect("scalar");
-    let sk = p256::ecdsa::SigningKey::from_slice(scalar.expose()).expect("P-256 scalar");
-    let vk = *sk.verifying_key();
-    let point = vk.to_sec1_point(false);
-    assert_eq!(
-        URL_SAFE_NO_PAD.encode(point.x().expect("x")),
-        jwk_member(&ring, "x"),
-        "raw key is the keyrot key"
+    println!(
+        "raw / jsonwebtoken / keyrot in shuffled rounds: median of the per-round ratios, and of each job's time per call ({clock:?})"
     );
-    let raw_sign = |msg: &[u8]| -> p256::ecdsa::Signature { p256::ecdsa::signature::Signer::sign(&sk, msg) };
-    let raw_verify = |msg: &[u8], sig: &[u8]| {
-        let sig = p256::ecdsa::Signature::from_slice(sig).expect("64-byte R‖S");
-        p256::ecdsa::signature::Verifier::verify(&vk, msg, &sig)
-    };
-    // RFC 6979: deterministic, so raw and keyrot agree byte for byte.
-    assert_eq!(
-        raw_sign(parts.signing_input.as_bytes()).to_bytes().as_slice(),
-        parts.signature.as_slice()
-    );
-    raw_verify(parts.signing_input.as_bytes(), &parts.signature).expect("raw verifies the keyrot token");
-
-    // jsonwebtoken: keys built once.
-    let pem = ring.key.to_pkcs8_pem().expect("PKCS#8 PEM");
-    let ek = jsonwebtoken::EncodingKey::from_ec_pem(pem.expose()).expect("jsonwebtoken P-256 PEM");
-    let dk = jsonwebtoken::DecodingKey::from_ec_components(&jwk_member(&ring, "x"), &jwk_member(&ring, "y"))
-        .expect("jsonwebtoken P-256 x, y");
-    let header = jwt_header(jsonwebtoken::Algorithm::ES256, &ring.kid);
-    let validation = jwt_validation(jsonwebtoken::Algorithm::ES256);
-    let jwt_token = jsonwebtoken::encode(&header, &claims, &ek).expect("jsonwebtoken signs");
-    let decoded = jsonwebtoken::decode::<Claims>(&token, &dk, &validation).expect("jsonwebtoken verifies keyrot");
-    let verified = ring.keyring.verify(&token).expect("keyrot verifies");
-    assert_eq!(decoded.claims, verified.claims, "same claims either way");
-    ring.keyring
-        .verify(&jwt_token)
-        .expect("keyrot verifies jsonwebtoken's token");
-
-    let mut g = c.benchmark_group("verify_es256");
-    tune(&mut g, false);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_verify(black_box(parts.signing_input.as_bytes()), black_box(&parts.signature)))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&token), &dk, &validation).expect("verifies"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.verify(black_box(&token)).expect("verifies"))
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("sign_es256");
-    tune(&mut g, false);
-    g.bench_function("raw", |b| {
-        b.iter(|| raw_sign(black_box(parts.signing_input.as_bytes())))
-    });
-    g.bench_function("jsonwebtoken", |b| {
-        b.iter(|| jsonwebtoken::encode(&header, black_box(&claims), &ek).expect("signs"))
-    });
-    g.bench_function("keyrot", |b| {
-        b.iter(|| ring.keyring.sign(black_box(&claims)).expect("signs"))
-    });
-    g.finish();
+    let algorithms = [
+        Algorithm::EdDsa,
+        Algorithm::Rs256,
+        Algorithm::Ps256,
+        Algorithm::Es256,
+        Algorithm::Es384,
+    ];
+    for alg in algorithms {
+        let names = [format!("verify {alg}"), format!("sign {alg}")];
+        if let Some(f) = &filter
+            && !names.iter().any(|n| n.contains(f.as_str()))
+        {
+            continue;
+        }
+        let s = setup(&rt, alg);
+        for (name, group) in names.iter().zip(jobs(&s)) {
+            if let Some(job) = &profile {
+                // One job alone for a profiler: `KEYROT_BENCH_PROFILE=keyrot -- "verify EdDSA"`.
+                if filter.as_ref().is_some_and(|f| name.contains(f.as_str())) {
+                    let (_, f) = group.iter().find(|(n, _)| n == job).expect("a job of the group");
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < Duration::from_secs(10) {
+                        f();
+                    }
+                }
+            } else if filter.as_ref().is_none_or(|f| name.contains(f.as_str())) {
+                run_group(clock, name, &group);
+            }
+        }
+    }
 }
-
-criterion_group! {
-    name = benches;
-    config = Criterion::default();
-    targets = eddsa, rs256, es256
-}
-criterion_main!(benches);

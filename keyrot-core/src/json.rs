@@ -85,6 +85,11 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// Parses a JSON object, refusing duplicate members at any depth, a BOM and trailing
 /// data.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
+    parse_strict_object(bytes).map(Value::Object)
+}
+
+/// [`parse_strict`], returning the object's members.
+pub fn parse_strict_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let StrictValue(v) = de::Deserialize::deserialize(&mut de).map_err(|e| {
         if e.to_string().contains(DUPLICATE) {
@@ -94,10 +99,10 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
         }
     })?;
     de.end().map_err(|_| JsonError::Syntax)?;
-    if !v.is_object() {
-        return Err(JsonError::NotObject);
+    match v {
+        Value::Object(members) => Ok(members),
+        _ => Err(JsonError::NotObject),
     }
-    Ok(v)
 }
 
 #[cfg(test)]

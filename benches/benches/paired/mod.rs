@@ -2,7 +2,7 @@
 //! run interleaved, in a new shuffled order every round, so the shared machine's drift hits
 //! them alike; compare them by the median of per-round ratios.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A named job: one call of the thing measured.
 pub type Job<'a> = (&'static str, Box<dyn Fn() + 'a>);
@@ -13,10 +13,44 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// What a job's time is read from.
+#[allow(dead_code, reason = "each bench target that includes the harness uses one clock")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Wall time (`Instant`).
+    Wall,
+    /// The CPU time of the measuring thread: time it spends descheduled while other
+    /// processes use the shared cores is not counted, which wall time cannot avoid.
+    ThreadCpu,
+}
+
+impl Clock {
+    /// How long `f` takes on this clock.
+    pub fn time(self, f: impl FnOnce()) -> Duration {
+        match self {
+            Clock::Wall => {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            }
+            Clock::ThreadCpu => {
+                let start = cpu_time::ThreadTime::now();
+                f();
+                start.elapsed()
+            }
+        }
+    }
+}
+
 /// Runs `rounds` rounds of `iters` calls of every job, in a new shuffled order each round
 /// (Fisher–Yates with a fixed-seed xorshift). Returns, per round, every job's mean time per
 /// call in microseconds, indexed like `jobs`.
 pub fn rounds(jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
+    rounds_on(Clock::Wall, jobs, rounds, iters)
+}
+
+/// [`rounds`], timed on `clock`.
+pub fn rounds_on(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut out = Vec::with_capacity(rounds);
@@ -29,11 +63,12 @@ pub fn rounds(jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
         }
         let mut round = vec![0.0; jobs.len()];
         for &j in &order {
-            let start = Instant::now();
-            for _ in 0..iters {
-                (jobs[j].1)();
-            }
-            round[j] = start.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            let elapsed = clock.time(|| {
+                for _ in 0..iters {
+                    (jobs[j].1)();
+                }
+            });
+            round[j] = elapsed.as_secs_f64() * 1e6 / iters as f64;
         }
         out.push(round);
     }

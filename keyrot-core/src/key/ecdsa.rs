@@ -3,7 +3,10 @@
 //! the raw scalar in storage, and signatures in the JWS fixed-length `R‖S` encoding only
 //! (never DER), with `r` and `s` in `[1, n)`.
 
-use super::{Family, KeyError, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64, member_str};
+use super::{
+    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64,
+    member_str, put_signature,
+};
 use crate::alg::{Algorithm, RsaBits};
 use crate::b64;
 use crate::secret::SecretBytes;
@@ -338,19 +341,27 @@ impl PrivateParams for Private {
 }
 
 impl Signer for p256::ecdsa::SigningKey {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
         // RFC 6979 deterministic nonces; the fixed-length `R‖S` of RFC 7518 §3.4.
-        p256::ecdsa::signature::Signer::<p256::ecdsa::Signature>::try_sign(self, message)
-            .map(|s| s.to_bytes().to_vec())
-            .map_err(|_| broken("ES256 signing failed"))
+        let sig = p256::ecdsa::signature::Signer::<p256::ecdsa::Signature>::try_sign(self, message)
+            .map_err(|_| broken("ES256 signing failed"))?;
+        put_signature(&sig.to_bytes(), out)
+    }
+
+    fn signature_len(&self) -> usize {
+        64
     }
 }
 
 impl Signer for p384::ecdsa::SigningKey {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        p384::ecdsa::signature::Signer::<p384::ecdsa::Signature>::try_sign(self, message)
-            .map(|s| s.to_bytes().to_vec())
-            .map_err(|_| broken("ES384 signing failed"))
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+        let sig = p384::ecdsa::signature::Signer::<p384::ecdsa::Signature>::try_sign(self, message)
+            .map_err(|_| broken("ES384 signing failed"))?;
+        put_signature(&sig.to_bytes(), out)
+    }
+
+    fn signature_len(&self) -> usize {
+        96
     }
 }
 

@@ -1,7 +1,10 @@
 //! Ed25519 (RFC 8032/8037, JWS `EdDSA`): OKP JWKs with `crv: "Ed25519"`, 32-byte seeds,
 //! strict verification, weak (small-order) public keys refused.
 
-use super::{Family, KeyError, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64, member_str};
+use super::{
+    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64,
+    member_str, put_signature,
+};
 use crate::alg::{Algorithm, RsaBits};
 use crate::b64;
 use crate::secret::SecretBytes;
@@ -176,8 +179,12 @@ impl PrivateParams for Private {
 }
 
 impl Signer for ed25519_dalek::SigningKey {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        Ok(ed25519_dalek::Signer::sign(self, message).to_bytes().to_vec())
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+        put_signature(&ed25519_dalek::Signer::sign(self, message).to_bytes(), out)
+    }
+
+    fn signature_len(&self) -> usize {
+        ed25519_dalek::SIGNATURE_LENGTH
     }
 }
 

@@ -9,6 +9,7 @@
 mod ecdsa;
 mod ed25519;
 mod rsa;
+mod signing;
 
 use crate::alg::{Algorithm, RsaBits, UnsupportedAlgorithm};
 use crate::b64;
@@ -19,6 +20,9 @@ use std::any::Any;
 use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::Arc;
+
+pub(crate) use signing::{MAX_SIGNATURE_BYTES, Signer, Verifier, put_signature};
+pub use signing::{SigningKey, VerifyingKey};
 
 /// Smallest RSA modulus keyrot accepts (bits).
 pub const RSA_MIN_BITS: usize = 2048;
@@ -225,18 +229,6 @@ pub(crate) trait PrivateParams: Send + Sync + RefUnwindSafe + UnwindSafe {
     fn to_secret_bytes(&self) -> Result<SecretBytes, KeyError>;
     /// PKCS#8 DER, for PEM export.
     fn to_pkcs8_der(&self) -> Result<SecretBytes, KeyError>;
-}
-
-/// Signs on the hot path: no parsing, no allocation beyond the signature.
-pub(crate) trait Signer: Send + Sync + RefUnwindSafe + UnwindSafe {
-    /// Signs `message`, returning the raw signature bytes.
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
-}
-
-/// Verifies on the hot path: no parsing, no allocation.
-pub(crate) trait Verifier: Send + Sync + RefUnwindSafe + UnwindSafe {
-    /// Verifies `signature` over `message`.
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -530,60 +522,6 @@ impl PrivateKey {
         let d = SecretBytes::new(member_b64(obj, "d")?);
         let key = Self::new(public.params.private_from_jwk(obj, &d)?);
         Ok(ImportedKey { key, kid })
-    }
-}
-
-/// A signing key parsed once and reused for every token (no parsing on the hot path).
-pub struct SigningKey {
-    alg: Algorithm,
-    inner: Box<dyn Signer>,
-}
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
-            .field("material", &"[redacted]")
-            .finish()
-    }
-}
-
-impl SigningKey {
-    /// The algorithm.
-    pub fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-
-    /// Signs `message`, returning the raw signature bytes.
-    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.inner.sign(message)
-    }
-}
-
-/// A verifying key parsed once and reused for every verification.
-#[derive(Clone)]
-pub struct VerifyingKey {
-    alg: Algorithm,
-    inner: Arc<dyn Verifier>,
-}
-
-impl fmt::Debug for VerifyingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyingKey").field("alg", &self.alg).finish()
-    }
-}
-
-impl VerifyingKey {
-    /// The algorithm.
-    pub fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-
-    /// Verifies `signature` over `message`. Ed25519 uses strict verification (canonical
-    /// `S`, no small-order components); RSA signatures must be exactly the modulus length;
-    /// ECDSA signatures must be the fixed-length `R‖S` (never DER) with `r`, `s` in `[1, n)`.
-    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        self.inner.verify(message, signature)
     }
 }
 

@@ -2,7 +2,8 @@
 //! 32) with SHA-256, moduli of 2048–4096 bits, PKCS#8 DER in storage.
 
 use super::{
-    Family, KeyError, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS, Signer, Verifier, broken, member_b64,
+    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS, Signer, Verifier,
+    broken, member_b64, put_signature,
 };
 use crate::alg::{Algorithm, RsaBits};
 use crate::b64;
@@ -229,18 +230,24 @@ impl PrivateParams for Private {
 }
 
 impl Signer for ::rsa::pkcs1v15::SigningKey<Sha256> {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        ::rsa::signature::Signer::try_sign(self, message)
-            .map(|s| s.to_vec())
-            .map_err(|_| broken("RS256 signing failed"))
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+        let sig = ::rsa::signature::Signer::try_sign(self, message).map_err(|_| broken("RS256 signing failed"))?;
+        put_signature(&sig.to_bytes(), out)
+    }
+
+    fn signature_len(&self) -> usize {
+        AsRef::<::rsa::PrivateKey>::as_ref(self).size()
     }
 }
 
 impl Signer for ::rsa::pss::SigningKey<Sha256> {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        ::rsa::signature::Signer::try_sign(self, message)
-            .map(|s| s.to_vec())
-            .map_err(|_| broken("PS256 signing failed"))
+    fn sign_into(&self, message: &[u8], out: &mut [u8; MAX_SIGNATURE_BYTES]) -> Result<usize, KeyError> {
+        let sig = ::rsa::signature::Signer::try_sign(self, message).map_err(|_| broken("PS256 signing failed"))?;
+        put_signature(&sig.to_bytes(), out)
+    }
+
+    fn signature_len(&self) -> usize {
+        AsRef::<::rsa::PrivateKey>::as_ref(self).size()
     }
 }
 

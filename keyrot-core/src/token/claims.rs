@@ -86,25 +86,32 @@ pub(super) fn check_claims(claims: &Map<String, Value>, v: &Validation, now: i64
         }
     }
     if !v.any_audience {
-        let auds: Vec<&str> = match claims.get("aud") {
-            None => Vec::new(),
-            Some(Value::String(a)) => vec![a.as_str()],
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|i| i.as_str().ok_or(TokenError::InvalidClaim("aud")))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(TokenError::InvalidClaim("aud")),
-        };
-        match (v.audiences.is_empty(), auds.is_empty()) {
-            (true, true) => {}
-            (true, false) => return Err(TokenError::InvalidAudience),
-            (false, true) => return Err(TokenError::MissingClaim("aud")),
-            (false, false) => {
-                if !auds.iter().any(|a| v.audiences.iter().any(|x| x == a)) {
-                    return Err(TokenError::InvalidAudience);
-                }
-            }
-        }
+        check_audience(claims.get("aud"), &v.audiences)?;
     }
     Ok(())
+}
+
+/// `aud` (a string or an array of strings) against the accepted audiences: with none
+/// configured a token must carry no audience, with some it must name one of them.
+fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), TokenError> {
+    let accepts = |a: &str| accepted.iter().any(|x| x == a);
+    let (empty, named) = match aud {
+        None => (true, false),
+        Some(Value::String(a)) => (false, accepts(a)),
+        Some(Value::Array(items)) => {
+            let mut named = false;
+            for item in items {
+                named |= accepts(item.as_str().ok_or(TokenError::InvalidClaim("aud"))?);
+            }
+            (items.is_empty(), named)
+        }
+        Some(_) => return Err(TokenError::InvalidClaim("aud")),
+    };
+    match (accepted.is_empty(), empty) {
+        (true, true) => Ok(()),
+        (true, false) => Err(TokenError::InvalidAudience),
+        (false, true) => Err(TokenError::MissingClaim("aud")),
+        (false, false) if named => Ok(()),
+        (false, false) => Err(TokenError::InvalidAudience),
+    }
 }

@@ -2,6 +2,8 @@
 
 use super::claims::check_claims;
 use super::*;
+use crate::json::parse_strict_object;
+use std::borrow::Cow;
 
 pub(super) fn json_err(e: JsonError, part: &'static str) -> TokenError {
     match e {
@@ -86,37 +88,36 @@ pub(crate) fn check_header_type(token: &str, v: &Validation) -> Result<(), Token
 /// decoded after all and checked as in [`verify`]; callers that know the `typ` they
 /// encoded use [`decode_with_known_typed_header`] to keep the fast path.
 #[cfg(test)]
-pub(crate) fn decode_with_known_header<'t>(
-    token: &'t str,
+pub(crate) fn decode_with_known_header<'a>(
+    token: &'a str,
     v: &Validation,
-    kid: &str,
+    kid: &'a str,
     alg: Algorithm,
-) -> Result<Unverified<'t>, TokenError> {
+) -> Result<Parts<'a>, TokenError> {
     decode_with_known_typed_header(token, v, kid, alg, None)
 }
 
 /// [`decode_with_known_header`] for a header written by [`encode_header_with_type`] with
 /// `typ` (`None`: unknown). The required type, if any, is compared with `typ` without
-/// decoding the header.
-pub(crate) fn decode_with_known_typed_header<'t>(
-    token: &'t str,
+/// decoding the header. Nothing is copied: the parts borrow `token` and `kid`.
+pub(crate) fn decode_with_known_typed_header<'a>(
+    token: &'a str,
     v: &Validation,
-    kid: &str,
+    kid: &'a str,
     alg: Algorithm,
     typ: Option<&str>,
-) -> Result<Unverified<'t>, TokenError> {
+) -> Result<Parts<'a>, TokenError> {
     match (v.required_type.as_deref(), typ) {
         // The header's typ is not known here: read it.
-        (Some(_), None) => return decode(token, v, true),
+        (Some(_), None) => return decode(token, v, true).map(Parts::from),
         (Some(required), Some(t)) if !type_matches(required, t) => return Err(TokenError::InvalidType),
         _ => {}
     }
     let (h, p, s) = segments(token, v)?;
-    let signing_input = &token[..h.len() + 1 + p.len()];
-    Ok(Unverified {
-        kid: kid.to_owned(),
-        alg: alg.as_str().to_owned(),
-        signing_input,
+    Ok(Parts {
+        kid: Cow::Borrowed(kid),
+        alg: Cow::Borrowed(alg.as_str()),
+        signing_input: &token[..h.len() + 1 + p.len()],
         payload_b64: p,
         signature_b64: s,
     })
@@ -155,10 +156,38 @@ pub(super) fn decode<'t>(token: &'t str, v: &Validation, require_kid: bool) -> R
     })
 }
 
-impl Unverified<'_> {
-    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
-    /// claims as of `now` (Unix seconds).
-    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+/// Where the decoded signature goes when it fits (RSA 4096 is 512 bytes): no allocation.
+const SIGNATURE_STACK_BYTES: usize = 512;
+/// Where the decoded payload goes when it fits (typical access tokens do).
+const PAYLOAD_STACK_BYTES: usize = 1024;
+
+/// A token's parts ready for the signature check: the header's `kid` and `alg`
+/// (borrowed when the header is one keyrot wrote) and the segments, borrowed from the token.
+pub(crate) struct Parts<'a> {
+    kid: Cow<'a, str>,
+    alg: Cow<'a, str>,
+    signing_input: &'a str,
+    payload_b64: &'a str,
+    signature_b64: &'a str,
+}
+
+impl<'t> From<Unverified<'t>> for Parts<'t> {
+    fn from(u: Unverified<'t>) -> Self {
+        Parts {
+            kid: Cow::Owned(u.kid),
+            alg: Cow::Owned(u.alg),
+            signing_input: u.signing_input,
+            payload_b64: u.payload_b64,
+            signature_b64: u.signature_b64,
+        }
+    }
+}
+
+impl Parts<'_> {
+    /// Verifies the signature with `key` and checks the claims as of `now` (Unix
+    /// seconds). Allocates only the [`Verified`] it returns: the signature and the payload
+    /// are decoded on the stack when they fit.
+    pub(crate) fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
         let expected = key.algorithm();
         // The key decides the family; RFC 9864's `Ed25519` names an EdDSA key too.
         if !expected.accepts_name(&self.alg) {
@@ -167,20 +196,39 @@ impl Unverified<'_> {
         if !v.algorithms.is_empty() && !v.algorithms.contains(&expected) {
             return Err(TokenError::AlgorithmNotAllowed { alg: expected });
         }
-        let sig = b64::decode(self.signature_b64).ok_or(TokenError::Malformed("signature is not base64url"))?;
-        if !key.verify(self.signing_input.as_bytes(), &sig) {
+        let mut sig_buf = [0u8; SIGNATURE_STACK_BYTES];
+        let good = b64::with_decoded(self.signature_b64, &mut sig_buf, |sig| {
+            key.verify(self.signing_input.as_bytes(), sig)
+        })
+        .ok_or(TokenError::Malformed("signature is not base64url"))?;
+        if !good {
             return Err(TokenError::BadSignature);
         }
-        let payload = b64::decode(self.payload_b64).ok_or(TokenError::Malformed("payload is not base64url"))?;
-        let Value::Object(claims) = parse_strict(&payload).map_err(|e| json_err(e, "payload"))? else {
-            return Err(TokenError::Malformed("payload is not a JSON object"));
-        };
+        let mut payload_buf = [0u8; PAYLOAD_STACK_BYTES];
+        let claims = b64::with_decoded(self.payload_b64, &mut payload_buf, parse_strict_object)
+            .ok_or(TokenError::Malformed("payload is not base64url"))?
+            .map_err(|e| json_err(e, "payload"))?;
         check_claims(&claims, v, now)?;
         Ok(Verified {
-            kid: self.kid.clone(),
+            kid: self.kid.as_ref().to_owned(),
             alg: expected,
             claims,
         })
+    }
+}
+
+impl Unverified<'_> {
+    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
+    /// claims as of `now` (Unix seconds).
+    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        Parts {
+            kid: Cow::Borrowed(&self.kid),
+            alg: Cow::Borrowed(&self.alg),
+            signing_input: self.signing_input,
+            payload_b64: self.payload_b64,
+            signature_b64: self.signature_b64,
+        }
+        .verify_with(key, v, now)
     }
 }
 
