@@ -51,14 +51,18 @@ const CHUNK: Duration = Duration::from_millis(2);
 const MIN_ROUNDS: usize = 31;
 const MAX_ROUNDS: usize = 401;
 
+type SignFn = Box<dyn Fn(&[u8])>;
+type VerifyFn = Box<dyn Fn(&[u8], &[u8]) -> bool>;
+type SignBytesFn = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 /// The crypto crate alone, on the ring's Active key: a sign and a verify of raw bytes.
 struct Raw {
-    sign: Box<dyn Fn(&[u8])>,
-    verify: Box<dyn Fn(&[u8], &[u8]) -> bool>,
+    sign: SignFn,
+    verify: VerifyFn,
     /// Whether signing is deterministic (raw and keyrot then agree byte for byte).
     deterministic: bool,
     /// Signs like `sign`, returning the signature bytes (for the set-up checks only).
-    sign_bytes: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+    sign_bytes: SignBytesFn,
 }
 
 fn raw(ring: &Ring) -> Raw {
