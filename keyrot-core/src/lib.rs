@@ -42,6 +42,7 @@ mod jwks;
 mod key;
 mod keyring;
 mod keyset;
+mod manager;
 mod memory;
 mod planner;
 mod policy;
@@ -78,6 +79,7 @@ pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHan
 pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
+pub use manager::{DuePass, ManagerConfig, ManagerError, ManagerHandle, PolicySource, RingManager, RingManagerBuilder};
 pub use memory::{MemoryLock, MemoryStorage};
 pub use planner::{
     Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,
@@ -93,7 +95,8 @@ pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKe
 pub use secret::SecretBytes;
 pub use storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
+    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingEntry, RingEvent, RingsFeed,
+    RingsStream, Storage, StorageError,
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,

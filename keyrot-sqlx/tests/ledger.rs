@@ -567,6 +567,7 @@ async fn commit_refuses_an_audit_record_of_another_ring(db: &TestDb) {
         audit: sample_audit(audit_ring.as_str(), at, 1, Outcome::Rotated),
         idempotency: None,
         manifest: "manifest".into(),
+        next_due: None,
     };
     let err = db.storage.commit(&commit(&b), &linker).await.err();
     assert!(
@@ -721,6 +722,7 @@ async fn postgres_appends_keep_one_chain_under_a_stricter_default_isolation() {
             audit: sample_audit(r.as_str(), at, 1, Outcome::Rotated),
             idempotency: None,
             manifest: "manifest 1".into(),
+            next_due: None,
         };
         assert_eq!(
             keyrot_core::Storage::commit(&store, &base, &linker)
@@ -744,6 +746,7 @@ async fn postgres_appends_keep_one_chain_under_a_stricter_default_isolation() {
                     keys: Vec::new(),
                     audit,
                     manifest: "manifest 2".into(),
+                    next_due: None,
                     ..base.clone()
                 }
             })

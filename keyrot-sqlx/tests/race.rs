@@ -161,6 +161,7 @@ async fn cas_race(name: &str, instances: &[Instance], sealer: Arc<MasterKeySeale
                 audit: sample_audit(r.as_str(), t0(), round + 1, Outcome::Rotated),
                 idempotency: None,
                 manifest: format!("manifest {round}"),
+                next_due: None,
             };
             let linker = linker.clone();
             set.spawn(async move {

@@ -271,6 +271,7 @@ fn commit(r: &RingName, expected: u64, keys: Vec<KeyRecord>, at: DateTime<Utc>) 
         audit: sample_audit(r.as_str(), at, expected + 1, Outcome::Rotated),
         idempotency: None,
         manifest: format!("manifest of {} at generation {} ✓", r.as_str(), expected + 1),
+        next_due: None,
     }
 }
 
