@@ -45,6 +45,9 @@ pub(crate) fn next_due(ring: &Ring, policy: &Policy, now: DateTime<Utc>) -> Opti
     next_transition(&ring.keys, policy).map(|t| t.at)
 }
 
+/// How many times onboarding tries while another instance holds the ring's lock.
+const ONBOARD_TRIES: usize = 500;
+
 /// The policy (and so the algorithm) of each ring: every instance must answer the same
 /// for a ring, as each may tick it.
 pub type PolicySource = Arc<dyn Fn(&RingName) -> Policy + Send + Sync>;
@@ -309,15 +312,22 @@ impl RingManager {
     /// it when several onboard the same ring at once; every one gets the ring.
     pub async fn onboard(&self, ring: &RingName, ctx: RequestContext) -> Result<KeyRing, ManagerError> {
         let loaded = self.load(ring).await?;
-        if loaded.keyring.snapshot().active_kid().is_none() {
-            let report = loaded.rotator.init(ctx).await?;
-            tracing::info!(%ring, outcome = report.outcome.as_str(), "ring onboarded");
+        // Another instance onboarding it at the same time holds the lock: wait for its
+        // commit (bounded), then read it.
+        for _ in 0..ONBOARD_TRIES {
+            if loaded.keyring.snapshot().active_kid().is_some() {
+                break;
+            }
+            let report = loaded.rotator.init(ctx.clone()).await?;
+            tracing::info!(%ring, outcome = report.outcome.as_str(), "ring onboarding");
             if loaded.keyring.snapshot().active_kid().is_none() {
-                // Another instance created it first: read it.
+                if report.outcome == crate::storage::Outcome::LockBusy {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 loaded.keyring.reload().await?;
             }
-            self.loaded().remeasure(ring);
         }
+        self.loaded().remeasure(ring);
         Ok(loaded.keyring)
     }
 
