@@ -77,9 +77,9 @@ pub use key::{
 };
 pub use keyring::{KeyRing, KeyRingBuilder, KeyStatus, RefreshError, RefresherHandle, Snapshot};
 pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
+pub use manager::{DuePass, ManagerConfig, ManagerError, ManagerHandle, PolicySource, RingManager, RingManagerBuilder};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
-pub use manager::{DuePass, ManagerConfig, ManagerError, ManagerHandle, PolicySource, RingManager, RingManagerBuilder};
 pub use memory::{MemoryLock, MemoryStorage};
 pub use planner::{
     Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,

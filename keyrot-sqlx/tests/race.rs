@@ -244,7 +244,10 @@ async fn manager_race(name: &str, instances: Vec<Instance>) {
     set.join_all().await;
     let policy = managers[0].policy(&rings[0]);
     let mut changed = 0;
-    for step in [policy.rotation_interval() - policy.publish_lead(), policy.publish_lead()] {
+    for step in [
+        policy.rotation_interval() - policy.publish_lead(),
+        policy.publish_lead(),
+    ] {
         clock.advance(step);
         let barrier = Arc::new(Barrier::new(MANAGERS));
         let mut set = JoinSet::new();
@@ -272,7 +275,11 @@ async fn manager_race(name: &str, instances: Vec<Instance>) {
             .collect();
         assert_eq!(
             committed,
-            [(1, Outcome::Bootstrapped), (2, Outcome::Scheduled), (3, Outcome::Rotated)],
+            [
+                (1, Outcome::Bootstrapped),
+                (2, Outcome::Scheduled),
+                (3, Outcome::Rotated)
+            ],
             "{name} {r}: each transition exactly once"
         );
         assert_eq!(check.generation(r).await.expect("generation"), 3);

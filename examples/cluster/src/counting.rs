@@ -2,11 +2,11 @@
 //! storage call (a commit counts once though it is one transaction of several), one per
 //! lock taken and one per lock released.
 
+use chrono::{DateTime, Utc};
 use keyrot_core::{
     AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Ring, RingEntry,
     RingName, Storage, StorageError, async_trait,
 };
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -71,13 +71,22 @@ async fn pool(url: &str, app: &str, max: u32) -> Result<PgPool, String> {
         .map_err(|e| format!("connect: {}", ErrorChain(&e)))
 }
 
-async fn nodes(args: &FleetArgs, run: &str, sealer: &Arc<MasterKeySealer>, clock: &ManualClock, policy: &Policy) -> Result<Vec<Node>, String> {
+async fn nodes(
+    args: &FleetArgs,
+    run: &str,
+    sealer: &Arc<MasterKeySealer>,
+    clock: &ManualClock,
+    policy: &Policy,
+) -> Result<Vec<Node>, String> {
     let mut out = Vec::new();
     let per_pool = u32::try_from(2 * args.concurrency + 1).unwrap_or(u32::MAX);
     for i in 0..usize::from(args.instances) {
         let store = PostgresStore::new(pool(&args.url, &app_name(run, i), per_pool).await?);
         if i == 0 {
-            store.migrate().await.map_err(|e| format!("migrate: {}", ErrorChain(&e)))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| format!("migrate: {}", ErrorChain(&e)))?;
         }
         let counted = Counting::new(store.clone());
         let config = ManagerConfig {
@@ -175,7 +184,11 @@ async fn verify(check: &PostgresStore, rings: &[RingName], due: usize) -> Result
             .collect();
         rotations += committed.iter().filter(|(_, o)| *o == Outcome::Rotated).count();
         let expected: &[(u64, Outcome)] = if k < due {
-            &[(1, Outcome::Bootstrapped), (2, Outcome::Scheduled), (3, Outcome::Rotated)]
+            &[
+                (1, Outcome::Bootstrapped),
+                (2, Outcome::Scheduled),
+                (3, Outcome::Rotated),
+            ]
         } else {
             &[(1, Outcome::Bootstrapped)]
         };
@@ -189,7 +202,11 @@ async fn verify(check: &PostgresStore, rings: &[RingName], due: usize) -> Result
 
 /// Samples every instance's connections (`pg_stat_activity` by application name) until
 /// stopped; the highest count seen for any instance.
-fn sample_connections(admin: PgPool, run: String, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<i64> {
+fn sample_connections(
+    admin: PgPool,
+    run: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<i64> {
     tokio::spawn(async move {
         let pattern = format!("keyrot-fleet-{run}-%");
         let mut peak = 0i64;
@@ -218,7 +235,13 @@ fn rss_bytes() -> Option<i64> {
 
 /// Memory per loaded ring: a fresh manager loads every ring; the growth of the process's
 /// resident memory, and the manager's own estimate, per ring.
-async fn measure_memory(args: &FleetArgs, run: &str, sealer: &Arc<MasterKeySealer>, policy: &Policy, rings: &[RingName]) -> Result<(usize, Option<i64>), String> {
+async fn measure_memory(
+    args: &FleetArgs,
+    run: &str,
+    sealer: &Arc<MasterKeySealer>,
+    policy: &Policy,
+    rings: &[RingName],
+) -> Result<(usize, Option<i64>), String> {
     let store = PostgresStore::new(pool(&args.url, &format!("keyrot-measure-{run}"), 4).await?);
     let m = RingManager::builder(Arc::new(store.clone()), Arc::new(store.clone()), sealer.clone())
         .with_policy(policy.clone())
@@ -230,7 +253,9 @@ async fn measure_memory(args: &FleetArgs, run: &str, sealer: &Arc<MasterKeySeale
         .build();
     let before = rss_bytes();
     for r in rings {
-        m.keyring(r).await.map_err(|e| format!("load {r}: {}", ErrorChain(&e)))?;
+        m.keyring(r)
+            .await
+            .map_err(|e| format!("load {r}: {}", ErrorChain(&e)))?;
     }
     let after = rss_bytes();
     let n = rings.len().max(1);
@@ -245,7 +270,12 @@ async fn measure_memory(args: &FleetArgs, run: &str, sealer: &Arc<MasterKeySeale
 async fn propagation(nodes: &[Node], ring: &RingName) -> Result<(Duration, Duration), String> {
     let mut held = Vec::new();
     for n in nodes {
-        held.push(n.manager.keyring(ring).await.map_err(|e| format!("{}: {}", n.name, ErrorChain(&e)))?);
+        held.push(
+            n.manager
+                .keyring(ring)
+                .await
+                .map_err(|e| format!("{}: {}", n.name, ErrorChain(&e)))?,
+        );
     }
     let started = Instant::now();
     let report = nodes[0]
@@ -298,7 +328,11 @@ pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) 
     clock.advance(policy.publish_lead() + chrono::TimeDelta::days(1));
     onboard(&nodes, &rings[due..], args.concurrency).await?;
     numbers.create = started.elapsed();
-    println!("  created    {} rings in {:.1} s", rings.len(), numbers.create.as_secs_f64());
+    println!(
+        "  created    {} rings in {:.1} s",
+        rings.len(),
+        numbers.create.as_secs_f64()
+    );
     clock.set(t0 + (policy.rotation_interval() - policy.publish_lead()));
     let started = Instant::now();
     let published = work_until_done(&nodes, &check, &clock).await?;
@@ -332,8 +366,14 @@ pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) 
         .max()
         .unwrap_or(0);
     numbers.idle_per_minute = idle_max as f64 * 60.0 / idle.as_secs_f64().max(1.0);
-    println!("  idle       {idle_max} queries in {} s on the busiest instance", idle.as_secs());
-    numbers.propagation = propagation(&nodes, &rings[0]).await.map_err(|e| eprintln!("cluster: {e}")).ok();
+    println!(
+        "  idle       {idle_max} queries in {} s on the busiest instance",
+        idle.as_secs()
+    );
+    numbers.propagation = propagation(&nodes, &rings[0])
+        .await
+        .map_err(|e| eprintln!("cluster: {e}"))
+        .ok();
     if let Some((commit, seen)) = numbers.propagation {
         println!(
             "  propagated a forced rotation ({:.1} ms) to every other instance {:.1} ms after it returned",
@@ -370,5 +410,9 @@ pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) 
 /// A rate with at most one decimal, without a trailing `.0`.
 fn per_minute(q: f64) -> String {
     let r = (q * 10.0).round() / 10.0;
-    if r.fract() == 0.0 { format!("{r:.0}") } else { format!("{r:.1}") }
+    if r.fract() == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
 }

@@ -21,7 +21,13 @@ impl RingsFeed for CountingFeed {
     }
 }
 
-fn manager(b: &Backend, clock: &ManualClock, sealer: Arc<MasterKeySealer>, instance: &str, config: ManagerConfig) -> RingManager {
+fn manager(
+    b: &Backend,
+    clock: &ManualClock,
+    sealer: Arc<MasterKeySealer>,
+    instance: &str,
+    config: ManagerConfig,
+) -> RingManager {
     RingManager::builder(b.storage.clone(), b.lock.clone(), sealer)
         .with_clock(Arc::new(clock.clone()))
         .with_instance(instance)
@@ -35,7 +41,10 @@ fn rings(prefix: &str, n: usize) -> Vec<RingName> {
 
 async fn onboard_all(m: &RingManager, rings: &[RingName]) {
     for r in rings {
-        let kr = m.onboard(r, RequestContext::actor("conformance")).await.expect("onboard");
+        let kr = m
+            .onboard(r, RequestContext::actor("conformance"))
+            .await
+            .expect("onboard");
         assert!(kr.snapshot().active_kid().is_some(), "an onboarded ring signs");
     }
 }
@@ -63,7 +72,11 @@ pub async fn manager_ticks_only_the_due_rings(b: &Backend) {
         assert_eq!(last.outcome, Outcome::Scheduled, "each due ring published its next key");
         assert_eq!(last.instance, "a");
     }
-    assert_eq!(m.run_due().await.due, 0, "the commits moved every ring's next-due time on");
+    assert_eq!(
+        m.run_due().await.due,
+        0,
+        "the commits moved every ring's next-due time on"
+    );
 }
 
 pub async fn manager_follows_many_rings_through_one_feed(b: &Backend) {
@@ -101,12 +114,19 @@ pub async fn manager_follows_many_rings_through_one_feed(b: &Backend) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for (kr, kid) in held.iter().zip(&expected) {
         while kr.snapshot().active_kid() != Some(kid.as_str()) {
-            assert!(tokio::time::Instant::now() < deadline, "the reader learned {kid} through the feed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reader learned {kid} through the feed"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     handle.shutdown().await;
-    assert_eq!(feed.subscriptions.load(Ordering::SeqCst), 1, "one subscription for every ring");
+    assert_eq!(
+        feed.subscriptions.load(Ordering::SeqCst),
+        1,
+        "one subscription for every ring"
+    );
 }
 
 pub async fn manager_keeps_loaded_snapshots_within_bounds(b: &Backend) {
@@ -141,7 +161,10 @@ pub async fn manager_keeps_loaded_snapshots_within_bounds(b: &Backend) {
         let token = kr.sign(&serde_json::json!({ "sub": "x", "exp": exp })).expect("sign");
         assert!(kr.verify_at(&token, t0()).is_ok(), "a loaded ring signs and verifies");
         let (count, bytes) = m.loaded_usage();
-        assert!(count <= 2 && bytes <= one * 2 + one / 2, "within the byte bound: {count} rings, {bytes} bytes");
+        assert!(
+            count <= 2 && bytes <= one * 2 + one / 2,
+            "within the byte bound: {count} rings, {bytes} bytes"
+        );
     }
 }
 
@@ -169,7 +192,10 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
     }
     let policy = managers[0].policy(&all[0]);
     let mut changed = 0;
-    for step in [policy.rotation_interval() - policy.publish_lead(), policy.publish_lead()] {
+    for step in [
+        policy.rotation_interval() - policy.publish_lead(),
+        policy.publish_lead(),
+    ] {
         clock.advance(step);
         let passes = managers.iter().map(|m| {
             let m = m.clone();
@@ -181,9 +207,17 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
             changed += pass.changed;
         }
     }
-    assert_eq!(changed, 2 * all.len(), "each due transition was made once, by one manager");
+    assert_eq!(
+        changed,
+        2 * all.len(),
+        "each due transition was made once, by one manager"
+    );
     for r in &all {
-        assert_eq!(b.storage.generation(r).await.expect("generation"), 3, "{r}: bootstrap, schedule, rotate");
+        assert_eq!(
+            b.storage.generation(r).await.expect("generation"),
+            3,
+            "{r}: bootstrap, schedule, rotate"
+        );
         let audit = b.storage.audit_log(r, AuditQuery { limit: 100 }).await.expect("audit");
         let committed: Vec<(u64, Outcome)> = audit
             .iter()
@@ -193,7 +227,11 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
             .collect();
         assert_eq!(
             committed,
-            [(1, Outcome::Bootstrapped), (2, Outcome::Scheduled), (3, Outcome::Rotated)],
+            [
+                (1, Outcome::Bootstrapped),
+                (2, Outcome::Scheduled),
+                (3, Outcome::Rotated)
+            ],
             "{r}: every transition exactly once"
         );
     }

@@ -30,7 +30,11 @@ pub async fn commits_keep_the_next_due_time_and_due_rings_lists_the_due(b: &Back
     assert!(due(t0()).await.is_empty(), "nothing is due before its time");
     let one_ms_early = t0() + TimeDelta::hours(1) - TimeDelta::milliseconds(1);
     assert!(due(one_ms_early).await.is_empty(), "next-due times keep milliseconds");
-    assert_eq!(names(&due(t0() + TimeDelta::hours(1)).await), ["conf-due-early"], "due at exactly its time");
+    assert_eq!(
+        names(&due(t0() + TimeDelta::hours(1)).await),
+        ["conf-due-early"],
+        "due at exactly its time"
+    );
     assert_eq!(
         names(&due(t0() + TimeDelta::days(365)).await),
         ["conf-due-early", "conf-due-late"],
@@ -58,17 +62,31 @@ pub async fn reschedule_applies_only_at_the_same_generation(b: &Backend) {
     );
     assert!(b.storage.due_rings(t0(), 10).await.expect("due").is_empty());
     assert!(b.storage.reschedule(&r, 1, Some(t0())).await.expect("reschedule"));
-    assert_eq!(names(&b.storage.due_rings(t0(), 10).await.expect("due")), ["conf-reschedule"]);
+    assert_eq!(
+        names(&b.storage.due_rings(t0(), 10).await.expect("due")),
+        ["conf-reschedule"]
+    );
     assert!(b.storage.reschedule(&r, 1, None).await.expect("reschedule"));
     assert!(
-        b.storage.due_rings(t0() + TimeDelta::days(999), 10).await.expect("due").is_empty(),
+        b.storage
+            .due_rings(t0() + TimeDelta::days(999), 10)
+            .await
+            .expect("due")
+            .is_empty(),
         "None: never due"
     );
     assert!(
-        !b.storage.reschedule(&ring("conf-reschedule-unknown"), 0, Some(t0())).await.expect("unknown"),
+        !b.storage
+            .reschedule(&ring("conf-reschedule-unknown"), 0, Some(t0()))
+            .await
+            .expect("unknown"),
         "an unknown ring is not created by a reschedule"
     );
-    assert_eq!(b.storage.generation(&r).await.expect("generation"), 1, "the generation stays");
+    assert_eq!(
+        b.storage.generation(&r).await.expect("generation"),
+        1,
+        "the generation stays"
+    );
 }
 
 pub async fn list_rings_pages_by_name(b: &Backend) {
@@ -82,8 +100,10 @@ pub async fn list_rings_pages_by_name(b: &Backend) {
         }
     }
     let all = b.storage.list_rings(None, 10).await.expect("list");
-    let got: Vec<(&str, u64, Option<DateTime<Utc>>)> =
-        all.iter().map(|e| (e.name.as_str(), e.generation, e.next_due)).collect();
+    let got: Vec<(&str, u64, Option<DateTime<Utc>>)> = all
+        .iter()
+        .map(|e| (e.name.as_str(), e.generation, e.next_due))
+        .collect();
     assert_eq!(
         got,
         [
@@ -97,12 +117,20 @@ pub async fn list_rings_pages_by_name(b: &Backend) {
     assert_eq!(first.len(), 2);
     let second = b.storage.list_rings(Some(&first[1].name), 2).await.expect("page 2");
     assert_eq!(second.len(), 1);
-    assert_eq!(second[0].name.as_str(), "conf-list-c", "the next page starts after the cursor");
+    assert_eq!(
+        second[0].name.as_str(),
+        "conf-list-c",
+        "the next page starts after the cursor"
+    );
 }
 
 /// Waits until `stream` has announced each of `expected` (ring, generation): a `Resync`
 /// counts for every ring the store shows at its generation.
-async fn expect_all_announced(b: &Backend, stream: &mut Box<dyn crate::storage::RingsStream>, expected: &[(RingName, u64)]) {
+async fn expect_all_announced(
+    b: &Backend,
+    stream: &mut Box<dyn crate::storage::RingsStream>,
+    expected: &[(RingName, u64)],
+) {
     let mut missing: Vec<(RingName, u64)> = expected.to_vec();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !missing.is_empty() {
@@ -153,11 +181,31 @@ pub async fn rotator_commits_write_the_planned_next_due_time(b: &Backend) {
         .at;
     let listed = b.storage.list_rings(None, 10).await.expect("list");
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].next_due, Some(planned), "the commit wrote the planner's next transition");
-    assert!(b.storage.due_rings(planned - TimeDelta::milliseconds(1), 10).await.expect("due").is_empty());
-    assert_eq!(names(&b.storage.due_rings(planned, 10).await.expect("due")), ["conf-rotator-due"]);
+    assert_eq!(
+        listed[0].next_due,
+        Some(planned),
+        "the commit wrote the planner's next transition"
+    );
+    assert!(
+        b.storage
+            .due_rings(planned - TimeDelta::milliseconds(1), 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(
+        names(&b.storage.due_rings(planned, 10).await.expect("due")),
+        ["conf-rotator-due"]
+    );
     clock.set(planned);
-    assert_eq!(rot.tick().await.expect("tick").outcome, Outcome::Scheduled, "what is due is what a tick does");
+    assert_eq!(
+        rot.tick().await.expect("tick").outcome,
+        Outcome::Scheduled,
+        "what is due is what a tick does"
+    );
     let after = b.storage.list_rings(None, 10).await.expect("list");
-    assert!(after[0].next_due.expect("still planned") > planned, "the tick's commit moved it on");
+    assert!(
+        after[0].next_due.expect("still planned") > planned,
+        "the tick's commit moved it on"
+    );
 }

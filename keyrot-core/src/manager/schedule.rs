@@ -83,7 +83,8 @@ impl RingManager {
             shuffle(&mut due);
             let before = pass;
             self.work_all(due, &mut pass).await;
-            let progress = pass.changed + pass.rescheduled + pass.failed > before.changed + before.rescheduled + before.failed;
+            let progress =
+                pass.changed + pass.rescheduled + pass.failed > before.changed + before.rescheduled + before.failed;
             if !full || !progress {
                 return pass;
             }

@@ -39,8 +39,8 @@ use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, RingEntry, LockGuard, PollingFeed, PollingRingsFeed, Ring,
-    RingName, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed,
+    PollingRingsFeed, Ring, RingEntry, RingName, Storage, StorageError,
 };
 use migrations::MIGRATIONS;
 use sqlx::AssertSqlSafe;

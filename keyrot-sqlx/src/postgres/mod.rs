@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, RingEntry, LockGuard, Ring, RingName, Storage, StorageError,
+    IdempotencyRecord, Lock, LockGuard, Ring, RingEntry, RingName, Storage, StorageError,
 };
 use migrations::MIGRATIONS;
 use sqlx::pool::PoolConnection;

@@ -31,8 +31,8 @@ use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, RingEntry, LockGuard,
-    PollingFeed, PollingRingsFeed, Ring, RingName, Storage, StorageError, SystemClock,
+    AuditLinker, AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
+    PollingFeed, PollingRingsFeed, Ring, RingEntry, RingName, Storage, StorageError, SystemClock,
 };
 use migrations::MIGRATIONS;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
