@@ -284,6 +284,19 @@ impl RingManager {
         Ok(self.load(ring).await?.keyring)
     }
 
+    /// The ring's key ring if the store holds the ring (one cheap generation read for a
+    /// ring not loaded yet), `None` for an unknown one, which is not loaded: a request
+    /// naming random rings cannot fill the loaded set.
+    pub async fn existing_keyring(&self, ring: &RingName) -> Result<Option<KeyRing>, RefreshError> {
+        if let Some(l) = self.loaded().get(ring) {
+            return Ok(Some(l.keyring));
+        }
+        if self.inner.storage.generation(ring).await? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.load(ring).await?.keyring))
+    }
+
     async fn load(&self, ring: &RingName) -> Result<Loaded, RefreshError> {
         if let Some(l) = self.loaded().get(ring) {
             return Ok(l);
