@@ -354,8 +354,16 @@ pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) 
         n.handle = Some(n.manager.spawn());
     }
     // Each feed refreshes the rings its instance holds once, as it subscribes: start
-    // counting after that.
-    tokio::time::sleep(SETTLE).await;
+    // counting once that is over (a second with at most a pass's query on every instance).
+    let settle_until = Instant::now() + Duration::from_secs(600);
+    loop {
+        let at: Vec<u64> = nodes.iter().map(|n| n.counted.calls()).collect();
+        tokio::time::sleep(SETTLE).await;
+        let quiet = nodes.iter().zip(&at).all(|(n, a)| n.counted.calls() - a <= 1);
+        if quiet || Instant::now() > settle_until {
+            break;
+        }
+    }
     let before: Vec<u64> = nodes.iter().map(|n| n.counted.calls()).collect();
     let idle = Duration::from_secs(args.idle_seconds);
     tokio::time::sleep(idle).await;
