@@ -290,10 +290,12 @@ async fn sqlite_ledger_refuses_update_delete_and_replace() {
 
 /// Takes the database back to schema version 1 (as a keyrot-sqlx from before the chain
 /// left it): the ring's manifest and the ledger's chain columns are gone, and so is
-/// version 3's guard on them.
+/// version 3's guard on them, and version 4's next-due column (MySQL keeps it, as if
+/// version 4 had been cut short: it is added only if missing).
 async fn downgrade_to_v1(db: &TestDb) {
     let statements: &[&str] = match db.name {
         "postgres" => &[
+            "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             "ALTER TABLE {audit} DROP CONSTRAINT keyrot_audit_chain_link",
             "ALTER TABLE {audit} DROP COLUMN chain_seq, DROP COLUMN chain_mac",
             "CREATE INDEX keyrot_audit_ring_seq ON {audit} (ring, seq DESC)",
@@ -310,6 +312,8 @@ async fn downgrade_to_v1(db: &TestDb) {
             "UPDATE {rings} SET manifest = NULL",
         ],
         "sqlite" => &[
+            r#"DROP INDEX "keyrot_rings_next_due""#,
+            "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             r#"DROP TRIGGER "keyrot_audit_chain_link""#,
             r#"DROP TRIGGER "keyrot_audit_no_replace""#,
             r#"DROP INDEX "keyrot_audit_ring_chain""#,
