@@ -165,6 +165,7 @@ async fn lock_and_commit(db: &Db, iters: u64) -> Duration {
             idempotency: None,
             // The size of a real ten-key manifest.
             manifest: "m".repeat(1_012),
+            next_due: None,
         };
         let start = Instant::now();
         let guard = lock

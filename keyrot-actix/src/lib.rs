@@ -91,7 +91,7 @@ use bytes::Bytes;
 use keyrot_core::Verified;
 use keyrot_core::http::{
     Admission, Anonymous, Guard, HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse,
-    RequestBody, ResponseBody, Stored, each_header_value,
+    RequestBody, ResponseBody, Stored, WithPath, each_header_value,
 };
 use serde::de::DeserializeOwned;
 use std::future::{Future, Ready, ready};
@@ -100,9 +100,13 @@ use std::rc::Rc;
 
 pub use keyrot_core::http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
-    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH,
-    ScopeAuthorizer, ServiceTokenRule, TokenSource, TokenVerifier,
+    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource, TokenVerifier,
 };
+
+/// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
+/// the path or the host), from a [`keyrot_core::RingManager`] (see [`Guarded`]).
+pub type TenantAuthMiddleware = Guarded<TenantAuth>;
 
 /// Converts a neutral response into an actix response.
 pub fn into_actix_response(r: NeutralResponse) -> actix_web::HttpResponse {
@@ -285,8 +289,12 @@ where
             // Taken out (not borrowed: the extensions are a RefCell) and put back below.
             let found = req.extensions_mut().remove::<Verified>();
             let anonymous = req.extensions_mut().remove::<Anonymous>();
+            let headers = Headers(req.headers());
             let admitted = guard
-                .admit(&Headers(req.headers()), Stored::new(found.as_ref(), anonymous.as_ref()))
+                .admit(
+                    &WithPath::new(&headers, req.path()),
+                    Stored::new(found.as_ref(), anonymous.as_ref()),
+                )
                 .await;
             match admitted {
                 Ok(admission) => {
@@ -408,5 +416,30 @@ pub fn configure_jwks(keyring: keyrot_core::KeyRing) -> impl FnOnce(&mut web::Se
             web::resource(JWKS_PATH)
                 .route(web::route().to(move |req: actix_web::HttpRequest| ready(jwks(&keyring, &req)))),
         );
+    }
+}
+
+async fn tenant(endpoints: TenantEndpoints, req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let headers = Headers(req.headers());
+    match endpoints.respond(req.path(), &neutral(&req, &headers)).await {
+        Some(r) => into_actix_response(r),
+        None => actix_web::HttpResponse::NotFound().finish(),
+    }
+}
+
+/// Registers every tenant's JWKS (at [`TenantEndpoints::jwks_pattern`], by default
+/// `/t/{ring}/.well-known/jwks.json`) and, with an issuer, discovery document: public
+/// routes, served from the rings' snapshots.
+pub fn configure_tenants(endpoints: TenantEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let mut patterns = vec![endpoints.jwks_pattern().as_str().to_owned()];
+        patterns.extend(endpoints.discovery_pattern().map(|p| p.as_str().to_owned()));
+        for pattern in patterns {
+            let e = endpoints.clone();
+            cfg.service(
+                web::resource(pattern)
+                    .route(web::route().to(move |req: actix_web::HttpRequest| tenant(e.clone(), req))),
+            );
+        }
     }
 }

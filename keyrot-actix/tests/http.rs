@@ -1,12 +1,14 @@
 //! The shared HTTP suite (keyrot-http-tests) against keyrot-actix, over real HTTP.
 
 use actix_web::{App, HttpServer, web};
-use keyrot_actix::{BearerAuthMiddleware, Claims, MaybeClaims, OptionalBearerAuthMiddleware, require_scopes};
+use keyrot_actix::{
+    BearerAuthMiddleware, Claims, MaybeClaims, OptionalBearerAuthMiddleware, TenantAuthMiddleware, require_scopes,
+};
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
     COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
-    SCOPED_SCOPE, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
-    whoami_body,
+    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_ISS_PATH, TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH,
+    UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body, whoami_body,
 };
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
@@ -25,6 +27,22 @@ async fn start(app: TestApp) -> RunningServer {
             let server = HttpServer::new(move || {
                 App::new()
                     .configure(keyrot_actix::configure(app.endpoints.clone()))
+                    .configure(keyrot_actix::configure_tenants(app.tenants.clone()))
+                    .service(
+                        web::resource(TENANT_ISS_PATH)
+                            .wrap(TenantAuthMiddleware::new(app.tenant_by_issuer.clone()))
+                            .route(web::get().to(whoami)),
+                    )
+                    .service(
+                        web::resource(TENANT_PATH_PATTERN)
+                            .wrap(TenantAuthMiddleware::new(app.tenant_by_path.clone()))
+                            .route(web::get().to(whoami)),
+                    )
+                    .service(
+                        web::resource(TENANT_HOST_PATH)
+                            .wrap(TenantAuthMiddleware::new(app.tenant_by_host.clone()))
+                            .route(web::get().to(whoami)),
+                    )
                     // Before the catch-all scope below, which would answer 404 for them.
                     .route(UNGUARDED_PATH, web::get().to(whoami))
                     .route(UNGUARDED_OPTIONAL_PATH, web::get().to(maybe_whoami))

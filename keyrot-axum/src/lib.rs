@@ -79,7 +79,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use keyrot_core::Verified;
 use keyrot_core::http::{
-    Admission, Anonymous, Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, Stored,
+    Admission, Anonymous, Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, Stored, WithPath,
     each_header_value,
 };
 use serde::de::DeserializeOwned;
@@ -90,9 +90,13 @@ use tower::{Layer, Service};
 
 pub use keyrot_core::http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
-    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RotationAuthorizer, STATUS_PATH,
-    ScopeAuthorizer, ServiceTokenRule, TokenSource, TokenVerifier,
+    OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource, TokenVerifier,
 };
+
+/// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
+/// the path or the host), from a [`keyrot_core::RingManager`] (see [`Guarded`]).
+pub type TenantAuthLayer = Guarded<TenantAuth>;
 
 /// An axum header map as a keyrot [`HeaderSource`].
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +270,10 @@ where
         let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let admitted = guard.admit(&Headers(&parts.headers), stored(&parts)).await;
+            let headers = Headers(&parts.headers);
+            let admitted = guard
+                .admit(&WithPath::new(&headers, parts.uri.path()), stored(&parts))
+                .await;
             match admitted {
                 Ok(Admission::Verified(verified)) => {
                     parts.extensions.insert(verified);
@@ -380,4 +387,29 @@ where
             }),
         )
         .with_state(keyring)
+}
+
+async fn tenant(State(endpoints): State<TenantEndpoints>, parts: Parts) -> Response {
+    let req = HttpRequest {
+        method: parts.method.as_str(),
+        headers: &Headers(&parts.headers),
+    };
+    match endpoints.respond(parts.uri.path(), &req).await {
+        Some(r) => into_axum_response(r),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Every tenant's JWKS (at [`TenantEndpoints::jwks_pattern`], by default
+/// `/t/{ring}/.well-known/jwks.json`) and, with an issuer, discovery document: public
+/// routes, served from the rings' snapshots.
+pub fn tenant_routes<S>(endpoints: TenantEndpoints) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let mut router = Router::new().route(endpoints.jwks_pattern().as_str(), any(tenant));
+    if let Some(p) = endpoints.discovery_pattern() {
+        router = router.route(p.as_str(), any(tenant));
+    }
+    router.with_state(endpoints)
 }

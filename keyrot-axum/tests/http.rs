@@ -2,12 +2,12 @@
 
 use axum::Router;
 use axum::routing::get;
-use keyrot_axum::{BearerAuthLayer, Claims, MaybeClaims, OptionalBearerAuthLayer, require_scopes};
+use keyrot_axum::{BearerAuthLayer, Claims, MaybeClaims, OptionalBearerAuthLayer, TenantAuthLayer, require_scopes};
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
     COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
-    SCOPED_SCOPE, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
-    whoami_body,
+    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_ISS_PATH, TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH,
+    UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body, whoami_body,
 };
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
@@ -42,7 +42,23 @@ async fn start(app: TestApp) -> RunningServer {
                 .route(OPTIONAL_STRICT_PATH, get(whoami))
                 .layer(OptionalBearerAuthLayer::new(app.auth.optional())),
         )
-        .merge(keyrot_axum::routes(app.endpoints));
+        .merge(keyrot_axum::routes(app.endpoints))
+        .merge(keyrot_axum::tenant_routes(app.tenants))
+        .merge(
+            Router::new()
+                .route(TENANT_ISS_PATH, get(whoami))
+                .layer(TenantAuthLayer::new(app.tenant_by_issuer)),
+        )
+        .merge(
+            Router::new()
+                .route(TENANT_PATH_PATTERN, get(whoami))
+                .layer(TenantAuthLayer::new(app.tenant_by_path)),
+        )
+        .merge(
+            Router::new()
+                .route(TENANT_HOST_PATH, get(whoami))
+                .layer(TenantAuthLayer::new(app.tenant_by_host)),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind an ephemeral port");

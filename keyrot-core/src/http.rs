@@ -26,6 +26,7 @@ mod jwks_route;
 mod middleware;
 mod refusal_audit;
 mod status;
+mod tenant;
 mod token_source;
 
 #[cfg(test)]
@@ -50,6 +51,10 @@ pub use refusal_audit::{
 };
 #[cfg(test)]
 use status::next_transition;
+pub use tenant::{
+    InvalidPattern, IssuerOf, PATH_HEADER, PathPattern, RingLookup, RingSelector, TENANT_DISCOVERY_PATTERN,
+    TENANT_JWKS_PATTERN, TenantAuth, TenantEndpoints, WithPath,
+};
 pub use token_source::TokenSource;
 
 use serde::Serialize;

@@ -42,6 +42,7 @@ mod jwks;
 mod key;
 mod keyring;
 mod keyset;
+mod manager;
 mod memory;
 mod metrics;
 mod planner;
@@ -80,6 +81,7 @@ pub use keyring::{
     RefresherHandle, Snapshot, TokenCache, TokenCacheConfig, TokenCacheStats,
 };
 pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
+pub use manager::{DuePass, ManagerConfig, ManagerError, ManagerHandle, PolicySource, RingManager, RingManagerBuilder};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};
@@ -101,7 +103,8 @@ pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKe
 pub use secret::SecretBytes;
 pub use storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, Storage, StorageError,
+    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingEntry, RingEvent, RingsFeed,
+    RingsStream, Storage, StorageError,
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,

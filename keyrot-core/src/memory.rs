@@ -5,11 +5,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::ring::{Ring, RingName};
 use crate::storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Storage, StorageError,
+    IdempotencyRecord, Lock, LockGuard, RingEntry, RingEvent, RingsFeed, RingsStream, Storage, StorageError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -24,12 +24,30 @@ struct RingData {
     /// one — the chain verifier then reports it).
     head: Option<(u64, Option<String>)>,
     idempotency: HashMap<String, IdempotencyRecord>,
+    next_due: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     rings: HashMap<RingName, RingData>,
     feeds: HashMap<RingName, broadcast::Sender<u64>>,
+    /// Every commit, for the feed over all rings.
+    all: broadcast::Sender<(RingName, u64)>,
+    /// The next-due index: (time, ring) for every ring with a next-due time.
+    due: BTreeSet<(DateTime<Utc>, RingName)>,
+}
+
+impl Inner {
+    /// Sets `ring`'s next-due time, keeping the index in step.
+    fn set_next_due(&mut self, ring: &RingName, next_due: Option<DateTime<Utc>>) {
+        let data = self.rings.entry(ring.clone()).or_default();
+        if let Some(old) = std::mem::replace(&mut data.next_due, next_due) {
+            self.due.remove(&(old, ring.clone()));
+        }
+        if let Some(at) = next_due {
+            self.due.insert((at, ring.clone()));
+        }
+    }
 }
 
 /// The raw stored state of one ring, for [`MemoryStorage::tamper`].
@@ -65,6 +83,8 @@ impl MemoryStorage {
             inner: Arc::new(Mutex::new(Inner {
                 rings: HashMap::new(),
                 feeds: HashMap::new(),
+                all: broadcast::channel(1024).0,
+                due: BTreeSet::new(),
             })),
         }
     }
@@ -207,9 +227,11 @@ impl Storage for MemoryStorage {
         data.manifest = Some(commit.manifest.clone());
         let generation = data.generation;
         insert_idempotency(data, commit.idempotency.as_ref());
+        g.set_next_due(&commit.ring, commit.next_due);
         if let Some(tx) = g.feeds.get(&commit.ring) {
             let _ = tx.send(generation);
         }
+        let _ = g.all.send((commit.ring.clone(), generation));
         Ok(CommitOutcome::Committed)
     }
 
@@ -241,6 +263,75 @@ impl Storage for MemoryStorage {
             .rings
             .get(ring)
             .and_then(|d| d.idempotency.get(key).cloned()))
+    }
+
+    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
+        let g = self.lock();
+        Ok(g.due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn reschedule(
+        &self,
+        ring: &RingName,
+        generation: u64,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<bool, StorageError> {
+        let mut g = self.lock();
+        if g.rings.get(ring).is_none_or(|d| d.generation != generation) {
+            return Ok(false);
+        }
+        g.set_next_due(ring, next_due);
+        Ok(true)
+    }
+
+    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
+        let g = self.lock();
+        let mut out: Vec<RingEntry> = g
+            .rings
+            .iter()
+            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a.as_str()))
+            .map(|(name, d)| RingEntry {
+                name: name.clone(),
+                generation: d.generation,
+                next_due: d.next_due,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct MemoryRingsStream {
+    rx: broadcast::Receiver<(RingName, u64)>,
+}
+
+#[async_trait]
+impl RingsStream for MemoryRingsStream {
+    async fn next(&mut self) -> Result<RingEvent, StorageError> {
+        match self.rx.recv().await {
+            Ok((ring, generation)) => Ok(RingEvent::Changed { ring, generation }),
+            Err(broadcast::error::RecvError::Lagged(_)) => Ok(RingEvent::Resync),
+            Err(broadcast::error::RecvError::Closed) => Err(StorageError::Unavailable {
+                message: "memory feed closed".into(),
+                source: None,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl RingsFeed for MemoryStorage {
+    async fn subscribe_all(&self) -> Result<Box<dyn RingsStream>, StorageError> {
+        Ok(Box::new(MemoryRingsStream {
+            rx: self.lock().all.subscribe(),
+        }))
     }
 }
 

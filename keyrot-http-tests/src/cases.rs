@@ -17,6 +17,9 @@ use std::sync::Arc;
 use token::encode_header_with_type;
 
 pub use crate::plane::*;
+pub use crate::tenants::{
+    tenant_jwks_and_discovery_are_served_per_ring, tenant_middleware_picks_the_ring_from_iss_path_or_host,
+};
 
 pub(crate) const INVALID_TOKEN_BODY: &str =
     r#"{"error":"invalid_token","error_description":"the access token is not valid"}"#;

@@ -34,12 +34,13 @@
 mod cache;
 pub mod cases;
 mod plane;
+mod tenants;
 mod world;
 
 pub use world::{Answer, World};
 
 use keyrot_core::StandardClaims;
-use keyrot_core::http::{BearerAuth, HttpEndpoints};
+use keyrot_core::http::{BearerAuth, HttpEndpoints, TenantAuth, TenantEndpoints};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -70,6 +71,14 @@ pub const OPTIONAL_STRICT_PATH: &str = "/optional/strict";
 /// The optional claims extractor without any middleware.
 pub const UNGUARDED_OPTIONAL_PATH: &str = "/unguarded/maybe";
 
+/// A route behind the tenant middleware picking the ring from the token's `iss`.
+pub const TENANT_ISS_PATH: &str = "/tenant-iss/whoami";
+/// A route behind the tenant middleware picking the ring from the path (`{ring}`).
+pub const TENANT_PATH_PATTERN: &str = "/tenant/{ring}/whoami";
+/// A route behind the tenant middleware picking the ring from the `Host` header
+/// (`<ring>.tenants.example`).
+pub const TENANT_HOST_PATH: &str = "/tenant-host/whoami";
+
 /// What the adapter's test server serves.
 #[derive(Debug, Clone)]
 pub struct TestApp {
@@ -82,6 +91,14 @@ pub struct TestApp {
     pub cookie_auth: BearerAuth,
     /// `auth` reading the token from header [`TOKEN_HEADER`], for [`HEADER_PATH`].
     pub header_auth: BearerAuth,
+    /// Every tenant's JWKS and discovery document (the adapter's tenant routes).
+    pub tenants: TenantEndpoints,
+    /// The tenant middleware for [`TENANT_ISS_PATH`] (ring from `iss`).
+    pub tenant_by_issuer: TenantAuth,
+    /// The tenant middleware for [`TENANT_PATH_PATTERN`] (ring from the path).
+    pub tenant_by_path: TenantAuth,
+    /// The tenant middleware for [`TENANT_HOST_PATH`] (ring from the host).
+    pub tenant_by_host: TenantAuth,
 }
 
 /// The body the protected handlers answer with (JSON of `sub` and `client_id`).
@@ -189,6 +206,8 @@ macro_rules! http_suite {
             optional_auth_serves_anonymous_users_and_refuses_invalid_tokens,
             middleware_takes_any_token_verifier,
             middleware_token_cache_hits_and_never_outlives_a_revocation,
+            tenant_jwks_and_discovery_are_served_per_ring,
+            tenant_middleware_picks_the_ring_from_iss_path_or_host,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

@@ -6,7 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder, TokenSource};
 use keyrot_core::{
     AuditQuery, AuditRecord, Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
-    RequestContext, RingName, Rotator, Storage,
+    RequestContext, RingManager, RingName, Rotator, Storage,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub struct World {
     pub first_kid: String,
     /// The endpoints the server serves.
     pub endpoints: HttpEndpoints,
+    /// The ring manager behind the tenant routes (same store and clock).
+    pub manager: RingManager,
     client: reqwest::Client,
     base: String,
     _server: RunningServer,
@@ -123,7 +125,16 @@ impl World {
             .build()
             .expect("endpoints");
         let auth = auth(keyring.clone(), storage.clone()).await;
+        let manager = RingManager::builder(storage.clone(), lock.clone(), sealer.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_instance("server")
+            .build();
+        let (tenants, tenant_by_issuer, tenant_by_path, tenant_by_host) = crate::tenants::app(&manager);
         let app = TestApp {
+            tenants,
+            tenant_by_issuer,
+            tenant_by_path,
+            tenant_by_host,
             endpoints: endpoints.clone(),
             cookie_auth: auth.clone().with_token_source(TokenSource::cookie(crate::TOKEN_COOKIE)),
             header_auth: auth.clone().with_token_source(TokenSource::header(crate::TOKEN_HEADER)),
@@ -142,6 +153,7 @@ impl World {
             rotator,
             first_kid,
             endpoints,
+            manager,
             client,
             base,
             _server: server,

@@ -6,7 +6,10 @@ use crate::dialect::{
     self, AUDIT_COLUMNS, ConnExec as _, Dialect, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, Link, column_list, insert_sql,
     key_update_columns, public_key_column_list, query,
 };
-use keyrot_core::{AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingName, StorageError};
+use chrono::{DateTime, Utc};
+use keyrot_core::{
+    AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingEntry, RingName, StorageError,
+};
 use sqlx::{AssertSqlSafe, Pool};
 use std::future::Future;
 
@@ -36,6 +39,12 @@ pub(crate) struct Statements {
     pub audit_log: String,
     /// One idempotency record (`$1` ring, `$2` key).
     pub idempotency: String,
+    /// The due rings, soonest first (`$1` now in ms, `$2` limit), through the next-due index.
+    pub due_rings: String,
+    /// Sets the next-due time at a generation (`$1` next-due ms, `$2` ring, `$3` generation).
+    pub reschedule: String,
+    /// A page of rings by name (`$1` after, `''` for the first page, `$2` limit).
+    pub list_rings: String,
 }
 
 /// How each database words the statements that differ: the upsert clause, `NULLS LAST`.
@@ -73,10 +82,12 @@ impl Statements {
                 w.ensure_ring
             ),
             cas: format!(
-                "UPDATE {rings} SET generation = generation + 1, manifest = {} WHERE name = {} AND generation = {}",
+                "UPDATE {rings} SET generation = generation + 1, manifest = {}, next_due_ms = {} \
+                 WHERE name = {} AND generation = {}",
                 p(1),
                 p(2),
-                p(3)
+                p(3),
+                p(4)
             ),
             upsert_key: format!(
                 "{} {} {updates}",
@@ -105,6 +116,22 @@ impl Statements {
             idempotency: format!(
                 "SELECT {idem_cols} FROM {} WHERE ring = {} AND idem_key = {}",
                 t.idempotency,
+                p(1),
+                p(2)
+            ),
+            due_rings: format!(
+                "SELECT name FROM {rings} WHERE next_due_ms <= {} ORDER BY next_due_ms, name LIMIT {}",
+                p(1),
+                p(2)
+            ),
+            reschedule: format!(
+                "UPDATE {rings} SET next_due_ms = {} WHERE name = {} AND generation = {}",
+                p(1),
+                p(2),
+                p(3)
+            ),
+            list_rings: format!(
+                "SELECT name, generation, next_due_ms FROM {rings} WHERE name > {} ORDER BY name LIMIT {}",
                 p(1),
                 p(2)
             ),
@@ -213,6 +240,72 @@ pub(crate) async fn idempotency<DB: Dialect>(
         .await
         .map_err(read_err::<DB>("read idempotency record"))?;
     rows.first().map(common::idempotency_from_row).transpose()
+}
+
+/// `Storage::due_rings`: through the next-due index.
+pub(crate) async fn due_rings<DB: Dialect>(
+    pool: &Pool<DB>,
+    sql: &Statements,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<RingName>, StorageError> {
+    let values = [
+        dialect::Value::Int(now.timestamp_millis()),
+        dialect::Value::Int(common::limit(limit)),
+    ];
+    let rows = read::<DB>(pool, &sql.due_rings, &values)
+        .await
+        .map_err(read_err::<DB>("read due rings"))?;
+    rows.iter().map(ring_name).collect()
+}
+
+fn ring_name(row: &impl common::RowExt) -> Result<RingName, StorageError> {
+    let name = row.text("name")?;
+    RingName::new(name).map_err(|e| StorageError::Corrupt(format!("stored ring name: {e}")))
+}
+
+/// `Storage::reschedule`: whether the ring was still at `generation`.
+pub(crate) async fn reschedule<DB: Dialect>(
+    pool: &Pool<DB>,
+    sql: &Statements,
+    ring: &RingName,
+    generation: u64,
+    next_due: Option<DateTime<Utc>>,
+) -> Result<bool, StorageError> {
+    let values = [
+        dialect::Value::OptInt(common::opt_ms(next_due)),
+        dialect::Value::Text(ring.as_str()),
+        dialect::Value::Int(common::gen_to_db(generation)?),
+    ];
+    let changed = execute_pooled::<DB>(pool, &sql.reschedule, &values)
+        .await
+        .map_err(read_err::<DB>("reschedule ring"))?;
+    Ok(changed > 0)
+}
+
+/// `Storage::list_rings`: one page by name.
+pub(crate) async fn list_rings<DB: Dialect>(
+    pool: &Pool<DB>,
+    sql: &Statements,
+    after: Option<&RingName>,
+    limit: usize,
+) -> Result<Vec<RingEntry>, StorageError> {
+    let values = [
+        dialect::Value::Text(after.map_or("", RingName::as_str)),
+        dialect::Value::Int(common::limit(limit)),
+    ];
+    let rows = read::<DB>(pool, &sql.list_rings, &values)
+        .await
+        .map_err(read_err::<DB>("list rings"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(RingEntry {
+                name: ring_name(row)?,
+                generation: gen_from_db(row.int("generation")?)?,
+                next_due: row.opt_time("next_due_ms")?,
+            })
+        })
+        .collect()
 }
 
 /// Runs a read on a pool connection.
@@ -360,6 +453,7 @@ pub(crate) async fn cas<DB: Dialect>(
 ) -> Result<bool, sqlx::Error> {
     let values = [
         dialect::Value::Text(c.manifest.as_str()),
+        dialect::Value::OptInt(common::opt_ms(c.next_due)),
         dialect::Value::Text(c.ring.as_str()),
         dialect::Value::Int(expected),
     ];

@@ -33,7 +33,7 @@ mod postgres {
         let store = t.instance(5, "keyrot-conformance").await;
         // The feed cases run on PostgreSQL's own LISTEN/NOTIFY feed.
         let feed = std::sync::Arc::new(store.clone());
-        backend(store.pool().clone(), store, t.finish()).map(|b| b.with_feed(feed))
+        backend(store.pool().clone(), store, t.finish()).map(|b| b.with_feed(feed.clone()).with_rings_feed(feed))
     }
 
     keyrot_core::storage_conformance_tests!(setup);

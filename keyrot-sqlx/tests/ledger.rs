@@ -290,10 +290,12 @@ async fn sqlite_ledger_refuses_update_delete_and_replace() {
 
 /// Takes the database back to schema version 1 (as a keyrot-sqlx from before the chain
 /// left it): the ring's manifest and the ledger's chain columns are gone, and so is
-/// version 3's guard on them.
+/// version 3's guard on them, and version 4's next-due column (MySQL keeps it, as if
+/// version 4 had been cut short: it is added only if missing).
 async fn downgrade_to_v1(db: &TestDb) {
     let statements: &[&str] = match db.name {
         "postgres" => &[
+            "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             "ALTER TABLE {audit} DROP CONSTRAINT keyrot_audit_chain_link",
             "ALTER TABLE {audit} DROP COLUMN chain_seq, DROP COLUMN chain_mac",
             "CREATE INDEX keyrot_audit_ring_seq ON {audit} (ring, seq DESC)",
@@ -310,6 +312,8 @@ async fn downgrade_to_v1(db: &TestDb) {
             "UPDATE {rings} SET manifest = NULL",
         ],
         "sqlite" => &[
+            r#"DROP INDEX "keyrot_rings_next_due""#,
+            "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             r#"DROP TRIGGER "keyrot_audit_chain_link""#,
             r#"DROP TRIGGER "keyrot_audit_no_replace""#,
             r#"DROP INDEX "keyrot_audit_ring_chain""#,
@@ -567,6 +571,7 @@ async fn commit_refuses_an_audit_record_of_another_ring(db: &TestDb) {
         audit: sample_audit(audit_ring.as_str(), at, 1, Outcome::Rotated),
         idempotency: None,
         manifest: "manifest".into(),
+        next_due: None,
     };
     let err = db.storage.commit(&commit(&b), &linker).await.err();
     assert!(
@@ -721,6 +726,7 @@ async fn postgres_appends_keep_one_chain_under_a_stricter_default_isolation() {
             audit: sample_audit(r.as_str(), at, 1, Outcome::Rotated),
             idempotency: None,
             manifest: "manifest 1".into(),
+            next_due: None,
         };
         assert_eq!(
             keyrot_core::Storage::commit(&store, &base, &linker)
@@ -744,6 +750,7 @@ async fn postgres_appends_keep_one_chain_under_a_stricter_default_isolation() {
                     keys: Vec::new(),
                     audit,
                     manifest: "manifest 2".into(),
+                    next_due: None,
                     ..base.clone()
                 }
             })

@@ -2,6 +2,9 @@
 //! ring at the same moment, round after round. Every round exactly one new key appears,
 //! exactly one key is Active, and every attempt is in the audit ledger. Then the same 16
 //! commit on one generation without the lock: the compare-and-swap alone lets one through.
+//! And at scale: 4 ring managers, each with its own pool, onboard the same 40 rings at
+//! once and then work them when all 40 fall due at the same moment: every transition of
+//! every ring is made exactly once.
 
 mod common;
 
@@ -10,8 +13,8 @@ use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
 use keyrot_core::SealerLinker;
 use keyrot_core::conformance::{sample_audit, sample_key};
 use keyrot_core::{
-    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManualClock, MasterKeySealer, Outcome, RequestContext,
-    Rotator, Storage,
+    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManagerConfig, ManualClock, MasterKeySealer, Outcome,
+    RequestContext, RingManager, RingName, Rotator, Storage,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -161,6 +164,7 @@ async fn cas_race(name: &str, instances: &[Instance], sealer: Arc<MasterKeySeale
                 audit: sample_audit(r.as_str(), t0(), round + 1, Outcome::Rotated),
                 idempotency: None,
                 manifest: format!("manifest {round}"),
+                next_due: None,
             };
             let linker = linker.clone();
             set.spawn(async move {
@@ -197,6 +201,136 @@ async fn cas_race(name: &str, instances: &[Instance], sealer: Arc<MasterKeySeale
         .expect("audit");
     let chain = keyrot_core::verify_chain(&ledger, &*sealer).expect("the winners' records form one chain");
     assert_eq!(chain.records, 20, "{name}: only the winners' records were appended");
+}
+
+const MANAGERS: usize = 4;
+const RINGS: usize = 40;
+
+/// Every manager onboards every ring, behind a barrier; then, twice, every ring falls
+/// due at once and every manager runs its pass at the same moment.
+async fn manager_race(name: &str, instances: Vec<Instance>) {
+    assert_eq!(instances.len(), MANAGERS);
+    let started = Instant::now();
+    let clock = ManualClock::new(t0());
+    let sealer = sealer();
+    // One ring at a time per manager: a tick holds the lock's connection while it commits.
+    let config = ManagerConfig {
+        concurrency: 1,
+        ..ManagerConfig::default()
+    };
+    let managers: Vec<RingManager> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, (storage, lock))| {
+            RingManager::builder(storage.clone(), lock.clone(), sealer.clone())
+                .with_clock(Arc::new(clock.clone()))
+                .with_instance(format!("manager-{i}"))
+                .with_config(config)
+                .build()
+        })
+        .collect();
+    let rings: Vec<RingName> = (0..RINGS).map(|i| ring(&format!("tenant-{i:03}"))).collect();
+    let barrier = Arc::new(Barrier::new(MANAGERS));
+    let mut set = JoinSet::new();
+    for m in managers.clone() {
+        let (barrier, rings) = (barrier.clone(), rings.clone());
+        set.spawn(async move {
+            barrier.wait().await;
+            for r in &rings {
+                m.onboard(r, RequestContext::actor("race")).await.expect("onboard");
+            }
+        });
+    }
+    set.join_all().await;
+    let policy = managers[0].policy(&rings[0]);
+    let mut changed = 0;
+    for step in [
+        policy.rotation_interval() - policy.publish_lead(),
+        policy.publish_lead(),
+    ] {
+        clock.advance(step);
+        let barrier = Arc::new(Barrier::new(MANAGERS));
+        let mut set = JoinSet::new();
+        for m in managers.clone() {
+            let barrier = barrier.clone();
+            set.spawn(async move {
+                barrier.wait().await;
+                m.run_due().await
+            });
+        }
+        for pass in set.join_all().await {
+            assert_eq!((pass.failed, pass.index_errors), (0, 0), "{name}: {pass:?}");
+            changed += pass.changed;
+        }
+    }
+    assert_eq!(changed, 2 * RINGS, "{name}: every due transition made once");
+    let check = &instances[0].0;
+    for r in &rings {
+        let audit = check.audit_log(r, AuditQuery { limit: 1000 }).await.expect("audit");
+        let committed: Vec<(u64, Outcome)> = audit
+            .iter()
+            .rev()
+            .filter(|a| a.outcome.changed_ring())
+            .map(|a| (a.generation, a.outcome))
+            .collect();
+        assert_eq!(
+            committed,
+            [
+                (1, Outcome::Bootstrapped),
+                (2, Outcome::Scheduled),
+                (3, Outcome::Rotated)
+            ],
+            "{name} {r}: each transition exactly once"
+        );
+        assert_eq!(check.generation(r).await.expect("generation"), 3);
+    }
+    assert!(
+        check.due_rings(clock.now(), 10).await.expect("due").is_empty(),
+        "{name}: nothing is left due"
+    );
+    println!(
+        "{name}: {MANAGERS} managers, {RINGS} rings, {changed} transitions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_4_managers_work_40_due_rings_exactly_once() {
+    let Some(t) = PgTest::new("postgres manager race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for i in 0..MANAGERS {
+        let store = t.instance(3, &format!("keyrot-manager-race-{i}")).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    manager_race("postgres", instances).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_4_managers_work_40_due_rings_exactly_once() {
+    let Some(t) = MySqlTest::new("mysql manager race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..MANAGERS {
+        let store = t.instance(3).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    manager_race("mysql", instances).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_4_managers_work_40_due_rings_exactly_once() {
+    let file = SqliteFile::new();
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..MANAGERS {
+        let store = file.instance(3).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    manager_race("sqlite", instances).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

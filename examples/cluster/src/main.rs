@@ -11,6 +11,9 @@
 //! Exit status: 0 when exactly one instance rotated and every instance served the new key
 //! within 5 seconds, 1 otherwise, 2 on usage or configuration errors.
 
+mod counting;
+mod fleet;
+
 use clap::Parser;
 use keyrot_core::ErrorChain;
 use keyrot_core::RefresherHandle;
@@ -49,6 +52,22 @@ struct Args {
     /// hit the forced-rotation rate limit).
     #[arg(long)]
     ring: Option<String>,
+    /// Many rings instead of one: each instance runs one ring manager over this many new
+    /// rings (`fleet-<unix seconds>-<n>`), and the run ends with one summary line.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with = "ring")]
+    rings: Option<u32>,
+    /// With `--rings`: the share of the rings (percent) that falls due at the same moment.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100), requires = "rings")]
+    due_percent: u8,
+    /// With `--rings`: how long the idle instances are watched (their queries counted).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "rings")]
+    idle_seconds: u64,
+    /// With `--rings`: the managers' scheduler interval (jitter: a third of it).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "rings")]
+    tick_seconds: u64,
+    /// With `--rings`: rings each manager works at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64), requires = "rings")]
+    concurrency: u64,
 }
 
 /// Events, in milliseconds since the start of the program.
@@ -113,6 +132,9 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.rings.is_some() {
+        return many_rings(&args).await;
+    }
     let timeline = Arc::new(Timeline::new());
     let instances = match setup(&args, &timeline).await {
         Ok(instances) => instances,
@@ -129,8 +151,41 @@ async fn main() -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Checks the arguments, loads the master key and starts every instance.
-async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, String> {
+/// `--rings N`: one ring manager per instance over N rings (see `fleet`).
+async fn many_rings(args: &Args) -> ExitCode {
+    let prepared = database_url(args).and_then(|url| {
+        let (sealer, _) = master_key().map_err(|e| ErrorChain(&e).to_string())?;
+        let policy = policy_from_env(None).map_err(|e| ErrorChain(&e).to_string())?;
+        Ok((url, Arc::new(sealer), policy))
+    });
+    let (url, sealer, policy) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cluster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fleet_args = fleet::FleetArgs {
+        url,
+        rings: args.rings.unwrap_or(1),
+        instances: args.instances,
+        due_percent: args.due_percent,
+        idle_seconds: args.idle_seconds,
+        tick_seconds: args.tick_seconds,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(4),
+    };
+    match fleet::run(fleet_args, sealer, policy).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("cluster: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The PostgreSQL URL from `--database-url` or `KEYROT_DATABASE_URL`.
+fn database_url(args: &Args) -> Result<String, String> {
     let url = args
         .database_url
         .clone()
@@ -142,6 +197,12 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
              changes through LISTEN/NOTIFY and share one database over the network"
         ));
     }
+    Ok(url)
+}
+
+/// Checks the arguments, loads the master key and starts every instance.
+async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, String> {
+    let url = database_url(args)?;
     let ring = match &args.ring {
         Some(r) => r.clone(),
         None => {

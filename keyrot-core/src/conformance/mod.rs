@@ -30,7 +30,7 @@ use crate::rotator::{RequestContext, Rotator};
 use crate::seal::{MasterKey, MasterKeySealer, SealContext, Sealer};
 use crate::storage::{
     AuditQuery, AuditRecord, ChangeFeed, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock, Outcome,
-    PollingFeed, Storage,
+    PollingFeed, PollingRingsFeed, RingEvent, RingsFeed, Storage,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use std::future::Future;
@@ -40,11 +40,15 @@ use std::time::Duration;
 
 mod feed;
 mod ledger;
+mod manager;
+mod rings;
 mod rotation;
 mod store;
 
 pub use feed::*;
 pub use ledger::*;
+pub use manager::*;
+pub use rings::*;
 pub use rotation::*;
 pub use store::*;
 
@@ -55,6 +59,7 @@ pub struct Backend {
     /// The lock.
     pub lock: Arc<dyn Lock>,
     feed: Option<Arc<dyn ChangeFeed>>,
+    rings_feed: Option<Arc<dyn RingsFeed>>,
     teardown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
@@ -65,6 +70,7 @@ impl Backend {
             storage,
             lock,
             feed: None,
+            rings_feed: None,
             teardown: None,
         }
     }
@@ -81,6 +87,20 @@ impl Backend {
         self.feed
             .clone()
             .unwrap_or_else(|| Arc::new(PollingFeed::new(self.storage.clone(), Duration::from_millis(50))))
+    }
+
+    /// The store's own feed over all rings (e.g. PostgreSQL's one `LISTEN` channel);
+    /// without one the cases run on a [`PollingRingsFeed`] over the storage.
+    pub fn with_rings_feed(mut self, feed: Arc<dyn RingsFeed>) -> Self {
+        self.rings_feed = Some(feed);
+        self
+    }
+
+    /// The feed over all rings the cases subscribe to.
+    pub fn rings_feed(&self) -> Arc<dyn RingsFeed> {
+        self.rings_feed
+            .clone()
+            .unwrap_or_else(|| Arc::new(PollingRingsFeed::new(self.storage.clone(), Duration::from_millis(50))))
     }
 
     /// Runs `teardown` after the case (drop a schema or database).
@@ -124,6 +144,15 @@ macro_rules! storage_conformance_tests {
             commit_refuses_records_of_another_ring,
             change_feed_announces_each_commit,
             change_feed_is_per_ring,
+            commits_keep_the_next_due_time_and_due_rings_lists_the_due,
+            reschedule_applies_only_at_the_same_generation,
+            list_rings_pages_by_name,
+            rings_feed_announces_every_rings_commits,
+            rotator_commits_write_the_planned_next_due_time,
+            manager_ticks_only_the_due_rings,
+            manager_follows_many_rings_through_one_feed,
+            manager_keeps_loaded_snapshots_within_bounds,
+            managers_rotate_many_rings_exactly_once,
         );
     };
 }
@@ -271,6 +300,7 @@ fn commit(r: &RingName, expected: u64, keys: Vec<KeyRecord>, at: DateTime<Utc>) 
         audit: sample_audit(r.as_str(), at, expected + 1, Outcome::Rotated),
         idempotency: None,
         manifest: format!("manifest of {} at generation {} ✓", r.as_str(), expected + 1),
+        next_due: None,
     }
 }
 

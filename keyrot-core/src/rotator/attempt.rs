@@ -199,6 +199,7 @@ impl<'r> Attempt<'r> {
             audit,
             idempotency: self.idempotency.as_ref().map(|i| i.record(&inner.ring, &report)),
             manifest,
+            next_due: crate::manager::next_due(&next, &inner.policy, self.now),
         };
         let span = tracing::info_span!("keyrot.phase", phase = "commit");
         match inner.storage.commit(&commit, &inner.linker).instrument(span).await? {

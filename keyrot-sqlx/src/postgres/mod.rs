@@ -31,14 +31,16 @@
 //! [`Storage`]: keyrot_core::Storage
 
 mod migrations;
+mod rings;
 
 use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err};
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use keyrot_core::{
     AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Ring, RingName, Storage, StorageError,
+    IdempotencyRecord, Lock, LockGuard, Ring, RingEntry, RingName, Storage, StorageError,
 };
 use migrations::MIGRATIONS;
 use sqlx::pool::PoolConnection;
@@ -364,6 +366,23 @@ impl Storage for PostgresStore {
 
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
         ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
+    }
+
+    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
+        ops::due_rings(&self.inner.pool, &self.inner.sql.common, now, limit).await
+    }
+
+    async fn reschedule(
+        &self,
+        ring: &RingName,
+        generation: u64,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<bool, StorageError> {
+        ops::reschedule(&self.inner.pool, &self.inner.sql.common, ring, generation, next_due).await
+    }
+
+    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
+        ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
     }
 }
 

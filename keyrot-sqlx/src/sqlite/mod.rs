@@ -29,9 +29,10 @@ use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tab
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use keyrot_core::{
     AuditLinker, AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
-    PollingFeed, Ring, RingName, Storage, StorageError, SystemClock,
+    PollingFeed, PollingRingsFeed, Ring, RingEntry, RingName, Storage, StorageError, SystemClock,
 };
 use migrations::MIGRATIONS;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -179,6 +180,12 @@ impl SqliteStore {
         PollingFeed::new(Arc::new(self.clone()), interval)
     }
 
+    /// The change feed over all rings for this store: one query over every ring's
+    /// generation each `interval` ([`PollingRingsFeed`]).
+    pub fn polling_rings_feed(&self, interval: Duration) -> PollingRingsFeed {
+        PollingRingsFeed::new(Arc::new(self.clone()), interval)
+    }
+
     /// Creates or upgrades keyrot's tables, in one `BEGIN IMMEDIATE` transaction (so
     /// concurrent callers wait for each other). Applied versions are recorded in
     /// `<prefix>migrations`, with the time of the store's clock.
@@ -290,6 +297,23 @@ impl Storage for SqliteStore {
 
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
         ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
+    }
+
+    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
+        ops::due_rings(&self.inner.pool, &self.inner.sql.common, now, limit).await
+    }
+
+    async fn reschedule(
+        &self,
+        ring: &RingName,
+        generation: u64,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<bool, StorageError> {
+        ops::reschedule(&self.inner.pool, &self.inner.sql.common, ring, generation, next_due).await
+    }
+
+    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
+        ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
     }
 }
 

@@ -67,6 +67,7 @@
 //!     use keyrot_core::MemoryLock;
 //!     use keyrot_core::conformance::Backend;
 //!     use std::sync::Arc;
+
 //!
 //!     pub async fn setup() -> Option<Backend> {
 //!         // `None` skips every case (e.g. when no test database is configured).
@@ -104,6 +105,12 @@ use std::error::Error as StdError;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+mod polling;
+mod rings;
+
+pub use polling::PollingFeed;
+pub use rings::{PollingRingsFeed, RingEntry, RingEvent, RingsFeed, RingsStream};
+
 /// A storage backend failed. The source error is kept.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -120,6 +127,13 @@ pub enum StorageError {
     /// Stored data could not be decoded (a corrupt row, or a newer schema).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The store does not implement this operation (a [`Storage`] written before it was
+    /// added): implement it to use the [`RingManager`](crate::RingManager).
+    #[error("this store does not support {operation}: implement it to manage many rings")]
+    Unsupported {
+        /// The operation, e.g. `Storage::due_rings`.
+        operation: &'static str,
+    },
 }
 
 impl StorageError {
@@ -345,6 +359,10 @@ pub struct Commit {
     /// ([`crate::integrity::seal_manifest`]), stored with the ring and returned as
     /// [`Ring::manifest`] by `load`. Opaque to the storage.
     pub manifest: String,
+    /// When the ring's next planned transition is due after this commit (the planner's
+    /// [`next_transition`](crate::next_transition)), or `None` if nothing is planned. The
+    /// store keeps it with the ring, indexed, for [`Storage::due_rings`].
+    pub next_due: Option<DateTime<Utc>>,
 }
 
 /// Result of a commit.
@@ -412,6 +430,11 @@ impl Default for AuditQuery {
 /// - **Nothing is deleted.** Audit records, key records and idempotency records are
 ///   never removed or rewritten by the store (purging a key's material is a commit that
 ///   replaces its record with `sealed: None`, not a deletion).
+/// - **The next-due time is kept with the ring** (for stores that manage many rings):
+///   a commit stores [`Commit::next_due`]; [`reschedule`](Storage::reschedule) replaces
+///   it only while the ring is at the given generation; [`due_rings`](Storage::due_rings)
+///   lists the rings due at a time, soonest first; [`list_rings`](Storage::list_rings)
+///   pages through every ring by name, with its generation and next-due time.
 #[async_trait]
 pub trait Storage: Debug + Send + Sync + 'static {
     /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.
@@ -455,6 +478,42 @@ pub trait Storage: Debug + Send + Sync + 'static {
 
     /// Reads the stored answer for an idempotency key.
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError>;
+
+    /// The rings whose next-due time ([`Commit::next_due`], or [`Storage::reschedule`]) is
+    /// at or before `now`, soonest first, at most `limit`: read through an index, so its
+    /// cost follows the due rings, not all rings. The default answers
+    /// [`StorageError::Unsupported`].
+    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
+        let _ = (now, limit);
+        Err(StorageError::Unsupported {
+            operation: "Storage::due_rings",
+        })
+    }
+
+    /// Sets the ring's next-due time if and only if it is still at `generation` (a
+    /// commit since then wrote its own); whether it was set. The default answers
+    /// [`StorageError::Unsupported`].
+    async fn reschedule(
+        &self,
+        ring: &RingName,
+        generation: u64,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<bool, StorageError> {
+        let _ = (ring, generation, next_due);
+        Err(StorageError::Unsupported {
+            operation: "Storage::reschedule",
+        })
+    }
+
+    /// One page of every ring the store holds, by name: the rings after `after` (from the
+    /// first when `None`), at most `limit`. The default answers
+    /// [`StorageError::Unsupported`].
+    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
+        let _ = (after, limit);
+        Err(StorageError::Unsupported {
+            operation: "Storage::list_rings",
+        })
+    }
 }
 
 /// A held rotation lock. Release it explicitly; a guard dropped without release (or a
@@ -500,68 +559,4 @@ pub trait ChangeStream: Send + Debug {
 pub trait ChangeFeed: Debug + Send + Sync + 'static {
     /// Subscribes to a ring.
     async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError>;
-}
-
-/// A change feed that polls [`Storage::generation`] at an interval: works on every
-/// backend, and is the fallback where notifications exist.
-#[derive(Debug, Clone)]
-pub struct PollingFeed {
-    storage: Arc<dyn Storage>,
-    interval: std::time::Duration,
-}
-
-impl PollingFeed {
-    /// Polls `storage` every `interval`.
-    pub fn new(storage: Arc<dyn Storage>, interval: std::time::Duration) -> Self {
-        Self { storage, interval }
-    }
-}
-
-#[derive(Debug)]
-struct PollingStream {
-    storage: Arc<dyn Storage>,
-    ring: RingName,
-    interval: std::time::Duration,
-    last: Option<u64>,
-    failed: bool,
-}
-
-#[async_trait]
-impl ChangeStream for PollingStream {
-    async fn next(&mut self) -> Result<FeedEvent, StorageError> {
-        loop {
-            tokio::time::sleep(self.interval).await;
-            match self.storage.generation(&self.ring).await {
-                Ok(g) => {
-                    let recovered = std::mem::take(&mut self.failed);
-                    if recovered {
-                        self.last = Some(g);
-                        return Ok(FeedEvent::Resync);
-                    }
-                    if self.last != Some(g) {
-                        self.last = Some(g);
-                        return Ok(FeedEvent::Changed(g));
-                    }
-                }
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl ChangeFeed for PollingFeed {
-    async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError> {
-        let last = self.storage.generation(ring).await?;
-        Ok(Box::new(PollingStream {
-            storage: self.storage.clone(),
-            ring: ring.clone(),
-            interval: self.interval,
-            last: Some(last),
-            failed: false,
-        }))
-    }
 }

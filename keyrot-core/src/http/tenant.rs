@@ -1,0 +1,368 @@
+//! Many tenants behind one server: each tenant's JWKS and discovery document at a path
+//! naming its ring, and a middleware that picks the ring of a request (from the token's
+//! `iss`, the path or the host) before it verifies the token with that ring.
+
+use super::bearer::{AuthRejection, BearerToken, bearer_token};
+use super::jwks_route::{IssuerMetadata, discovery_response, jwks_response};
+use super::middleware::{Admission, AuthError, Guard, Stored};
+use super::{HeaderSource, HttpRequest, HttpResponse};
+use crate::keyring::KeyRing;
+use crate::manager::RingManager;
+use crate::ring::RingName;
+use crate::token::{DEFAULT_MAX_TOKEN_BYTES, TokenError, Verified};
+use std::sync::Arc;
+
+/// The default path of a tenant's JWKS.
+pub const TENANT_JWKS_PATTERN: &str = "/t/{ring}/.well-known/jwks.json";
+/// The default path of a tenant's discovery document.
+pub const TENANT_DISCOVERY_PATTERN: &str = "/t/{ring}/.well-known/openid-configuration";
+/// The pseudo-header the adapters' middleware adds with the request path, so that a
+/// [`Guard`] can read it (`:` never starts a real header name).
+pub const PATH_HEADER: &str = ":path";
+
+/// A path pattern with one `{ring}` segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    pattern: String,
+    prefix: String,
+    suffix: String,
+}
+
+/// A path pattern that is not `/…{ring}…` with exactly one `{ring}` making a whole segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a tenant path pattern starts with / and has exactly one {{ring}} segment, e.g. /t/{{ring}}/.well-known/jwks.json"
+)]
+pub struct InvalidPattern;
+
+impl PathPattern {
+    /// Parses `pattern`.
+    pub fn new(pattern: &str) -> Result<Self, InvalidPattern> {
+        let (prefix, suffix) = pattern.split_once("{ring}").ok_or(InvalidPattern)?;
+        let whole_segment = prefix.ends_with('/') && (suffix.is_empty() || suffix.starts_with('/'));
+        if !pattern.starts_with('/') || !whole_segment || suffix.contains('\u{7b}') || prefix.contains('\u{7b}') {
+            return Err(InvalidPattern);
+        }
+        Ok(Self {
+            pattern: pattern.to_owned(),
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    /// The pattern, as given (it is also an axum and actix-web route).
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The ring a path names, if it matches.
+    pub fn ring(&self, path: &str) -> Option<RingName> {
+        let name = path.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        RingName::new(name).ok()
+    }
+
+    /// The path of `ring`.
+    pub fn path(&self, ring: &RingName) -> String {
+        format!("{}{}{}", self.prefix, ring.as_str(), self.suffix)
+    }
+}
+
+/// Headers plus the request path as [`PATH_HEADER`]: what the adapters give a [`Guard`].
+pub struct WithPath<'a> {
+    headers: &'a dyn HeaderSource,
+    path: &'a str,
+}
+
+impl<'a> WithPath<'a> {
+    /// `headers`, answering [`PATH_HEADER`] with `path`.
+    pub fn new(headers: &'a dyn HeaderSource, path: &'a str) -> Self {
+        Self { headers, path }
+    }
+}
+
+impl HeaderSource for WithPath<'_> {
+    fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+        if name == PATH_HEADER {
+            f(self.path.as_bytes());
+        } else {
+            self.headers.for_each_value(name, f);
+        }
+    }
+}
+
+/// Maps a token's issuer or a request's host to a ring.
+pub type RingLookup = Arc<dyn Fn(&str) -> Option<RingName> + Send + Sync>;
+
+/// Where the middleware finds a request's ring.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RingSelector {
+    /// From the token's `iss` claim (read before verification, only to pick the ring;
+    /// the ring's key then has to verify the token).
+    Issuer(RingLookup),
+    /// From the request path.
+    Path(PathPattern),
+    /// From the `Host` header (without its port).
+    Host(RingLookup),
+}
+
+impl std::fmt::Debug for RingSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingSelector::Issuer(_) => f.write_str("Issuer(..)"),
+            RingSelector::Path(p) => f.debug_tuple("Path").field(&p.as_str()).finish(),
+            RingSelector::Host(_) => f.write_str("Host(..)"),
+        }
+    }
+}
+
+/// The `iss` of a token, read without verifying it.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    if token.len() > DEFAULT_MAX_TOKEN_BYTES {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = crate::b64::decode(payload)?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
+}
+
+fn first_value<'h>(headers: &'h dyn HeaderSource, name: &str) -> Option<&'h str> {
+    let mut found = None;
+    headers.for_each_value(name, &mut |v| {
+        if found.is_none() {
+            found = std::str::from_utf8(v).ok();
+        }
+    });
+    found
+}
+
+impl RingSelector {
+    fn select(&self, headers: &dyn HeaderSource, token: &str) -> Option<RingName> {
+        match self {
+            RingSelector::Issuer(lookup) => lookup(&unverified_issuer(token)?),
+            RingSelector::Path(p) => p.ring(first_value(headers, PATH_HEADER)?),
+            RingSelector::Host(lookup) => {
+                let host = first_value(headers, "host")?;
+                let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                lookup(name)
+            }
+        }
+    }
+}
+
+/// Verifies the bearer token with the ring the [`RingSelector`] picks, served by the
+/// [`RingManager`] (loaded on first use, then from memory). A request whose ring cannot
+/// be told, or names a ring the store does not hold, is `401 invalid_token`.
+#[derive(Debug, Clone)]
+pub struct TenantAuth {
+    manager: RingManager,
+    selector: RingSelector,
+}
+
+impl TenantAuth {
+    /// Verifies with the rings of `manager`, picked by `selector`.
+    pub fn new(manager: RingManager, selector: RingSelector) -> Self {
+        Self { manager, selector }
+    }
+
+    /// The verified token, or why not.
+    pub async fn authenticate(&self, headers: &dyn HeaderSource) -> Result<Verified, AuthRejection> {
+        let token = match bearer_token(headers) {
+            BearerToken::Present(t) => t,
+            BearerToken::Absent => return Err(AuthRejection::MissingToken),
+            BearerToken::Malformed => return Err(AuthRejection::InvalidToken(None)),
+        };
+        let unknown = || AuthRejection::InvalidToken(Some(TokenError::UnknownKid));
+        let ring = self.selector.select(headers, token).ok_or_else(unknown)?;
+        let keyring = match self.manager.existing_keyring(&ring).await {
+            Ok(Some(k)) => k,
+            Ok(None) | Err(_) => return Err(unknown()),
+        };
+        keyring
+            .verify_refreshing(token)
+            .await
+            .map_err(|e| AuthRejection::InvalidToken(Some(e)))
+    }
+}
+
+impl Guard for TenantAuth {
+    async fn admit(&self, headers: &dyn HeaderSource, _: Stored<'_>) -> Result<Admission, AuthError> {
+        Ok(Admission::Verified(self.authenticate(headers).await?))
+    }
+}
+
+/// The issuer URL of a ring, for its discovery document.
+pub type IssuerOf = Arc<dyn Fn(&RingName) -> String + Send + Sync>;
+
+/// Serves each tenant's JWKS and discovery document from the [`RingManager`]'s rings.
+#[derive(Clone)]
+pub struct TenantEndpoints {
+    manager: RingManager,
+    jwks: PathPattern,
+    discovery: PathPattern,
+    issuer: Option<IssuerOf>,
+}
+
+impl std::fmt::Debug for TenantEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantEndpoints")
+            .field("jwks", &self.jwks.as_str())
+            .field("discovery", &self.discovery.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantEndpoints {
+    /// The JWKS at [`TENANT_JWKS_PATTERN`]; no discovery document until
+    /// [`TenantEndpoints::with_issuer`].
+    pub fn new(manager: RingManager) -> Self {
+        let parse = |p| PathPattern::new(p).unwrap_or_else(|_| unreachable!("the default patterns are valid"));
+        Self {
+            manager,
+            jwks: parse(TENANT_JWKS_PATTERN),
+            discovery: parse(TENANT_DISCOVERY_PATTERN),
+            issuer: None,
+        }
+    }
+
+    /// Serves the JWKS at `pattern` instead.
+    pub fn with_jwks_pattern(mut self, pattern: &str) -> Result<Self, InvalidPattern> {
+        self.jwks = PathPattern::new(pattern)?;
+        Ok(self)
+    }
+
+    /// Serves the discovery document at `pattern` instead.
+    pub fn with_discovery_pattern(mut self, pattern: &str) -> Result<Self, InvalidPattern> {
+        self.discovery = PathPattern::new(pattern)?;
+        Ok(self)
+    }
+
+    /// Serves each ring's discovery document, for the issuer URL `issuer` gives it (its
+    /// `jwks_uri` is that URL + `/.well-known/jwks.json`).
+    pub fn with_issuer(mut self, issuer: IssuerOf) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// The JWKS pattern (the route to mount).
+    pub fn jwks_pattern(&self) -> &PathPattern {
+        &self.jwks
+    }
+
+    /// The discovery pattern (the route to mount), if a discovery document is served.
+    pub fn discovery_pattern(&self) -> Option<&PathPattern> {
+        self.issuer.as_ref().map(|_| &self.discovery)
+    }
+
+    async fn keyring(&self, ring: &RingName) -> Result<KeyRing, HttpResponse> {
+        match self.manager.existing_keyring(ring).await {
+            Ok(Some(k)) => Ok(k),
+            Ok(None) => Err(HttpResponse::error(404, "not_found", "no such ring")),
+            Err(_) => Err(HttpResponse::error(503, "unavailable", "the ring could not be loaded")),
+        }
+    }
+
+    /// Answers a request for `path`: the tenant's JWKS or discovery document, `404` for
+    /// a ring the store does not hold; `None` when `path` is neither pattern.
+    pub async fn respond(&self, path: &str, req: &HttpRequest<'_>) -> Option<HttpResponse> {
+        if let Some(ring) = self.jwks.ring(path) {
+            return Some(match self.keyring(&ring).await {
+                Ok(k) => jwks_response(&k, req),
+                Err(r) => r,
+            });
+        }
+        let issuer = self.issuer.as_ref()?;
+        let ring = self.discovery.ring(path)?;
+        Some(match self.keyring(&ring).await {
+            Ok(k) => discovery_response(&k, &IssuerMetadata::new(issuer(&ring)), req),
+            Err(r) => r,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_name_one_whole_segment() {
+        let p = PathPattern::new(TENANT_JWKS_PATTERN).expect("default");
+        assert_eq!(
+            p.ring("/t/acme/.well-known/jwks.json").map(String::from),
+            Some("acme".to_owned())
+        );
+        assert_eq!(
+            p.ring("/t/acme/x/.well-known/jwks.json"),
+            None,
+            "a ring name has no slash"
+        );
+        assert_eq!(
+            p.ring("/t/../.well-known/jwks.json").map(String::from),
+            Some("..".to_owned())
+        );
+        assert_eq!(p.ring("/t//.well-known/jwks.json"), None);
+        assert_eq!(p.ring("/.well-known/jwks.json"), None);
+        let r = RingName::new("acme").expect("ring");
+        assert_eq!(p.path(&r), "/t/acme/.well-known/jwks.json");
+        let tail = PathPattern::new("/jwks/{ring}").expect("at the end");
+        assert_eq!(tail.ring("/jwks/acme").map(String::from), Some("acme".to_owned()));
+        for bad in [
+            "t/{ring}",
+            "/t/{ring}{ring}",
+            "/t/x{ring}/",
+            "/t/{ring}x",
+            "/t/",
+            "/{ring}/{ring}",
+        ] {
+            assert_eq!(PathPattern::new(bad), Err(InvalidPattern), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_issuer_is_read_from_the_payload_only_to_pick_a_ring() {
+        let payload = crate::b64::encode(br#"{"iss":"https://acme.example","sub":"x"}"#);
+        assert_eq!(
+            unverified_issuer(&format!("e30.{payload}.sig")).as_deref(),
+            Some("https://acme.example")
+        );
+        assert_eq!(unverified_issuer("e30.e30.sig"), None);
+        assert_eq!(unverified_issuer("garbage"), None);
+        let huge = format!("e30.{}.sig", "A".repeat(DEFAULT_MAX_TOKEN_BYTES));
+        assert_eq!(unverified_issuer(&huge), None, "the size cap comes first");
+    }
+
+    struct Host(&'static str);
+
+    impl HeaderSource for Host {
+        fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
+            if name == "host" {
+                f(self.0.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn selectors_read_the_path_and_the_host() {
+        let headers = Host("acme.example:8443");
+        let with_path = WithPath::new(&headers, "/t/acme/api");
+        let by_path = RingSelector::Path(PathPattern::new("/t/{ring}/api").expect("pattern"));
+        assert_eq!(
+            by_path.select(&with_path, "t").map(String::from),
+            Some("acme".to_owned())
+        );
+        let by_host = RingSelector::Host(Arc::new(|h: &str| RingName::new(h.split('.').next()?).ok()));
+        assert_eq!(
+            by_host.select(&with_path, "t").map(String::from),
+            Some("acme".to_owned())
+        );
+        assert_eq!(
+            by_path.select(&headers, "t"),
+            None,
+            "no path without the adapter's pseudo-header"
+        );
+    }
+}

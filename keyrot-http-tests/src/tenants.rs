@@ -1,0 +1,163 @@
+//! Many tenants behind one server: each ring's JWKS and discovery document by path, and
+//! the middleware picking the ring from the token's `iss`, the path or the host.
+
+use crate::{Start, TENANT_HOST_PATH, TENANT_ISS_PATH, World};
+use keyrot_core::http::{PathPattern, RingSelector, TenantAuth, TenantEndpoints};
+use keyrot_core::{KeyRing, RequestContext, RingManager, RingName};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The issuer URL of a tenant ring.
+pub(crate) fn issuer(ring: &str) -> String {
+    format!("https://issuer.example/t/{ring}")
+}
+
+/// The tenant routes and middlewares of the test app, over `manager`.
+pub(crate) fn app(manager: &RingManager) -> (TenantEndpoints, TenantAuth, TenantAuth, TenantAuth) {
+    let tenants = TenantEndpoints::new(manager.clone()).with_issuer(Arc::new(|r: &RingName| issuer(r.as_str())));
+    let by_issuer = RingSelector::Issuer(Arc::new(|iss: &str| {
+        RingName::new(iss.strip_prefix("https://issuer.example/t/")?).ok()
+    }));
+    let path = PathPattern::new(crate::TENANT_PATH_PATTERN).expect("the suite's pattern is valid");
+    let by_host = RingSelector::Host(Arc::new(|host: &str| {
+        RingName::new(host.strip_suffix(".tenants.example")?).ok()
+    }));
+    (
+        tenants,
+        TenantAuth::new(manager.clone(), by_issuer),
+        TenantAuth::new(manager.clone(), RingSelector::Path(path)),
+        TenantAuth::new(manager.clone(), by_host),
+    )
+}
+
+async fn onboard(w: &World, ring: &str) -> KeyRing {
+    let r = RingName::new(ring).expect("ring name");
+    w.manager
+        .onboard(&r, RequestContext::actor("tenant-test"))
+        .await
+        .expect("onboard the tenant")
+}
+
+fn token(w: &World, kr: &KeyRing, iss: &str) -> String {
+    let exp = w.now().timestamp() + 300;
+    kr.sign(&json!({ "sub": "alice", "iss": iss, "exp": exp }))
+        .expect("sign")
+}
+
+/// Each tenant ring's JWKS (with `ETag`/`304`) and discovery document at its path; an
+/// unknown ring is `404` and is not loaded.
+pub async fn tenant_jwks_and_discovery_are_served_per_ring(start: Start) {
+    let w = World::start(start).await;
+    let a = onboard(&w, "tenant-a").await;
+    let b = onboard(&w, "tenant-b").await;
+    for (name, kr) in [("tenant-a", &a), ("tenant-b", &b)] {
+        let jwks = w.get(&format!("/t/{name}/.well-known/jwks.json"), None).await;
+        assert_eq!(jwks.status, 200, "{}", jwks.text());
+        assert_eq!(jwks.header("content-type"), Some("application/jwk-set+json"));
+        let body = jwks.json();
+        let kids: Vec<&str> = body["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        assert_eq!(
+            kids,
+            [kr.snapshot().active_kid().expect("active")],
+            "{name} serves its own key"
+        );
+        let etag = jwks.header("etag").expect("etag").to_owned();
+        let again = w
+            .send(
+                "GET",
+                &format!("/t/{name}/.well-known/jwks.json"),
+                &[("if-none-match", etag)],
+                None,
+            )
+            .await;
+        assert_eq!(again.status, 304, "the tenant JWKS answers conditional requests");
+        let doc = w
+            .get(&format!("/t/{name}/.well-known/openid-configuration"), None)
+            .await;
+        assert_eq!(doc.status, 200, "{}", doc.text());
+        assert_eq!(doc.json()["issuer"], issuer(name));
+        assert_eq!(
+            doc.json()["jwks_uri"],
+            format!("{}/.well-known/jwks.json", issuer(name))
+        );
+    }
+    assert_ne!(
+        a.snapshot().active_kid(),
+        b.snapshot().active_kid(),
+        "rings have their own keys"
+    );
+    let unknown = w.get("/t/nobody/.well-known/jwks.json", None).await;
+    assert_eq!(unknown.status, 404, "a ring the store does not hold is not found");
+    assert!(
+        !w.manager.is_loaded(&RingName::new("nobody").expect("name")),
+        "and is not loaded"
+    );
+    let bad = w.get("/t/bad%20name/.well-known/jwks.json", None).await;
+    assert_eq!(bad.status, 404);
+}
+
+/// The tenant middleware verifies with the ring named by the token's `iss`, the path or
+/// the host, and refuses a token another ring's keys do not verify.
+pub async fn tenant_middleware_picks_the_ring_from_iss_path_or_host(start: Start) {
+    let w = World::start(start).await;
+    let a = onboard(&w, "tenant-a").await;
+    onboard(&w, "tenant-b").await;
+    let good = token(&w, &a, &issuer("tenant-a"));
+    // A tenant-a key, but the token claims tenant-b: tenant-b's keys do not verify it.
+    let claims_b = token(&w, &a, &issuer("tenant-b"));
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+
+    let ok = w.get(TENANT_ISS_PATH, Some(&good)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["sub"], "alice");
+    assert_eq!(w.get(TENANT_ISS_PATH, Some(&claims_b)).await.status, 401);
+    assert_eq!(w.get(TENANT_ISS_PATH, None).await.status, 401, "a token is required");
+    let unknown_issuer = token(&w, &a, "https://elsewhere.example");
+    assert_eq!(w.get(TENANT_ISS_PATH, Some(&unknown_issuer)).await.status, 401);
+
+    assert_eq!(
+        w.get("/tenant/tenant-a/whoami", Some(&good)).await.status,
+        200,
+        "ring from the path"
+    );
+    assert_eq!(
+        w.get("/tenant/tenant-b/whoami", Some(&good)).await.status,
+        401,
+        "another ring's path"
+    );
+    assert_eq!(
+        w.get("/tenant/nobody/whoami", Some(&good)).await.status,
+        401,
+        "an unknown ring"
+    );
+
+    let host = |h: &str| ("host", h.to_owned());
+    let on = |h: &str| vec![bearer(&good), host(h)];
+    assert_eq!(
+        w.send("GET", TENANT_HOST_PATH, &on("tenant-a.tenants.example"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        w.send("GET", TENANT_HOST_PATH, &on("tenant-a.tenants.example:8080"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        w.send("GET", TENANT_HOST_PATH, &on("tenant-b.tenants.example"), None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        w.send("GET", TENANT_HOST_PATH, &on("localhost"), None).await.status,
+        401
+    );
+}
