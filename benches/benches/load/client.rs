@@ -75,7 +75,9 @@ impl Conn {
             return Err(format!("POST /demo/login answered {status}").into());
         }
         let value: serde_json::Value = serde_json::from_slice(&body)?;
-        let token = value["access_token"].as_str().ok_or("the login answer has no access_token")?;
+        let token = value["access_token"]
+            .as_str()
+            .ok_or("the login answer has no access_token")?;
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))?;
         header.set_sensitive(true);
         Ok(header)

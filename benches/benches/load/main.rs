@@ -75,7 +75,12 @@ async fn start(bin_dir: &std::path::Path) -> Result<Vec<Target>, SetupError> {
         ("quickstart", "axum", "axum, cache off".to_owned(), 0),
         ("quickstart", "axum-cache", format!("axum, {cache_on}"), CACHE_ENTRIES),
         ("actix-quickstart", "actix", "actix-web, cache off".to_owned(), 0),
-        ("actix-quickstart", "actix-cache", format!("actix-web, {cache_on}"), CACHE_ENTRIES),
+        (
+            "actix-quickstart",
+            "actix-cache",
+            format!("actix-web, {cache_on}"),
+            CACHE_ENTRIES,
+        ),
     ];
     let mut targets = Vec::new();
     for (program, label, name, entries) in quickstarts {
@@ -105,7 +110,12 @@ async fn start(bin_dir: &std::path::Path) -> Result<Vec<Target>, SetupError> {
 }
 
 /// Every round loads every target once, in a new shuffled order; returns `[round][target]`.
-async fn measure(targets: &mut [Target], zipf: &Arc<Zipf>, rounds: usize, seconds: u64) -> Result<Vec<Vec<Measure>>, SetupError> {
+async fn measure(
+    targets: &mut [Target],
+    zipf: &Arc<Zipf>,
+    rounds: usize,
+    seconds: u64,
+) -> Result<Vec<Vec<Measure>>, SetupError> {
     let load = |tokens: &Arc<_>, duration, seed| Load {
         tokens: Arc::clone(tokens),
         zipf: Arc::clone(zipf),
@@ -129,7 +139,11 @@ async fn measure(targets: &mut [Target], zipf: &Arc<Zipf>, rounds: usize, second
         for &t in &order {
             let target = &mut targets[t];
             let seed = 1000 * (round as u64 + 2);
-            let window = client::window(target.server.addr, &load(&target.tokens, Duration::from_secs(seconds), seed)).await?;
+            let window = client::window(
+                target.server.addr,
+                &load(&target.tokens, Duration::from_secs(seconds), seed),
+            )
+            .await?;
             target.record(&window);
             measures[t] = Some(Measure::of(&window));
         }

@@ -23,7 +23,16 @@ pub fn build_quickstarts() -> Result<PathBuf, SetupError> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     println!("building the quickstarts (cargo build --profile bench -p quickstart -p actix-quickstart)…");
     let status = Command::new(cargo)
-        .args(["build", "--profile", "bench", "-q", "-p", "quickstart", "-p", "actix-quickstart"])
+        .args([
+            "build",
+            "--profile",
+            "bench",
+            "-q",
+            "-p",
+            "quickstart",
+            "-p",
+            "actix-quickstart",
+        ])
         .arg("--manifest-path")
         .arg(manifest)
         .status()?;
@@ -75,7 +84,10 @@ impl Server {
             .env_remove("KEYROT_MASTER_KEY_FILE")
             .env_remove("KEYROT_ISSUER")
             .env_remove("KEYROT_RING")
-            .env("KEYROT_DATABASE_URL", format!("sqlite:{}", dir.join("keyrot.db").display()))
+            .env(
+                "KEYROT_DATABASE_URL",
+                format!("sqlite:{}", dir.join("keyrot.db").display()),
+            )
             .env("KEYROT_LISTEN", format!("127.0.0.1:{port}"))
             .env("KEYROT_TICK_SECONDS", "3600")
             .env("KEYROT_TOKEN_CACHE_ENTRIES", cache_entries.to_string())
