@@ -236,8 +236,12 @@ async fn the_token_cache_counts_reach_the_counters() {
         .build();
     rotator.init(RequestContext::actor("t")).await.expect("init");
     let now = Utc::now().timestamp();
-    let a = keyring.sign(&serde_json::json!({"sub": "a", "exp": now + 600})).expect("sign");
-    let b = keyring.sign(&serde_json::json!({"sub": "b", "exp": now + 600})).expect("sign");
+    let a = keyring
+        .sign(&serde_json::json!({"sub": "a", "exp": now + 600}))
+        .expect("sign");
+    let b = keyring
+        .sign(&serde_json::json!({"sub": "b", "exp": now + 600}))
+        .expect("sign");
     for t in [&a, &a, &a, &b] {
         keyring.verify(t).expect("verifies");
     }
@@ -245,7 +249,11 @@ async fn the_token_cache_counts_reach_the_counters() {
     keyring.refresh().await.expect("refresh");
     assert_eq!(m("keyrot_token_cache_hits_total"), Some(2.0));
     assert_eq!(m("keyrot_token_cache_misses_total"), Some(2.0));
-    assert_eq!(m("keyrot_token_cache_evictions_total"), Some(1.0), "one entry: b pushed a out");
+    assert_eq!(
+        m("keyrot_token_cache_evictions_total"),
+        Some(1.0),
+        "one entry: b pushed a out"
+    );
     keyring.refresh().await.expect("refresh");
     assert_eq!(m("keyrot_token_cache_hits_total"), Some(2.0), "counted once");
 }

@@ -1,0 +1,158 @@
+//! The servers under load, as real processes: the built quickstart binaries (each with its
+//! own SQLite file, master key and port in its own temporary directory) and the
+//! jwt-authorizer comparison server. Dropping a [`Server`] kills the process and removes
+//! its directory.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What went wrong while building or starting a server.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a server may take to print `ready`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the two quickstart binaries in the bench profile (the profile this benchmark
+/// runs in) and returns the directory that holds them.
+pub fn build_quickstarts() -> Result<PathBuf, SetupError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    println!("building the quickstarts (cargo build --profile bench -p quickstart -p actix-quickstart)…");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--profile",
+            "bench",
+            "-q",
+            "-p",
+            "quickstart",
+            "-p",
+            "actix-quickstart",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .status()?;
+    if !status.success() {
+        return Err("building the quickstarts failed".into());
+    }
+    // This benchmark runs from `<target>/release/deps/`; the binaries sit in `<target>/release/`.
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "cannot locate the target directory".into())
+}
+
+/// A free port on 127.0.0.1 (released at once; the server binds it a moment later).
+fn free_port() -> Result<u16, SetupError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A new empty directory under the system's temporary directory.
+fn temp_dir(label: &str) -> Result<PathBuf, SetupError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("keyrot-load-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A running server process.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    dir: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the quickstart binary `program` from `bin_dir`, with the verified-token cache
+    /// off (`cache_entries == 0`) or holding `cache_entries` tokens.
+    pub fn quickstart(bin_dir: &Path, program: &str, label: &str, cache_entries: usize) -> Result<Self, SetupError> {
+        let dir = temp_dir(label)?;
+        let port = free_port()?;
+        let mut command = Command::new(bin_dir.join(program));
+        command
+            .current_dir(&dir)
+            .env_remove("KEYROT_MASTER_KEY")
+            .env_remove("KEYROT_MASTER_KEY_FILE")
+            .env_remove("KEYROT_ISSUER")
+            .env_remove("KEYROT_RING")
+            .env(
+                "KEYROT_DATABASE_URL",
+                format!("sqlite:{}", dir.join("keyrot.db").display()),
+            )
+            .env("KEYROT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYROT_TICK_SECONDS", "3600")
+            .env("KEYROT_TOKEN_CACHE_ENTRIES", cache_entries.to_string())
+            .env("RUST_LOG", "warn");
+        Self::spawn(command, dir, port)
+    }
+
+    /// Starts the jwt-authorizer server, verifying tokens from the JWKS at `jwks_url` that
+    /// `issuer` issued.
+    pub fn jwt_authorizer(jwks_url: &str, issuer: &str) -> Result<Self, SetupError> {
+        let dir = temp_dir("jwt-authorizer")?;
+        let port = free_port()?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_load-jwt-authorizer"));
+        command
+            .current_dir(&dir)
+            .env("KEYROT_LOAD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYROT_LOAD_JWKS_URL", jwks_url)
+            .env("KEYROT_LOAD_ISSUER", issuer)
+            .env_remove("RUST_LOG");
+        Self::spawn(command, dir, port)
+    }
+
+    /// Spawns `command` and waits for the `ready` line it prints once it listens.
+    fn spawn(mut command: Command, dir: PathBuf, port: u16) -> Result<Self, SetupError> {
+        let child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn();
+        let mut server = Self {
+            child: match child {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.into());
+                }
+            },
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let stdout = server.child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        // Drains stdout for the life of the process, so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line == "ready");
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(true) => return Ok(server),
+                Ok(false) => {}
+                Err(_) => return Err(format!("the server on port {port} did not print `ready`").into()),
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: the issuer of its tokens and the base of its URLs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
