@@ -355,11 +355,15 @@ pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) 
     }
     // Each feed refreshes the rings its instance holds once, as it subscribes: start
     // counting once that is over (a second with at most a pass's query on every instance).
-    let settle_until = Instant::now() + Duration::from_secs(600);
+    // Quiet: no more than the scheduler passes a window holds (one query each) and one more.
+    let tick = Duration::from_secs(args.tick_seconds.max(1));
+    let shortest_pass = tick - tick / 3;
+    let passes = (SETTLE.as_secs_f64() / shortest_pass.as_secs_f64()).ceil() as u64;
+    let settle_until = Instant::now() + Duration::from_secs(120);
     loop {
         let at: Vec<u64> = nodes.iter().map(|n| n.counted.calls()).collect();
         tokio::time::sleep(SETTLE).await;
-        let quiet = nodes.iter().zip(&at).all(|(n, a)| n.counted.calls() - a <= 1);
+        let quiet = nodes.iter().zip(&at).all(|(n, a)| n.counted.calls() - a <= passes + 1);
         if quiet || Instant::now() > settle_until {
             break;
         }
