@@ -830,3 +830,142 @@ async fn a_ledger_stripped_of_its_macs_is_a_break() {
         .expect_err("stripped MACs are found");
     assert!(b.reason.contains("last commit"), "{b:?}");
 }
+
+/// Retiring a ring (tenant offboarding) revokes every key, destroys every private key,
+/// and is recorded in the authenticated manifest: someone who can write to the database
+/// cannot take the marker away (the manifest then fails authentication, and a repair keeps
+/// the ring retired from its chained ledger).
+#[tokio::test]
+async fn a_retired_ring_stays_retired_even_against_a_writer_to_the_database() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let token = s.keyring.sign(&claims(&s)).expect("sign");
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+
+    let r = s.rotator.retire_ring(ctx(), "tenant offboarded").await.expect("retire");
+    assert_eq!(r.outcome, Outcome::Retired, "{r:?}");
+    assert_eq!(r.old_kid.as_deref(), Some(active.as_str()));
+    let radius = r.revocation.as_ref().expect("when the last active key is refused");
+    assert_eq!(radius.kid, active);
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    assert!(ring.keys.len() >= 2);
+    for k in &ring.keys {
+        assert_eq!(k.state, KeyState::Expired, "{}", k.kid);
+        assert!(
+            k.revoked_at.is_some() && k.sealed.is_none() && k.purged_at.is_some(),
+            "{}",
+            k.kid
+        );
+        assert!(
+            k.revoke_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("tenant offboarded"))
+        );
+    }
+    assert!(keyrot_core::check_ring(&ring, &*s.sealer).retired);
+    assert!(s.keyring.snapshot().is_retired());
+    assert!(s.keyring.verify(&token).is_err(), "nothing of the ring verifies");
+    assert!(s.keyring.sign(&claims(&s)).is_err(), "nor signs");
+    let audit = &s
+        .storage
+        .audit_log(&s.ring, AuditQuery { limit: 1 })
+        .await
+        .expect("audit")[0];
+    assert_eq!(
+        (audit.trigger.as_str(), audit.outcome, audit.reason.as_deref()),
+        ("retire_ring", Outcome::Retired, Some("tenant offboarded"))
+    );
+
+    // No new key, ever: init, rotations, forced rotations and imports are refused; a
+    // tick finds nothing due and writes nothing; retiring again changes nothing.
+    let g = ring.generation;
+    s.clock.advance(TimeDelta::days(400));
+    assert_eq!(s.rotator.tick().await.expect("tick").outcome, Outcome::NothingDue);
+    for r in [
+        s.rotator.init(ctx()).await.expect("init"),
+        s.rotator.rotate(ctx()).await.expect("rotate"),
+        s.rotator.force_rotate(ctx(), "again", true).await.expect("force"),
+    ] {
+        assert_eq!(
+            (r.outcome, r.refusal.clone()),
+            (Outcome::Refused, Some(keyrot_core::Refusal::RingRetired)),
+            "{r:?}"
+        );
+    }
+    let key = PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key");
+    let imported = s
+        .rotator
+        .import(ctx(), ImportedKey { key, kid: None }, ImportState::Active)
+        .await
+        .expect("import");
+    assert_eq!(imported.refusal, Some(keyrot_core::Refusal::RingRetired));
+    let again = s.rotator.retire_ring(ctx(), "twice").await.expect("retire again");
+    assert_eq!(again.outcome, Outcome::NothingDue);
+    assert_eq!(
+        s.storage.generation(&s.ring).await.expect("generation"),
+        g,
+        "nothing was committed"
+    );
+
+    // A writer to the database strips the marker: the manifest no longer authenticates,
+    // so nothing is trusted and no rotation builds on it.
+    let manifest = ring.manifest.clone().expect("manifest");
+    assert!(manifest.contains("\"retired\":true"), "the marker is stored");
+    let stripped = manifest.replace(",\"retired\":true", "");
+    assert_ne!(stripped, manifest);
+    s.storage.tamper(&s.ring, |raw| *raw.manifest = Some(stripped));
+    let tampered = s.storage.load(&s.ring).await.expect("load");
+    let report = keyrot_core::check_ring(&tampered, &*s.sealer);
+    assert!(
+        matches!(report.integrity, RingIntegrity::ManifestInvalid(_)),
+        "{report:?}"
+    );
+    assert!(s.rotator.init(ctx()).await.is_err(), "nothing builds on it");
+    // The operator's repair re-issues the manifest: still retired (from the ledger), and
+    // still nothing is due or may be created.
+    // (An operator's fresh rotator: this one served the authenticated generation, and
+    // refuses to go back from it.)
+    let operator = Rotator::builder(
+        s.ring.clone(),
+        s.storage.clone(),
+        Arc::new(MemoryLock::default()),
+        s.sealer.clone(),
+    )
+    .with_clock(Arc::new(s.clock.clone()))
+    .build();
+    let repaired = operator.quarantine_tampered(ctx(), "INC-7").await.expect("repair");
+    assert_eq!(repaired.outcome, Outcome::Quarantined, "{repaired:?}");
+    let ring = s.storage.load(&s.ring).await.expect("load");
+    assert!(
+        keyrot_core::check_ring(&ring, &*s.sealer).retired,
+        "a repair keeps it retired"
+    );
+    let r = operator.init(ctx()).await.expect("init");
+    assert_eq!(r.refusal, Some(keyrot_core::Refusal::RingRetired), "{r:?}");
+}
+
+/// Retiring needs a reason and a ring that exists.
+#[tokio::test]
+async fn retiring_is_refused_without_a_reason_or_a_ring() {
+    let s = setup().await;
+    let r = s.rotator.retire_ring(ctx(), "  ").await.expect("retire");
+    assert_eq!(r.refusal, Some(keyrot_core::Refusal::ReasonRequired), "{r:?}");
+    assert!(s.keyring.snapshot().active_kid().is_some(), "nothing changed");
+    let unknown = Rotator::builder(
+        RingName::new("never-created").expect("ring"),
+        s.storage.clone(),
+        Arc::new(MemoryLock::default()),
+        s.sealer.clone(),
+    )
+    .build();
+    let r = unknown.retire_ring(ctx(), "offboarding").await.expect("retire");
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert_eq!(r.generation, 0);
+    let never = RingName::new("never-created").expect("ring");
+    assert_eq!(
+        s.storage.generation(&never).await.expect("generation"),
+        0,
+        "no ring was made"
+    );
+}

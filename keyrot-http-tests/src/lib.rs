@@ -208,6 +208,7 @@ macro_rules! http_suite {
             middleware_token_cache_hits_and_never_outlives_a_revocation,
             tenant_jwks_and_discovery_are_served_per_ring,
             tenant_middleware_picks_the_ring_from_iss_path_or_host,
+            a_retired_tenant_is_not_found_and_its_tokens_are_refused,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

@@ -161,3 +161,53 @@ pub async fn tenant_middleware_picks_the_ring_from_iss_path_or_host(start: Start
         401
     );
 }
+
+/// Tenant offboarding over HTTP: once its ring is retired, a tenant's JWKS and discovery
+/// document are `404`, its tokens are refused by every selector, and another tenant is
+/// untouched.
+pub async fn a_retired_tenant_is_not_found_and_its_tokens_are_refused(start: Start) {
+    let w = World::start(start).await;
+    let gone = onboard(&w, "tenant-gone").await;
+    let stays = onboard(&w, "tenant-stays").await;
+    let token_gone = token(&w, &gone, &issuer("tenant-gone"));
+    let token_stays = token(&w, &stays, &issuer("tenant-stays"));
+    assert_eq!(w.get(TENANT_ISS_PATH, Some(&token_gone)).await.status, 200);
+    assert_eq!(w.get("/t/tenant-gone/.well-known/jwks.json", None).await.status, 200);
+
+    let ring = RingName::new("tenant-gone").expect("name");
+    let report = w
+        .manager
+        .retire(&ring, RequestContext::actor("tenant-test"), "contract ended")
+        .await
+        .expect("retire");
+    assert_eq!(report.outcome, keyrot_core::Outcome::Retired, "{report:?}");
+
+    for path in [
+        "/t/tenant-gone/.well-known/jwks.json",
+        "/t/tenant-gone/.well-known/openid-configuration",
+    ] {
+        let r = w.get(path, None).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    assert_eq!(w.get(TENANT_ISS_PATH, Some(&token_gone)).await.status, 401, "by iss");
+    assert_eq!(
+        w.get("/tenant/tenant-gone/whoami", Some(&token_gone)).await.status,
+        401,
+        "by path"
+    );
+    let host = vec![
+        ("authorization", format!("Bearer {token_gone}")),
+        ("host", "tenant-gone.tenants.example".to_owned()),
+    ];
+    assert_eq!(
+        w.send("GET", TENANT_HOST_PATH, &host, None).await.status,
+        401,
+        "by host"
+    );
+    assert_eq!(
+        w.get(TENANT_ISS_PATH, Some(&token_stays)).await.status,
+        200,
+        "the other tenant is untouched"
+    );
+    assert_eq!(w.get("/t/tenant-stays/.well-known/jwks.json", None).await.status, 200);
+}

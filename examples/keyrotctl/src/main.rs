@@ -193,6 +193,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tenant offboarding: retire the whole ring. Every key is revoked and made Expired,
+    /// every private key destroyed, and the ring never gets a key again. Audited.
+    RetireRing {
+        /// Why (required: it is recorded with every revoked key).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Confirm (without it, the keys that would be revoked are listed).
+        #[arg(long)]
+        yes: bool,
+        /// Stable JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade keyrot's tables.
     Migrate,
 }
@@ -362,6 +375,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     ctx.ring,
                     report.new_kid.unwrap_or_default()
                 ),
+                Outcome::Refused => {
+                    let why = report
+                        .refusal
+                        .map_or_else(|| report.detail.unwrap_or_default(), |r| r.to_string());
+                    return Err(refused(why));
+                }
                 _ => println!(
                     "ring {} is already initialised (generation {})",
                     ctx.ring, report.generation
@@ -519,6 +538,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Command::AuthenticateRing { yes, expect, json } => authenticate_ring(&ctx, yes, expect, json).await,
         Command::Repair { reason, yes, json } => repair(&ctx, reason, yes, json).await,
+        Command::RetireRing { reason, yes, json } => retire_ring(&ctx, reason, yes, json).await,
     }
 }
 
@@ -720,6 +740,9 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
             keys.len()
         );
         println!("integrity: {summary}");
+        if integrity.retired {
+            println!("retired: the ring was offboarded; every key is revoked and it never gets a key again");
+        }
         println!(
             "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25} INTEGRITY",
             "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
@@ -759,6 +782,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
             None if !intact => {
                 println!("next: nothing: rotations are refused while the ring fails its integrity check")
             }
+            None if integrity.retired => println!("next: nothing, ever (the ring is retired)"),
             None => println!("next: nothing planned (ring not initialised: run `keyrotctl init`)"),
         }
     }
@@ -978,6 +1002,41 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
         .map_err(|e| refused(ErrorChain(&e).to_string()))?;
     print_report(&report, json);
     exit_for(&report, false)
+}
+
+/// `retire-ring`: tenant offboarding.
+async fn retire_ring(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Result<(), Fail> {
+    let Some(reason) = reason.filter(|r| !r.trim().is_empty()) else {
+        return Err(usage("retire-ring needs --reason (recorded with every revoked key)"));
+    };
+    if !yes {
+        let ring = ctx.load().await?;
+        if ring.generation == 0 {
+            return Err(refused("no such ring: there is nothing to retire".to_owned()));
+        }
+        for k in ring
+            .keys
+            .iter()
+            .filter(|k| k.revoked_at.is_none() || k.sealed.is_some())
+        {
+            println!(
+                "would revoke {} ({}) and destroy its private key",
+                clean(&k.kid),
+                k.state.as_str()
+            );
+        }
+        return Err(usage(
+            "retire-ring revokes every key of the ring and it never gets a key again: confirm with --yes",
+        ));
+    }
+    let report = ctx
+        .rotator(None)
+        .await?
+        .retire_ring(actor(), reason)
+        .await
+        .map_err(|e| refused(ErrorChain(&e).to_string()))?;
+    print_report(&report, json);
+    exit_for(&report, true)
 }
 
 #[cfg(test)]

@@ -236,3 +236,92 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
         );
     }
 }
+
+pub async fn manager_retires_a_ring_for_good(b: &Backend) {
+    let clock = ManualClock::new(t0());
+    let sealer = Arc::new(sealer());
+    let a = manager(b, &clock, sealer.clone(), "a", ManagerConfig::default());
+    let other = manager(b, &clock, sealer.clone(), "b", ManagerConfig::default());
+    let all = rings("conf-mgr-retire", 2);
+    let (gone, stays) = (&all[0], &all[1]);
+    onboard_all(&a, &all).await;
+    let kr = a.keyring(gone).await.expect("load");
+    let token = kr
+        .sign(&serde_json::json!({ "sub": "x", "exp": t0().timestamp() + 3600 }))
+        .expect("sign");
+    let held_elsewhere = other.keyring(gone).await.expect("the other instance loads it");
+    assert!(held_elsewhere.verify_at(&token, t0()).is_ok());
+
+    let report = a
+        .retire(gone, RequestContext::actor("conformance"), "tenant offboarded")
+        .await
+        .expect("retire");
+    assert_eq!(report.outcome, Outcome::Retired, "{report:?}");
+    let stored = b.storage.load(gone).await.expect("load");
+    assert!(!stored.keys.is_empty());
+    for k in &stored.keys {
+        assert!(
+            k.state == KeyState::Expired && k.revoked_at.is_some() && k.sealed.is_none(),
+            "{}: every key revoked and destroyed",
+            k.kid
+        );
+    }
+    let audit = &b.storage.audit_log(gone, AuditQuery { limit: 1 }).await.expect("audit")[0];
+    assert_eq!((audit.outcome, audit.instance.as_str()), (Outcome::Retired, "a"));
+    assert_eq!(audit.reason.as_deref(), Some("tenant offboarded"));
+
+    // Served as unknown here at once, and by the other instance once it has the change.
+    assert!(kr.verify_at(&token, t0()).is_err(), "nothing of the ring verifies");
+    assert!(a.existing_keyring(gone).await.expect("existing").is_none());
+    held_elsewhere
+        .reload()
+        .await
+        .expect("the change reaches the other instance");
+    assert!(held_elsewhere.verify_at(&token, t0()).is_err());
+    assert!(other.existing_keyring(gone).await.expect("existing").is_none());
+    let fresh = manager(b, &clock, sealer.clone(), "c", ManagerConfig::default());
+    assert!(fresh.existing_keyring(gone).await.expect("existing").is_none());
+    assert!(fresh.existing_keyring(stays).await.expect("existing").is_some());
+
+    // Never due again, never onboarded again.
+    let listed = b.storage.list_rings(None, 100).await.expect("list");
+    let entry = listed.iter().find(|e| &e.name == gone).expect("still listed");
+    assert_eq!(entry.next_due, None, "a retired ring is never due");
+    assert!(matches!(
+        fresh.onboard(gone, RequestContext::actor("conformance")).await,
+        Err(crate::manager::ManagerError::Retired { .. })
+    ));
+    let generation = b.storage.generation(gone).await.expect("generation");
+    let policy = a.policy(gone);
+    clock.advance(policy.rotation_interval() * 3);
+    let pass = a.run_due().await;
+    assert_eq!(
+        (pass.due, pass.changed, pass.failed),
+        (1, 1, 0),
+        "only the other ring: {pass:?}"
+    );
+    // Listed as due by mistake (an old index entry): its tick changes nothing, and it is
+    // written back as never due.
+    assert!(
+        b.storage
+            .reschedule(gone, generation, Some(t0()))
+            .await
+            .expect("reschedule")
+    );
+    let pass = a.run_due().await;
+    assert_eq!((pass.due, pass.rescheduled, pass.changed), (1, 1, 0), "{pass:?}");
+    assert_eq!(a.run_due().await.due, 0, "not due again");
+    let listed = b.storage.list_rings(None, 100).await.expect("list");
+    let entry = listed.iter().find(|e| &e.name == gone).expect("still listed");
+    assert_eq!(entry.next_due, None, "written back as never due");
+    assert_eq!(
+        b.storage.generation(gone).await.expect("generation"),
+        generation,
+        "nothing was committed to the retired ring"
+    );
+    let again = a
+        .retire(gone, RequestContext::actor("conformance"), "twice")
+        .await
+        .expect("retire again");
+    assert_eq!(again.outcome, Outcome::NothingDue);
+}

@@ -153,6 +153,7 @@ macro_rules! storage_conformance_tests {
             manager_follows_many_rings_through_one_feed,
             manager_keeps_loaded_snapshots_within_bounds,
             managers_rotate_many_rings_exactly_once,
+            manager_retires_a_ring_for_good,
         );
     };
 }

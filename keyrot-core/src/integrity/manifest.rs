@@ -69,15 +69,33 @@ struct StoredManifest {
     /// The id of the audit record the commit wrote.
     audit: String,
     keys: BTreeMap<String, String>,
+    /// The ring was retired (its tenant offboarded): it takes no new key, ever. Written
+    /// only when true, so the manifests of rings never retired read and authenticate as
+    /// before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
     mac: String,
 }
 
-fn manifest_message(ring: &str, generation: u64, audit: &str, keys: &BTreeMap<String, String>) -> Vec<u8> {
+/// A retired ring's manifest authenticates this marker after the keys: removing it (or
+/// adding it) fails the MAC.
+const RETIRED_MARKER: &str = "retired";
+
+fn manifest_message(
+    ring: &str,
+    generation: u64,
+    audit: &str,
+    keys: &BTreeMap<String, String>,
+    retired: bool,
+) -> Vec<u8> {
     let mut c = Canon::new(MANIFEST_DOMAIN);
     c.str(ring).u64(generation).str(audit);
     c.u64(keys.len() as u64);
     for (kid, digest) in keys {
         c.str(kid).str(digest);
+    }
+    if retired {
+        c.str(RETIRED_MARKER);
     }
     c.0
 }
@@ -87,17 +105,34 @@ fn manifest_message(ring: &str, generation: u64, audit: &str, keys: &BTreeMap<St
 /// record the same commit writes (so the ledger cannot lose its newest commit record
 /// unnoticed).
 pub fn seal_manifest(ring: &Ring, sealer: &dyn Sealer, audit_id: &str) -> Result<String, SealError> {
+    seal(ring, sealer, audit_id, false)
+}
+
+/// [`seal_manifest`] for a retired ring: the manifest also authenticates that the ring is
+/// retired ([`IntegrityReport::retired`]), which every later manifest of the ring keeps.
+pub fn seal_retired_manifest(ring: &Ring, sealer: &dyn Sealer, audit_id: &str) -> Result<String, SealError> {
+    seal(ring, sealer, audit_id, true)
+}
+
+fn seal(ring: &Ring, sealer: &dyn Sealer, audit_id: &str, retired: bool) -> Result<String, SealError> {
     let keys: BTreeMap<String, String> = ring
         .keys
         .iter()
         .map(|k| (k.kid.clone(), row_digest(ring.name.as_str(), k)))
         .collect();
-    let mac = sealer.authenticate(&manifest_message(ring.name.as_str(), ring.generation, audit_id, &keys))?;
+    let mac = sealer.authenticate(&manifest_message(
+        ring.name.as_str(),
+        ring.generation,
+        audit_id,
+        &keys,
+        retired,
+    ))?;
     let stored = StoredManifest {
         v: 1,
         generation: ring.generation,
         audit: audit_id.to_owned(),
         keys,
+        retired,
         mac: mac.to_text(),
     };
     serde_json::to_string(&stored).map_err(|_| SealError::Format)
@@ -132,6 +167,7 @@ fn all_tampered(ring: &Ring, integrity: RingIntegrity, why: &str) -> IntegrityRe
         manifest_generation: None,
         ring_generation: ring.generation,
         manifest_audit_id: None,
+        retired: false,
         tampered_kids: Default::default(),
     }
 }
@@ -158,7 +194,13 @@ fn open_manifest(ring: &Ring, text: &str, sealer: &dyn Sealer) -> Result<StoredM
     let Some(mac) = Mac::parse(&stored.mac).filter(|_| stored.v == 1) else {
         return Err(invalid("the manifest has an unknown format"));
     };
-    let message = manifest_message(ring.name.as_str(), stored.generation, &stored.audit, &stored.keys);
+    let message = manifest_message(
+        ring.name.as_str(),
+        stored.generation,
+        &stored.audit,
+        &stored.keys,
+        stored.retired,
+    );
     match sealer.check_authentication(&mac, &message) {
         Ok(()) => Ok(stored),
         Err(SealError::UnknownMasterKey(id)) => {
@@ -206,6 +248,7 @@ fn check_rows(ring: &Ring, stored: StoredManifest) -> IntegrityReport {
         manifest_generation: Some(stored.generation),
         ring_generation: ring.generation,
         manifest_audit_id: Some(stored.audit),
+        retired: stored.retired,
         tampered_kids: Default::default(),
     }
 }

@@ -25,5 +25,5 @@ mod manifest;
 mod report;
 
 pub use chain::{ChainBreak, ChainReport, SealerLinker, legacy_ledger_note, verify_chain};
-pub use manifest::{check_ring, row_digest, rows_digest, seal_manifest};
+pub use manifest::{check_ring, row_digest, rows_digest, seal_manifest, seal_retired_manifest};
 pub use report::{IntegrityReport, RingIntegrity, TamperedKey};

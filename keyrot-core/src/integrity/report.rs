@@ -49,6 +49,9 @@ pub struct IntegrityReport {
     pub ring_generation: u64,
     /// The id of the audit record the last commit wrote, as the manifest authenticates it.
     pub manifest_audit_id: Option<String>,
+    /// The authenticated manifest says the ring is retired (its tenant offboarded, every
+    /// key revoked): it takes no new key. `false` without a valid manifest.
+    pub retired: bool,
     /// The kids of `tampered`, for constant-time lookups.
     #[serde(skip)]
     pub(super) tampered_kids: std::collections::HashSet<String>,

@@ -256,6 +256,12 @@ impl Snapshot {
         }))
     }
 
+    /// Whether the ring is retired (tenant offboarded), as its authenticated manifest
+    /// says: it has no key that signs or verifies, and never will again.
+    pub fn is_retired(&self) -> bool {
+        self.integrity.retired
+    }
+
     /// The generation the snapshot's manifest authenticates (0 without one): what an
     /// instance never goes back from.
     pub fn authenticated_generation(&self) -> u64 {

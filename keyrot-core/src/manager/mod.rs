@@ -13,6 +13,8 @@
 //!   the JWKS of a loaded ring never touch the database.
 //! - **Tenant onboarding** ([`RingManager::onboard`]): a ring is created on first use
 //!   with its own policy and algorithm, from the policy source every instance shares.
+//! - **Tenant offboarding** ([`RingManager::retire`]): every key of the ring revoked and
+//!   destroyed, audited; the ring is never due again and never gets a key again.
 
 mod cache;
 mod schedule;
@@ -97,6 +99,12 @@ pub enum ManagerError {
     /// The ring's first key could not be created.
     #[error(transparent)]
     Rotate(#[from] RotateError),
+    /// The ring was retired (its tenant offboarded): it takes no new key.
+    #[error("ring {ring} is retired (offboarded): it takes no new keys")]
+    Retired {
+        /// The ring.
+        ring: RingName,
+    },
 }
 
 struct Inner {
@@ -286,15 +294,20 @@ impl RingManager {
 
     /// The ring's key ring if the store holds the ring (one cheap generation read for a
     /// ring not loaded yet), `None` for an unknown one, which is not loaded: a request
-    /// naming random rings cannot fill the loaded set.
+    /// naming random rings cannot fill the loaded set. A retired ring is `None` too (it
+    /// stays loaded, so asking again costs nothing).
     pub async fn existing_keyring(&self, ring: &RingName) -> Result<Option<KeyRing>, RefreshError> {
-        if let Some(l) = self.loaded().get(ring) {
-            return Ok(Some(l.keyring));
-        }
-        if self.inner.storage.generation(ring).await? == 0 {
-            return Ok(None);
-        }
-        Ok(Some(self.load(ring).await?.keyring))
+        let loaded = self.loaded().get(ring);
+        let keyring = match loaded {
+            Some(l) => l.keyring,
+            None => {
+                if self.inner.storage.generation(ring).await? == 0 {
+                    return Ok(None);
+                }
+                self.load(ring).await?.keyring
+            }
+        };
+        Ok(Some(keyring).filter(|k| !k.snapshot().is_retired()))
     }
 
     async fn load(&self, ring: &RingName) -> Result<Loaded, RefreshError> {
@@ -325,14 +338,23 @@ impl RingManager {
     /// it when several onboard the same ring at once; every one gets the ring.
     pub async fn onboard(&self, ring: &RingName, ctx: RequestContext) -> Result<KeyRing, ManagerError> {
         let loaded = self.load(ring).await?;
+        let retired = || ManagerError::Retired { ring: ring.clone() };
         // Another instance onboarding it at the same time holds the lock: wait for its
         // commit (bounded), then read it.
         for _ in 0..ONBOARD_TRIES {
-            if loaded.keyring.snapshot().active_kid().is_some() {
+            let snapshot = loaded.keyring.snapshot();
+            if snapshot.is_retired() {
+                return Err(retired());
+            }
+            if snapshot.active_kid().is_some() {
                 break;
             }
             let report = loaded.rotator.init(ctx.clone()).await?;
             tracing::info!(%ring, outcome = report.outcome.as_str(), "ring onboarding");
+            if report.refusal == Some(crate::planner::Refusal::RingRetired) {
+                let _ = loaded.keyring.reload().await;
+                return Err(retired());
+            }
             if loaded.keyring.snapshot().active_kid().is_none() {
                 if report.outcome == crate::storage::Outcome::LockBusy {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -342,6 +364,23 @@ impl RingManager {
         }
         self.loaded().remeasure(ring);
         Ok(loaded.keyring)
+    }
+
+    /// Tenant offboarding: retires the ring ([`Rotator::retire_ring`], audited with
+    /// `reason`, required): every key revoked and its private material destroyed, the
+    /// ring never due again. Once the change has reached an instance (at once here, by
+    /// the change feed elsewhere) it serves the ring as unknown
+    /// ([`RingManager::existing_keyring`] is `None`: its tenant JWKS is `404`), and
+    /// onboarding it again fails with [`ManagerError::Retired`].
+    pub async fn retire(
+        &self,
+        ring: &RingName,
+        ctx: RequestContext,
+        reason: impl Into<String>,
+    ) -> Result<crate::RotationReport, RotateError> {
+        let report = self.rotator(ring).retire_ring(ctx, reason).await?;
+        self.loaded().remeasure(ring);
+        Ok(report)
     }
 
     /// Applies one change-feed event to the loaded rings.

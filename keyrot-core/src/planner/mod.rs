@@ -95,6 +95,8 @@ pub enum TriggerKind {
     Authenticate,
     /// Quarantining the rows that failed the integrity check.
     Repair,
+    /// Retiring the whole ring (tenant offboarding): every key revoked.
+    RetireRing,
 }
 
 impl TriggerKind {
@@ -110,6 +112,7 @@ impl TriggerKind {
             TriggerKind::Rewrap => "rewrap",
             TriggerKind::Authenticate => "authenticate",
             TriggerKind::Repair => "repair",
+            TriggerKind::RetireRing => "retire_ring",
         }
     }
 
@@ -125,6 +128,7 @@ impl TriggerKind {
             "rewrap" => TriggerKind::Rewrap,
             "authenticate" => TriggerKind::Authenticate,
             "repair" => TriggerKind::Repair,
+            "retire_ring" => TriggerKind::RetireRing,
             _ => return None,
         })
     }

@@ -64,6 +64,10 @@ pub enum Refusal {
     /// The ring has no Active key yet.
     #[error("the ring is not initialised")]
     NotInitialised,
+    /// The ring was retired (its tenant offboarded, every key revoked): it takes no new
+    /// key, ever; a returning tenant gets a ring under a new name.
+    #[error("the ring is retired (offboarded): it takes no new keys")]
+    RingRetired,
 }
 
 impl Refusal {

@@ -33,6 +33,11 @@ pub(super) enum Request {
         /// The operator's reason (required).
         reason: String,
     },
+    /// Retire the whole ring: revoke every key (tenant offboarding).
+    Retire {
+        /// The operator's reason (required).
+        reason: String,
+    },
 }
 
 impl Request {
@@ -43,6 +48,7 @@ impl Request {
             Request::Rewrap => TriggerKind::Rewrap,
             Request::Authenticate { .. } => TriggerKind::Authenticate,
             Request::Repair { .. } => TriggerKind::Repair,
+            Request::Retire { .. } => TriggerKind::RetireRing,
         }
     }
 }
@@ -56,13 +62,15 @@ pub(super) enum Step {
     Commit(Change),
 }
 
-/// A change to commit: the ring as loaded, the ring after, the rows that changed, and
-/// the answer if it commits (its generation is the new ring's).
+/// A change to commit: the ring as loaded, the ring after, the rows that changed, the
+/// answer if it commits (its generation is the new ring's), and whether the ring is
+/// retired after it (a retired ring stays retired: every later manifest says so).
 pub(super) struct Change {
     pub(super) before: Ring,
     pub(super) next: Ring,
     pub(super) keys: Vec<KeyRecord>,
     pub(super) answer: Answer,
+    pub(super) retired: bool,
 }
 
 impl Change {
@@ -133,6 +141,7 @@ impl<'r> Attempt<'r> {
             Request::Rewrap => self.rewrap().await?,
             Request::Authenticate { expected_digest } => self.authenticate(expected_digest.as_deref()).await?,
             Request::Repair { reason } => self.repair(reason).await?,
+            Request::Retire { reason } => self.retire(reason).await?,
         };
         match step {
             Step::Answer(answer) => Ok(self.record(answer).await?),
@@ -181,6 +190,7 @@ impl<'r> Attempt<'r> {
             mut next,
             keys,
             answer,
+            retired,
         } = change;
         let inner = &self.rotator.inner;
         let (report, audit) = self.conclude(Answer {
@@ -189,7 +199,11 @@ impl<'r> Attempt<'r> {
         });
         let manifest = {
             let _s = tracing::info_span!("keyrot.phase", phase = "seal").entered();
-            crate::integrity::seal_manifest(&next, &*inner.sealer, &audit.id)?
+            if retired {
+                crate::integrity::seal_retired_manifest(&next, &*inner.sealer, &audit.id)?
+            } else {
+                crate::integrity::seal_manifest(&next, &*inner.sealer, &audit.id)?
+            }
         };
         next.manifest = Some(manifest.clone());
         let commit = Commit {
@@ -199,7 +213,8 @@ impl<'r> Attempt<'r> {
             audit,
             idempotency: self.idempotency.as_ref().map(|i| i.record(&inner.ring, &report)),
             manifest,
-            next_due: crate::manager::next_due(&next, &inner.policy, self.now),
+            // A retired ring is never due again.
+            next_due: crate::manager::next_due(&next, &inner.policy, self.now).filter(|_| !retired),
         };
         let span = tracing::info_span!("keyrot.phase", phase = "commit");
         match inner.storage.commit(&commit, &inner.linker).instrument(span).await? {
@@ -272,7 +287,7 @@ impl<'r> Attempt<'r> {
         let inner = &self.rotator.inner;
         let (reason, forced_request) = match &self.request {
             Request::Plan(Trigger::ForceRotate { reason, .. }) => (Some(reason.clone()), true),
-            Request::Plan(Trigger::Revoke { reason, .. }) => (Some(reason.clone()), false),
+            Request::Plan(Trigger::Revoke { reason, .. }) | Request::Retire { reason } => (Some(reason.clone()), false),
             _ => (None, false),
         };
         let revocation = self.blast_radius(&a);
@@ -326,16 +341,15 @@ impl<'r> Attempt<'r> {
         (report, audit)
     }
 
-    /// For a forced rotation that revoked the old key: when that key is refused everywhere.
+    /// For a forced rotation that revoked the old key, and a retired ring's last Active
+    /// key: when that key is refused everywhere.
     fn blast_radius(&self, a: &Answer) -> Option<super::BlastRadius> {
-        let revoked = matches!(
-            &self.request,
-            Request::Plan(Trigger::ForceRotate { revoke_old: true, .. })
-        );
-        let old = a
-            .old_kid
-            .as_deref()
-            .filter(|_| revoked && a.outcome == Outcome::Rotated)?;
+        let revoked = match &self.request {
+            Request::Plan(Trigger::ForceRotate { revoke_old: true, .. }) => a.outcome == Outcome::Rotated,
+            Request::Retire { .. } => a.outcome == Outcome::Retired,
+            _ => false,
+        };
+        let old = a.old_kid.as_deref().filter(|_| revoked)?;
         let inner = &self.rotator.inner;
         Some(super::BlastRadius::new(
             old,

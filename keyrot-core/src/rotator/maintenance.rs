@@ -17,7 +17,7 @@ impl Attempt<'_> {
     /// Re-seals under the primary master key every key sealed under another one.
     pub(super) async fn rewrap(&self) -> Result<Step, RotateError> {
         let sealer = &*self.rotator.inner.sealer;
-        let ring = self.rotator.load_trusted().await?;
+        let (ring, retired) = self.rotator.load_trusted().await?;
         let primary = sealer.primary_key_id().to_owned();
         let mut next = Change::successor(&ring);
         let mut keys = Vec::new();
@@ -50,6 +50,7 @@ impl Attempt<'_> {
             next,
             keys,
             answer,
+            retired,
         }))
     }
 
@@ -105,6 +106,7 @@ impl Attempt<'_> {
             before: ring,
             keys: Vec::new(),
             answer,
+            retired: false,
         }))
     }
 
@@ -118,6 +120,15 @@ impl Attempt<'_> {
             return Ok(Step::Answer(Answer::refused_untrusted(&ring, detail)));
         }
         self.rotator.check_not_rolled_back(&integrity).await?;
+        // A retired ring stays retired through a repair, even when the manifest that said
+        // so is the thing that was destroyed: its chained ledger still records it.
+        let retired = integrity.retired
+            || self
+                .rotator
+                .ledger()
+                .await?
+                .iter()
+                .any(|r| r.mac.is_some() && r.outcome == Outcome::Retired);
         let mut next = Change::successor(&ring);
         let keys = quarantine(&mut next, &integrity, reason, self.now);
         let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
@@ -143,8 +154,82 @@ impl Attempt<'_> {
             next,
             keys,
             answer,
+            retired,
         }))
     }
+
+    /// Retires the whole ring (tenant offboarding): every key not yet revoked is revoked
+    /// and made Expired, every private key is destroyed (its sealed material dropped),
+    /// and the manifest says from now on that the ring is retired, so it never gets a key
+    /// again. Refused without a reason; answered `nothing_due` for a ring already retired.
+    pub(super) async fn retire(&self, reason: &str) -> Result<Step, RotateError> {
+        let (ring, retired) = self.rotator.load_trusted().await?;
+        if ring.generation == 0 {
+            return Ok(Step::Answer(Answer::refused_untrusted(
+                &ring,
+                "no such ring: there is nothing to retire".to_owned(),
+            )));
+        }
+        if reason.trim().is_empty() || reason.chars().count() > planner::MAX_REASON_LEN {
+            return Ok(Step::Answer(Answer::refusal(
+                &ring,
+                planner::Refusal::ReasonRequired,
+                false,
+            )));
+        }
+        if retired {
+            return Ok(Step::Answer(Answer {
+                detail: Some("the ring is already retired".to_owned()),
+                ..Answer::on(Outcome::NothingDue, &ring)
+            }));
+        }
+        let mut next = Change::successor(&ring);
+        let keys = retire_keys(&mut next, reason, self.now);
+        let answer = Answer {
+            detail: Some(format!(
+                "ring retired: {} key(s) revoked, {} private key(s) destroyed: {reason}",
+                keys.iter().filter(|(_, revoked, _)| *revoked).count(),
+                keys.iter().filter(|(_, _, purged)| *purged).count(),
+            )),
+            ..Answer::on(Outcome::Retired, &ring)
+        };
+        Ok(Step::Commit(Change {
+            before: ring,
+            next,
+            keys: keys.into_iter().map(|(k, _, _)| k).collect(),
+            answer,
+            retired: true,
+        }))
+    }
+}
+
+/// Revokes and expires every key of `next` not yet revoked and drops every sealed private
+/// key: the rewritten rows, each with whether it was revoked and whether its material was
+/// destroyed now.
+fn retire_keys(next: &mut Ring, reason: &str, now: DateTime<Utc>) -> Vec<(KeyRecord, bool, bool)> {
+    let mut changed = Vec::new();
+    for k in &mut next.keys {
+        let revoke = k.revoked_at.is_none();
+        let purge = k.sealed.is_some();
+        if !revoke && !purge && k.state == KeyState::Expired {
+            continue;
+        }
+        if k.state != KeyState::Expired {
+            k.retired_at = k.retired_at.or(Some(now));
+            k.expired_at = Some(now);
+            k.state = KeyState::Expired;
+        }
+        if revoke {
+            k.revoked_at = Some(now);
+            k.revoke_reason = Some(format!("ring retired: {reason}"));
+        }
+        if purge {
+            k.sealed = None;
+            k.purged_at = Some(now);
+        }
+        changed.push((k.clone(), revoke, purge));
+    }
+    changed
 }
 
 /// Why a repair is refused, if it is; a manifest under an unknown master key fails.

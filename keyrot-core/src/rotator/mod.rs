@@ -1,7 +1,8 @@
 //! The rotator: the effectful shell around the planner.
 //!
 //! Every request — a rotation, a forced rotation, an import, a revocation, `init`, a
-//! scheduler tick, and the operator's rewrap, integrity migration and repair — is one
+//! scheduler tick, and the operator's rewrap, integrity migration, repair and retiring a
+//! ring — is one
 //! `Attempt` (its kind, who asked, the time, its idempotency key) that runs the same
 //! phases inside one `keyrot.attempt` span, each phase a `keyrot.phase` span with a
 //! `phase` field:
@@ -229,6 +230,24 @@ impl Rotator {
     ) -> Result<RotationReport, RotateError> {
         let reason = reason.into();
         self.attempt(Request::Repair { reason }, ctx, None).await
+    }
+
+    /// Retires the whole ring (tenant offboarding), audited with `reason` (required):
+    /// every key not yet revoked is revoked and made Expired, so nothing signed with the
+    /// ring verifies once the change has propagated and the JWKS publishes no key; every
+    /// private key is destroyed (its sealed material dropped). The ring's authenticated
+    /// manifest records that it is retired, so it never gets a key again: ticks find
+    /// nothing due, and `init`, rotations and imports are refused with
+    /// [`Refusal::RingRetired`](crate::Refusal::RingRetired). The report's `revocation`
+    /// says when the last Active key is refused everywhere. A ring already retired answers
+    /// `nothing_due`.
+    pub async fn retire_ring(
+        &self,
+        ctx: RequestContext,
+        reason: impl Into<String>,
+    ) -> Result<RotationReport, RotateError> {
+        let reason = reason.into();
+        self.attempt(Request::Retire { reason }, ctx, None).await
     }
 
     /// Runs one attempt in its `keyrot.attempt` span and traces its answer.

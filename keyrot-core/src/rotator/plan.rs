@@ -17,7 +17,19 @@ impl Attempt<'_> {
     /// due, …) as an answer, or the change with its new key.
     pub(super) async fn plan(&self, trigger: &Trigger, material: Option<PrivateKey>) -> Result<Step, RotateError> {
         let inner = &self.rotator.inner;
-        let ring = self.rotator.load_trusted().await?;
+        let (ring, retired) = self.rotator.load_trusted().await?;
+        if retired {
+            // Nothing is ever due on a retired ring (a tick writes nothing); every request
+            // for a key is refused.
+            let answer = match trigger {
+                Trigger::Tick => Answer {
+                    detail: Some("the ring is retired".to_owned()),
+                    ..Answer::on(Outcome::NothingDue, &ring)
+                },
+                _ => Answer::refusal(&ring, planner::Refusal::RingRetired, false),
+            };
+            return Ok(Step::Answer(answer));
+        }
         let planned = {
             let _s = tracing::info_span!("keyrot.phase", phase = "plan").entered();
             planner::plan(&ring, &inner.policy, self.now, trigger)
@@ -50,6 +62,7 @@ impl Attempt<'_> {
             next,
             keys,
             answer,
+            retired: false,
         }))
     }
 

@@ -49,8 +49,9 @@ impl Rotator {
     }
 
     /// Loads the ring fresh and refuses to build on it if it fails its integrity check
-    /// or is older than what this instance served.
-    pub(super) async fn load_trusted(&self) -> Result<Ring, RotateError> {
+    /// or is older than what this instance served; with whether its authenticated
+    /// manifest says it is retired.
+    pub(super) async fn load_trusted(&self) -> Result<(Ring, bool), RotateError> {
         let ring = self.load().await?;
         let report = crate::integrity::check_ring(&ring, &*self.inner.sealer);
         self.check_not_rolled_back(&report).await?;
@@ -58,7 +59,7 @@ impl Rotator {
             tracing::error!(ring = %ring.name, integrity = %report.summary(), "stored ring fails its integrity check");
             return Err(RotateError::Integrity(report.summary()));
         }
-        Ok(ring)
+        Ok((ring, report.retired))
     }
 
     /// The highest authenticated generation this rotator (or its key ring) has seen.

@@ -173,6 +173,9 @@ pub enum Outcome {
     /// Rows that failed the integrity check were quarantined (made Expired and revoked)
     /// and the manifest re-issued over the rest.
     Quarantined,
+    /// The whole ring was retired (tenant offboarding): every key revoked, its private
+    /// material destroyed; the ring takes no new key.
+    Retired,
     /// Nothing was due.
     NothingDue,
     /// Too soon: rate limited.
@@ -203,6 +206,7 @@ impl Outcome {
             Outcome::Rewrapped => "rewrapped",
             Outcome::Authenticated => "authenticated",
             Outcome::Quarantined => "quarantined",
+            Outcome::Retired => "retired",
             Outcome::NothingDue => "nothing_due",
             Outcome::RateLimited => "rate_limited",
             Outcome::Refused => "refused",
@@ -226,6 +230,7 @@ impl Outcome {
             Outcome::Rewrapped,
             Outcome::Authenticated,
             Outcome::Quarantined,
+            Outcome::Retired,
             Outcome::NothingDue,
             Outcome::RateLimited,
             Outcome::Refused,
@@ -251,6 +256,7 @@ impl Outcome {
                 | Outcome::Rewrapped
                 | Outcome::Authenticated
                 | Outcome::Quarantined
+                | Outcome::Retired
         )
     }
 }

@@ -95,6 +95,7 @@ fn classify(report: &RotationReport) -> (u16, Option<&'static str>, Option<Strin
         | Outcome::Rewrapped
         | Outcome::Authenticated
         | Outcome::Quarantined
+        | Outcome::Retired
         | Outcome::Replayed => (200, None, None),
     }
 }
