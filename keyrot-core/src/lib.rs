@@ -102,9 +102,9 @@ pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
 pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
 pub use secret::SecretBytes;
 pub use storage::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingEntry, RingEvent, RingsFeed,
-    RingsStream, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingChanges, RingEntry, RingEvent,
+    RingsFeed, RingsStream, Storage, StorageError,
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,

@@ -4,8 +4,9 @@
 use crate::clock::{Clock, SystemClock};
 use crate::ring::{Ring, RingName};
 use crate::storage::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, RingEntry, RingEvent, RingsFeed, RingsStream, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, RingChanges, RingEntry, RingEvent, RingsFeed, RingsStream, Storage,
+    StorageError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -25,6 +26,8 @@ struct RingData {
     head: Option<(u64, Option<String>)>,
     idempotency: HashMap<String, IdempotencyRecord>,
     next_due: Option<DateTime<Utc>>,
+    /// The store's commit count when the ring was last committed to.
+    changed: i64,
 }
 
 #[derive(Debug)]
@@ -35,6 +38,8 @@ struct Inner {
     all: broadcast::Sender<(RingName, u64)>,
     /// The next-due index: (time, ring) for every ring with a next-due time.
     due: BTreeSet<(DateTime<Utc>, RingName)>,
+    /// Commits so far (the cursor of `rings_changed_since`).
+    commits: i64,
 }
 
 impl Inner {
@@ -85,6 +90,7 @@ impl MemoryStorage {
                 feeds: HashMap::new(),
                 all: broadcast::channel(1024).0,
                 due: BTreeSet::new(),
+                commits: 0,
             })),
         }
     }
@@ -228,6 +234,9 @@ impl Storage for MemoryStorage {
         let generation = data.generation;
         insert_idempotency(data, commit.idempotency.as_ref());
         g.set_next_due(&commit.ring, commit.next_due);
+        g.commits += 1;
+        let commits = g.commits;
+        g.rings.entry(commit.ring.clone()).or_default().changed = commits;
         if let Some(tx) = g.feeds.get(&commit.ring) {
             let _ = tx.send(generation);
         }
@@ -304,6 +313,25 @@ impl Storage for MemoryStorage {
         out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         out.truncate(limit);
         Ok(out)
+    }
+
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        let g = self.lock();
+        let after = since.map_or(i64::MIN, |c| c.0);
+        let rings = g
+            .rings
+            .iter()
+            .filter(|(_, d)| d.changed > after)
+            .map(|(name, d)| RingEntry {
+                name: name.clone(),
+                generation: d.generation,
+                next_due: d.next_due,
+            })
+            .collect();
+        Ok(RingChanges {
+            rings,
+            cursor: ChangeCursor(g.commits),
+        })
     }
 }
 

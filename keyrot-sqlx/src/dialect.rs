@@ -78,6 +78,10 @@ pub(crate) trait Dialect:
     /// The `n`-th (from 1) bind placeholder.
     fn placeholder(n: usize) -> String;
 
+    /// An SQL expression for the database's clock now, in Unix milliseconds (per
+    /// statement, not per transaction).
+    const NOW_MS: &'static str;
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
@@ -85,6 +89,7 @@ pub(crate) trait Dialect:
 #[cfg(feature = "postgres")]
 impl Dialect for sqlx::Postgres {
     const LABEL: &'static str = "postgres";
+    const NOW_MS: &'static str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
     fn placeholder(n: usize) -> String {
         format!("${n}")
@@ -98,6 +103,7 @@ impl Dialect for sqlx::Postgres {
 #[cfg(feature = "mysql")]
 impl Dialect for sqlx::MySql {
     const LABEL: &'static str = "mysql";
+    const NOW_MS: &'static str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
 
     fn placeholder(_: usize) -> String {
         "?".to_owned()
@@ -111,6 +117,7 @@ impl Dialect for sqlx::MySql {
 #[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const LABEL: &'static str = "sqlite";
+    const NOW_MS: &'static str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
     fn placeholder(_: usize) -> String {
         "?".to_owned()

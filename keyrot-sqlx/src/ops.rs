@@ -8,7 +8,8 @@ use crate::dialect::{
 };
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Ring, RingEntry, RingName, StorageError,
+    AuditLinker, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Ring, RingChanges, RingEntry,
+    RingName, StorageError,
 };
 use sqlx::{AssertSqlSafe, Pool};
 use std::future::Future;
@@ -45,7 +46,17 @@ pub(crate) struct Statements {
     pub reschedule: String,
     /// A page of rings by name (`$1` after, `''` for the first page, `$2` limit).
     pub list_rings: String,
+    /// The database's clock, and the rings committed to at or after `$1` (ms by that
+    /// clock), through the index on `changed_ms`: always one row, with a NULL ring when
+    /// none was.
+    pub rings_changed_since: String,
 }
+
+/// How far back [`rings_changed_since`] reads again before the cursor it was given: a
+/// commit's time is taken by its `UPDATE` and it becomes visible at `COMMIT`, so a
+/// transaction open across a poll is read by the next one if it took less than this.
+/// [`keyrot_core::PollingRingsFeed`] reads every ring again now and then for the rest.
+pub(crate) const CHANGE_MARGIN_MS: i64 = 10_000;
 
 /// How each database words the statements that differ: the upsert clause, `NULLS LAST`.
 #[derive(Debug)]
@@ -72,6 +83,7 @@ impl Statements {
         let audit_cols = column_list(AUDIT_COLUMNS, "");
         let idem_cols = column_list(IDEMPOTENCY_COLUMNS, "");
         let (rings, keys, audit, chain_desc) = (&t.rings, &t.keys, &t.audit, w.chain_desc);
+        let (p1, p2, p3, now) = (p(1), p(2), p(3), DB::NOW_MS);
         Self {
             load: load_sql(rings, keys, &column_list(KEY_COLUMNS, "k."), &p(1)),
             load_public: load_sql(rings, keys, &public_key_column_list("k."), &p(1)),
@@ -82,10 +94,11 @@ impl Statements {
                 w.ensure_ring
             ),
             cas: format!(
-                "UPDATE {rings} SET generation = generation + 1, manifest = {}, next_due_ms = {} \
+                "UPDATE {rings} SET generation = generation + 1, manifest = {}, next_due_ms = {}, changed_ms = {} \
                  WHERE name = {} AND generation = {}",
                 p(1),
                 p(2),
+                DB::NOW_MS,
                 p(3),
                 p(4)
             ),
@@ -120,20 +133,15 @@ impl Statements {
                 p(2)
             ),
             due_rings: format!(
-                "SELECT name FROM {rings} WHERE next_due_ms <= {} ORDER BY next_due_ms, name LIMIT {}",
-                p(1),
-                p(2)
+                "SELECT name FROM {rings} WHERE next_due_ms <= {p1} ORDER BY next_due_ms, name LIMIT {p2}"
             ),
-            reschedule: format!(
-                "UPDATE {rings} SET next_due_ms = {} WHERE name = {} AND generation = {}",
-                p(1),
-                p(2),
-                p(3)
-            ),
+            reschedule: format!("UPDATE {rings} SET next_due_ms = {p1} WHERE name = {p2} AND generation = {p3}"),
             list_rings: format!(
-                "SELECT name, generation, next_due_ms FROM {rings} WHERE name > {} ORDER BY name LIMIT {}",
-                p(1),
-                p(2)
+                "SELECT name, generation, next_due_ms FROM {rings} WHERE name > {p1} ORDER BY name LIMIT {p2}"
+            ),
+            rings_changed_since: format!(
+                "SELECT n.now_ms AS now_ms, r.name AS name, r.generation AS generation, r.next_due_ms AS next_due_ms \
+                 FROM (SELECT {now} AS now_ms) n LEFT JOIN {rings} r ON r.changed_ms >= {p1} ORDER BY r.name"
             ),
         }
     }
@@ -306,6 +314,37 @@ pub(crate) async fn list_rings<DB: Dialect>(
             })
         })
         .collect()
+}
+
+/// `Storage::rings_changed_since`: one statement, through the index on `changed_ms`.
+pub(crate) async fn rings_changed_since<DB: Dialect>(
+    pool: &Pool<DB>,
+    sql: &Statements,
+    since: Option<ChangeCursor>,
+) -> Result<RingChanges, StorageError> {
+    let values = [dialect::Value::Int(since.map_or(i64::MIN, |c| c.0))];
+    let rows = read::<DB>(pool, &sql.rings_changed_since, &values)
+        .await
+        .map_err(read_err::<DB>("read the rings changed"))?;
+    let now = match rows.first() {
+        Some(row) => row.int("now_ms")?,
+        None => return Err(StorageError::Corrupt("the database returned no clock".into())),
+    };
+    let mut rings = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(name) = row.opt_text("name")? else {
+            continue;
+        };
+        rings.push(RingEntry {
+            name: RingName::new(name).map_err(|e| StorageError::Corrupt(format!("stored ring name: {e}")))?,
+            generation: gen_from_db(row.int("generation")?)?,
+            next_due: row.opt_time("next_due_ms")?,
+        });
+    }
+    Ok(RingChanges {
+        rings,
+        cursor: ChangeCursor(now.saturating_sub(CHANGE_MARGIN_MS)),
+    })
 }
 
 /// Runs a read on a pool connection.

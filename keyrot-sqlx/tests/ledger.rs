@@ -290,11 +290,12 @@ async fn sqlite_ledger_refuses_update_delete_and_replace() {
 
 /// Takes the database back to schema version 1 (as a keyrot-sqlx from before the chain
 /// left it): the ring's manifest and the ledger's chain columns are gone, and so is
-/// version 3's guard on them, and version 4's next-due column (MySQL keeps it, as if
-/// version 4 had been cut short: it is added only if missing).
+/// version 3's guard on them, and the columns of versions 4 and 5 (MySQL keeps them, as
+/// if those versions had been cut short: they are added only if missing).
 async fn downgrade_to_v1(db: &TestDb) {
     let statements: &[&str] = match db.name {
         "postgres" => &[
+            "ALTER TABLE {rings} DROP COLUMN changed_ms",
             "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             "ALTER TABLE {audit} DROP CONSTRAINT keyrot_audit_chain_link",
             "ALTER TABLE {audit} DROP COLUMN chain_seq, DROP COLUMN chain_mac",
@@ -312,6 +313,8 @@ async fn downgrade_to_v1(db: &TestDb) {
             "UPDATE {rings} SET manifest = NULL",
         ],
         "sqlite" => &[
+            r#"DROP INDEX "keyrot_rings_changed""#,
+            "ALTER TABLE {rings} DROP COLUMN changed_ms",
             r#"DROP INDEX "keyrot_rings_next_due""#,
             "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             r#"DROP TRIGGER "keyrot_audit_chain_link""#,
@@ -336,7 +339,7 @@ async fn v1_database_upgrades_in_place_and_is_authenticated(db: &TestDb) {
     downgrade_to_v1(db).await;
     db.migrate()
         .await
-        .expect("migrations 2 and 3 apply over a version 1 database");
+        .expect("migrations 2 to 5 apply over a version 1 database");
     db.migrate().await.expect("and is not applied twice");
 
     // The ring is as a version 1 keyrot left it: keys, no manifest, an unchained ledger.

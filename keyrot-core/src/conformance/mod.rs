@@ -29,8 +29,8 @@ use crate::ring::{KeyOrigin, KeyRecord, KeyState, RingName};
 use crate::rotator::{RequestContext, Rotator};
 use crate::seal::{MasterKey, MasterKeySealer, SealContext, Sealer};
 use crate::storage::{
-    AuditQuery, AuditRecord, ChangeFeed, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock, Outcome,
-    PollingFeed, PollingRingsFeed, RingEvent, RingsFeed, Storage,
+    AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
+    Outcome, PollingFeed, PollingRingsFeed, RingEvent, RingsFeed, Storage,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use std::future::Future;
@@ -148,6 +148,7 @@ macro_rules! storage_conformance_tests {
             reschedule_applies_only_at_the_same_generation,
             list_rings_pages_by_name,
             rings_feed_announces_every_rings_commits,
+            rings_changed_since_lists_the_rings_committed_after_its_cursor,
             rotator_commits_write_the_planned_next_due_time,
             manager_ticks_only_the_due_rings,
             manager_follows_many_rings_through_one_feed,

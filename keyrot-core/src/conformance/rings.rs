@@ -209,3 +209,40 @@ pub async fn rotator_commits_write_the_planned_next_due_time(b: &Backend) {
         "the tick's commit moved it on"
     );
 }
+
+pub async fn rings_changed_since_lists_the_rings_committed_after_its_cursor(b: &Backend) {
+    let rings: Vec<RingName> = (0..3).map(|i| ring(&format!("conf-changed-{i}"))).collect();
+    for r in &rings {
+        committed(b, &commit_due(r, 0, None)).await;
+    }
+    let all = b.storage.rings_changed_since(None).await.expect("every ring");
+    for r in &rings {
+        assert!(
+            all.rings.iter().any(|e| &e.name == r && e.generation == 1),
+            "{r}: without a cursor, every ring is listed"
+        );
+    }
+    committed(b, &commit_due(&rings[1], 1, Some(t0()))).await;
+    let since = b
+        .storage
+        .rings_changed_since(Some(all.cursor))
+        .await
+        .expect("changed since");
+    let entry = since
+        .rings
+        .iter()
+        .find(|e| e.name == rings[1])
+        .expect("the ring committed after the cursor is listed");
+    assert_eq!((entry.generation, entry.next_due), (2, Some(t0())));
+    for e in &since.rings {
+        let now = b.storage.generation(&e.name).await.expect("generation");
+        assert_eq!(e.generation, now, "{}: listed at its current generation", e.name);
+    }
+    assert!(since.cursor >= all.cursor, "the cursor never goes back");
+    let none = b
+        .storage
+        .rings_changed_since(Some(ChangeCursor(i64::MAX)))
+        .await
+        .expect("changed since the end of time");
+    assert!(none.rings.is_empty(), "only changed rings are read: {:?}", none.rings);
+}

@@ -109,7 +109,7 @@ mod polling;
 mod rings;
 
 pub use polling::PollingFeed;
-pub use rings::{PollingRingsFeed, RingEntry, RingEvent, RingsFeed, RingsStream};
+pub use rings::{ChangeCursor, PollingRingsFeed, RingChanges, RingEntry, RingEvent, RingsFeed, RingsStream};
 
 /// A storage backend failed. The source error is kept.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -440,7 +440,9 @@ impl Default for AuditQuery {
 ///   a commit stores [`Commit::next_due`]; [`reschedule`](Storage::reschedule) replaces
 ///   it only while the ring is at the given generation; [`due_rings`](Storage::due_rings)
 ///   lists the rings due at a time, soonest first; [`list_rings`](Storage::list_rings)
-///   pages through every ring by name, with its generation and next-due time.
+///   pages through every ring by name, with its generation and next-due time;
+///   [`rings_changed_since`](Storage::rings_changed_since) lists at least every ring
+///   committed to after the call that returned its cursor.
 #[async_trait]
 pub trait Storage: Debug + Send + Sync + 'static {
     /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.
@@ -518,6 +520,20 @@ pub trait Storage: Debug + Send + Sync + 'static {
         let _ = (after, limit);
         Err(StorageError::Unsupported {
             operation: "Storage::list_rings",
+        })
+    }
+
+    /// The rings committed to since the call that returned `since` (every ring when
+    /// `None`), with the cursor for the next call. It lists at least every ring whose
+    /// generation moved after that call, perhaps more (a store that reads by its clock
+    /// lists a margin again), and reads through an index: a poll that finds nothing costs
+    /// one query and no rows, whatever the number of rings. [`PollingRingsFeed`] polls it;
+    /// the default answers [`StorageError::Unsupported`], and the feed then reads
+    /// [`Storage::list_rings`] whole at each poll.
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        let _ = since;
+        Err(StorageError::Unsupported {
+            operation: "Storage::rings_changed_since",
         })
     }
 }

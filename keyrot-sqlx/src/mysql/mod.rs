@@ -39,8 +39,8 @@ use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, PollingFeed,
-    PollingRingsFeed, Ring, RingEntry, RingName, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
+    PollingFeed, PollingRingsFeed, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
 };
 use migrations::MIGRATIONS;
 use sqlx::AssertSqlSafe;
@@ -305,7 +305,7 @@ impl Migrate for MySqlMigration {
     }
 
     fn applied_at(&self) -> AppliedAt {
-        AppliedAt::Server("CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)")
+        AppliedAt::Server(<sqlx::MySql as crate::dialect::Dialect>::NOW_MS)
     }
 
     /// Releases the lock (closing the connection if that fails, which frees it too).
@@ -371,6 +371,10 @@ impl Storage for MySqlStore {
 
     async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
         ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
+    }
+
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
     }
 }
 

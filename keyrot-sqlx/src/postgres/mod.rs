@@ -39,8 +39,8 @@ use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Ring, RingEntry, RingName, Storage, StorageError,
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
+    IdempotencyRecord, Lock, LockGuard, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
 };
 use migrations::MIGRATIONS;
 use sqlx::pool::PoolConnection;
@@ -314,7 +314,7 @@ impl Migrate for PgMigration {
     }
 
     fn applied_at(&self) -> AppliedAt {
-        AppliedAt::Server("(extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+        AppliedAt::Server(<sqlx::Postgres as crate::dialect::Dialect>::NOW_MS)
     }
 
     async fn finish(self, result: Result<(), StorageError>) -> Result<(), StorageError> {
@@ -383,6 +383,10 @@ impl Storage for PostgresStore {
 
     async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
         ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
+    }
+
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
     }
 }
 

@@ -123,6 +123,16 @@ UPDATE {rings} SET next_due_ms = 0 WHERE generation > 0;
 CREATE INDEX "{prefix}rings_next_due" ON {rings} (next_due_ms);
 "#,
     },
+    // When each ring was last committed to, by the database's clock, indexed: a feed that
+    // polls reads the rings changed since its last poll, not every ring.
+    Migration {
+        version: 5,
+        description: "rings: indexed time of the last commit",
+        sql: r#"
+ALTER TABLE {rings} ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX "{prefix}rings_changed" ON {rings} (changed_ms);
+"#,
+    },
 ];
 
 #[cfg(test)]
@@ -140,6 +150,7 @@ mod tests {
                 "1084d1b168d37d18efe4782799474d17ad9484cf2d837012c33cd3e0143d520e",
                 "7368e4124393431f5d518266e7df01fb5caa6e8152552bef4b925594ef27c124",
                 "d16d60c0b6a9296980898e269fe1d5f87f38b4a19c97055c535f563c9afff261",
+                "32a094ab66f7dda0f5ec302759674875dd2a715136d53f6f2b17d77eb296190b",
             ],
         );
     }

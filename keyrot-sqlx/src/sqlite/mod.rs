@@ -31,8 +31,9 @@ use crate::ops::{self, Statements, Wording};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
-    PollingFeed, PollingRingsFeed, Ring, RingEntry, RingName, Storage, StorageError, SystemClock,
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock,
+    LockGuard, PollingFeed, PollingRingsFeed, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
+    SystemClock,
 };
 use migrations::MIGRATIONS;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -314,6 +315,10 @@ impl Storage for SqliteStore {
 
     async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
         ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
+    }
+
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
     }
 }
 
