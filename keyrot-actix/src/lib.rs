@@ -432,9 +432,7 @@ async fn tenant(endpoints: TenantEndpoints, req: actix_web::HttpRequest) -> acti
 /// routes, served from the rings' snapshots.
 pub fn configure_tenants(endpoints: TenantEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        let mut patterns = vec![endpoints.jwks_pattern().as_str().to_owned()];
-        patterns.extend(endpoints.discovery_pattern().map(|p| p.as_str().to_owned()));
-        for pattern in patterns {
+        for pattern in endpoints.route_patterns() {
             let e = endpoints.clone();
             cfg.service(
                 web::resource(pattern)

@@ -407,9 +407,8 @@ pub fn tenant_routes<S>(endpoints: TenantEndpoints) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let mut router = Router::new().route(endpoints.jwks_pattern().as_str(), any(tenant));
-    if let Some(p) = endpoints.discovery_pattern() {
-        router = router.route(p.as_str(), any(tenant));
-    }
+    let router = endpoints
+        .route_patterns()
+        .fold(Router::new(), |router, pattern| router.route(pattern, any(tenant)));
     router.with_state(endpoints)
 }

@@ -267,12 +267,7 @@ async fn manager_race(name: &str, instances: Vec<Instance>) {
     let check = &instances[0].0;
     for r in &rings {
         let audit = check.audit_log(r, AuditQuery { limit: 1000 }).await.expect("audit");
-        let committed: Vec<(u64, Outcome)> = audit
-            .iter()
-            .rev()
-            .filter(|a| a.outcome.changed_ring())
-            .map(|a| (a.generation, a.outcome))
-            .collect();
+        let committed = keyrot_core::AuditRecord::committed_changes(&audit);
         assert_eq!(
             committed,
             [

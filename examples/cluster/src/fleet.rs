@@ -176,12 +176,7 @@ async fn verify(check: &PostgresStore, rings: &[RingName], due: usize) -> Result
             .audit_log(r, keyrot_core::AuditQuery { limit: usize::MAX })
             .await
             .map_err(|e| format!("audit {r}: {}", ErrorChain(&e)))?;
-        let committed: Vec<(u64, Outcome)> = audit
-            .iter()
-            .rev()
-            .filter(|a| a.outcome.changed_ring())
-            .map(|a| (a.generation, a.outcome))
-            .collect();
+        let committed = keyrot_core::AuditRecord::committed_changes(&audit);
         rotations += committed.iter().filter(|(_, o)| *o == Outcome::Rotated).count();
         let expected: &[(u64, Outcome)] = if k < due {
             &[

@@ -19,47 +19,9 @@ fn with_database(url: &str, db: &str) -> String {
 
 #[tokio::test]
 async fn exactly_one_instance_rotates_and_every_instance_serves_the_new_key() {
-    let Ok(url) = std::env::var("KEYROT_TEST_POSTGRES_URL") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but KEYROT_TEST_POSTGRES_URL is unset: the cluster test needs PostgreSQL"
-        );
-        println!("skipped: set KEYROT_TEST_POSTGRES_URL to run the cluster demo against PostgreSQL");
+    let Some(output) = run_on_fresh_database(&["--instances", "3"]).await else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .subsec_nanos();
-    let db = format!("keyrot_cluster_{}_{nanos}", std::process::id());
-    let admin = PgPool::connect(&url)
-        .await
-        .expect("connect to KEYROT_TEST_POSTGRES_URL");
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&admin)
-        .await
-        .expect("create the test database");
-
-    let binary = env!("CARGO_BIN_EXE_cluster");
-    let db_url = with_database(&url, &db);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(["--instances", "3"])
-            .env("KEYROT_DATABASE_URL", db_url)
-            .env_remove("KEYROT_MASTER_KEY")
-            .env_remove("KEYROT_MASTER_KEY_FILE")
-            .output()
-    })
-    .await
-    .expect("the runner task finished");
-
-    let dropped = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-        .execute(&admin)
-        .await;
-    admin.close().await;
-
-    let output = output.expect("run the cluster binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
@@ -73,7 +35,6 @@ async fn exactly_one_instance_rotates_and_every_instance_serves_the_new_key() {
     assert_eq!(rotated, 1, "one force_rotate attempt rotated");
     let bootstrapped = stdout.lines().filter(|l| l.contains("init → bootstrapped")).count();
     assert_eq!(bootstrapped, 1, "one init bootstrapped the ring");
-    dropped.expect("drop the test database");
 }
 
 /// Runs the binary with `args` on a fresh database; its output (`None`: skipped).
@@ -91,7 +52,9 @@ async fn run_on_fresh_database(args: &'static [&'static str]) -> Option<std::pro
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is after 1970")
         .subsec_nanos();
-    let db = format!("keyrot_cluster_rings_{}_{nanos}", std::process::id());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("keyrot_cluster_{}_{n}_{nanos}", std::process::id());
     let admin = PgPool::connect(&url)
         .await
         .expect("connect to KEYROT_TEST_POSTGRES_URL");

@@ -219,12 +219,7 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
             "{r}: bootstrap, schedule, rotate"
         );
         let audit = b.storage.audit_log(r, AuditQuery { limit: 100 }).await.expect("audit");
-        let committed: Vec<(u64, Outcome)> = audit
-            .iter()
-            .rev()
-            .filter(|a| a.outcome.changed_ring())
-            .map(|a| (a.generation, a.outcome))
-            .collect();
+        let committed = AuditRecord::committed_changes(&audit);
         assert_eq!(
             committed,
             [

@@ -258,6 +258,14 @@ impl TenantEndpoints {
         self.issuer.as_ref().map(|_| &self.discovery)
     }
 
+    /// Every route an adapter mounts for these endpoints: the JWKS pattern, then the
+    /// discovery pattern when a discovery document is served.
+    pub fn route_patterns(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.jwks)
+            .chain(self.discovery_pattern())
+            .map(PathPattern::as_str)
+    }
+
     async fn keyring(&self, ring: &RingName) -> Result<KeyRing, HttpResponse> {
         match self.manager.existing_keyring(ring).await {
             Ok(Some(k)) => Ok(k),

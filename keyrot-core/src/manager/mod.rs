@@ -39,8 +39,11 @@ use tokio::sync::watch;
 
 /// When a ring's next planned transition is due after it became `ring`: the planner's
 /// [`next_transition`]; `now` for a ring that has keys but no Active key (a tick
-/// bootstraps it); `None` when nothing is planned.
-pub(crate) fn next_due(ring: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// bootstraps it); `None` when nothing is planned, and always for a retired ring.
+pub(crate) fn next_due(ring: &Ring, policy: &Policy, now: DateTime<Utc>, retired: bool) -> Option<DateTime<Utc>> {
+    if retired {
+        return None;
+    }
     if ring.active().is_none() && !ring.keys.is_empty() {
         return Some(now);
     }

@@ -213,8 +213,7 @@ impl<'r> Attempt<'r> {
             audit,
             idempotency: self.idempotency.as_ref().map(|i| i.record(&inner.ring, &report)),
             manifest,
-            // A retired ring is never due again.
-            next_due: crate::manager::next_due(&next, &inner.policy, self.now).filter(|_| !retired),
+            next_due: crate::manager::next_due(&next, &inner.policy, self.now, retired),
         };
         let span = tracing::info_span!("keyrot.phase", phase = "commit");
         match inner.storage.commit(&commit, &inner.linker).instrument(span).await? {

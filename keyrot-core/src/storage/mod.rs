@@ -317,6 +317,16 @@ pub struct AuditRecord {
     pub mac: Option<String>,
 }
 
+impl AuditRecord {
+    /// The changes a ledger (newest first, as [`Storage::audit_log`] reads it) records as
+    /// committed, oldest first: each one's generation and outcome. Exactly-once shows as
+    /// generations 1, 2, … each once.
+    pub fn committed_changes(ledger: &[AuditRecord]) -> Vec<(u64, Outcome)> {
+        let committed = ledger.iter().rev().filter(|a| a.outcome.changed_ring());
+        committed.map(|a| (a.generation, a.outcome)).collect()
+    }
+}
+
 /// Links each appended audit record into the ring's tamper-evident chain.
 ///
 /// A storage calls it inside the transaction that appends the record, *after* it has
