@@ -14,7 +14,7 @@
 use crate::alg::Algorithm;
 use crate::json::{JsonError, parse_strict};
 use crate::key::{InvalidKey, KeyError, PublicKey, VerifyingKey};
-use crate::keyring::{Anchor, TokenCache};
+use crate::keyring::{Anchor, Standing, TokenCache};
 use crate::token::{self, TokenError, Validation, Verified};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -223,11 +223,17 @@ impl KeySet {
         now: i64,
         cache: &TokenCache,
     ) -> Result<Verified, TokenError> {
-        if let Some(hit) = cache.lookup(token, v, now, |_, anchor| anchor.is_set(&self.keys)) {
+        if let Some(hit) = cache.lookup(token, v, now, |_, anchor| {
+            if anchor.is_set(&self.keys) {
+                Standing::Holds
+            } else {
+                Standing::Other
+            }
+        }) {
             return Ok(hit);
         }
         let verified = self.verify(token, v, now)?;
-        cache.store(token, v, &verified, Anchor::Set(self.keys.clone()));
+        cache.store(token, v, &verified, Anchor::set(&self.keys));
         Ok(verified)
     }
 }

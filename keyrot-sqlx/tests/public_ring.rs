@@ -10,8 +10,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{TestDb, lit, ms, ring};
 use keyrot_core::to_millis;
 use keyrot_core::{
-    Algorithm, Clock as _, KeyRing, ManualClock, Outcome, PrivateKey, PublicKeyRing, RefreshError, RequestContext,
-    RingName, Rotator, RsaBits, TokenError,
+    Algorithm, Clock as _, KeyRing, ManualClock, Outcome, PrivateKey, PublicKeyRing, RequestContext, RingName, Rotator,
+    RsaBits, TokenError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,20 +234,146 @@ async fn public_ring_makes_the_checks_it_documents(db: &TestDb) {
         db.name
     );
 
-    // Never back to a lower generation than one served.
+    // The generation column is not authenticated: a lower one is applied (not refused),
+    // and what this handle saw removed stays removed.
     let served = public.generation();
     iss.bump_generation(db, "- 2").await;
-    assert!(matches!(
-        public.refresh().await,
-        Err(RefreshError::Rollback { found, served: s }) if found == served - 2 && s == served
-    ));
-    assert!(public.is_stale());
-    assert_eq!(public.generation(), served, "the served view stays");
+    assert_eq!(public.refresh().await.ok(), Some(true), "{}", db.name);
+    assert!(!public.is_stale());
+    assert_eq!(public.generation(), served - 2);
     assert!(public.verify(&token).is_ok());
+}
+
+/// Issue 20 item 1, exactly as reproduced: the generation column set to 1000 for one
+/// poll, then set back; the key leaks and is force-rotated with `revoke_old`. One refresh
+/// later the revoked key's tokens are refused and the new key's accepted.
+async fn public_ring_cannot_be_pinned_by_the_generation_column(db: &TestDb) {
+    let iss = issuer(db, "public-pinned").await;
+    let leaked = iss.sign();
+    let public = iss.public(db).await;
+    let real = public.generation();
+    let set_generation = |g: u64| {
+        format!(
+            "UPDATE {{rings}} SET generation = {g} WHERE name = {}",
+            lit(iss.ring.as_str())
+        )
+    };
+    assert_eq!(db.raw.must(&set_generation(1000)).await, 1);
+    assert_eq!(public.refresh().await.ok(), Some(true), "{}: one poll at 1000", db.name);
+    assert_eq!(db.raw.must(&set_generation(real)).await, 1);
+    public.refresh().await.expect("the real generation is applied");
+    assert_eq!(public.generation(), real, "{}: back to the real state", db.name);
+
+    // The database looks clean afterwards.
+    let fresh = KeyRing::builder(iss.ring.clone(), db.storage.clone(), common::sealer())
+        .with_clock(Arc::new(iss.clock.clone()))
+        .build()
+        .await
+        .expect("a fresh keyring");
+    assert!(fresh.snapshot().integrity().is_intact(), "{}", db.name);
+
+    iss.clock.advance(TimeDelta::minutes(61));
+    let rep = iss
+        .rotator
+        .force_rotate(RequestContext::actor("test"), "the key leaked", true)
+        .await
+        .expect("forced rotation");
+    assert_eq!(rep.outcome, Outcome::Rotated);
+    let new_kid = rep.new_kid.expect("new kid");
+    public.refresh().await.expect("one refresh");
+    assert!(
+        matches!(public.verify(&leaked), Err(TokenError::UnknownKid)),
+        "{}: the revoked key's token is refused",
+        db.name
+    );
+    assert_eq!(public.verify(&iss.sign()).expect("the new key verifies").kid, new_kid);
+    assert!(!public.is_stale());
+
+    // Whatever the column does: pinned high again while the Active row is made Expired
+    // behind a *lower* generation, the removal still applies within one refresh.
+    assert_eq!(db.raw.must(&set_generation(1000)).await, 1);
+    public.refresh().await.expect("refresh at 1000");
+    db.raw
+        .must(&format!(
+            "UPDATE {{keys}} SET state = 'expired' WHERE ring = {} AND kid = {}",
+            lit(iss.ring.as_str()),
+            lit(&new_kid)
+        ))
+        .await;
+    assert_eq!(db.raw.must(&set_generation(real)).await, 1);
+    public.refresh().await.expect("refresh at a lower generation");
+    assert!(!public.verifies(&new_kid), "{}: the removal applies", db.name);
+}
+
+/// A stored Retiring window moved 30 days later never lengthens what a running verifier
+/// accepts, on a `KeyRing` (the row fails the manifest: only removals apply) and on a
+/// `PublicKeyRing` (it remembers the earliest end it saw); nor does setting the row back
+/// to Active.
+async fn a_retiring_window_only_shrinks_on_a_running_verifier(db: &TestDb) {
+    let iss = issuer(db, "window-shrinks").await;
+    let first = iss.sign();
+    let old_kid = iss.keyring.snapshot().active_kid().expect("active").to_owned();
+    iss.rotate().await;
+    let other = KeyRing::builder(iss.ring.clone(), db.storage.clone(), common::sealer())
+        .with_clock(Arc::new(iss.clock.clone()))
+        .build()
+        .await
+        .expect("another instance");
+    let public = iss.public(db).await;
+    let expires_at = other
+        .snapshot()
+        .keys()
+        .iter()
+        .find(|k| k.kid == old_kid)
+        .and_then(|k| k.expires_at)
+        .expect("the retiring key's expires_at");
+    let day_after = expires_at + TimeDelta::days(1);
+    // Within the window the token's own `exp` decides; after it, the key does.
+    assert!(matches!(
+        other.verify_at(&first, day_after),
+        Err(TokenError::KeyExpired)
+    ));
+    assert!(matches!(
+        public.verify_at(&first, day_after),
+        Err(TokenError::KeyExpired)
+    ));
+    for (change, what) in [
+        (
+            format!("expires_at_ms = {}", ms(Some(expires_at + TimeDelta::days(30)))),
+            "moved 30 days later",
+        ),
+        (
+            "state = 'active', expires_at_ms = NULL".to_owned(),
+            "set back to Active",
+        ),
+    ] {
+        db.raw
+            .must(&format!(
+                "UPDATE {{keys}} SET {change} WHERE ring = {} AND kid = {}",
+                lit(iss.ring.as_str()),
+                lit(&old_kid)
+            ))
+            .await;
+        iss.bump_generation(db, "+ 1").await;
+        let _ = other.refresh().await;
+        public.refresh().await.expect("public refresh");
+        for (verifier, answer) in [
+            ("KeyRing", other.verify_at(&first, day_after)),
+            ("PublicKeyRing", public.verify_at(&first, day_after)),
+        ] {
+            assert!(
+                matches!(answer, Err(TokenError::KeyExpired)),
+                "{}: {verifier}, window {what}: {answer:?}",
+                db.name
+            );
+        }
+    }
 }
 
 on_every_database!(
     public_ring_verifies_and_follows_the_issuer,
     public_ring_never_names_the_sealed_columns,
     public_ring_makes_the_checks_it_documents,
+    public_ring_cannot_be_pinned_by_the_generation_column,
+    a_retiring_window_only_shrinks_on_a_running_verifier,
 );

@@ -223,11 +223,7 @@ mod tests {
         let serde_json::Value::Object(claims) = claims else {
             panic!("claims are an object");
         };
-        Verified {
-            kid: "k1".into(),
-            alg: crate::Algorithm::EdDsa,
-            claims,
-        }
+        Verified::new("k1".into(), crate::Algorithm::EdDsa, claims)
     }
 
     #[test]

@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Default bound on the number of cached tokens.
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 10_000;
@@ -98,9 +98,11 @@ pub struct TokenCacheStats {
     pub misses: u64,
     /// Entries removed, or refused, to stay within the bounds.
     pub evictions: u64,
-    /// Entries dropped at a lookup because something changed: the token's time claims no
-    /// longer hold, or its key is no longer the current snapshot's (revoked, expired,
-    /// tampered, replaced).
+    /// Lookups that found the token cached but not valid for the verifier asking: its
+    /// time claims no longer hold, or its key is no longer the current snapshot's
+    /// (revoked, expired, tampered, replaced). Such an entry is dropped, unless it is
+    /// another verifier's (other rules, or a key object another live verifier holds):
+    /// verifiers sharing a cache never evict each other's entries.
     pub invalidations: u64,
     /// Tokens cached now.
     pub entries: u64,
@@ -109,26 +111,56 @@ pub struct TokenCacheStats {
 }
 
 /// What a cached verification was checked against: the key object of one snapshot. It is
-/// compared by identity, so an entry only ever hits against that very object (and holds it,
-/// so its address cannot be reused by another key).
+/// compared by identity, so an entry only ever hits against that very object. The anchor
+/// is weak: it keeps the object's allocation (so its address cannot be reused by another
+/// key) but not the key, and tells when no verifier holds the object any more.
 pub(crate) enum Anchor {
     /// A key of a [`KeyRing`](crate::KeyRing) or [`PublicKeyRing`](crate::PublicKeyRing)
     /// snapshot, with its validity window.
-    Entry(Arc<VerifierEntry>),
+    Entry(Weak<VerifierEntry>),
     /// The keys of a [`KeySet`](crate::KeySet) (a fetched JWKS).
-    Set(Arc<HashMap<String, Vec<VerifyingKey>>>),
+    Set(Weak<HashMap<String, Vec<VerifyingKey>>>),
 }
 
 impl Anchor {
+    /// The anchor of a snapshot's key object.
+    pub(crate) fn entry(entry: &Arc<VerifierEntry>) -> Self {
+        Anchor::Entry(Arc::downgrade(entry))
+    }
+
+    /// The anchor of a fetched key set.
+    pub(crate) fn set(set: &Arc<HashMap<String, Vec<VerifyingKey>>>) -> Self {
+        Anchor::Set(Arc::downgrade(set))
+    }
+
     /// Whether `self` is the key object `current`.
     pub(crate) fn is_entry(&self, current: &Arc<VerifierEntry>) -> bool {
-        matches!(self, Anchor::Entry(e) if Arc::ptr_eq(e, current))
+        matches!(self, Anchor::Entry(e) if std::ptr::eq(e.as_ptr(), Arc::as_ptr(current)))
     }
 
     /// Whether `self` is the key set `current`.
     pub(crate) fn is_set(&self, current: &Arc<HashMap<String, Vec<VerifyingKey>>>) -> bool {
-        matches!(self, Anchor::Set(s) if Arc::ptr_eq(s, current))
+        matches!(self, Anchor::Set(s) if std::ptr::eq(s.as_ptr(), Arc::as_ptr(current)))
     }
+
+    /// Whether no verifier holds the object any more: no lookup can ever hit it again.
+    fn is_dead(&self) -> bool {
+        match self {
+            Anchor::Entry(e) => e.strong_count() == 0,
+            Anchor::Set(s) => s.strong_count() == 0,
+        }
+    }
+}
+
+/// What the verifier looking a token up says of the cached entry's key object.
+pub(crate) enum Standing {
+    /// Its own current key object, inside its window: the entry answers.
+    Holds,
+    /// Its own key object, no longer valid (past its window): the entry is dropped.
+    Stale,
+    /// Not its current key object: another verifier's, or one of its older snapshots.
+    /// Dropped only once no verifier holds that object.
+    Other,
 }
 
 struct Entry {
@@ -297,14 +329,15 @@ impl TokenCache {
     }
 
     /// The cached verification of `token` when it still holds under `v` at `now` (Unix
-    /// seconds) and `still_current` accepts its key; otherwise `None` (the entry, if any,
-    /// is dropped) and the caller verifies in full.
+    /// seconds) and `standing` says its key is the asker's current one; otherwise `None`
+    /// and the caller verifies in full. An entry that can never hit again is dropped;
+    /// another verifier's (other rules, or a key object still held elsewhere) stays.
     pub(crate) fn lookup(
         &self,
         token: &str,
         v: &Validation,
         now: i64,
-        still_current: impl FnOnce(&str, &Anchor) -> bool,
+        standing: impl FnOnce(&str, &Anchor) -> Standing,
     ) -> Option<Verified> {
         let entries = self.shared.entries.as_ref()?;
         let counters = &self.shared.counters;
@@ -312,14 +345,23 @@ impl TokenCache {
             counters.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let holds = *entry.validation == *v
-            && entry.times.check(v, now).is_ok()
-            && still_current(&entry.verified.kid, &entry.anchor);
-        if holds {
-            counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Some(entry.verified.clone());
+        let drop = if *entry.validation != *v {
+            false
+        } else if entry.times.check(v, now).is_err() {
+            true
+        } else {
+            match standing(&entry.verified.kid, &entry.anchor) {
+                Standing::Holds => {
+                    counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(entry.verified.clone());
+                }
+                Standing::Stale => true,
+                Standing::Other => entry.anchor.is_dead(),
+            }
+        };
+        if drop {
+            entries.remove(token);
         }
-        entries.remove(token);
         counters.invalidations.fetch_add(1, Ordering::Relaxed);
         counters.misses.fetch_add(1, Ordering::Relaxed);
         None

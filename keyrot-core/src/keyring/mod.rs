@@ -21,12 +21,12 @@ mod public;
 mod refresh;
 mod snapshot;
 
-pub(crate) use cache::Anchor;
+pub(crate) use cache::{Anchor, Standing};
 pub use cache::{
     DEFAULT_TOKEN_CACHE_BYTES, DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache, TokenCacheConfig, TokenCacheStats,
 };
 
-pub(crate) use public::{Verifiers, trusted_rows};
+pub(crate) use public::{Verifiers, retiring_window_end, trusted_rows};
 pub use refresh::RefresherHandle;
 pub(crate) use refresh::{Follows, spawn_follower};
 pub use snapshot::{KeyStatus, Snapshot};

@@ -3,7 +3,7 @@
 //! segments keyrot writes for them, and the one token-verification path both use.
 
 use super::RefreshError;
-use super::cache::{Anchor, TokenCache};
+use super::cache::{Anchor, Standing, TokenCache};
 use crate::jwks::Jwks;
 use crate::key::VerifyingKey;
 use crate::policy::Policy;
@@ -32,10 +32,7 @@ impl VerifierEntry {
                 kid: k.kid.clone(),
                 source,
             })?;
-        let not_after = match k.state {
-            KeyState::Retiring => Some(k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))),
-            _ => None,
-        };
+        let not_after = (k.state == KeyState::Retiring).then(|| retiring_window_end(k));
         Ok(Self { key, not_after })
     }
 
@@ -45,6 +42,12 @@ impl VerifierEntry {
             _ => Ok(&self.key),
         }
     }
+}
+
+/// The end of a Retiring row's window: its `expires_at`, else when it retired, else
+/// when it was created.
+pub(crate) fn retiring_window_end(k: &KeyRecord) -> DateTime<Utc> {
+    k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))
 }
 
 /// The verifying keys of one snapshot.
@@ -119,17 +122,19 @@ impl Verifiers {
         at: DateTime<Utc>,
         cache: &TokenCache,
     ) -> Result<Verified, TokenError> {
-        let current = |kid: &str, anchor: &Anchor| {
-            self.by_kid
-                .get(kid)
-                .is_some_and(|entry| anchor.is_entry(entry) && entry.check(at).is_ok())
+        let standing = |kid: &str, anchor: &Anchor| match self.by_kid.get(kid) {
+            Some(entry) if anchor.is_entry(entry) => match entry.check(at) {
+                Ok(_) => Standing::Holds,
+                Err(_) => Standing::Stale,
+            },
+            _ => Standing::Other,
         };
-        if let Some(hit) = cache.lookup(token, v, at.timestamp(), current) {
+        if let Some(hit) = cache.lookup(token, v, at.timestamp(), standing) {
             return Ok(hit);
         }
         let verified = self.verify(token, v, at)?;
         if let Some(entry) = self.by_kid.get(&verified.kid) {
-            cache.store(token, v, &verified, Anchor::Entry(entry.clone()));
+            cache.store(token, v, &verified, Anchor::entry(entry));
         }
         Ok(verified)
     }

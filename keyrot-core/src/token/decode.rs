@@ -209,11 +209,7 @@ impl Parts<'_> {
             .ok_or(TokenError::Malformed("payload is not base64url"))?
             .map_err(|e| json_err(e, "payload"))?;
         check_claims(&claims, v, now)?;
-        Ok(Verified {
-            kid: self.kid.as_ref().to_owned(),
-            alg: expected,
-            claims,
-        })
+        Ok(Verified::new(self.kid.as_ref().to_owned(), expected, claims))
     }
 }
 

@@ -293,6 +293,7 @@ impl Validation {
 
 /// A token whose signature and claims checked out.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Verified {
     /// The key that signed it.
     pub kid: String,
@@ -300,9 +301,38 @@ pub struct Verified {
     pub alg: Algorithm,
     /// The claims (a JSON object).
     pub claims: Map<String, Value>,
+    /// The ring whose keys and rules accepted it, when a verifier chose among several
+    /// rings (tenant routing); `None` from a verifier that serves one ring.
+    pub ring: Option<crate::ring::RingName>,
+    /// The issuer whose verifier and rules accepted it, when a verifier chose among
+    /// several issuers (`MultiIssuerVerifier`); `None` otherwise.
+    pub issuer: Option<String>,
 }
 
 impl Verified {
+    /// A verified token with no ring or issuer recorded.
+    pub(crate) fn new(kid: String, alg: Algorithm, claims: Map<String, Value>) -> Self {
+        Self {
+            kid,
+            alg,
+            claims,
+            ring: None,
+            issuer: None,
+        }
+    }
+
+    /// Records the ring that verified it.
+    pub fn with_ring(mut self, ring: crate::ring::RingName) -> Self {
+        self.ring = Some(ring);
+        self
+    }
+
+    /// Records the issuer whose rules accepted it.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
     /// The claims as the caller's type.
     pub fn claims_as<C: DeserializeOwned>(&self) -> Result<C, TokenError> {
         C::deserialize(&Value::Object(self.claims.clone())).map_err(|_| TokenError::ClaimsShape)

@@ -14,10 +14,13 @@ use crate::storage::{ChangeFeed, Storage};
 use crate::token::{self, TokenError, Validation, Verified};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use memory::Memory;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
+
+mod memory;
 
 /// Verifies tokens of a keyrot ring from its published keys, read from the shared store
 /// with [`Storage::load_public`]: it holds no [`Sealer`](crate::Sealer), never reads a
@@ -27,8 +30,7 @@ use tokio::sync::Mutex as AsyncMutex;
 /// Retiring key refuses tokens from its `expires_at` on. Verifying never touches
 /// storage, and an unknown `kid` does not trigger a reload: a new key reaches it by the
 /// change feed or the poll (keyrot publishes a key `publish_lead` before it signs, so a
-/// refresher polling more often than that sees every key before its first token). A
-/// stored state it refuses (an older generation) is not applied at all.
+/// refresher polling more often than that sees every key before its first token).
 ///
 /// # Trust
 ///
@@ -36,8 +38,14 @@ use tokio::sync::Mutex as AsyncMutex;
 /// lets a `KeyRing` tell a row keyrot wrote from one written by anyone else with access
 /// to the database. What it does check, on every load:
 ///
-/// - **No rollback:** it never goes back to a lower ring generation than one it served
-///   (the refresh is refused and the previous keys stay in use).
+/// - **Removals stick:** a key it saw leave the published rows (revoked, expired,
+///   deleted) never verifies again in this process, and a Retiring key's window only
+///   shrinks (a stored `expires_at` moved later, or a Retiring row set back to Active,
+///   keeps the earliest end it saw). Both hold within one refresh, whatever the
+///   stored `generation` does: the column is not authenticated, so it is used only to
+///   notice that something changed, never as a high-water mark (a column set to a huge
+///   value and back would otherwise pin the handle to an old view). A restored backup
+///   therefore cannot bring back a key this process saw revoked.
 /// - **Self-consistent rows:** a row verifies only if its public key parses for its
 ///   algorithm, its `fingerprint` is the RFC 7638 thumbprint of that key, and, for a key
 ///   keyrot generated (any origin but `imported`), its `kid` is that thumbprint too.
@@ -49,8 +57,10 @@ use tokio::sync::Mutex as AsyncMutex;
 ///
 /// What it cannot detect: **anyone who can write to the ring's tables can insert a key
 /// pair of their own (or mark one published, or move a Retiring key's `expires_at`) and
-/// it will be accepted**, since a self-consistent row is all it can ask for; and a
-/// rollback to an old state it never served. So it is as trustworthy as write access to
+/// it will be accepted**, since a self-consistent row is all it can ask for; a rollback
+/// to an old state from before it started (a new process has no memory of removals);
+/// and a key withheld or a window shortened (denial of service). So it is as
+/// trustworthy as write access to
 /// the database is restricted. The remote verifier (the JWKS fetched over HTTPS from the
 /// issuer, `keyrot_jwks::JwksVerifier`) trusts the issuer's TLS certificate and its serving host
 /// instead. Where a service can hold the master key, a `KeyRing` checks all of the above
@@ -68,9 +78,8 @@ struct Inner {
     validation: Validation,
     token_type: String,
     view: ArcSwap<View>,
-    refresh_lock: AsyncMutex<()>,
-    /// The highest generation this handle ever served: storage going back is refused.
-    highest_generation: AtomicU64,
+    /// Held by a refresh; what it guards is what the handle remembers across refreshes.
+    refresh_lock: AsyncMutex<Memory>,
     stale: AtomicBool,
     token_cache: Option<TokenCache>,
 }
@@ -146,11 +155,12 @@ impl PublicKeyRingBuilder {
         if !(1..=64).contains(&self.token_type.len()) || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(RefreshError::InvalidTokenType);
         }
-        let ring = self.storage.load_public(&self.ring).await?;
+        let mut ring = self.storage.load_public(&self.ring).await?;
+        let mut memory = Memory::default();
+        memory.narrow(&mut ring, []);
         let view = View::build(&ring, &self.policy, &self.token_type)?;
         Ok(PublicKeyRing {
             inner: Arc::new(Inner {
-                highest_generation: AtomicU64::new(view.generation),
                 view: ArcSwap::from_pointee(view),
                 ring: self.ring,
                 storage: self.storage,
@@ -158,7 +168,7 @@ impl PublicKeyRingBuilder {
                 policy: self.policy,
                 validation: self.validation,
                 token_type: self.token_type,
-                refresh_lock: AsyncMutex::new(()),
+                refresh_lock: AsyncMutex::new(memory),
                 stale: AtomicBool::new(false),
                 token_cache: self.token_cache,
             }),
@@ -249,11 +259,6 @@ impl PublicKeyRing {
         self.inner.view.load().generation
     }
 
-    /// The highest ring generation this handle ever served (it never goes back from it).
-    pub fn highest_generation(&self) -> u64 {
-        self.inner.highest_generation.load(Ordering::Acquire)
-    }
-
     /// Whether the last refresh failed (the view may be out of date).
     pub fn is_stale(&self) -> bool {
         self.inner.stale.load(Ordering::Relaxed)
@@ -295,15 +300,15 @@ impl PublicKeyRing {
         self.inner.view.load().public.verify_using(token, v, at, cache)
     }
 
-    /// Reloads if the stored generation moved; returns whether the view changed. On
-    /// failure (storage, or a generation older than one served) the old view stays and
-    /// the handle reports itself stale.
+    /// Reloads if the stored generation differs from the view's (higher or lower: the
+    /// column is not authenticated); returns whether the view changed. On a storage
+    /// failure the old view stays and the handle reports itself stale.
     pub async fn refresh(&self) -> Result<bool, RefreshError> {
-        let _g = self.inner.refresh_lock.lock().await;
+        let mut memory = self.inner.refresh_lock.lock().await;
         let current = self.generation();
         let result = match self.inner.storage.generation(&self.inner.ring).await {
             Ok(g) if g == current => Ok(false),
-            Ok(_) => self.reload_locked().await,
+            Ok(_) => self.reload_locked(&mut memory).await,
             Err(e) => Err(e.into()),
         };
         self.finish(&result);
@@ -312,8 +317,8 @@ impl PublicKeyRing {
 
     /// Reloads unconditionally (after a change-feed reconnect).
     pub async fn reload(&self) -> Result<bool, RefreshError> {
-        let _g = self.inner.refresh_lock.lock().await;
-        let result = self.reload_locked().await;
+        let mut memory = self.inner.refresh_lock.lock().await;
+        let result = self.reload_locked(&mut memory).await;
         self.finish(&result);
         result
     }
@@ -325,26 +330,21 @@ impl PublicKeyRing {
         }
     }
 
-    async fn reload_locked(&self) -> Result<bool, RefreshError> {
-        let ring = self.inner.storage.load_public(&self.inner.ring).await?;
-        let served = self.highest_generation();
-        if ring.generation < served {
-            tracing::error!(
+    async fn reload_locked(&self, memory: &mut Memory) -> Result<bool, RefreshError> {
+        let mut ring = self.inner.storage.load_public(&self.inner.ring).await?;
+        let served = self.inner.view.load();
+        if ring.generation < served.generation {
+            tracing::warn!(
                 ring = %self.inner.ring,
                 found = ring.generation,
-                served,
-                "storage went back to an older generation (a database rollback?): keeping the view"
+                served = served.generation,
+                "the stored generation went back (a database rollback, or the column was altered): applying the \
+                 rows; keys this handle saw removed stay removed and windows only shrink"
             );
-            return Err(RefreshError::Rollback {
-                found: ring.generation,
-                served,
-            });
         }
+        memory.narrow(&mut ring, served.public.by_kid.keys().map(String::as_str));
         let view = View::build(&ring, &self.inner.policy, &self.inner.token_type)?;
-        let changed = view.generation != self.generation();
-        self.inner
-            .highest_generation
-            .fetch_max(view.generation, Ordering::AcqRel);
+        let changed = view.generation != served.generation;
         self.inner.view.store(Arc::new(view));
         Ok(changed)
     }
