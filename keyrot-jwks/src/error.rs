@@ -96,3 +96,27 @@ pub enum JwksError {
     #[error("the discovery document names another issuer")]
     IssuerMismatch,
 }
+
+/// Why a [`crate::MultiIssuerVerifier`] could not be built. Names configured issuers
+/// only, never a token's contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MultiIssuerError {
+    /// No verifier was given.
+    #[error("a multi-issuer verifier needs at least one verifier")]
+    Empty,
+    /// A verifier among several requires no `iss` (neither
+    /// [`crate::JwksVerifierBuilder::issuer`] nor [`keyrot_core::Validation::with_issuer`]):
+    /// tokens could not be routed to it, and it would accept any issuer's.
+    #[error("verifier #{index} requires no issuer; among several verifiers each must require its own")]
+    MissingIssuer {
+        /// Its position in the list given.
+        index: usize,
+    },
+    /// Two verifiers accept the same issuer: which rules apply would be ambiguous.
+    #[error("two verifiers accept the issuer {issuer:?}")]
+    DuplicateIssuer {
+        /// The issuer.
+        issuer: String,
+    },
+}

@@ -39,7 +39,8 @@
 //!   refused with [`keyrot_core::TokenError::KeysUnavailable`] until a refresh succeeds.
 //! * A document is applied whole or not at all ([`keyrot_core::KeySet::from_jwks`]).
 //!
-//! For several issuers at once, see [`MultiIssuerVerifier`].
+//! For several issuers at once, each token checked with the rules of the one its `iss`
+//! names, see [`MultiIssuerVerifier`].
 
 mod discovery;
 mod error;
@@ -48,7 +49,7 @@ mod multi;
 mod refresh;
 mod verifier;
 
-pub use error::{Document, JwksError};
+pub use error::{Document, JwksError, MultiIssuerError};
 pub use multi::MultiIssuerVerifier;
 pub use verifier::{
     DEFAULT_MAX_REFRESH, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_STALE, DEFAULT_MIN_REFRESH, DEFAULT_TIMEOUT,

@@ -1,9 +1,10 @@
-//! Discovery (OpenID Connect, then RFC 8414), the issuer rule, and several issuers.
+//! Discovery (OpenID Connect, then RFC 8414) and the issuer rule (several issuers:
+//! `multi_issuer.rs`).
 
 mod support;
 
 use keyrot_core::{TokenError, Validation};
-use keyrot_jwks::{JwksError, JwksVerifier, MultiIssuerVerifier};
+use keyrot_jwks::{JwksError, JwksVerifier};
 use serde_json::json;
 use support::*;
 
@@ -110,60 +111,4 @@ async fn issuers_named_by_the_validation_take_precedence() {
         TokenError::InvalidIssuer
     );
     v.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_issuers_are_routed_by_kid_and_keep_their_own_rules() {
-    let (a, b) = (Server::start().await, Server::start().await);
-    let (ka, kb, kb2) = (ed25519(), ed25519(), ed25519());
-    a.set(
-        "/keys",
-        Reply::ok(jwks(&[jwk(&ka, "a1")])).header("cache-control", "max-age=3600"),
-    );
-    b.set(
-        "/keys",
-        Reply::ok(jwks(&[jwk(&kb, "b1")])).header("cache-control", "max-age=3600"),
-    );
-    let build = |s: &Server, iss: &str| {
-        JwksVerifier::builder()
-            .jwks_url(s.url("/keys"))
-            .issuer(iss)
-            .client(client())
-            .min_refresh(ms(200))
-            .build()
-    };
-    let multi = MultiIssuerVerifier::new([
-        build(&a, "https://a.example").await.expect("a"),
-        build(&b, "https://b.example").await.expect("b"),
-    ]);
-    let va = multi
-        .verify(&token_with(&ka, "a1", json!({"iss": "https://a.example"})))
-        .expect("a");
-    assert_eq!(va.claims["iss"], "https://a.example");
-    multi
-        .verify(&token_with(&kb, "b1", json!({"iss": "https://b.example"})))
-        .expect("b");
-    // A's key under A's kid claiming B: A's rules refuse it.
-    assert_eq!(
-        multi
-            .verify(&token_with(&ka, "a1", json!({"iss": "https://b.example"})))
-            .expect_err("refused"),
-        TokenError::InvalidIssuer
-    );
-    // B publishes a new key: an unknown kid gives each issuer one fetch.
-    b.set(
-        "/keys",
-        Reply::ok(jwks(&[jwk(&kb, "b1"), jwk(&kb2, "b2")])).header("cache-control", "max-age=3600"),
-    );
-    let t = token_with(&kb2, "b2", json!({"iss": "https://b.example"}));
-    assert_eq!(multi.verify(&t).expect_err("refused"), TokenError::UnknownKid);
-    multi.verify_refreshing(&t).await.expect("found at B");
-    assert_eq!((a.hits("/keys"), b.hits("/keys")), (2, 2));
-    let random = token_with(&ka, "nobody", json!({"iss": "https://a.example"}));
-    assert_eq!(
-        multi.verify_refreshing(&random).await.expect_err("refused"),
-        TokenError::UnknownKid
-    );
-    assert_eq!((a.hits("/keys"), b.hits("/keys")), (2, 2), "within both cooldowns");
-    multi.shutdown().await;
 }
