@@ -21,6 +21,7 @@ struct Issuer {
     clock: ManualClock,
     keyring: KeyRing,
     rotator: Rotator,
+    sealer: Arc<keyrot_core::MasterKeySealer>,
 }
 
 fn claims(now: DateTime<Utc>) -> serde_json::Value {
@@ -36,7 +37,7 @@ async fn issuer(db: &TestDb, name: &str) -> Issuer {
         .build()
         .await
         .expect("keyring");
-    let rotator = Rotator::builder(r.clone(), db.storage.clone(), db.lock.clone(), sealer)
+    let rotator = Rotator::builder(r.clone(), db.storage.clone(), db.lock.clone(), sealer.clone())
         .with_clock(Arc::new(clock.clone()))
         .with_keyring(keyring.clone())
         .build();
@@ -47,6 +48,7 @@ async fn issuer(db: &TestDb, name: &str) -> Issuer {
         clock,
         keyring,
         rotator,
+        sealer,
     }
 }
 
@@ -265,12 +267,17 @@ async fn public_ring_cannot_be_pinned_by_the_generation_column(db: &TestDb) {
     assert_eq!(public.generation(), real, "{}: back to the real state", db.name);
 
     // The database looks clean afterwards.
-    let fresh = KeyRing::builder(iss.ring.clone(), db.storage.clone(), common::sealer())
+    let fresh = KeyRing::builder(iss.ring.clone(), db.storage.clone(), iss.sealer.clone())
         .with_clock(Arc::new(iss.clock.clone()))
         .build()
         .await
         .expect("a fresh keyring");
-    assert!(fresh.snapshot().integrity().is_intact(), "{}", db.name);
+    assert!(
+        fresh.snapshot().integrity().is_intact(),
+        "{}: {:?}",
+        db.name,
+        fresh.snapshot().integrity()
+    );
 
     iss.clock.advance(TimeDelta::minutes(61));
     let rep = iss
@@ -306,15 +313,22 @@ async fn public_ring_cannot_be_pinned_by_the_generation_column(db: &TestDb) {
 }
 
 /// A stored Retiring window moved 30 days later never lengthens what a running verifier
-/// accepts, on a `KeyRing` (the row fails the manifest: only removals apply) and on a
-/// `PublicKeyRing` (it remembers the earliest end it saw); nor does setting the row back
-/// to Active.
+/// accepts, nor does setting the row back to Active: on a `KeyRing` (the ring's manifest
+/// is replaced by an older, authentic one, so the state is refused and only removals
+/// apply) and on a `PublicKeyRing` (it remembers the earliest end it saw).
 async fn a_retiring_window_only_shrinks_on_a_running_verifier(db: &TestDb) {
     let iss = issuer(db, "window-shrinks").await;
     let first = iss.sign();
     let old_kid = iss.keyring.snapshot().active_kid().expect("active").to_owned();
+    let old_manifest = db
+        .storage
+        .load(&iss.ring)
+        .await
+        .expect("load")
+        .manifest
+        .expect("manifest");
     iss.rotate().await;
-    let other = KeyRing::builder(iss.ring.clone(), db.storage.clone(), common::sealer())
+    let other = KeyRing::builder(iss.ring.clone(), db.storage.clone(), iss.sealer.clone())
         .with_clock(Arc::new(iss.clock.clone()))
         .build()
         .await
@@ -329,14 +343,8 @@ async fn a_retiring_window_only_shrinks_on_a_running_verifier(db: &TestDb) {
         .expect("the retiring key's expires_at");
     let day_after = expires_at + TimeDelta::days(1);
     // Within the window the token's own `exp` decides; after it, the key does.
-    assert!(matches!(
-        other.verify_at(&first, day_after),
-        Err(TokenError::KeyExpired)
-    ));
-    assert!(matches!(
-        public.verify_at(&first, day_after),
-        Err(TokenError::KeyExpired)
-    ));
+    assert_eq!(other.verify_at(&first, day_after).err(), Some(TokenError::KeyExpired));
+    assert_eq!(public.verify_at(&first, day_after).err(), Some(TokenError::KeyExpired));
     for (change, what) in [
         (
             format!("expires_at_ms = {}", ms(Some(expires_at + TimeDelta::days(30)))),
@@ -354,16 +362,27 @@ async fn a_retiring_window_only_shrinks_on_a_running_verifier(db: &TestDb) {
                 lit(&old_kid)
             ))
             .await;
-        iss.bump_generation(db, "+ 1").await;
-        let _ = other.refresh().await;
+        db.raw
+            .must(&format!(
+                "UPDATE {{rings}} SET generation = generation + 1, manifest = {} WHERE name = {}",
+                lit(&old_manifest),
+                lit(iss.ring.as_str())
+            ))
+            .await;
+        assert!(
+            other.refresh().await.is_err(),
+            "{}: the KeyRing refuses the state",
+            db.name
+        );
         public.refresh().await.expect("public refresh");
         for (verifier, answer) in [
             ("KeyRing", other.verify_at(&first, day_after)),
             ("PublicKeyRing", public.verify_at(&first, day_after)),
         ] {
-            assert!(
-                matches!(answer, Err(TokenError::KeyExpired)),
-                "{}: {verifier}, window {what}: {answer:?}",
+            assert_eq!(
+                answer.err(),
+                Some(TokenError::KeyExpired),
+                "{}: {verifier}, window {what}",
                 db.name
             );
         }
