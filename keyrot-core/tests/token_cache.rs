@@ -284,3 +284,77 @@ async fn a_key_set_entry_hits_only_against_the_same_fetched_set() {
         Some(TokenError::UnknownKid)
     );
 }
+
+/// A ring whose Active key is an imported one with the kid `shared`, verifying through
+/// `cache`.
+async fn ring_with_shared_kid(name: &str, cache: &TokenCache) -> (KeyRing, ManualClock) {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 8, 0, 0).single().expect("time"));
+    let storage = Arc::new(MemoryStorage::new());
+    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
+    let ring = RingName::new(name).expect("ring");
+    let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_token_cache(cache.clone())
+        .build()
+        .await
+        .expect("keyring");
+    let lock = Arc::new(MemoryLock::new(Arc::new(clock.clone())));
+    let rotator = Rotator::builder(ring, storage, lock, sealer)
+        .with_clock(Arc::new(clock.clone()))
+        .with_keyring(keyring.clone())
+        .build();
+    rotator.init(ctx()).await.expect("init");
+    let imported = ImportedKey {
+        key: PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key"),
+        kid: Some("shared".into()),
+    };
+    rotator
+        .import(ctx(), imported, ImportState::Active)
+        .await
+        .expect("import Active");
+    assert_eq!(keyring.snapshot().active_kid(), Some("shared"));
+    (keyring, clock)
+}
+
+/// The entry's key object decides a hit, not its kid: ring B, whose key `shared` is
+/// another key than ring A's `shared`, refuses A's token although A cached it.
+#[tokio::test]
+async fn a_cached_token_never_hits_under_another_key_with_the_same_kid() {
+    let cache = TokenCache::new(TokenCacheConfig::new());
+    let (a, clock) = ring_with_shared_kid("ring-a", &cache).await;
+    let (b, _) = ring_with_shared_kid("ring-b", &cache).await;
+    let now = clock.now().timestamp();
+    let token = a.sign(&json!({"sub": "alice", "exp": now + 600})).expect("sign");
+    a.verify(&token).expect("A verifies its token");
+    a.verify(&token).expect("A hits");
+    assert_eq!(cache.stats().hits, 1);
+    assert_eq!(b.verify(&token).err(), Some(TokenError::BadSignature));
+    assert_eq!(cache.stats().hits, 1, "{:?}", cache.stats());
+}
+
+/// Verifiers sharing a cache do not evict each other's entries: a refusal by another
+/// verifier (other rules, or a set without the key) leaves the entry, which keeps hitting.
+#[tokio::test]
+async fn another_verifiers_refusal_leaves_the_entry_in_place() {
+    let s = setup(TokenCacheConfig::new()).await;
+    let token = s.token("alice", 600);
+    let jwks = s.cached.snapshot().jwks().body().to_vec();
+    let v = Validation::new();
+    let strict = Validation::new().with_audience("billing-api");
+    let cache = TokenCache::new(TokenCacheConfig::new());
+    let now = s.clock.now().timestamp();
+    let set = KeySet::from_jwks(&jwks, &v).expect("key set");
+    let empty = KeySet::from_jwks(br#"{"keys":[]}"#, &v).expect("empty set");
+    set.verify_cached(&token, &v, now, &cache).expect("verifies");
+    assert_eq!(
+        set.verify_cached(&token, &strict, now, &cache).err(),
+        Some(TokenError::MissingClaim("aud"))
+    );
+    assert_eq!(
+        empty.verify_cached(&token, &v, now, &cache).err(),
+        Some(TokenError::UnknownKid)
+    );
+    assert_eq!(cache.stats().entries, 1, "{:?}", cache.stats());
+    set.verify_cached(&token, &v, now, &cache).expect("still a hit");
+    assert_eq!(cache.stats().hits, 1, "{:?}", cache.stats());
+}
