@@ -46,11 +46,16 @@ pub async fn audit_chain_links_every_append(b: &Backend) {
         .await
         .expect("c1");
     // A conflicting commit appends nothing.
-    let _ = b
+    let stale = b
         .storage
         .commit(&commit(&r, 0, Vec::new(), t0()), &lk)
         .await
         .expect("c2");
+    assert_eq!(
+        stale,
+        CommitOutcome::Conflict { current: 1 },
+        "a stale commit conflicts"
+    );
     b.storage
         .record_attempt(&sample_audit(r.as_str(), t0(), 1, Outcome::LockBusy), None, &lk)
         .await

@@ -237,14 +237,23 @@ pub async fn idempotency_first_answer_wins(b: &Backend) {
         )
         .await
         .expect("1");
-    let _ = b
-        .storage
+    b.storage
         .record_attempt(
             &sample_audit(r.as_str(), t0(), 0, Outcome::Refused),
             Some(&second),
             &linker(),
         )
-        .await;
+        .await
+        .expect("a second answer for a stored key is not an error: the attempt is recorded, the first answer kept");
+    assert_eq!(
+        b.storage
+            .audit_log(&r, AuditQuery::default())
+            .await
+            .expect("audit")
+            .len(),
+        2,
+        "both attempts are in the ledger"
+    );
     assert_eq!(
         b.storage
             .idempotency(&r, "same")

@@ -367,7 +367,9 @@ pub struct Commit {
     pub expected_generation: u64,
     /// Key records to insert or replace (by kid). Records are never deleted.
     pub keys: Vec<KeyRecord>,
-    /// The audit record (its `generation` is `expected_generation + 1`).
+    /// The audit record. Its `generation` is the one the commit moves the ring to:
+    /// `expected_generation + 1`, except for a repair of a generation column that was
+    /// altered, which moves the ring to its authenticated generation + 1.
     pub audit: AuditRecord,
     /// The idempotency record, if the request had a key.
     pub idempotency: Option<IdempotencyRecord>,
@@ -384,7 +386,7 @@ pub struct Commit {
 /// Result of a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// Written; the ring is now at `expected_generation + 1`.
+    /// Written; the ring is now at the generation of the commit's audit record.
     Committed,
     /// The ring was at another generation; nothing was written.
     Conflict {
@@ -416,7 +418,8 @@ impl Default for AuditQuery {
 ///
 /// - **Compare-and-swap on the generation.** [`commit`](Storage::commit) writes if and
 ///   only if the ring is still at [`Commit::expected_generation`], and then moves it to
-///   exactly `expected_generation + 1`. Otherwise it answers
+///   exactly the generation of [`Commit::audit`] (`expected_generation + 1` for every
+///   commit but a repair of an altered generation). Otherwise it answers
 ///   [`CommitOutcome::Conflict`] with the generation found and writes nothing. Of
 ///   concurrent commits on one generation exactly one wins. An unknown ring is at
 ///   generation 0 and loads empty.
@@ -481,7 +484,8 @@ pub trait Storage: Debug + Send + Sync + 'static {
 
     /// Records an attempt that changed nothing (refusal, rate limit, lock busy, lost
     /// race, failure), linked into the chain with `linker`, with its idempotency record
-    /// if it has one.
+    /// if it has one. A key already stored keeps its first answer, and that is not an
+    /// error: the attempt is still recorded.
     async fn record_attempt(
         &self,
         audit: &AuditRecord,

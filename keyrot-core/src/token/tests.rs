@@ -126,7 +126,7 @@ fn every_structural_rule_is_enforced() {
     let ed25519 = raw_token(&f, &json!({"alg":"Ed25519","kid":"k1"}), br#"{"exp":100}"#);
     assert!(check(&f, &ed25519, &v, 0).is_ok());
     // forbidden members
-    for m in FORBIDDEN_HEADER_MEMBERS {
+    for m in ["crit", "jku", "x5u", "jwk", "x5c", "b64"] {
         let mut h = json!({"alg":"EdDSA","kid":"k1"});
         h[m] = json!(["x"]);
         let t = raw_token(&f, &h, br#"{"exp":100}"#);
