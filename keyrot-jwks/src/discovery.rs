@@ -34,7 +34,8 @@ fn rfc8414_url(issuer: &Url) -> Url {
 
 /// The issuer's `jwks_uri`. The OpenID Connect document is asked for first; when it
 /// answers with an HTTP error status, the RFC 8414 document. The document's `issuer` must
-/// equal `issuer` exactly.
+/// equal `issuer` exactly, and its `jwks_uri` be within `limits.scope` (a remote issuer
+/// cannot name a loopback or plain `http` URL).
 pub(crate) async fn jwks_uri(client: &Client, issuer: &str, limits: Limits) -> Result<Url, JwksError> {
     let base = http::parse_url(issuer, Document::Discovery)?;
     let response = match http::get(client, &openid_url(issuer)?, None, limits, Document::Discovery).await {
@@ -54,7 +55,7 @@ pub(crate) async fn jwks_uri(client: &Client, issuer: &str, limits: Limits) -> R
     if metadata.issuer != issuer {
         return Err(JwksError::IssuerMismatch);
     }
-    http::parse_url(&metadata.jwks_uri, Document::Jwks)
+    http::parse_url_in(&metadata.jwks_uri, Document::Jwks, limits.scope)
 }
 
 #[cfg(test)]

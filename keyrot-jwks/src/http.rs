@@ -1,13 +1,12 @@
-//! Bounded HTTP GETs (time and size), conditional requests, and `Cache-Control`.
+//! Bounded HTTP GETs (time, size, and where they may lead), and conditional requests.
 
+use crate::cache_control::CacheControl;
 use crate::error::{Document, JwksError};
-use reqwest::header::{ACCEPT, AGE, CACHE_CONTROL, ETAG, HeaderMap, IF_NONE_MATCH};
+use reqwest::header::{ACCEPT, ETAG, IF_NONE_MATCH};
 use reqwest::{Client, StatusCode, Url};
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// How long a response without `max-age` is fresh (before clamping).
-pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// Longest ETag kept for revalidation.
 const MAX_ETAG_LEN: usize = 256;
 /// Most redirects the default client follows (each to https, or http on loopback).
@@ -18,58 +17,40 @@ pub(crate) const MAX_REDIRECTS: usize = 3;
 pub(crate) struct Limits {
     pub(crate) timeout: Duration,
     pub(crate) max_bytes: usize,
+    /// Where requests may lead (discovered URLs, redirects, the final URL).
+    pub(crate) scope: Scope,
 }
 
-/// A response's caching directives (RFC 9111 §5.2.2), as far as keyrot honours them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CacheControl {
-    pub(crate) max_age: Option<u64>,
-    pub(crate) no_cache: bool,
-    pub(crate) no_store: bool,
-    /// The `Age` header (seconds the response already spent in caches).
-    pub(crate) age: u64,
+/// Where keyrot may fetch from, decided by the configured URL. A loopback configuration
+/// (a test, a sidecar) may lead to `https` anywhere or plain `http` to a loopback
+/// address; a remote one only to `https` on a host that is not loopback, so a remote
+/// issuer's discovery document or redirect cannot point keyrot at this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The configured URL is on a loopback address.
+    Loopback,
+    /// Anything else (the default until a URL is configured).
+    Remote,
 }
 
-impl CacheControl {
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let mut cc = CacheControl::default();
-        for value in headers.get_all(CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                if name.eq_ignore_ascii_case("max-age") {
-                    // An invalid max-age makes the response stale (RFC 9111 §4.2.1).
-                    let secs = arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
-                    cc.max_age = Some(cc.max_age.map_or(secs, |m| m.min(secs)));
-                } else if name.eq_ignore_ascii_case("no-cache") {
-                    cc.no_cache = true;
-                } else if name.eq_ignore_ascii_case("no-store") {
-                    cc.no_store = true;
-                }
-            }
+impl Scope {
+    /// The scope a configured URL opens.
+    pub(crate) fn of(configured: &Url) -> Scope {
+        if loopback(configured) {
+            Scope::Loopback
+        } else {
+            Scope::Remote
         }
-        cc.age = headers
-            .get(AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        cc
     }
 
-    /// How long the response may be used before it is refreshed: `max-age` less `Age`
-    /// (or [`DEFAULT_LIFETIME`] without `max-age`; zero with `no-cache` or `no-store`),
-    /// clamped to `[floor, ceiling]`.
-    pub(crate) fn lifetime(&self, floor: Duration, ceiling: Duration) -> Duration {
-        let raw = if self.no_cache || self.no_store {
-            Duration::ZERO
-        } else {
-            self.max_age
-                .map_or(DEFAULT_LIFETIME, |m| Duration::from_secs(m.saturating_sub(self.age)))
-        };
-        raw.max(floor).min(ceiling)
+    /// Whether a request may go to `url`.
+    pub(crate) fn allows(self, url: &Url) -> bool {
+        match (self, url.scheme()) {
+            (Scope::Loopback, "https") => true,
+            (Scope::Loopback, "http") => loopback(url),
+            (Scope::Remote, "https") => !local_name(url),
+            _ => false,
+        }
     }
 }
 
@@ -86,41 +67,54 @@ pub(crate) enum Response {
     NotModified { cache: CacheControl },
 }
 
-/// Parses a URL keyrot may fetch keys or metadata from: `https`, or `http` to a loopback
-/// address (tests, a sidecar).
+/// Parses a configured URL: `https`, or `http` to a loopback address (tests, a sidecar).
 pub(crate) fn parse_url(s: &str, what: Document) -> Result<Url, JwksError> {
+    parse_url_in(s, what, Scope::Loopback)
+}
+
+/// Parses a URL a request may go to from within `scope`.
+pub(crate) fn parse_url_in(s: &str, what: Document, scope: Scope) -> Result<Url, JwksError> {
     let url = Url::parse(s).map_err(|e| JwksError::InvalidUrl {
         what,
         source: Box::new(e),
     })?;
-    if allowed(&url) {
+    if scope.allows(&url) {
         Ok(url)
     } else {
         Err(JwksError::InsecureUrl { what })
     }
 }
 
-/// `https`, or `http` to a loopback address.
-pub(crate) fn allowed(url: &Url) -> bool {
-    match url.scheme() {
-        "https" => true,
-        "http" => match url.host_str() {
-            Some(h) if h.eq_ignore_ascii_case("localhost") => true,
-            Some(h) => h
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        },
-        _ => false,
+/// The host as an address, when it is one (`[::1]` without its brackets).
+fn host_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// `localhost` or a loopback address: where plain `http` stays on this machine.
+fn loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => host_ip(h).is_some_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 
-/// The client used when the caller passes none: rustls, redirects only to allowed URLs.
-pub(crate) fn default_client() -> Result<Client, JwksError> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.previous().len() > MAX_REDIRECTS || !allowed(attempt.url()) {
+/// Any name or address that may reach this machine: loopback, `*.localhost` (RFC 6761),
+/// the unspecified address, and IPv4-mapped forms of those.
+fn local_name(url: &Url) -> bool {
+    let Some(host) = url.host_str() else { return true };
+    if let Some(ip) = host_ip(host) {
+        let ip = ip.to_canonical();
+        return ip.is_loopback() || ip.is_unspecified();
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// The client used when the caller passes none: rustls, redirects only within `scope`.
+pub(crate) fn default_client(scope: Scope) -> Result<Client, JwksError> {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS || !scope.allows(attempt.url()) {
             attempt.stop()
         } else {
             attempt.follow()
@@ -137,7 +131,7 @@ pub(crate) async fn get(
     limits: Limits,
     what: Document,
 ) -> Result<Response, JwksError> {
-    tokio::time::timeout(limits.timeout, get_unbounded(client, url, etag, limits.max_bytes, what))
+    tokio::time::timeout(limits.timeout, get_unbounded(client, url, etag, limits, what))
         .await
         .unwrap_or(Err(JwksError::Timeout {
             what,
@@ -149,9 +143,10 @@ async fn get_unbounded(
     client: &Client,
     url: &Url,
     etag: Option<&str>,
-    max: usize,
+    limits: Limits,
     what: Document,
 ) -> Result<Response, JwksError> {
+    let max = limits.max_bytes;
     let failed = |source| JwksError::Request { what, source };
     let mut request = client
         .get(url.clone())
@@ -160,6 +155,10 @@ async fn get_unbounded(
         request = request.header(IF_NONE_MATCH, tag);
     }
     let mut response = request.send().await.map_err(failed)?;
+    if !limits.scope.allows(response.url()) {
+        // A caller's client followed a redirect out of scope.
+        return Err(JwksError::InsecureUrl { what });
+    }
     let cache = CacheControl::from_headers(response.headers());
     let status = response.status();
     if status == StatusCode::NOT_MODIFIED && etag.is_some() {
@@ -193,45 +192,6 @@ async fn get_unbounded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
-
-    fn cc(values: &[&str]) -> CacheControl {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(CACHE_CONTROL, HeaderValue::from_str(v).expect("value"));
-        }
-        CacheControl::from_headers(&h)
-    }
-
-    #[test]
-    fn directives_and_clamping() {
-        let (floor, ceiling) = (Duration::from_secs(30), Duration::from_secs(3600));
-        assert_eq!(
-            cc(&["public, max-age=300"]).lifetime(floor, ceiling),
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            cc(&["max-age=\"120\""]).lifetime(floor, ceiling),
-            Duration::from_secs(120)
-        );
-        assert_eq!(cc(&["max-age=5"]).lifetime(floor, ceiling), floor);
-        assert_eq!(cc(&["max-age=86400"]).lifetime(floor, ceiling), ceiling);
-        assert_eq!(
-            cc(&["max-age=300", "MAX-AGE=100"]).lifetime(floor, ceiling),
-            Duration::from_secs(100)
-        );
-        assert_eq!(cc(&["max-age=soon"]).lifetime(floor, ceiling), floor);
-        assert_eq!(cc(&["max-age=300, no-cache"]).lifetime(floor, ceiling), floor);
-        assert_eq!(cc(&["no-store"]).lifetime(floor, ceiling), floor);
-        assert_eq!(cc(&[]).lifetime(floor, ceiling), DEFAULT_LIFETIME);
-        let mut h = HeaderMap::new();
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=400"));
-        h.insert(AGE, HeaderValue::from_static("100"));
-        assert_eq!(
-            CacheControl::from_headers(&h).lifetime(floor, ceiling),
-            Duration::from_secs(300)
-        );
-    }
 
     #[test]
     fn only_https_or_loopback_http() {
@@ -253,5 +213,64 @@ mod tests {
             parse_url("not a url", Document::Jwks),
             Err(JwksError::InvalidUrl { .. })
         ));
+    }
+
+    fn scope_of(configured: &str) -> Scope {
+        Scope::of(&Url::parse(configured).expect("url"))
+    }
+
+    /// Issue 20, item 7: a remote issuer cannot lead keyrot to this machine.
+    #[test]
+    fn a_remote_configuration_never_leads_to_loopback_or_plain_http() {
+        let remote = scope_of("https://id.example");
+        assert_eq!(remote, Scope::Remote);
+        assert_eq!(scope_of("https://127.0.0.1.example"), Scope::Remote);
+        assert!(parse_url_in("https://keys.example/jwks", Document::Jwks, remote).is_ok());
+        for bad in [
+            "http://127.0.0.1:8080/keys",
+            "http://localhost/keys",
+            "http://[::1]/keys",
+            "https://127.0.0.1/keys",
+            "https://127.8.9.10/keys",
+            "https://[::1]/keys",
+            "https://[::ffff:127.0.0.1]/keys",
+            "https://0.0.0.0/keys",
+            "https://[::]/keys",
+            "https://localhost/keys",
+            "https://LOCALHOST./keys",
+            "https://metadata.localhost/keys",
+            "http://keys.example/jwks",
+        ] {
+            assert!(
+                matches!(
+                    parse_url_in(bad, Document::Jwks, remote),
+                    Err(JwksError::InsecureUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_loopback_configuration_may_lead_to_loopback_http_or_anywhere_over_https() {
+        for configured in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+            "https://127.0.0.1",
+        ] {
+            assert_eq!(scope_of(configured), Scope::Loopback, "{configured}");
+        }
+        let local = Scope::Loopback;
+        for ok in [
+            "http://127.0.0.1:9/keys",
+            "http://localhost/k",
+            "https://keys.example/jwks",
+        ] {
+            assert!(parse_url_in(ok, Document::Jwks, local).is_ok(), "{ok}");
+        }
+        for bad in ["http://keys.example/jwks", "http://0.0.0.0/k", "ftp://127.0.0.1/k"] {
+            assert!(parse_url_in(bad, Document::Jwks, local).is_err(), "{bad}");
+        }
     }
 }

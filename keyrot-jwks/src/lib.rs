@@ -23,10 +23,16 @@
 //!
 //! ## Caching
 //!
-//! * The served lifetime of a JWKS is its `Cache-Control: max-age` less `Age` (600 s
-//!   without `max-age`), clamped to [`JwksVerifierBuilder::min_refresh`] (floor) and
-//!   [`JwksVerifierBuilder::max_refresh`] (ceiling). `no-cache` and `no-store` give the
-//!   floor; after `no-store` no ETag is kept. Other directives are not read.
+//! * The served lifetime of a JWKS is its `Cache-Control: max-age` less `Age`, else its
+//!   `Expires` less `Date` and `Age` (RFC 9111 §5.3: an invalid `Expires` has expired),
+//!   else 600 s, clamped to [`JwksVerifierBuilder::min_refresh`] (floor) and
+//!   [`JwksVerifierBuilder::max_refresh`] (ceiling, at most [`MAX_DURATION_SETTING`]).
+//!   `no-cache`, `no-store` and a `Cache-Control` that does not follow RFC 9111 §5.2's
+//!   grammar give the floor; after `no-store` no ETag is kept. Other directives are not
+//!   read.
+//! * Only when the configured URL (the JWKS URL, else the issuer) is on a loopback
+//!   address may discovery or a redirect lead to plain `http` or to a loopback address;
+//!   from a remote issuer, every request stays on `https` to hosts that are not loopback.
 //! * Refreshes are conditional (`If-None-Match` with the last ETag); a `304` renews the
 //!   lifetime of the set held. A background task refreshes when three quarters of the
 //!   lifetime have passed, so verification never waits on the network.
@@ -42,6 +48,7 @@
 //! For several issuers at once, each token checked with the rules of the one its `iss`
 //! names, see [`MultiIssuerVerifier`].
 
+mod cache_control;
 mod discovery;
 mod error;
 mod http;
@@ -53,5 +60,5 @@ pub use error::{Document, JwksError, MultiIssuerError};
 pub use multi::MultiIssuerVerifier;
 pub use verifier::{
     DEFAULT_MAX_REFRESH, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_STALE, DEFAULT_MIN_REFRESH, DEFAULT_TIMEOUT,
-    JwksVerifier, JwksVerifierBuilder,
+    JwksVerifier, JwksVerifierBuilder, MAX_DURATION_SETTING,
 };

@@ -46,15 +46,29 @@ impl Cached {
             etag,
             fetched,
             lifetime,
-            usable_until: fetched + lifetime + t.max_stale,
+            usable_until: later(later(fetched, lifetime), t.max_stale),
         }
     }
 
     /// When the background task refreshes: three quarters into the lifetime, so the new
     /// set normally arrives before this one expires.
     fn refresh_at(&self) -> Instant {
-        self.fetched + self.lifetime.mul_f64(0.75)
+        later(self.fetched, self.lifetime / 4 * 3)
     }
+
+    /// When the served lifetime ends.
+    fn expires(&self) -> Instant {
+        later(self.fetched, self.lifetime)
+    }
+}
+
+/// `at + d`, never overflowing: the builder caps every setting at
+/// [`crate::MAX_DURATION_SETTING`], and a sum that still does not fit is lowered to
+/// `at` plus that cap (or to `at`), so a time only ever comes earlier, never panics.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(crate::MAX_DURATION_SETTING))
+        .unwrap_or(at)
 }
 
 /// What a verifier and all its clones share.
@@ -128,13 +142,13 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(url = %self.url, error = %ErrorChain(e), "JWKS refresh failed; serving the last good key set");
-                self.reschedule(Instant::now() + self.timing.min_refresh);
+                self.reschedule(later(Instant::now(), self.timing.min_refresh));
                 "failed"
             }
         };
         metrics::counter!(REMOTE_JWKS_FETCHES, "outcome" => outcome).increment(1);
         let cached = self.cached.load();
-        self.set_stale(result.is_err() && Instant::now() >= cached.fetched + cached.lifetime);
+        self.set_stale(result.is_err() && Instant::now() >= cached.expires());
         result.map(|_| ())
     }
 
@@ -215,7 +229,7 @@ impl Inner {
             return false;
         }
         let now = Instant::now();
-        if gate.is_some_and(|last| now < last + self.timing.min_refresh) {
+        if gate.is_some_and(|last| now < later(last, self.timing.min_refresh)) {
             return false;
         }
         *gate = Some(now);

@@ -2,7 +2,7 @@
 
 use crate::discovery;
 use crate::error::{Document, JwksError};
-use crate::http::{self, Limits};
+use crate::http::{self, Limits, Scope};
 use crate::refresh::{Cached, Inner, Timing};
 use keyrot_core::http::TokenVerifier;
 use keyrot_core::{KeySet, TokenCache, TokenError, Validation, Verified};
@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit on a JWKS or discovery document.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// The longest [`JwksVerifierBuilder::max_refresh`] and [`JwksVerifierBuilder::max_stale`]
+/// (365 days): longer settings are lowered to it, so no served `max-age` (up to
+/// 2^64 − 1 s) and no setting can overflow the verifier's time arithmetic.
+pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Verifies tokens against a remote issuer's JWKS with keyrot's token rules (the code
 /// path of [`keyrot_core::KeyRing::verify`]: [`KeySet::verify`]).
@@ -74,6 +78,7 @@ impl JwksVerifier {
             limits: Limits {
                 timeout: DEFAULT_TIMEOUT,
                 max_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                scope: Scope::Remote,
             },
             token_cache: None,
         }
@@ -187,7 +192,9 @@ impl JwksVerifierBuilder {
     }
 
     /// The JWKS URL (`https`, or `http` to a loopback address). Without it, the JWKS URL
-    /// is found by discovery from [`JwksVerifierBuilder::issuer`].
+    /// is found by discovery from [`JwksVerifierBuilder::issuer`]. Only when the
+    /// configured URL (this one, else the issuer) is on a loopback address may a
+    /// discovered `jwks_uri` or a redirect lead to plain `http` or to a loopback address.
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = Some(url.into());
         self
@@ -211,9 +218,11 @@ impl JwksVerifierBuilder {
         self
     }
 
-    /// The HTTP client (default: rustls with the platform's roots, redirects only to
-    /// `https` or loopback, at most three). The request timeout and size limit apply to
-    /// a caller's client too.
+    /// The HTTP client (default: rustls with the platform's roots, at most three
+    /// redirects, only to `https` on a host that is not loopback, or also to `http` on
+    /// loopback when the configured URL is on loopback). The request timeout and size
+    /// limit apply to a caller's client too, and an answer whose final URL is outside
+    /// those rules is refused ([`JwksError::InsecureUrl`]).
     pub fn client(mut self, c: reqwest::Client) -> Self {
         self.client = Some(c);
         self
@@ -227,15 +236,16 @@ impl JwksVerifierBuilder {
         self
     }
 
-    /// Ceiling of the served lifetime (default [`DEFAULT_MAX_REFRESH`]).
+    /// Ceiling of the served lifetime (default [`DEFAULT_MAX_REFRESH`], at most
+    /// [`MAX_DURATION_SETTING`]: a longer one is lowered to it).
     pub fn max_refresh(mut self, d: Duration) -> Self {
         self.timing.max_refresh = d;
         self
     }
 
     /// How long past its lifetime the last good set keeps serving while refreshes fail
-    /// (default [`DEFAULT_MAX_STALE`]); then verification fails closed until a refresh
-    /// succeeds.
+    /// (default [`DEFAULT_MAX_STALE`], at most [`MAX_DURATION_SETTING`]: a longer one is
+    /// lowered to it); then verification fails closed until a refresh succeeds.
     pub fn max_stale(mut self, d: Duration) -> Self {
         self.timing.max_stale = d;
         self
@@ -256,7 +266,9 @@ impl JwksVerifierBuilder {
     /// Discovers the JWKS URL if needed, fetches the key set (refused whole if it is
     /// bad) and starts the background refresh. Needs a tokio runtime.
     pub async fn build(self) -> Result<JwksVerifier, JwksError> {
-        let t = self.timing;
+        let mut t = self.timing;
+        t.max_refresh = t.max_refresh.min(MAX_DURATION_SETTING);
+        t.max_stale = t.max_stale.min(MAX_DURATION_SETTING);
         if t.min_refresh.is_zero() || t.min_refresh > t.max_refresh {
             return Err(JwksError::Config(
                 "min_refresh must be positive and at most max_refresh",
@@ -265,14 +277,20 @@ impl JwksVerifierBuilder {
         if self.limits.timeout.is_zero() || self.limits.max_bytes == 0 {
             return Err(JwksError::Config("timeout and max_response_bytes must be positive"));
         }
+        let mut limits = self.limits;
+        let configured = match (&self.jwks_url, &self.issuer) {
+            (Some(u), _) => http::parse_url(u, Document::Jwks)?,
+            (None, Some(issuer)) => http::parse_url(issuer, Document::Discovery)?,
+            (None, None) => return Err(JwksError::NoSource),
+        };
+        limits.scope = Scope::of(&configured);
         let client = match self.client {
             Some(c) => c,
-            None => http::default_client()?,
+            None => http::default_client(limits.scope)?,
         };
         let url = match (&self.jwks_url, &self.issuer) {
-            (Some(u), _) => http::parse_url(u, Document::Jwks)?,
-            (None, Some(issuer)) => discovery::jwks_uri(&client, issuer, self.limits).await?,
-            (None, None) => return Err(JwksError::NoSource),
+            (None, Some(issuer)) => discovery::jwks_uri(&client, issuer, limits).await?,
+            _ => configured,
         };
         let mut validation = self.validation;
         if let Some(issuer) = self.issuer
@@ -282,7 +300,7 @@ impl JwksVerifierBuilder {
         }
         // Never served: the first fetch replaces it, or the build fails.
         let placeholder = Cached::new(KeySet::default(), None, Instant::now(), Duration::ZERO, &t);
-        let (inner, schedule) = Inner::new(url, client, validation, t, self.limits, placeholder);
+        let (inner, schedule) = Inner::new(url, client, validation, t, limits, placeholder);
         inner.refresh().await?;
         inner.spawn(schedule);
         let verifier = JwksVerifier {

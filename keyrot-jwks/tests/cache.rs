@@ -4,7 +4,8 @@
 mod support;
 
 use keyrot_core::{Algorithm, PrivateKey, RsaBits, TokenError, Validation};
-use keyrot_jwks::JwksVerifier;
+use keyrot_jwks::{JwksVerifier, MAX_DURATION_SETTING};
+use std::time::Duration;
 use support::*;
 
 const PATH: &str = "/jwks";
@@ -59,10 +60,18 @@ async fn max_age_below_the_floor_is_raised_to_it() {
         Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=0"),
     );
     let v = verifier(&server, 200, 60_000, 60_000).await;
-    sleep_ms(700).await;
-    // Refreshes every 3/4 of the 200 ms floor: about 4 in 700 ms, not one per request.
+    wait_until("three refreshes", Duration::from_secs(5), || server.hits(PATH) >= 3).await;
+    // Refreshes every 3/4 of the 200 ms floor, not one per request.
     let hits = server.hits(PATH);
     assert!((3..=6).contains(&hits), "{hits} requests");
+    let times = server.hit_times(PATH);
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= ms(140),
+            "refreshed {gap:?} after the last one, below 3/4 of the floor"
+        );
+    }
     v.shutdown().await;
 }
 
@@ -95,10 +104,12 @@ async fn max_age_within_bounds_is_honoured() {
         Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=1"),
     );
     let v = verifier(&server, 50, 60_000, 60_000).await;
-    sleep_ms(600).await;
-    assert_eq!(server.hits(PATH), 1, "fresh for 1 s: no request yet");
-    sleep_ms(500).await;
+    wait_until("the first refresh", Duration::from_secs(5), || server.hits(PATH) >= 2).await;
+    let times = server.hit_times(PATH);
+    let before = |after: u64| times.iter().filter(|t| **t < times[0] + ms(after)).count();
+    assert_eq!(before(600), 1, "fresh for 1 s: no request yet");
     assert_eq!(server.hits(PATH), 2, "refreshed three quarters into the second");
+    assert!(times[1] - times[0] >= ms(700), "{:?}", times[1] - times[0]);
     v.shutdown().await;
 }
 
@@ -308,4 +319,31 @@ async fn shutdown_during_a_refresh_stops_the_task() {
     let after = server.hits(PATH);
     sleep_ms(300).await;
     assert_eq!(server.hits(PATH), after);
+}
+
+/// Issue 20, item 7: a served `max-age` of 2^64 − 1 with the longest settings panicked
+/// in the time arithmetic; the settings are capped at `MAX_DURATION_SETTING`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_max_age_with_the_longest_settings_does_not_overflow() {
+    let server = Server::start().await;
+    let key = ed25519();
+    server.set(
+        PATH,
+        Reply::ok(jwks(&[jwk(&key, "k1")])).header("cache-control", "max-age=18446744073709551615"),
+    );
+    let v = JwksVerifier::builder()
+        .jwks_url(server.url(PATH))
+        .client(client())
+        .max_refresh(Duration::MAX)
+        .max_stale(Duration::MAX)
+        .build()
+        .await
+        .expect("build");
+    v.verify(&token(&key, "k1")).expect("verified");
+    let debug = format!("{v:?}");
+    let capped = format!("lifetime: {MAX_DURATION_SETTING:?}");
+    assert!(debug.contains(&capped), "{debug}");
+    v.refresh().await.expect("refreshed again");
+    v.verify(&token(&key, "k1")).expect("verified");
+    v.shutdown().await;
 }

@@ -112,3 +112,43 @@ async fn issuers_named_by_the_validation_take_precedence() {
     );
     v.shutdown().await;
 }
+
+/// Issue 20, item 7, the loopback direction (the remote one is in `src/http.rs`: no test
+/// server speaks TLS): a loopback configuration may be redirected on loopback, never to
+/// plain http elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_stay_within_what_the_configured_url_allows() {
+    let server = Server::start().await;
+    let key = ed25519();
+    server.set("/keys", Reply::ok(jwks(&[jwk(&key, "k")])));
+    server.set("/moved", Reply::status(302).header("location", &server.url("/keys")));
+    let default_client = |url: String| JwksVerifier::builder().jwks_url(url).build();
+    let v = default_client(server.url("/moved"))
+        .await
+        .expect("followed on loopback");
+    v.verify(&token(&key, "k")).expect("verified");
+    v.shutdown().await;
+    server.set(
+        "/away",
+        Reply::status(302).header("location", "http://keys.example/jwks"),
+    );
+    assert!(
+        matches!(
+            default_client(server.url("/away")).await,
+            Err(JwksError::Status { status: 302, .. })
+        ),
+        "not followed to plain http elsewhere"
+    );
+    // Discovery from a loopback issuer to a loopback jwks_uri, with the default client.
+    server.set(
+        "/.well-known/openid-configuration",
+        metadata(&server.base, &server.url("/moved")),
+    );
+    let v = JwksVerifier::builder()
+        .issuer(server.base.clone())
+        .build()
+        .await
+        .expect("loopback to loopback");
+    assert_eq!(v.jwks_url(), server.url("/moved"));
+    v.shutdown().await;
+}

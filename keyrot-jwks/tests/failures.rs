@@ -59,14 +59,28 @@ async fn setup() -> Setup {
 async fn stale_then_closed(s: Setup, bad: Reply, recovers: bool) {
     let started = std::time::Instant::now();
     s.server.set(PATH, bad);
-    sleep_ms(250).await;
+    // A refresh of the bad answer, asked for rather than waited for: it fails.
+    s.v.refresh().await.expect_err("the bad answer is refused");
+    wait_until("the last good set's 100 ms lifetime to pass", ms(1000), || {
+        started.elapsed() >= ms(100)
+    })
+    .await;
     s.v.verify(&s.t_old).expect("the last good set serves while stale");
     assert_eq!(
         s.v.verify(&s.t_new).expect_err("refused"),
         TokenError::UnknownKid,
         "nothing applied in part"
     );
-    sleep_ms(700u64.saturating_sub(started.elapsed().as_millis() as u64)).await;
+    wait_until("the verifier to fail closed", ms(3000), || {
+        s.v.verify(&s.t_old).err() == Some(TokenError::KeysUnavailable)
+    })
+    .await;
+    // The last good set was fetched at most one 75 ms refresh period before `started`.
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= ms(350),
+        "served stale for max_stale first: {closed_after:?}"
+    );
     assert_eq!(
         s.v.verify(&s.t_old).expect_err("refused"),
         TokenError::KeysUnavailable,
@@ -76,7 +90,10 @@ async fn stale_then_closed(s: Setup, bad: Reply, recovers: bool) {
     if recovers {
         s.server
             .set(PATH, Reply::ok(s.good.clone()).header("cache-control", "max-age=0"));
-        sleep_ms(300).await;
+        wait_until("a refresh of the good answer", ms(3000), || {
+            s.v.verify(&s.t_new).is_ok()
+        })
+        .await;
         s.v.verify(&s.t_old).expect("recovered");
         s.v.verify(&s.t_new).expect("recovered with the new key");
     }

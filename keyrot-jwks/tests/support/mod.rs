@@ -10,7 +10,7 @@ use keyrot_core::{Algorithm, PrivateKey, RsaBits};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the server answers on one path.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl Reply {
 #[derive(Default)]
 struct Shared {
     replies: Mutex<HashMap<String, Reply>>,
-    hits: Mutex<HashMap<String, usize>>,
+    hits: Mutex<HashMap<String, Vec<Instant>>>,
     if_none_match: Mutex<Vec<Option<String>>>,
 }
 
@@ -85,7 +85,18 @@ impl Server {
     }
 
     pub fn hits(&self, path: &str) -> usize {
-        self.shared.hits.lock().expect("lock").get(path).copied().unwrap_or(0)
+        self.hit_times(path).len()
+    }
+
+    /// When each request for `path` arrived, in order.
+    pub fn hit_times(&self, path: &str) -> Vec<Instant> {
+        self.shared
+            .hits
+            .lock()
+            .expect("lock")
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The `If-None-Match` of every request, in order.
@@ -106,7 +117,12 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response<Body> {
         .get("if-none-match")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    *s.hits.lock().expect("lock").entry(path.clone()).or_default() += 1;
+    s.hits
+        .lock()
+        .expect("lock")
+        .entry(path.clone())
+        .or_default()
+        .push(Instant::now());
     s.if_none_match.lock().expect("lock").push(inm.clone());
     let reply = s.replies.lock().expect("lock").get(&path).cloned();
     let Some(reply) = reply else {
@@ -183,6 +199,19 @@ pub fn jwk(key: &PrivateKey, kid: &str) -> Value {
 
 pub fn jwks(keys: &[Value]) -> Vec<u8> {
     serde_json::to_vec(&json!({ "keys": keys })).expect("json")
+}
+
+/// Polls `condition` every 5 ms until it holds; panics, naming `what`, once `deadline`
+/// has passed without it.
+pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 pub async fn sleep_ms(ms: u64) {
