@@ -229,7 +229,7 @@ impl Storage for MemoryStorage {
                 None => data.keys.push(k.clone()),
             }
         }
-        data.generation += 1;
+        data.generation = commit.audit.generation;
         data.manifest = Some(commit.manifest.clone());
         let generation = data.generation;
         insert_idempotency(data, commit.idempotency.as_ref());

@@ -969,3 +969,150 @@ async fn retiring_is_refused_without_a_reason_or_a_ring() {
         "no ring was made"
     );
 }
+
+/// Takes `s`'s ring back to how keyrot wrote rings before authentication: no manifest, an
+/// unchained ledger.
+fn make_legacy(s: &Setup) {
+    s.storage.tamper(&s.ring, |raw| {
+        *raw.manifest = None;
+        for a in raw.audit.iter_mut() {
+            a.mac = None;
+            a.seq = 0;
+        }
+    });
+}
+
+/// An operator's rotator with `policy`, as keyrotctl builds it (no key ring).
+fn operator(s: &Setup, policy: Policy) -> Rotator {
+    Rotator::builder(
+        s.ring.clone(),
+        s.storage.clone(),
+        Arc::new(MemoryLock::new(Arc::new(s.clock.clone()))),
+        s.sealer.clone(),
+    )
+    .with_clock(Arc::new(s.clock.clone()))
+    .with_policy(policy)
+    .build()
+}
+
+/// Issue 20 §2: the integrity migration refuses lifecycle times no rotation under the
+/// policy produces, at their exact bounds: a past event up to `clock_skew` ahead passes and
+/// one a millisecond later is refused; a Retiring row without `retired_at` is refused; a
+/// Retiring window longer than `retire_grace` is refused under the default policy and
+/// accepted under the longer `retire_grace` it was written with.
+#[tokio::test]
+async fn the_integrity_migration_refuses_times_the_policy_could_not_produce() {
+    let s = setup().await;
+    s.clock.advance(TimeDelta::hours(2));
+    let retiring = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    s.rotator.force_rotate(ctx(), "two keys", false).await.expect("force");
+    let active = s.keyring.snapshot().active_kid().expect("active").to_owned();
+    make_legacy(&s);
+    let rotator = operator(&s, Policy::default());
+    let skew = Policy::default().clock_skew();
+    let at = |kid: &str, f: &dyn Fn(&mut keyrot_core::KeyRecord)| {
+        s.storage.tamper(&s.ring, |raw| {
+            f(raw.keys.iter_mut().find(|k| k.kid == kid).expect("row"))
+        })
+    };
+    let refused = |needle: &'static str, kid: String| {
+        let rotator = rotator.clone();
+        async move {
+            let r = rotator.authenticate_ring(ctx()).await.expect("answer");
+            assert_eq!(r.outcome, Outcome::Refused, "{needle}: {r:?}");
+            let detail = r.detail.unwrap_or_default();
+            assert!(detail.contains(&kid) && detail.contains(needle), "{detail}");
+        }
+    };
+    let original = s.storage.load(&s.ring).await.expect("load").keys;
+    let now = s.clock.now();
+    at(&active, &|k| {
+        k.activated_at = Some(now + skew + TimeDelta::milliseconds(1))
+    });
+    refused("activated_at", active.clone()).await;
+    at(&retiring, &|k| k.retired_at = None);
+    refused("without a retired_at", retiring.clone()).await;
+    s.storage.tamper(&s.ring, |raw| *raw.keys = original.clone());
+    at(&retiring, &|k| {
+        k.expires_at = k.retired_at.map(|t| t + TimeDelta::days(14))
+    });
+    refused("retire_grace (7d)", retiring.clone()).await;
+    at(&active, &|k| k.activated_at = Some(now + skew));
+    let written_with = Policy::builder()
+        .with_retire_grace(std::time::Duration::from_secs(14 * 86_400))
+        .build()
+        .expect("policy");
+    let ok = operator(&s, written_with)
+        .authenticate_ring(ctx())
+        .await
+        .expect("answer");
+    assert_eq!(ok.outcome, Outcome::Authenticated, "{ok:?}");
+}
+
+/// Issue 20 §3 on the in-memory store: the generation column at `u64::MAX`, at `2^62 + 1`
+/// and one ahead of the manifest is reported as altered; repair works from the authenticated
+/// generation without overflowing, says what it found, and the ring serves and rotates. A
+/// legacy ring with a generation above the bound is not authenticated.
+#[tokio::test]
+async fn repair_works_from_the_authenticated_generation_whatever_the_column_says() {
+    let s = setup().await;
+    let token = s.keyring.sign(&claims(&s)).expect("sign");
+    let mut generation = 1;
+    for (stored, expected_next) in [(u64::MAX, 2), ((1 << 62) + 1, 3), (4, 5)] {
+        s.storage.tamper(&s.ring, |raw| *raw.generation = stored);
+        let b = instance(&s).await;
+        let summary = b.snapshot().integrity().summary();
+        assert!(
+            summary.contains("the stored generation was altered"),
+            "{stored}: {summary}"
+        );
+        assert!(
+            b.verify(&token).is_ok(),
+            "{stored}: the authenticated rows still verify"
+        );
+        let r = operator(&s, Policy::default())
+            .quarantine_tampered(ctx(), "generation drill")
+            .await
+            .expect("repair");
+        assert_eq!(r.outcome, Outcome::Quarantined, "{stored}: {r:?}");
+        let detail = r.detail.unwrap_or_default();
+        assert!(detail.contains("the stored generation was altered"), "{detail}");
+        assert!(
+            detail.contains(&format!("authenticated generation is {generation}")),
+            "{detail}"
+        );
+        assert_eq!(r.generation, expected_next, "{stored}");
+        assert_eq!(s.storage.generation(&s.ring).await.expect("generation"), expected_next);
+        let c = instance(&s).await;
+        assert!(
+            c.snapshot().integrity().is_intact(),
+            "{}",
+            c.snapshot().integrity().summary()
+        );
+        assert!(c.verify(&token).is_ok());
+        generation = expected_next;
+    }
+    s.clock.advance(TimeDelta::hours(2));
+    let rotated = operator(&s, Policy::default())
+        .force_rotate(ctx(), "after the repairs", false)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        (rotated.outcome, rotated.generation),
+        (Outcome::Rotated, generation + 1)
+    );
+    assert!(s.rotator.verify_audit_chain().await.expect("read").is_ok());
+
+    make_legacy(&s);
+    s.storage.tamper(&s.ring, |raw| *raw.generation = (1 << 62) + 1);
+    let r = operator(&s, Policy::default())
+        .authenticate_ring(ctx())
+        .await
+        .expect("answer");
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(
+        r.detail
+            .unwrap_or_default()
+            .contains("the stored generation was altered")
+    );
+}

@@ -26,7 +26,8 @@ pub(crate) struct Statements {
     pub generation: String,
     /// Inserts the ring row at generation 0 unless it exists (`$1`: ring).
     pub ensure_ring: String,
-    /// The compare-and-swap (`$1` manifest, `$2` ring, `$3` expected generation).
+    /// The compare-and-swap (`$1` new generation, `$2` manifest, `$3` next-due ms, `$4` ring,
+    /// `$5` expected generation).
     pub cas: String,
     /// Inserts or replaces a key row ([`KEY_COLUMNS`]).
     pub upsert_key: String,
@@ -94,13 +95,14 @@ impl Statements {
                 w.ensure_ring
             ),
             cas: format!(
-                "UPDATE {rings} SET generation = generation + 1, manifest = {}, next_due_ms = {}, changed_ms = {} \
+                "UPDATE {rings} SET generation = {}, manifest = {}, next_due_ms = {}, changed_ms = {} \
                  WHERE name = {} AND generation = {}",
                 p(1),
                 p(2),
-                DB::NOW_MS,
                 p(3),
-                p(4)
+                DB::NOW_MS,
+                p(4),
+                p(5)
             ),
             upsert_key: format!(
                 "{} {} {updates}",
@@ -414,16 +416,30 @@ pub(crate) async fn fetch_optional<DB: Dialect>(
     query::<DB>(sql, values)?.fetch_optional(conn.exec()).await
 }
 
-/// `Storage::commit`: checks the commit, then runs `once` (one transaction, given the
-/// expected generation as stored) again while the database asks for a retry.
+/// A commit's compare-and-swap as stored: the generation it expects and the one it writes,
+/// the generation of its audit record (`expected + 1`, except for a repair of an altered
+/// generation, which moves the ring back to its authenticated generation + 1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Swap {
+    pub expected: i64,
+    pub next: i64,
+}
+
+/// `Storage::commit`: checks the commit, then runs `once` (one transaction, given its
+/// compare-and-swap as stored) again while the database asks for a retry. A generation
+/// that does not fit a `BIGINT` is refused here, before any transaction, as invalid data
+/// (never as a store to retry).
 pub(crate) async fn commit<DB: Dialect, F, Fut>(commit: &Commit, mut once: F) -> Result<CommitOutcome, StorageError>
 where
-    F: FnMut(i64) -> Fut,
+    F: FnMut(Swap) -> Fut,
     Fut: Future<Output = Result<CommitOutcome, TxError>>,
 {
     common::check_commit_ring(commit)?;
-    let expected = common::gen_to_db(commit.expected_generation)?;
-    retrying::<DB, _, _, _>("commit", commit.ring.as_str(), || once(expected)).await
+    let swap = Swap {
+        expected: common::gen_to_db(commit.expected_generation)?,
+        next: common::gen_to_db(commit.audit.generation)?,
+    };
+    retrying::<DB, _, _, _>("commit", commit.ring.as_str(), || once(swap)).await
 }
 
 /// `Storage::record_attempt`: checks the record's ring, then runs `once` (one
@@ -458,17 +474,18 @@ where
 }
 
 /// In a transaction that keeps the whole compare-and-swap (PostgreSQL, SQLite): creates
-/// the ring row if it is new, moves its generation on from `expected` (writing the
-/// commit's manifest) and inserts the idempotency record. The conflict to report when
-/// another commit got there first (the caller rolls back), `None` when this one won.
+/// the ring row if it is new, moves its generation from `swap.expected` to `swap.next`
+/// (writing the commit's manifest) and inserts the idempotency record. The conflict to
+/// report when another commit got there first (the caller rolls back), `None` when this
+/// one won.
 pub(crate) async fn swap_generation<DB: Dialect>(
     tx: &mut DB::Connection,
     sql: &Statements,
     c: &Commit,
-    expected: i64,
+    swap: Swap,
 ) -> Result<Option<CommitOutcome>, TxError> {
     execute::<DB>(tx, &sql.ensure_ring, &[dialect::Value::Text(c.ring.as_str())]).await?;
-    if !cas::<DB>(tx, sql, c, expected).await? {
+    if !cas::<DB>(tx, sql, c, swap).await? {
         let current = current_generation::<DB>(tx, sql, &c.ring).await?;
         return Ok(Some(CommitOutcome::Conflict { current }));
     }
@@ -477,7 +494,7 @@ pub(crate) async fn swap_generation<DB: Dialect>(
     {
         // Another request with this key committed first: treat as a lost race.
         return Ok(Some(CommitOutcome::Conflict {
-            current: gen_from_db(expected).unwrap_or(0),
+            current: gen_from_db(swap.expected).unwrap_or(0),
         }));
     }
     Ok(None)
@@ -488,13 +505,14 @@ pub(crate) async fn cas<DB: Dialect>(
     tx: &mut DB::Connection,
     sql: &Statements,
     c: &Commit,
-    expected: i64,
+    swap: Swap,
 ) -> Result<bool, sqlx::Error> {
     let values = [
+        dialect::Value::Int(swap.next),
         dialect::Value::Text(c.manifest.as_str()),
         dialect::Value::OptInt(common::opt_ms(c.next_due)),
         dialect::Value::Text(c.ring.as_str()),
-        dialect::Value::Int(expected),
+        dialect::Value::Int(swap.expected),
     ];
     Ok(execute::<DB>(tx, &sql.cas, &values).await? > 0)
 }

@@ -945,6 +945,12 @@ async fn authenticate_ring(ctx: &Ctx, yes: bool, expect: Option<String>, json: b
             if let Some(r) = &k.revoke_reason {
                 println!("  reason       {}", clean(r));
             }
+            // A published key without its private key never occurs (material is destroyed
+            // only after expiry): the migration refuses it, and the reviewer sees it here.
+            match &k.sealed {
+                Some(sealed) => println!("  private key: sealed under {}", clean(&sealed.master_key_id)),
+                None => println!("  private key: none"),
+            }
         }
         if ring.manifest.is_some() {
             println!("note: the ring already has a manifest; authenticate-ring will refuse");

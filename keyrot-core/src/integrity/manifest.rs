@@ -194,6 +194,11 @@ fn open_manifest(ring: &Ring, text: &str, sealer: &dyn Sealer) -> Result<StoredM
     let Some(mac) = Mac::parse(&stored.mac).filter(|_| stored.v == 1) else {
         return Err(invalid("the manifest has an unknown format"));
     };
+    if stored.generation > super::MAX_GENERATION {
+        return Err(invalid(
+            "the manifest names a generation above 2^62, which no ring reaches",
+        ));
+    }
     let message = manifest_message(
         ring.name.as_str(),
         stored.generation,

@@ -27,3 +27,11 @@ mod report;
 pub use chain::{ChainBreak, ChainReport, SealerLinker, legacy_ledger_note, verify_chain};
 pub use manifest::{check_ring, row_digest, rows_digest, seal_manifest, seal_retired_manifest};
 pub use report::{IntegrityReport, RingIntegrity, TamperedKey};
+
+/// The highest generation a ring can have: 2^62. A ring that commits once a millisecond
+/// reaches it after 146 million years, so a stored generation above it was altered, and
+/// every integrity check says so (the ring is not intact; [`IntegrityReport::summary`]
+/// names it). A manifest naming a generation above it is invalid. The bound keeps a
+/// generation and every successor far from the `BIGINT` (`i64`) maximum the stores keep
+/// it in, so no `+ 1` and no conversion can overflow.
+pub const MAX_GENERATION: u64 = 1 << 62;

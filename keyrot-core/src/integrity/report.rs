@@ -76,8 +76,12 @@ impl IntegrityReport {
     }
 
     /// Whether everything checks out (no tampered, missing or unauthenticated rows, and
-    /// the ring row's generation is the authenticated one).
+    /// the ring row's generation is the authenticated one, at most
+    /// [`MAX_GENERATION`](super::MAX_GENERATION)).
     pub fn is_intact(&self) -> bool {
+        if self.ring_generation > super::MAX_GENERATION {
+            return false;
+        }
         match self.integrity {
             RingIntegrity::Empty => true,
             RingIntegrity::Authenticated => {
@@ -130,11 +134,22 @@ impl IntegrityReport {
                 more(self.missing.len())
             ));
         }
-        if let Some(m) = self.manifest_generation
+        if self.ring_generation > super::MAX_GENERATION {
+            parts.push(format!(
+                "the stored generation was altered: the ring row says generation {}, above {} (2^62), which no ring \
+                 reaches{}",
+                self.ring_generation,
+                super::MAX_GENERATION,
+                self.manifest_generation
+                    .map(|m| format!(" (the manifest authenticates generation {m})"))
+                    .unwrap_or_default()
+            ));
+        } else if let Some(m) = self.manifest_generation
             && m != self.ring_generation
         {
             parts.push(format!(
-                "the ring row says generation {} but the manifest authenticates generation {m}",
+                "the stored generation was altered: the ring row says generation {} but the manifest authenticates \
+                 generation {m}",
                 self.ring_generation
             ));
         }

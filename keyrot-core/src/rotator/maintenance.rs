@@ -5,13 +5,14 @@
 use super::attempt::{Attempt, Change, Step};
 use super::error::RotateError;
 use super::report::Answer;
-use crate::integrity::{IntegrityReport, RingIntegrity};
+use crate::integrity::{IntegrityReport, MAX_GENERATION, RingIntegrity};
 use crate::key::PrivateKey;
 use crate::planner;
+use crate::policy::Policy;
 use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring};
 use crate::seal::{SealContext, SealError, Sealer};
 use crate::storage::{AuditRecord, Outcome};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 impl Attempt<'_> {
     /// Re-seals under the primary master key every key sealed under another one.
@@ -79,10 +80,19 @@ impl Attempt<'_> {
                 "the rows changed since they were reviewed (their digest is now {digest}): review them again"
             ));
         }
-        let problems = unvouchable_rows(&ring, &*self.rotator.inner.sealer);
+        if ring.generation > MAX_GENERATION {
+            return refuse(format!(
+                "the stored generation was altered: the ring row says generation {}, above {MAX_GENERATION} (2^62), \
+                 which no ring reaches; set it back to the generation of the ledger's newest record (or restore the \
+                 ring row from a backup), then review the rows again",
+                ring.generation
+            ));
+        }
+        let mut problems = unvouchable_rows(&ring, &*self.rotator.inner.sealer);
+        problems.extend(impossible_lifecycles(&ring, &self.rotator.inner.policy, self.now));
         if !problems.is_empty() {
             return refuse(format!(
-                "refusing to vouch for rows that are not self-consistent: {}",
+                "refusing to vouch for rows keyrot could not have written: {}. Nothing was authenticated",
                 problems.join("; ")
             ));
         }
@@ -120,20 +130,23 @@ impl Attempt<'_> {
             return Ok(Step::Answer(Answer::refused_untrusted(&ring, detail)));
         }
         self.rotator.check_not_rolled_back(&integrity).await?;
+        let ledger = self.rotator.ledger().await?;
         // A retired ring stays retired through a repair, even when the manifest that said
         // so is the thing that was destroyed: its chained ledger still records it.
-        let retired = integrity.retired
-            || self
-                .rotator
-                .ledger()
-                .await?
-                .iter()
-                .any(|r| r.mac.is_some() && r.outcome == Outcome::Retired);
-        let mut next = Change::successor(&ring);
+        let retired = integrity.retired || ledger.iter().any(|r| r.mac.is_some() && r.outcome == Outcome::Retired);
+        let chained = ledger
+            .iter()
+            .filter(|r| r.mac.is_some() && r.outcome.changed_ring())
+            .map(|r| r.generation)
+            .max();
+        let (generation, found) = repaired_generation(&integrity, chained);
+        // Not `Change::successor`: the stored generation is not what the ring moves on from.
+        let mut next = ring.clone();
+        next.generation = generation;
         let keys = quarantine(&mut next, &integrity, reason, self.now);
         let kids: Vec<&str> = keys.iter().map(|k| k.kid.as_str()).collect();
         let detail = format!(
-            "quarantined {} row(s): [{}]; dropped from the manifest: [{}]; {reason}",
+            "{found}quarantined {} row(s): [{}]; dropped from the manifest: [{}]; {reason}",
             kids.len(),
             kids.join(", "),
             integrity.missing.join(", ")
@@ -328,4 +341,118 @@ fn unvouchable_rows(ring: &Ring, sealer: &dyn Sealer) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The generation a repair moves the ring to, and what it found about the stored one (empty
+/// when it was not altered). It is worked out from what is authenticated: the manifest's
+/// generation, or without a readable manifest the newest chained commit record (`chained`).
+/// A ring row moved ahead, but below [`MAX_GENERATION`]` / 2`, is moved past, so that every
+/// instance that read it sees the repair as a change; one at or above that bound (73
+/// million years of a commit every millisecond) is ignored, so it can neither overflow nor
+/// push the ring towards the bound. Never above `MAX_GENERATION / 2 + 1`.
+fn repaired_generation(integrity: &IntegrityReport, chained: Option<u64>) -> (u64, String) {
+    let authenticated = integrity
+        .manifest_generation
+        .or(chained)
+        .unwrap_or(0)
+        .min(MAX_GENERATION / 2);
+    let stored = integrity.ring_generation;
+    let base = if stored < MAX_GENERATION / 2 {
+        stored.max(authenticated)
+    } else {
+        authenticated
+    };
+    let next = base.saturating_add(1);
+    let found = if stored == authenticated {
+        String::new()
+    } else {
+        format!(
+            "the stored generation was altered (the ring row said {stored}, the authenticated generation is \
+             {authenticated}): the ring is at generation {next} again; "
+        )
+    };
+    (next, found)
+}
+
+/// How long `d` is, for a refusal: whole days, hours, minutes or seconds.
+fn human(d: TimeDelta) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// Rows whose lifecycle no rotation under `policy` produces, each named with why and what
+/// to do: a published key (Pending, Active, Retiring) without a sealed private key (keyrot
+/// destroys material only after expiry, so such a row was not written by keyrot), a
+/// Retiring window (`expires_at − retired_at`) longer than `retire_grace`, and a past event
+/// (created, activated, retired, revoked, expired, purged) dated after `now` by more than
+/// the policy's `clock_skew`. No key material is named.
+fn impossible_lifecycles(ring: &Ring, policy: &Policy, now: DateTime<Utc>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let latest = now
+        .checked_add_signed(policy.clock_skew())
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let grace = policy.retire_grace();
+    for k in &ring.keys {
+        let kid = shown(&k.kid);
+        let published = matches!(k.state, KeyState::Pending | KeyState::Active | KeyState::Retiring);
+        if published && k.sealed.is_none() {
+            problems.push(format!(
+                "{kid}: published ({}) with no sealed private key, which keyrot never writes (it destroys a private \
+                 key only after the key expired): delete the row or restore the ring from a backup, then review again",
+                k.state.as_str()
+            ));
+        }
+        if k.state == KeyState::Retiring {
+            match (k.retired_at, k.expires_at) {
+                (None, _) => problems.push(format!(
+                    "{kid}: Retiring without a retired_at, so its window cannot be checked: delete the row or \
+                     restore the ring from a backup"
+                )),
+                (Some(retired), Some(expires)) if expires - retired > grace => problems.push(format!(
+                    "{kid}: Retiring for {} (retired_at {}, expires_at {}), longer than the policy's retire_grace \
+                     ({}): if the ring was written under a longer retire_grace, run the migration with that policy; \
+                     otherwise delete the row or restore the ring from a backup",
+                    human(expires - retired),
+                    retired.to_rfc3339(),
+                    expires.to_rfc3339(),
+                    human(grace)
+                )),
+                _ => {}
+            }
+        }
+        for (field, at) in [
+            ("created_at", Some(k.created_at)),
+            ("activated_at", k.activated_at),
+            ("retired_at", k.retired_at),
+            ("revoked_at", k.revoked_at),
+            ("expired_at", k.expired_at),
+            ("purged_at", k.purged_at),
+        ] {
+            if let Some(at) = at.filter(|at| *at > latest) {
+                problems.push(format!(
+                    "{kid}: {field} {} is in the future (now {}, clock_skew {}): a past event cannot be dated \
+                     later; check this host's clock, otherwise correct the row or restore the ring from a backup",
+                    at.to_rfc3339(),
+                    now.to_rfc3339(),
+                    human(policy.clock_skew())
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// A stored (possibly forged) kid as a refusal names it: control characters escaped, at most
+/// 80 characters.
+fn shown(kid: &str) -> String {
+    let escaped: String = kid.chars().flat_map(char::escape_default).collect();
+    match escaped.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &escaped[..end]),
+        None => escaped,
+    }
 }

@@ -1,10 +1,10 @@
 //! MySQL 8 / MariaDB 10.6 or newer: [`MySqlStore`] is keyrot's [`Storage`] and [`Lock`];
 //! instances learn of changes by polling ([`MySqlStore::polling_feed`]).
 //!
-//! - **Commit**: one InnoDB transaction: `UPDATE … SET generation = generation + 1 WHERE
-//!   name = ? AND generation = ?` is the compare-and-swap (a first commit creates the ring
-//!   row at generation 0 beforehand, which changes nothing observable) and writes the
-//!   manifest; then key rows are upserted by (ring, kid), the audit record is linked into
+//! - **Commit**: one InnoDB transaction: `UPDATE … SET generation = ? WHERE name = ? AND
+//!   generation = ?` (to the commit's audit record's generation) is the compare-and-swap
+//!   (a first commit creates the ring row at generation 0 beforehand, which changes
+//!   nothing observable) and writes the manifest; then key rows are upserted by (ring, kid), the audit record is linked into
 //!   the ring's chain and inserted, and the idempotency record inserted. Deadlock victims
 //!   are retried.
 //! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
@@ -186,16 +186,21 @@ impl MySqlStore {
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
+    async fn commit_once(
+        &self,
+        c: &Commit,
+        swap: ops::Swap,
+        linker: &dyn AuditLinker,
+    ) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql.common;
-        if expected == 0 {
+        if swap.expected == 0 {
             // Outside the transaction, so concurrent first commits contend on an existing
             // row (the compare-and-swap below) instead of on inserting it.
             ops::execute_pooled(&self.inner.pool, &sql.ensure_ring, &[Value::Text(c.ring.as_str())]).await?;
         }
         let mut tx = self.inner.pool.begin().await?;
         // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        if !ops::cas::<MySql>(&mut tx, sql, c, expected).await? {
+        if !ops::cas::<MySql>(&mut tx, sql, c, swap).await? {
             let current = ops::current_generation::<MySql>(&mut tx, sql, &c.ring).await?;
             tx.rollback().await?;
             return Ok(CommitOutcome::Conflict { current });
@@ -207,7 +212,7 @@ impl MySqlStore {
                     // Another request with this key committed first: treat as a lost race.
                     tx.rollback().await?;
                     return Ok(CommitOutcome::Conflict {
-                        current: gen_from_db(expected).unwrap_or(0),
+                        current: gen_from_db(swap.expected).unwrap_or(0),
                     });
                 }
                 Err(e) => return Err(e.into()),
@@ -336,7 +341,7 @@ impl Storage for MySqlStore {
     }
 
     async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<MySql, _, _>(commit, |expected| self.commit_once(commit, expected, linker)).await
+        ops::commit::<MySql, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
     }
 
     async fn record_attempt(

@@ -3,10 +3,10 @@
 //!
 //! - **Commit**: one transaction: `INSERT … ON CONFLICT DO NOTHING` creates the ring row at
 //!   generation 0 if it is new (race-safe: a concurrent creator waits on the unique index),
-//!   then `UPDATE … SET generation = generation + 1, manifest = … WHERE name = $2 AND
-//!   generation = $3` is the compare-and-swap; key rows are upserted by (ring, kid), the
-//!   audit record linked into the ring's chain and inserted, the idempotency record
-//!   inserted, and `pg_notify` sent — all inside the transaction, so listeners hear of a
+//!   then `UPDATE … SET generation = $1, manifest = … WHERE name = $4 AND generation = $5`
+//!   (to the commit's audit record's generation) is the compare-and-swap; key rows are
+//!   upserted by (ring, kid), the audit record linked into the ring's chain and inserted,
+//!   the idempotency record inserted, and `pg_notify` sent — all inside the transaction, so listeners hear of a
 //!   change exactly when it becomes visible.
 //! - **Audit chain**: appends to a ring's ledger are serialised on its row (the
 //!   compare-and-swap, or `SELECT … FOR UPDATE` in `record_attempt`); both transactions
@@ -222,18 +222,23 @@ impl PostgresStore {
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
+    async fn commit_once(
+        &self,
+        c: &Commit,
+        swap: ops::Swap,
+        linker: &dyn AuditLinker,
+    ) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql.common;
         let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
         // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        if let Some(conflict) = ops::swap_generation::<Postgres>(&mut tx, sql, c, expected).await? {
+        if let Some(conflict) = ops::swap_generation::<Postgres>(&mut tx, sql, c, swap).await? {
             tx.rollback().await?;
             return Ok(conflict);
         }
         ops::insert_keys_and_audit::<Postgres>(&mut tx, sql, c, linker).await?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(self.inner.channel.as_str())
-            .bind(format!("{}:{}", c.ring.as_str(), expected + 1))
+            .bind(format!("{}:{}", c.ring.as_str(), swap.next))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -348,7 +353,7 @@ impl Storage for PostgresStore {
     }
 
     async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<Postgres, _, _>(commit, |expected| self.commit_once(commit, expected, linker)).await
+        ops::commit::<Postgres, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
     }
 
     async fn record_attempt(

@@ -4,9 +4,9 @@
 //!
 //! - **Commit**: one `BEGIN IMMEDIATE` transaction (the database's write lock is taken at
 //!   the start, so no two commits interleave): insert-if-absent of the ring row, then
-//!   `UPDATE … SET generation = generation + 1 WHERE name = ? AND generation = ?` as the
-//!   compare-and-swap (writing the manifest), key upserts by (ring, kid), the audit record
-//!   linked into the ring's chain, the idempotency record. `record_attempt` runs in the same
+//!   `UPDATE … SET generation = ? WHERE name = ? AND generation = ?` (to the commit's audit
+//!   record's generation) as the compare-and-swap (writing the manifest), key upserts by
+//!   (ring, kid), the audit record linked into the ring's chain, the idempotency record. `record_attempt` runs in the same
 //!   kind of transaction, so appends to the ledger never interleave.
 //! - **Append-only ledger**: triggers refuse `UPDATE` and `DELETE`, and an insert that
 //!   would conflict with an existing row (`INSERT OR REPLACE`, `REPLACE`, which delete the
@@ -204,10 +204,15 @@ impl SqliteStore {
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
     }
 
-    async fn commit_once(&self, c: &Commit, expected: i64, linker: &dyn AuditLinker) -> Result<CommitOutcome, TxError> {
+    async fn commit_once(
+        &self,
+        c: &Commit,
+        swap: ops::Swap,
+        linker: &dyn AuditLinker,
+    ) -> Result<CommitOutcome, TxError> {
         let sql = &self.inner.sql.common;
         let mut tx = self.inner.pool.begin_with(BEGIN_WRITE).await?;
-        if let Some(conflict) = ops::swap_generation::<Sqlite>(&mut tx, sql, c, expected).await? {
+        if let Some(conflict) = ops::swap_generation::<Sqlite>(&mut tx, sql, c, swap).await? {
             tx.rollback().await?;
             return Ok(conflict);
         }
@@ -280,7 +285,7 @@ impl Storage for SqliteStore {
     }
 
     async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<Sqlite, _, _>(commit, |expected| self.commit_once(commit, expected, linker)).await
+        ops::commit::<Sqlite, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
     }
 
     async fn record_attempt(
