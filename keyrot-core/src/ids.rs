@@ -6,7 +6,7 @@
 /// Ids are not secrets, but predictable ones would collide (audit ids, request ids), and
 /// a process whose random source fails cannot generate keys either.
 pub(crate) fn random_hex(n: usize) -> String {
-    hex_from(n, |b| getrandom::fill(b))
+    hex_from(n, getrandom::fill)
 }
 
 fn hex_from(n: usize, fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> String {

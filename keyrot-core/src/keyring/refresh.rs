@@ -150,7 +150,9 @@ impl KeyRing {
     /// committing, so the committing instance serves the change at once).
     pub(crate) async fn install(&self, ring: &Ring) -> Result<(), RefreshError> {
         let _g = self.inner.refresh_lock.lock().await;
-        if ring.name != self.inner.ring || ring.generation <= self.inner.snapshot.load().generation {
+        // Compared with the authenticated generation: the served snapshot's stored one may
+        // be an altered column that this commit (a repair) has just corrected downwards.
+        if ring.name != self.inner.ring || ring.generation <= self.inner.snapshot.load().authenticated_generation() {
             return Ok(());
         }
         let snap = self.build_snapshot(ring)?;
@@ -259,7 +261,9 @@ pub(crate) fn spawn_follower<F: Follows>(
                     }
                 } => {
                     match ev {
-                        Ok(FeedEvent::Changed(g)) if g > ring.served_generation() => ring.refresh_now().await,
+                        // Any other generation, lower too: the column is not authenticated (a repair
+                        // moves a ring whose column was altered back down).
+                        Ok(FeedEvent::Changed(g)) if g != ring.served_generation() => ring.refresh_now().await,
                         Ok(FeedEvent::Changed(_)) => {}
                         Ok(FeedEvent::Resync) => ring.reload_now().await,
                         Err(e) => {
