@@ -12,6 +12,7 @@ use crate::key::{KeyError, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod claims;
@@ -301,12 +302,17 @@ pub struct Verified {
     pub alg: Algorithm,
     /// The claims (a JSON object).
     pub claims: Map<String, Value>,
-    /// The ring whose keys and rules accepted it, when a verifier chose among several
-    /// rings (tenant routing); `None` from a verifier that serves one ring.
-    pub ring: Option<crate::ring::RingName>,
-    /// The issuer whose verifier and rules accepted it, when a verifier chose among
-    /// several issuers (`MultiIssuerVerifier`); `None` otherwise.
-    pub issuer: Option<String>,
+    /// Which ring or issuer accepted it, when a verifier chose among several. One
+    /// pointer, `None` on the common path, so that a verified-token cache hit (a clone)
+    /// costs what it did before this was recorded.
+    source: Option<Arc<Source>>,
+}
+
+/// Which of several rings or issuers accepted a token.
+#[derive(Debug)]
+struct Source {
+    ring: Option<crate::ring::RingName>,
+    issuer: Option<String>,
 }
 
 impl Verified {
@@ -316,20 +322,40 @@ impl Verified {
             kid,
             alg,
             claims,
-            ring: None,
-            issuer: None,
+            source: None,
         }
+    }
+
+    /// The ring whose keys and rules accepted it, when a verifier chose among several
+    /// rings (tenant routing); `None` from a verifier that serves one ring.
+    pub fn ring(&self) -> Option<&crate::ring::RingName> {
+        self.source.as_ref().and_then(|s| s.ring.as_ref())
+    }
+
+    /// The issuer whose verifier and rules accepted it, when a verifier chose among
+    /// several issuers (`MultiIssuerVerifier`); `None` otherwise. It says whose rules
+    /// accepted the token, not who minted it.
+    pub fn issuer(&self) -> Option<&str> {
+        self.source.as_ref().and_then(|s| s.issuer.as_deref())
     }
 
     /// Records the ring that verified it.
     pub fn with_ring(mut self, ring: crate::ring::RingName) -> Self {
-        self.ring = Some(ring);
+        let issuer = self.issuer().map(str::to_owned);
+        self.source = Some(Arc::new(Source {
+            ring: Some(ring),
+            issuer,
+        }));
         self
     }
 
     /// Records the issuer whose rules accepted it.
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.issuer = Some(issuer.into());
+        let ring = self.ring().cloned();
+        self.source = Some(Arc::new(Source {
+            ring,
+            issuer: Some(issuer.into()),
+        }));
         self
     }
 
