@@ -128,6 +128,7 @@ macro_rules! storage_conformance_tests {
             commit_round_trips_every_field,
             load_public_is_load_without_sealed_material,
             stale_generation_conflicts_and_writes_nothing,
+            commit_moves_the_ring_to_its_audit_records_generation,
             concurrent_commits_on_one_generation_exactly_one_wins,
             commits_replace_keys_by_kid_and_never_delete,
             record_attempt_appends_without_changing_generation,

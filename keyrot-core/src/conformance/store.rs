@@ -96,6 +96,40 @@ pub async fn stale_generation_conflicts_and_writes_nothing(b: &Backend) {
     assert!(b.storage.idempotency(&r, "stale-key").await.expect("idem").is_none());
 }
 
+/// A commit moves the ring to exactly its audit record's generation: `expected + 1`
+/// normally, and back down for a repair of a generation column that was altered.
+pub async fn commit_moves_the_ring_to_its_audit_records_generation(b: &Backend) {
+    let r = ring("conf-next-gen");
+    let k1 = sample_key(r.as_str(), KeyState::Active, t0());
+    b.storage
+        .commit(&commit(&r, 0, vec![k1], t0()), &linker())
+        .await
+        .expect("c1");
+    assert_eq!(b.storage.generation(&r).await.expect("generation"), 1);
+    let mut repair = commit(&r, 1, Vec::new(), t0());
+    repair.audit.generation = 7;
+    assert_eq!(
+        b.storage.commit(&repair, &linker()).await.expect("c2"),
+        CommitOutcome::Committed
+    );
+    assert_eq!(b.storage.generation(&r).await.expect("generation"), 7);
+    assert_eq!(b.storage.load(&r).await.expect("load").generation, 7);
+    let mut down = commit(&r, 7, Vec::new(), t0());
+    down.audit.generation = 3;
+    assert_eq!(
+        b.storage.commit(&down, &linker()).await.expect("c3"),
+        CommitOutcome::Committed
+    );
+    assert_eq!(b.storage.generation(&r).await.expect("generation"), 3);
+    assert_eq!(
+        b.storage
+            .commit(&commit(&r, 7, Vec::new(), t0()), &linker())
+            .await
+            .expect("c4"),
+        CommitOutcome::Conflict { current: 3 }
+    );
+}
+
 pub async fn concurrent_commits_on_one_generation_exactly_one_wins(b: &Backend) {
     let r = ring("conf-race");
     let base = sample_key(r.as_str(), KeyState::Active, t0());
