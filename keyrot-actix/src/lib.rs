@@ -290,9 +290,10 @@ where
             let found = req.extensions_mut().remove::<Verified>();
             let anonymous = req.extensions_mut().remove::<Anonymous>();
             let headers = Headers(req.headers());
+            let route = req.match_pattern();
             let admitted = guard
                 .admit(
-                    &WithPath::new(&headers, req.path()),
+                    &WithPath::new(&headers, req.path()).with_route(route.as_deref()),
                     Stored::new(found.as_ref(), anonymous.as_ref()),
                 )
                 .await;

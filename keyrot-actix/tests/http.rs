@@ -2,17 +2,23 @@
 
 use actix_web::{App, HttpServer, web};
 use keyrot_actix::{
-    BearerAuthMiddleware, Claims, MaybeClaims, OptionalBearerAuthMiddleware, TenantAuthMiddleware, require_scopes,
+    BearerAuthMiddleware, Claims, MaybeClaims, OptionalBearerAuthMiddleware, TenantAuthMiddleware, Token,
+    require_scopes,
 };
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
     COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
-    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_ISS_PATH, TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH,
-    UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body, whoami_body,
+    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_HOST_RING_PATTERN, TENANT_ISS_PATH, TENANT_ISS_RING_PATTERN,
+    TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
+    tenant_whoami_body, whoami_body,
 };
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
+}
+
+async fn tenant_whoami(Token(token): Token) -> String {
+    tenant_whoami_body(&token)
 }
 
 async fn maybe_whoami(MaybeClaims(claims): MaybeClaims<StandardClaims>) -> String {
@@ -42,6 +48,16 @@ async fn start(app: TestApp) -> RunningServer {
                         web::resource(TENANT_HOST_PATH)
                             .wrap(TenantAuthMiddleware::new(app.tenant_by_host.clone()))
                             .route(web::get().to(whoami)),
+                    )
+                    .service(
+                        web::resource(TENANT_ISS_RING_PATTERN)
+                            .wrap(TenantAuthMiddleware::new(app.tenant_by_issuer.clone()))
+                            .route(web::get().to(tenant_whoami)),
+                    )
+                    .service(
+                        web::resource(TENANT_HOST_RING_PATTERN)
+                            .wrap(TenantAuthMiddleware::new(app.tenant_by_host.clone()))
+                            .route(web::get().to(tenant_whoami)),
                     )
                     // Before the catch-all scope below, which would answer 404 for them.
                     .route(UNGUARDED_PATH, web::get().to(whoami))

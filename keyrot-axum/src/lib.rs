@@ -271,9 +271,9 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let headers = Headers(&parts.headers);
-            let admitted = guard
-                .admit(&WithPath::new(&headers, parts.uri.path()), stored(&parts))
-                .await;
+            let route = parts.extensions.get::<axum::extract::MatchedPath>().map(|m| m.as_str());
+            let with_path = WithPath::new(&headers, parts.uri.path()).with_route(route);
+            let admitted = guard.admit(&with_path, stored(&parts)).await;
             match admitted {
                 Ok(Admission::Verified(verified)) => {
                     parts.extensions.insert(verified);

@@ -2,16 +2,23 @@
 
 use axum::Router;
 use axum::routing::get;
-use keyrot_axum::{BearerAuthLayer, Claims, MaybeClaims, OptionalBearerAuthLayer, TenantAuthLayer, require_scopes};
+use keyrot_axum::{
+    BearerAuthLayer, Claims, MaybeClaims, OptionalBearerAuthLayer, TenantAuthLayer, Token, require_scopes,
+};
 use keyrot_core::StandardClaims;
 use keyrot_http_tests::{
     COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, RunningServer, SCOPED_PATH,
-    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_ISS_PATH, TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH,
-    UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body, whoami_body,
+    SCOPED_SCOPE, TENANT_HOST_PATH, TENANT_HOST_RING_PATTERN, TENANT_ISS_PATH, TENANT_ISS_RING_PATTERN,
+    TENANT_PATH_PATTERN, TestApp, UNGUARDED_OPTIONAL_PATH, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, maybe_whoami_body,
+    tenant_whoami_body, whoami_body,
 };
 
 async fn whoami(Claims(claims): Claims<StandardClaims>) -> String {
     whoami_body(&claims)
+}
+
+async fn tenant_whoami(Token(token): Token) -> String {
+    tenant_whoami_body(&token)
 }
 
 async fn maybe_whoami(MaybeClaims(claims): MaybeClaims<StandardClaims>) -> String {
@@ -47,6 +54,7 @@ async fn start(app: TestApp) -> RunningServer {
         .merge(
             Router::new()
                 .route(TENANT_ISS_PATH, get(whoami))
+                .route(TENANT_ISS_RING_PATTERN, get(tenant_whoami))
                 .layer(TenantAuthLayer::new(app.tenant_by_issuer)),
         )
         .merge(
@@ -57,6 +65,7 @@ async fn start(app: TestApp) -> RunningServer {
         .merge(
             Router::new()
                 .route(TENANT_HOST_PATH, get(whoami))
+                .route(TENANT_HOST_RING_PATTERN, get(tenant_whoami))
                 .layer(TenantAuthLayer::new(app.tenant_by_host)),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -18,8 +18,8 @@ use token::encode_header_with_type;
 
 pub use crate::plane::*;
 pub use crate::tenants::{
-    a_retired_tenant_is_not_found_and_its_tokens_are_refused, tenant_jwks_and_discovery_are_served_per_ring,
-    tenant_middleware_picks_the_ring_from_iss_path_or_host,
+    a_retired_tenant_is_not_found_and_its_tokens_are_refused, a_tenant_token_is_refused_on_another_tenants_routes,
+    tenant_jwks_and_discovery_are_served_per_ring, tenant_middleware_picks_the_ring_from_iss_path_or_host,
 };
 
 pub(crate) const INVALID_TOKEN_BODY: &str =

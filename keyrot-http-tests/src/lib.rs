@@ -21,7 +21,12 @@
 //!   extractor (`MaybeClaims<StandardClaims>`), and [`OPTIONAL_STRICT_PATH`], the
 //!   `Claims` handler, both behind the optional-auth middleware running
 //!   `TestApp::auth.optional()`; and [`UNGUARDED_OPTIONAL_PATH`], the optional handler
-//!   without any middleware (fails closed).
+//!   without any middleware (fails closed);
+//! - the tenant routes: [`TestApp::tenants`] (the adapter's tenant JWKS and discovery
+//!   routes), [`TENANT_ISS_PATH`], [`TENANT_PATH_PATTERN`] and [`TENANT_HOST_PATH`]
+//!   answering [`whoami_body`] behind the tenant middlewares, and
+//!   [`TENANT_ISS_RING_PATTERN`] and [`TENANT_HOST_RING_PATTERN`] answering
+//!   [`tenant_whoami_body`] of the `Token` extractor behind the issuer and host ones.
 //!
 //! An adapter's test file is the start function and one line (the compiled uses are
 //! `keyrot-axum/tests/http.rs` and `keyrot-actix/tests/http.rs`):
@@ -39,8 +44,8 @@ mod world;
 
 pub use world::{Answer, World};
 
-use keyrot_core::StandardClaims;
 use keyrot_core::http::{BearerAuth, HttpEndpoints, TenantAuth, TenantEndpoints};
+use keyrot_core::{StandardClaims, Verified};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -78,6 +83,13 @@ pub const TENANT_PATH_PATTERN: &str = "/tenant/{ring}/whoami";
 /// A route behind the tenant middleware picking the ring from the `Host` header
 /// (`<ring>.tenants.example`).
 pub const TENANT_HOST_PATH: &str = "/tenant-host/whoami";
+/// A route naming its tenant (`{ring}`) behind the middleware picking the ring from the
+/// token's `iss` ([`TestApp::tenant_by_issuer`]), answering [`tenant_whoami_body`] of the
+/// adapter's `Token` extractor.
+pub const TENANT_ISS_RING_PATTERN: &str = "/tenant-iss/{ring}/whoami";
+/// A route naming its tenant (`{ring}`) behind the middleware picking the ring from the
+/// host ([`TestApp::tenant_by_host`]), answering [`tenant_whoami_body`].
+pub const TENANT_HOST_RING_PATTERN: &str = "/tenant-host/{ring}/whoami";
 
 /// What the adapter's test server serves.
 #[derive(Debug, Clone)]
@@ -104,6 +116,13 @@ pub struct TestApp {
 /// The body the protected handlers answer with (JSON of `sub` and `client_id`).
 pub fn whoami_body(claims: &StandardClaims) -> String {
     serde_json::json!({ "sub": claims.sub, "client_id": claims.client_id }).to_string()
+}
+
+/// The body the tenant handlers answer with: the token's `sub` and the ring that
+/// verified it ([`Verified::ring`]).
+pub fn tenant_whoami_body(token: &Verified) -> String {
+    let ring = token.ring().map(|r| r.as_str());
+    serde_json::json!({ "sub": token.claims.get("sub"), "ring": ring }).to_string()
 }
 
 /// The body the optional handler answers with: [`whoami_body`] for a verified token,
@@ -209,6 +228,7 @@ macro_rules! http_suite {
             tenant_jwks_and_discovery_are_served_per_ring,
             tenant_middleware_picks_the_ring_from_iss_path_or_host,
             a_retired_tenant_is_not_found_and_its_tokens_are_refused,
+            a_tenant_token_is_refused_on_another_tenants_routes,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {

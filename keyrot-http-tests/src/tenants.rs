@@ -14,7 +14,8 @@ pub(crate) fn issuer(ring: &str) -> String {
 
 /// The tenant routes and middlewares of the test app, over `manager`.
 pub(crate) fn app(manager: &RingManager) -> (TenantEndpoints, TenantAuth, TenantAuth, TenantAuth) {
-    let tenants = TenantEndpoints::new(manager.clone()).with_issuer(Arc::new(|r: &RingName| issuer(r.as_str())));
+    // Each ring's issuer comes from the manager (`World` gives it `with_issuers`).
+    let tenants = TenantEndpoints::new(manager.clone());
     let by_issuer = RingSelector::Issuer(Arc::new(|iss: &str| {
         RingName::new(iss.strip_prefix("https://issuer.example/t/")?).ok()
     }));
@@ -210,4 +211,61 @@ pub async fn a_retired_tenant_is_not_found_and_its_tokens_are_refused(start: Sta
         "the other tenant is untouched"
     );
     assert_eq!(w.get("/t/tenant-stays/.well-known/jwks.json", None).await.status, 200);
+}
+
+/// A route that names a tenant admits only that tenant's tokens, whichever selector picks
+/// the ring: tenant A's valid token is `401` on tenant B's routes (by `iss` and by host,
+/// where the selector would pick A); a token of A's key claiming another issuer is
+/// refused on A's own route; and the handler sees the ring that verified the token.
+pub async fn a_tenant_token_is_refused_on_another_tenants_routes(start: Start) {
+    let w = World::start(start).await;
+    let a = onboard(&w, "tenant-a").await;
+    let b = onboard(&w, "tenant-b").await;
+    let token_a = token(&w, &a, &issuer("tenant-a"));
+    let token_b = token(&w, &b, &issuer("tenant-b"));
+    let by_iss = |ring: &str| format!("/tenant-iss/{ring}/whoami");
+
+    let ok = w.get(&by_iss("tenant-a"), Some(&token_a)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        ok.json(),
+        json!({ "sub": "alice", "ring": "tenant-a" }),
+        "the handler sees the ring"
+    );
+    let refused = w.get(&by_iss("tenant-b"), Some(&token_a)).await;
+    assert_eq!(refused.status, 401, "A's token on B's route: {}", refused.text());
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    assert_eq!(w.get(&by_iss("tenant-b"), Some(&token_b)).await.status, 200);
+    assert_eq!(
+        w.get("/tenant-iss/tenant%2Db/whoami", Some(&token_b)).await.status,
+        401,
+        "another spelling of the ring is not it"
+    );
+
+    let world = &w;
+    let on_host = |t: &str, path: &str| {
+        let headers = vec![
+            ("authorization", format!("Bearer {t}")),
+            ("host", "tenant-a.tenants.example".to_owned()),
+        ];
+        let path = path.to_owned();
+        async move { world.send("GET", &path, &headers, None).await }
+    };
+    let ok = on_host(&token_a, "/tenant-host/tenant-a/whoami").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["ring"], "tenant-a");
+    assert_eq!(
+        on_host(&token_a, "/tenant-host/tenant-b/whoami").await.status,
+        401,
+        "the host picks A, the path names B"
+    );
+
+    // The ring's own key, but not the ring's own issuer: refused wherever the ring is
+    // picked from the path.
+    let foreign = token(&w, &a, "https://elsewhere.example");
+    assert_eq!(w.get("/tenant/tenant-a/whoami", Some(&foreign)).await.status, 401);
+    assert_eq!(w.get("/tenant/tenant-a/whoami", Some(&token_a)).await.status, 200);
 }

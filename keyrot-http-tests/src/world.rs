@@ -128,6 +128,7 @@ impl World {
         let manager = RingManager::builder(storage.clone(), lock.clone(), sealer.clone())
             .with_clock(Arc::new(clock.clone()))
             .with_instance("server")
+            .with_issuers(Arc::new(|r: &RingName| crate::tenants::issuer(r.as_str())))
             .build();
         let (tenants, tenant_by_issuer, tenant_by_path, tenant_by_host) = crate::tenants::app(&manager);
         let app = TestApp {

@@ -6,7 +6,7 @@ use crate::manager::{ManagerConfig, RingManager};
 use crate::storage::RingsStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Counts subscriptions to a feed over all rings.
+/// Counts subscriptions to a feed over all rings (once each is established).
 #[derive(Debug)]
 struct CountingFeed {
     inner: Arc<dyn RingsFeed>,
@@ -16,8 +16,9 @@ struct CountingFeed {
 #[async_trait::async_trait]
 impl RingsFeed for CountingFeed {
     async fn subscribe_all(&self) -> Result<Box<dyn RingsStream>, crate::StorageError> {
+        let stream = self.inner.subscribe_all().await?;
         self.subscriptions.fetch_add(1, Ordering::SeqCst);
-        self.inner.subscribe_all().await
+        Ok(stream)
     }
 }
 
@@ -99,8 +100,16 @@ pub async fn manager_follows_many_rings_through_one_feed(b: &Backend) {
         held.push(reader.keyring(r).await.expect("reader loads"));
     }
     let handle = reader.spawn();
-    // Let the subscription start before the changes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The changes come once the subscription is established (what is sent before it
+    // is not delivered), so wait for that, with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while feed.subscriptions.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader subscribed to the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut expected = Vec::new();
     for r in &all {
         let report = writer

@@ -1,8 +1,12 @@
 //! Serving the JWKS: pre-rendered bytes, strong `ETag`, `304` on `If-None-Match`.
 
 use super::{HttpRequest, HttpResponse, ResponseBody};
+use crate::alg::Algorithm;
 use crate::jwks::JWKS_CONTENT_TYPE;
+use crate::jwks::Jwks;
 use crate::keyring::KeyRing;
+use crate::ring::RingName;
+use chrono::{DateTime, Utc};
 
 /// Answers a JWKS request (`GET` or `HEAD`) from the ring's current snapshot:
 /// `200` with `Content-Type: application/jwk-set+json`, `Cache-Control: public,
@@ -10,12 +14,16 @@ use crate::keyring::KeyRing;
 /// `ETag`; `304` (same validators, no body) when `If-None-Match` matches; `405` for any
 /// other method. The body is shared with the snapshot, not copied.
 pub fn jwks_response(keyring: &KeyRing, req: &HttpRequest<'_>) -> HttpResponse {
+    jwks_answer(keyring.snapshot().jwks(), keyring.ring(), keyring.clock().now(), req)
+}
+
+/// [`jwks_response`] for `jwks`, the JWKS of `ring`, at `now` (a tenant's JWKS is served
+/// from a ring that may not be loaded).
+pub(crate) fn jwks_answer(jwks: &Jwks, ring: &RingName, now: DateTime<Utc>, req: &HttpRequest<'_>) -> HttpResponse {
     if req.method != "GET" && req.method != "HEAD" {
         return HttpResponse::method_not_allowed("GET, HEAD");
     }
-    let snapshot = keyring.snapshot();
-    let jwks = snapshot.jwks();
-    let cache_control = jwks.cache_control(keyring.clock().now());
+    let cache_control = jwks.cache_control(now);
     let mut not_modified = false;
     req.headers.for_each_value("if-none-match", &mut |v| {
         if let Ok(s) = std::str::from_utf8(v)
@@ -26,7 +34,7 @@ pub fn jwks_response(keyring: &KeyRing, req: &HttpRequest<'_>) -> HttpResponse {
     });
     let mut headers = vec![("etag", jwks.etag().to_owned()), ("cache-control", cache_control)];
     if not_modified {
-        crate::metrics::jwks_response(keyring.ring(), 304);
+        crate::metrics::jwks_response(ring, 304);
         return HttpResponse {
             status: 304,
             headers,
@@ -35,7 +43,7 @@ pub fn jwks_response(keyring: &KeyRing, req: &HttpRequest<'_>) -> HttpResponse {
     }
     headers.push(("content-type", JWKS_CONTENT_TYPE.to_owned()));
     headers.push(("x-content-type-options", "nosniff".to_owned()));
-    crate::metrics::jwks_response(keyring.ring(), 200);
+    crate::metrics::jwks_response(ring, 200);
     HttpResponse {
         status: 200,
         headers,
@@ -176,15 +184,27 @@ struct DiscoveryDocument<'a> {
 /// `Cache-Control` (the document changes only with the published set); `405` for any
 /// other method.
 pub fn discovery_response(keyring: &KeyRing, metadata: &IssuerMetadata, req: &HttpRequest<'_>) -> HttpResponse {
-    if req.method != "GET" && req.method != "HEAD" {
-        return HttpResponse::method_not_allowed("GET, HEAD");
-    }
     let snapshot = keyring.snapshot();
     let mut algs = vec![keyring.policy().algorithm()];
     for k in snapshot.keys() {
         if k.state.is_published() && k.tampered.is_none() && !algs.contains(&k.alg) {
             algs.push(k.alg);
         }
+    }
+    discovery_answer(snapshot.jwks(), &algs, metadata, keyring.clock().now(), req)
+}
+
+/// [`discovery_response`] for a ring publishing `jwks` with the algorithms `algs`, at
+/// `now` (a tenant's document is served from a ring that may not be loaded).
+pub(crate) fn discovery_answer(
+    jwks: &Jwks,
+    algs: &[Algorithm],
+    metadata: &IssuerMetadata,
+    now: DateTime<Utc>,
+    req: &HttpRequest<'_>,
+) -> HttpResponse {
+    if req.method != "GET" && req.method != "HEAD" {
+        return HttpResponse::method_not_allowed("GET, HEAD");
     }
     let doc = DiscoveryDocument {
         issuer: &metadata.issuer,
@@ -194,7 +214,7 @@ pub fn discovery_response(keyring: &KeyRing, metadata: &IssuerMetadata, req: &Ht
         subject_types_supported: &metadata.subject_types,
         id_token_signing_alg_values_supported: algs.iter().map(|a| a.as_str()).collect(),
     };
-    let cache_control = snapshot.jwks().cache_control(keyring.clock().now());
+    let cache_control = jwks.cache_control(now);
     let mut r = HttpResponse::json(200, &doc);
     for (name, value) in &mut r.headers {
         if *name == "cache-control" {

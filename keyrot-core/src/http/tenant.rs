@@ -1,15 +1,18 @@
 //! Many tenants behind one server: each tenant's JWKS and discovery document at a path
 //! naming its ring, and a middleware that picks the ring of a request (from the token's
-//! `iss`, the path or the host) before it verifies the token with that ring.
+//! `iss`, the path or the host) before it verifies the token with that ring, and admits
+//! on a route that names a tenant only that tenant's tokens ([`auth`]).
 
-use super::bearer::{AuthRejection, BearerToken, bearer_token};
-use super::jwks_route::{IssuerMetadata, discovery_response, jwks_response};
-use super::middleware::{Admission, AuthError, Guard, Stored};
+mod auth;
+
+pub use crate::manager::IssuerOf;
+pub use auth::TenantAuth;
+
+use super::jwks_route::{IssuerMetadata, discovery_answer, discovery_response, jwks_answer, jwks_response};
 use super::{HeaderSource, HttpRequest, HttpResponse};
-use crate::keyring::KeyRing;
-use crate::manager::RingManager;
+use crate::manager::{Published, RingManager};
 use crate::ring::RingName;
-use crate::token::{DEFAULT_MAX_TOKEN_BYTES, TokenError, Verified};
+use crate::token::DEFAULT_MAX_TOKEN_BYTES;
 use std::sync::Arc;
 
 /// The default path of a tenant's JWKS.
@@ -17,8 +20,11 @@ pub const TENANT_JWKS_PATTERN: &str = "/t/{ring}/.well-known/jwks.json";
 /// The default path of a tenant's discovery document.
 pub const TENANT_DISCOVERY_PATTERN: &str = "/t/{ring}/.well-known/openid-configuration";
 /// The pseudo-header the adapters' middleware adds with the request path, so that a
-/// [`Guard`] can read it (`:` never starts a real header name).
+/// [`Guard`](super::Guard) can read it (`:` never starts a real header name).
 pub const PATH_HEADER: &str = ":path";
+/// The pseudo-header the adapters' middleware adds with the route the request matched
+/// (its pattern, e.g. `/t/{ring}/orders`), when the framework tells it.
+pub(crate) const ROUTE_HEADER: &str = ":route";
 
 /// A path pattern with one `{ring}` segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +73,30 @@ impl PathPattern {
     }
 }
 
-/// Headers plus the request path as [`PATH_HEADER`]: what the adapters give a [`Guard`].
+/// Headers plus the request path as [`PATH_HEADER`] (and the matched route, when the
+/// framework tells it): what the adapters give a [`Guard`](super::Guard).
 pub struct WithPath<'a> {
     headers: &'a dyn HeaderSource,
     path: &'a str,
+    route: Option<&'a str>,
 }
 
 impl<'a> WithPath<'a> {
     /// `headers`, answering [`PATH_HEADER`] with `path`.
     pub fn new(headers: &'a dyn HeaderSource, path: &'a str) -> Self {
-        Self { headers, path }
+        Self {
+            headers,
+            path,
+            route: None,
+        }
+    }
+
+    /// The pattern of the route the request matched (axum's `MatchedPath`, actix-web's
+    /// `match_pattern`): a route with a `{ring}` segment names a tenant, and
+    /// [`TenantAuth`] admits there only that tenant's tokens.
+    pub fn with_route(mut self, route: Option<&'a str>) -> Self {
+        self.route = route;
+        self
     }
 }
 
@@ -84,6 +104,10 @@ impl HeaderSource for WithPath<'_> {
     fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         if name == PATH_HEADER {
             f(self.path.as_bytes());
+        } else if name == ROUTE_HEADER {
+            if let Some(route) = self.route {
+                f(route.as_bytes());
+            }
         } else {
             self.headers.for_each_value(name, f);
         }
@@ -154,50 +178,6 @@ impl RingSelector {
     }
 }
 
-/// Verifies the bearer token with the ring the [`RingSelector`] picks, served by the
-/// [`RingManager`] (loaded on first use, then from memory). A request whose ring cannot
-/// be told, or names a ring the store does not hold, is `401 invalid_token`.
-#[derive(Debug, Clone)]
-pub struct TenantAuth {
-    manager: RingManager,
-    selector: RingSelector,
-}
-
-impl TenantAuth {
-    /// Verifies with the rings of `manager`, picked by `selector`.
-    pub fn new(manager: RingManager, selector: RingSelector) -> Self {
-        Self { manager, selector }
-    }
-
-    /// The verified token, or why not.
-    pub async fn authenticate(&self, headers: &dyn HeaderSource) -> Result<Verified, AuthRejection> {
-        let token = match bearer_token(headers) {
-            BearerToken::Present(t) => t,
-            BearerToken::Absent => return Err(AuthRejection::MissingToken),
-            BearerToken::Malformed => return Err(AuthRejection::InvalidToken(None)),
-        };
-        let unknown = || AuthRejection::InvalidToken(Some(TokenError::UnknownKid));
-        let ring = self.selector.select(headers, token).ok_or_else(unknown)?;
-        let keyring = match self.manager.existing_keyring(&ring).await {
-            Ok(Some(k)) => k,
-            Ok(None) | Err(_) => return Err(unknown()),
-        };
-        keyring
-            .verify_refreshing(token)
-            .await
-            .map_err(|e| AuthRejection::InvalidToken(Some(e)))
-    }
-}
-
-impl Guard for TenantAuth {
-    async fn admit(&self, headers: &dyn HeaderSource, _: Stored<'_>) -> Result<Admission, AuthError> {
-        Ok(Admission::Verified(self.authenticate(headers).await?))
-    }
-}
-
-/// The issuer URL of a ring, for its discovery document.
-pub type IssuerOf = Arc<dyn Fn(&RingName) -> String + Send + Sync>;
-
 /// Serves each tenant's JWKS and discovery document from the [`RingManager`]'s rings.
 #[derive(Clone)]
 pub struct TenantEndpoints {
@@ -243,9 +223,21 @@ impl TenantEndpoints {
 
     /// Serves each ring's discovery document, for the issuer URL `issuer` gives it (its
     /// `jwks_uri` is that URL + `/.well-known/jwks.json`).
+    /// Without it, the manager's issuers ([`RingManagerBuilder::with_issuers`](crate::RingManagerBuilder::with_issuers)) are used.
     pub fn with_issuer(mut self, issuer: IssuerOf) -> Self {
         self.issuer = Some(issuer);
         self
+    }
+
+    fn issuer_of(&self, ring: &RingName) -> Option<String> {
+        match &self.issuer {
+            Some(f) => Some(f(ring)),
+            None => self.manager.issuer(ring),
+        }
+    }
+
+    fn serves_discovery(&self) -> bool {
+        self.issuer.is_some() || self.manager.has_issuers()
     }
 
     /// The JWKS pattern (the route to mount).
@@ -255,7 +247,7 @@ impl TenantEndpoints {
 
     /// The discovery pattern (the route to mount), if a discovery document is served.
     pub fn discovery_pattern(&self) -> Option<&PathPattern> {
-        self.issuer.as_ref().map(|_| &self.discovery)
+        self.serves_discovery().then_some(&self.discovery)
     }
 
     /// Every route an adapter mounts for these endpoints: the JWKS pattern, then the
@@ -266,27 +258,33 @@ impl TenantEndpoints {
             .map(PathPattern::as_str)
     }
 
-    async fn keyring(&self, ring: &RingName) -> Result<KeyRing, HttpResponse> {
-        match self.manager.existing_keyring(ring).await {
-            Ok(Some(k)) => Ok(k),
+    /// What the ring's routes serve: its snapshot if it is loaded, else its published
+    /// keys (read without opening any sealed key); `404` for a ring the store does not
+    /// hold (an unknown name costs at most the manager's one look-up per interval).
+    async fn published(&self, ring: &RingName) -> Result<Published, HttpResponse> {
+        match self.manager.published(ring).await {
+            Ok(Some(p)) => Ok(p),
             Ok(None) => Err(HttpResponse::error(404, "not_found", "no such ring")),
             Err(_) => Err(HttpResponse::error(503, "unavailable", "the ring could not be loaded")),
         }
     }
 
     /// Answers a request for `path`: the tenant's JWKS or discovery document, `404` for
-    /// a ring the store does not hold; `None` when `path` is neither pattern.
+    /// a ring the store does not hold; `None` when `path` is neither pattern. Neither
+    /// ever unseals a key: a ring that is not loaded is served from its published keys.
     pub async fn respond(&self, path: &str, req: &HttpRequest<'_>) -> Option<HttpResponse> {
         if let Some(ring) = self.jwks.ring(path) {
-            return Some(match self.keyring(&ring).await {
-                Ok(k) => jwks_response(&k, req),
+            return Some(match self.published(&ring).await {
+                Ok(Published::Loaded(k)) => jwks_response(&k, req),
+                Ok(Published::Public(v)) => jwks_answer(&v.jwks, &ring, self.manager.now(), req),
                 Err(r) => r,
             });
         }
-        let issuer = self.issuer.as_ref()?;
         let ring = self.discovery.ring(path)?;
-        Some(match self.keyring(&ring).await {
-            Ok(k) => discovery_response(&k, &IssuerMetadata::new(issuer(&ring)), req),
+        let metadata = IssuerMetadata::new(self.issuer_of(&ring)?);
+        Some(match self.published(&ring).await {
+            Ok(Published::Loaded(k)) => discovery_response(&k, &metadata, req),
+            Ok(Published::Public(v)) => discovery_answer(&v.jwks, &v.algs, &metadata, self.manager.now(), req),
             Err(r) => r,
         })
     }

@@ -11,14 +11,26 @@
 //! - **Snapshots loaded on first use** ([`RingManager::keyring`]), kept within a bound
 //!   (least recently used out, by count and approximate bytes): signing, verifying and
 //!   the JWKS of a loaded ring never touch the database.
+//! - **What anonymous requests cost** ([`RingManager::existing_keyring`] and the tenant
+//!   routes): a name the store does not hold costs at most one look-up per
+//!   [`ManagerConfig::unknown_ring_lookup_interval`] for all names together (the known
+//!   rings are kept in memory); a ring is loaded once however many requests ask for it
+//!   at the same time; a tenant's JWKS and discovery document never open a sealed key;
+//!   and unknown kids refresh at most [`ManagerConfig::unknown_kid_refreshes_per_second`]
+//!   rings a second, across all rings.
 //! - **Tenant onboarding** ([`RingManager::onboard`]): a ring is created on first use
 //!   with its own policy and algorithm, from the policy source every instance shares.
 //! - **Tenant offboarding** ([`RingManager::retire`]): every key of the ring revoked and
 //!   destroyed, audited; the ring is never due again and never gets a key again.
 
 mod cache;
+mod known;
+mod limits;
+mod public;
 mod schedule;
+mod serve;
 
+pub(crate) use public::Published;
 pub use schedule::DuePass;
 
 use crate::clock::{Clock, SystemClock};
@@ -31,8 +43,11 @@ use crate::rotator::{RequestContext, RotateError, Rotator};
 use crate::seal::Sealer;
 use crate::storage::{Lock, RingEvent, RingsFeed, Storage};
 use crate::token::Validation;
-use cache::{Loaded, LoadedRings};
+use cache::LoadedRings;
 use chrono::{DateTime, Utc};
+use known::KnownRings;
+use limits::{Flights, RefreshBudget};
+use public::PublicViews;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -76,6 +91,19 @@ pub struct ManagerConfig {
     pub max_loaded_bytes: usize,
     /// A ring whose tick failed is due again after this long (default 5 min).
     pub retry_after: Duration,
+    /// A ring name not known to this instance is looked up in the store at most once per
+    /// this interval, for all names together (default 1 s): a flood of random names
+    /// costs one query per interval. A ring created elsewhere is known at once through
+    /// the change feed, or after at most this long otherwise.
+    pub unknown_ring_lookup_interval: Duration,
+    /// At most this many unknown-kid refreshes a second across every ring verified
+    /// through the manager (default 10); beyond it an unknown kid is refused without a
+    /// refresh.
+    pub unknown_kid_refreshes_per_second: u32,
+    /// The published keys of a ring that is not loaded, read for its tenant JWKS and
+    /// discovery document, are read again after this long (default 60 s; at once when
+    /// the change feed reports the ring changed).
+    pub public_view_max_age: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -88,6 +116,9 @@ impl Default for ManagerConfig {
             max_loaded_rings: 10_000,
             max_loaded_bytes: 64 << 20,
             retry_after: Duration::from_secs(300),
+            unknown_ring_lookup_interval: Duration::from_secs(1),
+            unknown_kid_refreshes_per_second: 10,
+            public_view_max_age: Duration::from_secs(60),
         }
     }
 }
@@ -121,7 +152,16 @@ struct Inner {
     feed: Option<Arc<dyn RingsFeed>>,
     config: ManagerConfig,
     loaded: Mutex<LoadedRings>,
+    issuers: Option<IssuerOf>,
+    known: KnownRings,
+    load_flights: Flights,
+    view_flights: Flights,
+    public_views: Mutex<PublicViews>,
+    unknown_kid_budget: RefreshBudget,
 }
+
+/// The issuer URL of each ring (the `iss` of its tokens, exactly).
+pub type IssuerOf = Arc<dyn Fn(&RingName) -> String + Send + Sync>;
 
 /// Manages every ring of a store on this instance. Cheap to clone.
 #[derive(Clone)]
@@ -151,6 +191,7 @@ pub struct RingManagerBuilder {
     validation: Validation,
     feed: Option<Arc<dyn RingsFeed>>,
     config: ManagerConfig,
+    issuers: Option<IssuerOf>,
 }
 
 impl std::fmt::Debug for RingManagerBuilder {
@@ -200,6 +241,13 @@ impl RingManagerBuilder {
         self
     }
 
+    /// Each ring's issuer URL: its tenant discovery document names it, and the tenant
+    /// middleware accepts a ring's tokens only with exactly this `iss`.
+    pub fn with_issuers(mut self, issuers: IssuerOf) -> Self {
+        self.issuers = Some(issuers);
+        self
+    }
+
     /// Bounds and timings.
     pub fn with_config(mut self, config: ManagerConfig) -> Self {
         self.config = config;
@@ -221,6 +269,12 @@ impl RingManagerBuilder {
                 feed: self.feed,
                 config: c,
                 loaded: Mutex::new(LoadedRings::new(c.max_loaded_rings, c.max_loaded_bytes)),
+                issuers: self.issuers,
+                known: KnownRings::new(c.unknown_ring_lookup_interval),
+                load_flights: Flights::default(),
+                view_flights: Flights::default(),
+                public_views: Mutex::new(PublicViews::new(c.max_loaded_rings, c.public_view_max_age)),
+                unknown_kid_budget: RefreshBudget::new(c.unknown_kid_refreshes_per_second),
             }),
         }
     }
@@ -239,6 +293,7 @@ impl RingManager {
             validation: Validation::default(),
             feed: None,
             config: ManagerConfig::default(),
+            issuers: None,
         }
     }
 
@@ -259,6 +314,19 @@ impl RingManager {
 
     fn loaded(&self) -> MutexGuard<'_, LoadedRings> {
         self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn public_views(&self) -> MutexGuard<'_, PublicViews> {
+        self.inner.public_views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ring's issuer URL, when the manager was given them ([`RingManagerBuilder::with_issuers`]).
+    pub fn issuer(&self, ring: &RingName) -> Option<String> {
+        self.inner.issuers.as_ref().map(|f| f(ring))
+    }
+
+    pub(crate) fn has_issuers(&self) -> bool {
+        self.inner.issuers.is_some()
     }
 
     /// How many rings are loaded, and about how many bytes their snapshots take.
@@ -293,39 +361,6 @@ impl RingManager {
     /// but is no longer refreshed by the manager.
     pub async fn keyring(&self, ring: &RingName) -> Result<KeyRing, RefreshError> {
         Ok(self.load(ring).await?.keyring)
-    }
-
-    /// The ring's key ring if the store holds the ring (one cheap generation read for a
-    /// ring not loaded yet), `None` for an unknown one, which is not loaded: a request
-    /// naming random rings cannot fill the loaded set. A retired ring is `None` too (it
-    /// stays loaded, so asking again costs nothing).
-    pub async fn existing_keyring(&self, ring: &RingName) -> Result<Option<KeyRing>, RefreshError> {
-        let loaded = self.loaded().get(ring);
-        let keyring = match loaded {
-            Some(l) => l.keyring,
-            None => {
-                if self.inner.storage.generation(ring).await? == 0 {
-                    return Ok(None);
-                }
-                self.load(ring).await?.keyring
-            }
-        };
-        Ok(Some(keyring).filter(|k| !k.snapshot().is_retired()))
-    }
-
-    async fn load(&self, ring: &RingName) -> Result<Loaded, RefreshError> {
-        if let Some(l) = self.loaded().get(ring) {
-            return Ok(l);
-        }
-        let policy = self.policy(ring);
-        let keyring = KeyRing::builder(ring.clone(), self.inner.storage.clone(), self.inner.sealer.clone())
-            .with_clock(self.inner.clock.clone())
-            .with_policy(policy.clone())
-            .with_validation(self.inner.validation.clone())
-            .build()
-            .await?;
-        let rotator = self.rotator_for(ring, policy, Some(keyring.clone()));
-        Ok(self.loaded().insert(ring, Loaded { keyring, rotator }))
     }
 
     /// The ring's rotator (the loaded ring's, which updates its snapshot at each commit).
@@ -366,6 +401,8 @@ impl RingManager {
             }
         }
         self.loaded().remeasure(ring);
+        self.inner.known.add(ring);
+        self.public_views().forget(ring);
         Ok(loaded.keyring)
     }
 
@@ -383,6 +420,7 @@ impl RingManager {
     ) -> Result<crate::RotationReport, RotateError> {
         let report = self.rotator(ring).retire_ring(ctx, reason).await?;
         self.loaded().remeasure(ring);
+        self.public_views().forget(ring);
         Ok(report)
     }
 
@@ -390,6 +428,8 @@ impl RingManager {
     async fn follow(&self, event: RingEvent) {
         match event {
             RingEvent::Changed { ring, generation } => {
+                self.inner.known.add(&ring);
+                self.public_views().forget(&ring);
                 let Some(l) = self.loaded().peek(&ring) else {
                     return;
                 };
@@ -405,6 +445,7 @@ impl RingManager {
 
     /// Refreshes every loaded ring (after the feed reconnected).
     async fn refresh_all(&self) {
+        self.public_views().clear();
         let all = self.loaded().all();
         for l in all {
             let _ = l.keyring.refresh().await;
