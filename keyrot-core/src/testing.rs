@@ -20,6 +20,9 @@ pub mod token {
 
 pub use crate::integrity::seal_manifest;
 
+mod counting;
+pub use counting::Counting;
+
 /// Reading metrics out of the Prometheus text format in tests.
 pub mod metrics {
     /// The value of the sample of `name` whose labels include every `name="value"` pair of

@@ -2,103 +2,14 @@
 //! ring names, a tenant's JWKS, concurrent first requests, unknown kids across rings.
 
 use keyrot_core::http::{HttpRequest, PathPattern, RingSelector, TenantAuth, TenantEndpoints, WithPath};
+use keyrot_core::testing::Counting;
 use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Mac, ManagerConfig,
-    MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, Ring, RingChanges, RingEntry, RingManager,
-    RingName, SealContext, SealError, SealedKey, Sealer, SecretBytes, Storage, StorageError, async_trait,
+    Mac, ManagerConfig, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingManager, RingName,
+    SealContext, SealError, SealedKey, Sealer, SecretBytes, Storage,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Counts every storage call (each is one query on a database), and `load` calls apart;
-/// a load takes a moment, as over a network.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryStorage,
-    calls: AtomicU64,
-    loads: AtomicU64,
-}
-
-impl Counting {
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> u64 {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Storage for Counting {
-    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        self.count();
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.inner.load(ring).await
-    }
-
-    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        self.count();
-        self.inner.load_public(ring).await
-    }
-
-    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-        self.count();
-        self.inner.generation(ring).await
-    }
-
-    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        self.count();
-        self.inner.commit(commit, linker).await
-    }
-
-    async fn record_attempt(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), StorageError> {
-        self.count();
-        self.inner.record_attempt(audit, idempotency, linker).await
-    }
-
-    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
-        self.count();
-        self.inner.audit_log(ring, query).await
-    }
-
-    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        self.count();
-        self.inner.idempotency(ring, key).await
-    }
-
-    async fn due_rings(&self, now: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
-        self.count();
-        self.inner.due_rings(now, limit).await
-    }
-
-    async fn reschedule(
-        &self,
-        ring: &RingName,
-        generation: u64,
-        next_due: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<bool, StorageError> {
-        self.count();
-        self.inner.reschedule(ring, generation, next_due).await
-    }
-
-    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
-        self.count();
-        self.inner.list_rings(after, limit).await
-    }
-
-    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        self.count();
-        self.inner.rings_changed_since(since).await
-    }
-}
 
 /// A sealer that refuses to open any sealed key, and counts the attempts.
 #[derive(Debug)]
@@ -142,15 +53,15 @@ fn ring(name: &str) -> RingName {
     RingName::new(name).expect("ring name")
 }
 
-fn manager(storage: &Arc<Counting>, sealer: Arc<dyn Sealer>, config: ManagerConfig) -> RingManager {
+fn manager(storage: &Arc<Counting<MemoryStorage>>, sealer: Arc<dyn Sealer>, config: ManagerConfig) -> RingManager {
     RingManager::builder(storage.clone(), Arc::new(MemoryLock::default()), sealer)
         .with_config(config)
         .build()
 }
 
 /// A store holding `names`, onboarded by another instance.
-async fn store_with(names: &[&str]) -> Arc<Counting> {
-    let storage = Arc::new(Counting::default());
+async fn store_with(names: &[&str]) -> Arc<Counting<MemoryStorage>> {
+    let storage = Arc::new(Counting::new(MemoryStorage::new()).with_load_delay(Duration::from_millis(20)));
     let writer = manager(&storage, sealer(), ManagerConfig::default());
     for n in names {
         writer
@@ -210,7 +121,7 @@ async fn an_anonymous_tenant_jwks_or_discovery_request_opens_no_sealed_key() {
         "serving the JWKS opened no sealed key"
     );
     let body = String::from_utf8(jwks.body.as_bytes().to_vec()).expect("utf-8");
-    let expected = storage.inner.load(&ring("acme")).await.expect("load").keys[0]
+    let expected = storage.inner().load(&ring("acme")).await.expect("load").keys[0]
         .kid
         .clone();
     assert!(body.contains(&expected), "the tenant's key is published: {body}");
@@ -229,7 +140,7 @@ async fn concurrent_first_requests_load_a_ring_once() {
     let m = manager(&storage, sealer(), ManagerConfig::default());
     // Known first, so that only loading is measured.
     assert!(m.existing_keyring(&ring("globex")).await.expect("look-up").is_none());
-    let loads = storage.loads.load(Ordering::SeqCst);
+    let loads = storage.loads();
     let requests: Vec<_> = (0..32)
         .map(|_| {
             let m = m.clone();
@@ -240,7 +151,7 @@ async fn concurrent_first_requests_load_a_ring_once() {
         assert!(r.await.expect("task").expect("look-up").is_some());
     }
     assert_eq!(
-        storage.loads.load(Ordering::SeqCst) - loads,
+        storage.loads() - loads,
         1,
         "32 concurrent first requests load the ring once"
     );

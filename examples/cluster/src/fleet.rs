@@ -5,7 +5,7 @@
 //!
 //! Time is simulated (one manual clock for every instance), so rings fall due on demand.
 
-use crate::counting::Counting;
+use keyrot_core::testing::Counting;
 use keyrot_core::{
     Clock, ErrorChain, ManagerConfig, ManagerHandle, ManualClock, MasterKeySealer, Outcome, Policy, RequestContext,
     RingManager, RingName, Storage,

@@ -11,7 +11,6 @@
 //! Exit status: 0 when exactly one instance rotated and every instance served the new key
 //! within 5 seconds, 1 otherwise, 2 on usage or configuration errors.
 
-mod counting;
 mod fleet;
 
 use clap::Parser;

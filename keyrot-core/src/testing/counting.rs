@@ -1,45 +1,74 @@
-//! A storage and lock that count the database statements an instance sends: one per
-//! storage call (a commit counts once though it is one transaction of several), one per
-//! lock taken and one per lock released.
+//! A storage and lock that count what reaches them, for tests and demos that measure how
+//! many database statements something costs.
 
-use chrono::{DateTime, Utc};
-use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard, Ring, RingEntry,
-    RingName, Storage, StorageError, async_trait,
+use crate::ring::{Ring, RingName};
+use crate::storage::{
+    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
+    RingChanges, RingEntry, Storage, StorageError,
 };
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Counts the calls that reach the database.
+/// Wraps a [`Storage`] (and, when `S` is one, a [`Lock`]) and counts the calls that reach
+/// it: one per storage call (a commit counts once though it is one transaction of
+/// several statements), one per lock taken and one per lock released. `load` calls are
+/// also counted apart, and can be made to take a while, as over a network. Every
+/// [`Storage`] method is forwarded, so the inner store's own capabilities stay.
 #[derive(Debug, Clone)]
 pub struct Counting<S> {
     inner: S,
     calls: Arc<AtomicU64>,
+    loads: Arc<AtomicU64>,
+    load_delay: Duration,
 }
 
 impl<S> Counting<S> {
+    /// Counts the calls that reach `inner`.
     pub fn new(inner: S) -> Self {
         Self {
             inner,
             calls: Arc::default(),
+            loads: Arc::default(),
+            load_delay: Duration::ZERO,
         }
     }
 
-    /// Calls so far.
+    /// Makes every `load` wait `delay` first (concurrent loads then overlap).
+    pub fn with_load_delay(mut self, delay: Duration) -> Self {
+        self.load_delay = delay;
+        self
+    }
+
+    /// Calls so far (storage calls, locks taken and released).
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `Storage::load` calls so far.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 
     fn count(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl<S: Storage> Storage for Counting<S> {
     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
         self.count();
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if !self.load_delay.is_zero() {
+            tokio::time::sleep(self.load_delay).await;
+        }
         self.inner.load(ring).await
     }
 
@@ -97,6 +126,11 @@ impl<S: Storage> Storage for Counting<S> {
         self.count();
         self.inner.list_rings(after, limit).await
     }
+
+    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
+        self.count();
+        self.inner.rings_changed_since(since).await
+    }
 }
 
 #[derive(Debug)]
@@ -105,15 +139,15 @@ struct CountingGuard {
     calls: Arc<AtomicU64>,
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl LockGuard for CountingGuard {
     async fn release(self: Box<Self>) -> Result<(), StorageError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.release().await
     }
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl<L: Lock> Lock for Counting<L> {
     async fn try_acquire(
         &self,
