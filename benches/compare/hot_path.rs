@@ -1,183 +1,105 @@
 //! Paired before/after of the token hot path (`benches/compare/run.sh REV`): keyrot-core
-//! at REV (`old`) and the working tree (`new`) in one binary, interleaved in shuffled
-//! rounds; median of per-round ratios new/old, with an A/A pair as the noise floor.
+//! at REV (`old`) and the working tree (`new`) linked into one binary, interleaved in
+//! shuffled rounds by the benches' paired harness (`paired.rs`, copied beside this file
+//! by run.sh); the median of per-round ratios new/old, with an A/A pair (two old rings)
+//! as the noise floor. Every ring signs with the same key (RFC 8037 A.1), so both
+//! versions verify byte-identical tokens.
+//!
+//! `hot-path-compare GROUP JOB N` runs one job N times and exits, for callgrind.
+
+mod paired;
+
+use paired::Job;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
-macro_rules! setup {
+const RFC8037: &str = r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+const ROUNDS: usize = 150;
+
+/// A ring on the memory store whose Active key is RFC 8037's, with or without a token
+/// cache, and a `PublicKeyRing` over the same store.
+macro_rules! ring {
     ($k:ident, $cache:expr) => {{
         let storage = Arc::new($k::MemoryStorage::new());
-        let sealer = Arc::new($k::MasterKeySealer::new($k::MasterKey::generate("mk").unwrap(), []).unwrap());
-        let ring = $k::RingName::new("bench").unwrap();
-        let mut b = $k::KeyRing::builder(ring.clone(), storage.clone(), sealer.clone());
+        let sealer = Arc::new($k::MasterKeySealer::new($k::MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
+        let ring = $k::RingName::new("bench").expect("ring");
+        let mut builder = $k::KeyRing::builder(ring.clone(), storage.clone(), sealer.clone());
         if $cache {
-            b = b.with_token_cache($k::TokenCache::new($k::TokenCacheConfig::new()));
+            builder = builder.with_token_cache($k::TokenCache::new($k::TokenCacheConfig::new()));
         }
-        let keyring = b.build().await.unwrap();
-        let rotator = $k::Rotator::builder(
-            ring.clone(),
-            storage.clone(),
-            Arc::new($k::MemoryLock::default()),
-            sealer,
-        )
-        .with_keyring(keyring.clone())
-        .build();
-        rotator.init($k::RequestContext::actor("bench")).await.unwrap();
-        let mut imported = $k::PrivateKey::from_jwk_str(RFC8037, None).unwrap();
+        let keyring = builder.build().await.expect("keyring");
+        let rotator = $k::Rotator::builder(ring.clone(), storage.clone(), Arc::new($k::MemoryLock::default()), sealer)
+            .with_keyring(keyring.clone())
+            .build();
+        rotator.init($k::RequestContext::actor("bench")).await.expect("init");
+        let mut imported = $k::PrivateKey::from_jwk_str(RFC8037, None).expect("jwk");
         imported.kid = Some("bench".into());
         rotator
             .import($k::RequestContext::actor("bench"), imported, $k::ImportState::Active)
             .await
-            .unwrap();
-        let public = $k::PublicKeyRing::builder(ring, storage).build().await.unwrap();
+            .expect("import");
+        let public = $k::PublicKeyRing::builder(ring, storage).build().await.expect("public ring");
         (keyring, public)
     }};
 }
 
-/// RFC 8037 A.1's Ed25519 private key: every ring signs with the same key, so both
-/// versions verify byte-identical tokens.
-const RFC8037: &str = r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn report(title: &str, jobs: &[Job<'_>], per_round: &[Vec<f64>], pairs: &[(&str, usize, usize)]) {
+    println!("{title} ({ROUNDS} rounds), median per call:");
+    paired::print_medians(jobs, per_round);
+    for &(name, old, new) in pairs {
+        let mut ratios: Vec<f64> = per_round.iter().map(|r| r[new] / r[old]).collect();
+        let m = paired::median(&mut ratios);
+        let (q1, q3) = (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]);
+        println!("  {name:<28} new/old {m:.4} (interquartile {q1:.4}–{q3:.4})");
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let exp_at = chrono_now() + 3000;
-    let (old_ring, old_public) = setup!(old, false);
-    let (new_ring, new_public) = setup!(new, false);
-    let (old_ring2, _) = setup!(old, false);
-    let t_old2 = old_ring2
-        .sign(&serde_json::json!({"sub": "alice", "iss": "https://issuer.example", "exp": exp_at, "scope": "a b c"}))
-        .unwrap();
-    let (old_cached2, _) = setup!(old, true);
-    let tc_old2 = old_cached2
-        .sign(&serde_json::json!({"sub": "alice", "iss": "https://issuer.example", "exp": exp_at, "scope": "a b c"}))
-        .unwrap();
-    old_cached2.verify(&tc_old2).unwrap();
-    let (old_cached, _) = setup!(old, true);
-    let (new_cached, _) = setup!(new, true);
-    let exp = serde_json::json!({"sub": "alice", "iss": "https://issuer.example", "exp": exp_at, "scope": "a b c"});
-
-    let t_old = old_ring.sign(&exp).unwrap();
-    let t_new = new_ring.sign(&exp).unwrap();
-    let tc_old = old_cached.sign(&exp).unwrap();
-    let tc_new = new_cached.sign(&exp).unwrap();
-    old_cached.verify(&tc_old).unwrap();
-    new_cached.verify(&tc_new).unwrap();
-    type Job<'a> = (&'static str, Box<dyn Fn() + 'a>, usize);
-    let jobs: Vec<Job> = vec![
-        (
-            "KeyRing::verify old",
-            Box::new(|| {
-                black_box(old_ring.verify(black_box(&t_old)).unwrap());
-            }),
-            500,
-        ),
-        (
-            "KeyRing::verify new",
-            Box::new(|| {
-                black_box(new_ring.verify(black_box(&t_new)).unwrap());
-            }),
-            500,
-        ),
-        (
-            "PublicKeyRing::verify old",
-            Box::new(|| {
-                black_box(old_public.verify(black_box(&t_old)).unwrap());
-            }),
-            500,
-        ),
-        (
-            "PublicKeyRing::verify new",
-            Box::new(|| {
-                black_box(new_public.verify(black_box(&t_new)).unwrap());
-            }),
-            500,
-        ),
-        (
-            "cache hit old",
-            Box::new(|| {
-                black_box(old_cached.verify(black_box(&tc_old)).unwrap());
-            }),
-            20_000,
-        ),
-        (
-            "cache hit new",
-            Box::new(|| {
-                black_box(new_cached.verify(black_box(&tc_new)).unwrap());
-            }),
-            20_000,
-        ),
-        (
-            "KeyRing::verify old (A/A)",
-            Box::new(|| {
-                black_box(old_ring2.verify(black_box(&t_old2)).unwrap());
-            }),
-            500,
-        ),
-        (
-            "cache hit old (A/A)",
-            Box::new(|| {
-                black_box(old_cached2.verify(black_box(&tc_old2)).unwrap());
-            }),
-            20_000,
-        ),
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({"sub": "alice", "iss": "https://issuer.example", "exp": now + 3000, "scope": "a b c"});
+    let (old_ring, old_public) = ring!(old, false);
+    let (new_ring, new_public) = ring!(new, false);
+    let (old_ring2, _) = ring!(old, false);
+    let (old_cached, _) = ring!(old, true);
+    let (new_cached, _) = ring!(new, true);
+    let (old_cached2, _) = ring!(old, true);
+    let token = old_ring.sign(&claims).expect("sign");
+    assert_eq!(new_ring.sign(&claims).expect("sign"), token, "both versions sign the same token");
+    for warm in [old_cached.verify(&token).is_ok(), new_cached.verify(&token).is_ok(), old_cached2.verify(&token).is_ok()] {
+        assert!(warm, "the cached rings verify the token");
+    }
+    let t = token.as_str();
+    let verify: Vec<Job> = vec![
+        ("KeyRing::verify old", Box::new(|| drop(black_box(old_ring.verify(black_box(t))).expect("v")))),
+        ("KeyRing::verify new", Box::new(|| drop(black_box(new_ring.verify(black_box(t))).expect("v")))),
+        ("KeyRing::verify old'", Box::new(|| drop(black_box(old_ring2.verify(black_box(t))).expect("v")))),
+        ("PublicKeyRing::verify old", Box::new(|| drop(black_box(old_public.verify(black_box(t))).expect("v")))),
+        ("PublicKeyRing::verify new", Box::new(|| drop(black_box(new_public.verify(black_box(t))).expect("v")))),
     ];
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() == 3 {
-        let (j, n): (usize, usize) = (args[1].parse().unwrap(), args[2].parse().unwrap());
+    let cached: Vec<Job> = vec![
+        ("cache hit old", Box::new(|| drop(black_box(old_cached.verify(black_box(t))).expect("v")))),
+        ("cache hit new", Box::new(|| drop(black_box(new_cached.verify(black_box(t))).expect("v")))),
+        ("cache hit old'", Box::new(|| drop(black_box(old_cached2.verify(black_box(t))).expect("v")))),
+    ];
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("GROUP JOB N")).collect();
+    if let [group, job, n] = args[..] {
+        let jobs = if group == 0 { &verify } else { &cached };
         for _ in 0..n {
-            (jobs[j].1)();
+            (jobs[job].1)();
         }
         return;
     }
-    let rounds = 150;
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut per_round: Vec<Vec<f64>> = Vec::new();
-    for _ in 0..rounds {
-        for i in (1..order.len()).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(i, (seed % (i as u64 + 1)) as usize);
-        }
-        let mut round = vec![0.0; jobs.len()];
-        for &j in &order {
-            let start = Instant::now();
-            for _ in 0..jobs[j].2 {
-                (jobs[j].1)();
-            }
-            round[j] = start.elapsed().as_secs_f64() * 1e6 / jobs[j].2 as f64;
-        }
-        per_round.push(round);
-    }
-    for j in 0..jobs.len() {
-        let mut v: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
-        println!("{:<28} median {:>8.3} µs", jobs[j].0, median(&mut v));
-    }
-    for (name, a, b) in [
-        ("KeyRing::verify", 0, 1),
-        ("PublicKeyRing::verify", 2, 3),
-        ("cache hit", 4, 5),
-        ("A/A KeyRing::verify", 0, 6),
-        ("A/A cache hit", 4, 7),
-    ] {
-        let mut ratios: Vec<f64> = per_round.iter().map(|r| r[b] / r[a]).collect();
-        let m = median(&mut ratios);
-        let lo = ratios[ratios.len() / 4];
-        let hi = ratios[ratios.len() * 3 / 4];
-        println!("{name:<24} new/old median per-round ratio {m:.4} (IQR {lo:.4}–{hi:.4}, {rounds} rounds)");
-    }
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    let per_round = paired::rounds(&verify, ROUNDS, 500);
+    report(
+        "verify",
+        &verify,
+        &per_round,
+        &[("KeyRing::verify", 0, 1), ("PublicKeyRing::verify", 3, 4), ("A/A KeyRing::verify", 0, 2)],
+    );
+    let per_round = paired::rounds(&cached, ROUNDS, 20_000);
+    report("cache hit", &cached, &per_round, &[("cache hit", 0, 1), ("A/A cache hit", 0, 2)]);
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Paired before/after of the token hot path: keyrot-core at REV (default: main's parent
-# of your change, pass it explicitly) against the working tree, both linked into one
+# Paired before/after of the token hot path: keyrot-core at REV (the commit before your
+# change) against the working tree, both linked into one
 # binary and run interleaved in shuffled rounds (median of per-round ratios new/old),
 # then counted with callgrind (instructions per call, repeatable).
 #   bash benches/compare/run.sh REV
@@ -29,16 +29,24 @@ old = { package = "keyrot-core", path = "$work/old/keyrot-core" }
 new = { package = "keyrot-core", path = "$top/keyrot-core" }
 tokio = { version = "1", features = ["rt-multi-thread", "macros"] }
 serde_json = "1"
+cpu-time = "1"
 TOML
 cp "$here/hot_path.rs" "$work/bench/src/main.rs"
+cp "$top/benches/benches/paired/mod.rs" "$work/bench/src/paired.rs"
 (cd "$work/bench" && cargo build --release --quiet)
 bin="$work/bench/target/release/hot-path-compare"
 "$bin"
 if command -v valgrind >/dev/null; then
   n=2000
-  for j in 0 1 4 5; do
-    base=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$j" 0 2>&1 | awk '/Collected/ {print $NF}')
-    total=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$j" "$n" 2>&1 | awk '/Collected/ {print $NF}')
-    echo "job $j: $(( (total - base) / n )) instructions per call (callgrind)"
+  count() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$@" 2>&1 | awk '/Collected/ {print $NF}'; }
+  # Instructions per call, setup subtracted (N calls minus none), three runs each: the
+  # process's random hash seeds and allocation pattern move a count by up to about 1 %.
+  for spec in "0 0 KeyRing::verify-old" "0 1 KeyRing::verify-new" "1 0 cache-hit-old" "1 1 cache-hit-new"; do
+    set -- $spec
+    runs=""
+    for _ in 1 2 3; do
+      runs="$runs $(( ($(count "$1" "$2" "$n") - $(count "$1" "$2" 0)) / n ))"
+    done
+    echo "$3: instructions per call (callgrind, 3 runs):$runs"
   done
 fi

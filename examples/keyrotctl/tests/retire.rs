@@ -1,41 +1,12 @@
 //! `keyrotctl retire-ring`: tenant offboarding with the real binary on a real SQLite file.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-/// A test master key (bytes 0..32), never used outside this test.
-const MASTER_KEY: &str = "mk1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs keyrotctl on ring `t1` of the test's database; exit code, stdout, stderr.
-fn ctl(dir: &Dir, args: &[&str]) -> (i32, String, String) {
-    let db = format!("sqlite:{}", dir.0.join("keyrot.db").display());
-    let out = Command::new(env!("CARGO_BIN_EXE_keyrotctl"))
-        .args(["--database-url", &db, "--ring", "t1"])
-        .args(args)
-        .env("KEYROT_MASTER_KEY", MASTER_KEY)
-        .env_remove("KEYROT_DATABASE_URL")
-        .env_remove("KEYROT_MASTER_KEY_FILE")
-        .output()
-        .expect("run keyrotctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{Dir, ctl};
 
 #[test]
 fn retire_ring_revokes_every_key_for_good() {
-    let dir = Dir(std::env::temp_dir().join(format!("keyrotctl-retire-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let dir = Dir::new("retire");
     assert_eq!(ctl(&dir, &["migrate"]).0, 0);
     let (code, out, err) = ctl(&dir, &["init"]);
     assert_eq!(code, 0, "{out}{err}");
