@@ -76,8 +76,8 @@ impl IntegrityReport {
     }
 
     /// Whether everything checks out (no tampered, missing or unauthenticated rows, and
-    /// the ring row's generation is the authenticated one, at most
-    /// [`MAX_GENERATION`](super::MAX_GENERATION)).
+    /// the ring row's generation is the authenticated one, at most 2^62: a higher one
+    /// is an altered column).
     pub fn is_intact(&self) -> bool {
         if self.ring_generation > super::MAX_GENERATION {
             return false;
