@@ -24,11 +24,15 @@ struct Setup {
 }
 
 async fn setup(config: TokenCacheConfig) -> Setup {
+    setup_with("cached", TokenCache::new(config)).await
+}
+
+/// Ring `name` on its own store, verifying through `cache`, initialised.
+async fn setup_with(name: &str, cache: TokenCache) -> Setup {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 8, 0, 0).single().expect("time"));
     let storage = Arc::new(MemoryStorage::new());
     let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
-    let ring = RingName::new("cached").expect("ring");
-    let cache = TokenCache::new(config);
+    let ring = RingName::new(name).expect("ring");
     let cached = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
         .with_clock(Arc::new(clock.clone()))
         .with_token_cache(cache.clone())
@@ -288,32 +292,17 @@ async fn a_key_set_entry_hits_only_against_the_same_fetched_set() {
 /// A ring whose Active key is an imported one with the kid `shared`, verifying through
 /// `cache`.
 async fn ring_with_shared_kid(name: &str, cache: &TokenCache) -> (KeyRing, ManualClock) {
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 8, 0, 0).single().expect("time"));
-    let storage = Arc::new(MemoryStorage::new());
-    let sealer = Arc::new(MasterKeySealer::new(MasterKey::generate("mk").expect("mk"), []).expect("sealer"));
-    let ring = RingName::new(name).expect("ring");
-    let keyring = KeyRing::builder(ring.clone(), storage.clone(), sealer.clone())
-        .with_clock(Arc::new(clock.clone()))
-        .with_token_cache(cache.clone())
-        .build()
-        .await
-        .expect("keyring");
-    let lock = Arc::new(MemoryLock::new(Arc::new(clock.clone())));
-    let rotator = Rotator::builder(ring, storage, lock, sealer)
-        .with_clock(Arc::new(clock.clone()))
-        .with_keyring(keyring.clone())
-        .build();
-    rotator.init(ctx()).await.expect("init");
+    let s = setup_with(name, cache.clone()).await;
     let imported = ImportedKey {
         key: PrivateKey::generate(Algorithm::EdDsa, RsaBits::B2048).expect("key"),
         kid: Some("shared".into()),
     };
-    rotator
+    s.rotator
         .import(ctx(), imported, ImportState::Active)
         .await
         .expect("import Active");
-    assert_eq!(keyring.snapshot().active_kid(), Some("shared"));
-    (keyring, clock)
+    assert_eq!(s.cached.snapshot().active_kid(), Some("shared"));
+    (s.cached, s.clock)
 }
 
 /// The entry's key object decides a hit, not its kid: ring B, whose key `shared` is
