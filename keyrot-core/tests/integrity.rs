@@ -610,16 +610,7 @@ async fn a_whole_ring_rollback_is_refused_by_a_fresh_rotator_through_the_ledger(
         .force_rotate(ctx(), "revoke the old one", true)
         .await
         .expect("force");
-    let fresh = || {
-        Rotator::builder(
-            s.ring.clone(),
-            s.storage.clone(),
-            Arc::new(MemoryLock::new(Arc::new(s.clock.clone()))),
-            s.sealer.clone(),
-        )
-        .with_clock(Arc::new(s.clock.clone()))
-        .build()
-    };
+    let fresh = || operator(&s, Policy::default());
     // Old rows and manifest restored, the generation column left where it was …
     s.storage.tamper(&s.ring, |raw| {
         *raw.keys = image.1.clone();
@@ -709,14 +700,7 @@ async fn the_integrity_migration_checks_what_it_vouches_for() {
     };
     legacy(&s);
     // An operator's rotator, as keyrotctl builds it (no key ring that served the ring).
-    let rotator = Rotator::builder(
-        s.ring.clone(),
-        s.storage.clone(),
-        Arc::new(MemoryLock::new(Arc::new(s.clock.clone()))),
-        s.sealer.clone(),
-    )
-    .with_clock(Arc::new(s.clock.clone()))
-    .build();
+    let rotator = operator(&s, Policy::default());
     // A stray request fails on the legacy ring and writes a chained record.
     let failed = rotator.revoke(ctx(), "nope", "typo").await;
     assert!(matches!(failed, Err(RotateError::Integrity(_))), "{failed:?}");
