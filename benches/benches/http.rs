@@ -37,7 +37,7 @@ use criterion::async_executor::AsyncExecutor;
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use keyrot_core::Algorithm;
-use keyrot_core::http::{BearerAuth, HttpEndpoints, JWKS_PATH};
+use keyrot_http::{BearerAuth, HttpEndpoints, JWKS_PATH};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +154,7 @@ mod axum_app {
     use axum::Router;
     use axum::routing::get;
     use keyrot_axum::{BearerAuthLayer, Token};
-    use keyrot_core::http::{BearerAuth, HttpEndpoints};
+    use keyrot_http::{BearerAuth, HttpEndpoints};
     use std::sync::Arc;
 
     async fn me(Token(verified): Token) -> String {

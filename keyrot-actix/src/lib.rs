@@ -7,7 +7,7 @@
 //! status.
 //!
 //! This crate only converts types: every status code, header and body byte comes from
-//! [`keyrot_core::http`], so keyrot-actix and keyrot-axum answer identically.
+//! [`keyrot_http`], so keyrot-actix and keyrot-axum answer identically.
 //!
 //! - **Any verifier:** [`BearerAuth::with_verifier`] takes any `Arc<dyn TokenVerifier>`:
 //!   a [`keyrot_core::PublicKeyRing`] (a shared store's published keys, no master key),
@@ -89,7 +89,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::{FromRequest, HttpMessage, ResponseError, web};
 use bytes::Bytes;
 use keyrot_core::Verified;
-use keyrot_core::http::{
+use keyrot_http::{
     Admission, Anonymous, Guard, HeaderSource, HttpRequest as NeutralRequest, HttpResponse as NeutralResponse,
     RequestBody, ResponseBody, Stored, WithPath, each_header_value,
 };
@@ -98,10 +98,11 @@ use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
 
-pub use keyrot_core::http::{
+pub use keyrot_core::TokenVerifier;
+pub use keyrot_http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
     OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource, TokenVerifier,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource,
 };
 
 /// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
@@ -196,7 +197,7 @@ pub struct Token(pub Verified);
 impl Token {
     /// `Ok` when the token grants every scope in `required`; the error is the `403`.
     pub fn require_scopes<S: AsRef<str>>(&self, required: &[S]) -> Result<(), AuthError> {
-        Ok(keyrot_core::http::require_scopes(&self.0, required)?)
+        Ok(keyrot_http::require_scopes(&self.0, required)?)
     }
 }
 
@@ -366,13 +367,13 @@ async fn status(endpoints: HttpEndpoints, req: actix_web::HttpRequest) -> actix_
 
 fn jwks(keyring: &keyrot_core::KeyRing, req: &actix_web::HttpRequest) -> actix_web::HttpResponse {
     let headers = Headers(req.headers());
-    into_actix_response(keyrot_core::http::jwks_response(keyring, &neutral(req, &headers)))
+    into_actix_response(keyrot_http::jwks_response(keyring, &neutral(req, &headers)))
 }
 
 /// Registers `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
 /// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
 /// and, when the endpoints have an issuer URL
-/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_http::HttpEndpointsBuilder::with_issuer_url)),
 /// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
 /// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
 /// answers `405` (JSON) for the wrong one. Use with `App::configure` or

@@ -6,7 +6,7 @@
 //! and [`routes`] for the JWKS, the rotation endpoint and the ring status.
 //!
 //! This crate only converts types: every status code, header and body byte comes from
-//! [`keyrot_core::http`], so keyrot-axum and keyrot-actix answer identically.
+//! [`keyrot_http`], so keyrot-axum and keyrot-actix answer identically.
 //!
 //! - **Any verifier:** [`BearerAuth::with_verifier`] takes any `Arc<dyn TokenVerifier>`:
 //!   a [`keyrot_core::PublicKeyRing`] (a shared store's published keys, no master key),
@@ -78,7 +78,7 @@ use axum::routing::any;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use keyrot_core::Verified;
-use keyrot_core::http::{
+use keyrot_http::{
     Admission, Anonymous, Guard, HeaderSource, HttpRequest, HttpResponse, RequestBody, ResponseBody, Stored, WithPath,
     each_header_value,
 };
@@ -88,10 +88,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-pub use keyrot_core::http::{
+pub use keyrot_core::TokenVerifier;
+pub use keyrot_http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
     OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
-    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource, TokenVerifier,
+    STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource,
 };
 
 /// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
@@ -182,7 +183,7 @@ pub struct Token(pub Verified);
 impl Token {
     /// `Ok` when the token grants every scope in `required`; the error is the `403`.
     pub fn require_scopes<S: AsRef<str>>(&self, required: &[S]) -> Result<(), AuthError> {
-        Ok(keyrot_core::http::require_scopes(&self.0, required)?)
+        Ok(keyrot_http::require_scopes(&self.0, required)?)
     }
 }
 
@@ -349,7 +350,7 @@ async fn status(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Respons
 /// The routes: `/.well-known/jwks.json` (public), `/internal/rotate-keys` and
 /// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
 /// and, when the endpoints have an issuer URL
-/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_core::http::HttpEndpointsBuilder::with_issuer_url)),
+/// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_http::HttpEndpointsBuilder::with_issuer_url)),
 /// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
 /// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
 /// answers `405` (JSON) for the wrong one. Merge or nest the router where you want it
@@ -383,7 +384,7 @@ where
                     method: parts.method.as_str(),
                     headers: &Headers(&parts.headers),
                 };
-                into_axum_response(keyrot_core::http::jwks_response(&keyring, &req))
+                into_axum_response(keyrot_http::jwks_response(&keyring, &req))
             }),
         )
         .with_state(keyring)

@@ -5,7 +5,7 @@
 /// Fails closed: when the random source fails this panics instead of returning zeros.
 /// Ids are not secrets, but predictable ones would collide (audit ids, request ids), and
 /// a process whose random source fails cannot generate keys either.
-pub(crate) fn random_hex(n: usize) -> String {
+pub fn random_hex(n: usize) -> String {
     hex_from(n, getrandom::fill)
 }
 

@@ -29,9 +29,10 @@
 //! ```
 
 // Every module is private: the crate root below is the one path to each public item.
-// `http` (default feature `http`) is the framework-neutral HTTP layer the adapters use;
+// `adapter` is what the transport layers (keyrot-http, the web adapters) build on;
 // `conformance` and `testing` (feature `test-util`) are for store implementors' and
 // keyrot's own tests.
+pub mod adapter;
 mod alg;
 mod b64;
 mod clock;
@@ -56,20 +57,18 @@ mod seal;
 mod secret;
 mod storage;
 mod token;
-
-#[cfg(feature = "http")]
-pub mod http;
+mod verifier;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use alg::{Algorithm, ED25519_NAME, EdDsaName, RsaBits, UnsupportedAlgorithm};
+pub use alg::{Algorithm, EdDsaName, RsaBits, UnsupportedAlgorithm};
 pub use clock::{Clock, ManualClock, SystemClock, to_millis};
 pub use integrity::{
-    ChainBreak, ChainReport, IntegrityReport, RingIntegrity, SealerLinker, TamperedKey, check_ring, legacy_ledger_note,
-    row_digest, rows_digest, verify_chain,
+    ChainBreak, ChainReport, IntegrityReport, RingIntegrity, SealerLinker, TamperedKey, check_ring, rows_digest,
+    verify_chain,
 };
 pub use json::JsonError;
 pub use jwks::{JWKS_CONTENT_TYPE, Jwks};
@@ -81,22 +80,25 @@ pub use keyring::{
     RefresherHandle, Snapshot, TokenCache, TokenCacheConfig, TokenCacheStats,
 };
 pub use keyset::{KeySet, KeySetError, MAX_JWKS_KEYS};
-pub use manager::{DuePass, ManagerConfig, ManagerError, ManagerHandle, PolicySource, RingManager, RingManagerBuilder};
+pub use manager::{
+    DuePass, IssuerOf, ManagerConfig, ManagerError, ManagerHandle, PolicySource, PublicView, Published, RingManager,
+    RingManagerBuilder,
+};
 #[cfg(feature = "test-util")]
 pub use memory::RawRing;
 pub use memory::{MemoryLock, MemoryStorage};
-pub use metrics::{METRICS, MetricDef, MetricKind, describe_metrics, names as metric_names};
+pub use metrics::{METRICS, MetricKind, describe_metrics, names as metric_names};
 pub use planner::{
-    Action, ImportState, KeyTimes, MAX_REASON_LEN, NextTransition, Plan, PlanKind, Refusal, Target, TransitionAction,
-    Trigger, TriggerKind, next_transition, plan,
+    Action, ImportState, MAX_REASON_LEN, NextTransition, Plan, Refusal, Target, TransitionAction, Trigger, TriggerKind,
+    next_transition, plan,
 };
 pub use policy::{Policy, PolicyBuilder, PolicyError};
 pub use public_ring::{PublicKeyRing, PublicKeyRingBuilder};
 pub use report::ErrorChain;
 pub use ring::{InvalidRingName, KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 pub use rotator::{
-    BlastRadius, DEFAULT_PROPAGATION, MAX_IDEMPOTENCY_KEY_LEN, RequestContext, RotateError, RotationReport, Rotator,
-    RotatorBuilder,
+    BlastRadius, DEFAULT_PROPAGATION, MAX_IDEMPOTENCY_KEY_LEN, RefusedRequest, RequestContext, RotateError,
+    RotationReport, Rotator, RotatorBuilder, checked_idempotency_key,
 };
 pub use scheduler::{SchedulerConfig, SchedulerHandle, spawn as spawn_scheduler};
 pub use seal::{Mac, MasterKey, MasterKeySealer, SealContext, SealError, SealedKey, Sealer};
@@ -108,8 +110,11 @@ pub use storage::{
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,
-    StandardClaims, TokenError, Unverified, Validation, Verified, decode_header, verify_with_key, verify_with_lookup,
+    StandardClaims, TokenError, Unverified, Validation, Verified, check_header_type, decode_header, verify_with_key,
+    verify_with_lookup,
 };
+
+pub use verifier::{TokenVerifier, Verifier};
 
 #[doc(hidden)]
 pub use async_trait::async_trait;

@@ -15,11 +15,8 @@
 //! points they lag by at most the poll interval or the tick interval, whichever is
 //! shorter; `keyrot_snapshot_last_refresh_timestamp_seconds` never lags.
 
-use crate::keyring::Snapshot;
 use crate::planner::TriggerKind;
-use crate::policy::Policy;
 use crate::ring::RingName;
-#[cfg(feature = "http")]
 use crate::token::TokenError;
 use chrono::{DateTime, Utc};
 
@@ -236,29 +233,27 @@ pub(crate) fn rotation_attempt(ring: &RingName, trigger: TriggerKind, outcome: &
         .increment(1);
 }
 
-/// A snapshot was installed: its generation and integrity, and the time-dependent gauges.
-pub(crate) fn snapshot_installed(ring: &RingName, snap: &Snapshot, policy: &Policy, now: DateTime<Utc>) {
-    let report = snap.integrity();
-    let tampered = report.tampered.len() + report.missing.len();
+/// A snapshot was installed: its generation and integrity (rows that failed their check
+/// or are missing, and whether the ring is intact).
+pub(crate) fn snapshot_installed(ring: &RingName, generation: u64, tampered: usize, intact: bool) {
     let r = ring.to_string();
-    ::metrics::gauge!(SNAPSHOT_GENERATION, "ring" => r.clone()).set(snap.generation() as f64);
+    ::metrics::gauge!(SNAPSHOT_GENERATION, "ring" => r.clone()).set(generation as f64);
     ::metrics::gauge!(TAMPERED_ROWS, "ring" => r.clone()).set(tampered as f64);
-    ::metrics::gauge!(RING_INTACT, "ring" => r).set(if report.is_intact() { 1.0 } else { 0.0 });
-    ring_clock(ring, snap, policy, now);
+    ::metrics::gauge!(RING_INTACT, "ring" => r).set(if intact { 1.0 } else { 0.0 });
 }
 
-/// The gauges that move with the clock: the Active key's age and the time to the next
-/// transition (NaN when there is none).
-pub(crate) fn ring_clock(ring: &RingName, snap: &Snapshot, policy: &Policy, now: DateTime<Utc>) {
+/// The gauges that move with the clock: the Active key's age (since `active_since`) and
+/// the time to the next transition (`next_at`), NaN when there is none.
+pub(crate) fn ring_clock(
+    ring: &RingName,
+    active_since: Option<DateTime<Utc>>,
+    next_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) {
     let r = ring.to_string();
-    let age = snap
-        .keys()
-        .iter()
-        .find(|k| k.state == crate::ring::KeyState::Active)
-        .and_then(|k| k.activated_at.or(k.activate_at))
-        .map_or(f64::NAN, |at| seconds_between(at, now));
+    let age = active_since.map_or(f64::NAN, |at| seconds_between(at, now));
     ::metrics::gauge!(ACTIVE_KEY_AGE, "ring" => r.clone()).set(age);
-    let next = crate::planner::next_transition(snap.keys(), policy).map_or(f64::NAN, |t| seconds_between(now, t.at));
+    let next = next_at.map_or(f64::NAN, |at| seconds_between(now, at));
     ::metrics::gauge!(NEXT_TRANSITION, "ring" => r).set(next);
 }
 
@@ -266,35 +261,23 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     to.signed_duration_since(from).num_milliseconds() as f64 / 1000.0
 }
 
-/// A refresh from storage ended. `last_success` is the time of the last successful one
-/// (this one, when it succeeded).
+/// A refresh from storage ended, failed for `failure` (a fixed reason label) or not.
+/// `last_success` is the time of the last successful one (this one, when it succeeded).
 pub(crate) fn refreshed(
     ring: &RingName,
-    failure: Option<&crate::keyring::RefreshError>,
+    failure: Option<&'static str>,
     last_success: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) {
     let r = ring.to_string();
     ::metrics::counter!(SNAPSHOT_REFRESHES, "ring" => r.clone()).increment(1);
-    if let Some(e) = failure {
-        ::metrics::counter!(SNAPSHOT_REFRESH_FAILURES, "ring" => r.clone(), "reason" => refresh_reason(e)).increment(1);
+    if let Some(reason) = failure {
+        ::metrics::counter!(SNAPSHOT_REFRESH_FAILURES, "ring" => r.clone(), "reason" => reason).increment(1);
     }
     ::metrics::gauge!(SNAPSHOT_STALE, "ring" => r.clone()).set(if failure.is_some() { 1.0 } else { 0.0 });
     if let Some(at) = last_success {
         ::metrics::gauge!(SNAPSHOT_LAST_REFRESH, "ring" => r.clone()).set(at.timestamp_millis() as f64 / 1000.0);
         ::metrics::gauge!(SNAPSHOT_REFRESH_AGE, "ring" => r).set(seconds_between(at, now).max(0.0));
-    }
-}
-
-/// The fixed reason label of a refresh failure.
-fn refresh_reason(e: &crate::keyring::RefreshError) -> &'static str {
-    use crate::keyring::RefreshError as E;
-    match e {
-        E::Storage(_) => "storage",
-        E::Seal { .. } => "seal",
-        E::Key { .. } => "key",
-        E::InvalidTokenType => "token_type",
-        E::Rollback { .. } => "rollback",
     }
 }
 
@@ -304,14 +287,12 @@ pub(crate) fn unknown_kid_refresh(ring: &RingName) {
 }
 
 /// A bearer token was refused.
-#[cfg(feature = "http")]
-pub(crate) fn verification_failure(e: &TokenError) {
+pub fn verification_failure(e: &TokenError) {
     ::metrics::counter!(VERIFICATION_FAILURES, "reason" => token_reason(e)).increment(1);
 }
 
 /// The fixed reason label of a [`TokenError`]: its variant, in snake case.
-#[cfg(feature = "http")]
-pub(crate) fn token_reason(e: &TokenError) -> &'static str {
+pub fn token_reason(e: &TokenError) -> &'static str {
     use TokenError as E;
     match e {
         E::TooLarge { .. } => "too_large",
@@ -338,8 +319,7 @@ pub(crate) fn token_reason(e: &TokenError) -> &'static str {
 }
 
 /// A JWKS response (`200` or `304`).
-#[cfg(feature = "http")]
-pub(crate) fn jwks_response(ring: &RingName, status: u16) {
+pub fn jwks_response(ring: &RingName, status: u16) {
     let status = match status {
         200 => "200",
         304 => "304",
@@ -350,8 +330,7 @@ pub(crate) fn jwks_response(ring: &RingName, status: u16) {
 
 /// A ledger record counted into a summary instead of written: `refused` (a refusal over
 /// the per-actor or global budget) or `over_budget` (an authorized request answered 429).
-#[cfg(feature = "http")]
-pub(crate) fn ledger_aggregated(reason: &'static str) {
+pub fn ledger_aggregated(reason: &'static str) {
     ::metrics::counter!(LEDGER_AGGREGATED, "reason" => reason).increment(1);
 }
 
@@ -390,7 +369,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(feature = "http")]
     fn token_reasons_are_fixed_labels() {
         assert_eq!(token_reason(&TokenError::BadSignature), "bad_signature");
         assert_eq!(token_reason(&TokenError::TooLarge { max: 8 }), "too_large");

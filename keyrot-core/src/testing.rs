@@ -23,6 +23,23 @@ pub use crate::integrity::seal_manifest;
 mod counting;
 pub use counting::Counting;
 
+/// A [`Verified`](crate::Verified) token with these parts, as if a verifier had checked
+/// it: for tests of what consumes verified tokens (extractors, scope checks).
+pub fn verified(
+    kid: &str,
+    alg: crate::Algorithm,
+    claims: serde_json::Map<String, serde_json::Value>,
+) -> crate::Verified {
+    crate::Verified::new(kid.to_owned(), alg, claims)
+}
+
+/// Appends `record` to the ledger of `rotator`'s ring exactly as given, linked into the
+/// chain under the rotator's sealer: the records other instances (or a flood within
+/// their budgets) would have written, for tests of what reads the ledger.
+pub async fn append_audit(rotator: &crate::Rotator, record: &crate::AuditRecord) -> Result<(), crate::StorageError> {
+    rotator.append_audit(record).await
+}
+
 /// Reading metrics out of the Prometheus text format in tests.
 pub mod metrics {
     /// The value of the sample of `name` whose labels include every `name="value"` pair of

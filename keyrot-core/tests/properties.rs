@@ -405,7 +405,7 @@ impl World {
         let b = keyrot_core::plan(&ring, &self.policy, now, &Trigger::Tick);
         assert_eq!(a, b);
         // 9. `next_transition` tells what the tick does, and when.
-        let next = keyrot_core::next_transition(&ring.keys, &self.policy);
+        let next = ring.next_transition(&self.policy);
         assert_eq!(
             next,
             keyrot_core::next_transition(snap.keys(), &self.policy),

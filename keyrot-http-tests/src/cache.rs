@@ -3,8 +3,8 @@
 
 use crate::{PROTECTED_PATH, Start, World};
 use chrono::TimeDelta;
-use keyrot_core::http::BearerAuth;
 use keyrot_core::{TokenCache, TokenCacheConfig};
+use keyrot_http::BearerAuth;
 use serde_json::json;
 
 /// Hits for a repeated token; a forced rotation with `revoke_old` refuses the cached

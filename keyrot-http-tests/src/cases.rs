@@ -3,14 +3,13 @@
 pub use crate::cache::middleware_token_cache_hits_and_never_outlives_a_revocation;
 use crate::{PROTECTED_PATH, SCOPED_PATH, SCOPED_SCOPE, Start, UNGUARDED_PATH, UNGUARDED_SCOPED_PATH, World};
 use chrono::TimeDelta;
+use keyrot_core::TokenVerifier;
 use keyrot_core::VerifyingKey;
-use keyrot_core::http::{
-    ANONYMOUS_ACTOR, JWKS_PATH, ROTATE_PATH, RefusalAuditLimits, STATUS_PATH, ScopeAuthorizer, TokenVerifier,
-};
 use keyrot_core::testing::token;
 use keyrot_core::{
     Algorithm, Clock, Lock, Outcome, PrivateKey, RequestContext, RsaBits, TokenError, TriggerKind, Validation, Verified,
 };
+use keyrot_http::{ANONYMOUS_ACTOR, JWKS_PATH, ROTATE_PATH, RefusalAuditLimits, STATUS_PATH, ScopeAuthorizer};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -44,8 +44,8 @@ mod world;
 
 pub use world::{Answer, World};
 
-use keyrot_core::http::{BearerAuth, HttpEndpoints, TenantAuth, TenantEndpoints};
 use keyrot_core::{StandardClaims, Verified};
+use keyrot_http::{BearerAuth, HttpEndpoints, TenantAuth, TenantEndpoints};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -7,9 +7,7 @@ use crate::{
     UNGUARDED_OPTIONAL_PATH, World,
 };
 use keyrot_core::PublicKeyRing;
-use keyrot_core::http::{
-    BearerAuth, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH,
-};
+use keyrot_http::{BearerAuth, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH};
 use serde_json::json;
 use std::sync::Arc;
 

@@ -2,8 +2,8 @@
 //! the middleware picking the ring from the token's `iss`, the path or the host.
 
 use crate::{Start, TENANT_HOST_PATH, TENANT_ISS_PATH, World};
-use keyrot_core::http::{PathPattern, RingSelector, TenantAuth, TenantEndpoints};
 use keyrot_core::{KeyRing, RequestContext, RingManager, RingName};
+use keyrot_http::{PathPattern, RingSelector, TenantAuth, TenantEndpoints};
 use serde_json::json;
 use std::sync::Arc;
 

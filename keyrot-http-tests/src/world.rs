@@ -3,11 +3,11 @@
 
 use crate::{RunningServer, Start, TestApp};
 use chrono::{DateTime, TimeDelta, Utc};
-use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder, TokenSource};
 use keyrot_core::{
     AuditQuery, AuditRecord, Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
     RequestContext, RingManager, RingName, Rotator, Storage,
 };
+use keyrot_http::{BearerAuth, HttpEndpoints, HttpEndpointsBuilder, TokenSource};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -271,7 +271,7 @@ impl World {
             serde_json::to_vec(&b).expect("json body")
         });
         headers.extend(extra.iter().map(|(n, v)| (*n, (*v).to_owned())));
-        self.send("POST", keyrot_core::http::ROTATE_PATH, &headers, body).await
+        self.send("POST", keyrot_http::ROTATE_PATH, &headers, body).await
     }
 
     /// `GET /.well-known/jwks.json`, with an optional `If-None-Match`.
@@ -280,7 +280,7 @@ impl World {
             .map(|v| ("if-none-match", v.to_owned()))
             .into_iter()
             .collect();
-        self.send("GET", keyrot_core::http::JWKS_PATH, &headers, None).await
+        self.send("GET", keyrot_http::JWKS_PATH, &headers, None).await
     }
 
     /// The kids the served JWKS lists.

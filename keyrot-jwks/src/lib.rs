@@ -37,7 +37,7 @@
 //!   lifetime of the set held. A background task refreshes when three quarters of the
 //!   lifetime have passed, so verification never waits on the network.
 //! * An unknown `kid` ([`JwksVerifier::verify_refreshing`], or the
-//!   [`keyrot_core::http::TokenVerifier`] impl) fetches at most once per `min_refresh`;
+//!   [`keyrot_core::TokenVerifier`] impl) fetches at most once per `min_refresh`;
 //!   concurrent misses share that fetch; a miss within the cooldown is refused at once.
 //! * A failed refresh (unreachable, an HTTP error, a timeout, an oversized or refused
 //!   document) keeps the last good set, retried every `min_refresh`. Past its lifetime

@@ -4,7 +4,7 @@ use crate::error::MultiIssuerError;
 use crate::verifier::JwksVerifier;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyrot_core::http::TokenVerifier;
+use keyrot_core::TokenVerifier;
 use keyrot_core::{TokenCache, TokenError, Verified};
 use std::collections::HashMap;
 use std::sync::Arc;

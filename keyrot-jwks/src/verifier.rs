@@ -4,7 +4,7 @@ use crate::discovery;
 use crate::error::{Document, JwksError};
 use crate::http::{self, Limits, Scope};
 use crate::refresh::{Cached, Inner, Timing};
-use keyrot_core::http::TokenVerifier;
+use keyrot_core::TokenVerifier;
 use keyrot_core::{KeySet, TokenCache, TokenError, Validation, Verified};
 use std::fmt;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 mod support;
 
-use keyrot_core::http::TokenVerifier;
+use keyrot_core::TokenVerifier;
 use keyrot_core::{TokenError, Validation};
 use keyrot_jwks::{JwksVerifier, MultiIssuerError, MultiIssuerVerifier};
 use serde_json::json;

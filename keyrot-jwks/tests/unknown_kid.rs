@@ -4,7 +4,7 @@
 mod support;
 
 use keyrot_core::TokenError;
-use keyrot_core::http::TokenVerifier;
+use keyrot_core::TokenVerifier;
 use keyrot_jwks::JwksVerifier;
 use std::sync::Arc;
 use support::*;

@@ -96,7 +96,7 @@ async fn start(bin_dir: &std::path::Path) -> Result<Vec<Target>, SetupError> {
         });
     }
     let issuer = targets[0].server.base_url();
-    let jwks_url = format!("{issuer}{}", keyrot_core::http::JWKS_PATH);
+    let jwks_url = format!("{issuer}{}", keyrot_http::JWKS_PATH);
     let server = Server::jwt_authorizer(&jwks_url, &issuer)?;
     println!("started jwt-authorizer on {} (keys from {jwks_url})", server.addr);
     targets.push(Target {

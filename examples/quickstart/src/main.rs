@@ -11,8 +11,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use keyrot_axum::{BearerAuth, BearerAuthLayer, Token, into_axum_response};
-use keyrot_core::http::HttpResponse;
 use keyrot_examples_support::quickstart::{self, LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
+use keyrot_http::HttpResponse;
 use std::process::ExitCode;
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@
 //! [`source`]: std::error::Error::source
 
 use keyrot_core::StorageError;
-use keyrot_core::http::HttpConfigError;
 use keyrot_core::{InvalidRingName, PolicyError, RefreshError, RotateError, SealError};
+use keyrot_http::HttpConfigError;
 use std::path::PathBuf;
 
 /// What went wrong while setting up (configuration errors: exit code 2 in the CLI).

@@ -9,7 +9,7 @@
 use crate::SetupError;
 use crate::form::{basic_credentials, parse_form};
 use keyrot_core::KeyRing;
-use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpResponse, ResponseBody};
+use keyrot_http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpResponse, ResponseBody};
 use serde::Serialize;
 use serde_json::json;
 use sha2::Digest as _;

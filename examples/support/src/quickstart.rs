@@ -11,10 +11,10 @@ use crate::oauth::TokenService;
 use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
 use banner::Secret;
 use keyrot_core::RefresherHandle;
-use keyrot_core::http::{HttpEndpoints, HttpResponse, IssuerMetadata, ResponseBody};
 use keyrot_core::{
     KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, TokenCache, TokenCacheConfig, Validation,
 };
+use keyrot_http::{HttpEndpoints, HttpResponse, IssuerMetadata, ResponseBody};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::error::Error;
 use std::process::ExitCode;

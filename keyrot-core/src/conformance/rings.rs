@@ -176,7 +176,8 @@ pub async fn rotator_commits_write_the_planned_next_due_time(b: &Backend) {
         .build();
     rot.init(RequestContext::actor("conformance")).await.expect("init");
     let loaded = b.storage.load(&r).await.expect("load");
-    let planned = crate::planner::next_transition(&loaded.keys, rot.policy())
+    let planned = loaded
+        .next_transition(rot.policy())
         .expect("a bootstrapped ring has a next transition")
         .at;
     let listed = b.storage.list_rings(None, 10).await.expect("list");

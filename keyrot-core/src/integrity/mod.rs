@@ -25,7 +25,7 @@ mod manifest;
 mod report;
 
 pub use chain::{ChainBreak, ChainReport, SealerLinker, legacy_ledger_note, verify_chain};
-pub use manifest::{check_ring, row_digest, rows_digest, seal_manifest, seal_retired_manifest};
+pub use manifest::{check_ring, rows_digest, seal_manifest, seal_retired_manifest};
 pub use report::{IntegrityReport, RingIntegrity, TamperedKey};
 
 /// The highest generation a ring can have: 2^62. A ring that commits once a millisecond

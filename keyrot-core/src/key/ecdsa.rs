@@ -4,10 +4,10 @@
 //! (never DER), with `r` and `s` in `[1, n)`.
 
 use super::{
-    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64,
-    member_str, put_signature,
+    Family, GenerateOptions, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken,
+    member_b64, member_str, put_signature,
 };
-use crate::alg::{Algorithm, RsaBits};
+use crate::alg::Algorithm;
 use crate::b64;
 use crate::secret::SecretBytes;
 use p256::elliptic_curve::Generate as _;
@@ -33,7 +33,8 @@ impl Curve {
         match alg {
             Algorithm::Es256 => Ok(Curve::P256),
             Algorithm::Es384 => Ok(Curve::P384),
-            Algorithm::EdDsa | Algorithm::Rs256 | Algorithm::Ps256 => Err(KeyError::AlgorithmMismatch { alg }),
+            // Every other family's algorithm: not an EC key's.
+            _ => Err(KeyError::AlgorithmMismatch { alg }),
         }
     }
 
@@ -197,7 +198,7 @@ impl Family for Ecdsa {
         false
     }
 
-    fn generate(&self, alg: Algorithm, _rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError> {
+    fn generate(&self, alg: Algorithm, _: &GenerateOptions) -> Result<Arc<dyn PrivateParams>, KeyError> {
         Sk::generate(Curve::for_alg(alg)?).map(private)
     }
 

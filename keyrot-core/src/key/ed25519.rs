@@ -2,10 +2,10 @@
 //! strict verification, weak (small-order) public keys refused.
 
 use super::{
-    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken, member_b64,
-    member_str, put_signature,
+    Family, GenerateOptions, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, Signer, Verifier, broken,
+    member_b64, member_str, put_signature,
 };
-use crate::alg::{Algorithm, RsaBits};
+use crate::alg::Algorithm;
 use crate::b64;
 use crate::secret::SecretBytes;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
@@ -18,11 +18,10 @@ pub(super) struct Ed25519;
 
 /// Ed25519 keys sign with EdDSA and nothing else.
 fn check_alg(alg: Algorithm) -> Result<(), KeyError> {
-    match alg {
-        Algorithm::EdDsa => Ok(()),
-        Algorithm::Rs256 | Algorithm::Ps256 | Algorithm::Es256 | Algorithm::Es384 => {
-            Err(KeyError::AlgorithmMismatch { alg })
-        }
+    if alg == Algorithm::EdDsa {
+        Ok(())
+    } else {
+        Err(KeyError::AlgorithmMismatch { alg })
     }
 }
 
@@ -43,7 +42,7 @@ impl Family for Ed25519 {
         false
     }
 
-    fn generate(&self, alg: Algorithm, _rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError> {
+    fn generate(&self, alg: Algorithm, _: &GenerateOptions) -> Result<Arc<dyn PrivateParams>, KeyError> {
         check_alg(alg)?;
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut seed[..]).map_err(|_| KeyError::Rng)?;

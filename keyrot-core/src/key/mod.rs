@@ -171,6 +171,15 @@ fn families() -> impl Iterator<Item = &'static dyn Family> {
     })
 }
 
+/// What a caller may choose when a key is generated. Each family reads only its own
+/// fields (RSA its modulus size); a family with a new knob adds a field here, and no
+/// other family's code changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GenerateOptions {
+    /// The modulus size of new RSA keys.
+    pub(crate) rsa_bits: RsaBits,
+}
+
 /// One algorithm family (a key type): generation and every way of importing its keys.
 /// Each method that takes an [`Algorithm`] refuses, with
 /// [`KeyError::AlgorithmMismatch`], one the family does not sign with.
@@ -181,8 +190,8 @@ pub(crate) trait Family: Sync {
     fn kty(&self) -> &'static str;
     /// Whether generation is slow enough to belong on a blocking thread.
     fn slow_generation(&self) -> bool;
-    /// Generates a new private key for `alg`.
-    fn generate(&self, alg: Algorithm, rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError>;
+    /// Generates a new private key for `alg`, reading the options that concern it.
+    fn generate(&self, alg: Algorithm, options: &GenerateOptions) -> Result<Arc<dyn PrivateParams>, KeyError>;
     /// Parses what [`PrivateParams::to_secret_bytes`] produced.
     fn import_secret_bytes(&self, alg: Algorithm, bytes: &SecretBytes) -> Result<Arc<dyn PrivateParams>, KeyError>;
     /// Parses a PKCS#8 PEM private key: `Ok(None)` when it is not this family's key.
@@ -428,7 +437,7 @@ impl PrivateKey {
     /// Generates a new key. Ed25519 is instant; RSA takes from tens of milliseconds to
     /// seconds, so async callers use [`PrivateKey::generate_async`].
     pub fn generate(alg: Algorithm, rsa_bits: RsaBits) -> Result<Self, KeyError> {
-        family(alg).generate(alg, rsa_bits).map(Self::new)
+        family(alg).generate(alg, &GenerateOptions { rsa_bits }).map(Self::new)
     }
 
     /// Generates a key without blocking the async runtime: RSA runs on tokio's blocking

@@ -2,10 +2,10 @@
 //! 32) with SHA-256, moduli of 2048–4096 bits, PKCS#8 DER in storage.
 
 use super::{
-    Family, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS, Signer, Verifier,
-    broken, member_b64, put_signature,
+    Family, GenerateOptions, KeyError, MAX_SIGNATURE_BYTES, PrivateParams, PublicParams, RSA_MAX_BITS, RSA_MIN_BITS,
+    Signer, Verifier, broken, member_b64, put_signature,
 };
-use crate::alg::{Algorithm, RsaBits};
+use crate::alg::Algorithm;
 use crate::b64;
 use crate::secret::SecretBytes;
 use ::rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
@@ -33,7 +33,8 @@ impl Scheme {
         match alg {
             Algorithm::Rs256 => Ok(Scheme::Pkcs1v15),
             Algorithm::Ps256 => Ok(Scheme::Pss),
-            Algorithm::EdDsa | Algorithm::Es256 | Algorithm::Es384 => Err(KeyError::AlgorithmMismatch { alg }),
+            // Every other family's algorithm: not an RSA key's.
+            _ => Err(KeyError::AlgorithmMismatch { alg }),
         }
     }
 
@@ -91,9 +92,9 @@ impl Family for Rsa {
         true
     }
 
-    fn generate(&self, alg: Algorithm, rsa_bits: RsaBits) -> Result<Arc<dyn PrivateParams>, KeyError> {
+    fn generate(&self, alg: Algorithm, options: &GenerateOptions) -> Result<Arc<dyn PrivateParams>, KeyError> {
         let scheme = Scheme::for_alg(alg)?;
-        let key = ::rsa::PrivateKey::new(&mut getrandom::SysRng, rsa_bits.bits())
+        let key = ::rsa::PrivateKey::new(&mut getrandom::SysRng, options.rsa_bits.bits())
             .map_err(|e| KeyError::RsaGeneration(Box::new(e)))?;
         Ok(Arc::new(Private { key, scheme }))
     }

@@ -17,7 +17,7 @@
 //! (an attacker cannot fill the cache with tokens the issuer did not sign), and the cache
 //! is bounded both in entries and in (approximate) bytes.
 
-use super::public::VerifierEntry;
+use super::entry::VerifierEntry;
 use crate::key::VerifyingKey;
 use crate::token::{Times, Validation, Verified};
 use quick_cache::sync::Cache;

@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 
 mod cache;
+mod entry;
+mod gauges;
 mod public;
 mod refresh;
 mod snapshot;
@@ -26,7 +28,8 @@ pub use cache::{
     DEFAULT_TOKEN_CACHE_BYTES, DEFAULT_TOKEN_CACHE_ENTRIES, TokenCache, TokenCacheConfig, TokenCacheStats,
 };
 
-pub(crate) use public::{Verifiers, retiring_window_end, trusted_rows};
+pub(crate) use entry::retiring_window_end;
+pub(crate) use public::{Verifiers, trusted_rows};
 pub use refresh::RefresherHandle;
 pub(crate) use refresh::{Follows, spawn_follower};
 pub use snapshot::{KeyStatus, Snapshot};
@@ -191,7 +194,7 @@ impl KeyRingBuilder {
             return Err(RefreshError::InvalidTokenType);
         }
         let snap = Snapshot::build_with_type(&ring, &self.policy, &*self.sealer, now, &self.token_type)?;
-        crate::metrics::snapshot_installed(&self.ring, &snap, &self.policy, now);
+        gauges::installed(&self.ring, &snap, &self.policy, now);
         let served = snap.authenticated_generation();
         Ok(KeyRing {
             inner: Arc::new(Inner {

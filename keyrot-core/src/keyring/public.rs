@@ -4,51 +4,14 @@
 
 use super::RefreshError;
 use super::cache::{Anchor, Standing, TokenCache};
+use super::entry::VerifierEntry;
 use crate::jwks::Jwks;
-use crate::key::VerifyingKey;
 use crate::policy::Policy;
-use crate::ring::{KeyRecord, KeyState, Ring};
+use crate::ring::{KeyRecord, Ring};
 use crate::token::{self, TokenError, Validation, Verified};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A verifying key and the end of its validity window.
-pub(crate) struct VerifierEntry {
-    pub(crate) key: VerifyingKey,
-    /// A Retiring key verifies only before its `expires_at`, whatever ticks ran and
-    /// however old the snapshot is.
-    pub(crate) not_after: Option<DateTime<Utc>>,
-}
-
-impl VerifierEntry {
-    /// The entry for a published row: its parsed public key, and for a Retiring key the
-    /// end of its window (`expires_at`, else when it retired, else when it was created).
-    fn for_record(k: &KeyRecord) -> Result<Self, RefreshError> {
-        let key = k
-            .public_key()
-            .and_then(|pk| pk.verifying_key())
-            .map_err(|source| RefreshError::Key {
-                kid: k.kid.clone(),
-                source,
-            })?;
-        let not_after = (k.state == KeyState::Retiring).then(|| retiring_window_end(k));
-        Ok(Self { key, not_after })
-    }
-
-    pub(crate) fn check(&self, at: DateTime<Utc>) -> Result<&VerifyingKey, TokenError> {
-        match self.not_after {
-            Some(end) if at >= end => Err(TokenError::KeyExpired),
-            _ => Ok(&self.key),
-        }
-    }
-}
-
-/// The end of a Retiring row's window: its `expires_at`, else when it retired, else
-/// when it was created.
-pub(crate) fn retiring_window_end(k: &KeyRecord) -> DateTime<Utc> {
-    k.expires_at.unwrap_or(k.retired_at.unwrap_or(k.created_at))
-}
 
 /// The verifying keys of one snapshot.
 pub(crate) struct Verifiers {

@@ -59,7 +59,7 @@ impl KeyRing {
                 .store(now.timestamp_millis(), Ordering::Relaxed);
         }
         let last = DateTime::<Utc>::from_timestamp_millis(self.inner.last_refresh_ms.load(Ordering::Relaxed));
-        crate::metrics::refreshed(&self.inner.ring, failure, last, now);
+        crate::metrics::refreshed(&self.inner.ring, failure.map(RefreshError::reason), last, now);
         self.record_clock_gauges();
     }
 
@@ -69,7 +69,7 @@ impl KeyRing {
     /// scheduler tick.
     pub(crate) fn record_clock_gauges(&self) {
         let snap = self.inner.snapshot.load();
-        crate::metrics::ring_clock(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
+        super::gauges::clock(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
         if let Some(cache) = &self.inner.token_cache {
             let (hits, misses, evictions) = cache.take_unexported();
             crate::metrics::token_cache(&self.inner.ring, hits, misses, evictions);
@@ -108,12 +108,7 @@ impl KeyRing {
                         error = %crate::ErrorChain(&e),
                         "stored ring refused; keys it no longer publishes stop verifying here"
                     );
-                    crate::metrics::snapshot_installed(
-                        &self.inner.ring,
-                        &narrowed,
-                        &self.inner.policy,
-                        self.inner.clock.now(),
-                    );
+                    super::gauges::installed(&self.inner.ring, &narrowed, &self.inner.policy, self.inner.clock.now());
                     self.inner.snapshot.store(Arc::new(narrowed));
                 }
                 Err(e)
@@ -181,7 +176,7 @@ impl KeyRing {
         self.inner
             .highest_generation
             .fetch_max(snap.authenticated_generation(), Ordering::AcqRel);
-        crate::metrics::snapshot_installed(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
+        super::gauges::installed(&self.inner.ring, &snap, &self.inner.policy, self.inner.clock.now());
         self.inner.snapshot.store(Arc::new(snap));
     }
 

@@ -1,7 +1,8 @@
 //! The immutable snapshot a key ring serves from: verifiers with their validity windows,
 //! the Active signer, the JWKS, and the integrity verdict of the rows it was built from.
 
-use super::public::{VerifierEntry, Verifiers, trusted_rows};
+use super::entry::VerifierEntry;
+use super::public::{Verifiers, trusted_rows};
 use super::{MANIFEST, RefreshError};
 use crate::alg::Algorithm;
 use crate::integrity::{IntegrityReport, TamperedKey};

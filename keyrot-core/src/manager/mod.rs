@@ -30,40 +30,25 @@ mod public;
 mod schedule;
 mod serve;
 
-pub(crate) use public::Published;
+pub use public::{PublicView, Published};
 pub use schedule::DuePass;
 
 use crate::clock::{Clock, SystemClock};
 use crate::ids::random_hex;
 use crate::keyring::{KeyRing, RefreshError};
-use crate::planner::next_transition;
 use crate::policy::Policy;
-use crate::ring::{Ring, RingName};
+use crate::ring::RingName;
 use crate::rotator::{RequestContext, RotateError, Rotator};
 use crate::seal::Sealer;
 use crate::storage::{Lock, RingEvent, RingsFeed, Storage};
 use crate::token::Validation;
 use cache::LoadedRings;
-use chrono::{DateTime, Utc};
 use known::KnownRings;
 use limits::{Flights, RefreshBudget};
 use public::PublicViews;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// When a ring's next planned transition is due after it became `ring`: the planner's
-/// [`next_transition`]; `now` for a ring that has keys but no Active key (a tick
-/// bootstraps it); `None` when nothing is planned, and always for a retired ring.
-pub(crate) fn next_due(ring: &Ring, policy: &Policy, now: DateTime<Utc>, retired: bool) -> Option<DateTime<Utc>> {
-    if retired {
-        return None;
-    }
-    if ring.active().is_none() && !ring.keys.is_empty() {
-        return Some(now);
-    }
-    next_transition(&ring.keys, policy).map(|t| t.at)
-}
 
 /// How many times onboarding tries while another instance holds the ring's lock.
 const ONBOARD_TRIES: usize = 500;
@@ -325,7 +310,8 @@ impl RingManager {
         self.inner.issuers.as_ref().map(|f| f(ring))
     }
 
-    pub(crate) fn has_issuers(&self) -> bool {
+    /// Whether the manager was given the rings' issuer URLs ([`RingManagerBuilder::with_issuers`]).
+    pub fn has_issuers(&self) -> bool {
         self.inner.issuers.is_some()
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 /// A ring's published keys, as a tenant's JWKS and discovery document serve them.
 #[derive(Debug)]
-pub(crate) struct PublicView {
+pub struct PublicView {
     /// The generation the manifest authenticates (never lower than one served before).
     pub generation: u64,
     /// The JWKS of the authenticated published keys.
@@ -57,7 +57,7 @@ impl PublicView {
 
 /// What a tenant's public routes serve a ring from.
 #[derive(Debug, Clone)]
-pub(crate) enum Published {
+pub enum Published {
     /// The loaded ring (its snapshot is already in memory).
     Loaded(KeyRing),
     /// The ring's published keys, read for the public routes only.
@@ -132,7 +132,7 @@ impl RingManager {
     /// retired): the loaded ring's snapshot, or else its published keys read without
     /// opening any sealed key. An unknown name costs nothing beyond the manager's
     /// known-ring look-up ([`ManagerConfig::unknown_ring_lookup_interval`](super::ManagerConfig::unknown_ring_lookup_interval)).
-    pub(crate) async fn published(&self, ring: &RingName) -> Result<Option<Published>, RefreshError> {
+    pub async fn published(&self, ring: &RingName) -> Result<Option<Published>, RefreshError> {
         if let Some(l) = self.loaded().get(ring) {
             let retired = l.keyring.snapshot().is_retired();
             return Ok(Some(Published::Loaded(l.keyring)).filter(|_| !retired));

@@ -145,7 +145,7 @@ impl RingManager {
         };
         // A retired ring (as its authenticated manifest says) is never due again.
         let retired = crate::integrity::check_ring(&loaded, &*self.inner.sealer).retired;
-        let next = super::next_due(&loaded, policy, now, retired).map(|at| {
+        let next = crate::planner::next_due(&loaded, policy, now, retired).map(|at| {
             // Never due again at once: the tick just said nothing is.
             at.max(now + TimeDelta::seconds(1))
         });

@@ -65,7 +65,7 @@ impl RingManager {
     /// refreshed once, if the manager's unknown-kid budget
     /// ([`ManagerConfig::unknown_kid_refreshes_per_second`](super::ManagerConfig::unknown_kid_refreshes_per_second),
     /// one for all rings) has a refresh left; otherwise the kid is refused at once.
-    pub(crate) async fn verify_within_budget(
+    pub async fn verify_within_budget(
         &self,
         keyring: &KeyRing,
         token: &str,
@@ -94,7 +94,7 @@ impl RingManager {
 
 impl RingManager {
     /// Now, on the manager's clock.
-    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.inner.clock.now()
     }
 }

@@ -1,7 +1,7 @@
 //! `plan`: what a trigger does to a ring, as a list of actions.
 
-use super::limits::{forced_limit, normal_allowed_at};
-use super::timing::{activation_due, active_since, expiry_due, publish_due, purge_due};
+use super::limits::{active_since, forced_limit, normal_allowed_at};
+use super::timing::{activation_due, expiry_due, publish_due, purge_due};
 use super::*;
 
 fn valid_reason(reason: &str) -> bool {

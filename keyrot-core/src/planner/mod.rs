@@ -19,7 +19,8 @@ pub(crate) use apply::apply;
 pub use apply::{ApplyError, NewKey};
 pub use decide::plan;
 pub use refusal::Refusal;
-pub use timing::{KeyTimes, NextTransition, TransitionAction, next_transition};
+pub use timing::{NextTransition, TransitionAction, next_transition};
+pub(crate) use timing::{next_due, next_transition_of};
 
 /// Longest reason text accepted for forced rotations and revocations.
 pub const MAX_REASON_LEN: usize = 500;
@@ -221,7 +222,7 @@ impl Action {
 /// What a plan does, in one word (for reports and HTTP status codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PlanKind {
+pub(crate) enum PlanKind {
     /// The ring's first key.
     Bootstrap,
     /// A new key became Active.
@@ -242,7 +243,7 @@ pub struct Plan {
     /// The steps, in order.
     pub actions: Vec<Action>,
     /// What it amounts to.
-    pub kind: PlanKind,
+    pub(crate) kind: PlanKind,
 }
 
 impl Plan {

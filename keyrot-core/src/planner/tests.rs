@@ -42,7 +42,7 @@ fn the_tick_activates_when_next_transition_says() {
     // published, and not before `min_interval`: the same time for both.
     let pending = record("p", KeyState::Pending, t0 + TimeDelta::days(5) + TimeDelta::hours(12));
     let r = ring(vec![active, pending]);
-    let next = next_transition(&r.keys, &p).expect("next");
+    let next = r.next_transition(&p).expect("next");
     let due = t0 + TimeDelta::days(6) + TimeDelta::hours(12);
     assert_eq!(
         (next.action, next.kid.as_deref(), next.at),
@@ -66,12 +66,12 @@ fn the_tick_never_panics_near_the_end_of_time() {
     expired.expired_at = Some(near);
     let mut r = ring(vec![active.clone(), expired]);
     assert_eq!(plan(&r, &p, max, &Trigger::Tick), Err(Refusal::NothingDue));
-    assert_eq!(next_transition(&r.keys, &p), None);
+    assert_eq!(r.next_transition(&p), None);
     let mut pending = record("p", KeyState::Pending, near);
     pending.activate_at = Some(max);
     r.keys.push(pending);
     assert_eq!(plan(&r, &p, max, &Trigger::Tick), Err(Refusal::NothingDue));
-    assert_eq!(next_transition(&r.keys, &p), None);
+    assert_eq!(r.next_transition(&p), None);
 }
 
 #[test]

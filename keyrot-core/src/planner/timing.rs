@@ -1,5 +1,6 @@
 //! When the next change is due: the timing rules the scheduler's tick and the status page share.
 
+use super::limits::{active_since, normal_rotation_from};
 use super::*;
 
 /// What the scheduler will do next (see [`next_transition`]).
@@ -34,7 +35,7 @@ pub struct NextTransition {
 /// The facts about a key the planner's timing reads: implemented by the stored
 /// [`KeyRecord`] and by the public [`KeyStatus`](crate::KeyStatus), so the scheduler's
 /// tick and a status page answer from the same rule.
-pub trait KeyTimes {
+pub(crate) trait KeyTimes {
     /// The key id.
     fn kid(&self) -> &str;
     /// The key's state.
@@ -103,11 +104,6 @@ impl KeyTimes for crate::keyring::KeyStatus {
     }
 }
 
-/// When the Active key started signing (its `activated_at`, else its `created_at`).
-pub(super) fn active_since(active: &impl KeyTimes) -> DateTime<Utc> {
-    active.activated_at().unwrap_or(active.created_at())
-}
-
 /// When a tick activates the first Pending key: its `activate_at` (or, without one,
 /// `publish_lead` after it was published), never earlier than `publish_lead` after it
 /// was published nor than `min_interval` after the Active key activated. `None` when the
@@ -123,7 +119,7 @@ pub(super) fn activation_due(
         .unwrap_or(published_for_lead)
         .max(published_for_lead);
     match active_since {
-        Some(since) => since.checked_add_signed(policy.min_interval()).map(|s| at.max(s)),
+        Some(since) => normal_rotation_from(since, policy).map(|s| at.max(s)),
         None => Some(at),
     }
 }
@@ -157,10 +153,11 @@ pub(super) fn purge_due(expired: &impl KeyTimes, policy: &Policy) -> Option<Date
 /// The earliest transition the scheduler's tick will make on its own, and when, from the
 /// keys' facts and the policy: the same rule [`plan`] applies on [`Trigger::Tick`], so a
 /// tick at `at` (or later) makes the change and, when `at` is in the future, a tick
-/// before it finds nothing due. Pass a ring's keys (`&ring.keys`) or a snapshot's
-/// ([`Snapshot::keys`](crate::Snapshot::keys)).
+/// before it finds nothing due. Pass a snapshot's keys
+/// ([`Snapshot::keys`](crate::Snapshot::keys)); a stored ring answers
+/// [`Ring::next_transition`].
 ///
-/// Rows that failed their integrity check ([`KeyTimes::trusted`] is false, i.e.
+/// Rows that failed their integrity check (
 /// [`KeyStatus::tampered`](crate::KeyStatus::tampered) is set) are left out: their times
 /// are whatever was written to the database, and the planner does not act on them as
 /// they read. Every sum is checked, so no stored time (however close to the end of time)
@@ -169,7 +166,35 @@ pub(super) fn purge_due(expired: &impl KeyTimes, policy: &Policy) -> Option<Date
 ///
 /// On a ring without an Active key the first Pending key is reported as activating on
 /// its own timing; a tick there bootstraps the ring instead (see [`Trigger::Init`]).
-pub fn next_transition<'k, K: KeyTimes + 'k>(
+pub fn next_transition(keys: &[crate::KeyStatus], policy: &Policy) -> Option<NextTransition> {
+    next_transition_of(keys, policy)
+}
+
+impl Ring {
+    /// [`next_transition`] of this ring's keys: what the scheduler's tick will do next,
+    /// and when.
+    pub fn next_transition(&self, policy: &Policy) -> Option<NextTransition> {
+        next_transition_of(&self.keys, policy)
+    }
+}
+
+/// When a ring's next planned transition is due after it became `ring`:
+/// [`next_transition`]; `now` for a ring that has keys but no Active key (a tick
+/// bootstraps it); `None` when nothing is planned, and always for a retired ring. The
+/// rotator stores it with each commit for the many-rings scheduler.
+pub(crate) fn next_due(ring: &Ring, policy: &Policy, now: DateTime<Utc>, retired: bool) -> Option<DateTime<Utc>> {
+    if retired {
+        return None;
+    }
+    if ring.active().is_none() && !ring.keys.is_empty() {
+        return Some(now);
+    }
+    ring.next_transition(policy).map(|t| t.at)
+}
+
+/// [`next_transition`] over any rows with the timing facts ([`KeyRecord`]s or
+/// [`KeyStatus`](crate::KeyStatus)es).
+pub(crate) fn next_transition_of<'k, K: KeyTimes + 'k>(
     keys: impl IntoIterator<Item = &'k K>,
     policy: &Policy,
 ) -> Option<NextTransition> {

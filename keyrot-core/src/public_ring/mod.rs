@@ -376,9 +376,8 @@ impl Follows for PublicKeyRing {
     }
 }
 
-#[cfg(feature = "http")]
 #[async_trait::async_trait]
-impl crate::http::TokenVerifier for PublicKeyRing {
+impl crate::verifier::TokenVerifier for PublicKeyRing {
     /// Verifies from the current view (no storage access on this path).
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         PublicKeyRing::verify(self, token)

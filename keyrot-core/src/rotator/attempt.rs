@@ -38,6 +38,15 @@ pub(super) enum Request {
         /// The operator's reason (required).
         reason: String,
     },
+    /// A rotation request its endpoint refused before the rotator saw it: only audited.
+    Refused {
+        /// Whether it asked for a forced rotation.
+        forced: bool,
+        /// The reason it gave, if any.
+        reason: Option<String>,
+        /// The refusal as the endpoint saw the ring.
+        answer: Answer,
+    },
 }
 
 impl Request {
@@ -49,6 +58,8 @@ impl Request {
             Request::Authenticate { .. } => TriggerKind::Authenticate,
             Request::Repair { .. } => TriggerKind::Repair,
             Request::Retire { .. } => TriggerKind::RetireRing,
+            Request::Refused { forced: true, .. } => TriggerKind::ForceRotate,
+            Request::Refused { forced: false, .. } => TriggerKind::Rotate,
         }
     }
 }
@@ -142,6 +153,7 @@ impl<'r> Attempt<'r> {
             Request::Authenticate { expected_digest } => self.authenticate(expected_digest.as_deref()).await?,
             Request::Repair { reason } => self.repair(reason).await?,
             Request::Retire { reason } => self.retire(reason).await?,
+            Request::Refused { answer, .. } => Step::Answer(answer.clone()),
         };
         match step {
             Step::Answer(answer) => Ok(self.record(answer).await?),
@@ -213,7 +225,7 @@ impl<'r> Attempt<'r> {
             audit,
             idempotency: self.idempotency.as_ref().map(|i| i.record(&inner.ring, &report)),
             manifest,
-            next_due: crate::manager::next_due(&next, &inner.policy, self.now, retired),
+            next_due: crate::planner::next_due(&next, &inner.policy, self.now, retired),
         };
         let span = tracing::info_span!("keyrot.phase", phase = "commit");
         match inner.storage.commit(&commit, &inner.linker).instrument(span).await? {
@@ -234,6 +246,16 @@ impl<'r> Attempt<'r> {
                 Ok(self.record(lost).await?)
             }
         }
+    }
+
+    /// Records a request refused before the rotator saw it ([`Request::Refused`]): no
+    /// lock, no decision, its one record.
+    pub(super) async fn record_refused(&self) -> Result<RotationReport, StorageError> {
+        let answer = match &self.request {
+            Request::Refused { answer, .. } => answer.clone(),
+            _ => Answer::bare(Outcome::Refused),
+        };
+        self.record(answer).await
     }
 
     /// Writes the audit record of an answer that changed nothing (with its idempotency
@@ -287,6 +309,7 @@ impl<'r> Attempt<'r> {
         let (reason, forced_request) = match &self.request {
             Request::Plan(Trigger::ForceRotate { reason, .. }) => (Some(reason.clone()), true),
             Request::Plan(Trigger::Revoke { reason, .. }) | Request::Retire { reason } => (Some(reason.clone()), false),
+            Request::Refused { forced, reason, .. } => (reason.clone(), *forced),
             _ => (None, false),
         };
         let revocation = self.blast_radius(&a);

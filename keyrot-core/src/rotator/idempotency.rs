@@ -13,7 +13,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// `key` as an idempotency key if it is one: 1–[`MAX_IDEMPOTENCY_KEY_LEN`] printable
 /// ASCII characters. The one check, used by the rotator and the HTTP endpoint alike.
-pub(crate) fn checked_idempotency_key(key: &[u8]) -> Option<&str> {
+pub fn checked_idempotency_key(key: &[u8]) -> Option<&str> {
     let valid = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN && key.iter().all(u8::is_ascii_graphic);
     valid.then(|| std::str::from_utf8(key).ok()).flatten()
 }

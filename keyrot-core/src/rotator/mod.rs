@@ -27,14 +27,14 @@ mod error;
 mod idempotency;
 mod maintenance;
 mod plan;
+mod refused;
 mod report;
 mod trust;
 
 pub use context::{DEFAULT_PROPAGATION, RequestContext, RotatorBuilder};
 pub use error::RotateError;
-pub use idempotency::MAX_IDEMPOTENCY_KEY_LEN;
-#[cfg(feature = "http")]
-pub(crate) use idempotency::checked_idempotency_key;
+pub use idempotency::{MAX_IDEMPOTENCY_KEY_LEN, checked_idempotency_key};
+pub use refused::RefusedRequest;
 pub use report::{BlastRadius, RotationReport};
 
 use crate::clock::Clock;
@@ -111,10 +111,10 @@ impl Rotator {
         &self.inner.storage
     }
 
-    /// Appends a record of an attempt the caller refused itself (an HTTP endpoint's 401,
-    /// 403, 400) to the ring's audit ledger, through the same path as the rotator's own
-    /// records.
-    pub async fn append_audit(&self, record: &AuditRecord) -> Result<(), StorageError> {
+    /// Appends `record` as written, linked into the chain: for tests that need records
+    /// only other instances would write ([`crate::testing::append_audit`]).
+    #[cfg(feature = "test-util")]
+    pub(crate) async fn append_audit(&self, record: &AuditRecord) -> Result<(), StorageError> {
         self.inner
             .storage
             .record_attempt(record, None, &self.inner.linker)

@@ -73,8 +73,7 @@ pub(super) fn type_matches(required: &str, typ: &str) -> bool {
 /// Checks only the `typ` rule of `v` on a token's header (after the size cap and the
 /// segment and header-JSON rules), for callers whose verifier is not keyrot's, such as
 /// an authorizer in front of another issuer's tokens.
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) fn check_header_type(token: &str, v: &Validation) -> Result<(), TokenError> {
+pub fn check_header_type(token: &str, v: &Validation) -> Result<(), TokenError> {
     let (h, _, _) = segments(token, v)?;
     check_type(parse_header(h)?.get("typ"), v)
 }

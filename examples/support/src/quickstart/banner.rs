@@ -4,7 +4,7 @@
 use super::{LOGIN_PATH, ME_PATH, METRICS_PATH, Quickstart, TOKEN_PATH};
 use crate::oauth::USER_SCOPES;
 use crate::{MasterKeySource, SetupError, random_secret};
-use keyrot_core::http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
+use keyrot_http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
 use std::fmt::Write as _;
 
 /// Where a client secret came from.

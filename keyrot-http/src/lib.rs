@@ -29,19 +29,17 @@ mod status;
 mod tenant;
 mod token_source;
 
-#[cfg(test)]
-use crate::planner::TransitionAction;
 pub use authorizer::{
     AuthorizationDenied, DEFAULT_FORCE_SCOPE, DEFAULT_MAX_ROTATION_TOKEN_LIFETIME, DEFAULT_ROTATE_SCOPE,
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
 };
-pub use bearer::{
-    AuthRejection, BearerAuth, BearerToken, OptionalBearerAuth, TokenVerifier, bearer_token, has_scope, require_scopes,
-};
+pub use bearer::{AuthRejection, BearerAuth, OptionalBearerAuth, has_scope, require_scopes};
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::{
     IssuerMetadata, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH, discovery_response, jwks_response,
 };
+#[cfg(test)]
+use keyrot_core::TransitionAction;
 pub use middleware::{
     Admission, Anonymous, AuthError, Guard, RequiredScopes, Stored, each_header_value, verified_claims, verified_token,
 };
@@ -55,7 +53,7 @@ pub use tenant::{
     InvalidPattern, IssuerOf, PATH_HEADER, PathPattern, RingLookup, RingSelector, TENANT_DISCOVERY_PATTERN,
     TENANT_JWKS_PATTERN, TenantAuth, TenantEndpoints, WithPath,
 };
-pub use token_source::TokenSource;
+pub use token_source::{BearerToken, TokenSource, bearer_token};
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -277,7 +275,7 @@ pub fn request_id(headers: &dyn HeaderSource) -> String {
     random_hex(16)
 }
 
-pub(crate) use crate::ids::random_hex;
+pub(crate) use keyrot_core::adapter::random_hex;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@
 //! conversion of [`HttpResponse`] into its own response type.
 
 use super::{AuthRejection, BearerAuth, HeaderSource, HttpResponse, OptionalBearerAuth, require_scopes};
-use crate::token::{TokenError, Verified};
+use keyrot_core::{TokenError, Verified};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
@@ -223,7 +223,7 @@ mod tests {
         let serde_json::Value::Object(claims) = claims else {
             panic!("claims are an object");
         };
-        Verified::new("k1".into(), crate::Algorithm::EdDsa, claims)
+        keyrot_core::testing::verified("k1", keyrot_core::Algorithm::EdDsa, claims)
     }
 
     #[test]

@@ -1,13 +1,14 @@
 use super::endpoints::report_response_for_tests;
 use super::*;
-use crate::planner::Refusal;
-use crate::rotator::RotationReport;
-use crate::storage::Outcome;
-use crate::{
+use chrono::{DateTime, TimeDelta, Utc};
+use keyrot_core::Outcome;
+use keyrot_core::Refusal;
+use keyrot_core::RotationReport;
+use keyrot_core::TokenVerifier;
+use keyrot_core::{
     Clock as _, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName,
     Rotator,
 };
-use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -52,8 +53,8 @@ fn rejections_follow_rfc_6750_and_say_nothing_more() {
     let missing = AuthRejection::MissingToken.to_response();
     assert_eq!(missing.status, 401);
     assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
-    let expired = AuthRejection::InvalidToken(Some(crate::TokenError::Expired)).to_response();
-    let bad_sig = AuthRejection::InvalidToken(Some(crate::TokenError::BadSignature)).to_response();
+    let expired = AuthRejection::InvalidToken(Some(keyrot_core::TokenError::Expired)).to_response();
+    let bad_sig = AuthRejection::InvalidToken(Some(keyrot_core::TokenError::BadSignature)).to_response();
     assert_eq!(expired, bad_sig, "the client cannot tell why");
     assert_eq!(
         expired.header("www-authenticate"),
@@ -158,12 +159,12 @@ fn a_replay_has_the_same_body_and_a_marker_header() {
     );
 }
 
-fn key(kid: &str, state: crate::KeyState, created: DateTime<Utc>) -> crate::KeyStatus {
-    crate::KeyStatus {
+fn key(kid: &str, state: keyrot_core::KeyState, created: DateTime<Utc>) -> keyrot_core::KeyStatus {
+    keyrot_core::KeyStatus {
         kid: kid.into(),
-        alg: crate::Algorithm::EdDsa,
+        alg: keyrot_core::Algorithm::EdDsa,
         state,
-        origin: crate::KeyOrigin::Rotation,
+        origin: keyrot_core::KeyOrigin::Rotation,
         forced: false,
         fingerprint: kid.into(),
         created_at: created,
@@ -181,8 +182,8 @@ fn key(kid: &str, state: crate::KeyState, created: DateTime<Utc>) -> crate::KeyS
 
 #[test]
 fn next_transition_is_the_earliest_due_change() {
-    use crate::KeyState::*;
-    let p = crate::Policy::default();
+    use keyrot_core::KeyState::*;
+    let p = keyrot_core::Policy::default();
     let t0 = DateTime::from_timestamp(1_900_000_000, 0).expect("time");
     let mut active = key("a", Active, t0);
     active.activated_at = Some(t0);
@@ -206,8 +207,8 @@ fn next_transition_is_the_earliest_due_change() {
 
 #[test]
 fn next_transition_ignores_tampered_rows_and_never_panics() {
-    use crate::KeyState::*;
-    let p = crate::Policy::default();
+    use keyrot_core::KeyState::*;
+    let p = keyrot_core::Policy::default();
     let max = DateTime::<Utc>::MAX_UTC;
     let near = max - TimeDelta::hours(1);
     let t0 = DateTime::from_timestamp(1_900_000_000, 0).expect("time");
@@ -355,18 +356,18 @@ fn any_token_rule_still_needs_a_client_id() {
 }
 
 /// The whole ledger of the fixture's ring, oldest first.
-async fn ledger(e: &HttpEndpoints) -> Vec<crate::AuditRecord> {
+async fn ledger(e: &HttpEndpoints) -> Vec<keyrot_core::AuditRecord> {
     let mut log = e
         .keyring()
         .storage()
-        .audit_log(e.keyring().ring(), crate::AuditQuery { limit: usize::MAX })
+        .audit_log(e.keyring().ring(), keyrot_core::AuditQuery { limit: usize::MAX })
         .await
         .expect("audit");
     log.reverse();
     log
 }
 
-fn by_actor<'a>(log: &'a [crate::AuditRecord], actor: &str) -> Vec<&'a crate::AuditRecord> {
+fn by_actor<'a>(log: &'a [keyrot_core::AuditRecord], actor: &str) -> Vec<&'a keyrot_core::AuditRecord> {
     log.iter().filter(|r| r.actor == actor).collect()
 }
 
@@ -440,7 +441,7 @@ async fn a_flood_from_one_user_token_writes_the_budget_and_one_summary() {
         (summary.outcome, summary.trigger, summary.forced, summary.at),
         (
             Outcome::Refused,
-            crate::TriggerKind::Rotate,
+            keyrot_core::TriggerKind::Rotate,
             false,
             t0() + TimeDelta::seconds(60)
         )
@@ -758,11 +759,13 @@ async fn the_status_page_keeps_the_last_rotation_beyond_any_read() {
     // More refusals than the longest read holds (written directly, as other instances
     // flooding within their own budgets would).
     let mut record = ledger(&e).await.pop().expect("init record");
-    record.trigger = crate::TriggerKind::Rotate;
+    record.trigger = keyrot_core::TriggerKind::Rotate;
     record.outcome = Outcome::Refused;
     for i in 0..70_000 {
         record.id = format!("flood-{i}");
-        e.rotator().append_audit(&record).await.expect("append");
+        keyrot_core::testing::append_audit(e.rotator(), &record)
+            .await
+            .expect("append");
     }
     let j = status_json(&e, &clock).await;
     assert_eq!(j["last_rotation"], init, "remembered from the earlier read");
@@ -859,7 +862,7 @@ async fn the_status_page_ignores_a_tampered_row_at_the_end_of_time() {
     let max = DateTime::<Utc>::MAX_UTC;
     storage.tamper(e.keyring().ring(), |raw| {
         let row = raw.keys.iter_mut().find(|k| k.kid == first).expect("row");
-        row.state = crate::KeyState::Pending;
+        row.state = keyrot_core::KeyState::Pending;
         row.created_at = max;
         row.activate_at = Some(max);
         row.expires_at = Some(max);
@@ -1036,8 +1039,8 @@ struct KeysDown;
 
 #[async_trait::async_trait]
 impl TokenVerifier for KeysDown {
-    async fn verify(&self, _token: &str) -> Result<crate::Verified, crate::TokenError> {
-        Err(crate::TokenError::KeysUnavailable)
+    async fn verify(&self, _token: &str) -> Result<keyrot_core::Verified, keyrot_core::TokenError> {
+        Err(keyrot_core::TokenError::KeysUnavailable)
     }
 }
 

@@ -3,11 +3,11 @@
 //! own binary, with the capturing subscriber installed globally.
 
 use chrono::DateTime;
-use keyrot_core::http::{BearerAuth, HttpEndpoints, HttpRequest, RequestBody};
 use keyrot_core::{
     Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName,
     Rotator,
 };
+use keyrot_http::{BearerAuth, HttpEndpoints, HttpRequest, RequestBody};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 

@@ -3,11 +3,11 @@
 
 use super::HttpEndpoints;
 use super::refused::Refused;
-use crate::http::{HttpResponse, IDEMPOTENT_REPLAYED_HEADER};
-use crate::planner::Refusal;
-use crate::rotator::{RotateError, RotationReport};
-use crate::storage::Outcome;
+use crate::{HttpResponse, IDEMPOTENT_REPLAYED_HEADER};
 use chrono::{DateTime, Utc};
+use keyrot_core::Outcome;
+use keyrot_core::Refusal;
+use keyrot_core::{RotateError, RotationReport};
 use serde::Serialize;
 
 /// The JSON answer of the rotation endpoint: an optional error, then the report.
@@ -31,7 +31,7 @@ struct RotationAnswer<'a> {
     at: DateTime<Utc>,
     /// A revocation's blast radius: when the old key is refused everywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
-    revocation: Option<&'a crate::rotator::BlastRadius>,
+    revocation: Option<&'a keyrot_core::BlastRadius>,
 }
 
 /// The answer to a client over its budget (see
@@ -87,16 +87,10 @@ fn classify(report: &RotationReport) -> (u16, Option<&'static str>, Option<Strin
             Some("temporarily_unavailable"),
             Some("the rotation failed; nothing was changed".to_owned()),
         ),
-        // Not produced by rotate/force_rotate; answered as plain successes.
-        Outcome::NothingDue
-        | Outcome::Revoked
-        | Outcome::Imported
-        | Outcome::Maintained
-        | Outcome::Rewrapped
-        | Outcome::Authenticated
-        | Outcome::Quarantined
-        | Outcome::Retired
-        | Outcome::Replayed => (200, None, None),
+        // Not produced by rotate/force_rotate (nothing_due, revoked, imported, maintained,
+        // rewrapped, authenticated, quarantined, retired, replayed); answered as plain
+        // successes.
+        _ => (200, None, None),
     }
 }
 

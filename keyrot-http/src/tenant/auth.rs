@@ -2,12 +2,13 @@
 //! tokens, verifies with the ring's rules, and records the ring on the [`Verified`].
 
 use super::{PATH_HEADER, PathPattern, ROUTE_HEADER, RingSelector, first_value};
-use crate::http::HeaderSource;
-use crate::http::bearer::{AuthRejection, BearerToken, bearer_token};
-use crate::http::middleware::{Admission, AuthError, Guard, Stored};
-use crate::manager::{IssuerOf, RingManager};
-use crate::ring::RingName;
-use crate::token::{TokenError, Validation, Verified};
+use crate::HeaderSource;
+use crate::bearer::AuthRejection;
+use crate::middleware::{Admission, AuthError, Guard, Stored};
+use crate::token_source::{BearerToken, bearer_token};
+use keyrot_core::RingName;
+use keyrot_core::{IssuerOf, RingManager};
+use keyrot_core::{TokenError, Validation, Verified};
 use std::sync::Arc;
 
 /// Each ring's token validation rules (its `iss`, `aud`, leeway, required type).
@@ -31,7 +32,7 @@ type RulesOf = Arc<dyn Fn(&RingName) -> Validation + Send + Sync>;
 /// **Each ring's rules:** the manager's validation by default, or
 /// [`TenantAuth::with_validation`]'s rules for the ring. When each ring's issuer URL is
 /// known ([`TenantAuth::with_issuer`], or the manager's
-/// [`with_issuers`](crate::RingManagerBuilder::with_issuers)), a ring's tokens must also
+/// [`with_issuers`](keyrot_core::RingManagerBuilder::with_issuers)), a ring's tokens must also
 /// carry exactly that `iss`.
 ///
 /// A request whose ring cannot be told, or names a ring the store does not hold, is
@@ -168,7 +169,7 @@ impl Guard for TenantAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::WithPath;
+    use crate::WithPath;
 
     struct NoHeaders;
 
@@ -177,10 +178,10 @@ mod tests {
     }
 
     fn manager() -> RingManager {
-        let storage = Arc::new(crate::MemoryStorage::new());
-        let lock = Arc::new(crate::MemoryLock::default());
-        let key = crate::MasterKey::generate("mk").expect("key");
-        let sealer = Arc::new(crate::MasterKeySealer::new(key, []).expect("sealer"));
+        let storage = Arc::new(keyrot_core::MemoryStorage::new());
+        let lock = Arc::new(keyrot_core::MemoryLock::default());
+        let key = keyrot_core::MasterKey::generate("mk").expect("key");
+        let sealer = Arc::new(keyrot_core::MasterKeySealer::new(key, []).expect("sealer"));
         RingManager::builder(storage, lock, sealer).build()
     }
 

@@ -1,10 +1,12 @@
 //! Who may call the rotation endpoint and the status page (DESIGN §6, seed 004).
 
 use super::HeaderSource;
-use super::bearer::{AuthRejection, BearerToken, TokenVerifier, Verifier, bearer_token, has_scope};
-use crate::keyring::KeyRing;
-use crate::token::{self, TokenError, Validation};
+use super::bearer::{AuthRejection, has_scope};
+use super::token_source::{BearerToken, bearer_token};
 use async_trait::async_trait;
+use keyrot_core::KeyRing;
+use keyrot_core::{TokenError, Validation};
+use keyrot_core::{TokenVerifier, Verifier};
 use serde_json::{Map, Value};
 use std::fmt::{self, Debug};
 use std::sync::Arc;
@@ -140,13 +142,13 @@ impl ScopeAuthorizer {
     /// Verifies rotation tokens against `keyring` (the service issues its own scheduler
     /// tokens).
     pub fn new(keyring: KeyRing) -> Self {
-        Self::from_verifier(Verifier::Ring(keyring))
+        Self::from_verifier(Verifier::ring(keyring))
     }
 
     /// Verifies rotation tokens with another verifier (tokens from an external
     /// authorization server).
     pub fn with_verifier(verifier: Arc<dyn TokenVerifier>) -> Self {
-        Self::from_verifier(Verifier::Custom(verifier))
+        Self::from_verifier(Verifier::custom(verifier))
     }
 
     fn from_verifier(verifier: Verifier) -> Self {
@@ -188,9 +190,9 @@ impl ScopeAuthorizer {
     pub fn with_required_token_type(mut self, typ: impl AsRef<str>) -> Self {
         // The header is read under the ring's own size cap, or the default one in front of
         // another verifier.
-        let base = match &self.verifier {
-            Verifier::Ring(keyring) => keyring.validation().clone(),
-            Verifier::Custom(_) => Validation::new(),
+        let base = match self.verifier.keyring() {
+            Some(keyring) => keyring.validation().clone(),
+            None => Validation::new(),
         };
         self.required_type = Some(base.with_required_type(typ));
         self
@@ -232,7 +234,7 @@ impl RotationAuthorizer for ScopeAuthorizer {
             AuthorizationDenied::new(AuthRejection::InvalidToken(Some(e)), None, detail)
         };
         if let Some(v) = &self.required_type {
-            token::check_header_type(token, v).map_err(invalid)?;
+            keyrot_core::check_header_type(token, v).map_err(invalid)?;
         }
         let verified = self.verifier.verify(token, None).await.map_err(invalid)?;
         let claims = &verified.claims;

@@ -5,14 +5,14 @@
 
 mod auth;
 
-pub use crate::manager::IssuerOf;
 pub use auth::TenantAuth;
+pub use keyrot_core::IssuerOf;
 
 use super::jwks_route::{IssuerMetadata, discovery_answer, discovery_response, jwks_answer, jwks_response};
 use super::{HeaderSource, HttpRequest, HttpResponse};
-use crate::manager::{Published, RingManager};
-use crate::ring::RingName;
-use crate::token::DEFAULT_MAX_TOKEN_BYTES;
+use keyrot_core::DEFAULT_MAX_TOKEN_BYTES;
+use keyrot_core::RingName;
+use keyrot_core::{Published, RingManager};
 use std::sync::Arc;
 
 /// The default path of a tenant's JWKS.
@@ -150,7 +150,7 @@ fn unverified_issuer(token: &str) -> Option<String> {
         return None;
     }
     let payload = token.split('.').nth(1)?;
-    let bytes = crate::b64::decode(payload)?;
+    let bytes = keyrot_core::adapter::base64url_decode(payload)?;
     serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
@@ -223,7 +223,7 @@ impl TenantEndpoints {
 
     /// Serves each ring's discovery document, for the issuer URL `issuer` gives it (its
     /// `jwks_uri` is that URL + `/.well-known/jwks.json`).
-    /// Without it, the manager's issuers ([`RingManagerBuilder::with_issuers`](crate::RingManagerBuilder::with_issuers)) are used.
+    /// Without it, the manager's issuers ([`RingManagerBuilder::with_issuers`](keyrot_core::RingManagerBuilder::with_issuers)) are used.
     pub fn with_issuer(mut self, issuer: IssuerOf) -> Self {
         self.issuer = Some(issuer);
         self
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_issuer_is_read_from_the_payload_only_to_pick_a_ring() {
-        let payload = crate::b64::encode(br#"{"iss":"https://acme.example","sub":"x"}"#);
+        let payload = keyrot_core::testing::b64::encode(br#"{"iss":"https://acme.example","sub":"x"}"#);
         assert_eq!(
             unverified_issuer(&format!("e30.{payload}.sig")).as_deref(),
             Some("https://acme.example")

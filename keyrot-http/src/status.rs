@@ -1,22 +1,22 @@
 //! The read-only ring status: public facts only, never key material.
 
-use crate::keyring::{KeyRing, KeyStatus};
-use crate::planner::TriggerKind;
-use crate::policy::Policy;
-use crate::storage::{AuditQuery, AuditRecord, Outcome, StorageError};
 use chrono::{DateTime, Utc};
+use keyrot_core::Policy;
+use keyrot_core::TriggerKind;
+use keyrot_core::{AuditQuery, AuditRecord, Outcome, StorageError};
+use keyrot_core::{KeyRing, KeyStatus};
 use serde::Serialize;
 
-use crate::planner::NextTransition;
+use keyrot_core::NextTransition;
 
 /// The earliest transition the scheduler will make on its own, from the keys' public
-/// facts and the policy: [`planner::next_transition`](crate::planner::next_transition),
+/// facts and the policy: [`planner::next_transition`](keyrot_core::next_transition),
 /// which holds the rule (and its tests against the tick), for a snapshot's keys.
 ///
 /// Rows that failed their integrity check ([`KeyStatus::tampered`]) are left out, and no
 /// stored time can make it panic.
 pub(crate) fn next_transition(keys: &[KeyStatus], policy: &Policy) -> Option<NextTransition> {
-    crate::planner::next_transition(keys, policy)
+    keyrot_core::next_transition(keys, policy)
 }
 
 /// Whether an audit record is a rotation attempt (normal or forced, by any caller).
@@ -44,7 +44,7 @@ pub(crate) struct StatusBody {
     now: DateTime<Utc>,
     keys: Vec<KeyStatus>,
     /// Whether every stored row passed its integrity check, and which did not.
-    integrity: crate::integrity::IntegrityReport,
+    integrity: keyrot_core::IntegrityReport,
     /// One line: `intact`, or what failed.
     integrity_summary: String,
     next_transition: Option<NextTransition>,

@@ -1,112 +1,14 @@
 //! Bearer tokens (RFC 6750): reading the `Authorization` header, verifying, scopes, and
 //! the 401/403 answers.
 
-use super::token_source::TokenSource;
-use super::{HeaderSource, HttpResponse, Single, single};
-use crate::keyring::{KeyRing, TokenCache};
-use crate::token::{TokenError, Verified};
-use async_trait::async_trait;
+use super::token_source::{BearerToken, TokenSource};
+use super::{HeaderSource, HttpResponse};
+use keyrot_core::{KeyRing, TokenCache};
+use keyrot_core::{TokenError, Verified};
+use keyrot_core::{TokenVerifier, Verifier};
 use serde_json::{Map, Value};
 use std::fmt::Debug;
 use std::sync::Arc;
-
-/// Verifies bearer tokens. [`KeyRing`] implements it (with one rate-limited refresh on
-/// an unknown `kid`), and so do [`PublicKeyRing`](crate::PublicKeyRing) (the published
-/// keys of a shared store, without the master key) and the remote verifier of
-/// `keyrot-jwks` (an issuer's JWKS over HTTPS); implement it to accept tokens from any
-/// other issuer. Any `Arc<dyn TokenVerifier>` goes into [`BearerAuth::with_verifier`],
-/// and so into both adapters' middleware.
-#[async_trait]
-pub trait TokenVerifier: Debug + Send + Sync + 'static {
-    /// Verifies `token` now.
-    async fn verify(&self, token: &str) -> Result<Verified, TokenError>;
-
-    /// Verifies `token` now through `cache` ([`BearerAuth::with_token_cache`]). keyrot's
-    /// verifiers reuse a cached verification only while its key is still in their current
-    /// key set (see [`TokenCache`]). The default ignores the cache and verifies in full:
-    /// a cache that does not know a verifier's keys cannot tell when they are revoked.
-    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
-        let _ = cache;
-        self.verify(token).await
-    }
-}
-
-#[async_trait]
-impl TokenVerifier for KeyRing {
-    async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        self.verify_refreshing(token).await
-    }
-
-    async fn verify_cached(&self, token: &str, cache: &TokenCache) -> Result<Verified, TokenError> {
-        self.verify_refreshing_using(token, Some(cache)).await
-    }
-}
-
-/// A verifier: the ring itself (no boxing on the hot path) or the user's.
-#[derive(Debug, Clone)]
-pub(crate) enum Verifier {
-    Ring(KeyRing),
-    Custom(Arc<dyn TokenVerifier>),
-}
-
-impl Verifier {
-    pub(crate) async fn verify(&self, token: &str, cache: Option<&TokenCache>) -> Result<Verified, TokenError> {
-        match (self, cache) {
-            (Verifier::Ring(r), None) => r.verify_refreshing(token).await,
-            (Verifier::Ring(r), Some(c)) => r.verify_refreshing_using(token, Some(c)).await,
-            (Verifier::Custom(v), None) => v.verify(token).await,
-            (Verifier::Custom(v), Some(c)) => v.verify_cached(token, c).await,
-        }
-    }
-}
-
-/// What the `Authorization` header holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BearerToken<'a> {
-    /// No `Authorization` header, or one with another scheme (e.g. `Basic`).
-    Absent,
-    /// `Bearer <token>` with a syntactically valid token (RFC 6750 `b64token`).
-    Present(&'a str),
-    /// A bearer credential that cannot be a token: empty, bad characters, or more than
-    /// one `Authorization` header.
-    Malformed,
-}
-
-pub(super) fn is_b64token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
-}
-
-/// Reads the bearer token from the `Authorization` header. The scheme is matched
-/// case-insensitively.
-pub fn bearer_token(headers: &dyn HeaderSource) -> BearerToken<'_> {
-    let value = match single(headers, "authorization") {
-        Single::Absent => return BearerToken::Absent,
-        Single::Many => return BearerToken::Malformed,
-        Single::One(v) => v,
-    };
-    let Some(scheme) = value.get(..6) else {
-        return BearerToken::Absent;
-    };
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return BearerToken::Absent;
-    }
-    let rest = &value[6..];
-    if rest.is_empty() {
-        return BearerToken::Malformed;
-    }
-    if rest[0] != b' ' {
-        // "Bearerx…" is another scheme.
-        return BearerToken::Absent;
-    }
-    let token = rest.trim_ascii_start();
-    if token.is_empty() || !token.iter().copied().all(is_b64token_char) {
-        return BearerToken::Malformed;
-    }
-    match std::str::from_utf8(token) {
-        Ok(t) => BearerToken::Present(t),
-        Err(_) => BearerToken::Malformed,
-    }
-}
 
 /// The `Retry-After` (seconds) of a [`AuthRejection::KeysUnavailable`] answer.
 const KEYS_UNAVAILABLE_RETRY_AFTER: &str = "5";
@@ -226,13 +128,13 @@ impl BearerAuth {
     /// Verifies tokens against `keyring` (an unknown `kid` triggers one rate-limited
     /// refresh, so a key activated on another instance a moment ago is accepted).
     pub fn new(keyring: KeyRing) -> Self {
-        Self::from_verifier(Verifier::Ring(keyring))
+        Self::from_verifier(Verifier::ring(keyring))
     }
 
-    /// Verifies tokens with any verifier: a [`PublicKeyRing`](crate::PublicKeyRing), the
+    /// Verifies tokens with any verifier: a [`PublicKeyRing`](keyrot_core::PublicKeyRing), the
     /// remote verifier of `keyrot-jwks`, or your own [`TokenVerifier`].
     pub fn with_verifier(verifier: Arc<dyn TokenVerifier>) -> Self {
-        Self::from_verifier(Verifier::Custom(verifier))
+        Self::from_verifier(Verifier::custom(verifier))
     }
 
     fn from_verifier(verifier: Verifier) -> Self {
@@ -247,7 +149,7 @@ impl BearerAuth {
     /// Reuses successful verifications of repeated tokens from `cache` (see
     /// [`TokenCache`]): a hit skips the signature check, and is refused at once when the
     /// token expires or its key is revoked or expires. Works with [`KeyRing`],
-    /// [`PublicKeyRing`](crate::PublicKeyRing) and `keyrot-jwks`'s verifiers; other
+    /// [`PublicKeyRing`](keyrot_core::PublicKeyRing) and `keyrot-jwks`'s verifiers; other
     /// [`TokenVerifier`]s verify in full unless they implement
     /// [`TokenVerifier::verify_cached`]. A ring built with its own cache uses that one
     /// when this is not set.
@@ -321,7 +223,7 @@ impl BearerAuth {
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "bearer token rejected");
-                crate::metrics::verification_failure(&e);
+                keyrot_core::adapter::record_verification_failure(&e);
                 Err(match e {
                     TokenError::KeysUnavailable => AuthRejection::KeysUnavailable,
                     e => AuthRejection::InvalidToken(Some(e)),

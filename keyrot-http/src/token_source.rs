@@ -2,8 +2,55 @@
 //! cookie, or a named header. Read strictly: a credential that appears twice, or does
 //! not have the syntax of a token, is malformed (`401 invalid_token`), never skipped.
 
-use super::bearer::{BearerToken, bearer_token, is_b64token_char};
 use super::{HeaderSource, Single, single};
+
+/// What the `Authorization` header holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerToken<'a> {
+    /// No `Authorization` header, or one with another scheme (e.g. `Basic`).
+    Absent,
+    /// `Bearer <token>` with a syntactically valid token (RFC 6750 `b64token`).
+    Present(&'a str),
+    /// A bearer credential that cannot be a token: empty, bad characters, or more than
+    /// one `Authorization` header.
+    Malformed,
+}
+
+fn is_b64token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Reads the bearer token from the `Authorization` header. The scheme is matched
+/// case-insensitively.
+pub fn bearer_token(headers: &dyn HeaderSource) -> BearerToken<'_> {
+    let value = match single(headers, "authorization") {
+        Single::Absent => return BearerToken::Absent,
+        Single::Many => return BearerToken::Malformed,
+        Single::One(v) => v,
+    };
+    let Some(scheme) = value.get(..6) else {
+        return BearerToken::Absent;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return BearerToken::Absent;
+    }
+    let rest = &value[6..];
+    if rest.is_empty() {
+        return BearerToken::Malformed;
+    }
+    if rest[0] != b' ' {
+        // "Bearerx…" is another scheme.
+        return BearerToken::Absent;
+    }
+    let token = rest.trim_ascii_start();
+    if token.is_empty() || !token.iter().copied().all(is_b64token_char) {
+        return BearerToken::Malformed;
+    }
+    match std::str::from_utf8(token) {
+        Ok(t) => BearerToken::Present(t),
+        Err(_) => BearerToken::Malformed,
+    }
+}
 
 /// One place a [`BearerAuth`](super::BearerAuth) reads the token from
 /// ([`BearerAuth::with_token_sources`](super::BearerAuth::with_token_sources)).

@@ -2,11 +2,11 @@
 //! in the report, in the HTTP answer and in the audit record.
 
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::http::{HttpEndpoints, HttpRequest, RequestBody};
 use keyrot_core::{
     AuditQuery, Clock, KeyRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext,
     RingName, Rotator, Storage,
 };
+use keyrot_http::{HttpEndpoints, HttpRequest, RequestBody};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,13 +4,13 @@
 //! verification failures by reason and JWKS responses by status. No kid is ever a label.
 
 use chrono::{TimeDelta, TimeZone, Utc};
-use keyrot_core::http::{BearerAuth, HttpRequest, jwks_response};
 use keyrot_core::testing::metrics::value;
 use keyrot_core::testing::token::{encode_header, sign};
 use keyrot_core::{
     Algorithm, Clock, KeyRing, KeyState, ManualClock, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage,
     PrivateKey, RequestContext, RingName, Rotator, RsaBits,
 };
+use keyrot_http::{BearerAuth, HttpRequest, jwks_response};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::sync::Arc;
 
@@ -192,7 +192,7 @@ async fn the_refusal_budget_aggregation_is_counted() {
         .with_keyring(keyring.clone())
         .build();
     rotator.init(RequestContext::actor("t")).await.expect("init");
-    let endpoints = keyrot_core::http::HttpEndpoints::builder(keyring, rotator)
+    let endpoints = keyrot_http::HttpEndpoints::builder(keyring, rotator)
         .build()
         .expect("endpoints");
     let none: Vec<(&str, String)> = Vec::new();
@@ -200,11 +200,9 @@ async fn the_refusal_budget_aggregation_is_counted() {
         method: "POST",
         headers: &none,
     };
-    let per_actor = keyrot_core::http::DEFAULT_REFUSALS_AUDITED_PER_ACTOR;
+    let per_actor = keyrot_http::DEFAULT_REFUSALS_AUDITED_PER_ACTOR;
     for _ in 0..per_actor + 3 {
-        let r = endpoints
-            .rotate(&req, keyrot_core::http::RequestBody::Complete(b""))
-            .await;
+        let r = endpoints.rotate(&req, keyrot_http::RequestBody::Complete(b"")).await;
         assert_eq!(r.status, 401);
     }
     let aggregated = value(

@@ -399,7 +399,7 @@ impl RefusalBudget {
             return true;
         }
         count.count_excess(forced, now);
-        crate::metrics::ledger_aggregated("refused");
+        keyrot_core::adapter::record_ledger_aggregated("refused");
         false
     }
 
@@ -435,7 +435,7 @@ impl RefusalBudget {
             return Gate::Pass(Reservation { ends, slot });
         }
         count.count_excess(forced, now);
-        crate::metrics::ledger_aggregated("over_budget");
+        keyrot_core::adapter::record_ledger_aggregated("over_budget");
         let ms = ends.signed_duration_since(now).num_milliseconds().max(1);
         Gate::OverBudget {
             retry_after_secs: u64::try_from(ms).unwrap_or(1).div_ceil(1000).max(1),

@@ -5,13 +5,11 @@
 use super::HttpEndpoints;
 use super::answer::{report_response, rotate_error_response};
 use super::refused::{Refused, seen_active};
-use crate::http::authorizer::{AuthorizationDenied, RotationGrant};
-use crate::http::refusal_audit::Gate;
-use crate::http::{
-    HeaderSource, HttpRequest, HttpResponse, REQUEST_ID_HEADER, RequestBody, Single, request_id, single,
-};
-use crate::rotator::{RequestContext, RotateError, checked_idempotency_key};
-use crate::storage::Outcome;
+use crate::authorizer::{AuthorizationDenied, RotationGrant};
+use crate::refusal_audit::Gate;
+use crate::{HeaderSource, HttpRequest, HttpResponse, REQUEST_ID_HEADER, RequestBody, Single, request_id, single};
+use keyrot_core::Outcome;
+use keyrot_core::{RequestContext, RotateError, checked_idempotency_key};
 use serde::Deserialize;
 
 /// The rotation request body. An empty body is a normal rotation.
@@ -39,7 +37,7 @@ fn parse_body(bytes: &[u8]) -> Result<RotateBody, &'static str> {
     const SHAPE: &str = "the body must be a JSON object with optional members force (boolean), reason (string) and revoke_old (boolean)";
     // Strict parsing (no duplicate members); only an object, never the array form serde
     // would also accept for a struct.
-    match crate::json::parse_strict(bytes) {
+    match keyrot_core::adapter::parse_strict(bytes) {
         Ok(v @ serde_json::Value::Object(_)) => RotateBody::deserialize(v).map_err(|_| SHAPE),
         _ => Err(SHAPE),
     }
@@ -86,7 +84,7 @@ impl HttpEndpoints {
     ///
     /// Every answer carries a JSON body and `X-Request-Id`; every attempt is audited,
     /// including those refused here before reaching the rotator, which are written one by
-    /// one within the [`RefusalAuditLimits`](crate::http::RefusalAuditLimits) and summarised beyond them. Authorized
+    /// one within the [`RefusalAuditLimits`](crate::RefusalAuditLimits) and summarised beyond them. Authorized
     /// requests whose answers changed nothing are bounded by the same per-actor budget
     /// (see [`HttpEndpointsBuilder::with_refusal_audit_limits`](super::HttpEndpointsBuilder::with_refusal_audit_limits)).
     pub async fn rotate(&self, req: &HttpRequest<'_>, body: RequestBody<'_>) -> HttpResponse {
@@ -124,7 +122,7 @@ impl HttpEndpoints {
             Ok(g) if g.allows_anything() => g,
             Ok(g) => {
                 let denied = AuthorizationDenied {
-                    rejection: crate::http::AuthRejection::InsufficientScope,
+                    rejection: crate::AuthRejection::InsufficientScope,
                     client_id: Some(g.client_id),
                     detail: "the authorizer granted no rotation right".to_owned(),
                 };
@@ -184,7 +182,7 @@ impl HttpEndpoints {
         }
         if forced && !grant.force {
             let denied = AuthorizationDenied {
-                rejection: crate::http::AuthRejection::InsufficientScope,
+                rejection: crate::AuthRejection::InsufficientScope,
                 client_id: Some(grant.client_id.clone()),
                 detail: "a forced rotation needs the force scope".to_owned(),
             };

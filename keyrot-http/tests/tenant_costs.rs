@@ -1,12 +1,12 @@
 //! What anonymous requests to a multi-tenant server can cost (issue 20, item 6): random
 //! ring names, a tenant's JWKS, concurrent first requests, unknown kids across rings.
 
-use keyrot_core::http::{HttpRequest, PathPattern, RingSelector, TenantAuth, TenantEndpoints, WithPath};
 use keyrot_core::testing::Counting;
 use keyrot_core::{
     Mac, ManagerConfig, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingManager, RingName,
     SealContext, SealError, SealedKey, Sealer, SecretBytes, Storage,
 };
+use keyrot_http::{HttpRequest, PathPattern, RingSelector, TenantAuth, TenantEndpoints, WithPath};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -159,7 +159,7 @@ async fn concurrent_first_requests_load_a_ring_once() {
 
 struct Headers(Vec<(&'static str, String)>);
 
-impl keyrot_core::http::HeaderSource for Headers {
+impl keyrot_http::HeaderSource for Headers {
     fn for_each_value<'s>(&'s self, name: &str, f: &mut dyn FnMut(&'s [u8])) {
         for (n, v) in &self.0 {
             if *n == name {

@@ -1,8 +1,8 @@
-//! The status page endpoint (the body is [`crate::http::status`]'s).
+//! The status page endpoint (the body is [`crate::status`]'s).
 
 use super::HttpEndpoints;
-use crate::http::status::status_body;
-use crate::http::{AuthRejection, HttpRequest, HttpResponse, REQUEST_ID_HEADER, request_id};
+use crate::status::status_body;
+use crate::{AuthRejection, HttpRequest, HttpResponse, REQUEST_ID_HEADER, request_id};
 
 impl HttpEndpoints {
     /// `GET` status page: kids, states, times, generation, the next transition and the

@@ -1,12 +1,12 @@
 //! Serving the JWKS: pre-rendered bytes, strong `ETag`, `304` on `If-None-Match`.
 
 use super::{HttpRequest, HttpResponse, ResponseBody};
-use crate::alg::Algorithm;
-use crate::jwks::JWKS_CONTENT_TYPE;
-use crate::jwks::Jwks;
-use crate::keyring::KeyRing;
-use crate::ring::RingName;
 use chrono::{DateTime, Utc};
+use keyrot_core::Algorithm;
+use keyrot_core::JWKS_CONTENT_TYPE;
+use keyrot_core::Jwks;
+use keyrot_core::KeyRing;
+use keyrot_core::RingName;
 
 /// Answers a JWKS request (`GET` or `HEAD`) from the ring's current snapshot:
 /// `200` with `Content-Type: application/jwk-set+json`, `Cache-Control: public,
@@ -34,7 +34,7 @@ pub(crate) fn jwks_answer(jwks: &Jwks, ring: &RingName, now: DateTime<Utc>, req:
     });
     let mut headers = vec![("etag", jwks.etag().to_owned()), ("cache-control", cache_control)];
     if not_modified {
-        crate::metrics::jwks_response(ring, 304);
+        keyrot_core::adapter::record_jwks_response(ring, 304);
         return HttpResponse {
             status: 304,
             headers,
@@ -43,7 +43,7 @@ pub(crate) fn jwks_answer(jwks: &Jwks, ring: &RingName, now: DateTime<Utc>, req:
     }
     headers.push(("content-type", JWKS_CONTENT_TYPE.to_owned()));
     headers.push(("x-content-type-options", "nosniff".to_owned()));
-    crate::metrics::jwks_response(ring, 200);
+    keyrot_core::adapter::record_jwks_response(ring, 200);
     HttpResponse {
         status: 200,
         headers,
@@ -262,13 +262,13 @@ mod tests {
             IssuerMetadata::new("https://i.example")
                 .with_token_endpoint("http://i.example/token")
                 .validate(),
-            Err(crate::http::HttpConfigError::InvalidIssuerMetadata("token_endpoint"))
+            Err(crate::HttpConfigError::InvalidIssuerMetadata("token_endpoint"))
         );
         assert_eq!(
             IssuerMetadata::new("https://i.example")
                 .with_response_types_supported(Vec::<String>::new())
                 .validate(),
-            Err(crate::http::HttpConfigError::InvalidIssuerMetadata(
+            Err(crate::HttpConfigError::InvalidIssuerMetadata(
                 "response_types_supported"
             ))
         );

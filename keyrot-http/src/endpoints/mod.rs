@@ -13,8 +13,8 @@ use super::jwks_route::{IssuerMetadata, discovery_response};
 use super::refusal_audit::{RefusalAuditLimits, RefusalBudget};
 use super::status::LedgerView;
 use super::{HttpRequest, HttpResponse, jwks_response};
-use crate::keyring::KeyRing;
-use crate::rotator::Rotator;
+use keyrot_core::KeyRing;
+use keyrot_core::Rotator;
 use std::sync::Arc;
 
 /// A configuration that cannot work.
@@ -88,7 +88,7 @@ impl HttpEndpointsBuilder {
         self
     }
 
-    /// Cap on the rotation request body (default [`crate::http::DEFAULT_MAX_BODY_BYTES`]);
+    /// Cap on the rotation request body (default [`crate::DEFAULT_MAX_BODY_BYTES`]);
     /// larger bodies are answered `413`.
     pub fn with_max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
@@ -122,8 +122,8 @@ impl HttpEndpointsBuilder {
 
     /// Serves the discovery document ([`discovery_response`]) of the issuer at
     /// `issuer_url` (its public URL, the `iss` of its tokens): both adapters then route
-    /// [`OPENID_CONFIGURATION_PATH`](crate::http::OPENID_CONFIGURATION_PATH) and
-    /// [`OAUTH_AUTHORIZATION_SERVER_PATH`](crate::http::OAUTH_AUTHORIZATION_SERVER_PATH).
+    /// [`OPENID_CONFIGURATION_PATH`](crate::OPENID_CONFIGURATION_PATH) and
+    /// [`OAUTH_AUTHORIZATION_SERVER_PATH`](crate::OAUTH_AUTHORIZATION_SERVER_PATH).
     /// Mount the routes at the issuer URL's path. Shorthand for
     /// [`HttpEndpointsBuilder::with_issuer`] with [`IssuerMetadata::new`].
     pub fn with_issuer_url(self, issuer_url: impl Into<String>) -> Self {
@@ -179,7 +179,7 @@ impl HttpEndpoints {
             keyring,
             rotator,
             authorizer: None,
-            max_body_bytes: crate::http::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
             refusal_audit: RefusalAuditLimits::default(),
             issuer: None,
         }
@@ -196,7 +196,7 @@ impl HttpEndpoints {
     }
 
     /// How many body bytes the adapter must read at most before answering
-    /// [`RequestBody::TooLarge`](crate::http::RequestBody::TooLarge).
+    /// [`RequestBody::TooLarge`](crate::RequestBody::TooLarge).
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
     }
@@ -229,6 +229,6 @@ impl HttpEndpoints {
 }
 
 #[cfg(test)]
-pub(crate) fn report_response_for_tests(report: &crate::rotator::RotationReport) -> HttpResponse {
+pub(crate) fn report_response_for_tests(report: &keyrot_core::RotationReport) -> HttpResponse {
     answer::report_response(report)
 }

@@ -1,16 +1,13 @@
 //! Requests the endpoint refuses before the rotator sees them: traced, written to the
-//! ledger within the [`RefusalAuditLimits`](crate::http::RefusalAuditLimits), summarised
+//! ledger within the [`RefusalAuditLimits`](crate::RefusalAuditLimits), summarised
 //! beyond them.
 
 use super::HttpEndpoints;
-use crate::clock::to_millis;
-use crate::http::authorizer::AuthorizationDenied;
-use crate::http::refusal_audit::{ANONYMOUS_ACTOR, RefusalSummary};
-use crate::http::{HttpResponse, random_hex};
-use crate::keyring::Snapshot;
-use crate::planner::TriggerKind;
-use crate::rotator::MAX_IDEMPOTENCY_KEY_LEN;
-use crate::storage::{AuditRecord, Outcome};
+use crate::HttpResponse;
+use crate::authorizer::AuthorizationDenied;
+use crate::refusal_audit::{ANONYMOUS_ACTOR, RefusalSummary};
+use keyrot_core::Snapshot;
+use keyrot_core::{MAX_IDEMPOTENCY_KEY_LEN, RefusedRequest, RequestContext};
 
 /// What the endpoint knows of a request it refuses before the rotator sees it.
 pub(super) struct Refused<'a> {
@@ -81,52 +78,21 @@ impl HttpEndpoints {
             "key rotation request refused at the endpoint"
         );
         if audited {
-            let record = AuditRecord {
-                reason: r.reason.clone(),
+            let ctx = RequestContext {
+                actor: actor.to_owned(),
                 idempotency_key: r.idempotency_key.map(str::to_owned),
                 request_id: Some(r.request_id.to_owned()),
-                ..self.refusal_record(actor, r.forced, r.detail.clone())
             };
-            self.append_audit(&record).await;
+            let refused = RefusedRequest::new(r.forced, r.detail.clone()).with_reason(r.reason.clone());
+            self.record_refused(ctx, refused).await;
         }
     }
 
-    /// A `refused` record of the current ring as this instance sees it, at now.
-    fn refusal_record(&self, actor: &str, forced: bool, detail: String) -> AuditRecord {
-        let keyring = &self.inner.keyring;
-        let snapshot = keyring.snapshot();
-        let (old_kid, old_fingerprint) = seen_active(&snapshot);
-        AuditRecord {
-            id: random_hex(16),
-            at: to_millis(keyring.clock().now()),
-            ring: keyring.ring().to_string(),
-            actor: actor.to_owned(),
-            trigger: if forced {
-                TriggerKind::ForceRotate
-            } else {
-                TriggerKind::Rotate
-            },
-            outcome: Outcome::Refused,
-            forced,
-            reason: None,
-            old_kid,
-            old_fingerprint,
-            new_kid: None,
-            new_fingerprint: None,
-            generation: snapshot.generation(),
-            idempotency_key: None,
-            request_id: None,
-            detail: Some(detail),
-            instance: self.inner.rotator.instance().to_owned(),
-            seq: 0,
-            mac: None,
-        }
-    }
-
-    /// Appends a record through the rotator (the ledger's one write path); a failure is
+    /// Records a refusal through the rotator (the ledger's one write path); a failure is
     /// traced (the refusal stands either way).
-    async fn append_audit(&self, record: &AuditRecord) -> bool {
-        match self.inner.rotator.append_audit(record).await {
+    async fn record_refused(&self, ctx: RequestContext, refused: RefusedRequest) -> bool {
+        let seen = self.inner.keyring.snapshot();
+        match self.inner.rotator.record_refused(ctx, refused, &seen).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(ring = %self.inner.keyring.ring(), error = %e, "could not audit a refused rotation request");
@@ -165,8 +131,8 @@ impl HttpEndpoints {
                 detail = %detail,
                 "refused key rotation requests over the audit budget, summarised"
             );
-            let record = self.refusal_record(&s.actor, s.forced, detail);
-            written += usize::from(self.append_audit(&record).await);
+            let refused = RefusedRequest::new(s.forced, detail);
+            written += usize::from(self.record_refused(RequestContext::actor(s.actor), refused).await);
         }
         written
     }
