@@ -39,6 +39,7 @@ import tempfile
 # The library crates whose public API is snapshotted: adding a crate is one line here.
 LIBRARY_CRATES = [
     "keyrot-core",
+    "keyrot-http",
     "keyrot-jwks",
     "keyrot-sqlx",
     "keyrot-axum",
