@@ -1,5 +1,9 @@
-//! Framework-neutral HTTP logic: bearer-token verification, the JWKS document, the
-//! rotation endpoint and a read-only ring status.
+//! # keyrot-http
+//!
+//! keyrot's framework-neutral HTTP layer: bearer-token verification, the JWKS and
+//! discovery documents, the rotation endpoint, a read-only ring status, and tenant
+//! routing over a [`RingManager`](keyrot_core::RingManager). `keyrot-core` knows no HTTP;
+//! this crate turns its answers into status codes, headers and bodies.
 //!
 //! Web adapters (`keyrot-axum`, `keyrot-actix`) only convert types: they wrap their
 //! header map in a [`HeaderSource`], read the request body up to
@@ -13,7 +17,7 @@
 //! | `GET /.well-known/openid-configuration`, `GET /.well-known/oauth-authorization-server` | [`discovery_response`] (with [`HttpEndpointsBuilder::with_issuer_url`]) | nothing |
 //! | `POST /internal/rotate-keys`    | [`HttpEndpoints::rotate`] | a [`RotationAuthorizer`]          |
 //! | `GET /internal/keys/status`     | [`HttpEndpoints::status`] | the same authorizer, normal scope |
-//! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`]) |
+//! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`](keyrot_core::TokenVerifier)) |
 //!
 //! The `Authorization` header is never logged, echoed or stored; failures are described
 //! to the client only by their RFC 6750 error code, and in detail to `tracing` and, for

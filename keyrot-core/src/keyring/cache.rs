@@ -220,7 +220,7 @@ struct Shared {
 /// them (see the module rules above): opt in with
 /// [`KeyRingBuilder::with_token_cache`](crate::KeyRingBuilder::with_token_cache),
 /// [`PublicKeyRingBuilder::with_token_cache`](crate::PublicKeyRingBuilder::with_token_cache),
-/// [`BearerAuth::with_token_cache`](crate::http::BearerAuth::with_token_cache) or the
+/// `keyrot_http::BearerAuth::with_token_cache` or the
 /// remote verifier's builder. Cheap to clone (clones share the entries).
 ///
 /// A hit re-checks the time claims and the key, then clones the claims: no signature

@@ -45,7 +45,7 @@ use crate::planner::{ImportState, Trigger};
 use crate::policy::Policy;
 use crate::ring::RingName;
 use crate::seal::Sealer;
-use crate::storage::{AuditRecord, Lock, Storage, StorageError};
+use crate::storage::{Lock, Storage};
 use attempt::Request;
 use std::sync::Arc;
 
@@ -114,7 +114,7 @@ impl Rotator {
     /// Appends `record` as written, linked into the chain: for tests that need records
     /// only other instances would write ([`crate::testing::append_audit`]).
     #[cfg(feature = "test-util")]
-    pub(crate) async fn append_audit(&self, record: &AuditRecord) -> Result<(), StorageError> {
+    pub(crate) async fn append_audit(&self, record: &crate::AuditRecord) -> Result<(), crate::StorageError> {
         self.inner
             .storage
             .record_attempt(record, None, &self.inner.linker)
