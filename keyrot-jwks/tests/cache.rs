@@ -64,11 +64,14 @@ async fn max_age_below_the_floor_is_raised_to_it() {
     // Refreshes every 3/4 of the 200 ms floor, not one per request.
     let hits = server.hits(PATH);
     assert!((3..=6).contains(&hits), "{hits} requests");
+    // Each refresh is scheduled 150 ms after the previous fetch began; the server sees
+    // the requests later by however long each took to arrive, which on a loaded machine
+    // differs by tens of milliseconds, so the bound leaves 30 ms for that jitter.
     let times = server.hit_times(PATH);
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap >= ms(140),
+            gap >= ms(120),
             "refreshed {gap:?} after the last one, below 3/4 of the floor"
         );
     }
