@@ -292,7 +292,7 @@ pub fn verification_failure(e: &TokenError) {
 }
 
 /// The fixed reason label of a [`TokenError`]: its variant, in snake case.
-pub fn token_reason(e: &TokenError) -> &'static str {
+pub(crate) fn token_reason(e: &TokenError) -> &'static str {
     use TokenError as E;
     match e {
         E::TooLarge { .. } => "too_large",

@@ -14,8 +14,6 @@ pub mod b64 {
 /// Token encoding without a ring: sign with any key, under any header.
 pub mod token {
     pub use crate::token::{encode_header, encode_header_with_type, sign};
-    #[doc(no_inline)]
-    pub use crate::verify_with_key;
 }
 
 pub use crate::integrity::seal_manifest;

@@ -222,7 +222,7 @@ fn der_wrong_length_zero_and_out_of_range_signatures_are_refused() {
         let (input, sig_b64) = good.rsplit_once('.').expect("segments");
         let sig = b64::decode(sig_b64).expect("b64");
         let v = Validation::new();
-        assert!(token::verify_with_key(&good, &vk, &v, now()).is_ok());
+        assert!(keyrot_core::verify_with_key(&good, &vk, &v, now()).is_ok());
         let len = n.len();
         let (r, s) = sig.split_at(len);
 
@@ -250,7 +250,7 @@ fn der_wrong_length_zero_and_out_of_range_signatures_are_refused() {
         for (what, bad) in refused {
             assert!(!vk.verify(input.as_bytes(), &bad), "{alg} {what}: verify");
             assert_eq!(
-                token::verify_with_key(&with_sig(input, &bad), &vk, &v, now()).err(),
+                keyrot_core::verify_with_key(&with_sig(input, &bad), &vk, &v, now()).err(),
                 Some(TokenError::BadSignature),
                 "{alg} {what}: token"
             );
@@ -292,7 +292,7 @@ fn the_other_curves_header_alg_is_refused() {
         let t = token::sign(&signer.signing_key(), &header, &claims, now(), 300).expect("sign");
         let vk = verifier.public_key().verifying_key().expect("vk");
         assert_eq!(
-            token::verify_with_key(&t, &vk, &v, now()).err(),
+            keyrot_core::verify_with_key(&t, &vk, &v, now()).err(),
             Some(TokenError::AlgorithmMismatch {
                 expected: verifier.algorithm()
             }),
@@ -309,7 +309,7 @@ fn the_other_curves_header_alg_is_refused() {
         let sig = es256.signing_key().sign(input.as_bytes()).expect("sign");
         assert!(
             matches!(
-                token::verify_with_key(&with_sig(&input, &sig), &vk, &v, now()),
+                keyrot_core::verify_with_key(&with_sig(&input, &sig), &vk, &v, now()),
                 Err(TokenError::AlgorithmMismatch { .. })
             ),
             "{alg}"
@@ -339,11 +339,11 @@ fn allow_lists_and_algorithm_names() {
     .expect("sign");
     let only_eddsa = Validation::new().with_algorithms([Algorithm::EdDsa]);
     assert_eq!(
-        token::verify_with_key(&t, &vk, &only_eddsa, now()).err(),
+        keyrot_core::verify_with_key(&t, &vk, &only_eddsa, now()).err(),
         Some(TokenError::AlgorithmNotAllowed { alg: Algorithm::Es256 })
     );
     let es = Validation::new().with_algorithms([Algorithm::Es256, Algorithm::Es384]);
-    assert!(token::verify_with_key(&t, &vk, &es, now()).is_ok());
+    assert!(keyrot_core::verify_with_key(&t, &vk, &es, now()).is_ok());
 }
 
 /// RFC 9864: a header `alg` of `Ed25519` names an EdDSA key (the key decides the family),
@@ -362,14 +362,14 @@ fn rfc9864_ed25519_header_verifies_against_an_eddsa_key() {
     };
     for name in ["EdDSA", "Ed25519"] {
         let t = signed_as(&ed, name);
-        let verified = token::verify_with_key(&t, &vk, &v, now()).expect("verifies");
+        let verified = keyrot_core::verify_with_key(&t, &vk, &v, now()).expect("verifies");
         assert_eq!(verified.alg, Algorithm::EdDsa, "{name}");
         assert!(keyrot_core::verify_with_lookup(&t, |_| Some(&vk), &v, now()).is_ok());
     }
     for name in ["ed25519", "Ed448", "EdDSA ", "ES256"] {
         assert!(
             matches!(
-                token::verify_with_key(&signed_as(&ed, name), &vk, &v, now()),
+                keyrot_core::verify_with_key(&signed_as(&ed, name), &vk, &v, now()),
                 Err(TokenError::AlgorithmMismatch { .. })
             ),
             "{name}"
@@ -379,7 +379,7 @@ fn rfc9864_ed25519_header_verifies_against_an_eddsa_key() {
     let es = key(Algorithm::Es256);
     let es_vk = es.public_key().verifying_key().expect("vk");
     assert_eq!(
-        token::verify_with_key(&signed_as(&es, "Ed25519"), &es_vk, &v, now()).err(),
+        keyrot_core::verify_with_key(&signed_as(&es, "Ed25519"), &es_vk, &v, now()).err(),
         Some(TokenError::AlgorithmMismatch {
             expected: Algorithm::Es256
         })

@@ -9,7 +9,6 @@
 
 use keyrot_core::Algorithm;
 use keyrot_core::testing::b64;
-use keyrot_core::testing::token;
 use keyrot_core::{KeyError, PrivateKey, PublicKey, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
 use keyrot_core::{TokenError, Validation, Verified};
 use serde_json::{Map, Value, json};
@@ -146,12 +145,12 @@ fn rfc8037_ed25519_jwk_thumbprint_and_deterministic_signature() {
     // ... and the pinned-key path accepts the signature but not the payload, which is
     // plain text rather than a JWT claims set (Malformed, not BadSignature).
     assert!(matches!(
-        token::verify_with_key(RFC8037_COMPACT, &vk, &v, real_now()),
+        keyrot_core::verify_with_key(RFC8037_COMPACT, &vk, &v, real_now()),
         Err(TokenError::Malformed(_))
     ));
     let tampered = format!("{RFC8037_SIGNING_INPUT}.{}", b64::encode(&flipped));
     assert_eq!(
-        token::verify_with_key(&tampered, &vk, &v, real_now()).err(),
+        keyrot_core::verify_with_key(&tampered, &vk, &v, real_now()).err(),
         Some(TokenError::BadSignature)
     );
 }
@@ -203,21 +202,21 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
     // With the real clock the token is long expired.
     let v = Validation::new();
     assert_eq!(
-        token::verify_with_key(A2_COMPACT, &vk, &v, real_now()).err(),
+        keyrot_core::verify_with_key(A2_COMPACT, &vk, &v, real_now()).err(),
         Some(TokenError::Expired)
     );
     // Pinned an hour before its exp it verifies, which shows Expired above was the only
     // objection.
-    let verified = token::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP - 3600).expect("A.2 verifies before exp");
+    let verified = keyrot_core::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP - 3600).expect("A.2 verifies before exp");
     assert_eq!(verified.alg, Algorithm::Rs256);
     assert_eq!(verified.kid, "");
     assert_eq!(verified.claims["iss"], "joe");
     assert_eq!(verified.claims["exp"], A2_EXP);
     assert_eq!(verified.claims["http://example.com/is_root"], true);
     // exp boundary with the default 30 s leeway: expired once now ≥ exp + 30.
-    assert!(token::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP + 29).is_ok());
+    assert!(keyrot_core::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP + 29).is_ok());
     assert_eq!(
-        token::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP + 30).err(),
+        keyrot_core::verify_with_key(A2_COMPACT, &vk, &v, A2_EXP + 30).err(),
         Some(TokenError::Expired)
     );
 
@@ -235,7 +234,7 @@ fn rfc7515_a2_rs256_reproduced_verified_and_expired() {
         .verifying_key()
         .expect("verifying key");
     assert_eq!(
-        token::verify_with_key(A2_COMPACT, &ps, &v, A2_EXP - 3600).err(),
+        keyrot_core::verify_with_key(A2_COMPACT, &ps, &v, A2_EXP - 3600).err(),
         Some(TokenError::AlgorithmMismatch {
             expected: Algorithm::Ps256
         })
@@ -297,7 +296,7 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
                     "{name} via lookup ({:?}): {ring:?}",
                     vk.algorithm()
                 );
-                let pinned = token::verify_with_key(t, vk, &v, now);
+                let pinned = keyrot_core::verify_with_key(t, vk, &v, now);
                 assert!(
                     is_expected_refusal(&pinned),
                     "{name} pinned ({:?}): {pinned:?}",
@@ -313,7 +312,7 @@ fn rfc7515_a1_hs256_and_a5_unsecured_are_rejected() {
         Some(TokenError::MissingKid)
     );
     assert_eq!(
-        token::verify_with_key(A1_COMPACT, &rs, &v, 0).err(),
+        keyrot_core::verify_with_key(A1_COMPACT, &rs, &v, 0).err(),
         Some(TokenError::AlgorithmMismatch {
             expected: Algorithm::Rs256
         })
@@ -357,7 +356,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
 
     // No kid: accepted by the pinned path only.
     let no_kid = signed(&json!({"alg": "EdDSA"}), exp);
-    let ok = token::verify_with_key(&no_kid, &vk, &v, now).expect("kid-less token verifies with a pinned key");
+    let ok = keyrot_core::verify_with_key(&no_kid, &vk, &v, now).expect("kid-less token verifies with a pinned key");
     assert_eq!((ok.kid.as_str(), ok.alg), ("", Algorithm::EdDsa));
     assert_eq!(
         keyrot_core::verify_with_lookup(&no_kid, |_| Some(&vk), &v, now).err(),
@@ -368,7 +367,10 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     for kid in [json!(""), json!(5), json!(null), json!(["k1"])] {
         let t = signed(&json!({"alg": "EdDSA", "kid": kid}), exp);
         assert!(
-            matches!(token::verify_with_key(&t, &vk, &v, now), Err(TokenError::Malformed(_))),
+            matches!(
+                keyrot_core::verify_with_key(&t, &vk, &v, now),
+                Err(TokenError::Malformed(_))
+            ),
             "{kid}"
         );
     }
@@ -417,18 +419,18 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     }
     let rfc9864 = signed(&json!({"alg": "Ed25519", "kid": "k1"}), exp);
     assert_eq!(
-        summary(token::verify_with_key(&rfc9864, &vk, &v, now)),
+        summary(keyrot_core::verify_with_key(&rfc9864, &vk, &v, now)),
         summary(keyrot_core::verify_with_lookup(&rfc9864, |_| Some(&vk), &v, now))
     );
     assert_eq!(
-        token::verify_with_key(&rfc9864, &vk, &v, now)
+        keyrot_core::verify_with_key(&rfc9864, &vk, &v, now)
             .expect("Ed25519 header")
             .alg,
         Algorithm::EdDsa
     );
     let mut refused = 0;
     for (name, t) in &cases {
-        let pinned = summary(token::verify_with_key(t, &vk, &v, now));
+        let pinned = summary(keyrot_core::verify_with_key(t, &vk, &v, now));
         let ring = summary(keyrot_core::verify_with_lookup(
             t,
             |kid| (kid == "k1").then_some(&vk),
@@ -448,7 +450,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
             .map(|(_, t)| t.clone())
             .expect("case")
     };
-    let check = |n: &str| token::verify_with_key(&by_name(n), &vk, &v, now).err();
+    let check = |n: &str| keyrot_core::verify_with_key(&by_name(n), &vk, &v, now).err();
     assert_eq!(
         check("too large"),
         Some(TokenError::TooLarge {
@@ -473,7 +475,7 @@ fn verify_with_key_enforces_the_same_rules_as_verify() {
     // The size cap applies to the pinned path too.
     let small = Validation::new().with_max_token_bytes(16);
     assert_eq!(
-        token::verify_with_key(&no_kid, &vk, &small, now).err(),
+        keyrot_core::verify_with_key(&no_kid, &vk, &small, now).err(),
         Some(TokenError::TooLarge { max: 16 })
     );
 }
@@ -860,7 +862,7 @@ impl JoseRun {
                 now,
             );
             if let Some(vk) = key {
-                let pinned = token::verify_with_key(jws, vk, &v, now);
+                let pinned = keyrot_core::verify_with_key(jws, vk, &v, now);
                 if pinned.is_ok() != ring.is_ok() {
                     self.failures.push(format!(
                         "tcId {tc_id}: lookup gave {ring:?}, pinned key gave {pinned:?}"
@@ -870,7 +872,7 @@ impl JoseRun {
             ring
         } else {
             match key {
-                Some(vk) => token::verify_with_key(jws, vk, &v, now),
+                Some(vk) => keyrot_core::verify_with_key(jws, vk, &v, now),
                 None => keyrot_core::verify_with_lookup(jws, |_| None, &v, now),
             }
         };

@@ -82,10 +82,10 @@ fn rfc7515_a3_es256_verifies_and_a_resigned_token_verifies() {
 
     let v = Validation::new();
     assert_eq!(
-        token::verify_with_key(A3_COMPACT, &vk, &v, real_now()).err(),
+        keyrot_core::verify_with_key(A3_COMPACT, &vk, &v, real_now()).err(),
         Some(TokenError::Expired)
     );
-    let verified = token::verify_with_key(A3_COMPACT, &vk, &v, A3_EXP - 3600).expect("A.3 verifies before exp");
+    let verified = keyrot_core::verify_with_key(A3_COMPACT, &vk, &v, A3_EXP - 3600).expect("A.3 verifies before exp");
     assert_eq!(verified.alg, Algorithm::Es256);
     assert_eq!(verified.claims["iss"], "joe");
     assert_eq!(verified.claims["http://example.com/is_root"], true);
@@ -102,7 +102,7 @@ fn rfc7515_a3_es256_verifies_and_a_resigned_token_verifies() {
     assert_eq!(resig.len(), 64);
     assert!(vk.verify(A3_SIGNING_INPUT.as_bytes(), &resig));
     let resigned = format!("{A3_SIGNING_INPUT}.{}", b64::encode(&resig));
-    let again = token::verify_with_key(&resigned, &vk, &v, A3_EXP - 3600).expect("re-signed A.3 verifies");
+    let again = keyrot_core::verify_with_key(&resigned, &vk, &v, A3_EXP - 3600).expect("re-signed A.3 verifies");
     assert_eq!(again.claims, verified.claims);
     // And a fresh token from keyrot's own signing path.
     let header = token::encode_header(Algorithm::Es256, "a3");

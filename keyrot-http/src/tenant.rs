@@ -142,6 +142,7 @@ impl std::fmt::Debug for RingSelector {
 
 /// The `iss` of a token, read without verifying it.
 fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
     #[derive(serde::Deserialize)]
     struct Iss {
         iss: Option<String>,
@@ -150,7 +151,7 @@ fn unverified_issuer(token: &str) -> Option<String> {
         return None;
     }
     let payload = token.split('.').nth(1)?;
-    let bytes = keyrot_core::adapter::base64url_decode(payload)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
