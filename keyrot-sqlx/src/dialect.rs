@@ -281,6 +281,7 @@ pub(crate) const IDEMPOTENCY_COLUMNS: &[Column<IdempotencyRecord>] = &[
 
 #[cfg(test)]
 mod tests {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     use super::*;
 
     #[cfg(feature = "postgres")]

@@ -67,21 +67,27 @@
 //! # Ok(()) }
 //! ```
 
-// With only some databases enabled, some shared helpers go unused.
-#![cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
-
 pub use sqlx;
 
+// Each database is a feature; the code they share is built with any of them (without
+// one, the crate is only `sqlx`).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod common;
-mod dialect;
-mod migrate;
-mod ops;
-
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod connect;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod dialect;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod lock;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod migrate;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod ops;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod store;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod write;
+
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
@@ -89,6 +95,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use common::{ConfigError, DEFAULT_TABLE_PREFIX};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use connect::{AnyStore, ConnectError, connect, redact_url};
