@@ -256,8 +256,9 @@ pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
 /// How many times a commit is tried when the database asks for a retry.
 pub(crate) const MAX_TRIES: usize = 5;
 
-/// Decoding of the column types keyrot uses, on any sqlx row.
-pub(crate) trait RowExt {
+/// Decoding of the column types keyrot uses, on any sqlx row. (Nominally `pub`: a bound
+/// of `dialect::Dialect`; this module is private.)
+pub trait RowExt {
     fn text(&self, col: &str) -> Result<String, StorageError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StorageError>;
     fn int(&self, col: &str) -> Result<i64, StorageError>;

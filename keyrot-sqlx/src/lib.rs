@@ -11,6 +11,11 @@
 //! | `mysql`    | `MySqlStore`    | `GET_LOCK` on a held connection                 | polling ([`PollingFeed`](keyrot_core::PollingFeed)) |
 //! | `sqlite`   | `SqliteStore`   | lease row with expiry                           | polling ([`PollingFeed`](keyrot_core::PollingFeed)) |
 //!
+//! Each store is [`SqlStore`] for its database: one implementation of keyrot's
+//! [`Storage`](keyrot_core::Storage) and [`RingStorage`](keyrot_core::RingStorage) for
+//! all three, with what differs (transactions, the lock, the feed) in each database's
+//! module.
+//!
 //! Every store keeps the same four tables (names start with a configurable prefix,
 //! `keyrot_` by default): `rings` (name, generation, and the ring's authenticated manifest,
 //! written by the same compare-and-swap that moves the generation), `keys` (every field of
@@ -105,3 +110,5 @@ pub use mysql::{MySqlStore, MySqlStoreBuilder};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use store::{SqlDatabase, SqlStore};

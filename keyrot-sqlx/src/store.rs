@@ -22,14 +22,21 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
+/// A database keyrot-sqlx keeps rings in: `sqlx::Postgres` (feature `postgres`),
+/// `sqlx::MySql` (`mysql`) and `sqlx::Sqlite` (`sqlite`). Sealed: what differs between
+/// them is this crate's own business.
+pub trait SqlDatabase: Backend {}
+
+impl<DB: Backend> SqlDatabase for DB {}
+
 /// What differs between databases besides the words of their SQL ([`Dialect`]): what a
 /// store keeps besides what every store keeps, and how its write transactions begin and
 /// end. Implemented by `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite`, each in its
 /// database's module.
 ///
-/// Nominally `pub` because it bounds [`SqlStore`], which the public store names alias;
-/// its module is private, so nothing outside this crate can name or implement it.
-pub trait Backend: sqlx::Database {
+/// Nominally `pub`, as the supertrait of [`SqlDatabase`]; its module is private, so
+/// nothing outside this crate can name or implement it (which seals `SqlDatabase`).
+pub trait Backend: Dialect {
     /// What a store of this database keeps besides its pool, tables and statements.
     type State: Debug + Send + Sync + 'static;
 
@@ -56,21 +63,23 @@ pub trait Backend: sqlx::Database {
     }
 }
 
-/// keyrot's storage on one SQL database (`DB`: `sqlx::Postgres`, `sqlx::MySql` or
-/// `sqlx::Sqlite`). Cheap to clone; clones share the pool.
-pub struct SqlStore<DB: Backend> {
+/// keyrot's [`Storage`], [`RingStorage`] and rotation [`Lock`](keyrot_core::Lock) on one
+/// SQL database, named for each: `PostgresStore` (`SqlStore<sqlx::Postgres>`, also the
+/// change feed), `MySqlStore` and `SqliteStore`, each with its cargo feature. Cheap to
+/// clone; clones share the pool.
+pub struct SqlStore<DB: SqlDatabase> {
     pub(crate) inner: Arc<Inner<DB>>,
 }
 
 /// What a store keeps: the same for every database but its [`Backend::State`].
-pub(crate) struct Inner<DB: Backend> {
+pub(crate) struct Inner<DB: SqlDatabase> {
     pub pool: Pool<DB>,
     pub tables: Tables,
     pub sql: Statements,
     pub state: DB::State,
 }
 
-impl<DB: Backend> SqlStore<DB> {
+impl<DB: SqlDatabase> SqlStore<DB> {
     /// A store on `pool` over `tables`, running `sql`.
     pub(crate) fn from_parts(pool: Pool<DB>, tables: Tables, sql: Statements, state: DB::State) -> Self {
         Self {
@@ -89,7 +98,7 @@ impl<DB: Backend> SqlStore<DB> {
     }
 }
 
-impl<DB: Backend> Clone for SqlStore<DB> {
+impl<DB: SqlDatabase> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -97,7 +106,7 @@ impl<DB: Backend> Clone for SqlStore<DB> {
     }
 }
 
-impl<DB: Backend> Debug for SqlStore<DB> {
+impl<DB: SqlDatabase> Debug for SqlStore<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlStore")
             .field("pool", &self.inner.pool)
@@ -107,7 +116,7 @@ impl<DB: Backend> Debug for SqlStore<DB> {
     }
 }
 
-impl<DB: Backend + Dialect> Inner<DB> {
+impl<DB: SqlDatabase> Inner<DB> {
     async fn begin(&self) -> Result<Transaction<'static, DB>, sqlx::Error> {
         self.pool.begin_with(DB::BEGIN).await
     }
@@ -179,7 +188,7 @@ impl<DB: Backend + Dialect> Inner<DB> {
 }
 
 #[async_trait]
-impl<DB: Backend + Dialect> Storage for SqlStore<DB> {
+impl<DB: SqlDatabase> Storage for SqlStore<DB> {
     async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
         ops::load(&self.inner.pool, &self.inner.sql, ring).await
     }
@@ -215,7 +224,7 @@ impl<DB: Backend + Dialect> Storage for SqlStore<DB> {
 }
 
 #[async_trait]
-impl<DB: Backend + Dialect> RingStorage for SqlStore<DB> {
+impl<DB: SqlDatabase> RingStorage for SqlStore<DB> {
     async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
         ops::due_rings(&self.inner.pool, &self.inner.sql, now, limit).await
     }
