@@ -270,7 +270,7 @@ pub(crate) async fn idempotency<DB: Dialect>(
     rows.first().map(common::idempotency_from_row).transpose()
 }
 
-/// `Storage::due_rings`: through the next-due index.
+/// `RingStorage::due_rings`: through the next-due index.
 pub(crate) async fn due_rings<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -292,7 +292,7 @@ fn ring_name(row: &impl common::RowExt) -> Result<RingName, StorageError> {
     RingName::new(name).map_err(|e| StorageError::Corrupt(format!("stored ring name: {e}")))
 }
 
-/// `Storage::reschedule`: whether the ring was still at `generation`.
+/// `RingStorage::reschedule`: whether the ring was still at `generation`.
 pub(crate) async fn reschedule<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -311,7 +311,7 @@ pub(crate) async fn reschedule<DB: Dialect>(
     Ok(changed > 0)
 }
 
-/// `Storage::list_rings`: one page by name.
+/// `RingStorage::list_rings`: one page by name.
 pub(crate) async fn list_rings<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -336,7 +336,7 @@ pub(crate) async fn list_rings<DB: Dialect>(
         .collect()
 }
 
-/// `Storage::rings_changed_since`: one statement, through the index on `changed_ms`.
+/// `RingStorage::rings_changed_since`: one statement, through the index on `changed_ms`.
 pub(crate) async fn rings_changed_since<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
