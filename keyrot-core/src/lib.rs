@@ -106,7 +106,7 @@ pub use secret::SecretBytes;
 pub use storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
     IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingChanges, RingEntry, RingEvent,
-    RingsFeed, RingsStream, Storage, StorageError,
+    RingStorage, RingsFeed, RingsStream, Storage, StorageError,
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,

@@ -5,8 +5,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::ring::{Ring, RingName};
 use crate::storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, RingChanges, RingEntry, RingEvent, RingsFeed, RingsStream, Storage,
-    StorageError,
+    IdempotencyRecord, Lock, LockGuard, RingChanges, RingEntry, RingEvent, RingStorage, RingsFeed, RingsStream,
+    Storage, StorageError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -273,7 +273,10 @@ impl Storage for MemoryStorage {
             .get(ring)
             .and_then(|d| d.idempotency.get(key).cloned()))
     }
+}
 
+#[async_trait]
+impl RingStorage for MemoryStorage {
     async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
         let g = self.lock();
         Ok(g.due

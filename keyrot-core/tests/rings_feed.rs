@@ -1,20 +1,21 @@
-//! `PollingRingsFeed`: one query per poll, by cursor, whatever the number of rings; the
-//! whole listing only for a store that cannot read by cursor.
+//! `PollingRingsFeed`: one query per poll, by cursor, whatever the number of rings, and
+//! every ring read again now and then. (A store that cannot read by cursor does not
+//! implement `RingStorage`, and the compiler refuses it to the feed.)
 
+use chrono::{DateTime, Utc};
 use keyrot_core::{
     AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, MemoryStorage,
-    PollingRingsFeed, Ring, RingChanges, RingEntry, RingEvent, RingName, RingsFeed as _, Storage, StorageError,
-    async_trait,
+    PollingRingsFeed, Ring, RingChanges, RingEntry, RingEvent, RingName, RingStorage, RingsFeed as _, Storage,
+    StorageError, async_trait,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A memory store that counts the feed's reads, with or without `rings_changed_since`.
+/// A memory store that counts the feed's reads.
 #[derive(Debug, Default)]
 struct Counted {
     inner: MemoryStorage,
-    by_cursor: bool,
     cursor_reads: AtomicUsize,
     rows_read: AtomicUsize,
     list_reads: AtomicUsize,
@@ -45,16 +46,26 @@ impl Storage for Counted {
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
         self.inner.idempotency(ring, key).await
     }
+}
+
+#[async_trait]
+impl RingStorage for Counted {
+    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
+        self.inner.due_rings(now, limit).await
+    }
+    async fn reschedule(
+        &self,
+        ring: &RingName,
+        generation: u64,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<bool, StorageError> {
+        self.inner.reschedule(ring, generation, next_due).await
+    }
     async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
         self.list_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.list_rings(after, limit).await
     }
     async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        if !self.by_cursor {
-            return Err(StorageError::Unsupported {
-                operation: "Storage::rings_changed_since",
-            });
-        }
         self.cursor_reads.fetch_add(1, Ordering::SeqCst);
         let out = self.inner.rings_changed_since(since).await?;
         self.rows_read.fetch_add(out.rings.len(), Ordering::SeqCst);
@@ -84,10 +95,7 @@ async fn rings(store: &Arc<Counted>, n: usize) -> Vec<keyrot_core::Rotator> {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_poll_is_one_query_and_reads_no_row_whatever_the_number_of_rings() {
-    let store = Arc::new(Counted {
-        by_cursor: true,
-        ..Counted::default()
-    });
+    let store = Arc::new(Counted::default());
     let rotators = rings(&store, 2500).await;
     let feed = PollingRingsFeed::new(store.clone(), Duration::from_secs(1));
     let mut stream = feed.subscribe_all().await.expect("subscribe");
@@ -134,11 +142,8 @@ async fn an_idle_poll_is_one_query_and_reads_no_row_whatever_the_number_of_rings
 }
 
 #[tokio::test(start_paused = true)]
-async fn every_ring_is_read_again_now_and_then_and_a_store_without_a_cursor_is_read_whole() {
-    let store = Arc::new(Counted {
-        by_cursor: true,
-        ..Counted::default()
-    });
+async fn every_ring_is_read_again_now_and_then() {
+    let store = Arc::new(Counted::default());
     rings(&store, 3).await;
     let mut stream = PollingRingsFeed::new(store.clone(), Duration::from_secs(60))
         .subscribe_all()
@@ -154,29 +159,5 @@ async fn every_ring_is_read_again_now_and_then_and_a_store_without_a_cursor_is_r
         store.rows_read.load(Ordering::SeqCst),
         3,
         "the safety net read every ring once"
-    );
-
-    let whole = Arc::new(Counted::default());
-    let rotators = rings(&whole, 3).await;
-    let mut stream = PollingRingsFeed::new(whole.clone(), Duration::from_secs(1))
-        .subscribe_all()
-        .await
-        .expect("subscribe");
-    rotators[2]
-        .force_rotate(keyrot_core::RequestContext::actor("test"), "feed", false)
-        .await
-        .expect("force");
-    let event = stream.next().await.expect("event");
-    assert_eq!(
-        event,
-        RingEvent::Changed {
-            ring: RingName::new("feed-0002").expect("ring"),
-            generation: 2
-        }
-    );
-    assert_eq!(
-        whole.list_reads.load(Ordering::SeqCst),
-        2,
-        "subscribe and one poll, each the whole listing"
     );
 }

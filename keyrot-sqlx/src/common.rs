@@ -6,6 +6,7 @@ use keyrot_core::{
     AuditRecord, IdempotencyRecord, KeyOrigin, KeyRecord, KeyState, Outcome, RingName, SealedKey, StorageError,
     TriggerKind,
 };
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use sha2::{Digest as _, Sha256};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -255,8 +256,9 @@ pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
 /// How many times a commit is tried when the database asks for a retry.
 pub(crate) const MAX_TRIES: usize = 5;
 
-/// Decoding of the column types keyrot uses, on any sqlx row.
-pub(crate) trait RowExt {
+/// Decoding of the column types keyrot uses, on any sqlx row. (Nominally `pub`: a bound
+/// of `dialect::Dialect`; this module is private.)
+pub trait RowExt {
     fn text(&self, col: &str) -> Result<String, StorageError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StorageError>;
     fn int(&self, col: &str) -> Result<i64, StorageError>;
@@ -436,9 +438,10 @@ pub(crate) fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A 64-bit lock key (PostgreSQL advisory locks) or lock name digest (MySQL) for a
-/// ring within a namespace (schema + table prefix), so stores sharing a database never
-/// contend on each other's rings.
+/// The digest a PostgreSQL advisory lock key is taken from, for a ring within a namespace
+/// (schema + table prefix), so stores sharing a database never contend on each other's
+/// rings. (MySQL derives its lock names in SQL.)
+#[cfg(feature = "postgres")]
 pub(crate) fn lock_digest(namespace: &str, ring: &RingName) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"keyrot/lock/v1\0");
@@ -449,6 +452,7 @@ pub(crate) fn lock_digest(namespace: &str, ring: &RingName) -> [u8; 32] {
 }
 
 /// Hex of the SHA-256 of `s`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn digest_hex(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
@@ -517,13 +521,18 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn lock_digests_depend_on_namespace_and_ring() -> Result<(), keyrot_core::InvalidRingName> {
         let (a, b) = (RingName::new("a")?, RingName::new("b")?);
         assert_ne!(lock_digest("public.keyrot_", &a), lock_digest("public.keyrot_", &b));
         assert_ne!(lock_digest("s1.keyrot_", &a), lock_digest("s2.keyrot_", &a));
         assert_eq!(lock_digest("s1.keyrot_", &a), lock_digest("s1.keyrot_", &a));
-        assert_eq!(hex(&[0, 255, 16]), "00ff10");
         Ok(())
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0, 255, 16]), "00ff10");
     }
 }

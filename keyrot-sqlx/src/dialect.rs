@@ -9,6 +9,10 @@
 //! [`IDEMPOTENCY_COLUMNS`]), each with the value it binds: the `INSERT` column list, its
 //! placeholders, the bind order and the `SELECT` lists all come from that list. Adding a
 //! column is one line there (plus its decoding in `common` and each database's migration).
+//!
+//! [`Dialect`] and the traits and types its bounds name are nominally `pub`: it is a
+//! supertrait of the public (sealed) `SqlDatabase`. This module is private, so nothing
+//! outside the crate can name them.
 
 use crate::common::{RowExt, gen_to_db, opt_ms};
 use keyrot_core::{AuditRecord, IdempotencyRecord, KeyRecord, StorageError};
@@ -17,7 +21,7 @@ use sqlx::{Arguments, AssertSqlSafe, Database, Encode, Executor, IntoArguments, 
 
 /// A value bound to a statement: the column types keyrot uses.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Value<'a> {
+pub enum Value<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
@@ -27,7 +31,7 @@ pub(crate) enum Value<'a> {
 }
 
 /// Adds a [`Value`] to a database's arguments (every sqlx encoding bound, in one place).
-pub(crate) trait PushValue {
+pub trait PushValue {
     fn push_value(&mut self, value: Value<'_>) -> Result<(), BoxDynError>;
 }
 
@@ -55,7 +59,7 @@ where
 }
 
 /// A connection statements run on (every sqlx executor bound, in one place).
-pub(crate) trait ConnExec<DB: Database>: Send {
+pub trait ConnExec<DB: Database>: Send {
     fn exec(&mut self) -> impl Executor<'_, Database = DB>;
 }
 
@@ -69,7 +73,7 @@ where
 }
 
 /// One database, as the generic helpers see it.
-pub(crate) trait Dialect:
+pub trait Dialect:
     Database<Arguments: PushValue + IntoArguments<Self>, Row: RowExt, Connection: ConnExec<Self>>
 {
     /// Starts error messages and log lines: `postgres`, `mysql`, `sqlite`.
@@ -281,6 +285,7 @@ pub(crate) const IDEMPOTENCY_COLUMNS: &[Column<IdempotencyRecord>] = &[
 
 #[cfg(test)]
 mod tests {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     use super::*;
 
     #[cfg(feature = "postgres")]

@@ -11,6 +11,11 @@
 //! | `mysql`    | `MySqlStore`    | `GET_LOCK` on a held connection                 | polling ([`PollingFeed`](keyrot_core::PollingFeed)) |
 //! | `sqlite`   | `SqliteStore`   | lease row with expiry                           | polling ([`PollingFeed`](keyrot_core::PollingFeed)) |
 //!
+//! Each store is [`SqlStore`] for its database: one implementation of keyrot's
+//! [`Storage`](keyrot_core::Storage) and [`RingStorage`](keyrot_core::RingStorage) for
+//! all three, with what differs (transactions, the lock, the feed) in each database's
+//! module.
+//!
 //! Every store keeps the same four tables (names start with a configurable prefix,
 //! `keyrot_` by default): `rings` (name, generation, and the ring's authenticated manifest,
 //! written by the same compare-and-swap that moves the generation), `keys` (every field of
@@ -67,21 +72,27 @@
 //! # Ok(()) }
 //! ```
 
-// With only some databases enabled, some shared helpers go unused.
-#![cfg_attr(
-    not(all(feature = "postgres", feature = "mysql", feature = "sqlite")),
-    allow(dead_code, unused_imports)
-)]
-
 pub use sqlx;
 
+// Each database is a feature; the code they share is built with any of them (without
+// one, the crate is only `sqlx`).
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod common;
-mod dialect;
-mod migrate;
-mod ops;
-
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod connect;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod dialect;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod lock;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod migrate;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod ops;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod store;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod write;
+
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
@@ -89,6 +100,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use common::{ConfigError, DEFAULT_TABLE_PREFIX};
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use connect::{AnyStore, ConnectError, connect, redact_url};
@@ -98,3 +110,5 @@ pub use mysql::{MySqlStore, MySqlStoreBuilder};
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use store::{SqlDatabase, SqlStore};

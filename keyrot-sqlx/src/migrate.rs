@@ -77,8 +77,10 @@ pub(crate) fn assert_released(migrations: &[Migration], released: &[&str]) {
 #[derive(Debug)]
 pub(crate) enum AppliedAt {
     /// An SQL expression reading the server's clock.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     Server(&'static str),
     /// The store's clock, bound as a value.
+    #[cfg(feature = "sqlite")]
     Clock(i64),
 }
 
@@ -142,18 +144,19 @@ async fn apply_pending<M: Migrate>(s: &mut M, t: &Tables, migrations: &[Migratio
 /// Records `m` in `{migrations}`, applied now.
 async fn record<M: Migrate>(s: &mut M, t: &Tables, m: &Migration) -> Result<u64, sqlx::Error> {
     let checksum = m.checksum();
+    // The time: the server's clock, or the store's, bound as the fourth value.
+    let (at, clock) = match s.applied_at() {
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
+        AppliedAt::Server(expr) => (expr.to_owned(), None::<Value<'_>>),
+        #[cfg(feature = "sqlite")]
+        AppliedAt::Clock(ms) => (<M::Db as Dialect>::placeholder(4), Some(Value::Int(ms))),
+    };
     let mut values = vec![
         Value::Int(m.version),
         Value::Text(m.description),
         Value::Text(&checksum),
     ];
-    let at = match s.applied_at() {
-        AppliedAt::Server(expr) => expr.to_owned(),
-        AppliedAt::Clock(ms) => {
-            values.push(Value::Int(ms));
-            <M::Db as Dialect>::placeholder(4)
-        }
-    };
+    values.extend(clock);
     let sql = t.render(&format!(
         "INSERT INTO {{migrations}} (version, description, checksum, applied_at_ms) VALUES ({}, {at})",
         placeholders::<M::Db>(3)

@@ -1,18 +1,15 @@
-//! The storage operations every database shares, generic over [`Dialect`]: each store's
-//! `impl Storage` and transactions are written out in its own file and call these.
+//! The statements every database shares, the reads, and running one statement, generic
+//! over [`Dialect`]: the one generic store (`store.rs`) calls these from its
+//! `impl Storage`; the write path its transactions run is in `write.rs`.
 
-use crate::common::{self, RowExt as _, TxError, gen_from_db, next_link};
+use crate::common::{self, RowExt as _, gen_from_db};
 use crate::dialect::{
-    self, AUDIT_COLUMNS, ConnExec as _, Dialect, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, Link, column_list, insert_sql,
+    self, AUDIT_COLUMNS, ConnExec as _, Dialect, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, column_list, insert_sql,
     key_update_columns, public_key_column_list, query,
 };
 use chrono::{DateTime, Utc};
-use keyrot_core::{
-    AuditLinker, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Ring, RingChanges, RingEntry,
-    RingName, StorageError,
-};
+use keyrot_core::{AuditRecord, ChangeCursor, IdempotencyRecord, Ring, RingChanges, RingEntry, RingName, StorageError};
 use sqlx::{AssertSqlSafe, Pool};
-use std::future::Future;
 
 /// The statements every store runs, built once for its tables and database. `$n` below
 /// is the n-th bound value (`?` on MySQL and SQLite).
@@ -35,8 +32,15 @@ pub(crate) struct Statements {
     pub audit_head: String,
     /// Appends an audit record ([`AUDIT_COLUMNS`]).
     pub insert_audit: String,
-    /// Inserts an idempotency record ([`IDEMPOTENCY_COLUMNS`]), as each database words it.
+    /// Inserts a commit's idempotency record ([`IDEMPOTENCY_COLUMNS`]): a key already
+    /// taken inserts no row, or fails as a unique violation (MySQL).
     pub insert_idempotency: String,
+    /// Inserts the idempotency record of an attempt that changed nothing: a key already
+    /// taken keeps its first record, without an error.
+    pub keep_idempotency: String,
+    /// Locks the ring row (`$1`: ring), to serialise appends to its ledger; `None` where
+    /// the write transaction locks the whole database (SQLite).
+    pub lock_ring: Option<String>,
     /// A ring's audit records, newest first (`$1` ring, `$2` limit).
     pub audit_log: String,
     /// One idempotency record (`$1` ring, `$2` key).
@@ -68,8 +72,14 @@ pub(crate) struct Wording<'a> {
     pub new_value: &'a str,
     /// Follows the ring row `INSERT`, so that an existing row is left as it is.
     pub ensure_ring: &'a str,
-    /// Follows the idempotency `INSERT` (empty, or `ON CONFLICT … DO NOTHING`).
+    /// Follows the idempotency `INSERT` of a commit (empty, or `ON CONFLICT … DO NOTHING`).
     pub insert_idempotency: &'a str,
+    /// Follows the idempotency `INSERT` of an attempt that changed nothing, so that a key
+    /// already taken keeps its first record without an error.
+    pub keep_idempotency: &'a str,
+    /// Whether `SELECT … FOR UPDATE` locks the ring row (false on SQLite, whose write
+    /// transactions lock the whole database).
+    pub row_locks: bool,
     /// The order of the chain head (`chain_seq DESC`, PostgreSQL adds `NULLS LAST`).
     pub chain_desc: &'a str,
 }
@@ -121,6 +131,14 @@ impl Statements {
                 insert_sql::<DB, _, _>(&t.idempotency, IDEMPOTENCY_COLUMNS),
                 w.insert_idempotency
             ),
+            keep_idempotency: format!(
+                "{}{}",
+                insert_sql::<DB, _, _>(&t.idempotency, IDEMPOTENCY_COLUMNS),
+                w.keep_idempotency
+            ),
+            lock_ring: w
+                .row_locks
+                .then(|| format!("SELECT generation FROM {rings} WHERE name = {p1} FOR UPDATE")),
             // Newest first by chain position; records from before the chain (NULL) last,
             // newest first.
             audit_log: format!(
@@ -252,7 +270,7 @@ pub(crate) async fn idempotency<DB: Dialect>(
     rows.first().map(common::idempotency_from_row).transpose()
 }
 
-/// `Storage::due_rings`: through the next-due index.
+/// `RingStorage::due_rings`: through the next-due index.
 pub(crate) async fn due_rings<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -274,7 +292,7 @@ fn ring_name(row: &impl common::RowExt) -> Result<RingName, StorageError> {
     RingName::new(name).map_err(|e| StorageError::Corrupt(format!("stored ring name: {e}")))
 }
 
-/// `Storage::reschedule`: whether the ring was still at `generation`.
+/// `RingStorage::reschedule`: whether the ring was still at `generation`.
 pub(crate) async fn reschedule<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -293,7 +311,7 @@ pub(crate) async fn reschedule<DB: Dialect>(
     Ok(changed > 0)
 }
 
-/// `Storage::list_rings`: one page by name.
+/// `RingStorage::list_rings`: one page by name.
 pub(crate) async fn list_rings<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -318,7 +336,7 @@ pub(crate) async fn list_rings<DB: Dialect>(
         .collect()
 }
 
-/// `Storage::rings_changed_since`: one statement, through the index on `changed_ms`.
+/// `RingStorage::rings_changed_since`: one statement, through the index on `changed_ms`.
 pub(crate) async fn rings_changed_since<DB: Dialect>(
     pool: &Pool<DB>,
     sql: &Statements,
@@ -414,162 +432,4 @@ pub(crate) async fn fetch_optional<DB: Dialect>(
     values: &[dialect::Value<'_>],
 ) -> Result<Option<DB::Row>, sqlx::Error> {
     query::<DB>(sql, values)?.fetch_optional(conn.exec()).await
-}
-
-/// A commit's compare-and-swap as stored: the generation it expects and the one it writes,
-/// the generation of its audit record (`expected + 1`, except for a repair of an altered
-/// generation, which moves the ring back to its authenticated generation + 1).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Swap {
-    pub expected: i64,
-    pub next: i64,
-}
-
-/// `Storage::commit`: checks the commit, then runs `once` (one transaction, given its
-/// compare-and-swap as stored) again while the database asks for a retry. A generation
-/// that does not fit a `BIGINT` is refused here, before any transaction, as invalid data
-/// (never as a store to retry).
-pub(crate) async fn commit<DB: Dialect, F, Fut>(commit: &Commit, mut once: F) -> Result<CommitOutcome, StorageError>
-where
-    F: FnMut(Swap) -> Fut,
-    Fut: Future<Output = Result<CommitOutcome, TxError>>,
-{
-    common::check_commit_ring(commit)?;
-    let swap = Swap {
-        expected: common::gen_to_db(commit.expected_generation)?,
-        next: common::gen_to_db(commit.audit.generation)?,
-    };
-    retrying::<DB, _, _, _>("commit", commit.ring.as_str(), || once(swap)).await
-}
-
-/// `Storage::record_attempt`: checks the record's ring, then runs `once` (one
-/// transaction) again while the database asks for a retry.
-pub(crate) async fn record_attempt<DB: Dialect, F, Fut>(audit: &AuditRecord, once: F) -> Result<(), StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), TxError>>,
-{
-    common::audit_ring(audit)?;
-    retrying::<DB, _, _, _>("record attempt", &audit.ring, once).await
-}
-
-/// Runs `once` again while the database asks for a retry, at most
-/// [`common::MAX_TRIES`] times. `what` names it in logs and errors.
-async fn retrying<DB: Dialect, T, F, Fut>(what: &str, ring: &str, mut once: F) -> Result<T, StorageError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, TxError>>,
-{
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match once().await {
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if e.is_retryable() && tries < common::MAX_TRIES => {
-                tracing::debug!(ring, error = %e, "{} {what} retried", DB::LABEL);
-            }
-            Err(e) => return Err(e.into_storage_at(DB::LABEL, what)),
-        }
-    }
-}
-
-/// In a transaction that keeps the whole compare-and-swap (PostgreSQL, SQLite): creates
-/// the ring row if it is new, moves its generation from `swap.expected` to `swap.next`
-/// (writing the commit's manifest) and inserts the idempotency record. The conflict to
-/// report when another commit got there first (the caller rolls back), `None` when this
-/// one won.
-pub(crate) async fn swap_generation<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &Statements,
-    c: &Commit,
-    swap: Swap,
-) -> Result<Option<CommitOutcome>, TxError> {
-    execute::<DB>(tx, &sql.ensure_ring, &[dialect::Value::Text(c.ring.as_str())]).await?;
-    if !cas::<DB>(tx, sql, c, swap).await? {
-        let current = current_generation::<DB>(tx, sql, &c.ring).await?;
-        return Ok(Some(CommitOutcome::Conflict { current }));
-    }
-    if let Some(i) = &c.idempotency
-        && insert_idempotency::<DB>(tx, &sql.insert_idempotency, i).await? == 0
-    {
-        // Another request with this key committed first: treat as a lost race.
-        return Ok(Some(CommitOutcome::Conflict {
-            current: gen_from_db(swap.expected).unwrap_or(0),
-        }));
-    }
-    Ok(None)
-}
-
-/// The compare-and-swap alone (the ring row exists): whether this commit won it.
-pub(crate) async fn cas<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &Statements,
-    c: &Commit,
-    swap: Swap,
-) -> Result<bool, sqlx::Error> {
-    let values = [
-        dialect::Value::Int(swap.next),
-        dialect::Value::Text(c.manifest.as_str()),
-        dialect::Value::OptInt(common::opt_ms(c.next_due)),
-        dialect::Value::Text(c.ring.as_str()),
-        dialect::Value::Int(swap.expected),
-    ];
-    Ok(execute::<DB>(tx, &sql.cas, &values).await? > 0)
-}
-
-/// The ring's current generation, read in the transaction that lost the
-/// compare-and-swap (0 for a missing row or a negative value: a conflict either way).
-pub(crate) async fn current_generation<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &Statements,
-    ring: &RingName,
-) -> Result<u64, TxError> {
-    match fetch_optional::<DB>(tx, &sql.generation, &[dialect::Value::Text(ring.as_str())]).await? {
-        Some(row) => Ok(gen_from_db(row.int("generation")?).unwrap_or(0)),
-        None => Ok(0),
-    }
-}
-
-/// Inserts an idempotency record with the store's `insert_idempotency` wording; the rows
-/// it inserted (0 when the key was taken and the wording ignores conflicts).
-pub(crate) async fn insert_idempotency<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &str,
-    record: &IdempotencyRecord,
-) -> Result<u64, sqlx::Error> {
-    execute::<DB>(tx, sql, &dialect::values(IDEMPOTENCY_COLUMNS, record, &())).await
-}
-
-/// After the compare-and-swap (which locked the ring row): upserts the commit's keys and
-/// appends its audit record to the ring's chain.
-pub(crate) async fn insert_keys_and_audit<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &Statements,
-    c: &Commit,
-    linker: &dyn AuditLinker,
-) -> Result<(), TxError> {
-    for k in &c.keys {
-        execute::<DB>(tx, &sql.upsert_key, &dialect::values(KEY_COLUMNS, k, c.ring.as_str())).await?;
-    }
-    append_audit::<DB>(tx, sql, &c.audit, linker).await
-}
-
-/// In a transaction that has serialised appends to the ring's ledger (the ring row is
-/// locked, or the whole database is, on SQLite): reads the ring's chain head, links
-/// `audit` after it with `linker` and inserts it.
-pub(crate) async fn append_audit<DB: Dialect>(
-    tx: &mut DB::Connection,
-    sql: &Statements,
-    audit: &AuditRecord,
-    linker: &dyn AuditLinker,
-) -> Result<(), TxError> {
-    let head = match fetch_optional::<DB>(tx, &sql.audit_head, &[dialect::Value::Text(&audit.ring)]).await? {
-        Some(row) => Some((row.int("chain_seq")?, row.opt_text("chain_mac")?)),
-        None => None,
-    };
-    let (seq, seq_db, prev) = next_link(head)?;
-    let mac = linker.link(audit, seq, prev.as_deref())?;
-    let link = Link::new(audit, seq_db, mac)?;
-    execute::<DB>(tx, &sql.insert_audit, &dialect::values(AUDIT_COLUMNS, audit, &link)).await?;
-    Ok(())
 }

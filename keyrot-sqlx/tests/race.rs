@@ -14,7 +14,7 @@ use keyrot_core::SealerLinker;
 use keyrot_core::conformance::{sample_audit, sample_key};
 use keyrot_core::{
     AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManagerConfig, ManualClock, MasterKeySealer, Outcome,
-    RequestContext, RingManager, RingName, Rotator, Storage,
+    RequestContext, RingManager, RingName, RingStorage, Rotator,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +30,7 @@ fn t0() -> DateTime<Utc> {
         .expect("valid time")
 }
 
-type Instance = (Arc<dyn Storage>, Arc<dyn Lock>);
+type Instance = (Arc<dyn RingStorage>, Arc<dyn Lock>);
 
 async fn race(name: &str, instances: Vec<Instance>) {
     assert_eq!(instances.len(), INSTANCES);

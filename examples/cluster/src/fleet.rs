@@ -8,7 +8,7 @@
 use keyrot_core::testing::Counting;
 use keyrot_core::{
     Clock, ErrorChain, ManagerConfig, ManagerHandle, ManualClock, MasterKeySealer, Outcome, Policy, RequestContext,
-    RingManager, RingName, Storage,
+    RingManager, RingName, RingStorage, Storage,
 };
 use keyrot_sqlx::PostgresStore;
 use keyrot_sqlx::sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -23,7 +23,7 @@ impl RingsFeed for CountingFeed {
 }
 
 fn manager(
-    b: &Backend,
+    b: &RingBackend,
     clock: &ManualClock,
     sealer: Arc<MasterKeySealer>,
     instance: &str,
@@ -50,7 +50,7 @@ async fn onboard_all(m: &RingManager, rings: &[RingName]) {
     }
 }
 
-pub async fn manager_ticks_only_the_due_rings(b: &Backend) {
+pub async fn manager_ticks_only_the_due_rings(b: &RingBackend) {
     let clock = ManualClock::new(t0());
     let m = manager(b, &clock, Arc::new(sealer()), "a", ManagerConfig::default());
     let all = rings("conf-mgr-due", 3);
@@ -80,7 +80,7 @@ pub async fn manager_ticks_only_the_due_rings(b: &Backend) {
     );
 }
 
-pub async fn manager_follows_many_rings_through_one_feed(b: &Backend) {
+pub async fn manager_follows_many_rings_through_one_feed(b: &RingBackend) {
     let clock = ManualClock::new(t0());
     let sealer = Arc::new(sealer());
     let writer = manager(b, &clock, sealer.clone(), "writer", ManagerConfig::default());
@@ -138,7 +138,7 @@ pub async fn manager_follows_many_rings_through_one_feed(b: &Backend) {
     );
 }
 
-pub async fn manager_keeps_loaded_snapshots_within_bounds(b: &Backend) {
+pub async fn manager_keeps_loaded_snapshots_within_bounds(b: &RingBackend) {
     let clock = ManualClock::new(t0());
     let sealer = Arc::new(sealer());
     let writer = manager(b, &clock, sealer.clone(), "writer", ManagerConfig::default());
@@ -177,7 +177,7 @@ pub async fn manager_keeps_loaded_snapshots_within_bounds(b: &Backend) {
     }
 }
 
-pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
+pub async fn managers_rotate_many_rings_exactly_once(b: &RingBackend) {
     let clock = ManualClock::new(t0());
     let sealer = Arc::new(sealer());
     // The three share the backend's one pool (a few connections): one ring at a time
@@ -241,7 +241,7 @@ pub async fn managers_rotate_many_rings_exactly_once(b: &Backend) {
     }
 }
 
-pub async fn manager_retires_a_ring_for_good(b: &Backend) {
+pub async fn manager_retires_a_ring_for_good(b: &RingBackend) {
     let clock = ManualClock::new(t0());
     let sealer = Arc::new(sealer());
     let a = manager(b, &clock, sealer.clone(), "a", ManagerConfig::default());
@@ -298,7 +298,7 @@ pub async fn manager_retires_a_ring_for_good(b: &Backend) {
 /// A retired ring is never due, never onboarded again, and a stale index entry for it is
 /// written back as never due; nothing is committed to it.
 async fn never_due_or_onboarded_again(
-    b: &Backend,
+    b: &RingBackend,
     a: &RingManager,
     fresh: &RingManager,
     clock: &ManualClock,

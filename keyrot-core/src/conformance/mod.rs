@@ -1,8 +1,9 @@
 //! The conformance kit (feature `test-util`): one suite every [`Storage`] + [`Lock`]
-//! implementation runs, keyrot's own backends and yours alike.
+//! implementation runs, keyrot's own backends and yours alike, and the ring cases every
+//! store that holds many rings ([`RingStorage`]) runs as well.
 //!
 //! ```
-//! use keyrot_core::conformance::Backend;
+//! use keyrot_core::conformance::{Backend, RingBackend};
 //! use keyrot_core::{MemoryLock, MemoryStorage};
 //! use std::sync::Arc;
 //!
@@ -13,6 +14,19 @@
 //! }
 //!
 //! keyrot_core::storage_conformance_tests!(setup);
+//!
+//! // A store that implements `RingStorage` runs the ring cases too. A `RingBackend` is a
+//! // `Backend` as well, so one setup can serve both macros.
+//! mod rings {
+//!     use super::*;
+//!
+//!     async fn setup() -> Option<RingBackend> {
+//!         let store = MemoryStorage::new();
+//!         Some(RingBackend::new(Arc::new(store.clone()), Arc::new(MemoryLock::default())).with_rings_feed(Arc::new(store)))
+//!     }
+//!
+//!     keyrot_core::ring_storage_conformance_tests!(setup);
+//! }
 //! # fn main() {}
 //! ```
 //!
@@ -30,7 +44,7 @@ use crate::rotator::{RequestContext, Rotator};
 use crate::seal::{MasterKey, MasterKeySealer, SealContext, Sealer};
 use crate::storage::{
     AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, Commit, CommitOutcome, FeedEvent, IdempotencyRecord, Lock,
-    Outcome, PollingFeed, PollingRingsFeed, RingEvent, RingsFeed, Storage,
+    Outcome, PollingFeed, PollingRingsFeed, RingEvent, RingStorage, RingsFeed, Storage,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use std::future::Future;
@@ -59,7 +73,6 @@ pub struct Backend {
     /// The lock.
     pub lock: Arc<dyn Lock>,
     feed: Option<Arc<dyn ChangeFeed>>,
-    rings_feed: Option<Arc<dyn RingsFeed>>,
     teardown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
@@ -70,7 +83,6 @@ impl Backend {
             storage,
             lock,
             feed: None,
-            rings_feed: None,
             teardown: None,
         }
     }
@@ -89,20 +101,6 @@ impl Backend {
             .unwrap_or_else(|| Arc::new(PollingFeed::new(self.storage.clone(), Duration::from_millis(50))))
     }
 
-    /// The store's own feed over all rings (e.g. PostgreSQL's one `LISTEN` channel);
-    /// without one the cases run on a [`PollingRingsFeed`] over the storage.
-    pub fn with_rings_feed(mut self, feed: Arc<dyn RingsFeed>) -> Self {
-        self.rings_feed = Some(feed);
-        self
-    }
-
-    /// The feed over all rings the cases subscribe to.
-    pub fn rings_feed(&self) -> Arc<dyn RingsFeed> {
-        self.rings_feed
-            .clone()
-            .unwrap_or_else(|| Arc::new(PollingRingsFeed::new(self.storage.clone(), Duration::from_millis(50))))
-    }
-
     /// Runs `teardown` after the case (drop a schema or database).
     pub fn with_teardown(mut self, teardown: impl Future<Output = ()> + Send + 'static) -> Self {
         self.teardown = Some(Box::pin(teardown));
@@ -117,8 +115,70 @@ impl Backend {
     }
 }
 
-/// Generates one `#[tokio::test]` per conformance case, each calling `$setup().await`
-/// (an `async fn() -> Option<Backend>`) for a fresh backend.
+/// A backend whose store holds many rings ([`RingStorage`]): what the ring cases
+/// ([`ring_storage_conformance_tests!`](crate::ring_storage_conformance_tests)) run on.
+/// It is a [`Backend`] as well (it dereferences to one, over the same store), so one
+/// setup serves both macros.
+pub struct RingBackend {
+    /// The storage, with its many-rings capability.
+    pub storage: Arc<dyn RingStorage>,
+    backend: Backend,
+    rings_feed: Option<Arc<dyn RingsFeed>>,
+}
+
+impl RingBackend {
+    /// A backend without teardown.
+    pub fn new(storage: Arc<dyn RingStorage>, lock: Arc<dyn Lock>) -> Self {
+        Self {
+            backend: Backend::new(storage.clone(), lock),
+            storage,
+            rings_feed: None,
+        }
+    }
+
+    /// The store's own change feed for one ring ([`Backend::with_feed`]).
+    pub fn with_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.backend = self.backend.with_feed(feed);
+        self
+    }
+
+    /// The store's own feed over all rings (e.g. PostgreSQL's one `LISTEN` channel);
+    /// without one the cases run on a [`PollingRingsFeed`] over the storage.
+    pub fn with_rings_feed(mut self, feed: Arc<dyn RingsFeed>) -> Self {
+        self.rings_feed = Some(feed);
+        self
+    }
+
+    /// The feed over all rings the cases subscribe to.
+    pub fn rings_feed(&self) -> Arc<dyn RingsFeed> {
+        self.rings_feed
+            .clone()
+            .unwrap_or_else(|| Arc::new(PollingRingsFeed::new(self.storage.clone(), Duration::from_millis(50))))
+    }
+
+    /// Runs `teardown` after the case ([`Backend::with_teardown`]).
+    pub fn with_teardown(mut self, teardown: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.backend = self.backend.with_teardown(teardown);
+        self
+    }
+
+    /// Runs the teardown.
+    pub async fn finish(self) {
+        self.backend.finish().await;
+    }
+}
+
+impl std::ops::Deref for RingBackend {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance case of every
+/// [`Storage`](crate::Storage) + [`Lock`](crate::Lock), each calling `$setup().await` (an
+/// `async fn() -> Option<Backend>`, or `Option<RingBackend>`) for a fresh backend.
 #[macro_export]
 macro_rules! storage_conformance_tests {
     ($setup:path) => {
@@ -145,6 +205,21 @@ macro_rules! storage_conformance_tests {
             commit_refuses_records_of_another_ring,
             change_feed_announces_each_commit,
             change_feed_is_per_ring,
+        );
+    };
+}
+
+/// Generates one `#[tokio::test]` per ring case (the next-due index, the listing of
+/// rings, the feed over all rings, the ring manager), each calling `$setup().await` (an
+/// `async fn() -> Option<RingBackend>`) for a fresh backend. A store that implements
+/// [`RingStorage`](crate::RingStorage) runs these besides
+/// [`storage_conformance_tests!`](crate::storage_conformance_tests), which the same setup
+/// can serve.
+#[macro_export]
+macro_rules! ring_storage_conformance_tests {
+    ($setup:path) => {
+        $crate::__conformance_cases!(
+            $setup;
             commits_keep_the_next_due_time_and_due_rings_lists_the_due,
             reschedule_applies_only_at_the_same_generation,
             list_rings_pages_by_name,

@@ -10,7 +10,7 @@ fn commit_due(r: &RingName, expected: u64, due: Option<DateTime<Utc>>) -> Commit
     c
 }
 
-async fn committed(b: &Backend, c: &Commit) {
+async fn committed(b: &RingBackend, c: &Commit) {
     assert_eq!(
         b.storage.commit(c, &linker()).await.expect("commit"),
         CommitOutcome::Committed
@@ -21,7 +21,7 @@ fn names(rings: &[RingName]) -> Vec<&str> {
     rings.iter().map(RingName::as_str).collect()
 }
 
-pub async fn commits_keep_the_next_due_time_and_due_rings_lists_the_due(b: &Backend) {
+pub async fn commits_keep_the_next_due_time_and_due_rings_lists_the_due(b: &RingBackend) {
     let (early, late, never) = (ring("conf-due-early"), ring("conf-due-late"), ring("conf-due-never"));
     committed(b, &commit_due(&late, 0, Some(t0() + TimeDelta::hours(2)))).await;
     committed(b, &commit_due(&early, 0, Some(t0() + TimeDelta::hours(1)))).await;
@@ -53,7 +53,7 @@ pub async fn commits_keep_the_next_due_time_and_due_rings_lists_the_due(b: &Back
     assert_eq!(names(&due(t0() + TimeDelta::hours(3)).await), ["conf-due-early"]);
 }
 
-pub async fn reschedule_applies_only_at_the_same_generation(b: &Backend) {
+pub async fn reschedule_applies_only_at_the_same_generation(b: &RingBackend) {
     let r = ring("conf-reschedule");
     committed(b, &commit_due(&r, 0, Some(t0() + TimeDelta::days(1)))).await;
     assert!(
@@ -89,7 +89,7 @@ pub async fn reschedule_applies_only_at_the_same_generation(b: &Backend) {
     );
 }
 
-pub async fn list_rings_pages_by_name(b: &Backend) {
+pub async fn list_rings_pages_by_name(b: &RingBackend) {
     let names_in = ["conf-list-c", "conf-list-a", "conf-list-b"];
     for (i, n) in names_in.iter().enumerate() {
         let r = ring(n);
@@ -127,7 +127,7 @@ pub async fn list_rings_pages_by_name(b: &Backend) {
 /// Waits until `stream` has announced each of `expected` (ring, generation): a `Resync`
 /// counts for every ring the store shows at its generation.
 async fn expect_all_announced(
-    b: &Backend,
+    b: &RingBackend,
     stream: &mut Box<dyn crate::storage::RingsStream>,
     expected: &[(RingName, u64)],
 ) {
@@ -155,7 +155,7 @@ async fn expect_all_announced(
     }
 }
 
-pub async fn rings_feed_announces_every_rings_commits(b: &Backend) {
+pub async fn rings_feed_announces_every_rings_commits(b: &RingBackend) {
     let feed = b.rings_feed();
     let mut stream = feed.subscribe_all().await.expect("subscribe to all rings");
     let rings: Vec<RingName> = (0..5).map(|i| ring(&format!("conf-all-{i}"))).collect();
@@ -168,7 +168,7 @@ pub async fn rings_feed_announces_every_rings_commits(b: &Backend) {
     expect_all_announced(b, &mut stream, &[(rings[3].clone(), 2)]).await;
 }
 
-pub async fn rotator_commits_write_the_planned_next_due_time(b: &Backend) {
+pub async fn rotator_commits_write_the_planned_next_due_time(b: &RingBackend) {
     let r = ring("conf-rotator-due");
     let clock = ManualClock::new(t0());
     let rot = Rotator::builder(r.clone(), b.storage.clone(), b.lock.clone(), Arc::new(sealer()))
@@ -211,7 +211,7 @@ pub async fn rotator_commits_write_the_planned_next_due_time(b: &Backend) {
     );
 }
 
-pub async fn rings_changed_since_lists_the_rings_committed_after_its_cursor(b: &Backend) {
+pub async fn rings_changed_since_lists_the_rings_committed_after_its_cursor(b: &RingBackend) {
     let rings: Vec<RingName> = (0..3).map(|i| ring(&format!("conf-changed-{i}"))).collect();
     for r in &rings {
         committed(b, &commit_due(r, 0, None)).await;

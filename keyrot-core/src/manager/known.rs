@@ -3,7 +3,7 @@
 //! among them, whatever the number of names asked for.
 
 use crate::ring::RingName;
-use crate::storage::{ChangeCursor, Storage, StorageError};
+use crate::storage::{ChangeCursor, RingStorage, StorageError};
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
 /// The rings this instance knows the store holds. It grows from the store's listing of
-/// changed rings ([`Storage::rings_changed_since`], by cursor: one query, only what is
+/// changed rings ([`RingStorage::rings_changed_since`], by cursor: one query, only what is
 /// new), the change feed and this instance's own loads and commits; a ring never leaves
 /// the store, so it never shrinks. Its size follows the store's rings, never the names
 /// clients send.
@@ -29,10 +29,8 @@ struct State {
     cursor: Option<ChangeCursor>,
     /// When the last look-up started.
     last: Option<Instant>,
-    /// How many look-ups of the whole listing have started.
+    /// How many look-ups of the listing have started.
     listings: u64,
-    /// The store cannot list changed rings: a look-up asks for the one name.
-    by_name: bool,
 }
 
 impl KnownRings {
@@ -60,7 +58,7 @@ impl KnownRings {
     /// Whether the store holds `ring`: from memory when known; otherwise by one look-up,
     /// at most one per interval for all names together (a name asked for while the last
     /// look-up is more recent than that is answered unknown at once, without I/O).
-    pub async fn exists(&self, storage: &dyn Storage, ring: &RingName) -> Result<bool, StorageError> {
+    pub async fn exists(&self, storage: &dyn RingStorage, ring: &RingName) -> Result<bool, StorageError> {
         let arrived = {
             let s = self.state();
             if s.names.contains(ring) {
@@ -74,7 +72,7 @@ impl KnownRings {
             if s.names.contains(ring) {
                 return Ok(true);
             }
-            if !s.by_name && s.listings != arrived {
+            if s.listings != arrived {
                 // A listing started after this request arrived, and did not find it.
                 return Ok(false);
             }
@@ -86,32 +84,18 @@ impl KnownRings {
         self.look_up(storage, ring).await
     }
 
-    async fn look_up(&self, storage: &dyn Storage, ring: &RingName) -> Result<bool, StorageError> {
-        let (by_name, cursor) = {
+    async fn look_up(&self, storage: &dyn RingStorage, ring: &RingName) -> Result<bool, StorageError> {
+        let cursor = {
             let mut s = self.state();
-            if !s.by_name {
-                s.listings += 1;
-            }
-            (s.by_name, s.cursor)
+            s.listings += 1;
+            s.cursor
         };
-        if !by_name {
-            match storage.rings_changed_since(cursor).await {
-                Ok(changes) => {
-                    let mut s = self.state();
-                    s.cursor = Some(changes.cursor);
-                    for entry in changes.rings.into_iter().filter(|e| e.generation > 0) {
-                        s.names.insert(entry.name);
-                    }
-                    return Ok(s.names.contains(ring));
-                }
-                Err(StorageError::Unsupported { .. }) => self.state().by_name = true,
-                Err(e) => return Err(e),
-            }
+        let changes = storage.rings_changed_since(cursor).await?;
+        let mut s = self.state();
+        s.cursor = Some(changes.cursor);
+        for entry in changes.rings.into_iter().filter(|e| e.generation > 0) {
+            s.names.insert(entry.name);
         }
-        let exists = storage.generation(ring).await? > 0;
-        if exists {
-            self.add(ring);
-        }
-        Ok(exists)
+        Ok(s.names.contains(ring))
     }
 }

@@ -1,7 +1,7 @@
 //! The ring manager: one per instance, for every ring of a store.
 //!
 //! - **One scheduler loop** ([`RingManager::run_due`]) asks the store for the rings due
-//!   now through its next-due index ([`Storage::due_rings`]), so a pass costs one query
+//!   now through its next-due index ([`RingStorage::due_rings`]), so a pass costs one query
 //!   plus the work of the due rings, whatever the number of rings. Each due ring is
 //!   ticked by the ring's [`Rotator`], with bounded concurrency: exactly-once per
 //!   transition stays the rotator's lock and compare-and-swap. Each commit writes the
@@ -40,7 +40,7 @@ use crate::policy::Policy;
 use crate::ring::RingName;
 use crate::rotator::{RequestContext, RotateError, Rotator};
 use crate::seal::Sealer;
-use crate::storage::{Lock, RingEvent, RingsFeed, Storage};
+use crate::storage::{Lock, RingEvent, RingStorage, RingsFeed};
 use crate::token::Validation;
 use cache::LoadedRings;
 use known::KnownRings;
@@ -127,7 +127,7 @@ pub enum ManagerError {
 }
 
 struct Inner {
-    storage: Arc<dyn Storage>,
+    storage: Arc<dyn RingStorage>,
     lock: Arc<dyn Lock>,
     sealer: Arc<dyn Sealer>,
     clock: Arc<dyn Clock>,
@@ -167,7 +167,7 @@ impl std::fmt::Debug for RingManager {
 
 /// Builds a [`RingManager`].
 pub struct RingManagerBuilder {
-    storage: Arc<dyn Storage>,
+    storage: Arc<dyn RingStorage>,
     lock: Arc<dyn Lock>,
     sealer: Arc<dyn Sealer>,
     clock: Arc<dyn Clock>,
@@ -266,8 +266,9 @@ impl RingManagerBuilder {
 }
 
 impl RingManager {
-    /// Starts building a manager over `storage`.
-    pub fn builder(storage: Arc<dyn Storage>, lock: Arc<dyn Lock>, sealer: Arc<dyn Sealer>) -> RingManagerBuilder {
+    /// Starts building a manager over `storage`, a store that holds many rings
+    /// ([`RingStorage`]: its next-due index, its listing of rings).
+    pub fn builder(storage: Arc<dyn RingStorage>, lock: Arc<dyn Lock>, sealer: Arc<dyn Sealer>) -> RingManagerBuilder {
         RingManagerBuilder {
             storage,
             lock,
@@ -288,7 +289,7 @@ impl RingManager {
     }
 
     /// The storage.
-    pub fn storage(&self) -> &Arc<dyn Storage> {
+    pub fn storage(&self) -> &Arc<dyn RingStorage> {
         &self.inner.storage
     }
 

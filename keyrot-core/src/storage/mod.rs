@@ -5,7 +5,11 @@
 //!
 //! A store keeps rings (name, generation, manifest), key records, an append-only audit
 //! ledger and idempotency records, and follows the rules listed on [`Storage`]. Run the
-//! conformance kit (feature `test-util`) to prove it: one `#[tokio::test]` per rule.
+//! conformance kit (feature `test-util`) to prove it: one `#[tokio::test]` per rule. A
+//! store that holds many rings for a [`RingManager`](crate::RingManager) also implements
+//! [`RingStorage`] (the next-due index, the listing of rings, what changed since a
+//! cursor) and runs `ring_storage_conformance_tests!` too; the compiler refuses a
+//! `RingManager` over a store without it.
 //!
 //! Here a store that counts commits and keeps everything in a [`MemoryStorage`](crate::MemoryStorage)
 //! (a real store would write to its database instead, in one transaction per call):
@@ -109,7 +113,9 @@ mod polling;
 mod rings;
 
 pub use polling::PollingFeed;
-pub use rings::{ChangeCursor, PollingRingsFeed, RingChanges, RingEntry, RingEvent, RingsFeed, RingsStream};
+pub use rings::{
+    ChangeCursor, PollingRingsFeed, RingChanges, RingEntry, RingEvent, RingStorage, RingsFeed, RingsStream,
+};
 
 /// A storage backend failed. The source error is kept.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,13 +133,6 @@ pub enum StorageError {
     /// Stored data could not be decoded (a corrupt row, or a newer schema).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
-    /// The store does not implement this operation (a [`Storage`] written before it was
-    /// added): implement it to use the [`RingManager`](crate::RingManager).
-    #[error("this store does not support {operation}: implement it to manage many rings")]
-    Unsupported {
-        /// The operation, e.g. `Storage::due_rings`.
-        operation: &'static str,
-    },
 }
 
 impl StorageError {
@@ -379,7 +378,7 @@ pub struct Commit {
     pub manifest: String,
     /// When the ring's next planned transition is due after this commit (the planner's
     /// [`next_transition`](crate::next_transition)), or `None` if nothing is planned. The
-    /// store keeps it with the ring, indexed, for [`Storage::due_rings`].
+    /// store keeps it with the ring, indexed, for [`RingStorage::due_rings`].
     pub next_due: Option<DateTime<Utc>>,
 }
 
@@ -449,13 +448,10 @@ impl Default for AuditQuery {
 /// - **Nothing is deleted.** Audit records, key records and idempotency records are
 ///   never removed or rewritten by the store (purging a key's material is a commit that
 ///   replaces its record with `sealed: None`, not a deletion).
-/// - **The next-due time is kept with the ring** (for stores that manage many rings):
-///   a commit stores [`Commit::next_due`]; [`reschedule`](Storage::reschedule) replaces
-///   it only while the ring is at the given generation; [`due_rings`](Storage::due_rings)
-///   lists the rings due at a time, soonest first; [`list_rings`](Storage::list_rings)
-///   pages through every ring by name, with its generation and next-due time;
-///   [`rings_changed_since`](Storage::rings_changed_since) lists at least every ring
-///   committed to after the call that returned its cursor.
+/// - **The next-due time is kept with the ring** by a store that manages many rings: a
+///   commit stores [`Commit::next_due`], for [`RingStorage`] (the capability a
+///   [`RingManager`](crate::RingManager) requires, with its own rules) to read back. A
+///   store without that capability may ignore the field.
 #[async_trait]
 pub trait Storage: Debug + Send + Sync + 'static {
     /// Loads a ring (its keys and its manifest); an unknown ring is empty at generation 0.
@@ -500,56 +496,6 @@ pub trait Storage: Debug + Send + Sync + 'static {
 
     /// Reads the stored answer for an idempotency key.
     async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError>;
-
-    /// The rings whose next-due time ([`Commit::next_due`], or [`Storage::reschedule`]) is
-    /// at or before `now`, soonest first, at most `limit`: read through an index, so its
-    /// cost follows the due rings, not all rings. The default answers
-    /// [`StorageError::Unsupported`].
-    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
-        let _ = (now, limit);
-        Err(StorageError::Unsupported {
-            operation: "Storage::due_rings",
-        })
-    }
-
-    /// Sets the ring's next-due time if and only if it is still at `generation` (a
-    /// commit since then wrote its own); whether it was set. The default answers
-    /// [`StorageError::Unsupported`].
-    async fn reschedule(
-        &self,
-        ring: &RingName,
-        generation: u64,
-        next_due: Option<DateTime<Utc>>,
-    ) -> Result<bool, StorageError> {
-        let _ = (ring, generation, next_due);
-        Err(StorageError::Unsupported {
-            operation: "Storage::reschedule",
-        })
-    }
-
-    /// One page of every ring the store holds, by name: the rings after `after` (from the
-    /// first when `None`), at most `limit`. The default answers
-    /// [`StorageError::Unsupported`].
-    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
-        let _ = (after, limit);
-        Err(StorageError::Unsupported {
-            operation: "Storage::list_rings",
-        })
-    }
-
-    /// The rings committed to since the call that returned `since` (every ring when
-    /// `None`), with the cursor for the next call. It lists at least every ring whose
-    /// generation moved after that call, perhaps more (a store that reads by its clock
-    /// lists a margin again), and reads through an index: a poll that finds nothing costs
-    /// one query and no rows, whatever the number of rings. [`PollingRingsFeed`] polls it;
-    /// the default answers [`StorageError::Unsupported`], and the feed then reads
-    /// [`Storage::list_rings`] whole at each poll.
-    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        let _ = since;
-        Err(StorageError::Unsupported {
-            operation: "Storage::rings_changed_since",
-        })
-    }
 }
 
 /// A held rotation lock. Release it explicitly; a guard dropped without release (or a

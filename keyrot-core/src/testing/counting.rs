@@ -4,7 +4,7 @@
 use crate::ring::{Ring, RingName};
 use crate::storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
-    RingChanges, RingEntry, Storage, StorageError,
+    RingChanges, RingEntry, RingStorage, Storage, StorageError,
 };
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use std::time::Duration;
 /// it: one per storage call (a commit counts once though it is one transaction of
 /// several statements), one per lock taken and one per lock released. `load` calls are
 /// also counted apart, and can be made to take a while, as over a network. Every
-/// [`Storage`] method is forwarded, so the inner store's own capabilities stay.
+/// [`Storage`] method is forwarded, so the inner store's own capabilities stay, and so is
+/// every [`RingStorage`] method when `S` holds many rings.
 #[derive(Debug, Clone)]
 pub struct Counting<S> {
     inner: S,
@@ -106,7 +107,11 @@ impl<S: Storage> Storage for Counting<S> {
         self.count();
         self.inner.idempotency(ring, key).await
     }
+}
 
+/// The inner store's many-rings capability, counted like the rest.
+#[async_trait::async_trait]
+impl<S: RingStorage> RingStorage for Counting<S> {
     async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
         self.count();
         self.inner.due_rings(now, limit).await

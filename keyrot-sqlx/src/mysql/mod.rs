@@ -32,16 +32,13 @@
 
 mod migrations;
 
-use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err, gen_from_db};
-use crate::dialect::Value;
+use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
+use crate::lock::{Hold, SqlLockGuard};
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
+use crate::store::{Backend, SqlStore};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Commit, CommitOutcome, IdempotencyRecord, Lock, LockGuard,
-    PollingFeed, PollingRingsFeed, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
-};
+use keyrot_core::{Lock, LockGuard, PollingFeed, PollingRingsFeed, RingName, StorageError};
 use migrations::MIGRATIONS;
 use sqlx::AssertSqlSafe;
 use sqlx::mysql::{MySql, MySqlConnection, MySqlPool};
@@ -56,40 +53,25 @@ const MAX_IDENT: usize = 64;
 const LOCK_NAME: &str = "CONCAT('keyrot:', LEFT(SHA2(CONCAT_WS(':', DATABASE(), ?, ?), 256), 56))";
 
 /// How MySQL words the statements that differ between databases. A duplicate
-/// idempotency key fails the insert (a unique violation): the commit reports a conflict.
+/// idempotency key fails a commit's insert (a unique violation): the commit reports a
+/// conflict. An attempt that changed nothing keeps the first record of a key.
 const WORDING: Wording<'static> = Wording {
     upsert_key: "ON DUPLICATE KEY UPDATE",
     new_value: "VALUES({c})",
     ensure_ring: "ON DUPLICATE KEY UPDATE name = name",
     insert_idempotency: "",
+    keep_idempotency: " ON DUPLICATE KEY UPDATE ring = ring",
     chain_desc: "chain_seq DESC",
+    row_locks: true,
 };
 
-#[derive(Debug)]
-struct Sql {
-    common: Statements,
-    /// Locks the ring row (`?`: ring).
-    lock_ring: String,
-    /// The idempotency insert of `record_attempt`: the first record of a key stays.
-    insert_idempotency_first_wins: String,
-}
+impl Backend for MySql {
+    /// Nothing besides what every store keeps.
+    type State = ();
 
-impl Sql {
-    fn new(t: &Tables) -> Self {
-        let common = Statements::new::<MySql>(t, &WORDING);
-        Self {
-            lock_ring: format!("SELECT generation FROM {} WHERE name = ? FOR UPDATE", t.rings),
-            insert_idempotency_first_wins: format!("{} ON DUPLICATE KEY UPDATE ring = ring", common.insert_idempotency),
-            common,
-        }
-    }
-}
+    const BEGIN: &'static str = "BEGIN";
 
-#[derive(Debug)]
-struct Inner {
-    pool: MySqlPool,
-    tables: Tables,
-    sql: Sql,
+    const RING_ROW_FIRST: bool = true;
 }
 
 /// keyrot's storage and rotation lock on MySQL 8 or MariaDB 10.6+. Cheap to clone;
@@ -104,10 +86,7 @@ struct Inner {
 /// let feed = store.polling_feed(std::time::Duration::from_secs(2));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
-pub struct MySqlStore {
-    inner: Arc<Inner>,
-}
+pub type MySqlStore = SqlStore<MySql>;
 
 /// Builds a [`MySqlStore`].
 #[derive(Debug)]
@@ -128,23 +107,17 @@ impl MySqlStoreBuilder {
     pub fn build(self) -> Result<MySqlStore, ConfigError> {
         common::check_ident("table prefix", &self.prefix, true, MAX_PREFIX_LEN.min(MAX_IDENT))?;
         let tables = Tables::new(None, &self.prefix, '`');
-        let sql = Sql::new(&tables);
+        let sql = Statements::new::<MySql>(&tables, &WORDING);
         if self.pool.options().get_max_connections() < 2 {
             tracing::warn!(
                 "keyrot MySqlStore pool has fewer than 2 connections: the rotation lock holds one while the commit needs another"
             );
         }
-        Ok(MySqlStore {
-            inner: Arc::new(Inner {
-                pool: self.pool,
-                tables,
-                sql,
-            }),
-        })
+        Ok(SqlStore::from_parts(self.pool, tables, sql, ()))
     }
 }
 
-impl MySqlStore {
+impl SqlStore<MySql> {
     /// A store with the default table prefix in the connection's database.
     pub fn new(pool: MySqlPool) -> Self {
         Self::builder(pool)
@@ -158,11 +131,6 @@ impl MySqlStore {
             pool,
             prefix: DEFAULT_TABLE_PREFIX.to_owned(),
         }
-    }
-
-    /// The pool.
-    pub fn pool(&self) -> &MySqlPool {
-        &self.inner.pool
     }
 
     /// A change feed that polls the ring's generation every `interval` (MySQL has no
@@ -184,73 +152,6 @@ impl MySqlStore {
     pub async fn migrate(&self) -> Result<(), StorageError> {
         let session = MySqlMigration::begin(self).await?;
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
-    }
-
-    async fn commit_once(
-        &self,
-        c: &Commit,
-        swap: ops::Swap,
-        linker: &dyn AuditLinker,
-    ) -> Result<CommitOutcome, TxError> {
-        let sql = &self.inner.sql.common;
-        if swap.expected == 0 {
-            // Outside the transaction, so concurrent first commits contend on an existing
-            // row (the compare-and-swap below) instead of on inserting it.
-            ops::execute_pooled(&self.inner.pool, &sql.ensure_ring, &[Value::Text(c.ring.as_str())]).await?;
-        }
-        let mut tx = self.inner.pool.begin().await?;
-        // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        if !ops::cas::<MySql>(&mut tx, sql, c, swap).await? {
-            let current = ops::current_generation::<MySql>(&mut tx, sql, &c.ring).await?;
-            tx.rollback().await?;
-            return Ok(CommitOutcome::Conflict { current });
-        }
-        if let Some(i) = &c.idempotency {
-            match ops::insert_idempotency::<MySql>(&mut tx, &sql.insert_idempotency, i).await {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    // Another request with this key committed first: treat as a lost race.
-                    tx.rollback().await?;
-                    return Ok(CommitOutcome::Conflict {
-                        current: gen_from_db(swap.expected).unwrap_or(0),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        ops::insert_keys_and_audit::<MySql>(&mut tx, sql, c, linker).await?;
-        tx.commit().await?;
-        Ok(CommitOutcome::Committed)
-    }
-
-    async fn attempt_once(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), TxError> {
-        let sql = &self.inner.sql;
-        let ring = [Value::Text(&audit.ring)];
-        let mut tx = self.inner.pool.begin().await?;
-        // Serialise appends to the ring's ledger on its row.
-        if ops::fetch_optional::<MySql>(&mut tx, &sql.lock_ring, &ring)
-            .await?
-            .is_none()
-        {
-            // A new ring: its row is created outside the transaction (concurrent creators
-            // inserting it inside theirs would deadlock upgrading their shared locks), then
-            // locked.
-            tx.rollback().await?;
-            ops::execute_pooled(&self.inner.pool, &sql.common.ensure_ring, &ring).await?;
-            tx = self.inner.pool.begin().await?;
-            ops::fetch_one::<MySql>(&mut tx, &sql.lock_ring, &ring).await?;
-        }
-        ops::append_audit::<MySql>(&mut tx, &sql.common, audit, linker).await?;
-        if let Some(i) = idempotency {
-            ops::insert_idempotency::<MySql>(&mut tx, &sql.insert_idempotency_first_wins, i).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 
@@ -326,131 +227,51 @@ impl Migrate for MySqlMigration {
     }
 }
 
-#[async_trait]
-impl Storage for MySqlStore {
-    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load_public(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-        ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<MySql, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
-    }
-
-    async fn record_attempt(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), StorageError> {
-        ops::record_attempt::<MySql, _, _>(audit, || self.attempt_once(audit, idempotency, linker)).await
-    }
-
-    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
-        ops::audit_log(&self.inner.pool, &self.inner.sql.common, ring, query.limit).await
-    }
-
-    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
-    }
-
-    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
-        ops::due_rings(&self.inner.pool, &self.inner.sql.common, now, limit).await
-    }
-
-    async fn reschedule(
-        &self,
-        ring: &RingName,
-        generation: u64,
-        next_due: Option<DateTime<Utc>>,
-    ) -> Result<bool, StorageError> {
-        ops::reschedule(&self.inner.pool, &self.inner.sql.common, ring, generation, next_due).await
-    }
-
-    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
-        ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
-    }
-
-    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
-    }
-}
-
 /// A held `GET_LOCK`: the session (pool connection) that holds it.
-struct MySqlLockGuard {
-    conn: Option<PoolConnection<MySql>>,
+struct MySqlSession {
+    conn: PoolConnection<MySql>,
     name: String,
-    ring: RingName,
-    holder: String,
 }
 
-impl std::fmt::Debug for MySqlLockGuard {
+impl std::fmt::Debug for MySqlSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MySqlLockGuard")
-            .field("ring", &self.ring)
-            .field("holder", &self.holder)
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("MySqlSession").field("name", &self.name).finish()
     }
 }
 
-impl Drop for MySqlLockGuard {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-            tracing::warn!(ring = %self.ring, holder = %self.holder, lock = %self.name,
-                "mysql rotation lock guard dropped without release: closing its connection frees the lock");
-        }
-    }
-}
+impl Hold for MySqlSession {
+    type Db = MySql;
+    const ENDS: &'static str = "the lock ends with its session";
+    const ON_DROP: &'static str = "closing its connection frees the lock";
+    const LOST: &'static str = "its session had lost it";
 
-#[async_trait]
-impl LockGuard for MySqlLockGuard {
-    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
-        let Some(mut conn) = self.conn.take() else {
-            return Ok(());
-        };
+    async fn release(&mut self, _: &RingName) -> Result<bool, sqlx::Error> {
         let released: Result<Option<i64>, _> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
             .bind(&self.name)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *self.conn)
             .await;
         let restored = match &released {
             Ok(_) => sqlx::query("SET SESSION wait_timeout = @@GLOBAL.wait_timeout")
-                .execute(&mut *conn)
+                .execute(&mut *self.conn)
                 .await
                 .is_ok(),
             Err(_) => false,
         };
-        if !restored {
-            conn.close_on_drop();
+        let released = released.map(|r| r == Some(1));
+        if !restored || !matches!(released, Ok(true)) {
+            // The session may be gone, or keep its ttl: never reuse it.
+            self.conn.close_on_drop();
         }
-        match released {
-            Ok(Some(1)) => {
-                tracing::debug!(ring = %self.ring, holder = %self.holder, lock = %self.name, "mysql rotation lock released");
-                Ok(())
-            }
-            Ok(_) => {
-                conn.close_on_drop();
-                tracing::warn!(ring = %self.ring, holder = %self.holder, lock = %self.name,
-                    "mysql rotation lock was no longer held by its session at release");
-                Ok(())
-            }
-            Err(e) => Err(db_err("mysql: release rotation lock (the lock ends with its session)")(
-                e,
-            )),
-        }
+        released
+    }
+
+    fn abandon(mut self, _: &RingName) {
+        self.conn.close_on_drop();
     }
 }
 
 #[async_trait]
-impl Lock for MySqlStore {
+impl Lock for SqlStore<MySql> {
     async fn try_acquire(
         &self,
         ring: &RingName,
@@ -483,12 +304,7 @@ impl Lock for MySqlStore {
                     return Err(db_err("mysql: bound rotation lock session")(e));
                 }
                 tracing::debug!(ring = %ring, holder, lock = %name, ttl_s = secs, "mysql rotation lock acquired (GET_LOCK)");
-                Ok(Some(Box::new(MySqlLockGuard {
-                    conn: Some(conn),
-                    name,
-                    ring: ring.clone(),
-                    holder: holder.to_owned(),
-                })))
+                Ok(Some(SqlLockGuard::boxed(MySqlSession { conn, name }, ring, holder)))
             }
             Ok((Some(0), name)) => {
                 tracing::debug!(ring = %ring, holder, lock = %name, "mysql rotation lock busy");

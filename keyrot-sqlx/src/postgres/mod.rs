@@ -33,28 +33,19 @@
 mod migrations;
 mod rings;
 
-use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err};
+use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
+use crate::lock::{Hold, SqlLockGuard};
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
+use crate::store::{Backend, SqlStore};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
-    IdempotencyRecord, Lock, LockGuard, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
-};
+use keyrot_core::{ChangeFeed, ChangeStream, FeedEvent, Lock, LockGuard, RingName, StorageError};
 use migrations::MIGRATIONS;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Transaction};
-use std::sync::Arc;
+use state::PgState;
 use std::time::Duration;
-
-/// How every transaction that appends to a ledger begins. At `READ COMMITTED` each
-/// statement sees what committed before it started, so the chain head read after the ring
-/// row is locked sees every earlier append; at a stricter default (`REPEATABLE READ`,
-/// `SERIALIZABLE`, set for the database, role or session) the snapshot could predate the
-/// lock and the append would collide with, or fail to follow, the head.
-const BEGIN_APPEND: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// PostgreSQL's longest identifier (and `LISTEN` channel).
 const MAX_IDENT: usize = 63;
@@ -65,33 +56,50 @@ const WORDING: Wording<'static> = Wording {
     new_value: "EXCLUDED.{c}",
     ensure_ring: "ON CONFLICT (name) DO NOTHING",
     insert_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
+    keep_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
     chain_desc: "chain_seq DESC NULLS LAST",
+    row_locks: true,
 };
 
-#[derive(Debug)]
-struct Sql {
-    common: Statements,
-    /// Locks the ring row (`$1`: ring).
-    lock_ring: String,
-}
-
-impl Sql {
-    fn new(t: &Tables) -> Self {
-        Self {
-            common: Statements::new::<Postgres>(t, &WORDING),
-            lock_ring: format!("SELECT generation FROM {} WHERE name = $1 FOR UPDATE", t.rings),
-        }
+/// What a PostgreSQL store keeps besides what every store keeps. (`PgState` is nominally
+/// `pub`, as the state of the public `SqlStore<Postgres>`; this module is private.)
+mod state {
+    #[derive(Debug)]
+    pub struct PgState {
+        pub(super) schema: Option<String>,
+        /// Schema and table prefix: what the lock keys are derived from.
+        pub(super) namespace: String,
+        /// The `NOTIFY` channel.
+        pub(super) channel: String,
     }
 }
 
-#[derive(Debug)]
-struct Inner {
-    pool: PgPool,
-    schema: Option<String>,
-    tables: Tables,
-    namespace: String,
-    channel: String,
-    sql: Sql,
+impl Backend for Postgres {
+    type State = PgState;
+
+    /// At `READ COMMITTED` each statement sees what committed before it started, so the
+    /// chain head read after the ring row is locked sees every earlier append; at a
+    /// stricter default (`REPEATABLE READ`, `SERIALIZABLE`, set for the database, role or
+    /// session) the snapshot could predate the lock and the append would collide with, or
+    /// fail to follow, the head.
+    const BEGIN: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+    const RING_ROW_FIRST: bool = false;
+
+    /// The change feed's `NOTIFY` (`<ring>:<generation>`), sent inside the transaction.
+    async fn announce(
+        tx: &mut PgConnection,
+        state: &PgState,
+        ring: &RingName,
+        generation: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(state.channel.as_str())
+            .bind(format!("{}:{generation}", ring.as_str()))
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
 }
 
 /// keyrot's storage, rotation lock and change feed on PostgreSQL 14 or newer. Cheap to
@@ -105,10 +113,7 @@ struct Inner {
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    inner: Arc<Inner>,
-}
+pub type PostgresStore = SqlStore<Postgres>;
 
 /// Builds a [`PostgresStore`].
 #[derive(Debug)]
@@ -166,26 +171,22 @@ impl PostgresStoreBuilder {
             }
         };
         let tables = Tables::new(self.schema.as_deref(), &self.prefix, '"');
-        let sql = Sql::new(&tables);
+        let sql = Statements::new::<Postgres>(&tables, &WORDING);
         if self.pool.options().get_max_connections() < 2 {
             tracing::warn!(
                 "keyrot PostgresStore pool has fewer than 2 connections: the rotation lock holds one while the commit needs another"
             );
         }
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                pool: self.pool,
-                schema: self.schema,
-                tables,
-                namespace,
-                channel,
-                sql,
-            }),
-        })
+        let state = PgState {
+            schema: self.schema,
+            namespace,
+            channel,
+        };
+        Ok(SqlStore::from_parts(self.pool, tables, sql, state))
     }
 }
 
-impl PostgresStore {
+impl SqlStore<Postgres> {
     /// A store with the default table prefix in the connection's `search_path`.
     pub fn new(pool: PgPool) -> Self {
         Self::builder(pool)
@@ -203,14 +204,9 @@ impl PostgresStore {
         }
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
     /// The `NOTIFY` channel.
     pub fn channel(&self) -> &str {
-        &self.inner.channel
+        &self.inner.state.channel
     }
 
     /// Creates or upgrades keyrot's tables (and the schema, if one is set). Safe to call
@@ -220,56 +216,6 @@ impl PostgresStore {
     pub async fn migrate(&self) -> Result<(), StorageError> {
         let session = PgMigration::begin(self).await?;
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
-    }
-
-    async fn commit_once(
-        &self,
-        c: &Commit,
-        swap: ops::Swap,
-        linker: &dyn AuditLinker,
-    ) -> Result<CommitOutcome, TxError> {
-        let sql = &self.inner.sql.common;
-        let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
-        // The compare-and-swap locks the ring row: appends to its ledger are serialised.
-        if let Some(conflict) = ops::swap_generation::<Postgres>(&mut tx, sql, c, swap).await? {
-            tx.rollback().await?;
-            return Ok(conflict);
-        }
-        ops::insert_keys_and_audit::<Postgres>(&mut tx, sql, c, linker).await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(self.inner.channel.as_str())
-            .bind(format!("{}:{}", c.ring.as_str(), swap.next))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(CommitOutcome::Committed)
-    }
-
-    async fn attempt_once(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), TxError> {
-        let sql = &self.inner.sql;
-        let ring = [crate::dialect::Value::Text(&audit.ring)];
-        let mut tx = self.inner.pool.begin_with(BEGIN_APPEND).await?;
-        // Serialise appends to the ring's ledger on its row.
-        if ops::fetch_optional::<Postgres>(&mut tx, &sql.lock_ring, &ring)
-            .await?
-            .is_none()
-        {
-            // A new ring: its row is created at generation 0 (a concurrent creator waits
-            // on the unique index, then finds it), then locked.
-            ops::execute::<Postgres>(&mut tx, &sql.common.ensure_ring, &ring).await?;
-            ops::fetch_one::<Postgres>(&mut tx, &sql.lock_ring, &ring).await?;
-        }
-        ops::append_audit::<Postgres>(&mut tx, &sql.common, audit, linker).await?;
-        if let Some(i) = idempotency {
-            ops::insert_idempotency::<Postgres>(&mut tx, &sql.common.insert_idempotency, i).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 
@@ -281,10 +227,10 @@ struct PgMigration {
 impl PgMigration {
     /// Begins the transaction, takes the lock and creates the schema if one is set.
     async fn begin(store: &PostgresStore) -> Result<Self, StorageError> {
-        let inner = &store.inner;
-        let mut tx = inner.pool.begin().await.map_err(db_err("postgres: begin migration"))?;
+        let (pool, state) = (&store.inner.pool, &store.inner.state);
+        let mut tx = pool.begin().await.map_err(db_err("postgres: begin migration"))?;
         let key = advisory_key(&common::lock_digest(
-            &format!("migrate:{}", inner.namespace),
+            &format!("migrate:{}", state.namespace),
             &migrate_ring(),
         ));
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -292,7 +238,7 @@ impl PgMigration {
             .execute(&mut *tx)
             .await
             .map_err(db_err("postgres: migration lock"))?;
-        if let Some(schema) = &inner.schema {
+        if let Some(schema) = &state.schema {
             sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE SCHEMA IF NOT EXISTS "{schema}""#)))
                 .execute(&mut *tx)
                 .await
@@ -338,136 +284,54 @@ fn advisory_key(digest: &[u8; 32]) -> i64 {
     i64::from_be_bytes(b)
 }
 
-#[async_trait]
-impl Storage for PostgresStore {
-    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load_public(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-        ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<Postgres, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
-    }
-
-    async fn record_attempt(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), StorageError> {
-        ops::record_attempt::<Postgres, _, _>(audit, || self.attempt_once(audit, idempotency, linker)).await
-    }
-
-    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
-        ops::audit_log(&self.inner.pool, &self.inner.sql.common, ring, query.limit).await
-    }
-
-    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
-    }
-
-    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
-        ops::due_rings(&self.inner.pool, &self.inner.sql.common, now, limit).await
-    }
-
-    async fn reschedule(
-        &self,
-        ring: &RingName,
-        generation: u64,
-        next_due: Option<DateTime<Utc>>,
-    ) -> Result<bool, StorageError> {
-        ops::reschedule(&self.inner.pool, &self.inner.sql.common, ring, generation, next_due).await
-    }
-
-    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
-        ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
-    }
-
-    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
-    }
-}
-
 /// A held advisory lock: the session (pool connection) that holds it.
-struct PgLockGuard {
-    conn: Option<PoolConnection<Postgres>>,
+struct PgSession {
+    conn: PoolConnection<Postgres>,
     key: i64,
-    ring: RingName,
-    holder: String,
 }
 
-impl std::fmt::Debug for PgLockGuard {
+impl std::fmt::Debug for PgSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgLockGuard")
-            .field("ring", &self.ring)
-            .field("holder", &self.holder)
-            .field("key", &self.key)
-            .finish()
+        f.debug_struct("PgSession").field("key", &self.key).finish()
     }
 }
 
-impl Drop for PgLockGuard {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            // Closing the session is what frees a session lock; never return it to the pool.
-            conn.close_on_drop();
-            tracing::warn!(ring = %self.ring, holder = %self.holder, lock_key = self.key,
-                "postgres rotation lock guard dropped without release: closing its connection frees the lock");
-        }
-    }
-}
+impl Hold for PgSession {
+    type Db = Postgres;
+    const ENDS: &'static str = "the lock ends with its session";
+    // Closing the session is what frees a session lock; it never goes back to the pool.
+    const ON_DROP: &'static str = "closing its connection frees the lock";
+    const LOST: &'static str = "its session had lost it";
 
-#[async_trait]
-impl LockGuard for PgLockGuard {
-    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
-        let Some(mut conn) = self.conn.take() else {
-            return Ok(());
-        };
+    async fn release(&mut self, _: &RingName) -> Result<bool, sqlx::Error> {
         let released: Result<bool, _> = sqlx::query_scalar(
             "SELECT pg_advisory_unlock($1) AS released, set_config('idle_session_timeout', \
              (SELECT reset_val FROM pg_settings WHERE name = 'idle_session_timeout'), false)",
         )
         .bind(self.key)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *self.conn)
         .await;
-        match released {
-            Ok(true) => {
-                tracing::debug!(ring = %self.ring, holder = %self.holder, lock_key = self.key, "postgres rotation lock released");
-                Ok(())
-            }
-            Ok(false) => {
-                conn.close_on_drop();
-                tracing::warn!(ring = %self.ring, holder = %self.holder, lock_key = self.key,
-                    "postgres rotation lock was no longer held by its session at release");
-                Ok(())
-            }
-            Err(e) => {
-                // The session may be gone (and the lock with it); never reuse it.
-                conn.close_on_drop();
-                Err(db_err(
-                    "postgres: release rotation lock (the lock ends with its session)",
-                )(e))
-            }
+        if !matches!(released, Ok(true)) {
+            // The session may be gone (and the lock with it): never reuse it.
+            self.conn.close_on_drop();
         }
+        released
+    }
+
+    fn abandon(mut self, _: &RingName) {
+        self.conn.close_on_drop();
     }
 }
 
 #[async_trait]
-impl Lock for PostgresStore {
+impl Lock for SqlStore<Postgres> {
     async fn try_acquire(
         &self,
         ring: &RingName,
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
-        let key = advisory_key(&common::lock_digest(&self.inner.namespace, ring));
+        let key = advisory_key(&common::lock_digest(&self.inner.state.namespace, ring));
         let mut conn = self
             .inner
             .pool
@@ -489,12 +353,7 @@ impl Lock for PostgresStore {
             Ok(true) => {
                 tracing::debug!(ring = %ring, holder, lock_key = key, ttl_ms = ttl.as_millis() as u64,
                     "postgres rotation lock acquired (advisory lock)");
-                Ok(Some(Box::new(PgLockGuard {
-                    conn: Some(conn),
-                    key,
-                    ring: ring.clone(),
-                    holder: holder.to_owned(),
-                })))
+                Ok(Some(SqlLockGuard::boxed(PgSession { conn, key }, ring, holder)))
             }
             Ok(false) => {
                 tracing::debug!(ring = %ring, holder, lock_key = key, "postgres rotation lock busy");
@@ -557,20 +416,20 @@ impl ChangeStream for PgChangeStream {
 }
 
 #[async_trait]
-impl ChangeFeed for PostgresStore {
+impl ChangeFeed for SqlStore<Postgres> {
     async fn subscribe(&self, ring: &RingName) -> Result<Box<dyn ChangeStream>, StorageError> {
         let mut listener = PgListener::connect_with(&self.inner.pool)
             .await
             .map_err(db_err("postgres: change feed connection"))?;
         listener
-            .listen(&self.inner.channel)
+            .listen(&self.inner.state.channel)
             .await
             .map_err(db_err("postgres: LISTEN"))?;
-        tracing::debug!(ring = %ring, channel = %self.inner.channel, "postgres change feed listening");
+        tracing::debug!(ring = %ring, channel = %self.inner.state.channel, "postgres change feed listening");
         Ok(Box::new(PgChangeStream {
             listener,
             ring: ring.clone(),
-            channel: self.inner.channel.clone(),
+            channel: self.inner.state.channel.clone(),
         }))
     }
 }

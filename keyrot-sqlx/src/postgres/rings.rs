@@ -1,11 +1,11 @@
 //! The change feed over all rings on PostgreSQL: the one `LISTEN` channel every commit
 //! notifies, whose payload names the ring.
 
-use super::PostgresStore;
 use crate::common::db_err;
+use crate::store::SqlStore;
 use async_trait::async_trait;
 use keyrot_core::{RingEvent, RingName, RingsFeed, RingsStream, StorageError};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, Postgres};
 
 /// A `LISTEN` subscription for every ring.
 pub(super) struct PgRingsStream {
@@ -48,19 +48,19 @@ impl RingsStream for PgRingsStream {
 
 /// One connection and one channel for every ring of the store.
 #[async_trait]
-impl RingsFeed for PostgresStore {
+impl RingsFeed for SqlStore<Postgres> {
     async fn subscribe_all(&self) -> Result<Box<dyn RingsStream>, StorageError> {
         let mut listener = PgListener::connect_with(&self.inner.pool)
             .await
             .map_err(db_err("postgres: change feed connection"))?;
         listener
-            .listen(&self.inner.channel)
+            .listen(&self.inner.state.channel)
             .await
             .map_err(db_err("postgres: LISTEN"))?;
-        tracing::debug!(channel = %self.inner.channel, "postgres change feed for all rings listening");
+        tracing::debug!(channel = %self.inner.state.channel, "postgres change feed for all rings listening");
         Ok(Box::new(PgRingsStream {
             listener,
-            channel: self.inner.channel.clone(),
+            channel: self.inner.state.channel.clone(),
         }))
     }
 }

@@ -25,48 +25,59 @@
 
 mod migrations;
 
-use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, TxError, db_err};
+use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
+use crate::lock::{Hold, SqlLockGuard};
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
+use crate::store::{Backend, SqlStore};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use keyrot_core::{
-    AuditLinker, AuditQuery, AuditRecord, ChangeCursor, Clock, Commit, CommitOutcome, IdempotencyRecord, Lock,
-    LockGuard, PollingFeed, PollingRingsFeed, Ring, RingChanges, RingEntry, RingName, Storage, StorageError,
-    SystemClock,
-};
+use keyrot_core::{Clock, Lock, LockGuard, PollingFeed, PollingRingsFeed, RingName, StorageError, SystemClock};
 use migrations::MIGRATIONS;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Sqlite, Transaction};
+use state::SqliteState;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How SQLite words the statements that differ between databases.
+/// How SQLite words the statements that differ between databases. Its write transactions
+/// lock the whole database, so no statement locks a ring row.
 const WORDING: Wording<'static> = Wording {
     upsert_key: "ON CONFLICT (ring, kid) DO UPDATE SET",
     new_value: "excluded.{c}",
     ensure_ring: "ON CONFLICT (name) DO NOTHING",
     insert_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
+    keep_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
     chain_desc: "chain_seq DESC",
+    row_locks: false,
 };
 
 /// `BEGIN IMMEDIATE` takes the database's write lock at the start: appends to every
 /// ledger are serialised, and reads inside see every earlier commit.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-#[derive(Debug)]
-struct Sql {
-    common: Statements,
-    take_lease: String,
-    drop_lease: String,
+/// What a SQLite store keeps besides what every store keeps. (`SqliteState` is nominally
+/// `pub`, as the state of the public `SqlStore<Sqlite>`; this module is private.)
+mod state {
+    use keyrot_core::Clock;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    pub struct SqliteState {
+        /// The clock lock leases expire on and migrations are dated by.
+        pub(super) clock: Arc<dyn Clock>,
+        /// Takes a lease row (ring, holder, token, acquired, expires) unless a live one holds it.
+        pub(super) take_lease: String,
+        /// Deletes a lease row (ring, token).
+        pub(super) drop_lease: String,
+    }
 }
 
-impl Sql {
-    fn new(t: &Tables) -> Self {
+impl SqliteState {
+    fn new(t: &Tables, clock: Arc<dyn Clock>) -> Self {
         Self {
-            common: Statements::new::<Sqlite>(t, &WORDING),
+            clock,
             take_lease: format!(
                 "INSERT INTO {locks} (ring, holder, token, acquired_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?) \
                  ON CONFLICT (ring) DO UPDATE SET holder = excluded.holder, token = excluded.token, \
@@ -79,20 +90,15 @@ impl Sql {
     }
 }
 
-#[derive(Debug)]
-struct Inner {
-    pool: SqlitePool,
-    tables: Tables,
-    sql: Sql,
-    clock: Arc<dyn Clock>,
+impl Backend for Sqlite {
+    type State = SqliteState;
+    const BEGIN: &'static str = BEGIN_WRITE;
+    const RING_ROW_FIRST: bool = false;
 }
 
 /// keyrot's storage and rotation lock on a SQLite file, for processes on one host.
 /// Cheap to clone; clones share the pool.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
+pub type SqliteStore = SqlStore<Sqlite>;
 
 /// Builds a [`SqliteStore`].
 #[derive(Debug)]
@@ -120,19 +126,13 @@ impl SqliteStoreBuilder {
     pub fn build(self) -> Result<SqliteStore, ConfigError> {
         common::check_ident("table prefix", &self.prefix, true, MAX_PREFIX_LEN)?;
         let tables = Tables::new(None, &self.prefix, '"');
-        let sql = Sql::new(&tables);
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                pool: self.pool,
-                tables,
-                sql,
-                clock: self.clock,
-            }),
-        })
+        let sql = Statements::new::<Sqlite>(&tables, &WORDING);
+        let state = SqliteState::new(&tables, self.clock);
+        Ok(SqlStore::from_parts(self.pool, tables, sql, state))
     }
 }
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// A store with the default table prefix.
     pub fn new(pool: SqlitePool) -> Self {
         Self::builder(pool)
@@ -171,11 +171,6 @@ impl SqliteStore {
         SqlitePoolOptions::new().max_connections(4).connect_with(options).await
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
-    }
-
     /// A change feed that polls the ring's generation every `interval`.
     pub fn polling_feed(&self, interval: Duration) -> PollingFeed {
         PollingFeed::new(Arc::new(self.clone()), interval)
@@ -199,42 +194,9 @@ impl SqliteStore {
             .map_err(db_err("sqlite: begin migration"))?;
         let session = SqliteMigration {
             tx,
-            clock: self.inner.clock.clone(),
+            clock: self.inner.state.clock.clone(),
         };
         migrate::run(session, &self.inner.tables, MIGRATIONS).await
-    }
-
-    async fn commit_once(
-        &self,
-        c: &Commit,
-        swap: ops::Swap,
-        linker: &dyn AuditLinker,
-    ) -> Result<CommitOutcome, TxError> {
-        let sql = &self.inner.sql.common;
-        let mut tx = self.inner.pool.begin_with(BEGIN_WRITE).await?;
-        if let Some(conflict) = ops::swap_generation::<Sqlite>(&mut tx, sql, c, swap).await? {
-            tx.rollback().await?;
-            return Ok(conflict);
-        }
-        ops::insert_keys_and_audit::<Sqlite>(&mut tx, sql, c, linker).await?;
-        tx.commit().await?;
-        Ok(CommitOutcome::Committed)
-    }
-
-    async fn attempt_once(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), TxError> {
-        let sql = &self.inner.sql.common;
-        let mut tx = self.inner.pool.begin_with(BEGIN_WRITE).await?;
-        ops::append_audit::<Sqlite>(&mut tx, sql, audit, linker).await?;
-        if let Some(i) = idempotency {
-            ops::insert_idempotency::<Sqlite>(&mut tx, &sql.insert_idempotency, i).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 
@@ -270,75 +232,16 @@ impl Migrate for SqliteMigration {
     }
 }
 
-#[async_trait]
-impl Storage for SqliteStore {
-    async fn load(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn load_public(&self, ring: &RingName) -> Result<Ring, StorageError> {
-        ops::load_public(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn generation(&self, ring: &RingName) -> Result<u64, StorageError> {
-        ops::generation(&self.inner.pool, &self.inner.sql.common, ring).await
-    }
-
-    async fn commit(&self, commit: &Commit, linker: &dyn AuditLinker) -> Result<CommitOutcome, StorageError> {
-        ops::commit::<Sqlite, _, _>(commit, |swap| self.commit_once(commit, swap, linker)).await
-    }
-
-    async fn record_attempt(
-        &self,
-        audit: &AuditRecord,
-        idempotency: Option<&IdempotencyRecord>,
-        linker: &dyn AuditLinker,
-    ) -> Result<(), StorageError> {
-        ops::record_attempt::<Sqlite, _, _>(audit, || self.attempt_once(audit, idempotency, linker)).await
-    }
-
-    async fn audit_log(&self, ring: &RingName, query: AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
-        ops::audit_log(&self.inner.pool, &self.inner.sql.common, ring, query.limit).await
-    }
-
-    async fn idempotency(&self, ring: &RingName, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
-        ops::idempotency(&self.inner.pool, &self.inner.sql.common, ring, key).await
-    }
-
-    async fn due_rings(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<RingName>, StorageError> {
-        ops::due_rings(&self.inner.pool, &self.inner.sql.common, now, limit).await
-    }
-
-    async fn reschedule(
-        &self,
-        ring: &RingName,
-        generation: u64,
-        next_due: Option<DateTime<Utc>>,
-    ) -> Result<bool, StorageError> {
-        ops::reschedule(&self.inner.pool, &self.inner.sql.common, ring, generation, next_due).await
-    }
-
-    async fn list_rings(&self, after: Option<&RingName>, limit: usize) -> Result<Vec<RingEntry>, StorageError> {
-        ops::list_rings(&self.inner.pool, &self.inner.sql.common, after, limit).await
-    }
-
-    async fn rings_changed_since(&self, since: Option<ChangeCursor>) -> Result<RingChanges, StorageError> {
-        ops::rings_changed_since(&self.inner.pool, &self.inner.sql.common, since).await
-    }
-}
-
-/// A held lease row.
+/// A held lease row: released by deleting it (by its token, so never another holder's).
 #[derive(Debug)]
-struct SqliteLockGuard {
-    store: Option<SqliteStore>,
-    ring: RingName,
-    holder: String,
+struct Lease {
+    store: SqliteStore,
     token: String,
 }
 
-impl SqliteLockGuard {
+impl Lease {
     async fn delete(store: &SqliteStore, ring: &RingName, token: &str) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query(AssertSqlSafe(store.inner.sql.drop_lease.as_str()))
+        let r = sqlx::query(AssertSqlSafe(store.inner.state.drop_lease.as_str()))
             .bind(ring.as_str())
             .bind(token)
             .execute(&store.inner.pool)
@@ -347,42 +250,27 @@ impl SqliteLockGuard {
     }
 }
 
-impl Drop for SqliteLockGuard {
-    fn drop(&mut self) {
-        let Some(store) = self.store.take() else { return };
-        tracing::warn!(ring = %self.ring, holder = %self.holder,
-            "sqlite rotation lock guard dropped without release: deleting its lease in the background");
-        let (ring, token) = (self.ring.clone(), std::mem::take(&mut self.token));
+impl Hold for Lease {
+    type Db = Sqlite;
+    const ENDS: &'static str = "the lease expires with its ttl";
+    const ON_DROP: &'static str = "deleting its lease in the background";
+    const LOST: &'static str = "the lease had expired and was taken over";
+
+    async fn release(&mut self, ring: &RingName) -> Result<bool, sqlx::Error> {
+        Self::delete(&self.store, ring, &self.token).await
+    }
+
+    fn abandon(self, ring: &RingName) {
+        let ring = ring.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    if let Err(e) = Self::delete(&store, &ring, &token).await {
+                    if let Err(e) = Self::delete(&self.store, &ring, &self.token).await {
                         tracing::warn!(ring = %ring, error = %e, "sqlite lease not deleted; it expires with its ttl");
                     }
                 });
             }
-            Err(_) => {
-                tracing::warn!(ring = %self.ring, "no runtime to delete the sqlite lease; it expires with its ttl")
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl LockGuard for SqliteLockGuard {
-    async fn release(mut self: Box<Self>) -> Result<(), StorageError> {
-        let Some(store) = self.store.take() else { return Ok(()) };
-        match Self::delete(&store, &self.ring, &self.token).await {
-            Ok(true) => {
-                tracing::debug!(ring = %self.ring, holder = %self.holder, "sqlite rotation lock released (lease deleted)");
-                Ok(())
-            }
-            Ok(false) => {
-                tracing::warn!(ring = %self.ring, holder = %self.holder,
-                    "sqlite rotation lease had expired and was taken over before release");
-                Ok(())
-            }
-            Err(e) => Err(db_err("sqlite: release rotation lock (the lease expires with its ttl)")(e)),
+            Err(_) => tracing::warn!(ring = %ring, "no runtime to delete the sqlite lease; it expires with its ttl"),
         }
     }
 }
@@ -399,17 +287,17 @@ fn lease_token(holder: &str) -> String {
 }
 
 #[async_trait]
-impl Lock for SqliteStore {
+impl Lock for SqlStore<Sqlite> {
     async fn try_acquire(
         &self,
         ring: &RingName,
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Box<dyn LockGuard>>, StorageError> {
-        let now = self.inner.clock.now().timestamp_millis();
+        let now = self.inner.state.clock.now().timestamp_millis();
         let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let token = lease_token(holder);
-        let taken = sqlx::query(AssertSqlSafe(self.inner.sql.take_lease.as_str()))
+        let taken = sqlx::query(AssertSqlSafe(self.inner.state.take_lease.as_str()))
             .bind(ring.as_str())
             .bind(holder)
             .bind(&token)
@@ -420,12 +308,11 @@ impl Lock for SqliteStore {
             .map_err(db_err("sqlite: take rotation lock"))?;
         if taken.rows_affected() == 1 {
             tracing::debug!(ring = %ring, holder, ttl_ms = ttl.as_millis() as u64, "sqlite rotation lock acquired (lease)");
-            Ok(Some(Box::new(SqliteLockGuard {
-                store: Some(self.clone()),
-                ring: ring.clone(),
-                holder: holder.to_owned(),
+            let lease = Lease {
+                store: self.clone(),
                 token,
-            })))
+            };
+            Ok(Some(SqlLockGuard::boxed(lease, ring, holder)))
         } else {
             tracing::debug!(ring = %ring, holder, "sqlite rotation lock busy");
             Ok(None)
