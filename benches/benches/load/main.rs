@@ -13,7 +13,9 @@
 //! but 200 fails the run.
 //!
 //! The load generator (this process, one thread) shares the machine's cores with the
-//! server under load: the figures are those of server and generator together.
+//! server under load: the figures are those of server and generator together. The actix-web
+//! quickstart runs one worker per core minus the generator's (`servers::actix_workers`,
+//! `KEYROT_LOAD_ACTIX_WORKERS` to override); axum and jwt-authorizer keep tokio's defaults.
 //!
 //! Run with `cargo bench -p keyrot-benches --bench load`
 //! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3;
@@ -223,6 +225,10 @@ fn run() -> Result<(), SetupError> {
         println!(
             "note: the load generator (this process, one thread) runs on the same {} cores as the server under load",
             std::thread::available_parallelism().map_or(0, usize::from)
+        );
+        println!(
+            "actix-web runs {} worker(s) (one per core minus the generator's; KEYROT_LOAD_ACTIX_WORKERS overrides)",
+            servers::actix_workers()
         );
         let per_round = measure(&mut targets, &zipf, rounds, seconds).await?;
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
