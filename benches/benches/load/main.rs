@@ -13,9 +13,10 @@
 //! but 200 fails the run.
 //!
 //! The load generator (this process, one thread) shares the machine's cores with the
-//! server under load: the figures are those of server and generator together. The actix-web
-//! quickstart runs one worker per core minus the generator's (`servers::actix_workers`,
-//! `KEYROT_LOAD_ACTIX_WORKERS` to override); axum and jwt-authorizer keep tokio's defaults.
+//! server under load: the figures are those of server and generator together. With the
+//! cache on, the actix-web quickstart runs one worker per core minus the generator's
+//! (`servers::actix_workers`, `KEYROT_LOAD_ACTIX_WORKERS` to override); every other server
+//! keeps its framework's default.
 //!
 //! Run with `cargo bench -p keyrot-benches --bench load`
 //! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3;
@@ -103,27 +104,38 @@ fn selected() -> Result<Vec<&'static str>, SetupError> {
 /// then started even if it is not loaded itself (returned second, to keep it running).
 async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Target>, Vec<Server>), SetupError> {
     let cache_on = format!("cache on ({CACHE_ENTRIES})");
+    let workers = servers::actix_workers();
     let quickstarts = [
-        ("quickstart", "axum", "axum, cache off".to_owned(), 0),
-        ("quickstart", "axum-cache", format!("axum, {cache_on}"), CACHE_ENTRIES),
-        ("actix-quickstart", "actix", "actix-web, cache off".to_owned(), 0),
+        ("quickstart", "axum", "axum, cache off".to_owned(), 0, None),
+        (
+            "quickstart",
+            "axum-cache",
+            format!("axum, {cache_on}"),
+            CACHE_ENTRIES,
+            None,
+        ),
+        ("actix-quickstart", "actix", "actix-web, cache off".to_owned(), 0, None),
         (
             "actix-quickstart",
             "actix-cache",
-            format!("actix-web, {cache_on}"),
+            format!(
+                "actix-web, {cache_on}, {workers} worker{}",
+                if workers == 1 { "" } else { "s" }
+            ),
             CACHE_ENTRIES,
+            Some(workers),
         ),
     ];
     let with_authorizer = selected.contains(&"jwt-authorizer");
     let mut targets = Vec::new();
     let mut keys_only = Vec::new();
     let mut issuer_of_authorizer = None;
-    for (program, label, name, entries) in quickstarts {
+    for (program, label, name, entries, actix_workers) in quickstarts {
         let needed = label == "axum" && with_authorizer;
         if !selected.contains(&label) && !needed {
             continue;
         }
-        let server = Server::quickstart(bin_dir, program, label, entries)?;
+        let server = Server::quickstart(bin_dir, program, label, entries, actix_workers)?;
         let tokens = Arc::new(client::fetch_tokens(server.addr, USERS).await?);
         println!("started {name} on {} and logged {USERS} users in", server.addr);
         let target = Target {
@@ -227,7 +239,8 @@ fn run() -> Result<(), SetupError> {
             std::thread::available_parallelism().map_or(0, usize::from)
         );
         println!(
-            "actix-web runs {} worker(s) (one per core minus the generator's; KEYROT_LOAD_ACTIX_WORKERS overrides)",
+            "actix-web with the cache on runs {} worker(s): one per core minus the generator's \
+             (KEYROT_LOAD_ACTIX_WORKERS overrides); with the cache off, actix-web's default",
             servers::actix_workers()
         );
         let per_round = measure(&mut targets, &zipf, rounds, seconds).await?;
