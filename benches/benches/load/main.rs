@@ -13,10 +13,15 @@
 //! but 200 fails the run.
 //!
 //! The load generator (this process, one thread) shares the machine's cores with the
-//! server under load: the figures are those of server and generator together.
+//! server under load: the figures are those of server and generator together. With the
+//! cache on, the actix-web quickstart runs one worker per core minus the generator's
+//! (`servers::actix_workers`, `KEYROT_LOAD_ACTIX_WORKERS` to override); every other server
+//! keeps its framework's default.
 //!
 //! Run with `cargo bench -p keyrot-benches --bench load`
-//! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3).
+//! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3;
+//! `KEYROT_LOAD_SERVERS=axum-cache,actix-cache` loads only the servers named, out of
+//! `axum`, `axum-cache`, `actix`, `actix-cache` and `jwt-authorizer`).
 
 mod client;
 #[allow(dead_code)] // the shared harness; this benchmark uses its medians only
@@ -51,6 +56,8 @@ fn setting(name: &str, default: u64) -> u64 {
 
 /// A server under load.
 struct Target {
+    /// As `KEYROT_LOAD_SERVERS` names it.
+    label: &'static str,
     name: String,
     server: Server,
     tokens: Arc<Vec<hyper::header::HeaderValue>>,
@@ -68,45 +75,100 @@ impl Target {
     }
 }
 
-/// Starts the five servers and logs the users in at the four quickstarts.
-async fn start(bin_dir: &std::path::Path) -> Result<Vec<Target>, SetupError> {
+/// The servers' labels, as `KEYROT_LOAD_SERVERS` names them.
+const LABELS: [&str; 5] = ["axum", "axum-cache", "actix", "actix-cache", "jwt-authorizer"];
+
+/// Which servers to load: `KEYROT_LOAD_SERVERS` (labels separated by commas, e.g.
+/// `axum-cache,actix-cache`), or all five.
+fn selected() -> Result<Vec<&'static str>, SetupError> {
+    let Ok(list) = std::env::var("KEYROT_LOAD_SERVERS") else {
+        return Ok(LABELS.to_vec());
+    };
+    let wanted: Vec<&str> = list.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(unknown) = wanted.iter().find(|l| !LABELS.contains(l)) {
+        return Err(format!(
+            "KEYROT_LOAD_SERVERS: unknown server {unknown:?} (known: {})",
+            LABELS.join(", ")
+        )
+        .into());
+    }
+    let chosen: Vec<&str> = LABELS.into_iter().filter(|l| wanted.contains(l)).collect();
+    if chosen.is_empty() {
+        return Err("KEYROT_LOAD_SERVERS names no server".into());
+    }
+    Ok(chosen)
+}
+
+/// Starts the `selected` servers and logs the users in at the quickstarts among them.
+/// jwt-authorizer takes its keys and tokens from the axum quickstart (cache off), which is
+/// then started even if it is not loaded itself (returned second, to keep it running).
+async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Target>, Vec<Server>), SetupError> {
     let cache_on = format!("cache on ({CACHE_ENTRIES})");
+    let workers = servers::actix_workers();
     let quickstarts = [
-        ("quickstart", "axum", "axum, cache off".to_owned(), 0),
-        ("quickstart", "axum-cache", format!("axum, {cache_on}"), CACHE_ENTRIES),
-        ("actix-quickstart", "actix", "actix-web, cache off".to_owned(), 0),
+        ("quickstart", "axum", "axum, cache off".to_owned(), 0, None),
+        (
+            "quickstart",
+            "axum-cache",
+            format!("axum, {cache_on}"),
+            CACHE_ENTRIES,
+            None,
+        ),
+        ("actix-quickstart", "actix", "actix-web, cache off".to_owned(), 0, None),
         (
             "actix-quickstart",
             "actix-cache",
-            format!("actix-web, {cache_on}"),
+            format!(
+                "actix-web, {cache_on}, {workers} worker{}",
+                if workers == 1 { "" } else { "s" }
+            ),
             CACHE_ENTRIES,
+            Some(workers),
         ),
     ];
+    let with_authorizer = selected.contains(&"jwt-authorizer");
     let mut targets = Vec::new();
-    for (program, label, name, entries) in quickstarts {
-        let server = Server::quickstart(bin_dir, program, label, entries)?;
+    let mut keys_only = Vec::new();
+    let mut issuer_of_authorizer = None;
+    for (program, label, name, entries, actix_workers) in quickstarts {
+        let needed = label == "axum" && with_authorizer;
+        if !selected.contains(&label) && !needed {
+            continue;
+        }
+        let server = Server::quickstart(bin_dir, program, label, entries, actix_workers)?;
         let tokens = Arc::new(client::fetch_tokens(server.addr, USERS).await?);
         println!("started {name} on {} and logged {USERS} users in", server.addr);
-        targets.push(Target {
+        let target = Target {
+            label,
             name,
+            server,
+            tokens,
+            seen: vec![false; USERS],
+            requests: 0,
+        };
+        if needed {
+            issuer_of_authorizer = Some((target.server.base_url(), Arc::clone(&target.tokens)));
+        }
+        if selected.contains(&label) {
+            targets.push(target);
+        } else {
+            keys_only.push(target.server);
+        }
+    }
+    if let Some((issuer, tokens)) = issuer_of_authorizer {
+        let jwks_url = format!("{issuer}{}", keyrot_http::JWKS_PATH);
+        let server = Server::jwt_authorizer(&jwks_url, &issuer)?;
+        println!("started jwt-authorizer on {} (keys from {jwks_url})", server.addr);
+        targets.push(Target {
+            label: "jwt-authorizer",
+            name: "axum 0.7 + jwt-authorizer".to_owned(),
             server,
             tokens,
             seen: vec![false; USERS],
             requests: 0,
         });
     }
-    let issuer = targets[0].server.base_url();
-    let jwks_url = format!("{issuer}{}", keyrot_http::JWKS_PATH);
-    let server = Server::jwt_authorizer(&jwks_url, &issuer)?;
-    println!("started jwt-authorizer on {} (keys from {jwks_url})", server.addr);
-    targets.push(Target {
-        name: "axum 0.7 + jwt-authorizer".to_owned(),
-        server,
-        tokens: targets[0].tokens.clone(),
-        seen: vec![false; USERS],
-        requests: 0,
-    });
-    Ok(targets)
+    Ok((targets, keys_only))
 }
 
 /// Every round loads every target once, in a new shuffled order; returns `[round][target]`.
@@ -147,8 +209,14 @@ async fn measure(
             target.record(&window);
             measures[t] = Some(Measure::of(&window));
         }
-        out.push(measures.into_iter().flatten().collect());
-        println!("round {}/{rounds} done", round + 1);
+        let measures: Vec<Measure> = measures.into_iter().flatten().collect();
+        let figures: Vec<String> = targets
+            .iter()
+            .zip(&measures)
+            .map(|(t, m)| format!("{} {:.0}/s p99 {:.2} ms", t.label, m.rps, m.p99_us / 1000.0))
+            .collect();
+        println!("round {}/{rounds}: {}", round + 1, figures.join(", "));
+        out.push(measures);
     }
     Ok(out)
 }
@@ -159,7 +227,7 @@ fn run() -> Result<(), SetupError> {
     let bin_dir = servers::build_quickstarts()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut targets = start(&bin_dir).await?;
+        let (mut targets, _keys_only) = start(&bin_dir, &selected()?).await?;
         let zipf = Arc::new(Zipf::new(USERS, ZIPF_S));
         println!(
             "{USERS} users, Zipf s = {ZIPF_S} (the top 100 users send {:.0} % of requests), {CONNECTIONS} connections, \
@@ -170,9 +238,25 @@ fn run() -> Result<(), SetupError> {
             "note: the load generator (this process, one thread) runs on the same {} cores as the server under load",
             std::thread::available_parallelism().map_or(0, usize::from)
         );
+        println!(
+            "actix-web with the cache on runs {} worker(s): one per core minus the generator's \
+             (KEYROT_LOAD_ACTIX_WORKERS overrides); with the cache off, actix-web's default",
+            servers::actix_workers()
+        );
         let per_round = measure(&mut targets, &zipf, rounds, seconds).await?;
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        report::print(&names, &per_round, targets.len() - 1, &[(0, 1), (2, 3)]);
+        let at = |label: &str| targets.iter().position(|t| t.label == label);
+        let baseline = at("jwt-authorizer").or(at("axum-cache")).unwrap_or(0);
+        // Cache on / off of each framework, then actix-web / axum with the cache on.
+        let pairs: Vec<(usize, usize)> = [
+            ("axum", "axum-cache"),
+            ("actix", "actix-cache"),
+            ("axum-cache", "actix-cache"),
+        ]
+        .into_iter()
+        .filter_map(|(a, b)| Some((at(a)?, at(b)?)))
+        .collect();
+        report::print(&names, &per_round, baseline, &pairs);
         for t in &targets {
             let distinct = t.seen.iter().filter(|s| **s).count();
             println!(

@@ -52,7 +52,7 @@ fn ms(us: f64) -> String {
 }
 
 /// Prints the table (Markdown) of `names` over `rounds`, ratios against `baseline`, then
-/// the cache on / off ratios of `pairs` (off, on).
+/// the ratios `b / a` of `pairs` `(a, b)`.
 pub fn print(names: &[String], rounds: &[Vec<Measure>], baseline: usize, pairs: &[(usize, usize)]) {
     let rps = column(rounds, |m| m.rps);
     let p50 = column(rounds, |m| m.p50_us);
@@ -72,14 +72,14 @@ pub fn print(names: &[String], rounds: &[Vec<Measure>], baseline: usize, pairs: 
         );
     }
     println!();
-    for &(off, on) in pairs {
+    for &(a, b) in pairs {
         println!(
             "{} / {}: requests/s {:.2}×, p50 {:.2}×, p99 {:.2}× (median per-round ratios)",
-            names[on],
-            names[off],
-            median_ratio(&rps, on, off),
-            median_ratio(&p50, on, off),
-            median_ratio(&p99, on, off),
+            names[b],
+            names[a],
+            median_ratio(&rps, b, a),
+            median_ratio(&p50, b, a),
+            median_ratio(&p99, b, a),
         );
     }
 }

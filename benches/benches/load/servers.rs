@@ -47,6 +47,26 @@ pub fn build_quickstarts() -> Result<PathBuf, SetupError> {
         .ok_or_else(|| "cannot locate the target directory".into())
 }
 
+/// actix-web's workers in the actix quickstart with the cache on: `KEYROT_LOAD_ACTIX_WORKERS`,
+/// or one per core minus the load generator's (at least one).
+///
+/// An actix-web worker is a single-threaded runtime that keeps every connection it accepted;
+/// no other worker takes its work. With the cache on, the generator needs about a core of
+/// its own, and actix-web's default (one worker per core) puts three busy threads on two
+/// cores: a worker waiting for a core (up to a scheduler tick, 4 ms at 250 Hz) holds its
+/// half of the connections, which was the cached actix-web row's tail. With the cache off
+/// the server needs more than one core and the generator much less, so that row keeps the
+/// default. A work-stealing runtime (tokio's, under axum and jwt-authorizer) moves a waiting
+/// worker's tasks to the running one, so those keep their defaults.
+pub fn actix_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    std::env::var("KEYROT_LOAD_ACTIX_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cores.saturating_sub(1))
+        .max(1)
+}
+
 /// A free port on 127.0.0.1 (released at once; the server binds it a moment later).
 fn free_port() -> Result<u16, SetupError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -73,8 +93,15 @@ pub struct Server {
 
 impl Server {
     /// Starts the quickstart binary `program` from `bin_dir`, with the verified-token cache
-    /// off (`cache_entries == 0`) or holding `cache_entries` tokens.
-    pub fn quickstart(bin_dir: &Path, program: &str, label: &str, cache_entries: usize) -> Result<Self, SetupError> {
+    /// off (`cache_entries == 0`) or holding `cache_entries` tokens, and for the actix-web
+    /// one `actix_workers` workers (`None`: actix-web's default).
+    pub fn quickstart(
+        bin_dir: &Path,
+        program: &str,
+        label: &str,
+        cache_entries: usize,
+        actix_workers: Option<usize>,
+    ) -> Result<Self, SetupError> {
         let dir = temp_dir(label)?;
         let port = free_port()?;
         let mut command = Command::new(bin_dir.join(program));
@@ -92,6 +119,9 @@ impl Server {
             .env("KEYROT_TICK_SECONDS", "3600")
             .env("KEYROT_TOKEN_CACHE_ENTRIES", cache_entries.to_string())
             .env("RUST_LOG", "warn");
+        if let Some(n) = actix_workers {
+            command.env("KEYROT_ACTIX_WORKERS", n.to_string());
+        }
         Self::spawn(command, dir, port)
     }
 

@@ -4,7 +4,8 @@
 //! an OAuth 2.0 client-credentials token endpoint, a demo login and a protected route, on an
 //! embedded SQLite file (or `KEYROT_DATABASE_URL`), with the in-process scheduler running.
 //! At start it prints the URLs and `curl` commands that work as printed. Everything but the
-//! routes lives in `keyrot_examples_support::quickstart`.
+//! routes lives in `keyrot_examples_support::quickstart`. `KEYROT_ACTIX_WORKERS` sets
+//! actix-web's worker threads (default: actix-web's own, one per core).
 
 use actix_web::{App, HttpRequest, HttpServer, web};
 use keyrot_actix::{BearerAuth, BearerAuthMiddleware, Token, into_actix_response};
@@ -22,7 +23,8 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
     let endpoints = app.endpoints.clone();
     let tokens = app.tokens.clone();
     let metrics = app.metrics_response_fn();
-    let server = HttpServer::new(move || {
+    let workers = workers_from_env()?;
+    let mut server = HttpServer::new(move || {
         let cc_tokens = tokens.clone();
         let login_tokens = tokens.clone();
         let metrics = metrics.clone();
@@ -55,15 +57,34 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                 web::get().to(move || std::future::ready(into_actix_response(metrics()))),
             )
             .configure(keyrot_actix::configure(endpoints.clone()))
-    })
-    .shutdown_signal(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .bind(app.config.listen)?
-    .run();
+    });
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    let server = server
+        .shutdown_signal(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .bind(app.config.listen)?
+        .run();
     app.announce("actix-web");
     server.await?;
     Ok(())
+}
+
+/// `KEYROT_ACTIX_WORKERS`: how many workers actix-web runs (each a single-threaded runtime
+/// that keeps the connections it accepted), or `None` for actix-web's default.
+fn workers_from_env() -> Result<Option<usize>, Box<dyn std::error::Error>> {
+    let Ok(value) = std::env::var("KEYROT_ACTIX_WORKERS") else {
+        return Ok(None);
+    };
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "KEYROT_ACTIX_WORKERS={value:?} is not a number of worker threads: set 1 or more, or unset it"
+        )
+        .into()),
+    }
 }
 
 /// The protected route: echoes the verified claims.
