@@ -4,6 +4,8 @@
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 /// Why strict JSON parsing failed. Carries no input text.
@@ -82,6 +84,151 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// The error a strict reader raises on a duplicate member ([`classify`] maps it back).
+pub(crate) fn duplicate<E: de::Error>() -> E {
+    E::custom(DUPLICATE)
+}
+
+/// Why a strict reader failed: a duplicate member, or anything else (syntax).
+pub(crate) fn classify(e: &serde_json::Error) -> JsonError {
+    if e.to_string().contains(DUPLICATE) {
+        JsonError::DuplicateMember
+    } else {
+        JsonError::Syntax
+    }
+}
+
+/// A member name, borrowed from the input unless it has escapes.
+pub(crate) struct Name<'de>(pub(crate) Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(NameVisitor)
+    }
+}
+
+struct NameVisitor;
+
+impl<'de> Visitor<'de> for NameVisitor {
+    type Value = Name<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
+        Ok(Name(Cow::Owned(v)))
+    }
+}
+
+/// How many member names of one object [`Names`] keeps on the stack.
+const INLINE_NAMES: usize = 16;
+
+/// The member names of one object read so far, to refuse a duplicate without building
+/// the object: on the stack for small objects, in a hash set beyond [`INLINE_NAMES`].
+pub(crate) struct Names<'de> {
+    inline: [Option<Cow<'de, str>>; INLINE_NAMES],
+    len: usize,
+    spilled: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> Names<'de> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [const { None }; INLINE_NAMES],
+            len: 0,
+            spilled: HashSet::new(),
+        }
+    }
+
+    /// Records `name`; false when the object already has it.
+    pub(crate) fn insert(&mut self, name: Cow<'de, str>) -> bool {
+        if self.len < INLINE_NAMES {
+            if self.inline[..self.len].iter().flatten().any(|n| *n == name) {
+                return false;
+            }
+            self.inline[self.len] = Some(name);
+            self.len += 1;
+            return true;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.extend(self.inline.iter_mut().filter_map(Option::take));
+        }
+        self.spilled.insert(name)
+    }
+}
+
+/// Reads one value of any type without keeping it, refusing duplicate members at any
+/// depth: as strict as [`parse_strict`], without building anything.
+pub(crate) struct Checked;
+
+impl<'de> de::Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor).map(|()| Checked)
+    }
+}
+
+/// Reads the rest of an object with [`Checked`] values (the duplicate rule of
+/// [`parse_strict`]: a name is recorded once its value has been read).
+pub(crate) fn walk_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    let mut names = Names::new();
+    while let Some(Name(name)) = map.next_key()? {
+        let Checked = map.next_value()?;
+        if !names.insert(name) {
+            return Err(duplicate());
+        }
+    }
+    Ok(())
+}
+
+/// Reads the rest of an array with [`Checked`] elements.
+pub(crate) fn walk_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while let Some(Checked) = seq.next_element()? {}
+    Ok(())
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        walk_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        walk_map(map)
+    }
+}
+
 /// Parses a JSON object, refusing duplicate members at any depth, a BOM and trailing
 /// data.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
@@ -91,13 +238,7 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
 /// [`parse_strict`], returning the object's members.
 pub fn parse_strict_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let StrictValue(v) = de::Deserialize::deserialize(&mut de).map_err(|e| {
-        if e.to_string().contains(DUPLICATE) {
-            JsonError::DuplicateMember
-        } else {
-            JsonError::Syntax
-        }
-    })?;
+    let StrictValue(v) = de::Deserialize::deserialize(&mut de).map_err(|e| classify(&e))?;
     de.end().map_err(|_| JsonError::Syntax)?;
     match v {
         Value::Object(members) => Ok(members),

@@ -1,8 +1,7 @@
 //! Reading a token: the structural rules, the header, and the signature check.
 
-use super::claims::check_claims;
+use super::payload::{AsMap, AsType, ReadClaims};
 use super::*;
-use crate::json::parse_strict_object;
 use std::borrow::Cow;
 
 pub(super) fn json_err(e: JsonError, part: &'static str) -> TokenError {
@@ -185,9 +184,15 @@ impl<'t> From<Unverified<'t>> for Parts<'t> {
 
 impl Parts<'_> {
     /// Verifies the signature with `key` and checks the claims as of `now` (Unix
-    /// seconds). Allocates only the [`Verified`] it returns: the signature and the payload
-    /// are decoded on the stack when they fit.
-    pub(crate) fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+    /// seconds), the claims read by `R` (into the map, or straight into a type).
+    /// Allocates only the [`Verified`] it returns: the signature and the payload are
+    /// decoded on the stack when they fit.
+    pub(crate) fn verify_into<R: ReadClaims>(
+        &self,
+        key: &VerifyingKey,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<R::Claims>, TokenError> {
         let expected = key.algorithm();
         // The key decides the family; RFC 9864's `Ed25519` names an EdDSA key too.
         if !expected.accepts_name(&self.alg) {
@@ -205,18 +210,14 @@ impl Parts<'_> {
             return Err(TokenError::BadSignature);
         }
         let mut payload_buf = [0u8; PAYLOAD_STACK_BYTES];
-        let claims = b64::with_decoded(self.payload_b64, &mut payload_buf, parse_strict_object)
-            .ok_or(TokenError::Malformed("payload is not base64url"))?
-            .map_err(|e| json_err(e, "payload"))?;
-        check_claims(&claims, v, now)?;
+        let claims = b64::with_decoded(self.payload_b64, &mut payload_buf, |payload| R::read(payload, v, now))
+            .ok_or(TokenError::Malformed("payload is not base64url"))??;
         Ok(Verified::new(self.kid.as_ref().to_owned(), expected, claims))
     }
 }
 
 impl Unverified<'_> {
-    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
-    /// claims as of `now` (Unix seconds).
-    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+    pub(crate) fn parts(&self) -> Parts<'_> {
         Parts {
             kid: Cow::Borrowed(&self.kid),
             alg: Cow::Borrowed(&self.alg),
@@ -224,7 +225,25 @@ impl Unverified<'_> {
             payload_b64: self.payload_b64,
             signature_b64: self.signature_b64,
         }
-        .verify_with(key, v, now)
+    }
+
+    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
+    /// claims as of `now` (Unix seconds).
+    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        self.parts().verify_into::<AsMap>(key, v, now)
+    }
+
+    /// [`Unverified::verify_with`], reading the claims straight into `T` (no claims map):
+    /// the same header, signature and claim rules, duplicate members refused at any
+    /// depth. Claims that do not fit `T` are refused with [`TokenError::ClaimsShape`],
+    /// after every other rule.
+    pub fn verify_as<T: DeserializeOwned>(
+        &self,
+        key: &VerifyingKey,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<T>, TokenError> {
+        self.parts().verify_into::<AsType<T>>(key, v, now)
     }
 }
 
