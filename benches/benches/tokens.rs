@@ -11,11 +11,19 @@
 //!   with the same issuer, audience and leeway rules, its keys built once outside the loop.
 //! * `keyrot` is `KeyRing::sign` / `KeyRing::verify` on a ring bootstrapped with the same
 //!   key through `Rotator::import(.., ImportState::Active)`.
+//! * The `verify_as` groups read the claims into one struct ([`Access`]):
+//!   `KeyRing::verify_as::<Access>` (no claims map) against jsonwebtoken's
+//!   `decode::<Access>`, and `raw` again.
 //!
 //! Jobs are timed on the thread's CPU time (`KEYROT_BENCH_CLOCK=wall`: on wall time).
 //!
 //! Run with `cargo bench -p keyrot-benches --bench tokens` (about two minutes); a word
 //! after `--` keeps only the groups whose name contains it (`-- EdDSA`, `-- verify`).
+//!
+//! For a profiler, `KEYROT_BENCH_PROFILE=JOB` runs one job of the groups the filter keeps
+//! alone, for ten seconds or, with `KEYROT_BENCH_CALLS=N`, exactly N times inside
+//! `profiled_calls` (count its instructions with `valgrind --tool=callgrind
+//! --toggle-collect='*profiled_calls*'`).
 
 mod common;
 mod jwt;
@@ -33,6 +41,17 @@ use std::hint::black_box;
 use std::time::Duration;
 
 type Claims = Map<String, Value>;
+
+/// The struct the `verify_as` groups read the claims of [`common::claims`] into.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Access {
+    sub: String,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+    scope: String,
+}
 
 /// Jobs are timed on the thread's CPU time: on the shared machine the process is often
 /// descheduled, and wall time would count that against whichever job was running.
@@ -202,6 +221,13 @@ fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Setup {
         jsonwebtoken::decode::<Claims>(&token, &jwt.decoding, &jwt.validation).expect("jsonwebtoken verifies");
     let verified = ring.keyring.verify(&token).expect("keyrot verifies");
     assert_eq!(decoded.claims, verified.claims, "same claims either way");
+    let typed = ring
+        .keyring
+        .verify_as::<Access>(&token)
+        .expect("keyrot verifies into a type");
+    let decoded =
+        jsonwebtoken::decode::<Access>(&token, &jwt.decoding, &jwt.validation).expect("jsonwebtoken verifies");
+    assert_eq!(decoded.claims, typed.claims, "same typed claims either way");
     let theirs = jsonwebtoken::encode(&jwt.header, &claims, &jwt.encoding).expect("jsonwebtoken signs");
     ring.keyring
         .verify(&theirs)
@@ -217,14 +243,13 @@ fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Setup {
     }
 }
 
-/// The three verify jobs, then the three sign jobs, in the order raw, jsonwebtoken, keyrot.
-fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
+/// The three verify jobs, the three typed verify jobs, then the three sign jobs, each in
+/// the order raw, jsonwebtoken, keyrot.
+fn jobs(s: &Setup) -> [[Job<'_>; 3]; 3] {
     let msg = s.signing_input.as_bytes();
+    let raw_verify = move || assert!((s.raw.verify)(black_box(msg), black_box(&s.signature)));
     let verify: [Job<'_>; 3] = [
-        (
-            "raw",
-            Box::new(move || assert!((s.raw.verify)(black_box(msg), black_box(&s.signature)))),
-        ),
+        ("raw", Box::new(raw_verify)),
         (
             "jsonwebtoken",
             Box::new(move || {
@@ -238,6 +263,29 @@ fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
             "keyrot",
             Box::new(move || {
                 black_box(s.ring.keyring.verify(black_box(&s.token)).expect("verifies"));
+            }),
+        ),
+    ];
+    let verify_as: [Job<'_>; 3] = [
+        ("raw", Box::new(raw_verify)),
+        (
+            "jsonwebtoken",
+            Box::new(move || {
+                black_box(
+                    jsonwebtoken::decode::<Access>(black_box(&s.token), &s.jwt.decoding, &s.jwt.validation)
+                        .expect("verifies"),
+                );
+            }),
+        ),
+        (
+            "keyrot",
+            Box::new(move || {
+                black_box(
+                    s.ring
+                        .keyring
+                        .verify_as::<Access>(black_box(&s.token))
+                        .expect("verifies"),
+                );
             }),
         ),
     ];
@@ -256,7 +304,16 @@ fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
             }),
         ),
     ];
-    [verify, sign]
+    [verify, verify_as, sign]
+}
+
+/// Runs `f` `n` times: the only frames a `--toggle-collect='*profiled_calls*'` callgrind
+/// run counts.
+#[inline(never)]
+fn profiled_calls(f: &dyn Fn(), n: u64) {
+    for _ in 0..n {
+        f();
+    }
 }
 
 /// Warms the jobs up, sizes the rounds to the budget, runs them and prints one line.
@@ -294,6 +351,9 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let clock = clock();
     let profile = std::env::var("KEYROT_BENCH_PROFILE").ok();
+    let calls: Option<u64> = std::env::var("KEYROT_BENCH_CALLS")
+        .ok()
+        .map(|n| n.parse().expect("a count"));
     let rt = common::runtime();
     println!(
         "raw / jsonwebtoken / keyrot in shuffled rounds: median of the per-round ratios, and of each job's time per call ({clock:?})"
@@ -306,7 +366,11 @@ fn main() {
         Algorithm::Es384,
     ];
     for alg in algorithms {
-        let names = [format!("verify {alg}"), format!("sign {alg}")];
+        let names = [
+            format!("verify {alg}"),
+            format!("verify_as {alg}"),
+            format!("sign {alg}"),
+        ];
         if let Some(f) = &filter
             && !names.iter().any(|n| n.contains(f.as_str()))
         {
@@ -318,6 +382,10 @@ fn main() {
                 // One job alone for a profiler: `KEYROT_BENCH_PROFILE=keyrot -- "verify EdDSA"`.
                 if filter.as_ref().is_some_and(|f| name.contains(f.as_str())) {
                     let (_, f) = group.iter().find(|(n, _)| n == job).expect("a job of the group");
+                    if let Some(n) = calls {
+                        profiled_calls(f, n);
+                        continue;
+                    }
                     let start = std::time::Instant::now();
                     while start.elapsed() < Duration::from_secs(10) {
                         f();

@@ -453,6 +453,131 @@ impl NowUnix for ManualClock {
     }
 }
 
+/// Every shape's typed answer for payload `p` is the map path's: its error, or its claims
+/// read into the shape (`ClaimsShape` when they do not fit).
+fn same_answer(k: &Keys, p: &[u8], v: &Validation) {
+    fn check<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+        k: &Keys,
+        t: &str,
+        v: &Validation,
+        map: &Result<Map<String, Value>, TokenError>,
+        text: &str,
+    ) {
+        let want = map
+            .clone()
+            .and_then(|m| T::deserialize(&m).map_err(|_| TokenError::ClaimsShape));
+        let got = as_type::<T>(k, t, v, NOW).map(|x| x.claims);
+        assert_eq!(got, want, "{} into {}", text, std::any::type_name::<T>());
+    }
+    let t = signed(&k.signing, p);
+    let text = String::from_utf8_lossy(p);
+    let map = as_map(k, &t, v, NOW).map(|x| x.claims);
+    check::<Map<String, Value>>(k, &t, v, &map, &text);
+    check::<Value>(k, &t, v, &map, &text);
+    check::<Ignored>(k, &t, v, &map, &text);
+    check::<Loose>(k, &t, v, &map, &text);
+    check::<Rich>(k, &t, v, &map, &text);
+    check::<Access>(k, &t, v, &map, &text);
+}
+
+/// A shape that reads nothing: every member is skipped.
+#[derive(Debug, PartialEq, Deserialize)]
+struct Ignored {}
+
+#[test]
+fn every_shape_answers_what_the_map_path_answers() {
+    let k = keys();
+    let validations = [
+        audience_api().with_issuer("iss"),
+        Validation::new().allow_any_audience(),
+        Validation::new().allow_any_audience().allow_missing_exp(),
+    ];
+    let base = [
+        ("sub", "\"a\""),
+        ("exp", "2000"),
+        ("aud", "\"api\""),
+        ("iss", "\"iss\""),
+    ];
+    let odd_values = [
+        "null",
+        "true",
+        "\"x\"",
+        "\"2000\"",
+        "5",
+        "1500.5",
+        "-1",
+        "18446744073709551615",
+        "[]",
+        "[\"api\"]",
+        "[\"api\",1]",
+        "[\"api\",null]",
+        "[[\"api\"]]",
+        "{}",
+        "{\"a\":1}",
+        "{\"a\":1,\"a\":1}",
+        "[{\"a\":1,\"a\":1}]",
+        "\"\\u0061pi\"",
+        "\"i\\u0073s\"",
+    ];
+    let mut payloads: Vec<String> = Vec::new();
+    for claim in ["exp", "nbf", "iat", "iss", "aud", "sub", "other"] {
+        for odd in odd_values {
+            let mut members: Vec<(&str, &str)> = base.iter().copied().filter(|(n, _)| *n != claim).collect();
+            members.push((claim, odd));
+            payloads.push(object_of(&members));
+        }
+    }
+    // Escaped names: the same members, or new ones.
+    for name in [
+        "\\u0065xp",
+        "\\u006ebf",
+        "i\\u0073s",
+        "\\u0061ud",
+        "\\u0073ub",
+        "o\\u0074her",
+    ] {
+        let mut members: Vec<(&str, &str)> = base.to_vec();
+        members.push((name, "1"));
+        payloads.push(object_of(&members));
+        let renamed: Vec<(&str, &str)> = base
+            .iter()
+            .map(|&(n, x)| {
+                (
+                    if name.replace("\\u00", "").len() == n.len() + 2 {
+                        name
+                    } else {
+                        n
+                    },
+                    x,
+                )
+            })
+            .collect();
+        payloads.push(object_of(&renamed));
+    }
+    for top in [
+        "[]",
+        "[{\"exp\":2000}]",
+        "\"x\"",
+        "1",
+        "null",
+        "{} {}",
+        "{\"exp\":2000} x",
+        "",
+    ] {
+        payloads.push(top.to_owned());
+    }
+    for p in &payloads {
+        for v in &validations {
+            same_answer(&k, p.as_bytes(), v);
+        }
+    }
+}
+
+fn object_of(members: &[(&str, &str)]) -> String {
+    let body: Vec<String> = members.iter().map(|(n, v)| format!("\"{n}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
 // ---------------------------------------------------------------------------------------
 // The typed path against the map path on generated payloads.
 
@@ -609,6 +734,20 @@ struct Loose {
     scope: Option<String>,
 }
 
+/// A shape that reads every registered claim in its own way, and keeps the rest.
+#[derive(Debug, PartialEq, Deserialize)]
+struct Rich {
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    aud: Option<Value>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -625,6 +764,11 @@ proptest! {
                 Loose::deserialize(&m).map_err(|_| TokenError::ClaimsShape)
             });
             prop_assert_eq!(loose, want, "{}", String::from_utf8_lossy(&p));
+            let rich = as_type::<Rich>(&k, &t, &v, now).map(|x| x.claims);
+            let want = map.clone().and_then(|(_, _, m)| {
+                Rich::deserialize(&m).map_err(|_| TokenError::ClaimsShape)
+            });
+            prop_assert_eq!(rich, want, "{}", String::from_utf8_lossy(&p));
         }
     }
 }

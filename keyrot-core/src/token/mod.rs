@@ -21,6 +21,7 @@ mod decode;
 mod payload;
 pub(crate) use payload::{AsMap, AsType, ReadClaims};
 mod sign;
+mod tee;
 #[cfg(test)]
 mod tests;
 

@@ -11,6 +11,7 @@
 
 use super::claims::{Audience, Claim, Registered, date_from_f64, date_from_u64};
 use super::decode::json_err;
+use super::tee::{Pass, Slot, Tee};
 use super::{TokenError, Validation};
 use crate::json::{self, Checked, JsonError, Name, Names, walk_map, walk_seq};
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -47,6 +48,22 @@ impl<T: DeserializeOwned> ReadClaims for AsType<T> {
     type Claims = T;
 
     fn read(payload: &[u8], v: &Validation, now: i64) -> Result<T, TokenError> {
+        let mut pass = Pass::new();
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let claims = T::deserialize(Tee {
+            de: &mut de,
+            pass: &mut pass,
+            slot: Slot::Top,
+        });
+        if let Ok(claims) = claims
+            && pass.complete()
+            && de.end().is_ok()
+        {
+            pass.registered.check(v, now)?;
+            return Ok(claims);
+        }
+        // The one pass cannot vouch for the payload: the strict pass decides, then `T` is
+        // read on its own.
         registered(payload).map_err(|e| json_err(e, "payload"))?.check(v, now)?;
         serde_json::from_slice(payload).map_err(|_| TokenError::ClaimsShape)
     }
