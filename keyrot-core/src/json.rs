@@ -127,39 +127,58 @@ impl<'de> Visitor<'de> for NameVisitor {
 }
 
 /// How many member names of one object [`Names`] keeps on the stack.
-const INLINE_NAMES: usize = 16;
+const INLINE_NAMES: usize = 12;
 
 /// The member names of one object read so far, to refuse a duplicate without building
-/// the object: on the stack for small objects, in a hash set beyond [`INLINE_NAMES`].
+/// the object. Names borrowed from the input are kept on the stack (the first
+/// [`INLINE_NAMES`]), each with its length and first seven bytes as one word, so that
+/// names of up to seven bytes compare in one instruction; escaped names and any beyond
+/// go to a hash set made only then.
 pub(crate) struct Names<'de> {
-    inline: [Option<Cow<'de, str>>; INLINE_NAMES],
+    inline: [(u64, &'de str); INLINE_NAMES],
     len: usize,
-    spilled: HashSet<Cow<'de, str>>,
+    other: Option<HashSet<Cow<'de, str>>>,
+}
+
+/// A name's first seven bytes and its length (saturated) as one word: equal words mean
+/// equal names when the names are no longer than seven bytes.
+fn prefix_word(name: &str) -> u64 {
+    let mut word = u64::from(u8::try_from(name.len()).unwrap_or(u8::MAX)) << 56;
+    for (i, &b) in name.as_bytes().iter().take(7).enumerate() {
+        word |= u64::from(b) << (8 * i);
+    }
+    word
 }
 
 impl<'de> Names<'de> {
     pub(crate) fn new() -> Self {
         Self {
-            inline: [const { None }; INLINE_NAMES],
+            inline: [(0, ""); INLINE_NAMES],
             len: 0,
-            spilled: HashSet::new(),
+            other: None,
         }
     }
 
     /// Records `name`; false when the object already has it.
     pub(crate) fn insert(&mut self, name: Cow<'de, str>) -> bool {
-        if self.len < INLINE_NAMES {
-            if self.inline[..self.len].iter().flatten().any(|n| *n == name) {
-                return false;
+        let word = prefix_word(&name);
+        let short = name.len() <= 7;
+        let seen = self.inline[..self.len]
+            .iter()
+            .any(|&(w, n)| w == word && (short || n == &*name));
+        if seen || self.other.as_ref().is_some_and(|o| o.contains(&*name)) {
+            return false;
+        }
+        match name {
+            Cow::Borrowed(n) if self.len < INLINE_NAMES => {
+                self.inline[self.len] = (word, n);
+                self.len += 1;
             }
-            self.inline[self.len] = Some(name);
-            self.len += 1;
-            return true;
+            _ => {
+                self.other.get_or_insert_with(HashSet::new).insert(name);
+            }
         }
-        if self.spilled.is_empty() {
-            self.spilled.extend(self.inline.iter_mut().filter_map(Option::take));
-        }
-        self.spilled.insert(name)
+        true
     }
 }
 
@@ -261,6 +280,46 @@ mod tests {
         );
         // Escapes that spell the same name are the same member.
         assert_eq!(parse_strict(br#"{"a":1,"\u0061":2}"#), Err(JsonError::DuplicateMember));
+    }
+
+    #[test]
+    fn names_refuse_exactly_the_repeated_ones() {
+        let long = "n".repeat(300);
+        let longer = format!("{long}x");
+        let names = [
+            "",
+            "a",
+            "ab",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefgi",
+            "abcdefghijklmnop",
+            "abcdefghijklmnoq",
+            &long,
+            &longer,
+        ];
+        let mut n = Names::new();
+        for name in names {
+            assert!(n.insert(Cow::Borrowed(name)), "{name}");
+        }
+        for name in names {
+            assert!(!n.insert(Cow::Borrowed(name)), "{name} again");
+            assert!(!n.insert(Cow::Owned(name.to_owned())), "{name} again, escaped");
+        }
+        // Past the inline names, and escaped names first.
+        let mut n = Names::new();
+        let many: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        for name in &many {
+            assert!(n.insert(Cow::Owned(name.clone())));
+            assert!(!n.insert(Cow::Borrowed(name)));
+        }
+        let mut n = Names::new();
+        for name in &many {
+            assert!(n.insert(Cow::Borrowed(name)));
+        }
+        for name in &many {
+            assert!(!n.insert(Cow::Owned(name.clone())), "{name}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::alg::Algorithm;
 use crate::json::{JsonError, parse_strict};
 use crate::key::{InvalidKey, KeyError, PublicKey, VerifyingKey};
 use crate::keyring::{Anchor, Standing, TokenCache};
-use crate::token::{self, AsMap, AsType, ReadClaims, TokenError, Validation, Verified};
+use crate::token::{self, AsMap, AsType, HeaderHash, ReadClaims, TokenError, Validation, Verified};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -102,7 +102,7 @@ pub struct KeySet {
     /// The header segments keyrot itself writes for each key ([`KNOWN_TYPES`]), to the
     /// kid, the key's index and the header's `typ`: a token from a keyrot issuer skips
     /// the header decoding, as [`crate::KeyRing::verify`] does.
-    known_headers: Arc<HashMap<String, (String, usize, &'static str)>>,
+    known_headers: Arc<HashMap<String, (String, usize, &'static str), HeaderHash>>,
 }
 
 /// The `typ` values whose keyrot-written headers [`KeySet`] recognises without decoding.
@@ -155,7 +155,7 @@ impl KeySet {
                 keys.insert(kid.to_owned(), parsed);
             }
         }
-        let mut known_headers = HashMap::new();
+        let mut known_headers = HashMap::default();
         for (kid, candidates) in &keys {
             for (index, key) in candidates.iter().enumerate() {
                 for typ in KNOWN_TYPES {

@@ -8,7 +8,7 @@ use crate::jwks::Jwks;
 use crate::key::VerifyingKey;
 use crate::policy::Policy;
 use crate::ring::{KeyRecord, KeyState, Ring};
-use crate::token::{self, AsMap, AsType, ReadClaims, TokenError, Validation, Verified};
+use crate::token::{self, AsMap, AsType, HeaderHash, ReadClaims, TokenError, Validation, Verified};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -56,7 +56,7 @@ pub(crate) struct Verifiers {
     pub(crate) by_kid: HashMap<String, Arc<VerifierEntry>>,
     /// The header segment keyrot writes for each published key → its kid: tokens carrying
     /// one of these skip header decoding.
-    pub(crate) known_headers: HashMap<String, String>,
+    pub(crate) known_headers: HashMap<String, String, HeaderHash>,
     /// The `typ` keyrot writes in headers it signs.
     pub(crate) token_type: String,
 }
@@ -68,7 +68,7 @@ impl Verifiers {
         token_type: &str,
     ) -> Result<Self, RefreshError> {
         let mut by_kid = HashMap::new();
-        let mut known_headers = HashMap::new();
+        let mut known_headers = HashMap::default();
         for k in rows {
             by_kid.insert(k.kid.clone(), Arc::new(VerifierEntry::for_record(k)?));
             known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());

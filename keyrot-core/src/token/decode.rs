@@ -24,10 +24,12 @@ pub(super) fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &
     if token.len() > v.max_token_bytes {
         return Err(TokenError::TooLarge { max: v.max_token_bytes });
     }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(TokenError::Malformed("expected three dot-separated segments"));
-    };
+    const THREE: TokenError = TokenError::Malformed("expected three dot-separated segments");
+    let (h, rest) = token.split_once('.').ok_or(THREE)?;
+    let (p, s) = rest.split_once('.').ok_or(THREE)?;
+    if s.contains('.') {
+        return Err(THREE);
+    }
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
@@ -267,4 +269,43 @@ pub fn verify_with_lookup<'k>(
 /// when the token has none.
 pub fn verify_with_key(token: &str, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
     decode(token, v, false)?.verify_with(key, v, now)
+}
+
+/// The hash of the maps of header segments keyrot wrote (a key ring's and a
+/// [`crate::KeySet`]'s): every verification looks its token's header segment up, about a
+/// hundred bytes, which SipHash takes about four instructions a byte over. These maps
+/// only ever hold headers keyrot wrote for its own keys, and a token only looks one up,
+/// so a fast hash without a secret key is enough: a crafted header can at worst probe
+/// the few entries whose hash it shares, each compared in full.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HeaderHash;
+
+impl std::hash::BuildHasher for HeaderHash {
+    type Hasher = HeaderHasher;
+
+    fn build_hasher(&self) -> HeaderHasher {
+        HeaderHasher(0)
+    }
+}
+
+/// A multiply-rotate hash over eight-byte words (FxHash's step).
+pub(crate) struct HeaderHasher(u64);
+
+impl std::hash::Hasher for HeaderHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }

@@ -27,7 +27,7 @@ mod tests;
 
 #[cfg(feature = "http")]
 pub(crate) use decode::check_header_type;
-pub(crate) use decode::decode_with_known_typed_header;
+pub(crate) use decode::{HeaderHash, decode_with_known_typed_header};
 pub use decode::{decode_header, verify_with_key, verify_with_lookup};
 #[cfg(any(test, feature = "test-util"))]
 pub use sign::encode_header;
