@@ -93,24 +93,32 @@ impl Default for Registered<'_> {
 }
 
 impl<'a> Registered<'a> {
-    /// The registered claims of a claims map.
+    /// The registered claims of a claims map, read in one walk over its members (five
+    /// look-ups cost five descents with string comparisons).
     pub(super) fn of_map(claims: &'a Map<String, Value>) -> Self {
-        Self {
-            exp: numeric_date(claims.get("exp")),
-            nbf: numeric_date(claims.get("nbf")),
-            iat: numeric_date(claims.get("iat")),
-            iss: match claims.get("iss") {
-                None => Claim::Absent,
-                Some(Value::String(s)) => Claim::Present(Cow::Borrowed(s)),
-                Some(_) => Claim::Invalid,
-            },
-            aud: match claims.get("aud") {
-                None => Audience::Absent,
-                Some(Value::String(s)) => Audience::One(Cow::Borrowed(s)),
-                Some(Value::Array(items)) => Audience::Values(items),
-                Some(_) => Audience::Invalid,
-            },
+        let mut r = Self::default();
+        for (name, value) in claims {
+            match name.as_str() {
+                "exp" => r.exp = numeric_date(Some(value)),
+                "nbf" => r.nbf = numeric_date(Some(value)),
+                "iat" => r.iat = numeric_date(Some(value)),
+                "iss" => {
+                    r.iss = match value {
+                        Value::String(s) => Claim::Present(Cow::Borrowed(s)),
+                        _ => Claim::Invalid,
+                    }
+                }
+                "aud" => {
+                    r.aud = match value {
+                        Value::String(s) => Audience::One(Cow::Borrowed(s)),
+                        Value::Array(items) => Audience::Values(items),
+                        _ => Audience::Invalid,
+                    }
+                }
+                _ => {}
+            }
         }
+        r
     }
 
     /// Every claim rule of `v` as of `now`, read and checked one at a time in this order
