@@ -321,6 +321,9 @@ fn profiled_calls(f: &dyn Fn(), n: u64) {
     }
 }
 
+/// A run of one job's calls under its own name.
+type Profiled = fn(&dyn Fn(), u64);
+
 /// [`profiled_calls`] under one name per job, so that one callgrind run on one key and
 /// token tells the jobs apart (`callgrind_annotate --inclusive=yes`: `profiled_job_0`
 /// raw, `_1` jsonwebtoken, `_2` keyrot).
@@ -411,7 +414,7 @@ fn main() {
                     if let Some(n) = calls {
                         if job == "all" {
                             // Every job of the group in turn, on the same key and token.
-                            let by_job: [fn(&dyn Fn(), u64); 3] = [profiled_job_0, profiled_job_1, profiled_job_2];
+                            let by_job: [Profiled; 3] = [profiled_job_0, profiled_job_1, profiled_job_2];
                             for ((_, f), run) in group.iter().zip(by_job) {
                                 run(f.as_ref(), n);
                             }
