@@ -571,6 +571,18 @@ fn every_shape_answers_what_the_map_path_answers() {
             same_answer(&k, p.as_bytes(), v);
         }
     }
+    // Not UTF-8, alone or after another error.
+    let bytes: [&[u8]; 4] = [
+        b"{\"sub\":\"\xff\",\"exp\":2000}",
+        b"{\"sub\":\"a\",\"exp\":2000,\"x\":{\"y\":1,\"y\":1},\"z\":\"\xc3\"}",
+        b"{\"sub\":\"a\",\"exp\":2000}\xff",
+        b"{\"sub\":\"\xc3\xa9\",\"exp\":2000}",
+    ];
+    for p in bytes {
+        for v in &validations {
+            same_answer(&k, p, v);
+        }
+    }
 }
 
 fn object_of(members: &[(&str, &str)]) -> String {
