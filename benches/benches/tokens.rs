@@ -362,7 +362,7 @@ fn run_group(clock: Clock, name: &str, jobs: &[Job<'_>]) {
     let iters = (CHUNK.as_secs_f64() / per_call).ceil().max(1.0) as usize;
     let round = per_call * (iters * jobs.len()) as f64;
     let rounds = ((GROUP_BUDGET.as_secs_f64() / round) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
-    let per_round = paired::rounds_on(clock, jobs, rounds, iters);
+    let per_round = paired::rounds_on_shifted(clock, jobs, rounds, iters);
     let median_of = |j: usize| {
         let mut t: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
         paired::median(&mut t)
