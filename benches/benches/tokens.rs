@@ -11,11 +11,24 @@
 //!   with the same issuer, audience and leeway rules, its keys built once outside the loop.
 //! * `keyrot` is `KeyRing::sign` / `KeyRing::verify` on a ring bootstrapped with the same
 //!   key through `Rotator::import(.., ImportState::Active)`.
+//! * The `verify_as` groups read the claims into one struct ([`Access`]):
+//!   `KeyRing::verify_as::<Access>` (no claims map) against jsonwebtoken's
+//!   `decode::<Access>`, and `raw` again.
 //!
 //! Jobs are timed on the thread's CPU time (`KEYROT_BENCH_CLOCK=wall`: on wall time).
 //!
 //! Run with `cargo bench -p keyrot-benches --bench tokens` (about two minutes); a word
 //! after `--` keeps only the groups whose name contains it (`-- EdDSA`, `-- verify`).
+//!
+//! For a profiler, `KEYROT_BENCH_PROFILE=JOB` runs one job of the groups the filter keeps
+//! alone, for ten seconds or, with `KEYROT_BENCH_CALLS=N`, exactly N times inside
+//! `profiled_calls` (count its instructions with `valgrind --tool=callgrind
+//! --toggle-collect='*profiled_calls*'`). `KEYROT_BENCH_PROFILE=all` with a count runs
+//! each job of the group in turn on the same key and token, under one function name each
+//! (`profiled_job_0` raw, `_1` jsonwebtoken, `_2` keyrot: read their inclusive counts
+//! with `callgrind_annotate --inclusive=yes`). Compare jobs within one run: counts of
+//! different processes differ by up to about 1.5 %, since each run generates a new key
+//! and the signature arithmetic is variable-time in it.
 
 mod common;
 mod jwt;
@@ -33,6 +46,17 @@ use std::hint::black_box;
 use std::time::Duration;
 
 type Claims = Map<String, Value>;
+
+/// The struct the `verify_as` groups read the claims of [`common::claims`] into.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Access {
+    sub: String,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+    scope: String,
+}
 
 /// Jobs are timed on the thread's CPU time: on the shared machine the process is often
 /// descheduled, and wall time would count that against whichever job was running.
@@ -202,6 +226,13 @@ fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Setup {
         jsonwebtoken::decode::<Claims>(&token, &jwt.decoding, &jwt.validation).expect("jsonwebtoken verifies");
     let verified = ring.keyring.verify(&token).expect("keyrot verifies");
     assert_eq!(decoded.claims, verified.claims, "same claims either way");
+    let typed = ring
+        .keyring
+        .verify_as::<Access>(&token)
+        .expect("keyrot verifies into a type");
+    let decoded =
+        jsonwebtoken::decode::<Access>(&token, &jwt.decoding, &jwt.validation).expect("jsonwebtoken verifies");
+    assert_eq!(decoded.claims, typed.claims, "same typed claims either way");
     let theirs = jsonwebtoken::encode(&jwt.header, &claims, &jwt.encoding).expect("jsonwebtoken signs");
     ring.keyring
         .verify(&theirs)
@@ -217,14 +248,13 @@ fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm) -> Setup {
     }
 }
 
-/// The three verify jobs, then the three sign jobs, in the order raw, jsonwebtoken, keyrot.
-fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
+/// The three verify jobs, the three typed verify jobs, then the three sign jobs, each in
+/// the order raw, jsonwebtoken, keyrot.
+fn jobs(s: &Setup) -> [[Job<'_>; 3]; 3] {
     let msg = s.signing_input.as_bytes();
+    let raw_verify = move || assert!((s.raw.verify)(black_box(msg), black_box(&s.signature)));
     let verify: [Job<'_>; 3] = [
-        (
-            "raw",
-            Box::new(move || assert!((s.raw.verify)(black_box(msg), black_box(&s.signature)))),
-        ),
+        ("raw", Box::new(raw_verify)),
         (
             "jsonwebtoken",
             Box::new(move || {
@@ -238,6 +268,29 @@ fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
             "keyrot",
             Box::new(move || {
                 black_box(s.ring.keyring.verify(black_box(&s.token)).expect("verifies"));
+            }),
+        ),
+    ];
+    let verify_as: [Job<'_>; 3] = [
+        ("raw", Box::new(raw_verify)),
+        (
+            "jsonwebtoken",
+            Box::new(move || {
+                black_box(
+                    jsonwebtoken::decode::<Access>(black_box(&s.token), &s.jwt.decoding, &s.jwt.validation)
+                        .expect("verifies"),
+                );
+            }),
+        ),
+        (
+            "keyrot",
+            Box::new(move || {
+                black_box(
+                    s.ring
+                        .keyring
+                        .verify_as::<Access>(black_box(&s.token))
+                        .expect("verifies"),
+                );
             }),
         ),
     ];
@@ -256,7 +309,41 @@ fn jobs(s: &Setup) -> [[Job<'_>; 3]; 2] {
             }),
         ),
     ];
-    [verify, sign]
+    [verify, verify_as, sign]
+}
+
+/// Runs `f` `n` times: the only frames a `--toggle-collect='*profiled_calls*'` callgrind
+/// run counts.
+#[inline(never)]
+fn profiled_calls(f: &dyn Fn(), n: u64) {
+    for _ in 0..n {
+        f();
+    }
+}
+
+/// A run of one job's calls under its own name.
+type Profiled = fn(&dyn Fn(), u64);
+
+/// [`profiled_calls`] under one name per job, so that one callgrind run on one key and
+/// token tells the jobs apart (`callgrind_annotate --inclusive=yes`: `profiled_job_0`
+/// raw, `_1` jsonwebtoken, `_2` keyrot).
+#[inline(never)]
+fn profiled_job_0(f: &dyn Fn(), n: u64) {
+    // A body of its own, so that the linker does not fold the three into one.
+    black_box(0u8);
+    profiled_calls(f, n);
+}
+#[inline(never)]
+fn profiled_job_1(f: &dyn Fn(), n: u64) {
+    // A body of its own, so that the linker does not fold the three into one.
+    black_box(1u8);
+    profiled_calls(f, n);
+}
+#[inline(never)]
+fn profiled_job_2(f: &dyn Fn(), n: u64) {
+    // A body of its own, so that the linker does not fold the three into one.
+    black_box(2u8);
+    profiled_calls(f, n);
 }
 
 /// Warms the jobs up, sizes the rounds to the budget, runs them and prints one line.
@@ -275,7 +362,7 @@ fn run_group(clock: Clock, name: &str, jobs: &[Job<'_>]) {
     let iters = (CHUNK.as_secs_f64() / per_call).ceil().max(1.0) as usize;
     let round = per_call * (iters * jobs.len()) as f64;
     let rounds = ((GROUP_BUDGET.as_secs_f64() / round) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
-    let per_round = paired::rounds_on(clock, jobs, rounds, iters);
+    let per_round = paired::rounds_on_shifted(clock, jobs, rounds, iters);
     let median_of = |j: usize| {
         let mut t: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
         paired::median(&mut t)
@@ -294,6 +381,9 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let clock = clock();
     let profile = std::env::var("KEYROT_BENCH_PROFILE").ok();
+    let calls: Option<u64> = std::env::var("KEYROT_BENCH_CALLS")
+        .ok()
+        .map(|n| n.parse().expect("a count"));
     let rt = common::runtime();
     println!(
         "raw / jsonwebtoken / keyrot in shuffled rounds: median of the per-round ratios, and of each job's time per call ({clock:?})"
@@ -306,7 +396,11 @@ fn main() {
         Algorithm::Es384,
     ];
     for alg in algorithms {
-        let names = [format!("verify {alg}"), format!("sign {alg}")];
+        let names = [
+            format!("verify {alg}"),
+            format!("verify_as {alg}"),
+            format!("sign {alg}"),
+        ];
         if let Some(f) = &filter
             && !names.iter().any(|n| n.contains(f.as_str()))
         {
@@ -317,6 +411,19 @@ fn main() {
             if let Some(job) = &profile {
                 // One job alone for a profiler: `KEYROT_BENCH_PROFILE=keyrot -- "verify EdDSA"`.
                 if filter.as_ref().is_some_and(|f| name.contains(f.as_str())) {
+                    if let Some(n) = calls {
+                        if job == "all" {
+                            // Every job of the group in turn, on the same key and token.
+                            let by_job: [Profiled; 3] = [profiled_job_0, profiled_job_1, profiled_job_2];
+                            for ((_, f), run) in group.iter().zip(by_job) {
+                                run(f.as_ref(), n);
+                            }
+                        } else {
+                            let (_, f) = group.iter().find(|(n, _)| n == job).expect("a job of the group");
+                            profiled_calls(f, n);
+                        }
+                        continue;
+                    }
                     let (_, f) = group.iter().find(|(n, _)| n == job).expect("a job of the group");
                     let start = std::time::Instant::now();
                     while start.elapsed() < Duration::from_secs(10) {

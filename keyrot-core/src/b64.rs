@@ -59,10 +59,13 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
 /// Decodes like [`decode`] (the same rules, the same refusals) and hands the bytes to `f`:
 /// decoded into `buf` when they fit, so the hot path does not allocate, else into a new
 /// vector. `None` when `s` is not canonical base64url.
+///
+/// On this path (the signature and the payload of every token) the engine alone applies
+/// the rules: its URL-safe alphabet refuses every other byte, its `NO_PAD` configuration
+/// refuses padding and non-zero trailing bits. The test
+/// `with_decoded_refuses_every_byte_outside_the_alphabet` pins that it refuses what
+/// [`decode`]'s explicit alphabet check refuses.
 pub fn with_decoded<R>(s: &str, buf: &mut [u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    if !url_safe_alphabet(s) {
-        return None;
-    }
     if base64::decoded_len_estimate(s.len()) <= buf.len() {
         let n = URL_SAFE_NO_PAD.decode_slice(s, buf).ok()?;
         Some(f(&buf[..n]))
@@ -95,6 +98,41 @@ mod tests {
             encode_into_vec(&bytes, &mut out);
             assert_eq!(out, format!("x.{}", encode(&bytes)).into_bytes(), "{n} bytes");
             assert_eq!(encoded_len(n), encode(&bytes).len());
+        }
+    }
+
+    #[test]
+    fn with_decoded_refuses_every_byte_outside_the_alphabet() {
+        // Every byte value at every position of inputs of each length class, and as the
+        // only content: accepted exactly when `decode` (with its explicit check) accepts.
+        for b in 0..=255u8 {
+            for base in [
+                "AAAA",
+                "AAAAAA",
+                "AAAAAAA",
+                "AQ",
+                "AQA",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ] {
+                for i in 0..base.len() {
+                    let mut bytes = base.as_bytes().to_vec();
+                    bytes[i] = b;
+                    let Ok(s) = String::from_utf8(bytes) else { continue };
+                    for len in [0, 64] {
+                        let mut buf = vec![0u8; len];
+                        assert_eq!(with_decoded(&s, &mut buf, <[u8]>::to_vec), decode(&s), "{s:?}");
+                    }
+                }
+            }
+            let one = char::from(b).to_string();
+            assert_eq!(
+                with_decoded(&one, &mut [0u8; 8], <[u8]>::to_vec),
+                decode(&one),
+                "{one:?}"
+            );
+        }
+        for s in ["AQ==", "AQA=", "AQ=A", "A===", "=AAA", "AQ\n", "AQ\u{e9}"] {
+            assert_eq!(with_decoded(s, &mut [0u8; 8], <[u8]>::to_vec), None, "{s:?}");
         }
     }
 

@@ -15,7 +15,8 @@ use crate::alg::Algorithm;
 use crate::json::{JsonError, parse_strict};
 use crate::key::{InvalidKey, KeyError, PublicKey, VerifyingKey};
 use crate::keyring::{Anchor, Standing, TokenCache};
-use crate::token::{self, TokenError, Validation, Verified};
+use crate::token::{self, AsMap, AsType, HeaderHash, ReadClaims, TokenError, Validation, Verified};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -101,7 +102,7 @@ pub struct KeySet {
     /// The header segments keyrot itself writes for each key ([`KNOWN_TYPES`]), to the
     /// kid, the key's index and the header's `typ`: a token from a keyrot issuer skips
     /// the header decoding, as [`crate::KeyRing::verify`] does.
-    known_headers: Arc<HashMap<String, (String, usize, &'static str)>>,
+    known_headers: Arc<HashMap<String, (String, usize, &'static str), HeaderHash>>,
 }
 
 /// The `typ` values whose keyrot-written headers [`KeySet`] recognises without decoding.
@@ -154,7 +155,7 @@ impl KeySet {
                 keys.insert(kid.to_owned(), parsed);
             }
         }
-        let mut known_headers = HashMap::new();
+        let mut known_headers = HashMap::default();
         for (kid, candidates) in &keys {
             for (index, key) in candidates.iter().enumerate() {
                 for typ in KNOWN_TYPES {
@@ -194,13 +195,34 @@ impl KeySet {
     /// `Unverified::verify_with`), the key chosen by `kid` and, for a JWK usable with
     /// several algorithms, by the header's `alg`.
     pub fn verify(&self, token: &str, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        self.verify_into::<AsMap>(token, v, now)
+    }
+
+    /// [`KeySet::verify`], reading the claims straight into `T` (no claims map): the same
+    /// rules, duplicate members refused at any depth; claims that do not fit `T` are
+    /// refused with [`TokenError::ClaimsShape`], after every other rule.
+    pub fn verify_as<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<T>, TokenError> {
+        self.verify_into::<AsType<T>>(token, v, now)
+    }
+
+    fn verify_into<R: ReadClaims>(
+        &self,
+        token: &str,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<R::Claims>, TokenError> {
         if token.len() <= v.max_token_bytes()
             && let Some((header, _)) = token.split_once('.')
             && let Some((kid, index, typ)) = self.known_headers.get(header)
             && let Some(key) = self.keys.get(kid).and_then(|k| k.get(*index))
         {
             return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(typ))?
-                .verify_with(key, v, now);
+                .verify_into::<R>(key, v, now);
         }
         let u = token::decode_header(token, v)?;
         let candidates = self.keys.get(&u.kid).ok_or(TokenError::UnknownKid)?;
@@ -209,7 +231,7 @@ impl KeySet {
             .find(|k| k.algorithm().as_str() == u.alg)
             .or_else(|| candidates.first())
             .ok_or(TokenError::UnknownKid)?;
-        u.verify_with(key, v, now)
+        u.parts().verify_into::<R>(key, v, now)
     }
 
     /// [`KeySet::verify`] through `cache` (see [`TokenCache`]): a cached verification is

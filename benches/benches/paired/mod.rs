@@ -51,22 +51,57 @@ pub fn rounds(jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
 
 /// [`rounds`], timed on `clock`.
 pub fn rounds_on(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
+    rounds_with(clock, jobs, rounds, iters, false)
+}
+
+/// [`rounds_on`], each job's run of calls made from a stack shifted by a new random
+/// depth (0 to 63 frames of 64 bytes and more, about 6 KiB) every time. Where the stack
+/// sits relative to the code's data moves a job's time by a few per cent (4 KiB
+/// aliasing, cache sets), and address-space randomisation draws it anew for each process
+/// and differently for each job, so two runs of one binary can disagree by more than
+/// what is measured. Shifting the stack inside the run averages that draw out of every
+/// job's median.
+pub fn rounds_on_shifted(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
+    rounds_with(clock, jobs, rounds, iters, true)
+}
+
+/// Calls `f` from `depth` frames deeper, each holding 64 bytes the optimiser keeps.
+#[inline(never)]
+fn on_shifted_stack(depth: u64, f: &mut dyn FnMut()) {
+    let pad = std::hint::black_box([0u8; 64]);
+    if depth == 0 {
+        f();
+    } else {
+        on_shifted_stack(depth - 1, f);
+    }
+    // Used after the call, so the frame is not a tail call and stays.
+    std::hint::black_box(&pad);
+}
+
+fn rounds_with(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize, shift: bool) -> Vec<Vec<f64>> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         for i in (1..order.len()).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(i, (seed % (i as u64 + 1)) as usize);
+            order.swap(i, (next() % (i as u64 + 1)) as usize);
         }
         let mut round = vec![0.0; jobs.len()];
         for &j in &order {
-            let elapsed = clock.time(|| {
-                for _ in 0..iters {
-                    (jobs[j].1)();
-                }
+            let depth = if shift { next() % 64 } else { 0 };
+            let mut elapsed = Duration::ZERO;
+            on_shifted_stack(depth, &mut || {
+                elapsed = clock.time(|| {
+                    for _ in 0..iters {
+                        (jobs[j].1)();
+                    }
+                });
             });
             round[j] = elapsed.as_secs_f64() * 1e6 / iters as f64;
         }

@@ -11,6 +11,7 @@ use crate::token::{self, SignError, TokenError, Validation, Verified};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -298,6 +299,17 @@ impl KeyRing {
     /// Verifies a token as of `at` (forensics, tests), with the ring's validation rules.
     pub fn verify_at(&self, token: &str, at: DateTime<Utc>) -> Result<Verified, TokenError> {
         self.verify_with(token, &self.inner.validation, at)
+    }
+
+    /// Verifies a token now with the configured rules, like [`Self::verify`], reading
+    /// the claims straight into `T` with no claims map in between: the same header,
+    /// signature and claim rules (duplicate members are refused at any depth), then
+    /// claims that do not fit `T` are refused with [`TokenError::ClaimsShape`]. With a
+    /// token cache, the cached claims map is what `T` is read from.
+    pub fn verify_as<T: DeserializeOwned>(&self, token: &str) -> Result<Verified<T>, TokenError> {
+        let cache = self.inner.token_cache.as_ref();
+        let (v, at) = (&self.inner.validation, self.inner.clock.now());
+        self.inner.snapshot.load().public.verify_as_using(token, v, at, cache)
     }
 
     /// Verifies with explicit rules.

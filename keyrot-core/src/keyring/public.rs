@@ -8,8 +8,9 @@ use super::entry::VerifierEntry;
 use crate::jwks::Jwks;
 use crate::policy::Policy;
 use crate::ring::{KeyRecord, Ring};
-use crate::token::{self, TokenError, Validation, Verified};
+use crate::token::{self, AsMap, AsType, HeaderHash, ReadClaims, TokenError, Validation, Verified};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ pub(crate) struct Verifiers {
     pub(crate) by_kid: HashMap<String, Arc<VerifierEntry>>,
     /// The header segment keyrot writes for each published key → its kid: tokens carrying
     /// one of these skip header decoding.
-    pub(crate) known_headers: HashMap<String, String>,
+    pub(crate) known_headers: HashMap<String, String, HeaderHash>,
     /// The `typ` keyrot writes in headers it signs.
     pub(crate) token_type: String,
 }
@@ -30,7 +31,7 @@ impl Verifiers {
         token_type: &str,
     ) -> Result<Self, RefreshError> {
         let mut by_kid = HashMap::new();
-        let mut known_headers = HashMap::new();
+        let mut known_headers = HashMap::default();
         for k in rows {
             by_kid.insert(k.kid.clone(), Arc::new(VerifierEntry::for_record(k)?));
             known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
@@ -61,6 +62,16 @@ impl Verifiers {
     /// Verifies `token` as of `at` under `v`: the token rules of [`crate::token`], with
     /// each key's validity window applied first.
     pub(crate) fn verify(&self, token: &str, v: &Validation, at: DateTime<Utc>) -> Result<Verified, TokenError> {
+        self.verify_into::<AsMap>(token, v, at)
+    }
+
+    /// [`Verifiers::verify`], the claims read by `R` (into the map, or into a type).
+    fn verify_into<R: ReadClaims>(
+        &self,
+        token: &str,
+        v: &Validation,
+        at: DateTime<Utc>,
+    ) -> Result<Verified<R::Claims>, TokenError> {
         if token.len() <= v.max_token_bytes()
             && let Some((header, _)) = token.split_once('.')
             && let Some(kid) = self.known_headers.get(header)
@@ -68,11 +79,27 @@ impl Verifiers {
         {
             let key = entry.check(at)?;
             return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&self.token_type))?
-                .verify_with(key, v, at.timestamp());
+                .verify_into::<R>(key, v, at.timestamp());
         }
         let u = token::decode_header(token, v)?;
         let key = self.by_kid.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;
-        u.verify_with(key, v, at.timestamp())
+        u.parts().verify_into::<R>(key, v, at.timestamp())
+    }
+
+    /// [`Verifiers::verify_using`] with the claims read straight into `T`. Through a
+    /// cache the entry (a claims map) is what is stored and reused, so a hit or a miss
+    /// reads `T` from the map; without one no map is built.
+    pub(crate) fn verify_as_using<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        v: &Validation,
+        at: DateTime<Utc>,
+        cache: Option<&TokenCache>,
+    ) -> Result<Verified<T>, TokenError> {
+        match cache {
+            Some(cache) => self.verify_cached(token, v, at, cache)?.into_typed(),
+            None => self.verify_into::<AsType<T>>(token, v, at),
+        }
     }
 
     /// [`Verifiers::verify`] through `cache`: a hit needs the entry's key to be this

@@ -1,8 +1,7 @@
 //! Reading a token: the structural rules, the header, and the signature check.
 
-use super::claims::check_claims;
+use super::payload::{AsMap, AsType, ReadClaims};
 use super::*;
-use crate::json::parse_strict_object;
 use std::borrow::Cow;
 
 pub(super) fn json_err(e: JsonError, part: &'static str) -> TokenError {
@@ -25,10 +24,12 @@ pub(super) fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &
     if token.len() > v.max_token_bytes {
         return Err(TokenError::TooLarge { max: v.max_token_bytes });
     }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(TokenError::Malformed("expected three dot-separated segments"));
-    };
+    const THREE: TokenError = TokenError::Malformed("expected three dot-separated segments");
+    let (h, rest) = token.split_once('.').ok_or(THREE)?;
+    let (p, s) = rest.split_once('.').ok_or(THREE)?;
+    if s.contains('.') {
+        return Err(THREE);
+    }
     if h.is_empty() || p.is_empty() || s.is_empty() {
         return Err(TokenError::Malformed("empty segment"));
     }
@@ -184,9 +185,15 @@ impl<'t> From<Unverified<'t>> for Parts<'t> {
 
 impl Parts<'_> {
     /// Verifies the signature with `key` and checks the claims as of `now` (Unix
-    /// seconds). Allocates only the [`Verified`] it returns: the signature and the payload
-    /// are decoded on the stack when they fit.
-    pub(crate) fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+    /// seconds), the claims read by `R` (into the map, or straight into a type).
+    /// Allocates only the [`Verified`] it returns: the signature and the payload are
+    /// decoded on the stack when they fit.
+    pub(crate) fn verify_into<R: ReadClaims>(
+        &self,
+        key: &VerifyingKey,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<R::Claims>, TokenError> {
         let expected = key.algorithm();
         // The key decides the family; RFC 9864's `Ed25519` names an EdDSA key too.
         if !expected.accepts_name(&self.alg) {
@@ -204,18 +211,14 @@ impl Parts<'_> {
             return Err(TokenError::BadSignature);
         }
         let mut payload_buf = [0u8; PAYLOAD_STACK_BYTES];
-        let claims = b64::with_decoded(self.payload_b64, &mut payload_buf, parse_strict_object)
-            .ok_or(TokenError::Malformed("payload is not base64url"))?
-            .map_err(|e| json_err(e, "payload"))?;
-        check_claims(&claims, v, now)?;
+        let claims = b64::with_decoded(self.payload_b64, &mut payload_buf, |payload| R::read(payload, v, now))
+            .ok_or(TokenError::Malformed("payload is not base64url"))??;
         Ok(Verified::new(self.kid.as_ref().to_owned(), expected, claims))
     }
 }
 
 impl Unverified<'_> {
-    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
-    /// claims as of `now` (Unix seconds).
-    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+    pub(crate) fn parts(&self) -> Parts<'_> {
         Parts {
             kid: Cow::Borrowed(&self.kid),
             alg: Cow::Borrowed(&self.alg),
@@ -223,7 +226,25 @@ impl Unverified<'_> {
             payload_b64: self.payload_b64,
             signature_b64: self.signature_b64,
         }
-        .verify_with(key, v, now)
+    }
+
+    /// Verifies the signature with `key` (the key the ring holds for `kid`) and checks the
+    /// claims as of `now` (Unix seconds).
+    pub fn verify_with(&self, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
+        self.parts().verify_into::<AsMap>(key, v, now)
+    }
+
+    /// [`Unverified::verify_with`], reading the claims straight into `T` (no claims map):
+    /// the same header, signature and claim rules, duplicate members refused at any
+    /// depth. Claims that do not fit `T` are refused with [`TokenError::ClaimsShape`],
+    /// after every other rule.
+    pub fn verify_as<T: DeserializeOwned>(
+        &self,
+        key: &VerifyingKey,
+        v: &Validation,
+        now: i64,
+    ) -> Result<Verified<T>, TokenError> {
+        self.parts().verify_into::<AsType<T>>(key, v, now)
     }
 }
 
@@ -247,4 +268,43 @@ pub fn verify_with_lookup<'k>(
 /// when the token has none.
 pub fn verify_with_key(token: &str, key: &VerifyingKey, v: &Validation, now: i64) -> Result<Verified, TokenError> {
     decode(token, v, false)?.verify_with(key, v, now)
+}
+
+/// The hash of the maps of header segments keyrot wrote (a key ring's and a
+/// [`crate::KeySet`]'s): every verification looks its token's header segment up, about a
+/// hundred bytes, which SipHash takes about four instructions a byte over. These maps
+/// only ever hold headers keyrot wrote for its own keys, and a token only looks one up,
+/// so a fast hash without a secret key is enough: a crafted header can at worst probe
+/// the few entries whose hash it shares, each compared in full.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HeaderHash;
+
+impl std::hash::BuildHasher for HeaderHash {
+    type Hasher = HeaderHasher;
+
+    fn build_hasher(&self) -> HeaderHasher {
+        HeaderHasher(0)
+    }
+}
+
+/// A multiply-rotate hash over eight-byte words (FxHash's step).
+pub(crate) struct HeaderHasher(u64);
+
+impl std::hash::Hasher for HeaderHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }

@@ -18,11 +18,14 @@ use std::time::Duration;
 mod claims;
 pub(crate) use claims::Times;
 mod decode;
+mod payload;
+pub(crate) use payload::{AsMap, AsType, ReadClaims};
 mod sign;
+mod tee;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use decode::decode_with_known_typed_header;
+pub(crate) use decode::{HeaderHash, decode_with_known_typed_header};
 pub use decode::{check_header_type, decode_header, verify_with_key, verify_with_lookup};
 #[cfg(any(test, feature = "test-util"))]
 pub use sign::encode_header;
@@ -290,16 +293,18 @@ impl Validation {
     }
 }
 
-/// A token whose signature and claims checked out.
+/// A token whose signature and claims checked out. Its claims are a JSON object
+/// ([`crate::KeyRing::verify`]), or the caller's type `C` when read straight into it
+/// ([`crate::KeyRing::verify_as`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct Verified {
+pub struct Verified<C = Map<String, Value>> {
     /// The key that signed it.
     pub kid: String,
     /// Its algorithm.
     pub alg: Algorithm,
-    /// The claims (a JSON object).
-    pub claims: Map<String, Value>,
+    /// The claims (a JSON object, or the caller's type).
+    pub claims: C,
     /// Which ring or issuer accepted it, when a verifier chose among several. One
     /// pointer, `None` on the common path, so that a verified-token cache hit (a clone)
     /// costs what it did before this was recorded.
@@ -313,9 +318,9 @@ struct Source {
     issuer: Option<String>,
 }
 
-impl Verified {
+impl<C> Verified<C> {
     /// A verified token with no ring or issuer recorded.
-    pub(crate) fn new(kid: String, alg: Algorithm, claims: Map<String, Value>) -> Self {
+    pub(crate) fn new(kid: String, alg: Algorithm, claims: C) -> Self {
         Self {
             kid,
             alg,
@@ -356,15 +361,31 @@ impl Verified {
         }));
         self
     }
+}
 
-    /// The claims as the caller's type.
+impl Verified {
+    /// The claims as the caller's type, read from the claims map by reference (nothing
+    /// is copied but what `C` keeps). To skip the map altogether, verify with
+    /// [`crate::KeyRing::verify_as`].
     pub fn claims_as<C: DeserializeOwned>(&self) -> Result<C, TokenError> {
-        C::deserialize(&Value::Object(self.claims.clone())).map_err(|_| TokenError::ClaimsShape)
+        C::deserialize(&self.claims).map_err(|_| TokenError::ClaimsShape)
     }
 
-    /// The claims as the caller's type, consuming the token.
+    /// The claims as the caller's type, consuming the token (the map's strings are moved,
+    /// not copied).
     pub fn into_claims<C: DeserializeOwned>(self) -> Result<C, TokenError> {
         serde_json::from_value(Value::Object(self.claims)).map_err(|_| TokenError::ClaimsShape)
+    }
+
+    /// The same verified token with its claims as the caller's type.
+    pub(crate) fn into_typed<C: DeserializeOwned>(self) -> Result<Verified<C>, TokenError> {
+        let claims = serde_json::from_value(Value::Object(self.claims)).map_err(|_| TokenError::ClaimsShape)?;
+        Ok(Verified {
+            kid: self.kid,
+            alg: self.alg,
+            claims,
+            source: self.source,
+        })
     }
 }
 

@@ -292,7 +292,7 @@ fn the_known_header_fast_path_still_enforces_the_type() {
     let at = Validation::new().with_required_type("at+jwt");
     let fast = |t: &str, typ: Option<&str>| {
         decode_with_known_typed_header(t, &at, "k1", Algorithm::EdDsa, typ)
-            .and_then(|u| u.verify_with(&f.vk, &at, 0))
+            .and_then(|u| u.verify_into::<AsMap>(&f.vk, &at, 0))
             .map(|v| v.kid)
     };
     // The typ of the known header unknown: the header is read.
@@ -309,7 +309,7 @@ fn the_known_header_fast_path_still_enforces_the_type() {
     let any = Validation::new();
     assert!(
         decode_with_known_header(&jwt, &any, "k1", Algorithm::EdDsa)
-            .and_then(|u| u.verify_with(&f.vk, &any, 0))
+            .and_then(|u| u.verify_into::<AsMap>(&f.vk, &any, 0))
             .is_ok()
     );
 }
