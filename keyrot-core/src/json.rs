@@ -143,11 +143,16 @@ pub(crate) struct Names<'de> {
 /// A name's first seven bytes and its length (saturated) as one word: equal words mean
 /// equal names when the names are no longer than seven bytes.
 fn prefix_word(name: &str) -> u64 {
-    let mut word = u64::from(u8::try_from(name.len()).unwrap_or(u8::MAX)) << 56;
-    for (i, &b) in name.as_bytes().iter().take(7).enumerate() {
-        word |= u64::from(b) << (8 * i);
+    let bytes = name.as_bytes();
+    let len = u64::from(u8::try_from(bytes.len()).unwrap_or(u8::MAX)) << 56;
+    if let Some(first) = bytes.first_chunk::<8>() {
+        return len | (u64::from_le_bytes(*first) & 0x00ff_ffff_ffff_ffff);
     }
-    word
+    // Fewer than eight bytes.
+    bytes
+        .iter()
+        .enumerate()
+        .fold(len, |word, (i, &b)| word | u64::from(b) << (8 * i))
 }
 
 impl<'de> Names<'de> {
@@ -162,10 +167,12 @@ impl<'de> Names<'de> {
     /// Records `name`; false when the object already has it.
     pub(crate) fn insert(&mut self, name: Cow<'de, str>) -> bool {
         let word = prefix_word(&name);
-        let short = name.len() <= 7;
-        let seen = self.inline[..self.len]
-            .iter()
-            .any(|&(w, n)| w == word && (short || n == &*name));
+        let inline = &self.inline[..self.len];
+        let seen = if name.len() <= 7 {
+            inline.iter().any(|&(w, _)| w == word)
+        } else {
+            inline.iter().any(|&(w, n)| w == word && n == &*name)
+        };
         if seen || self.other.as_ref().is_some_and(|o| o.contains(&*name)) {
             return false;
         }

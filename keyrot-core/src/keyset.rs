@@ -221,7 +221,7 @@ impl KeySet {
             && let Some((kid, index, typ)) = self.known_headers.get(header)
             && let Some(key) = self.keys.get(kid).and_then(|k| k.get(*index))
         {
-            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(typ))?
+            return token::decode_with_known_typed_header(token, header, v, kid, key.algorithm(), Some(typ))?
                 .verify_into::<R>(key, v, now);
         }
         let u = token::decode_header(token, v)?;

@@ -438,6 +438,29 @@ async fn rings_verify_into_the_type_with_and_without_a_cache() {
     let forged = format!("{input}.{}", b64::encode(&[1u8; 64]));
     assert_eq!(r.verify_as(&forged).err(), Some(TokenError::BadSignature));
 
+    // A header the ring wrote (read without decoding it), around broken segments.
+    let (header, rest) = good.split_once('.').expect("three segments");
+    let (payload, sig) = rest.split_once('.').expect("three segments");
+    for broken in [
+        format!("{good}.x"),
+        format!("{good}."),
+        format!("{header}.{payload}.{sig}.{sig}"),
+        format!("{header}..{sig}"),
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}"),
+        format!("{header}."),
+        header.to_owned(),
+    ] {
+        assert!(
+            matches!(r.verify_as(&broken), Err(TokenError::Malformed(_))),
+            "{broken}"
+        );
+        assert!(
+            matches!(r.plain.verify(&broken), Err(TokenError::Malformed(_))),
+            "{broken}"
+        );
+    }
+
     // Past its exp: refused by every ring, the cached one included.
     r.clock.advance(chrono::TimeDelta::seconds(700));
     assert_eq!(r.verify_as(&good).err(), Some(TokenError::Expired));

@@ -78,8 +78,15 @@ impl Verifiers {
             && let Some(entry) = self.by_kid.get(kid)
         {
             let key = entry.check(at)?;
-            return token::decode_with_known_typed_header(token, v, kid, key.algorithm(), Some(&self.token_type))?
-                .verify_into::<R>(key, v, at.timestamp());
+            return token::decode_with_known_typed_header(
+                token,
+                header,
+                v,
+                kid,
+                key.algorithm(),
+                Some(&self.token_type),
+            )?
+            .verify_into::<R>(key, v, at.timestamp());
         }
         let u = token::decode_header(token, v)?;
         let key = self.by_kid.get(&u.kid).ok_or(TokenError::UnknownKid)?.check(at)?;

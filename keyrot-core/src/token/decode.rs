@@ -12,6 +12,9 @@ pub(super) fn json_err(e: JsonError, part: &'static str) -> TokenError {
     }
 }
 
+/// A token that is not three dot-separated segments.
+const THREE: TokenError = TokenError::Malformed("expected three dot-separated segments");
+
 /// Reads the header of a token without verifying anything else: the size cap, three
 /// segments, strict JSON without duplicate or forbidden members, a string `alg`, a
 /// non-empty `kid` (required), and the `typ` rule of `v`.
@@ -24,7 +27,6 @@ pub(super) fn segments<'t>(token: &'t str, v: &Validation) -> Result<(&'t str, &
     if token.len() > v.max_token_bytes {
         return Err(TokenError::TooLarge { max: v.max_token_bytes });
     }
-    const THREE: TokenError = TokenError::Malformed("expected three dot-separated segments");
     let (h, rest) = token.split_once('.').ok_or(THREE)?;
     let (p, s) = rest.split_once('.').ok_or(THREE)?;
     if s.contains('.') {
@@ -43,6 +45,26 @@ pub(super) fn parse_header(h: &str) -> Result<Map<String, Value>, TokenError> {
         Value::Object(header) => Ok(header),
         _ => Err(TokenError::Malformed("header is not a JSON object")),
     }
+}
+
+/// [`segments`] for a token whose first segment its caller has already split off:
+/// `header` is the text before the token's first dot (a header keyrot wrote, which is
+/// base64url and so has none), and is not searched again. Anything else is read by
+/// [`segments`].
+fn segments_after<'t>(token: &'t str, header: &str, v: &Validation) -> Result<(&'t str, &'t str, &'t str), TokenError> {
+    debug_assert!(!header.contains('.'));
+    if token.as_bytes().get(header.len()) != Some(&b'.') || token.len() > v.max_token_bytes {
+        return segments(token, v);
+    }
+    let (h, rest) = token.split_at(header.len());
+    let (p, s) = rest[1..].split_once('.').ok_or(THREE)?;
+    if s.contains('.') {
+        return Err(THREE);
+    }
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(TokenError::Malformed("empty segment"));
+    }
+    Ok((h, p, s))
 }
 
 /// The `typ` rules: a string when present, and the required type when one is configured.
@@ -94,7 +116,8 @@ pub(crate) fn decode_with_known_header<'a>(
     kid: &'a str,
     alg: Algorithm,
 ) -> Result<Parts<'a>, TokenError> {
-    decode_with_known_typed_header(token, v, kid, alg, None)
+    let header = token.split('.').next().unwrap_or_default();
+    decode_with_known_typed_header(token, header, v, kid, alg, None)
 }
 
 /// [`decode_with_known_header`] for a header written by [`encode_header_with_type`] with
@@ -102,6 +125,7 @@ pub(crate) fn decode_with_known_header<'a>(
 /// decoding the header. Nothing is copied: the parts borrow `token` and `kid`.
 pub(crate) fn decode_with_known_typed_header<'a>(
     token: &'a str,
+    header: &str,
     v: &Validation,
     kid: &'a str,
     alg: Algorithm,
@@ -113,7 +137,7 @@ pub(crate) fn decode_with_known_typed_header<'a>(
         (Some(required), Some(t)) if !type_matches(required, t) => return Err(TokenError::InvalidType),
         _ => {}
     }
-    let (h, p, s) = segments(token, v)?;
+    let (h, p, s) = segments_after(token, header, v)?;
     Ok(Parts {
         kid: Cow::Borrowed(kid),
         alg: Cow::Borrowed(alg.as_str()),
