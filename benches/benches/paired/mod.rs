@@ -61,7 +61,10 @@ pub fn rounds_on(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize) ->
 /// and differently for each job, so two runs of one binary can disagree by more than
 /// what is measured. Shifting the stack inside the run averages that draw out of every
 /// job's median.
-#[allow(dead_code, reason = "used by the bench targets whose jobs are compared at the per-cent level")]
+#[allow(
+    dead_code,
+    reason = "used by the bench targets whose jobs are compared at the per-cent level"
+)]
 pub fn rounds_on_shifted(clock: Clock, jobs: &[Job<'_>], rounds: usize, iters: usize) -> Vec<Vec<f64>> {
     rounds_with(clock, jobs, rounds, iters, true)
 }
