@@ -9,7 +9,7 @@
 //! conversion of [`HttpResponse`] into its own response type.
 
 use super::{AuthRejection, BearerAuth, HeaderSource, HttpResponse, OptionalBearerAuth, require_scopes};
-use keyrot_core::{TokenError, Verified};
+use keyrot_core::Verified;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
@@ -62,11 +62,12 @@ pub fn verified_token(found: Option<&Verified>) -> Result<&Verified, AuthError> 
 }
 
 /// The verified claims deserialized into `T`. Claims that do not fit `T` are
-/// `401 invalid_token` ([`TokenError::ClaimsShape`]); no token is
+/// `401 invalid_token` ([`TokenError::ClaimsShape`](keyrot_core::TokenError::ClaimsShape)); no token is
 /// [`AuthError::MissingMiddleware`].
 pub fn verified_claims<T: DeserializeOwned>(found: Option<&Verified>) -> Result<T, AuthError> {
-    T::deserialize(&verified_token(found)?.claims)
-        .map_err(|_| AuthRejection::InvalidToken(Some(TokenError::ClaimsShape)).into())
+    verified_token(found)?
+        .claims_as::<T>()
+        .map_err(|e| AuthRejection::InvalidToken(Some(e)).into())
 }
 
 /// Calls `f` with each header value in `values`: the body of an adapter's
@@ -217,6 +218,7 @@ impl Guard for RequiredScopes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyrot_core::TokenError;
     use serde_json::json;
 
     fn token(claims: serde_json::Value) -> Verified {
