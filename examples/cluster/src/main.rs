@@ -123,13 +123,7 @@ struct Instance {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    keyrot_examples_support::quickstart::init_tracing_with("warn");
     let args = Args::parse();
     if args.rings.is_some() {
         return many_rings(&args).await;

@@ -1004,3 +1004,33 @@ async fn a_resource_server_verifies_the_issuers_tokens_without_keys() {
         "a valid token was refused: {refused:?} of {checked} requests"
     );
 }
+
+/// Logs written anywhere but a terminal carry no colour codes (issue 22): the quickstart's
+/// standard error goes to a file here, as it would under a process manager.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let port = free_port();
+    let env = Env::new(None, port);
+    let log = env.dir.join("stderr.log");
+    let mut command = env.command(Path::new(env!("CARGO_BIN_EXE_quickstart")));
+    command
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("start the quickstart");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line == "ready");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the quickstart did not print `ready`");
+    let written = std::fs::read_to_string(&log).expect("read the log");
+    assert!(written.contains("INFO"), "info lines were logged: {written}");
+    assert!(
+        !written.contains('\u{1b}'),
+        "no escape codes in a log file: {written:?}"
+    );
+}

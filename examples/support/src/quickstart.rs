@@ -5,7 +5,7 @@
 mod banner;
 mod config;
 
-pub use config::{QuickstartConfig, init_tracing};
+pub use config::{QuickstartConfig, init_tracing, init_tracing_with};
 
 use crate::oauth::TokenService;
 use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};

@@ -8,13 +8,27 @@ use std::time::Duration;
 /// Logs to standard error; `RUST_LOG` filters (default `info,sqlx=warn`). Never logs the
 /// `Authorization` header: keyrot's adapters do not record it.
 pub fn init_tracing() {
+    init_tracing_with("info,sqlx=warn");
+}
+
+/// [`init_tracing`] with another default filter. Colours only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>): logs sent to a file or a collector
+/// carry no escape codes.
+pub fn init_tracing_with(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
+}
+
+/// Whether logs on standard error may be coloured: a terminal, and no `NO_COLOR`.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Quickstart settings, from the environment.
