@@ -41,6 +41,10 @@ struct Cli {
     /// KEYROT_MASTER_KEY, else KEYROT_MASTER_KEY_FILE, else the quickstart's key file.
     #[arg(long, global = true)]
     master_key_file: Option<PathBuf>,
+    /// Who is acting, for the audit ledger (recorded as `cli:NAME`): up to 64 visible
+    /// ASCII characters. Default: KEYROT_ACTOR, else the operating-system user.
+    #[arg(long, global = true, env = "KEYROT_ACTOR")]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -319,12 +323,32 @@ fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
     policy_from_env(Some(alg)).map_err(|e| usage(ErrorChain(&e).to_string()))
 }
 
+/// The actor every change of this run is recorded under (set once, from `--actor`).
+static ACTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `--actor` (or KEYROT_ACTOR), else the operating-system user, as `cli:NAME`. A name that
+/// is empty, longer than 64 characters or not visible ASCII is a usage error.
+fn set_actor(given: Option<&str>) -> Result<(), Fail> {
+    let name = match given {
+        Some(n) => n.to_owned(),
+        None => ["USER", "LOGNAME", "USERNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(usage("--actor must be 1-64 visible ASCII characters"));
+    }
+    let _ = ACTOR.set(format!("cli:{name}"));
+    Ok(())
+}
+
 fn actor() -> RequestContext {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    RequestContext::actor(format!("cli:{user}"))
+    RequestContext::actor(ACTOR.get().map_or("cli:unknown", String::as_str))
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
+    set_actor(cli.actor.as_deref())?;
     if let Command::Verify {
         jwks_url,
         issuer,

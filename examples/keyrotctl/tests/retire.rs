@@ -41,3 +41,25 @@ fn retire_ring_revokes_every_key_for_good() {
     assert_eq!(code, 0, "retiring again changes nothing: {out}{err}");
     assert!(out.contains("already retired"), "{out}");
 }
+
+/// `--actor` names who acted in the ledger (issue 22); a name that is not 1-64 visible
+/// ASCII characters is refused before anything is done.
+#[test]
+fn the_actor_is_settable_and_checked() {
+    let dir = Dir::new("actor");
+    assert_eq!(ctl(&dir, &["migrate"]).0, 0);
+    let (code, _, err) = ctl(&dir, &["--actor", "bad name", "init"]);
+    assert_eq!(code, 2, "a space is refused: {err}");
+    let (code, out, err) = ctl(&dir, &["--actor", "alice", "init"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = ctl(&dir, &["audit", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let records: serde_json::Value = serde_json::from_str(&out).expect("json audit");
+    let actors: Vec<&str> = records
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["actor"].as_str())
+        .collect();
+    assert_eq!(actors, ["cli:alice"], "{out}");
+}
