@@ -132,8 +132,9 @@ enum Command {
     },
     /// Verify a token (or `-` for standard input); prints its claims as JSON.
     Verify {
-        /// Verify as of this moment (Unix seconds), past or future.
-        #[arg(long)]
+        /// Verify as of this moment, past or future: Unix seconds or RFC 3339
+        /// (`2026-12-01T12:00:00Z`, as `status` and `audit` print times).
+        #[arg(long, value_parser = parse_moment)]
         at: Option<i64>,
         /// Required issuer.
         #[arg(long)]
@@ -302,6 +303,16 @@ fn token_arg(token: String) -> Result<String, Fail> {
         .read_to_string(&mut s)
         .map_err(|e| usage(format!("reading the token: {e}")))?;
     Ok(s.trim().to_owned())
+}
+
+/// `--at`: Unix seconds, or an RFC 3339 time (to the second).
+fn parse_moment(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp())
+        .map_err(|_| "expected Unix seconds or an RFC 3339 time such as 2026-12-01T12:00:00Z".to_owned())
 }
 
 /// The rules `verify` checks: leeway, the required issuer, the audience (any without

@@ -63,3 +63,25 @@ fn the_actor_is_settable_and_checked() {
         .collect();
     assert_eq!(actors, ["cli:alice"], "{out}");
 }
+
+/// `verify --at` takes the RFC 3339 times `status` and `audit` print, as well as Unix
+/// seconds (issue 22); anything else is a usage error.
+#[test]
+fn verify_at_takes_rfc_3339_and_unix_seconds() {
+    let dir = Dir::new("verify-at");
+    assert_eq!(ctl(&dir, &["migrate"]).0, 0);
+    assert_eq!(ctl(&dir, &["init"]).0, 0);
+    let (code, token, err) = ctl(&dir, &["token", "--sub", "bob", "--ttl", "10m"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim();
+    let now = chrono::Utc::now();
+    let inside = (now + chrono::TimeDelta::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let after = (now + chrono::TimeDelta::hours(1)).timestamp().to_string();
+    let (code, out, err) = ctl(&dir, &["verify", "--at", &inside, token]);
+    assert_eq!(code, 0, "valid five minutes from now: {out}{err}");
+    assert!(out.contains("\"bob\""), "{out}");
+    let (code, _, err) = ctl(&dir, &["verify", "--at", &after, token]);
+    assert_eq!(code, 1, "expired an hour from now: {err}");
+    let (code, _, err) = ctl(&dir, &["verify", "--at", "yesterday", token]);
+    assert_eq!(code, 2, "not a time: {err}");
+}
