@@ -469,10 +469,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let report = ctx
                 .rotator(None)
                 .await?
-                .revoke(actor(), kid, reason)
+                .revoke(actor(), kid.clone(), reason)
                 .await
                 .map_err(|e| refused(ErrorChain(&e).to_string()))?;
-            print_report(&report, false);
+            print_report_of(&report, false, Some(&kid));
             exit_for(&report, false)
         }
         Command::Jwks => {
@@ -603,6 +603,12 @@ fn exit_for(report: &RotationReport, nothing_due_ok: bool) -> Result<(), Fail> {
 }
 
 fn print_report(r: &RotationReport, json: bool) {
+    print_report_of(r, json, None);
+}
+
+/// [`print_report`] of a revocation of `revoked`: the revoked kid on its own line, and the
+/// report's old key labelled as what it is, the Active key (unless it is the one revoked).
+fn print_report_of(r: &RotationReport, json: bool, revoked: Option<&str>) {
     if json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
@@ -616,8 +622,15 @@ fn print_report(r: &RotationReport, json: bool) {
     if r.forced {
         println!("forced      yes");
     }
-    if let Some(k) = &r.old_kid {
-        println!("old key     {k}");
+    match (revoked, &r.old_kid) {
+        (Some(kid), old) => {
+            println!("revoked     {}", clean(kid));
+            if let Some(k) = old.as_deref().filter(|k| *k != kid) {
+                println!("active key  {k}");
+            }
+        }
+        (None, Some(k)) => println!("old key     {k}"),
+        (None, None) => {}
     }
     if let Some(k) = &r.new_kid {
         println!("new key     {k}");

@@ -85,3 +85,24 @@ fn verify_at_takes_rfc_3339_and_unix_seconds() {
     let (code, _, err) = ctl(&dir, &["verify", "--at", "yesterday", token]);
     assert_eq!(code, 2, "not a time: {err}");
 }
+
+/// `revoke` names the revoked kid and labels the ring's Active key as such, not as an
+/// "old key" (issue 22).
+#[test]
+fn revoke_names_the_revoked_key_and_the_active_one() {
+    let dir = Dir::new("revoke-labels");
+    assert_eq!(ctl(&dir, &["migrate"]).0, 0);
+    let (code, out, err) = ctl(&dir, &["init"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = out.rsplit(' ').next().expect("kid").trim().to_owned();
+    let (code, out, err) = ctl(&dir, &["rotate", "--force", "--reason", "test", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json report");
+    let active = report["new_kid"].as_str().expect("a new Active key").to_owned();
+    // The first key is Retiring now; revoke it.
+    let (code, out, err) = ctl(&dir, &["revoke", &first, "--reason", "test", "--yes"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("revoked     {first}")), "{out}");
+    assert!(out.contains(&format!("active key  {active}")), "{out}");
+    assert!(!out.contains("old key"), "{out}");
+}
