@@ -3,7 +3,7 @@
 function over 80 lines, not counting `#[cfg(test)]` modules and `tests.rs` files.
 Exits 1 naming every violation."""
 import os, re, sys
-roots = sys.argv[1:] or [r for r in ['keyrot-core/src', 'keyrot-http/src', 'keyrot-sqlx/src', 'keyrot-axum/src', 'keyrot-actix/src', 'keyrot-jwks/src'] if os.path.isdir(r)]
+roots = sys.argv[1:] or [r for r in ['keyrot-core/src', 'keyrot-http/src', 'keyrot-sqlx/src', 'keyrot-axum/src', 'keyrot-actix/src', 'keyrot-jwks/src', 'keyrot-kms/src'] if os.path.isdir(r)]
 def strip_tests(lines):
     out=[]; i=0
     while i < len(lines):

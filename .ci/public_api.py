@@ -41,6 +41,7 @@ LIBRARY_CRATES = [
     "keyrot-core",
     "keyrot-http",
     "keyrot-jwks",
+    "keyrot-kms",
     "keyrot-sqlx",
     "keyrot-axum",
     "keyrot-actix",

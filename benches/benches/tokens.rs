@@ -40,7 +40,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Ring;
 use jwt::{Jwt, jwk_member};
 use keyrot_core::Algorithm;
-use paired::{Clock, Job};
+use paired::{Budget, Clock, Job};
 use serde_json::{Map, Value};
 use std::hint::black_box;
 use std::time::Duration;
@@ -67,14 +67,6 @@ fn clock() -> Clock {
         _ => Clock::ThreadCpu,
     }
 }
-/// CPU time each group spends warming up, then in measured rounds.
-const WARM_UP: Duration = Duration::from_millis(200);
-const GROUP_BUDGET: Duration = Duration::from_millis(2500);
-/// CPU time of one job's run of calls within a round.
-const CHUNK: Duration = Duration::from_millis(2);
-const MIN_ROUNDS: usize = 31;
-const MAX_ROUNDS: usize = 401;
-
 type SignFn = Box<dyn Fn(&[u8])>;
 type VerifyFn = Box<dyn Fn(&[u8], &[u8]) -> bool>;
 type SignBytesFn = Box<dyn Fn(&[u8]) -> Vec<u8>>;
@@ -346,34 +338,18 @@ fn profiled_job_2(f: &dyn Fn(), n: u64) {
     profiled_calls(f, n);
 }
 
-/// Warms the jobs up, sizes the rounds to the budget, runs them and prints one line.
+/// Runs one group and prints its line.
 fn run_group(clock: Clock, name: &str, jobs: &[Job<'_>]) {
-    let mut calls = 0u32;
-    let mut warm = Duration::ZERO;
-    while warm < WARM_UP || calls < 3 {
-        warm += clock.time(|| {
-            for (_, f) in jobs {
-                f();
-            }
-        });
-        calls += 1;
-    }
-    let per_call = warm.as_secs_f64() / f64::from(calls * jobs.len() as u32);
-    let iters = (CHUNK.as_secs_f64() / per_call).ceil().max(1.0) as usize;
-    let round = per_call * (iters * jobs.len()) as f64;
-    let rounds = ((GROUP_BUDGET.as_secs_f64() / round) as usize).clamp(MIN_ROUNDS, MAX_ROUNDS);
-    let per_round = paired::rounds_on_shifted(clock, jobs, rounds, iters);
-    let median_of = |j: usize| {
-        let mut t: Vec<f64> = per_round.iter().map(|r| r[j]).collect();
-        paired::median(&mut t)
-    };
+    let g = paired::run_group(clock, Budget::DEFAULT, jobs);
     println!(
-        "{name:<13} keyrot/raw {:>6.3}  keyrot/jsonwebtoken {:>6.3}   raw {:>9.2} µs  jsonwebtoken {:>9.2} µs  keyrot {:>9.2} µs   ({rounds} rounds × {iters})",
-        paired::median_ratio(&per_round, 2, 0),
-        paired::median_ratio(&per_round, 2, 1),
-        median_of(0),
-        median_of(1),
-        median_of(2),
+        "{name:<13} keyrot/raw {:>6.3}  keyrot/jsonwebtoken {:>6.3}   raw {:>9.2} µs  jsonwebtoken {:>9.2} µs  keyrot {:>9.2} µs   ({} rounds × {})",
+        g.ratio(2, 0),
+        g.ratio(2, 1),
+        g.median_of(0),
+        g.median_of(1),
+        g.median_of(2),
+        g.rounds,
+        g.iters,
     );
 }
 

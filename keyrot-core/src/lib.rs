@@ -27,15 +27,21 @@
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 //! ```
+//!
+//! The [`manual`] is the long form: getting started, the lifecycle and every setting, services
+//! that only verify, several instances, many rings, algorithms, the security model,
+//! operations, incident runbooks and benchmarks.
 
 // Every module is private: the crate root below is the one path to each public item.
 // `adapter` is what the transport layers (keyrot-http, the web adapters) build on;
 // `conformance` and `testing` (feature `test-util`) are for store implementors' and
-// keyrot's own tests.
+// keyrot's own tests; `manual` holds documentation only; `custody` is what HSM and KMS
+// backends (keyrot-kms) implement.
 pub mod adapter;
 mod alg;
 mod b64;
 mod clock;
+pub mod custody;
 mod ids;
 mod integrity;
 mod json;
@@ -44,6 +50,7 @@ mod key;
 mod keyring;
 mod keyset;
 mod manager;
+pub mod manual;
 mod memory;
 mod metrics;
 mod planner;

@@ -40,6 +40,8 @@ struct Inner {
     due: BTreeSet<(DateTime<Utc>, RingName)>,
     /// Commits so far (the cursor of `rings_changed_since`).
     commits: i64,
+    /// Wrapped master keys, oldest first.
+    master_keys: Vec<crate::custody::StoredMasterKey>,
 }
 
 impl Inner {
@@ -91,6 +93,7 @@ impl MemoryStorage {
                 all: broadcast::channel(1024).0,
                 due: BTreeSet::new(),
                 commits: 0,
+                master_keys: Vec::new(),
             })),
         }
     }
@@ -174,6 +177,7 @@ impl Storage for MemoryStorage {
                         public_jwk: k.public_jwk.clone(),
                         // The sealed blob is never copied out.
                         sealed: None,
+                        remote: k.remote.clone(),
                         created_at: k.created_at,
                         activate_at: k.activate_at,
                         activated_at: k.activated_at,
@@ -476,5 +480,39 @@ impl Lock for MemoryLock {
             ring: ring.clone(),
             token,
         })))
+    }
+}
+
+#[async_trait]
+impl crate::custody::MasterKeyStorage for MemoryStorage {
+    async fn master_keys(&self) -> Result<Vec<crate::custody::StoredMasterKey>, StorageError> {
+        let mut keys = self.lock().master_keys.clone();
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn insert_master_key(&self, key: &crate::custody::StoredMasterKey) -> Result<bool, StorageError> {
+        let mut g = self.lock();
+        if g.master_keys.iter().any(|k| k.id == key.id) {
+            return Ok(false);
+        }
+        g.master_keys.push(key.clone());
+        Ok(true)
+    }
+
+    async fn replace_wrapped_master_key(
+        &self,
+        id: &str,
+        expected: &crate::custody::WrappedKey,
+        new: &crate::custody::WrappedKey,
+    ) -> Result<bool, StorageError> {
+        let mut g = self.lock();
+        match g.master_keys.iter_mut().find(|k| k.id == id && &k.wrapped == expected) {
+            Some(k) => {
+                k.wrapped = new.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }

@@ -64,6 +64,15 @@ pub mod names {
     pub const TOKEN_CACHE_MISSES: &str = "keyrot_token_cache_misses_total";
     /// Counter: verified-token cache evictions.
     pub const TOKEN_CACHE_EVICTIONS: &str = "keyrot_token_cache_evictions_total";
+    /// Gauge: 1 while the master keys' custody backend (HSM or KMS) answers, 0 when it does not.
+    pub const CUSTODY_UP: &str = "keyrot_custody_up";
+    /// Gauge: 1 while the HSM or KMS holding a ring's signing keys answers, 0 when it does not.
+    pub const SIGNING_CUSTODY_UP: &str = "keyrot_signing_custody_up";
+    /// Counter: operations on an HSM or KMS holding signing keys, by backend, operation
+    /// and outcome.
+    pub const CUSTODY_OPERATIONS: &str = "keyrot_custody_operations_total";
+    /// Histogram: how long those operations took, in seconds.
+    pub const CUSTODY_OPERATION_SECONDS: &str = "keyrot_custody_operation_duration_seconds";
 }
 
 use names::*;
@@ -76,6 +85,8 @@ pub enum MetricKind {
     Counter,
     /// A value that goes up and down.
     Gauge,
+    /// A distribution of observed values (buckets, sum and count, as the exporter renders it).
+    Histogram,
 }
 
 /// One metric keyrot records: name, type, labels and meaning.
@@ -100,7 +111,7 @@ const fn def(name: &'static str, kind: MetricKind, labels: &'static [&'static st
     }
 }
 
-use MetricKind::{Counter, Gauge};
+use MetricKind::{Counter, Gauge, Histogram};
 
 /// Every metric keyrot records.
 pub const METRICS: &[MetricDef] = &[
@@ -214,6 +225,30 @@ pub const METRICS: &[MetricDef] = &[
         &["ring"],
         "Verified-token cache evictions.",
     ),
+    def(
+        CUSTODY_UP,
+        Gauge,
+        &["backend"],
+        "1 while the master keys' custody backend (HSM or KMS) answers; 0 when it does not (no new seal is made).",
+    ),
+    def(
+        SIGNING_CUSTODY_UP,
+        Gauge,
+        &["backend"],
+        "1 while the HSM or KMS holding the signing keys answers; 0 when it does not (no token is signed, verifying goes on).",
+    ),
+    def(
+        CUSTODY_OPERATIONS,
+        Counter,
+        &["backend", "operation", "outcome"],
+        "Operations on the HSM or KMS holding signing keys (create, sign, disable, destroy), by outcome (ok, error).",
+    ),
+    def(
+        CUSTODY_OPERATION_SECONDS,
+        Histogram,
+        &["backend", "operation"],
+        "How long each operation on the HSM or KMS holding signing keys took, in seconds.",
+    ),
 ];
 
 /// Gives every metric of [`METRICS`] its help text in the installed recorder. Call it once
@@ -223,6 +258,7 @@ pub fn describe_metrics() {
         match m.kind {
             Counter => ::metrics::describe_counter!(m.name, m.help),
             Gauge => ::metrics::describe_gauge!(m.name, m.help),
+            Histogram => ::metrics::describe_histogram!(m.name, ::metrics::Unit::Seconds, m.help),
         }
     }
 }
@@ -342,6 +378,25 @@ pub(crate) fn token_cache(ring: &RingName, hits: u64, misses: u64, evictions: u6
     ::metrics::counter!(TOKEN_CACHE_EVICTIONS, "ring" => r).increment(evictions);
 }
 
+/// The custody backend's health, as a probe found it.
+pub(crate) fn custody_up(backend: &'static str, up: bool) {
+    ::metrics::gauge!(CUSTODY_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
+}
+
+/// The signing keys' backend's health, as a probe or a signing call found it.
+pub(crate) fn signing_custody_up(backend: &'static str, up: bool) {
+    ::metrics::gauge!(SIGNING_CUSTODY_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One operation on the HSM or KMS holding signing keys: counted by outcome, timed.
+pub(crate) fn custody_operation(backend: &'static str, operation: &'static str, ok: bool, took: std::time::Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    ::metrics::counter!(CUSTODY_OPERATIONS, "backend" => backend, "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    ::metrics::histogram!(CUSTODY_OPERATION_SECONDS, "backend" => backend, "operation" => operation)
+        .record(took.as_secs_f64());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +415,7 @@ mod tests {
             assert_eq!(m.kind == Counter, m.name.ends_with("_total"), "{}", m.name);
             for l in m.labels {
                 assert!(
-                    ["ring", "trigger", "outcome", "reason", "status"].contains(l),
+                    ["ring", "trigger", "outcome", "reason", "status", "backend", "operation"].contains(l),
                     "{}: {l}",
                     m.name
                 );

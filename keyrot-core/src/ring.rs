@@ -143,7 +143,8 @@ impl KeyOrigin {
     }
 }
 
-/// One key of a ring, as stored. The private key exists here only sealed.
+/// One key of a ring, as stored. The private key exists here only sealed, or not at all
+/// when an HSM or KMS holds it (`remote`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     /// Key id: the RFC 7638 thumbprint, or the id an imported key arrived with.
@@ -160,8 +161,13 @@ pub struct KeyRecord {
     pub fingerprint: String,
     /// The public JWK as published (JSON text).
     pub public_jwk: String,
-    /// The sealed private key; `None` once purged.
+    /// The sealed private key; `None` once purged, and for a key an HSM or KMS holds.
     pub sealed: Option<SealedKey>,
+    /// For a key an HSM or KMS holds ([`crate::custody::SigningCustody`]): the backend's
+    /// reference to it ([`crate::custody::RemoteKey::reference`]), authenticated by the
+    /// manifest like every other field. It stays after the purge, as the record of which
+    /// backend key was destroyed. Never a credential.
+    pub remote: Option<String>,
     /// When the key was generated and published.
     pub created_at: DateTime<Utc>,
     /// When a Pending key is due to become Active.

@@ -76,6 +76,13 @@ pub enum SealError {
     /// The random number generator failed.
     #[error("the system random number generator failed")]
     Rng,
+    /// The master keys' custody backend (HSM or KMS) does not answer: no new key is sealed
+    /// until it does (what is sealed already keeps opening).
+    #[error("the master keys' custody backend {backend} does not answer: no new key is sealed until it does")]
+    CustodyUnavailable {
+        /// `pkcs11`, `vault-transit`, `aws-kms`.
+        backend: String,
+    },
 }
 
 /// A message authentication code under one master key: which key, and the tag.
@@ -126,11 +133,16 @@ pub trait Sealer: fmt::Debug + Send + Sync + 'static {
     /// constant time. An unknown master key id fails closed.
     fn check_authentication(&self, mac: &Mac, message: &[u8]) -> Result<(), SealError>;
     /// The master key id new seals use.
-    fn primary_key_id(&self) -> &str;
+    fn primary_key_id(&self) -> String;
     /// Seals `plaintext` under the primary master key, bound to `ctx`.
     fn seal(&self, plaintext: &SecretBytes, ctx: &SealContext<'_>) -> Result<SealedKey, SealError>;
     /// Opens a sealed key with the master key it names.
     fn open(&self, sealed: &SealedKey, ctx: &SealContext<'_>) -> Result<SecretBytes, SealError>;
+    /// The health of the HSM or KMS holding the master keys, for a sealer whose keys are
+    /// under custody ([`crate::custody::CustodySealer`]); `None` for keys from configuration.
+    fn custody(&self) -> Option<crate::custody::CustodyHealth> {
+        None
+    }
 }
 
 /// A 256-bit master key with an id. `Debug` shows only the id.
@@ -202,6 +214,11 @@ impl MasterKey {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// The secret, for a custody backend to wrap.
+    pub(crate) fn secret(&self) -> &SecretBytes {
+        &self.secret
+    }
 }
 
 /// The default [`Sealer`]: XChaCha20-Poly1305 under HKDF-derived wrapping keys, with one
@@ -267,6 +284,11 @@ impl MasterKeySealer {
 }
 
 impl MasterKeySealer {
+    /// Whether the sealer holds the master key `id`.
+    pub(crate) fn has_key(&self, id: &str) -> bool {
+        self.ciphers.contains_key(id)
+    }
+
     fn hmac(&self, id: &str, message: &[u8]) -> Result<hmac::Hmac<sha2::Sha256>, SealError> {
         use hmac::{KeyInit as _, Mac as _};
         let key = self
@@ -297,8 +319,8 @@ impl Sealer for MasterKeySealer {
             .map_err(|_| SealError::Authentication)
     }
 
-    fn primary_key_id(&self) -> &str {
-        &self.primary
+    fn primary_key_id(&self) -> String {
+        self.primary.clone()
     }
 
     fn seal(&self, plaintext: &SecretBytes, ctx: &SealContext<'_>) -> Result<SealedKey, SealError> {

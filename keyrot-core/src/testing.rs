@@ -20,6 +20,10 @@ pub use crate::integrity::seal_manifest;
 
 mod counting;
 pub use counting::Counting;
+mod soft_custody;
+mod soft_signing;
+pub use soft_custody::SoftCustody;
+pub use soft_signing::SoftSigning;
 
 /// A [`Verified`](crate::Verified) token with these parts, as if a verifier had checked
 /// it: for tests of what consumes verified tokens (extractors, scope checks).
@@ -53,4 +57,9 @@ pub mod metrics {
             all.then(|| v.parse().ok()).flatten()
         })
     }
+}
+
+/// The secret of a master key, for tests that check it appears nowhere.
+pub fn master_key_secret(key: &crate::MasterKey) -> crate::SecretBytes {
+    key.secret().clone()
 }

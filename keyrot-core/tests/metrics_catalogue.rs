@@ -1,6 +1,7 @@
-//! The metric catalogue is what the alert rules and the README use: every metric name in
-//! `deploy/prometheus/keyrot.rules.yml` is one keyrot records, and the README's table lists
-//! every metric with its type and labels.
+//! The metric catalogue is what the alert rules and the manual use: every metric name in
+//! `deploy/prometheus/keyrot.rules.yml` is one keyrot records, the manual's operations
+//! chapter lists every metric with its type and labels, and every alert's `runbook` names a
+//! section of that chapter.
 
 use keyrot_core::{METRICS, MetricKind};
 use std::path::Path;
@@ -33,12 +34,13 @@ fn every_metric_in_the_alert_rules_exists() {
 }
 
 #[test]
-fn the_readme_table_lists_every_metric() {
-    let readme = read("README.md");
+fn the_manual_table_lists_every_metric() {
+    let readme = read("keyrot-core/src/manual/operations.md");
     for m in METRICS {
         let kind = match m.kind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
             _ => "?",
         };
         let labels = if m.labels.is_empty() {
@@ -49,7 +51,47 @@ fn the_readme_table_lists_every_metric() {
         let row = format!("| `{}` | {kind} | {labels} |", m.name);
         assert!(
             readme.contains(&row),
-            "README metrics table is missing the row starting {row}"
+            "the manual's metrics table (operations.md) is missing the row starting {row}"
+        );
+    }
+}
+
+/// The heading anchor rustdoc and GitHub give `heading`: lower case, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_runbook_names_a_section_of_the_manual() {
+    const CHAPTER: &str = "keyrot-core/src/manual/operations.md";
+    let manual = read(CHAPTER);
+    let anchors: Vec<String> = manual
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| anchor(h.trim_start_matches('#')))
+        .collect();
+    let rules = read("deploy/prometheus/keyrot.rules.yml");
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook: "))
+        .map(|v| v.trim_matches('"'))
+        .collect();
+    assert!(runbooks.len() >= 7, "alerts with a runbook: {runbooks:?}");
+    for r in runbooks {
+        let (file, section) = r.split_once('#').unwrap_or((r, ""));
+        assert_eq!(
+            file, CHAPTER,
+            "runbook {r} does not point into the manual's operations chapter"
+        );
+        assert!(
+            anchors.iter().any(|a| a == section),
+            "runbook {r}: the chapter has no section #{section}"
         );
     }
 }

@@ -54,6 +54,14 @@ pub(crate) struct StatusBody {
     last_attempt: Option<AuditRecord>,
     /// The audit ledger could not be read.
     audit_unavailable: bool,
+    /// With master keys under custody: whether the HSM or KMS answers (no new key is
+    /// sealed while it does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    custody: Option<keyrot_core::custody::CustodyHealth>,
+    /// With signing keys held by an HSM or KMS: whether it answers (no token is signed
+    /// while it does not; verifying goes on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_custody: Option<keyrot_core::custody::CustodyHealth>,
 }
 
 /// How many records the status page reads at first.
@@ -155,5 +163,7 @@ pub(crate) async fn status_body(keyring: &KeyRing, view: &mut LedgerView) -> Sta
         last_rotation,
         last_attempt,
         audit_unavailable,
+        custody: keyring.custody(),
+        signing_custody: keyring.signing_custody_health(),
     }
 }

@@ -27,7 +27,7 @@ impl Sealer for NoOpening {
         self.inner.check_authentication(mac, message)
     }
 
-    fn primary_key_id(&self) -> &str {
+    fn primary_key_id(&self) -> String {
         self.inner.primary_key_id()
     }
 

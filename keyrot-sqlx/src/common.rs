@@ -11,8 +11,8 @@ use sha2::{Digest as _, Sha256};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// The table prefix used unless another is configured: tables are `keyrot_rings`,
-/// `keyrot_keys`, `keyrot_audit`, `keyrot_idempotency` (and `keyrot_locks` on SQLite),
-/// with applied migrations in `keyrot_migrations`.
+/// `keyrot_keys`, `keyrot_audit`, `keyrot_idempotency`, `keyrot_master_keys` (and
+/// `keyrot_locks` on SQLite), with applied migrations in `keyrot_migrations`.
 pub const DEFAULT_TABLE_PREFIX: &str = "keyrot_";
 
 /// A store was configured with a name the database cannot safely use.
@@ -50,8 +50,9 @@ pub(crate) fn check_ident(what: &'static str, value: &str, allow_empty: bool, ma
     }
 }
 
-/// Longest table prefix: the longest table name (`idempotency`) must stay within 63
-/// characters, PostgreSQL's identifier limit.
+/// Longest table prefix: the longest table, trigger and function names
+/// (`master_keys_rewrap_only`, 23 characters) must stay within 63 characters, PostgreSQL's
+/// identifier limit.
 pub(crate) const MAX_PREFIX_LEN: usize = 40;
 
 /// Fully qualified, quoted table names.
@@ -64,6 +65,8 @@ pub(crate) struct Tables {
     /// InnoDB refuses `TRUNCATE` of the ledger.
     pub audit_guard: String,
     pub idempotency: String,
+    /// Wrapped master keys (`keyrot_core::custody::MasterKeyStorage`).
+    pub master_keys: String,
     pub locks: String,
     pub migrations: String,
     /// The unquoted prefix, for naming triggers, functions and indexes.
@@ -83,6 +86,7 @@ impl Tables {
             audit: name("audit"),
             audit_guard: name("audit_guard"),
             idempotency: name("idempotency"),
+            master_keys: name("master_keys"),
             locks: name("locks"),
             migrations: name("migrations"),
             prefix: prefix.to_owned(),
@@ -90,8 +94,9 @@ impl Tables {
         }
     }
 
-    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}`, `{idempotency}`, `{locks}`,
-    /// `{prefix}` and `{q}` (the schema qualifier) in a migration or query template.
+    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}`, `{idempotency}`,
+    /// `{master_keys}`, `{locks}`, `{prefix}` and `{q}` (the schema qualifier) in a migration
+    /// or query template.
     pub fn render(&self, template: &str) -> String {
         template
             .replace("{rings}", &self.rings)
@@ -99,6 +104,7 @@ impl Tables {
             .replace("{audit_guard}", &self.audit_guard)
             .replace("{audit}", &self.audit)
             .replace("{idempotency}", &self.idempotency)
+            .replace("{master_keys}", &self.master_keys)
             .replace("{locks}", &self.locks)
             .replace("{migrations}", &self.migrations)
             .replace("{prefix}", &self.prefix)
@@ -379,6 +385,7 @@ pub(crate) fn public_key_from_row(row: &impl RowExt, sealed: Option<SealedKey>) 
         revoked_at: row.opt_time("revoked_at_ms")?,
         revoke_reason: row.opt_text("revoke_reason")?,
         purged_at: row.opt_time("purged_at_ms")?,
+        remote: row.opt_text("remote_key")?,
     })
 }
 
@@ -492,6 +499,7 @@ mod tests {
         );
         let t = Tables::new(None, "keyrot_", '`');
         assert_eq!(t.audit, "`keyrot_audit`");
+        assert_eq!(t.render("{master_keys}"), "`keyrot_master_keys`");
     }
 
     #[test]

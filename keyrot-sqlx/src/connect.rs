@@ -6,6 +6,7 @@ use crate::MySqlStore;
 use crate::PostgresStore;
 #[cfg(feature = "sqlite")]
 use crate::SqliteStore;
+use keyrot_core::custody::MasterKeyStorage;
 use keyrot_core::{ChangeFeed, Lock, Storage, StorageError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +60,19 @@ impl AnyStore {
     /// The store's rotation [`Lock`].
     pub fn lock(&self) -> Arc<dyn Lock> {
         self.store()
+    }
+
+    /// The store's table of wrapped master keys (`<prefix>master_keys`), for master keys
+    /// held by an HSM or a KMS ([`keyrot_core::custody`]).
+    pub fn master_keys(&self) -> Arc<dyn MasterKeyStorage> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => Arc::new(s.clone()),
+            #[cfg(feature = "mysql")]
+            Self::MySql(s) => Arc::new(s.clone()),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
     }
 
     fn store(&self) -> Arc<dyn StorageAndLock> {

@@ -209,6 +209,7 @@ pub(crate) const KEY_COLUMNS: &[Column<KeyRecord, str>] = &[
     col("revoked_at_ms", |k, _| Value::OptInt(opt_ms(k.revoked_at))),
     col("revoke_reason", |k, _| Value::OptText(k.revoke_reason.as_deref())),
     col("purged_at_ms", |k, _| Value::OptInt(opt_ms(k.purged_at))),
+    col("remote_key", |k, _| Value::OptText(k.remote.as_deref())),
 ];
 
 /// The key columns that hold sealed private material: a public-only read
@@ -297,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             placeholders::<sqlx::Postgres>(KEY_COLUMNS.len()).matches('$').count(),
-            19
+            20
         );
     }
 

@@ -16,11 +16,14 @@
 //! all three, with what differs (transactions, the lock, the feed) in each database's
 //! module.
 //!
-//! Every store keeps the same four tables (names start with a configurable prefix,
+//! Every store keeps the same five tables (names start with a configurable prefix,
 //! `keyrot_` by default): `rings` (name, generation, and the ring's authenticated manifest,
 //! written by the same compare-and-swap that moves the generation), `keys` (every field of
 //! a [`KeyRecord`](keyrot_core::KeyRecord); the private key only sealed: master key id +
-//! ciphertext), `audit` and `idempotency`.
+//! ciphertext), `audit`, `idempotency`, and `master_keys`: the master keys an HSM or a KMS
+//! holds, stored only wrapped
+//! ([`MasterKeyStorage`](keyrot_core::custody::MasterKeyStorage)); its rows are never
+//! deleted, and only their wrapped form is ever updated (triggers refuse the rest).
 //!
 //! The `audit` ledger is a hash chain: each record gets its ring's next position
 //! (`chain_seq`, unique per ring) and a MAC over its content and its predecessor's MAC
@@ -84,6 +87,8 @@ mod connect;
 mod dialect;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod lock;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod master_keys;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod migrate;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -7,6 +7,7 @@ use crate::dialect::{
     self, AUDIT_COLUMNS, ConnExec as _, Dialect, IDEMPOTENCY_COLUMNS, KEY_COLUMNS, column_list, insert_sql,
     key_update_columns, public_key_column_list, query,
 };
+use crate::master_keys::{InsertWording, MasterKeyStatements};
 use chrono::{DateTime, Utc};
 use keyrot_core::{AuditRecord, ChangeCursor, IdempotencyRecord, Ring, RingChanges, RingEntry, RingName, StorageError};
 use sqlx::{AssertSqlSafe, Pool};
@@ -55,6 +56,8 @@ pub(crate) struct Statements {
     /// clock), through the index on `changed_ms`: always one row, with a NULL ring when
     /// none was.
     pub rings_changed_since: String,
+    /// The statements on the wrapped master keys.
+    pub master_keys: MasterKeyStatements,
 }
 
 /// How far back [`rings_changed_since`] reads again before the cursor it was given: a
@@ -82,6 +85,8 @@ pub(crate) struct Wording<'a> {
     pub row_locks: bool,
     /// The order of the chain head (`chain_seq DESC`, PostgreSQL adds `NULLS LAST`).
     pub chain_desc: &'a str,
+    /// How a master key is inserted unless its id is taken.
+    pub insert_master_key: InsertWording,
 }
 
 impl Statements {
@@ -105,12 +110,8 @@ impl Statements {
                 w.ensure_ring
             ),
             cas: format!(
-                "UPDATE {rings} SET generation = {}, manifest = {}, next_due_ms = {}, changed_ms = {} \
+                "UPDATE {rings} SET generation = {p1}, manifest = {p2}, next_due_ms = {p3}, changed_ms = {now} \
                  WHERE name = {} AND generation = {}",
-                p(1),
-                p(2),
-                p(3),
-                DB::NOW_MS,
                 p(4),
                 p(5)
             ),
@@ -163,6 +164,7 @@ impl Statements {
                 "SELECT n.now_ms AS now_ms, r.name AS name, r.generation AS generation, r.next_due_ms AS next_due_ms \
                  FROM (SELECT {now} AS now_ms) n LEFT JOIN {rings} r ON r.changed_ms >= {p1} ORDER BY r.name"
             ),
+            master_keys: MasterKeyStatements::new::<DB>(t, w.insert_master_key),
         }
     }
 }

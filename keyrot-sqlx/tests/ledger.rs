@@ -290,11 +290,16 @@ async fn sqlite_ledger_refuses_update_delete_and_replace() {
 
 /// Takes the database back to schema version 1 (as a keyrot-sqlx from before the chain
 /// left it): the ring's manifest and the ledger's chain columns are gone, and so is
-/// version 3's guard on them, and the columns of versions 4 and 5 (MySQL keeps them, as
-/// if those versions had been cut short: they are added only if missing).
+/// version 3's guard on them, the columns of versions 4 and 5 and version 6's table of
+/// master keys (MySQL keeps them, as if those versions had been cut short: they are added
+/// only if missing).
 async fn downgrade_to_v1(db: &TestDb) {
     let statements: &[&str] = match db.name {
         "postgres" => &[
+            "ALTER TABLE {keys} DROP COLUMN remote_key",
+            "DROP TABLE {master_keys}",
+            // The schema-qualified `keyrot_master_keys_guard()`.
+            "DROP FUNCTION {master_keys}_guard()",
             "ALTER TABLE {rings} DROP COLUMN changed_ms",
             "ALTER TABLE {rings} DROP COLUMN next_due_ms",
             "ALTER TABLE {audit} DROP CONSTRAINT keyrot_audit_chain_link",
@@ -305,6 +310,7 @@ async fn downgrade_to_v1(db: &TestDb) {
         // As if a migration had been cut short after its first statement: the manifest
         // column is there (empty), the rest is not.
         "mysql" => &[
+            "ALTER TABLE {keys} DROP COLUMN remote_key",
             "DROP TRIGGER keyrot_audit_chain_link_insert",
             "ALTER TABLE {audit} DROP CONSTRAINT keyrot_audit_chain_link",
             "DROP TABLE {audit_guard}",
@@ -313,6 +319,8 @@ async fn downgrade_to_v1(db: &TestDb) {
             "UPDATE {rings} SET manifest = NULL",
         ],
         "sqlite" => &[
+            "ALTER TABLE {keys} DROP COLUMN remote_key",
+            "DROP TABLE {master_keys}",
             r#"DROP INDEX "keyrot_rings_changed""#,
             "ALTER TABLE {rings} DROP COLUMN changed_ms",
             r#"DROP INDEX "keyrot_rings_next_due""#,
@@ -339,7 +347,7 @@ async fn v1_database_upgrades_in_place_and_is_authenticated(db: &TestDb) {
     downgrade_to_v1(db).await;
     db.migrate()
         .await
-        .expect("migrations 2 to 5 apply over a version 1 database");
+        .expect("migrations 2 to 7 apply over a version 1 database");
     db.migrate().await.expect("and is not applied twice");
 
     // The ring is as a version 1 keyrot left it: keys, no manifest, an unchained ledger.

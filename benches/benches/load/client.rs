@@ -1,6 +1,7 @@
 //! The load generator: keep-alive HTTP/1.1 connections (hyper) over loopback, each sending
 //! one request at a time (a closed loop: the concurrency is the number of connections).
-//! Every response's status is checked; anything but 200 fails the run.
+//! Every response's status is checked; anything but 200 fails the run. Shared by
+//! `--bench load` (`GET /api/me`) and `--bench token_load` (`POST /demo/login`).
 
 use crate::population::{Rng, Zipf};
 use http_body_util::{BodyExt as _, Full};
@@ -17,8 +18,19 @@ use tokio::task::JoinSet;
 /// What went wrong during a load window (never carries a token).
 pub type LoadError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The route under load.
+/// The verifying route under load.
 pub const ME_PATH: &str = "/api/me";
+/// The signing route under load: the quickstart's demo login, which signs a token.
+pub const LOGIN_PATH: &str = "/demo/login";
+
+/// Which route a load window sends its requests to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /api/me` with the user's token: verification.
+    Me,
+    /// `POST /demo/login` as the user: a token signed per request.
+    Login,
+}
 
 /// One keep-alive connection.
 struct Conn {
@@ -60,19 +72,24 @@ impl Conn {
         self.send(request).await
     }
 
-    /// A demo user token from the quickstart's `POST /demo/login`, as an `Authorization`
-    /// header value.
-    async fn login(&mut self, username: &str) -> Result<HeaderValue, LoadError> {
+    /// `POST /demo/login` as `username`.
+    async fn post_login(&mut self, username: &str) -> Result<(StatusCode, Bytes), LoadError> {
         let body = serde_json::json!({ "username": username, "scope": "read" }).to_string();
         let request = Request::builder()
             .method(Method::POST)
-            .uri("/demo/login")
+            .uri(LOGIN_PATH)
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        let (status, body) = self.send(request).await?;
+        self.send(request).await
+    }
+
+    /// A demo user token from the quickstart's `POST /demo/login`, as an `Authorization`
+    /// header value.
+    async fn login(&mut self, username: &str) -> Result<HeaderValue, LoadError> {
+        let (status, body) = self.post_login(username).await?;
         if status != StatusCode::OK {
-            return Err(format!("POST /demo/login answered {status}").into());
+            return Err(format!("POST {LOGIN_PATH} answered {status}").into());
         }
         let value: serde_json::Value = serde_json::from_slice(&body)?;
         let token = value["access_token"]
@@ -111,7 +128,9 @@ pub async fn fetch_tokens(addr: SocketAddr, users: usize) -> Result<Vec<HeaderVa
 /// What to send in a load window.
 #[derive(Debug, Clone)]
 pub struct Load {
-    /// The users' `Authorization` headers.
+    /// Where the requests go.
+    pub route: Route,
+    /// The users' `Authorization` headers ([`Route::Me`]).
     pub tokens: Arc<Vec<HeaderValue>>,
     /// Who sends the next request.
     pub zipf: Arc<Zipf>,
@@ -141,10 +160,13 @@ async fn drive(mut conn: Conn, load: Load, index: usize, deadline: Instant) -> R
     while Instant::now() < deadline {
         let user = load.zipf.sample(&mut rng);
         let started = Instant::now();
-        let (status, body) = conn.get_me(&load.tokens[user]).await?;
+        let (status, body) = match load.route {
+            Route::Me => conn.get_me(&load.tokens[user]).await?,
+            Route::Login => conn.post_login(&format!("user-{user:05}")).await?,
+        };
         let micros = started.elapsed().as_micros();
         if status != StatusCode::OK || body.is_empty() {
-            return Err(format!("GET {ME_PATH} answered {status} for user-{user:05}").into());
+            return Err(format!("{:?} answered {status} for user-{user:05}", load.route).into());
         }
         out.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
         out.users.push(u32::try_from(user)?);

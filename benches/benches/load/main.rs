@@ -31,7 +31,7 @@ mod population;
 mod report;
 mod servers;
 
-use client::{Load, Window};
+use client::{Load, Route, Window};
 use population::{Rng, Zipf};
 use report::Measure;
 use servers::{Server, SetupError};
@@ -135,7 +135,7 @@ async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Targ
         if !selected.contains(&label) && !needed {
             continue;
         }
-        let server = Server::quickstart(bin_dir, program, label, entries, actix_workers)?;
+        let server = Server::quickstart(bin_dir, program, label, entries, actix_workers, &[])?;
         let tokens = Arc::new(client::fetch_tokens(server.addr, USERS).await?);
         println!("started {name} on {} and logged {USERS} users in", server.addr);
         let target = Target {
@@ -179,6 +179,7 @@ async fn measure(
     seconds: u64,
 ) -> Result<Vec<Vec<Measure>>, SetupError> {
     let load = |tokens: &Arc<_>, duration, seed| Load {
+        route: Route::Me,
         tokens: Arc::clone(tokens),
         zipf: Arc::clone(zipf),
         connections: CONNECTIONS,

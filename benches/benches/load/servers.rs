@@ -93,14 +93,16 @@ pub struct Server {
 
 impl Server {
     /// Starts the quickstart binary `program` from `bin_dir`, with the verified-token cache
-    /// off (`cache_entries == 0`) or holding `cache_entries` tokens, and for the actix-web
-    /// one `actix_workers` workers (`None`: actix-web's default).
+    /// off (`cache_entries == 0`) or holding `cache_entries` tokens, for the actix-web one
+    /// `actix_workers` workers (`None`: actix-web's default), and `env` besides (a signing
+    /// backend's settings and `KEYROT_SIGNING_KEYS_URI`).
     pub fn quickstart(
         bin_dir: &Path,
         program: &str,
         label: &str,
         cache_entries: usize,
         actix_workers: Option<usize>,
+        env: &[(String, String)],
     ) -> Result<Self, SetupError> {
         let dir = temp_dir(label)?;
         let port = free_port()?;
@@ -111,6 +113,7 @@ impl Server {
             .env_remove("KEYROT_MASTER_KEY_FILE")
             .env_remove("KEYROT_ISSUER")
             .env_remove("KEYROT_RING")
+            .env_remove("KEYROT_SIGNING_KEYS_URI")
             .env(
                 "KEYROT_DATABASE_URL",
                 format!("sqlite:{}", dir.join("keyrot.db").display()),
@@ -122,6 +125,7 @@ impl Server {
         if let Some(n) = actix_workers {
             command.env("KEYROT_ACTIX_WORKERS", n.to_string());
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         Self::spawn(command, dir, port)
     }
 

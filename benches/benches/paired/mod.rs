@@ -127,3 +127,88 @@ pub fn median_ratio(per_round: &[Vec<f64>], a: usize, b: usize) -> f64 {
     let mut ratios: Vec<f64> = per_round.iter().map(|r| r[a] / r[b]).collect();
     median(&mut ratios)
 }
+
+/// How long a group of [`run_group`] warms up and runs, on its clock.
+#[allow(dead_code, reason = "used by the bench targets that size their rounds to a budget")]
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Calls of every job, not counted, before the rounds are sized.
+    pub warm_up: Duration,
+    /// All the measured rounds together.
+    pub total: Duration,
+    /// One job's run of calls within a round.
+    pub chunk: Duration,
+    pub min_rounds: usize,
+    pub max_rounds: usize,
+}
+
+#[allow(dead_code, reason = "used by the bench targets that size their rounds to a budget")]
+impl Budget {
+    /// 200 ms warming up, 2.5 s of rounds, 2 ms per job per round, 31 to 401 rounds.
+    pub const DEFAULT: Budget = Budget {
+        warm_up: Duration::from_millis(200),
+        total: Duration::from_millis(2500),
+        chunk: Duration::from_millis(2),
+        min_rounds: 31,
+        max_rounds: 401,
+    };
+}
+
+/// The measured rounds of one group: per round, every job's time per call in µs.
+#[allow(dead_code, reason = "used by the bench targets that size their rounds to a budget")]
+pub struct Group {
+    pub per_round: Vec<Vec<f64>>,
+    pub rounds: usize,
+    /// Calls of each job per round.
+    pub iters: usize,
+}
+
+#[allow(dead_code, reason = "used by the bench targets that size their rounds to a budget")]
+impl Group {
+    /// Job `j`'s median time per call, in µs.
+    pub fn median_of(&self, j: usize) -> f64 {
+        let mut t: Vec<f64> = self.per_round.iter().map(|r| r[j]).collect();
+        median(&mut t)
+    }
+
+    /// The median over rounds of `job a / job b`.
+    pub fn ratio(&self, a: usize, b: usize) -> f64 {
+        median_ratio(&self.per_round, a, b)
+    }
+}
+
+/// Warms the jobs up, sizes the rounds to `budget` (as many calls per job and round as
+/// fill [`Budget::chunk`]) and runs them on `clock` from shifted stacks
+/// ([`rounds_on_shifted`]).
+#[allow(dead_code, reason = "used by the bench targets that size their rounds to a budget")]
+pub fn run_group(clock: Clock, budget: Budget, jobs: &[Job<'_>]) -> Group {
+    let mut calls = 0u32;
+    let mut warm = Duration::ZERO;
+    while warm < budget.warm_up || calls < 3 {
+        warm += clock.time(|| {
+            for (_, f) in jobs {
+                f();
+            }
+        });
+        calls += 1;
+    }
+    let per_call = warm.as_secs_f64() / f64::from(calls * jobs.len() as u32);
+    let iters = (budget.chunk.as_secs_f64() / per_call).ceil().max(1.0) as usize;
+    let round = per_call * (iters * jobs.len()) as f64;
+    let rounds = ((budget.total.as_secs_f64() / round) as usize).clamp(budget.min_rounds, budget.max_rounds);
+    Group {
+        per_round: rounds_on_shifted(clock, jobs, rounds, iters),
+        rounds,
+        iters,
+    }
+}
+
+/// Seconds in µs or ms, three significant digits or so.
+#[allow(dead_code, reason = "used by the bench targets that print times of any size")]
+pub fn time(secs: f64) -> String {
+    match secs {
+        s if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        s if s < 1.0 => format!("{:.2} ms", s * 1e3),
+        s => format!("{s:.2} s"),
+    }
+}

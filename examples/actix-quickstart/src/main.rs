@@ -40,7 +40,7 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                     let tokens = cc_tokens.clone();
                     async move {
                         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-                        into_actix_response(tokens.client_credentials(auth, &body))
+                        into_actix_response(tokens.client_credentials(auth, &body).await)
                     }
                 }),
             )
@@ -48,7 +48,7 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                 LOGIN_PATH,
                 web::post().to(move |body: web::Bytes| {
                     let tokens = login_tokens.clone();
-                    async move { into_actix_response(tokens.demo_login(&body)) }
+                    async move { into_actix_response(tokens.demo_login(&body).await) }
                 }),
             )
             // Unauthenticated on the quickstart; in production keep it on an internal listener.

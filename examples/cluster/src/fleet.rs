@@ -7,8 +7,8 @@
 
 use keyrot_core::testing::Counting;
 use keyrot_core::{
-    Clock, ErrorChain, ManagerConfig, ManagerHandle, ManualClock, MasterKeySealer, Outcome, Policy, RequestContext,
-    RingManager, RingName, RingStorage, Storage,
+    Clock, ErrorChain, ManagerConfig, ManagerHandle, ManualClock, Outcome, Policy, RequestContext, RingManager,
+    RingName, RingStorage, Sealer, Storage,
 };
 use keyrot_sqlx::PostgresStore;
 use keyrot_sqlx::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -74,7 +74,7 @@ async fn pool(url: &str, app: &str, max: u32) -> Result<PgPool, String> {
 async fn nodes(
     args: &FleetArgs,
     run: &str,
-    sealer: &Arc<MasterKeySealer>,
+    sealer: &Arc<dyn Sealer>,
     clock: &ManualClock,
     policy: &Policy,
 ) -> Result<Vec<Node>, String> {
@@ -233,7 +233,7 @@ fn rss_bytes() -> Option<i64> {
 async fn measure_memory(
     args: &FleetArgs,
     run: &str,
-    sealer: &Arc<MasterKeySealer>,
+    sealer: &Arc<dyn Sealer>,
     policy: &Policy,
     rings: &[RingName],
 ) -> Result<(usize, Option<i64>), String> {
@@ -292,7 +292,7 @@ async fn propagation(nodes: &[Node], ring: &RingName) -> Result<(Duration, Durat
     Ok((committed - started, committed.elapsed()))
 }
 
-pub async fn run(args: FleetArgs, sealer: Arc<MasterKeySealer>, policy: Policy) -> Result<bool, String> {
+pub async fn run(args: FleetArgs, sealer: Arc<dyn Sealer>, policy: Policy) -> Result<bool, String> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

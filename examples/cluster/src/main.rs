@@ -1,8 +1,10 @@
-//! keyrot cluster demo: `cargo run -p cluster -- --database-url postgres://…`.
+//! keyrot cluster demo: `cargo run -p cluster -- --database-url postgres://…` (or
+//! `mysql://…`, `mariadb://…`, `sqlite:FILE`).
 //!
 //! Starts several instances in one process, each with its own connection pool, its own
-//! [`KeyRing`] (kept fresh by PostgreSQL `LISTEN/NOTIFY`, with polling as a fallback) and its
-//! own [`Rotator`], all on one PostgreSQL database. Every instance initialises the ring at the
+//! [`KeyRing`] and its own [`Rotator`], all on one shared database: PostgreSQL (the key rings
+//! kept fresh by `LISTEN/NOTIFY`, with polling as a fallback), MySQL/MariaDB or a SQLite file
+//! (no change feed: the key rings poll the ring's generation). Every instance initialises the ring at the
 //! same moment (exactly one bootstraps it), then every instance forces a rotation at the same
 //! moment: exactly one rotates, the others are told the lock is busy, that they lost the race,
 //! or that a forced rotation just happened. The timeline shows each attempt's outcome and the
@@ -18,8 +20,10 @@ use keyrot_core::ErrorChain;
 use keyrot_core::RefresherHandle;
 use keyrot_core::{
     KeyRing, MasterKey, MasterKeySealer, Outcome, RequestContext, RingName, RotateError, RotationReport, Rotator,
+    Sealer,
 };
-use keyrot_examples_support::{MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
+use keyrot_examples_support::custody::{custody_sealer, master_key_uri};
+use keyrot_examples_support::{SetupError, load_master_key, policy_from_env};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +33,11 @@ use tokio::sync::Barrier;
 const DEADLINE: Duration = Duration::from_secs(5);
 /// How often the demo looks at each instance's snapshot.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
-/// The refreshers' polling fallback (the change feed is PostgreSQL `LISTEN/NOTIFY`).
+/// The refreshers' polling fallback (besides the change feed).
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
+/// The change feed where the database has none (MySQL/MariaDB, SQLite): how often each
+/// instance reads the ring's generation.
+const POLL_FEED: Duration = Duration::from_millis(250);
 /// The forced rotation's reason, as written to the audit log.
 const REASON: &str = "cluster demo";
 
@@ -38,13 +45,19 @@ const REASON: &str = "cluster demo";
 #[derive(Debug, Parser)]
 #[command(
     name = "cluster",
-    about = "Starts several keyrot instances on one PostgreSQL database and shows exactly one rotation"
+    about = "Starts several keyrot instances on one shared database and shows exactly one rotation",
+    long_about = "Starts several keyrot instances on one shared database and shows exactly one rotation.\n\n\
+                  Databases: PostgreSQL (postgres://…; instances learn of changes by LISTEN/NOTIFY, \
+                  polling every second as a fallback), MySQL or MariaDB (mysql://…, mariadb://…) and a \
+                  SQLite file (sqlite:FILE), which have no change feed: instances poll the ring's \
+                  generation every 250 ms. `--rings` needs PostgreSQL."
 )]
 struct Args {
     /// How many instances to start in this process.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     instances: u16,
-    /// The PostgreSQL database every instance uses (postgres://…).
+    /// The database every instance shares: postgres://…, mysql://…, mariadb://… or sqlite:FILE
+    /// (`--rings`: PostgreSQL only).
     #[arg(long, env = "KEYROT_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The ring (default: `cluster-<unix seconds>`, new on every run, so repeated runs do not
@@ -52,7 +65,8 @@ struct Args {
     #[arg(long)]
     ring: Option<String>,
     /// Many rings instead of one: each instance runs one ring manager over this many new
-    /// rings (`fleet-<unix seconds>-<n>`), and the run ends with one summary line.
+    /// rings (`fleet-<unix seconds>-<n>`), and the run ends with one summary line
+    /// (PostgreSQL only: it counts each instance's connections in `pg_stat_activity`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with = "ring")]
     rings: Option<u32>,
     /// With `--rings`: the share of the rings (percent) that falls due at the same moment.
@@ -146,11 +160,22 @@ async fn main() -> ExitCode {
 
 /// `--rings N`: one ring manager per instance over N rings (see `fleet`).
 async fn many_rings(args: &Args) -> ExitCode {
-    let prepared = database_url(args).and_then(|url| {
-        let (sealer, _) = master_key().map_err(|e| ErrorChain(&e).to_string())?;
+    let prepared = database_url(args).and_then(|(url, kind)| {
+        if kind != Kind::Postgres {
+            return Err(format!(
+                "--rings needs PostgreSQL (postgres://…), not {}: it counts each instance's connections in \
+                 pg_stat_activity; without --rings the demo runs on {}",
+                kind.name(),
+                kind.name()
+            ));
+        }
         let policy = policy_from_env(None).map_err(|e| ErrorChain(&e).to_string())?;
-        Ok((url, Arc::new(sealer), policy))
+        Ok((url, policy))
     });
+    let prepared = match prepared {
+        Ok((url, policy)) => master_key(&url).await.map(|(sealer, _)| (url, sealer, policy)),
+        Err(e) => Err(e),
+    };
     let (url, sealer, policy) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -177,25 +202,85 @@ async fn many_rings(args: &Args) -> ExitCode {
     }
 }
 
-/// The PostgreSQL URL from `--database-url` or `KEYROT_DATABASE_URL`.
-fn database_url(args: &Args) -> Result<String, String> {
+/// The databases the demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Postgres => "PostgreSQL",
+            Kind::MySql => "MySQL/MariaDB",
+            Kind::Sqlite => "a SQLite file",
+        }
+    }
+
+    /// How the instances learn of each other's changes, for the header.
+    fn refresh(self) -> String {
+        match self {
+            Kind::Postgres => format!(
+                "LISTEN/NOTIFY, polling every {} s as a fallback",
+                POLL_FALLBACK.as_secs()
+            ),
+            _ => format!(
+                "polling the ring's generation every {} ms ({} has no change feed)",
+                POLL_FEED.as_millis(),
+                self.name()
+            ),
+        }
+    }
+}
+
+/// What `--database-url` accepts, for the errors.
+const SUPPORTED: &str = "postgres://…, mysql://…, mariadb://… or sqlite:FILE";
+
+/// The database URL from `--database-url` or `KEYROT_DATABASE_URL`, and which database it
+/// names: one the instances can share (an in-memory SQLite database is each pool's own).
+fn database_url(args: &Args) -> Result<(String, Kind), String> {
     let url = args
         .database_url
         .clone()
-        .ok_or("no database: set KEYROT_DATABASE_URL or --database-url to a PostgreSQL URL (postgres://…)")?;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        .ok_or_else(|| format!("no database: set KEYROT_DATABASE_URL or --database-url ({SUPPORTED})"))?;
+    let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Kind::Postgres
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Kind::MySql
+    } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path.starts_with(":memory:") || url.contains("mode=memory") {
+            return Err(format!(
+                "the cluster demo needs a database its instances share; an in-memory SQLite database is \
+                 each connection pool's own: use a file (sqlite:cluster.db) or {SUPPORTED}"
+            ));
+        }
+        Kind::Sqlite
+    } else {
         let scheme = url.split(':').next().unwrap_or_default();
-        return Err(format!(
-            "the cluster demo needs PostgreSQL (postgres://…), not {scheme:?}: its instances learn of \
-             changes through LISTEN/NOTIFY and share one database over the network"
-        ));
-    }
-    Ok(url)
+        let scheme: String = scheme.chars().take(20).collect();
+        return Err(format!("the cluster demo runs on {SUPPORTED}, not {scheme:?}"));
+    };
+    Ok((url, kind))
+}
+
+/// One instance's store: its own pool on `url`, migrated, and its change feed.
+async fn open(url: &str) -> Result<keyrot_sqlx::AnyStore, String> {
+    let store = keyrot_sqlx::connect(url)
+        .await
+        .map_err(|e| ErrorChain(&e).to_string())?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migrating the database: {}", ErrorChain(&e)))?;
+    Ok(store)
 }
 
 /// Checks the arguments, loads the master key and starts every instance.
 async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, String> {
-    let url = database_url(args)?;
+    let (url, kind) = database_url(args)?;
     let ring = match &args.ring {
         Some(r) => r.clone(),
         None => {
@@ -207,9 +292,12 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
         }
     };
     let ring = RingName::new(ring).map_err(|e| format!("--ring: {e}"))?;
-    let (sealer, master) = master_key().map_err(|e| ErrorChain(&e).to_string())?;
-    let sealer = Arc::new(sealer);
+    let (sealer, master) = master_key(&url).await?;
     let policy = policy_from_env(None).map_err(|e| ErrorChain(&e).to_string())?;
+    // KEYROT_SIGNING_KEYS_URI: every instance creates its keys in the same HSM or KMS.
+    let signing = keyrot_examples_support::custody::signing_custody(&policy)
+        .await
+        .map_err(|e| ErrorChain(&e).to_string())?;
 
     println!("keyrot cluster demo");
     println!("  database   {}", keyrot_sqlx::redact_url(&url));
@@ -218,11 +306,11 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
         "  instances  {} in this process, each with its own connection pool, key ring and rotator",
         args.instances
     );
-    println!(
-        "  refresh    LISTEN/NOTIFY, polling every {} s as a fallback",
-        POLL_FALLBACK.as_secs()
-    );
+    println!("  refresh    {}", kind.refresh());
     println!("  master key {master}");
+    if let Some(custody) = &signing {
+        println!("  signing keys held by {}", custody.location());
+    }
     println!(
         "\ntimeline (ms since start; each snapshot checked every {} ms)",
         WATCH_EVERY.as_millis()
@@ -230,30 +318,36 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
 
     let mut starting = Vec::new();
     for i in 0..args.instances {
-        let (url, ring, sealer, policy, timeline) = (
+        let (url, ring, sealer, policy, timeline, signing) = (
             url.clone(),
             ring.clone(),
             sealer.clone(),
             policy.clone(),
             timeline.clone(),
+            signing.clone(),
         );
         starting.push(tokio::spawn(async move {
             let name = format!("node-{i}");
-            let backend = connect(&url).await.map_err(|e| format!("{name}: {}", ErrorChain(&e)))?;
-            let keyring = KeyRing::builder(ring.clone(), backend.storage.clone(), sealer.clone())
-                .with_policy(policy.clone())
+            let store = open(&url).await.map_err(|e| format!("{name}: {e}"))?;
+            let (storage, lock) = (store.storage(), store.lock());
+            let mut builder =
+                KeyRing::builder(ring.clone(), storage.clone(), sealer.clone()).with_policy(policy.clone());
+            if let Some(custody) = signing {
+                builder = builder.with_signing_custody(custody);
+            }
+            let keyring = builder
                 .build()
                 .await
                 .map_err(|e| format!("{name}: loading the ring: {}", ErrorChain(&e)))?;
-            let rotator = Rotator::builder(ring, backend.storage.clone(), backend.lock.clone(), sealer)
+            let rotator = Rotator::builder(ring, storage, lock, sealer)
                 .with_policy(policy)
                 .with_instance(name.clone())
                 .with_keyring(keyring.clone())
                 .build();
-            let refresher = keyring.spawn_refresher(Some(backend.feed.clone()), POLL_FALLBACK);
+            let refresher = keyring.spawn_refresher(Some(store.change_feed(POLL_FEED)), POLL_FALLBACK);
             timeline.record(
                 &name,
-                format!("connected ({}, own pool), key ring loaded", backend.kind),
+                format!("connected ({}, own pool), key ring loaded", store.kind()),
             );
             Ok::<_, String>(Instance {
                 name,
@@ -286,22 +380,26 @@ async fn setup(args: &Args, timeline: &Arc<Timeline>) -> Result<Vec<Instance>, S
     Ok(instances)
 }
 
+/// Under custody when `KEYROT_MASTER_KEY_URI` is set (the master keys stored in the
+/// database at `url`; none is created here: `keyrotctl master-key create` does that), else
 /// `KEYROT_MASTER_KEY` or `KEYROT_MASTER_KEY_FILE` when set; otherwise a key generated in
 /// memory for this run (the demo's ring is throwaway, so nothing needs to be written).
-fn master_key() -> Result<(MasterKeySealer, String), SetupError> {
-    if std::env::var_os("KEYROT_MASTER_KEY").is_some() || std::env::var_os("KEYROT_MASTER_KEY_FILE").is_some() {
-        let (sealer, source) = load_master_key(None, false)?;
-        let from = match source {
-            MasterKeySource::Env => "from KEYROT_MASTER_KEY".to_owned(),
-            MasterKeySource::File(p) | MasterKeySource::Generated(p) => format!("from {}", p.display()),
-        };
-        return Ok((sealer, from));
+async fn master_key(url: &str) -> Result<(Arc<dyn Sealer>, String), String> {
+    let text = |e: SetupError| ErrorChain(&e).to_string();
+    if let Some(uri) = master_key_uri(None).map_err(text)? {
+        let store = open(url).await?;
+        let (sealer, source) = custody_sealer(&uri, store.master_keys(), false).await.map_err(text)?;
+        return Ok((sealer, source.describe()));
     }
-    let mk = MasterKey::generate("cluster-demo").map_err(SetupError::GenerateMasterKey)?;
-    let sealer = MasterKeySealer::new(mk, []).map_err(SetupError::GenerateMasterKey)?;
+    if std::env::var_os("KEYROT_MASTER_KEY").is_some() || std::env::var_os("KEYROT_MASTER_KEY_FILE").is_some() {
+        let (sealer, source) = load_master_key(None, false).map_err(text)?;
+        return Ok((Arc::new(sealer), source.describe()));
+    }
+    let mk = MasterKey::generate("cluster-demo").map_err(|e| text(SetupError::GenerateMasterKey(e)))?;
+    let sealer = MasterKeySealer::new(mk, []).map_err(|e| text(SetupError::GenerateMasterKey(e)))?;
     Ok((
-        sealer,
-        "generated in memory for this run (set KEYROT_MASTER_KEY to use yours)".to_owned(),
+        Arc::new(sealer),
+        "generated in memory for this run (set KEYROT_MASTER_KEY or KEYROT_MASTER_KEY_URI to use yours)".to_owned(),
     ))
 }
 

@@ -6,7 +6,6 @@
 //! whose keys cannot be fetched). No command ever prints private key material.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use keyrot_core::Sealer as _;
 use keyrot_core::check_ring;
 use keyrot_core::next_transition;
 use keyrot_core::{
@@ -14,12 +13,15 @@ use keyrot_core::{
     Policy, PrivateKey, RefreshError, RequestContext, Ring, RingIntegrity, RingName, RotationReport, Rotator,
     SealError, Snapshot, TokenError, Validation,
 };
-use keyrot_examples_support::{Backend, connect, database_url_from_env, load_master_key, policy_from_env};
+use keyrot_examples_support::{Backend, connect, database_url_from_env, master_keys, policy_from_env};
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod forensics;
+mod master_key;
+mod ratelimit;
 mod remote;
 mod timeline;
 
@@ -27,7 +29,7 @@ mod timeline;
 #[command(
     name = "keyrotctl",
     version,
-    about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens, integrity"
+    about = "Operate keyrot key rings: status, rotation, revocation, audit, tokens, integrity, master keys"
 )]
 struct Cli {
     /// Database URL (sqlite:PATH, postgres://…, mysql://…). Default: KEYROT_DATABASE_URL, else
@@ -133,7 +135,11 @@ enum Command {
     /// Verify a token (or `-` for standard input); prints its claims as JSON.
     Verify {
         /// Verify as of this moment, past or future: Unix seconds or RFC 3339
-        /// (`2026-12-01T12:00:00Z`, as `status` and `audit` print times).
+        /// (`2026-12-01T12:00:00Z`, as `status` and `audit` print times). The token is
+        /// checked against its key as the key was then, for any key the ring ever held
+        /// (Expired, revoked or purged too), and the key's state and validity window at
+        /// that moment are said: valid only if the key was Active, or Retiring inside its
+        /// window (on standard error when valid; standard output stays the claims).
         #[arg(long, value_parser = parse_moment)]
         at: Option<i64>,
         /// Required issuer.
@@ -157,11 +163,19 @@ enum Command {
         /// The token, or `-`.
         token: String,
     },
-    /// Bring your own private key (JWK with private members); prints its kid.
+    /// Bring your own key: a private key (JWK with private members), or with
+    /// KEYROT_SIGNING_KEYS_URI a key the HSM or KMS already holds, by reference; prints its kid.
     Import {
         /// The JWK file.
+        #[arg(long, required_unless_present = "reference", conflicts_with = "reference")]
+        jwk: Option<PathBuf>,
+        /// A key the signing keys' HSM or KMS holds: `pkcs11:token=…;id=%…` or `;object=…`,
+        /// a Transit key name, a KMS key ARN or alias.
         #[arg(long)]
-        jwk: PathBuf,
+        reference: Option<String>,
+        /// The kid it gets (with --reference; default: its RFC 7638 thumbprint).
+        #[arg(long, requires = "reference")]
+        kid: Option<String>,
         /// Pending (activated after publish_lead) or Active (at once).
         #[arg(long, value_enum, default_value = "pending")]
         state: StateArg,
@@ -213,6 +227,12 @@ enum Command {
     },
     /// Create or upgrade keyrot's tables.
     Migrate,
+    /// The master keys under custody of an HSM or a KMS (KEYROT_MASTER_KEY_URI): create,
+    /// list, rewrap, import.
+    MasterKey {
+        #[command(subcommand)]
+        command: master_key::MasterKeyCommand,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -250,13 +270,24 @@ struct Ctx {
     backend: Backend,
     ring: RingName,
     master_key_file: Option<PathBuf>,
+    /// The master keys, loaded once (under custody: unwrapped once).
+    sealer: tokio::sync::OnceCell<Arc<dyn keyrot_core::Sealer>>,
 }
 
 impl Ctx {
-    fn sealer(&self) -> Result<Arc<keyrot_core::MasterKeySealer>, Fail> {
-        let (sealer, _) =
-            load_master_key(self.master_key_file.as_deref(), false).map_err(|e| usage(ErrorChain(&e).to_string()))?;
-        Ok(Arc::new(sealer))
+    /// The master keys: under custody when `KEYROT_MASTER_KEY_URI` is set (never created
+    /// here: `master-key create` or `import` does that), else `KEYROT_MASTER_KEY`, the
+    /// file, or the quickstart's key file.
+    async fn sealer(&self) -> Result<Arc<dyn keyrot_core::Sealer>, Fail> {
+        self.sealer
+            .get_or_try_init(|| async {
+                master_keys(&self.backend, self.master_key_file.as_deref(), false)
+                    .await
+                    .map(|keys| keys.sealer)
+                    .map_err(|e| usage(ErrorChain(&e).to_string()))
+            })
+            .await
+            .cloned()
     }
 
     async fn load(&self) -> Result<Ring, Fail> {
@@ -272,22 +303,38 @@ impl Ctx {
     }
 
     async fn rotator(&self, alg: Option<Algorithm>) -> Result<Rotator, Fail> {
-        Ok(Rotator::builder(
+        let policy = self.policy(alg).await?;
+        let signing = self.signing(&policy).await?;
+        let mut builder = Rotator::builder(
             self.ring.clone(),
             self.backend.storage.clone(),
             self.backend.lock.clone(),
-            self.sealer()?,
+            self.sealer().await?,
         )
-        .with_policy(self.policy(alg).await?)
-        .with_instance(format!("keyrotctl-{}", std::process::id()))
-        .build())
+        .with_policy(policy)
+        .with_instance(format!("keyrotctl-{}", std::process::id()));
+        if let Some(custody) = signing {
+            builder = builder.with_signing_custody(custody);
+        }
+        Ok(builder.build())
     }
 
     async fn keyring(&self, validation: Validation) -> Result<KeyRing, Fail> {
-        KeyRing::builder(self.ring.clone(), self.backend.storage.clone(), self.sealer()?)
-            .with_policy(self.policy(None).await?)
-            .with_validation(validation)
-            .build()
+        let policy = self.policy(None).await?;
+        let signing = self.signing(&policy).await?;
+        let mut builder = KeyRing::builder(self.ring.clone(), self.backend.storage.clone(), self.sealer().await?)
+            .with_policy(policy)
+            .with_validation(validation);
+        if let Some(custody) = signing {
+            builder = builder.with_signing_custody(custody);
+        }
+        builder.build().await.map_err(|e| usage(ErrorChain(&e).to_string()))
+    }
+
+    /// The HSM or KMS holding the ring's signing keys (`KEYROT_SIGNING_KEYS_URI`), so that
+    /// keyrotctl creates, signs and revokes where the services do.
+    async fn signing(&self, policy: &Policy) -> Result<Option<Arc<dyn keyrot_core::custody::SigningCustody>>, Fail> {
+        keyrot_examples_support::custody::signing_custody(policy)
             .await
             .map_err(|e| usage(ErrorChain(&e).to_string()))
     }
@@ -391,8 +438,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         backend,
         ring,
         master_key_file: cli.master_key_file.clone(),
+        sealer: tokio::sync::OnceCell::new(),
     };
     match cli.command {
+        Command::MasterKey { command } => master_key::run(&ctx, command).await,
         Command::Migrate => {
             println!("keyrot tables are up to date ({})", ctx.backend.kind);
             Ok(())
@@ -454,7 +503,26 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 rotator.rotate(rc).await
             };
             let report = result.map_err(|e| refused(ErrorChain(&e).to_string()))?;
-            print_report(&report, json);
+            if report.outcome != Outcome::RateLimited {
+                print_report(&report, json);
+                return exit_for(&report, false);
+            }
+            // Refused by the rate limit: also say when, what can be revoked now, and
+            // which variable sets the interval.
+            let ring = ctx.load().await?;
+            let advice = ratelimit::Advice::of(&report, &ring, &policy_for(&ring, None)?);
+            match (json, advice) {
+                (true, Some(advice)) => {
+                    println!("{}", advice.add_to(&serde_json::to_string(&report).unwrap_or_default()));
+                }
+                (false, Some(advice)) => {
+                    print_report(&report, false);
+                    for line in advice.lines() {
+                        println!("{line}");
+                    }
+                }
+                (_, None) => print_report(&report, json),
+            }
             exit_for(&report, false)
         }
         Command::Revoke { kid, reason, yes } => {
@@ -500,7 +568,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     claims[name] = v.into();
                 }
             }
-            let token = kr.sign(&claims).map_err(|e| refused(ErrorChain(&e).to_string()))?;
+            let token = kr
+                .sign_async(&claims)
+                .await
+                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             println!("{token}");
             Ok(())
         }
@@ -514,11 +585,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         } => {
             let token = token_arg(token)?;
             let v = verify_validation(iss, aud, leeway);
+            if let Some(t) = at {
+                let moment = chrono::DateTime::from_timestamp(t, 0).ok_or_else(|| usage("--at is out of range"))?;
+                return verify_at(&ctx, &token, &v, moment).await;
+            }
             let kr = ctx.keyring(v.clone()).await?;
-            let moment = match at {
-                Some(t) => chrono::DateTime::from_timestamp(t, 0).ok_or_else(|| usage("--at is out of range"))?,
-                None => chrono::Utc::now(),
-            };
+            let moment = chrono::Utc::now();
             match kr.verify_with(&token, &v, moment) {
                 Ok(verified) => {
                     let out =
@@ -526,7 +598,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     println!("{out}");
                     Ok(())
                 }
-                Err(e) => match explain_refusal(&kr.snapshot(), &token, &v, &e, at.map(|_| moment)) {
+                Err(e) => match explain_refusal(&kr.snapshot(), &token, &v, &e, None) {
                     Some(why) => {
                         println!("refused: {why}");
                         Err(refused(format!("token refused: {why}")))
@@ -538,23 +610,33 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 },
             }
         }
-        Command::Import { jwk, state } => {
-            let text = std::fs::read_to_string(&jwk).map_err(|e| usage(format!("{}: {e}", jwk.display())))?;
-            let imported = PrivateKey::from_jwk_str(&text, None).map_err(|e| usage(ErrorChain(&e).to_string()))?;
-            let alg = imported.key.algorithm();
+        Command::Import {
+            jwk,
+            reference,
+            kid,
+            state,
+        } => {
             let state = match state {
                 StateArg::Pending => ImportState::Pending,
                 StateArg::Active => ImportState::Active,
             };
-            let kid = imported.effective_kid();
-            let report = ctx
-                .rotator(Some(alg))
-                .await?
-                .import(actor(), imported, state)
-                .await
-                .map_err(|e| refused(ErrorChain(&e).to_string()))?;
+            let report = match (jwk, reference) {
+                (Some(jwk), _) => {
+                    let text = std::fs::read_to_string(&jwk).map_err(|e| usage(format!("{}: {e}", jwk.display())))?;
+                    let imported =
+                        PrivateKey::from_jwk_str(&text, None).map_err(|e| usage(ErrorChain(&e).to_string()))?;
+                    let alg = imported.key.algorithm();
+                    ctx.rotator(Some(alg)).await?.import(actor(), imported, state).await
+                }
+                (None, Some(reference)) => {
+                    let rotator = ctx.rotator(None).await?;
+                    rotator.import_remote(actor(), &reference, kid, state).await
+                }
+                (None, None) => return Err(usage("import needs --jwk FILE or --reference REF")),
+            }
+            .map_err(|e| refused(ErrorChain(&e).to_string()))?;
             if report.outcome == Outcome::Imported {
-                println!("{kid}");
+                println!("{}", report.new_kid.clone().unwrap_or_default());
                 Ok(())
             } else {
                 print_report(&report, false);
@@ -574,6 +656,35 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::AuthenticateRing { yes, expect, json } => authenticate_ring(&ctx, yes, expect, json).await,
         Command::Repair { reason, yes, json } => repair(&ctx, reason, yes, json).await,
         Command::RetireRing { reason, yes, json } => retire_ring(&ctx, reason, yes, json).await,
+    }
+}
+
+/// `verify --at T`: the token against its key as the key was at T, whatever the key's
+/// state now (see [`forensics`]). Exit 0 only when the token was valid at T.
+async fn verify_at(ctx: &Ctx, token: &str, v: &Validation, moment: chrono::DateTime<chrono::Utc>) -> Result<(), Fail> {
+    let ring = ctx.load().await?;
+    let policy = policy_for(&ring, None)?;
+    let snap = Snapshot::build(&ring, &policy, &*ctx.sealer().await?, chrono::Utc::now())
+        .map_err(|e| usage(ErrorChain(&e).to_string()))?;
+    match forensics::verify_at(&snap, &ring.keys, token, v, moment) {
+        forensics::Answer::Valid(claims, state) => {
+            let out = serde_json::to_string_pretty(&serde_json::Value::Object(claims)).unwrap_or_default();
+            println!("{out}");
+            // On standard error, so that standard output stays the claims' JSON.
+            eprintln!("keyrotctl: {state}");
+            Ok(())
+        }
+        forensics::Answer::Refused(why) => {
+            println!("refused: {why}");
+            Err(refused(format!("token refused: {why}")))
+        }
+        forensics::Answer::Invalid(e, state) => {
+            println!("invalid: {e:?}");
+            if let Some(state) = state {
+                println!("{state}");
+            }
+            Err(refused(format!("token refused: {e}")))
+        }
     }
 }
 
@@ -716,8 +827,12 @@ fn explain_refusal(
 /// The snapshot's view of the ring (integrity checked, per-key `tampered`); when no
 /// snapshot can be built (e.g. an unknown master key), the integrity check alone and the
 /// reason.
-fn inspect(ring: &Ring, policy: &Policy, ctx: &Ctx) -> Result<(Vec<KeyStatus>, IntegrityReport, Option<Fail>), Fail> {
-    let sealer = ctx.sealer().map_err(|Fail(code, msg)| {
+async fn inspect(
+    ring: &Ring,
+    policy: &Policy,
+    ctx: &Ctx,
+) -> Result<(Vec<KeyStatus>, IntegrityReport, Option<Fail>), Fail> {
+    let sealer = ctx.sealer().await.map_err(|Fail(code, msg)| {
         Fail(
             code,
             format!("the ring's integrity is checked under the master key: {msg}"),
@@ -763,7 +878,7 @@ fn colour_stdout() -> bool {
 async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
     let ring = ctx.load().await?;
     let policy = policy_for(&ring, None)?;
-    let (keys, integrity, open_error) = inspect(&ring, &policy, ctx)?;
+    let (keys, integrity, open_error) = inspect(&ring, &policy, ctx).await?;
     let intact = integrity.is_intact() && open_error.is_none();
     // Nothing is planned on a ring that fails its check: the rotator refuses to write.
     let next = if intact { next_transition(&keys, &policy) } else { None };
@@ -931,7 +1046,7 @@ async fn unknown_chain_key(ctx: &Ctx, brk: &ChainBreak) -> Result<Option<String>
         .audit_log(&ctx.ring, AuditQuery { limit: usize::MAX })
         .await
         .map_err(|e| usage(format!("reading the audit ledger: {}", ErrorChain(&e))))?;
-    let sealer = ctx.sealer()?;
+    let sealer = ctx.sealer().await?;
     Ok(records
         .iter()
         .find(|r| r.id == brk.id && r.seq == brk.seq)
@@ -1032,7 +1147,7 @@ async fn repair(ctx: &Ctx, reason: Option<String>, yes: bool, json: bool) -> Res
     };
     if !yes {
         let ring = ctx.load().await?;
-        let report = keyrot_core::check_ring(&ring, &*ctx.sealer()?);
+        let report = keyrot_core::check_ring(&ring, &*ctx.sealer().await?);
         if json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {

@@ -36,7 +36,7 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
                 let tokens = Arc::clone(&tokens);
                 async move {
                     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-                    into_axum_response(tokens.client_credentials(auth, &body))
+                    into_axum_response(tokens.client_credentials(auth, &body).await)
                 }
             }),
         )
@@ -44,7 +44,7 @@ async fn serve(app: &Quickstart) -> Result<(), Box<dyn std::error::Error>> {
             LOGIN_PATH,
             post(move |body: Bytes| {
                 let tokens = Arc::clone(&login_tokens);
-                async move { into_axum_response(tokens.demo_login(&body)) }
+                async move { into_axum_response(tokens.demo_login(&body).await) }
             }),
         )
         // Unauthenticated on the quickstart; in production keep it on an internal listener.

@@ -88,6 +88,54 @@ pub enum SetupError {
         #[source]
         source: SealError,
     },
+    /// `KEYROT_MASTER_KEY_URI` is set together with another source of master keys.
+    #[error(
+        "KEYROT_MASTER_KEY_URI and {other} are both set: the master keys come from one place. Unset {other} \
+         (once `keyrotctl master-key import --key-file …` has moved its keys under custody), or unset KEYROT_MASTER_KEY_URI"
+    )]
+    CustodyConflict {
+        /// The other source: `KEYROT_MASTER_KEY`, `KEYROT_MASTER_KEY_FILE` or `--master-key-file`.
+        other: &'static str,
+    },
+    /// The custody backend could not be opened, or does not answer, or refuses.
+    #[error(
+        "the master keys' custody {uri} cannot be used: check that it is reachable, that the credential may use the key, and that the key exists"
+    )]
+    Custody {
+        /// `KEYROT_MASTER_KEY_URI`, secrets redacted.
+        uri: String,
+        /// What the backend said.
+        #[source]
+        source: keyrot_core::custody::CustodyError,
+    },
+    /// The HSM or KMS `KEYROT_SIGNING_KEYS_URI` names cannot hold the ring's keys.
+    #[error(
+        "the signing keys' HSM or KMS {uri} cannot be used: check that it is reachable, that the credential may create and use keys there, and that it can make the ring's algorithm"
+    )]
+    SigningCustody {
+        /// `KEYROT_SIGNING_KEYS_URI`, secrets redacted.
+        uri: String,
+        /// What the backend said.
+        #[source]
+        source: keyrot_core::custody::CustodyError,
+    },
+    /// The master keys stored under custody could not be read, unwrapped or changed.
+    #[error("the master keys stored under {uri}")]
+    CustodyKeys {
+        /// `KEYROT_MASTER_KEY_URI`, secrets redacted.
+        uri: String,
+        /// Why.
+        #[source]
+        source: keyrot_core::custody::CustodyKeysError,
+    },
+    /// `KEYROT_CUSTODY_PROBE_SECONDS` is not a number of seconds.
+    #[error(
+        "KEYROT_CUSTODY_PROBE_SECONDS={value:?} is not a number of seconds: set 1 or more (default 30), or unset it"
+    )]
+    ProbeSeconds {
+        /// The value given.
+        value: String,
+    },
     /// A master key could not be generated (or its sealer built).
     #[error("cannot generate a local master key: set KEYROT_MASTER_KEY instead")]
     GenerateMasterKey(#[source] SealError),

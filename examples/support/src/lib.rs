@@ -4,11 +4,13 @@
 //! - [`error`]: [`SetupError`] (print it with its causes by [`ErrorChain`]);
 //! - [`policy`]: the rotation policy from `KEYROT_POLICY_*_MS`;
 //! - [`master_key`]: the master key from the environment or a file, or generated;
+//! - [`custody`]: the master keys under custody of an HSM or a KMS (`KEYROT_MASTER_KEY_URI`);
 //! - [`form`]: form-urlencoded bodies and HTTP Basic credentials;
 //! - [`oauth`]: the demo OAuth 2.0 client-credentials token endpoint and user login;
 //! - [`quickstart`]: the whole quickstart service but its routes;
 //! - here: opening a store from a database URL ([`connect`]).
 
+pub mod custody;
 pub mod error;
 pub mod form;
 pub mod master_key;
@@ -16,6 +18,7 @@ pub mod oauth;
 pub mod policy;
 pub mod quickstart;
 
+pub use custody::{MasterKeys, master_keys};
 pub use error::SetupError;
 pub use form::parse_form;
 pub use keyrot_core::ErrorChain;
@@ -23,6 +26,7 @@ pub use master_key::{DEFAULT_MASTER_KEY_FILE, MasterKeySource, load_master_key, 
 pub use oauth::random_secret;
 pub use policy::policy_from_env;
 
+use keyrot_core::custody::MasterKeyStorage;
 use keyrot_core::{ChangeFeed, Lock, Storage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +43,8 @@ pub struct Backend {
     pub lock: Arc<dyn Lock>,
     /// How instances learn of changes (NOTIFY on PostgreSQL, polling elsewhere).
     pub feed: Arc<dyn ChangeFeed>,
+    /// Where master keys under custody are stored, wrapped.
+    pub master_keys: Arc<dyn MasterKeyStorage>,
     /// `sqlite`, `postgres` or `mysql`.
     pub kind: &'static str,
 }
@@ -57,6 +63,7 @@ pub async fn connect(url: &str) -> Result<Backend, SetupError> {
         storage: store.storage(),
         lock: store.lock(),
         feed: store.change_feed(Duration::from_secs(2)),
+        master_keys: store.master_keys(),
         kind: store.kind(),
     })
 }

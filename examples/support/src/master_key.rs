@@ -1,4 +1,5 @@
-//! The master key: from `KEYROT_MASTER_KEY`, from a file, or generated into a local file.
+//! The master key: from `KEYROT_MASTER_KEY`, from a file, or generated into a local file
+//! (or under custody: [`crate::custody`]).
 
 use crate::SetupError;
 use keyrot_core::{MasterKey, MasterKeySealer};
@@ -16,6 +17,35 @@ pub enum MasterKeySource {
     File(PathBuf),
     /// Generated now into this file (local use only).
     Generated(PathBuf),
+    /// Stored wrapped in the key store's database under a KEK of an HSM or a KMS
+    /// (`KEYROT_MASTER_KEY_URI`).
+    Custody {
+        /// The primary master key's id.
+        primary: String,
+        /// The custody URI, secrets redacted.
+        location: String,
+        /// Whether this start created the first master key.
+        created: bool,
+    },
+}
+
+impl MasterKeySource {
+    /// Where the master key comes from, for a banner line after `master key`.
+    pub fn describe(&self) -> String {
+        match self {
+            MasterKeySource::Env => "from KEYROT_MASTER_KEY".to_owned(),
+            MasterKeySource::File(p) => format!("from {}", p.display()),
+            MasterKeySource::Generated(p) => format!("generated into {} (mode 0600)", p.display()),
+            MasterKeySource::Custody {
+                primary,
+                location,
+                created,
+            } => {
+                let created = if *created { ", created now" } else { "" };
+                format!("{primary} under {location} (custody{created})")
+            }
+        }
+    }
 }
 
 /// Loads the master key(s): `KEYROT_MASTER_KEY`, else the file `explicit_file`, else

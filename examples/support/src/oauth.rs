@@ -139,7 +139,7 @@ impl TokenService {
     }
 
     /// `POST /oauth/token` with `grant_type=client_credentials`.
-    pub fn client_credentials(&self, authorization: Option<&str>, body: &[u8]) -> HttpResponse {
+    pub async fn client_credentials(&self, authorization: Option<&str>, body: &[u8]) -> HttpResponse {
         let form = match parse_form(body) {
             Ok(f) => f,
             Err(e) => return oauth_error(400, "invalid_request", e),
@@ -178,7 +178,7 @@ impl TokenService {
             "iss": self.issuer, "sub": client.id, "client_id": client.id, "scope": scope,
             "iat": now, "exp": now + SERVICE_TOKEN_TTL_SECS, "jti": random_jti(),
         });
-        self.issue(&claims, SERVICE_TOKEN_TTL_SECS, scope)
+        self.issue(&claims, SERVICE_TOKEN_TTL_SECS, scope).await
     }
 
     fn invalid_client(&self) -> HttpResponse {
@@ -188,8 +188,10 @@ impl TokenService {
         r
     }
 
-    fn issue(&self, claims: &serde_json::Value, ttl: i64, scope: String) -> HttpResponse {
-        match self.keyring.sign(claims) {
+    /// Signs through [`KeyRing::sign_async`], so that a ring whose keys an HSM or KMS holds
+    /// signs too; a backend that does not sign is a 503 with `Retry-After`.
+    async fn issue(&self, claims: &serde_json::Value, ttl: i64, scope: String) -> HttpResponse {
+        match self.keyring.sign_async(claims).await {
             Ok(access_token) => json_response(
                 200,
                 &serde_json::to_value(TokenResponse {
@@ -200,6 +202,16 @@ impl TokenService {
                 })
                 .unwrap_or_default(),
             ),
+            Err(keyrot_core::SignError::Custody(e)) => {
+                tracing::error!(error = %e, "the HSM or KMS holding the signing key did not sign");
+                let mut r = oauth_error(
+                    503,
+                    "temporarily_unavailable",
+                    "the signing key's HSM or KMS does not answer; retry later",
+                );
+                r.headers.push(("retry-after", "5".to_owned()));
+                r
+            }
             Err(e) => {
                 tracing::error!(error = %e, "token signing failed");
                 oauth_error(503, "temporarily_unavailable", "no signing key is available yet")
@@ -209,7 +221,7 @@ impl TokenService {
 
     /// `POST /demo/login` with `{"username": "...", "scope": "profile read"}`: a user token.
     /// Rotation scopes are refused at issuance.
-    pub fn demo_login(&self, body: &[u8]) -> HttpResponse {
+    pub async fn demo_login(&self, body: &[u8]) -> HttpResponse {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Login {
@@ -246,6 +258,6 @@ impl TokenService {
             "iss": self.issuer, "sub": username, "client_id": USER_CLIENT_ID, "scope": scope,
             "iat": now, "exp": now + USER_TOKEN_TTL_SECS,
         });
-        self.issue(&claims, USER_TOKEN_TTL_SECS, scope)
+        self.issue(&claims, USER_TOKEN_TTL_SECS, scope).await
     }
 }

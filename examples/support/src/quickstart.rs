@@ -8,11 +8,13 @@ mod config;
 pub use config::{QuickstartConfig, init_tracing, init_tracing_with};
 
 use crate::oauth::TokenService;
-use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, load_master_key, policy_from_env};
-use banner::Secret;
+use crate::{Backend, ErrorChain, MasterKeySource, SetupError, connect, master_keys, policy_from_env};
+use banner::{BREAKGLASS_SECRET_VAR, SCHEDULER_SECRET_VAR, Secret};
 use keyrot_core::RefresherHandle;
+use keyrot_core::custody::CustodyMonitor;
 use keyrot_core::{
-    KeyRing, RequestContext, Rotator, SchedulerConfig, SchedulerHandle, TokenCache, TokenCacheConfig, Validation,
+    KeyRing, Outcome, RequestContext, RotationReport, Rotator, SchedulerConfig, SchedulerHandle, TokenCache,
+    TokenCacheConfig, Validation,
 };
 use keyrot_http::{HttpEndpoints, HttpResponse, IssuerMetadata, ResponseBody};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -32,6 +34,37 @@ pub const LOGIN_PATH: &str = "/demo/login";
 pub const METRICS_PATH: &str = "/metrics";
 /// The `Content-Type` of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a starting instance waits for another one that is initialising the same ring.
+const INIT_PATIENCE: Duration = Duration::from_secs(10);
+/// How often it looks again meanwhile.
+const INIT_RETRY: Duration = Duration::from_millis(50);
+
+/// Initialises the ring from a starting instance whose `keyring` is `rotator`'s, and makes
+/// sure `keyring` serves the ring's Active key whoever created it: when several instances
+/// start at once on one database, the others lose the race (`lost_race`), find the lock
+/// held (`lock_busy`) or find the ring already initialised (`nothing_due`) before their own
+/// key ring has loaded the winner's commit. Then the key ring is refreshed from storage,
+/// and while the lock is held or the race was lost and no Active key is visible yet, init
+/// is tried again every 50 ms for at most `patience`. A ring with no Active key to serve
+/// (retired) returns at once. The report of the last attempt.
+pub async fn init_ring(rotator: &Rotator, keyring: &KeyRing, patience: Duration) -> Result<RotationReport, SetupError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let report = rotator
+            .init(RequestContext::actor("quickstart:startup"))
+            .await
+            .map_err(SetupError::InitRing)?;
+        if keyring.snapshot().active_kid().is_none() {
+            keyring.refresh().await.map_err(SetupError::LoadRing)?;
+        }
+        let waiting = matches!(report.outcome, Outcome::LockBusy | Outcome::LostRace);
+        if keyring.snapshot().active_kid().is_some() || !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(INIT_RETRY).await;
+    }
+}
 
 /// The `main` of a quickstart binary called `program`: logging, configuration from the
 /// environment, [`Quickstart::start`], then `serve` (which binds, calls
@@ -76,6 +109,10 @@ pub struct Quickstart {
     breakglass_secret: Secret,
     scheduler: Option<SchedulerHandle>,
     refresher: Option<RefresherHandle>,
+    /// Probes the custody backend (master keys under custody only); stops when dropped.
+    custody_monitor: Option<CustodyMonitor>,
+    /// Probes the HSM or KMS holding the signing keys (`KEYROT_SIGNING_KEYS_URI` only).
+    signing_monitor: Option<CustodyMonitor>,
 }
 
 impl std::fmt::Debug for Quickstart {
@@ -87,8 +124,10 @@ impl std::fmt::Debug for Quickstart {
 }
 
 impl Quickstart {
-    /// Opens the store, loads or creates the master key, bootstraps the ring and starts the
-    /// scheduler and the refresher.
+    /// Opens the store, loads or creates the master key (under custody when
+    /// `KEYROT_MASTER_KEY_URI` is set: the first master key is created when none is stored,
+    /// and the backend is probed every `KEYROT_CUSTODY_PROBE_SECONDS`), bootstraps the ring
+    /// and starts the scheduler and the refresher.
     pub async fn start(config: QuickstartConfig) -> Result<Self, SetupError> {
         // Installed first, so the first snapshot's gauges are recorded.
         let metrics = PrometheusBuilder::new()
@@ -96,13 +135,18 @@ impl Quickstart {
             .map_err(SetupError::Metrics)?;
         keyrot_core::describe_metrics();
         let backend = connect(&config.database_url).await?;
-        let (sealer, master) = load_master_key(None, true)?;
-        let sealer = Arc::new(sealer);
+        let keys = master_keys(&backend, None, true).await?;
+        let custody_monitor = keys.spawn_monitor()?;
+        let (sealer, master) = (keys.sealer, keys.source);
         let policy = policy_from_env(None)?;
         let issuer = config.issuer.clone();
         let mut keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
             .with_policy(policy.clone())
             .with_validation(Validation::new().with_issuer(issuer.clone()));
+        let signing = crate::custody::signing_custody(&policy).await?;
+        if let Some(custody) = &signing {
+            keyring = keyring.with_signing_custody(custody.clone());
+        }
         if config.token_cache_entries > 0 {
             let bounds = TokenCacheConfig::new().with_max_entries(config.token_cache_entries);
             keyring = keyring.with_token_cache(TokenCache::new(bounds));
@@ -118,10 +162,7 @@ impl Quickstart {
         .with_instance(format!("quickstart-{}", std::process::id()))
         .with_keyring(keyring.clone())
         .build();
-        rotator
-            .init(RequestContext::actor("quickstart:startup"))
-            .await
-            .map_err(SetupError::InitRing)?;
+        init_ring(&rotator, &keyring, INIT_PATIENCE).await?;
         // The discovery documents name the issuer, its JWKS and the token endpoint, so a
         // resource server needs only KEYROT_ISSUER to verify this service's tokens.
         let metadata = IssuerMetadata::new(issuer.clone()).with_token_endpoint(format!("{issuer}{TOKEN_PATH}"));
@@ -129,8 +170,8 @@ impl Quickstart {
             .with_issuer(metadata)
             .build()
             .map_err(SetupError::Endpoints)?;
-        let (scheduler_secret, s1) = Secret::load("KEYROT_SCHEDULER_CLIENT_SECRET")?;
-        let (breakglass_secret, s2) = Secret::load("KEYROT_BREAKGLASS_CLIENT_SECRET")?;
+        let (scheduler_secret, s1) = Secret::load(SCHEDULER_SECRET_VAR)?;
+        let (breakglass_secret, s2) = Secret::load(BREAKGLASS_SECRET_VAR)?;
         let tokens = Arc::new(TokenService::new(
             keyring.clone(),
             issuer,
@@ -144,6 +185,7 @@ impl Quickstart {
             },
         );
         let refresher = keyring.spawn_refresher(Some(backend.feed.clone()), Duration::from_secs(30));
+        let signing_monitor = keyring.spawn_signing_monitor(crate::custody::probe_interval()?);
         Ok(Self {
             config,
             keyring,
@@ -157,6 +199,8 @@ impl Quickstart {
             breakglass_secret,
             scheduler: Some(scheduler),
             refresher: Some(refresher),
+            custody_monitor,
+            signing_monitor,
         })
     }
 
@@ -168,6 +212,8 @@ impl Quickstart {
         if let Some(r) = self.refresher.take() {
             r.shutdown().await;
         }
+        self.custody_monitor.take();
+        self.signing_monitor.take();
     }
 
     /// The `GET /metrics` handler for a router: every metric of this process in the

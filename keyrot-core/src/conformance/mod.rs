@@ -55,6 +55,7 @@ use std::time::Duration;
 mod feed;
 mod ledger;
 mod manager;
+mod master_keys;
 mod rings;
 mod rotation;
 mod store;
@@ -62,6 +63,7 @@ mod store;
 pub use feed::*;
 pub use ledger::*;
 pub use manager::*;
+pub use master_keys::*;
 pub use rings::*;
 pub use rotation::*;
 pub use store::*;
@@ -235,6 +237,26 @@ macro_rules! ring_storage_conformance_tests {
     };
 }
 
+/// Generates one `#[tokio::test]` per case of the storage of wrapped master keys
+/// ([`MasterKeyStorage`](crate::custody::MasterKeyStorage)), each calling `$setup().await`
+/// (an `async fn() -> Option<MasterKeyBackend>`) for a fresh, empty store.
+#[macro_export]
+macro_rules! master_key_storage_conformance_tests {
+    ($setup:path) => {
+        $crate::__conformance_cases!(
+            $setup;
+            master_keys_start_empty,
+            master_key_insert_round_trips_every_field,
+            master_key_duplicate_id_changes_nothing,
+            master_keys_list_oldest_first_then_by_id,
+            master_key_rewrap_is_a_compare_and_swap,
+            master_key_rewrap_of_an_unknown_id_is_refused,
+            master_key_large_blob_round_trips_byte_exactly,
+            master_key_ids_and_keks_are_compared_byte_exactly,
+        );
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
@@ -300,6 +322,7 @@ pub fn sample_key(ring_name: &str, state: KeyState, at: DateTime<Utc>) -> KeyRec
         origin: KeyOrigin::Forced,
         forced: true,
         sealed: Some(sealed),
+        remote: None,
         created_at: at,
         activate_at: Some(at + TimeDelta::milliseconds(1)),
         activated_at: Some(at + TimeDelta::milliseconds(2)),

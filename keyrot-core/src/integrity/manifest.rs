@@ -40,6 +40,10 @@ pub fn row_digest(ring: &str, k: &KeyRecord) -> String {
         .opt_time(k.revoked_at)
         .opt_str(k.revoke_reason.as_deref())
         .opt_time(k.purged_at);
+    // Appended only when present, so the digests of rows without it are unchanged.
+    if let Some(remote) = &k.remote {
+        c.str("remote").str(remote);
+    }
     b64::encode(&Sha256::digest(&c.0))
 }
 

@@ -2,6 +2,7 @@
 //! that is swapped atomically. The hot path takes no lock, does no I/O and parses no key.
 
 use crate::clock::{Clock, SystemClock};
+use crate::custody::{SigningCustody, SigningState};
 use crate::key::KeyError;
 use crate::policy::Policy;
 use crate::ring::RingName;
@@ -33,6 +34,7 @@ pub(crate) use entry::retiring_window_end;
 pub(crate) use public::{Verifiers, trusted_rows};
 pub use refresh::RefresherHandle;
 pub(crate) use refresh::{Follows, spawn_follower};
+use snapshot::SignerKey;
 pub use snapshot::{KeyStatus, Snapshot};
 
 /// Why a snapshot could not be (re)built. The previous snapshot stays in use.
@@ -98,6 +100,8 @@ struct Inner {
     stale: AtomicBool,
     /// Successful verifications reused for repeated tokens (opt-in).
     token_cache: Option<TokenCache>,
+    /// The HSM or KMS holding the ring's signing keys, when it holds them, with its health.
+    signing: Option<Arc<SigningState>>,
     /// When the last refresh from storage succeeded (Unix milliseconds), for the metrics.
     last_refresh_ms: AtomicI64,
 }
@@ -129,6 +133,7 @@ pub struct KeyRingBuilder {
     token_type: String,
     eddsa_name: Option<crate::EdDsaName>,
     token_cache: Option<TokenCache>,
+    signing: Option<Arc<dyn SigningCustody>>,
 }
 
 impl KeyRingBuilder {
@@ -184,6 +189,14 @@ impl KeyRingBuilder {
         self
     }
 
+    /// The HSM or KMS that holds the ring's signing keys ([`SigningCustody`]): the Active
+    /// key then signs through [`KeyRing::sign_async`]. The rotator that creates the keys
+    /// must be given the same backend (`RotatorBuilder::with_keyring` takes it from here).
+    pub fn with_signing_custody(mut self, custody: Arc<dyn SigningCustody>) -> Self {
+        self.signing = Some(custody);
+        self
+    }
+
     /// Loads the ring and builds the first snapshot.
     pub async fn build(mut self) -> Result<KeyRing, RefreshError> {
         if let Some(name) = self.eddsa_name {
@@ -214,6 +227,7 @@ impl KeyRingBuilder {
                 highest_generation: AtomicU64::new(served),
                 stale: AtomicBool::new(false),
                 token_cache: self.token_cache,
+                signing: self.signing.map(|c| Arc::new(SigningState::new(c))),
                 last_refresh_ms: AtomicI64::new(now.timestamp_millis()),
             }),
         })
@@ -234,6 +248,7 @@ impl KeyRing {
             token_type: token::DEFAULT_TOKEN_TYPE.to_owned(),
             eddsa_name: None,
             token_cache: None,
+            signing: None,
         }
     }
 
@@ -272,23 +287,90 @@ impl KeyRing {
         self.inner.highest_generation.load(Ordering::Acquire)
     }
 
+    /// The health of the HSM or KMS holding the master keys, when they are under custody
+    /// ([`crate::custody::CustodySealer`]).
+    pub fn custody(&self) -> Option<crate::custody::CustodyHealth> {
+        self.inner.sealer.custody()
+    }
+
     /// Whether the last refresh failed (the snapshot may be out of date).
     pub fn is_stale(&self) -> bool {
         self.inner.stale.load(Ordering::Relaxed)
     }
 
     /// Signs `claims` with the Active key. `claims` must serialise to an object with a
-    /// numeric `exp` no more than the policy's `max_token_ttl` ahead.
+    /// numeric `exp` no more than the policy's `max_token_ttl` ahead. When an HSM or KMS
+    /// holds the Active key this answers [`SignError::RemoteKey`] at once rather than
+    /// block: use [`KeyRing::sign_async`], which serves both kinds of ring.
     pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, SignError> {
         let snap = self.inner.snapshot.load();
         let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
+        let SignerKey::Local(key) = &signer.key else {
+            return Err(SignError::RemoteKey);
+        };
         token::sign(
-            &signer.key,
+            key,
             &signer.header_b64,
             claims,
             self.inner.clock.now().timestamp(),
             self.inner.policy.max_token_ttl().num_seconds(),
         )
+    }
+
+    /// Signs `claims` like [`KeyRing::sign`], with a key in this process or through the
+    /// HSM or KMS that holds the Active key ([`KeyRingBuilder::with_signing_custody`]).
+    /// A backend that does not sign is [`SignError::Custody`]; verifying is unaffected.
+    pub async fn sign_async<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, SignError> {
+        let signer = {
+            let snap = self.inner.snapshot.load();
+            let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
+            Arc::clone(signer)
+        };
+        let (now, ttl) = (
+            self.inner.clock.now().timestamp(),
+            self.inner.policy.max_token_ttl().num_seconds(),
+        );
+        let reference = match &signer.key {
+            SignerKey::Local(key) => return token::sign(key, &signer.header_b64, claims, now, ttl),
+            SignerKey::Remote(reference) => reference,
+        };
+        let state = self.inner.signing.as_ref().ok_or_else(|| {
+            SignError::Custody(crate::custody::CustodyError::Config(format!(
+                "the active key {} is held by an HSM or KMS, and this ring was built without one \
+                 (KeyRingBuilder::with_signing_custody)",
+                signer.kid
+            )))
+        })?;
+        let input = token::signing_input(&signer.header_b64, claims, now, ttl)?;
+        let started = std::time::Instant::now();
+        let signed = state.custody.sign(reference, signer.alg, &input).await;
+        let took = started.elapsed();
+        crate::metrics::custody_operation(state.custody.backend(), "sign", signed.is_ok(), took);
+        state.record(&signed.as_ref().map(drop).map_err(Clone::clone));
+        token::finish(input, &signed.map_err(SignError::Custody)?)
+    }
+
+    /// The HSM or KMS holding the ring's signing keys, when one does.
+    pub fn signing_custody(&self) -> Option<&Arc<dyn SigningCustody>> {
+        self.inner.signing.as_ref().map(|s| &s.custody)
+    }
+
+    /// The health of the HSM or KMS holding the ring's signing keys, as its last probe or
+    /// signing call found it (the status endpoint's `signing_custody` member).
+    pub fn signing_custody_health(&self) -> Option<crate::custody::CustodyHealth> {
+        self.inner.signing.as_ref().map(|s| s.health())
+    }
+
+    /// Probes the HSM or KMS holding the ring's signing keys every `every`, for
+    /// `keyrot_signing_custody_up` and the status endpoint (a signing call that fails marks
+    /// it down at once too); `None` when the ring's keys are in-process. Stops when the
+    /// returned monitor is dropped.
+    pub fn spawn_signing_monitor(&self, every: Duration) -> Option<crate::custody::CustodyMonitor> {
+        let state = Arc::clone(self.inner.signing.as_ref()?);
+        Some(crate::custody::CustodyMonitor::spawn(every, move || {
+            let state = Arc::clone(&state);
+            async move { state.probe().await }
+        }))
     }
 
     /// Verifies a token against the snapshot, now.

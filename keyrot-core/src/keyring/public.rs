@@ -163,6 +163,7 @@ pub(crate) fn trusted_rows(ring: &Ring, policy: &Policy, trusts: impl Fn(&str) -
             .filter(|k| trusts(&k.kid))
             .map(|k| KeyRecord {
                 sealed: None,
+                remote: k.remote.clone(),
                 ..k.clone()
             })
             .collect(),

@@ -20,7 +20,14 @@ use std::sync::Arc;
 pub(super) struct ActiveSigner {
     pub(super) kid: String,
     pub(super) header_b64: String,
-    pub(super) key: SigningKey,
+    pub(super) alg: Algorithm,
+    pub(super) key: SignerKey,
+}
+
+/// What signs: a key in this process, or the reference to a key an HSM or KMS holds.
+pub(super) enum SignerKey {
+    Local(SigningKey),
+    Remote(String),
 }
 
 /// Public facts about one key (no key material), for status pages and CLIs.
@@ -190,7 +197,7 @@ impl Snapshot {
     ) -> Result<Option<ActiveSigner>, RefreshError> {
         let reason = match Self::active_signer(ring, k, sealer, header) {
             Ok(Some(s)) => return Ok(Some(s)),
-            Ok(None) => "the public key does not match the sealed private key".to_owned(),
+            Ok(None) => "the public key does not match the private key the row holds".to_owned(),
             Err(
                 e @ RefreshError::Seal {
                     source: SealError::UnknownMasterKey(_),
@@ -226,6 +233,19 @@ impl Snapshot {
         sealer: &dyn Sealer,
         (alg_name, token_type): (&str, &str),
     ) -> Result<Option<ActiveSigner>, RefreshError> {
+        if let Some(reference) = &k.remote {
+            // The manifest authenticated the reference and the public key; the backend's
+            // key was checked against this public key when it entered the ring.
+            if k.sealed.is_some() {
+                return Ok(None);
+            }
+            return Ok(Some(ActiveSigner {
+                kid: k.kid.clone(),
+                header_b64: token::encode_header_named(alg_name, &k.kid, token_type),
+                alg: k.alg,
+                key: SignerKey::Remote(reference.clone()),
+            }));
+        }
         let sealed = k.sealed.as_ref().ok_or_else(|| RefreshError::Key {
             kid: k.kid.clone(),
             source: KeyError::Invalid(crate::key::InvalidKey::NoPrivateMaterial),
@@ -253,7 +273,8 @@ impl Snapshot {
         Ok(Some(ActiveSigner {
             kid: k.kid.clone(),
             header_b64: token::encode_header_named(alg_name, &k.kid, token_type),
-            key: pk.signing_key(),
+            alg: k.alg,
+            key: SignerKey::Local(pk.signing_key()),
         }))
     }
 

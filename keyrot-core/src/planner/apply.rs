@@ -13,8 +13,10 @@ pub struct NewKey {
     pub fingerprint: String,
     /// Public JWK (JSON text).
     pub public_jwk: String,
-    /// The sealed private key.
-    pub sealed: SealedKey,
+    /// The sealed private key; `None` for a key an HSM or KMS holds.
+    pub sealed: Option<SealedKey>,
+    /// The backend's reference to a key an HSM or KMS holds.
+    pub remote: Option<String>,
 }
 
 /// Why a plan could not be applied to the ring it was made for: a bug or mismatched
@@ -93,7 +95,8 @@ fn new_record(nk: NewKey, target: Target, origin: KeyOrigin, forced: bool, now: 
         forced,
         fingerprint: nk.fingerprint,
         public_jwk: nk.public_jwk,
-        sealed: Some(nk.sealed),
+        sealed: nk.sealed,
+        remote: nk.remote,
         created_at: now,
         activate_at,
         activated_at,

@@ -98,6 +98,8 @@ pub enum TriggerKind {
     Repair,
     /// Retiring the whole ring (tenant offboarding): every key revoked.
     RetireRing,
+    /// A master-key custody operation (create, import, rewrap under an HSM or KMS).
+    MasterKey,
 }
 
 impl TriggerKind {
@@ -114,6 +116,7 @@ impl TriggerKind {
             TriggerKind::Authenticate => "authenticate",
             TriggerKind::Repair => "repair",
             TriggerKind::RetireRing => "retire_ring",
+            TriggerKind::MasterKey => "master_key",
         }
     }
 
@@ -130,6 +133,7 @@ impl TriggerKind {
             "authenticate" => TriggerKind::Authenticate,
             "repair" => TriggerKind::Repair,
             "retire_ring" => TriggerKind::RetireRing,
+            "master_key" => TriggerKind::MasterKey,
             _ => return None,
         })
     }

@@ -13,6 +13,7 @@ fn record(kid: &str, state: KeyState, created_at: DateTime<Utc>) -> KeyRecord {
         fingerprint: format!("fp-{kid}"),
         public_jwk: "{}".into(),
         sealed: None,
+        remote: None,
         created_at,
         activate_at: None,
         activated_at: None,

@@ -87,7 +87,7 @@ macro_rules! key_times_from_fields {
 impl KeyTimes for KeyRecord {
     key_times_from_fields!();
     fn has_material(&self) -> bool {
-        self.sealed.is_some()
+        self.sealed.is_some() || (self.remote.is_some() && self.purged_at.is_none())
     }
     fn trusted(&self) -> bool {
         true

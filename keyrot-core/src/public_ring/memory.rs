@@ -64,6 +64,7 @@ mod tests {
             fingerprint: kid.into(),
             public_jwk: "{}".into(),
             sealed: None,
+            remote: None,
             created_at: t,
             activate_at: Some(t),
             activated_at: Some(t),

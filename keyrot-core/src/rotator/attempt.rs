@@ -10,7 +10,6 @@ use super::idempotency::Idempotency;
 use super::report::{Answer, RotationReport};
 use crate::clock::to_millis;
 use crate::ids::random_hex;
-use crate::key::PrivateKey;
 use crate::planner::{Trigger, TriggerKind};
 use crate::ring::{KeyRecord, Ring};
 use crate::storage::{AuditRecord, Commit, CommitOutcome, LockGuard, Outcome, StorageError};
@@ -38,8 +37,12 @@ pub(super) enum Request {
         /// The operator's reason (required).
         reason: String,
     },
-    /// A rotation request its endpoint refused before the rotator saw it: only audited.
-    Refused {
+    /// Something that happened outside the ring's rows, only audited: a rotation request
+    /// its endpoint refused before the rotator saw it (trigger `rotate` or
+    /// `force_rotate`), or a master-key custody operation (trigger `master_key`).
+    Recorded {
+        /// The record's trigger.
+        kind: TriggerKind,
         /// Whether it asked for a forced rotation.
         forced: bool,
         /// The reason it gave, if any.
@@ -58,8 +61,7 @@ impl Request {
             Request::Authenticate { .. } => TriggerKind::Authenticate,
             Request::Repair { .. } => TriggerKind::Repair,
             Request::Retire { .. } => TriggerKind::RetireRing,
-            Request::Refused { forced: true, .. } => TriggerKind::ForceRotate,
-            Request::Refused { forced: false, .. } => TriggerKind::Rotate,
+            Request::Recorded { kind, .. } => *kind,
         }
     }
 }
@@ -101,6 +103,8 @@ pub(super) struct Attempt<'r> {
     ctx: RequestContext,
     pub(super) now: DateTime<Utc>,
     idempotency: Option<Idempotency>,
+    /// What the attempt did in an HSM or KMS holding the ring's keys, for its record.
+    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'r> Attempt<'r> {
@@ -121,11 +125,12 @@ impl<'r> Attempt<'r> {
             ctx,
             now,
             idempotency,
+            notes: std::sync::Mutex::default(),
         })
     }
 
     /// The whole pipeline.
-    pub(super) async fn run(self, material: Option<PrivateKey>) -> Result<RotationReport, RotateError> {
+    pub(super) async fn run(self, material: Option<super::Material>) -> Result<RotationReport, RotateError> {
         if let Some(answer) = self.replay().await? {
             return answer;
         }
@@ -141,7 +146,7 @@ impl<'r> Attempt<'r> {
     }
 
     /// The phases under the lock.
-    async fn locked(&self, material: Option<PrivateKey>) -> Result<RotationReport, RotateError> {
+    async fn locked(&self, material: Option<super::Material>) -> Result<RotationReport, RotateError> {
         // Again under the lock: a concurrent request with the same key may have committed
         // between the first check and the lock; both get the same answer.
         if let Some(answer) = self.replay().await? {
@@ -153,7 +158,7 @@ impl<'r> Attempt<'r> {
             Request::Authenticate { expected_digest } => self.authenticate(expected_digest.as_deref()).await?,
             Request::Repair { reason } => self.repair(reason).await?,
             Request::Retire { reason } => self.retire(reason).await?,
-            Request::Refused { answer, .. } => Step::Answer(answer.clone()),
+            Request::Recorded { answer, .. } => Step::Answer(answer.clone()),
         };
         match step {
             Step::Answer(answer) => Ok(self.record(answer).await?),
@@ -205,6 +210,7 @@ impl<'r> Attempt<'r> {
             retired,
         } = change;
         let inner = &self.rotator.inner;
+        let revoked = self.drive_backend(&before, &keys).await?;
         let (report, audit) = self.conclude(Answer {
             generation: next.generation,
             ..answer
@@ -221,7 +227,7 @@ impl<'r> Attempt<'r> {
         let commit = Commit {
             ring: before.name.clone(),
             expected_generation: before.generation,
-            keys,
+            keys: keys.clone(),
             audit,
             idempotency: self.idempotency.as_ref().map(|i| i.record(&inner.ring, &report)),
             manifest,
@@ -231,6 +237,7 @@ impl<'r> Attempt<'r> {
         match inner.storage.commit(&commit, &inner.linker).instrument(span).await? {
             CommitOutcome::Committed => {
                 self.install(&next).await;
+                self.disable_revoked(&revoked).await;
                 Ok(report)
             }
             CommitOutcome::Conflict { current } => {
@@ -238,6 +245,7 @@ impl<'r> Attempt<'r> {
                     "another instance changed the ring first (generation {} → {current}); its change stands",
                     before.generation
                 );
+                self.discard_created(&keys, &before).await;
                 let lost = Answer {
                     generation: current,
                     detail: Some(detail),
@@ -248,11 +256,11 @@ impl<'r> Attempt<'r> {
         }
     }
 
-    /// Records a request refused before the rotator saw it ([`Request::Refused`]): no
+    /// Records what happened outside the ring's rows ([`Request::Recorded`]): no
     /// lock, no decision, its one record.
     pub(super) async fn record_refused(&self) -> Result<RotationReport, StorageError> {
         let answer = match &self.request {
-            Request::Refused { answer, .. } => answer.clone(),
+            Request::Recorded { answer, .. } => answer.clone(),
             _ => Answer::bare(Outcome::Refused),
         };
         self.record(answer).await
@@ -302,6 +310,13 @@ impl<'r> Attempt<'r> {
         }
     }
 
+    /// Adds what was done in the HSM or KMS to the attempt's record.
+    pub(super) fn note(&self, note: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(note);
+        }
+    }
+
     /// The report and the audit record of an answer, made together: the only place
     /// either is built.
     pub(super) fn conclude(&self, a: Answer) -> (RotationReport, AuditRecord) {
@@ -309,15 +324,20 @@ impl<'r> Attempt<'r> {
         let (reason, forced_request) = match &self.request {
             Request::Plan(Trigger::ForceRotate { reason, .. }) => (Some(reason.clone()), true),
             Request::Plan(Trigger::Revoke { reason, .. }) | Request::Retire { reason } => (Some(reason.clone()), false),
-            Request::Refused { forced, reason, .. } => (reason.clone(), *forced),
+            Request::Recorded { forced, reason, .. } => (reason.clone(), *forced),
             _ => (None, false),
         };
         let revocation = self.blast_radius(&a);
-        let detail = match (&a.detail, &revocation) {
-            (Some(d), Some(r)) => Some(format!("{d}; {}", r.summary)),
-            (None, Some(r)) => Some(r.summary.clone()),
-            (d, None) => d.clone(),
+        let join = |parts: [Option<String>; 2]| {
+            parts
+                .into_iter()
+                .flatten()
+                .filter(|d| !d.is_empty())
+                .reduce(|a, b| format!("{a}; {b}"))
         };
+        let notes = self.notes.lock().map(|n| n.join("; ")).ok();
+        let answered = join([a.detail.clone(), notes]);
+        let detail = join([answered.clone(), revocation.as_ref().map(|r| r.summary.clone())]);
         let (new_kid, new_fingerprint, activates_at) = match a.new {
             Some(n) => (Some(n.kid), n.fingerprint, n.activates_at),
             None => (None, None, None),
@@ -355,7 +375,7 @@ impl<'r> Attempt<'r> {
             activates_at,
             retry_after_ms: a.retry_after_ms,
             refusal: a.refusal,
-            detail: a.detail,
+            detail: answered,
             at: self.now,
             replayed: false,
             revocation,

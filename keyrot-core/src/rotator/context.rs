@@ -80,6 +80,7 @@ impl RotatorBuilder {
                 keyring: None,
                 served: std::sync::atomic::AtomicU64::new(0),
                 propagation: DEFAULT_PROPAGATION,
+                signing: None,
             },
             instance: None,
         }
@@ -112,9 +113,25 @@ impl RotatorBuilder {
         self
     }
 
-    /// A local key ring to update at once after each commit.
+    /// A local key ring to update at once after each commit. Its HSM or KMS
+    /// ([`crate::KeyRingBuilder::with_signing_custody`]) becomes the rotator's unless
+    /// [`RotatorBuilder::with_signing_custody`] names one.
     pub fn with_keyring(mut self, keyring: KeyRing) -> Self {
+        if self.inner.signing.is_none() {
+            self.inner.signing = keyring.signing_custody().cloned();
+        }
         self.inner.keyring = Some(keyring);
+        self
+    }
+
+    /// New keys are created in this HSM or KMS, non-extractable, instead of in this
+    /// process ([`crate::custody::SigningCustody`]); the rows hold only the reference and
+    /// the public key. A key that loses the commit race is destroyed there, and each
+    /// attempt that creates a key first destroys the keys the backend holds under the
+    /// ring's name that no row references (a crash between creation and commit). Revoking
+    /// a key disables it there, purging destroys it.
+    pub fn with_signing_custody(mut self, custody: Arc<dyn crate::custody::SigningCustody>) -> Self {
+        self.inner.signing = Some(custody);
         self
     }
 

@@ -27,6 +27,10 @@ pub enum RotateError {
     /// Key generation or import failed.
     #[error("the new key could not be generated or imported, so nothing was changed")]
     Key(#[from] KeyError),
+    /// The HSM or KMS holding the ring's signing keys failed (unreachable, refused, or
+    /// unable to make a key of the ring's algorithm). Rotation fails closed.
+    #[error("the HSM or KMS holding the ring's signing keys failed, so nothing was changed")]
+    Custody(#[source] crate::custody::CustodyError),
     /// Internal inconsistency between plan and ring.
     #[error("the plan does not fit the stored ring, so nothing was changed: retry the request")]
     Apply(#[from] ApplyError),
@@ -102,6 +106,7 @@ mod tests {
             RotateError::Key(KeyError::Rng),
             RotateError::Key(KeyError::Invalid(crate::key::InvalidKey::Rule("bad modulus"))),
             RotateError::Apply(ApplyError::UnknownKid { kid: "k1".into() }),
+            RotateError::Custody(crate::custody::CustodyError::Config("no EdDSA on this token".into())),
             RotateError::IdempotencyKeyReused,
             RotateError::InvalidIdempotencyKey,
             RotateError::Integrity("tampered key rows: k1 (altered)".into()),
@@ -129,7 +134,11 @@ mod tests {
         for e in every_variant() {
             let wraps = matches!(
                 e,
-                RotateError::Storage(_) | RotateError::Seal(_) | RotateError::Key(_) | RotateError::Apply(_)
+                RotateError::Storage(_)
+                    | RotateError::Seal(_)
+                    | RotateError::Key(_)
+                    | RotateError::Apply(_)
+                    | RotateError::Custody(_)
             );
             assert_eq!(e.source().is_some(), wraps, "{e:?}");
         }

@@ -19,7 +19,7 @@ impl Attempt<'_> {
     pub(super) async fn rewrap(&self) -> Result<Step, RotateError> {
         let sealer = &*self.rotator.inner.sealer;
         let (ring, retired) = self.rotator.load_trusted().await?;
-        let primary = sealer.primary_key_id().to_owned();
+        let primary = sealer.primary_key_id();
         let mut next = Change::successor(&ring);
         let mut keys = Vec::new();
         for k in next.keys.iter_mut() {

@@ -28,6 +28,7 @@ mod idempotency;
 mod maintenance;
 mod plan;
 mod refused;
+mod remote;
 mod report;
 mod trust;
 
@@ -47,6 +48,12 @@ use crate::ring::RingName;
 use crate::seal::Sealer;
 use crate::storage::{Lock, Storage};
 use attempt::Request;
+
+/// The key an import brings: a private key, or a key the ring's HSM or KMS holds.
+pub(crate) enum Material {
+    Local(PrivateKey),
+    Remote(crate::custody::RemoteKey),
+}
 use std::sync::Arc;
 
 struct Inner {
@@ -63,6 +70,8 @@ struct Inner {
     served: std::sync::atomic::AtomicU64,
     /// How long a commit takes at most to reach every instance (change feed or poll).
     propagation: std::time::Duration,
+    /// The HSM or KMS that creates and holds the ring's signing keys, when one does.
+    signing: Option<Arc<dyn crate::custody::SigningCustody>>,
 }
 
 /// Performs rotations on one ring. Cheap to clone.
@@ -183,7 +192,39 @@ impl Rotator {
             fingerprint: key.key.public_key().thumbprint(),
             state,
         };
-        self.attempt(Request::Plan(trigger), ctx, Some(key.key)).await
+        self.attempt(Request::Plan(trigger), ctx, Some(Material::Local(key.key)))
+            .await
+    }
+
+    /// Brings a key the ring's HSM or KMS already holds ([`RotatorBuilder::with_signing_custody`])
+    /// into the ring by its reference (a PKCS#11 URI with `id=` or `object=`, a Transit key
+    /// name, a KMS key ARN or alias), as Pending or Active, with `kid` or its thumbprint as
+    /// its kid. The backend must hold it non-extractable, for the policy's algorithm. From
+    /// then on keyrot's lifecycle drives it: revoking disables it there, purging destroys it.
+    pub async fn import_remote(
+        &self,
+        ctx: RequestContext,
+        reference: &str,
+        kid: Option<String>,
+        state: ImportState,
+    ) -> Result<RotationReport, RotateError> {
+        let custody = self.inner.signing.as_ref().ok_or_else(|| {
+            RotateError::Custody(crate::custody::CustodyError::Config(
+                "importing by reference needs the ring's HSM or KMS (RotatorBuilder::with_signing_custody)".into(),
+            ))
+        })?;
+        let key = custody
+            .find(reference, self.inner.policy.algorithm())
+            .await
+            .map_err(RotateError::Custody)?;
+        let fingerprint = key.public.thumbprint();
+        let trigger = Trigger::Import {
+            kid: kid.unwrap_or_else(|| fingerprint.clone()),
+            fingerprint,
+            state,
+        };
+        self.attempt(Request::Plan(trigger), ctx, Some(Material::Remote(key)))
+            .await
     }
 
     /// Re-seals every key whose material is sealed under another master key with the
@@ -255,7 +296,7 @@ impl Rotator {
         &self,
         request: Request,
         ctx: RequestContext,
-        material: Option<PrivateKey>,
+        material: Option<Material>,
     ) -> Result<RotationReport, RotateError> {
         use tracing::Instrument as _;
         let kind = request.kind();

@@ -2,9 +2,11 @@
 //! generate and seal the new key the plan asks for (outside any transaction; RSA on a
 //! blocking thread).
 
+use super::Material;
 use super::attempt::{Attempt, Change, Step};
 use super::error::RotateError;
 use super::report::{Answer, NewKid};
+use crate::custody::{CustodyError, RemoteKey};
 use crate::key::PrivateKey;
 use crate::planner::{self, NewKey, Plan, PlanKind, Trigger};
 use crate::ring::Ring;
@@ -15,7 +17,7 @@ use tracing::Instrument as _;
 impl Attempt<'_> {
     /// Plans `trigger` on the trusted ring: the planner's refusal (rate limits, nothing
     /// due, …) as an answer, or the change with its new key.
-    pub(super) async fn plan(&self, trigger: &Trigger, material: Option<PrivateKey>) -> Result<Step, RotateError> {
+    pub(super) async fn plan(&self, trigger: &Trigger, material: Option<super::Material>) -> Result<Step, RotateError> {
         let inner = &self.rotator.inner;
         let (ring, retired) = self.rotator.load_trusted().await?;
         if retired {
@@ -70,10 +72,40 @@ impl Attempt<'_> {
     async fn new_key(
         &self,
         ring: &Ring,
-        material: Option<PrivateKey>,
+        material: Option<super::Material>,
         import_kid: Option<&str>,
     ) -> Result<NewKey, RotateError> {
         let inner = &self.rotator.inner;
+        let material = match (self.signing_custody(), material) {
+            (Some(custody), Some(Material::Local(_))) => {
+                return Err(RotateError::Custody(CustodyError::Config(format!(
+                    "the ring's keys are held by {}: a private key cannot be imported into it (import by reference)",
+                    custody.location()
+                ))));
+            }
+            (Some(_), Some(Material::Remote(key))) => {
+                if ring
+                    .keys
+                    .iter()
+                    .any(|k| k.remote.as_deref() == Some(key.reference.as_str()))
+                {
+                    return Err(RotateError::Custody(CustodyError::Config(format!(
+                        "{} is already a key of the ring",
+                        key.reference
+                    ))));
+                }
+                return Ok(remote_new_key(key, import_kid));
+            }
+            (Some(custody), None) => return Ok(remote_new_key(self.create_remote(custody, ring).await?, None)),
+            (None, Some(Material::Remote(key))) => {
+                return Err(RotateError::Custody(CustodyError::Config(format!(
+                    "{} is held by an HSM or KMS, and this rotator has none",
+                    key.reference
+                ))));
+            }
+            (None, Some(Material::Local(key))) => Some(key),
+            (None, None) => None,
+        };
         let key = match material {
             Some(k) => k,
             None => {
@@ -102,8 +134,24 @@ impl Attempt<'_> {
             kid,
             alg: key.algorithm(),
             fingerprint,
-            sealed,
+            sealed: Some(sealed),
+            remote: None,
         })
+    }
+}
+
+/// The new key a backend holds: its reference and public key, no sealed material. An
+/// import keeps the kid it was given; a created key's kid is its thumbprint.
+fn remote_new_key(key: RemoteKey, import_kid: Option<&str>) -> NewKey {
+    let fingerprint = key.public.thumbprint();
+    let kid = import_kid.map_or_else(|| fingerprint.clone(), str::to_owned);
+    NewKey {
+        public_jwk: key.public.to_jwk(&kid).to_string(),
+        kid,
+        alg: key.public.algorithm(),
+        fingerprint,
+        sealed: None,
+        remote: Some(key.reference),
     }
 }
 

@@ -9,6 +9,7 @@ use super::context::RequestContext;
 use super::error::RotateError;
 use super::report::Answer;
 use crate::keyring::Snapshot;
+use crate::planner::TriggerKind;
 use crate::storage::Outcome;
 
 /// A rotation request refused by its caller (an HTTP endpoint, say) before the rotator
@@ -64,13 +65,54 @@ impl Rotator {
             detail: Some(refused.detail),
             ..Answer::bare(Outcome::Refused)
         };
-        let request = Request::Refused {
+        let kind = if refused.forced {
+            TriggerKind::ForceRotate
+        } else {
+            TriggerKind::Rotate
+        };
+        let request = Request::Recorded {
+            kind,
             forced: refused.forced,
             reason: refused.reason,
             answer,
         };
         // Only requests the planner answers check their idempotency key, so `new` cannot
         // refuse this one; the key is recorded as given.
+        Attempt::new(self, request, ctx)?.record_refused().await?;
+        Ok(())
+    }
+}
+
+impl Rotator {
+    /// Writes the record of a master-key custody operation (`keyrotctl master-key create`,
+    /// `import`, `rewrap`) to the ring's ledger: trigger `master_key`, outcome `custody`
+    /// when it was carried out and `failed` when not, `detail` saying what (ids and KEKs,
+    /// never key material or credentials). It takes no lock and changes nothing but the
+    /// ledger.
+    pub async fn record_custody(
+        &self,
+        ctx: RequestContext,
+        succeeded: bool,
+        detail: impl Into<String>,
+    ) -> Result<(), RotateError> {
+        let generation = self
+            .inner
+            .storage
+            .generation(&self.inner.ring)
+            .await
+            .map_err(RotateError::Storage)?;
+        let outcome = if succeeded { Outcome::Custody } else { Outcome::Failed };
+        let answer = Answer {
+            generation,
+            detail: Some(detail.into()),
+            ..Answer::bare(outcome)
+        };
+        let request = Request::Recorded {
+            kind: TriggerKind::MasterKey,
+            forced: false,
+            reason: None,
+            answer,
+        };
         Attempt::new(self, request, ctx)?.record_refused().await?;
         Ok(())
     }

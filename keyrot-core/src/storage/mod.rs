@@ -189,6 +189,9 @@ pub enum Outcome {
     Failed,
     /// A retry answered from the idempotency record; nothing changed.
     Replayed,
+    /// A master-key custody operation was carried out (its detail says which); the ring's
+    /// rows did not change.
+    Custody,
 }
 
 impl Outcome {
@@ -213,6 +216,7 @@ impl Outcome {
             Outcome::LostRace => "lost_race",
             Outcome::Failed => "failed",
             Outcome::Replayed => "replayed",
+            Outcome::Custody => "custody",
         }
     }
 
@@ -237,6 +241,7 @@ impl Outcome {
             Outcome::LostRace,
             Outcome::Failed,
             Outcome::Replayed,
+            Outcome::Custody,
         ]
         .into_iter()
         .find(|o| o.as_str() == s)

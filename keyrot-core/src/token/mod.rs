@@ -29,8 +29,8 @@ pub(crate) use decode::{HeaderHash, decode_with_known_typed_header};
 pub use decode::{check_header_type, decode_header, verify_with_key, verify_with_lookup};
 #[cfg(any(test, feature = "test-util"))]
 pub use sign::encode_header;
-pub(crate) use sign::encode_header_named;
 pub use sign::{DEFAULT_TOKEN_TYPE, encode_header_with_type, sign};
+pub(crate) use sign::{encode_header_named, finish, signing_input};
 
 /// Default cap on a token's length before any parsing.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -147,6 +147,14 @@ pub enum SignError {
     /// The signature operation failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The Active key is held by an HSM or KMS: signing is a network or HSM call, so
+    /// the ring signs only through `KeyRing::sign_async`.
+    #[error("the active key is held by an HSM or KMS: sign with KeyRing::sign_async")]
+    RemoteKey,
+    /// The HSM or KMS holding the Active key did not sign (unreachable, refused). The
+    /// token endpoint answers 503; verification is unaffected.
+    #[error("the HSM or KMS holding the signing key did not sign")]
+    Custody(#[source] crate::custody::CustodyError),
 }
 
 /// Why claims cannot be signed (the source of [`SignError::Claims`]).

@@ -173,6 +173,44 @@ pub fn sign<C: Serialize + ?Sized>(
     now: i64,
     max_ttl_secs: i64,
 ) -> Result<String, SignError> {
+    let payload = checked_payload(claims, now, max_ttl_secs)?;
+    let len = header_b64.len() + 1 + b64::encoded_len(payload.len()) + 1 + b64::encoded_len(key.signature_len());
+    let mut token = Vec::with_capacity(len);
+    token.extend_from_slice(header_b64.as_bytes());
+    token.push(b'.');
+    b64::encode_into_vec(&payload, &mut token);
+    let mut sig = [0u8; MAX_SIGNATURE_BYTES];
+    let n = key.sign_into(&token, &mut sig)?;
+    finish(token, &sig[..n])
+}
+
+/// The JWS signing input (`header.payload`) of `claims`, checked as [`sign`] checks them,
+/// for a signer elsewhere (an HSM or KMS); [`finish`] appends its signature.
+pub(crate) fn signing_input<C: Serialize + ?Sized>(
+    header_b64: &str,
+    claims: &C,
+    now: i64,
+    max_ttl_secs: i64,
+) -> Result<Vec<u8>, SignError> {
+    let payload = checked_payload(claims, now, max_ttl_secs)?;
+    let mut input = Vec::with_capacity(header_b64.len() + 1 + b64::encoded_len(payload.len()) + 1 + 700);
+    input.extend_from_slice(header_b64.as_bytes());
+    input.push(b'.');
+    b64::encode_into_vec(&payload, &mut input);
+    Ok(input)
+}
+
+/// The compact token: the signing input, `.`, the signature.
+pub(crate) fn finish(mut input: Vec<u8>, signature: &[u8]) -> Result<String, SignError> {
+    input.push(b'.');
+    b64::encode_into_vec(signature, &mut input);
+    // ASCII throughout: the header is base64url text, the rest keyrot just encoded.
+    String::from_utf8(input)
+        .map_err(|_| SignError::Key(KeyError::Invalid(crate::key::InvalidKey::Rule("header is not text"))))
+}
+
+/// The serialised claims: an object with a numeric `exp` within `max_ttl_secs` of `now`.
+fn checked_payload<C: Serialize + ?Sized>(claims: &C, now: i64, max_ttl_secs: i64) -> Result<Vec<u8>, SignError> {
     let mut payload = Vec::with_capacity(256);
     serde_json::to_writer(&mut payload, claims).map_err(|e| SignError::Claims(ClaimsError::Serialize(e)))?;
     if payload.first() != Some(&b'{') {
@@ -188,18 +226,7 @@ pub fn sign<C: Serialize + ?Sized>(
             max_secs: max_ttl_secs,
         });
     }
-    let len = header_b64.len() + 1 + b64::encoded_len(payload.len()) + 1 + b64::encoded_len(key.signature_len());
-    let mut token = Vec::with_capacity(len);
-    token.extend_from_slice(header_b64.as_bytes());
-    token.push(b'.');
-    b64::encode_into_vec(&payload, &mut token);
-    let mut sig = [0u8; MAX_SIGNATURE_BYTES];
-    let n = key.sign_into(&token, &mut sig)?;
-    token.push(b'.');
-    b64::encode_into_vec(&sig[..n], &mut token);
-    // ASCII throughout: the header is base64url text, the rest keyrot just encoded.
-    String::from_utf8(token)
-        .map_err(|_| SignError::Key(KeyError::Invalid(crate::key::InvalidKey::Rule("header is not text"))))
+    Ok(payload)
 }
 
 #[cfg(test)]

@@ -108,6 +108,23 @@ pub(super) fn rotate_error_response(e: &RotateError) -> HttpResponse {
             "temporarily_unavailable",
             "the key store is unavailable; nothing was changed, retry later",
         ),
+        // The HSM or KMS holding the master keys does not answer: nothing new is sealed
+        // until it does, which is an outage to wait out, not a server bug.
+        RotateError::Seal(keyrot_core::SealError::CustodyUnavailable { .. }) => HttpResponse::error(
+            503,
+            "temporarily_unavailable",
+            "the master keys' custody backend does not answer; nothing was changed, retry later",
+        ),
+        // The HSM or KMS holding the signing keys does not answer or refuses the
+        // credential: an outage too. A backend that cannot do what the ring asks (a
+        // configuration error) stays a 500.
+        RotateError::Custody(
+            keyrot_core::custody::CustodyError::Unavailable { .. } | keyrot_core::custody::CustodyError::Denied { .. },
+        ) => HttpResponse::error(
+            503,
+            "temporarily_unavailable",
+            "the signing keys' HSM or KMS does not answer; nothing was changed, retry later",
+        ),
         _ => HttpResponse::error(500, "server_error", "the rotation failed; nothing was changed"),
     }
 }

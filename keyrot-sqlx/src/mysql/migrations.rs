@@ -143,6 +143,40 @@ EXECUTE keyrot_ddl;
 DEALLOCATE PREPARE keyrot_ddl
 "#,
     },
+    // Wrapped master keys (keyrot_core::custody), beside the rings. Identifiers and KEK
+    // names are VARBINARY: compared byte for byte (no case folding, no PAD SPACE), as the
+    // rewrap's compare-and-swap needs. Rows are never deleted, and only their wrapped form
+    // (kek, wrapped: a rewrap) is ever updated; `TRUNCATE` (which needs the DROP privilege)
+    // is not refused. A writer who gets past the triggers can still only deny service, as a
+    // substituted blob does not unwrap under its row's id and KEK. Idempotent, as DDL
+    // commits implicitly.
+    Migration {
+        version: 6,
+        description: "wrapped master keys (HSM/KMS custody), never deleted, only rewrapped",
+        sql: r#"
+CREATE TABLE IF NOT EXISTS {master_keys} (
+    id VARBINARY(64) NOT NULL PRIMARY KEY,
+    backend VARBINARY(32) NOT NULL,
+    kek VARBINARY(2048) NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at_ms BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+DROP TRIGGER IF EXISTS {prefix}master_keys_no_delete;
+CREATE TRIGGER {prefix}master_keys_no_delete BEFORE DELETE ON {master_keys} FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'keyrot master keys are never deleted';
+DROP TRIGGER IF EXISTS {prefix}master_keys_rewrap_only;
+CREATE TRIGGER {prefix}master_keys_rewrap_only BEFORE UPDATE ON {master_keys} FOR EACH ROW BEGIN IF NOT (NEW.id <=> OLD.id AND NEW.backend <=> OLD.backend AND NEW.created_at_ms <=> OLD.created_at_ms) THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'keyrot master keys: only their wrapped form (kek, wrapped) is updated'; END IF; END
+"#,
+    },
+    // Keys an HSM or KMS holds (keyrot_core::custody::SigningCustody): the backend's
+    // reference to the key, authenticated by the ring's manifest; such rows have no sealed
+    // private key.
+    Migration {
+        version: 7,
+        description: "keys: the backend reference of a key an HSM or KMS holds",
+        sql: r#"
+ALTER TABLE {keys} ADD COLUMN remote_key TEXT;
+"#,
+    },
 ];
 
 #[cfg(test)]
@@ -161,6 +195,8 @@ mod tests {
                 "5803c23e0f01031a18e83620eb5a2baa2e66ad8ea9fc2b344291874e12e55d20",
                 "8c7d2c2dcbde7b2067700b26164a3049f342456bdf5b587d20e73bd63e879805",
                 "2de2827b10a405c00fa38c8c1b43041314a5981774eb1f182e6643deee4d7565",
+                "b8e19d930b34b8932f533f87cbb4f5a5a4ea4e77553b1cb2822a67137e68bf0f",
+                "4a3735630ccfd86f489e43766d1eb0978371994a30b161d82aad1da7d6987bfe",
             ],
         );
     }

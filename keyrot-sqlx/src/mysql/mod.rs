@@ -34,6 +34,7 @@ mod migrations;
 
 use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
 use crate::lock::{Hold, SqlLockGuard};
+use crate::master_keys::InsertWording;
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
 use crate::store::{Backend, SqlStore};
@@ -54,7 +55,9 @@ const LOCK_NAME: &str = "CONCAT('keyrot:', LEFT(SHA2(CONCAT_WS(':', DATABASE(), 
 
 /// How MySQL words the statements that differ between databases. A duplicate
 /// idempotency key fails a commit's insert (a unique violation): the commit reports a
-/// conflict. An attempt that changed nothing keeps the first record of a key.
+/// conflict. An attempt that changed nothing keeps the first record of a key. A master
+/// key's taken id fails its insert as a unique violation too (not `INSERT IGNORE`, which
+/// would turn every other error into a warning): the store answers `Ok(false)`.
 const WORDING: Wording<'static> = Wording {
     upsert_key: "ON DUPLICATE KEY UPDATE",
     new_value: "VALUES({c})",
@@ -63,6 +66,7 @@ const WORDING: Wording<'static> = Wording {
     keep_idempotency: " ON DUPLICATE KEY UPDATE ring = ring",
     chain_desc: "chain_seq DESC",
     row_locks: true,
+    insert_master_key: InsertWording::Values(""),
 };
 
 impl Backend for MySql {

@@ -123,6 +123,43 @@ ALTER TABLE {rings} ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX {prefix}rings_changed ON {rings} (changed_ms);
 "#,
     },
+    // Wrapped master keys (keyrot_core::custody), beside the rings. Rows are never deleted
+    // (nor the table truncated), and only their wrapped form (kek, wrapped: a rewrap) is
+    // ever updated; a writer who gets past the trigger can still only deny service, as a
+    // substituted blob does not unwrap under its row's id and KEK.
+    Migration {
+        version: 6,
+        description: "wrapped master keys (HSM/KMS custody), never deleted, only rewrapped",
+        sql: r#"
+CREATE TABLE {master_keys} (
+    id TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
+    backend TEXT NOT NULL,
+    kek TEXT NOT NULL,
+    wrapped BYTEA NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE FUNCTION {q}{prefix}master_keys_guard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.id = OLD.id AND NEW.backend = OLD.backend AND NEW.created_at_ms = OLD.created_at_ms THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'keyrot master keys are never deleted, and only their wrapped form (kek, wrapped) is updated';
+END $$;
+CREATE TRIGGER {prefix}master_keys_rewrap_only BEFORE UPDATE OR DELETE ON {master_keys} FOR EACH ROW EXECUTE FUNCTION {q}{prefix}master_keys_guard();
+CREATE TRIGGER {prefix}master_keys_no_truncate BEFORE TRUNCATE ON {master_keys} FOR EACH STATEMENT EXECUTE FUNCTION {q}{prefix}master_keys_guard();
+"#,
+    },
+    // Keys an HSM or KMS holds (keyrot_core::custody::SigningCustody): the backend's
+    // reference to the key, authenticated by the ring's manifest; such rows have no sealed
+    // private key.
+    Migration {
+        version: 7,
+        description: "keys: the backend reference of a key an HSM or KMS holds",
+        sql: r#"
+ALTER TABLE {keys} ADD COLUMN remote_key TEXT;
+"#,
+    },
 ];
 
 #[cfg(test)]
@@ -141,6 +178,8 @@ mod tests {
                 "c13beb659bd4800bdd1ed1f1b08f556d6427efa66fdf3a626381a683e0607e19",
                 "568a40d1cfaf2f716d53c1ad3d7be9e11ffb061f0c20c320cd5d7c802a1f07c2",
                 "7d398080fed6285a60b194b51e890fd470c4b7e388b71d4326b44644ed52b86a",
+                "07162c7d297223d90a9dbc09691af368be664cb2b5fbc616c22ba33cef40779b",
+                "4a3735630ccfd86f489e43766d1eb0978371994a30b161d82aad1da7d6987bfe",
             ],
         );
     }

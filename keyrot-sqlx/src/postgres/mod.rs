@@ -35,6 +35,7 @@ mod rings;
 
 use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
 use crate::lock::{Hold, SqlLockGuard};
+use crate::master_keys::InsertWording;
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
 use crate::store::{Backend, SqlStore};
@@ -59,6 +60,7 @@ const WORDING: Wording<'static> = Wording {
     keep_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
     chain_desc: "chain_seq DESC NULLS LAST",
     row_locks: true,
+    insert_master_key: InsertWording::Values(" ON CONFLICT (id) DO NOTHING"),
 };
 
 /// What a PostgreSQL store keeps besides what every store keeps. (`PgState` is nominally

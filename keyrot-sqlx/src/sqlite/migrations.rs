@@ -133,6 +133,41 @@ ALTER TABLE {rings} ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX "{prefix}rings_changed" ON {rings} (changed_ms);
 "#,
     },
+    // Wrapped master keys (keyrot_core::custody), beside the rings. Rows are never deleted,
+    // and only their wrapped form (kek, wrapped: a rewrap) is ever updated; `INSERT OR
+    // REPLACE`, which would delete a row without firing a trigger, is refused as on the
+    // ledger. A writer who gets past the triggers can still only deny service, as a
+    // substituted blob does not unwrap under its row's id and KEK.
+    Migration {
+        version: 6,
+        description: "wrapped master keys (HSM/KMS custody), never deleted, only rewrapped",
+        sql: r#"
+CREATE TABLE {master_keys} (
+    id TEXT NOT NULL PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
+    backend TEXT NOT NULL,
+    kek TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TRIGGER "{prefix}master_keys_no_delete" BEFORE DELETE ON {master_keys} BEGIN SELECT RAISE(ABORT, 'keyrot master keys are never deleted'); END;
+CREATE TRIGGER "{prefix}master_keys_rewrap_only" BEFORE UPDATE ON {master_keys}
+WHEN NEW.id IS NOT OLD.id OR NEW.backend IS NOT OLD.backend OR NEW.created_at_ms IS NOT OLD.created_at_ms
+BEGIN SELECT RAISE(ABORT, 'keyrot master keys: only their wrapped form (kek, wrapped) is updated'); END;
+CREATE TRIGGER "{prefix}master_keys_no_replace" BEFORE INSERT ON {master_keys}
+WHEN EXISTS (SELECT 1 FROM {master_keys} WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'keyrot master keys are never replaced'); END;
+"#,
+    },
+    // Keys an HSM or KMS holds (keyrot_core::custody::SigningCustody): the backend's
+    // reference to the key, authenticated by the ring's manifest; such rows have no sealed
+    // private key.
+    Migration {
+        version: 7,
+        description: "keys: the backend reference of a key an HSM or KMS holds",
+        sql: r#"
+ALTER TABLE {keys} ADD COLUMN remote_key TEXT;
+"#,
+    },
 ];
 
 #[cfg(test)]
@@ -151,6 +186,8 @@ mod tests {
                 "7368e4124393431f5d518266e7df01fb5caa6e8152552bef4b925594ef27c124",
                 "d16d60c0b6a9296980898e269fe1d5f87f38b4a19c97055c535f563c9afff261",
                 "32a094ab66f7dda0f5ec302759674875dd2a715136d53f6f2b17d77eb296190b",
+                "ffd7d1d99695798774538be34fcbe6f385727a096da9b166741ba9c5227703df",
+                "4a3735630ccfd86f489e43766d1eb0978371994a30b161d82aad1da7d6987bfe",
             ],
         );
     }

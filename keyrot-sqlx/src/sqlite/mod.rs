@@ -27,6 +27,7 @@ mod migrations;
 
 use crate::common::{self, ConfigError, DEFAULT_TABLE_PREFIX, MAX_PREFIX_LEN, Tables, db_err};
 use crate::lock::{Hold, SqlLockGuard};
+use crate::master_keys::InsertWording;
 use crate::migrate::{self, AppliedAt, Migrate};
 use crate::ops::{self, Statements, Wording};
 use crate::store::{Backend, SqlStore};
@@ -51,6 +52,7 @@ const WORDING: Wording<'static> = Wording {
     keep_idempotency: " ON CONFLICT (ring, idem_key) DO NOTHING",
     chain_desc: "chain_seq DESC",
     row_locks: false,
+    insert_master_key: InsertWording::SelectWhereNotExists,
 };
 
 /// `BEGIN IMMEDIATE` takes the database's write lock at the start: appends to every

@@ -333,15 +333,15 @@ pub fn ms(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 impl RawDb {
-    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}` and `{migrations}` with the
-    /// store's (qualified) table names.
+    /// Replaces `{rings}`, `{keys}`, `{audit}`, `{audit_guard}`, `{master_keys}` and
+    /// `{migrations}` with the store's (qualified) table names.
     pub fn render(&self, sql: &str) -> String {
         let q = match self {
             RawDb::Postgres { schema, .. } => format!(r#""{schema}"."#),
             _ => String::new(),
         };
         let mut out = sql.to_owned();
-        for t in ["rings", "keys", "audit_guard", "audit", "migrations"] {
+        for t in ["rings", "keys", "audit_guard", "audit", "master_keys", "migrations"] {
             out = out.replace(&format!("{{{t}}}"), &format!("{q}keyrot_{t}"));
         }
         out
@@ -471,6 +471,15 @@ impl TestDb {
             lock: std::sync::Arc::new(store.clone()),
             raw: RawDb::Sqlite { pool: pool.clone() },
             owner: Owner::Sqlite(file, store, pool),
+        }
+    }
+
+    /// The store's table of wrapped master keys.
+    pub fn master_keys(&self) -> std::sync::Arc<dyn keyrot_core::custody::MasterKeyStorage> {
+        match &self.owner {
+            Owner::Postgres(_, s) => std::sync::Arc::new(s.clone()),
+            Owner::MySql(_, s, _) => std::sync::Arc::new(s.clone()),
+            Owner::Sqlite(_, s, _) => std::sync::Arc::new(s.clone()),
         }
     }
 

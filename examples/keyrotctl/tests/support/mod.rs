@@ -26,10 +26,16 @@ impl Drop for Dir {
 
 /// Runs keyrotctl on ring `t1` of the test's database; exit code, stdout, stderr.
 pub fn ctl(dir: &Dir, args: &[&str]) -> (i32, String, String) {
+    ctl_env(dir, args, &[])
+}
+
+/// [`ctl`] with extra environment variables (e.g. `KEYROT_POLICY_*`).
+pub fn ctl_env(dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let db = format!("sqlite:{}", dir.0.join("keyrot.db").display());
     let out = Command::new(env!("CARGO_BIN_EXE_keyrotctl"))
         .args(["--database-url", &db, "--ring", "t1"])
         .args(args)
+        .envs(env.iter().copied())
         .env("KEYROT_MASTER_KEY", MASTER_KEY)
         .env_remove("KEYROT_DATABASE_URL")
         .env_remove("KEYROT_MASTER_KEY_FILE")

@@ -7,6 +7,11 @@ use crate::{MasterKeySource, SetupError, random_secret};
 use keyrot_http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, JWKS_PATH, ROTATE_PATH, STATUS_PATH};
 use std::fmt::Write as _;
 
+/// The scheduler client's secret, shared by every instance that sets it.
+pub(super) const SCHEDULER_SECRET_VAR: &str = "KEYROT_SCHEDULER_CLIENT_SECRET";
+/// The break-glass client's secret, likewise.
+pub(super) const BREAKGLASS_SECRET_VAR: &str = "KEYROT_BREAKGLASS_CLIENT_SECRET";
+
 /// Where a client secret came from.
 #[derive(Debug, Clone)]
 pub(super) enum Secret {
@@ -95,15 +100,41 @@ impl Quickstart {
             MasterKeySource::Env => {
                 let _ = writeln!(b, "  master key from KEYROT_MASTER_KEY");
             }
+            custody @ MasterKeySource::Custody { .. } => {
+                let _ = writeln!(b, "  master key  {}", custody.describe());
+            }
         }
-        for (id, s) in [
-            ("scheduler", &self.scheduler_secret),
-            ("breakglass", &self.breakglass_secret),
-        ] {
+        if let Some(custody) = self.keyring.signing_custody() {
+            let _ = writeln!(
+                b,
+                "  signing keys held by {} (never in this process)",
+                custody.location()
+            );
+        }
+        let clients = [
+            ("scheduler", &self.scheduler_secret, SCHEDULER_SECRET_VAR),
+            ("breakglass", &self.breakglass_secret, BREAKGLASS_SECRET_VAR),
+        ];
+        let mut generated = Vec::new();
+        for (id, s, var) in clients {
             let _ = match s {
-                Secret::Generated(v) => writeln!(b, "  client {id:<10} secret {v} (generated; shown once)"),
+                Secret::Generated(v) => {
+                    generated.push(var);
+                    writeln!(b, "  client {id:<10} secret {v} (generated; shown once)")
+                }
                 Secret::Env(var) => writeln!(b, "  client {id:<10} secret from ${var}"),
             };
+        }
+        if !generated.is_empty() {
+            let _ = writeln!(
+                b,
+                "  Generated secrets are this instance's own and change at every start: other instances answer invalid_client to them."
+            );
+            let _ = writeln!(
+                b,
+                "  To share them, start every instance with the same {}.",
+                generated.join(" and ")
+            );
         }
     }
 }
