@@ -20,6 +20,7 @@
 //! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3).
 
 mod backends;
+#[allow(dead_code, reason = "shared with `--bench load`, which verifies tokens")]
 #[path = "load/client.rs"]
 mod client;
 #[allow(dead_code, reason = "the shared harness; this benchmark uses its medians only")]
@@ -83,7 +84,10 @@ fn start(bin_dir: &std::path::Path) -> Result<Vec<Target>, SetupError> {
                 continue;
             }
         };
-        let uri = backend.signing_uri.clone().ok_or("the component holds no signing keys")?;
+        let uri = backend
+            .signing_uri
+            .clone()
+            .ok_or("the component holds no signing keys")?;
         let mut env = backend.env.clone();
         env.push(("KEYROT_SIGNING_KEYS_URI".into(), uri.clone()));
         let server = Server::quickstart(bin_dir, "quickstart", component, 0, None, &env)?;

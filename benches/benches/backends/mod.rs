@@ -1,7 +1,7 @@
-//! The custody components `--bench custody` and `--bench signing_custody` start and stop
-//! themselves: a SoftHSM2 token in a fresh directory, an OpenBao dev server and a
-//! moto_server (an emulator of the AWS KMS API), each on its own free 127.0.0.1 port or
-//! directory. They are found like the
+//! The custody components `--bench custody`, `--bench signing_custody` and
+//! `--bench token_load` start and stop themselves: a SoftHSM2 token in a fresh directory,
+//! an OpenBao dev server and a moto_server (an emulator of the AWS KMS API), each on its
+//! own free 127.0.0.1 port or directory. They are found like the
 //! keyrot-kms tests find them (`KEYROT_TEST_SOFTHSM2_MODULE` and `softhsm2-util`,
 //! `KEYROT_TEST_BAO`, `KEYROT_TEST_MOTO_SERVER`, else PATH); a missing one is skipped.
 //!

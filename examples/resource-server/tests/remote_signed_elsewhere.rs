@@ -18,6 +18,7 @@ mod support;
 
 #[path = "../../../keyrot-kms/tests/vault/bao.rs"]
 mod bao;
+#[allow(dead_code)] // shared with keyrot-kms's AWS tests, which use all of it
 #[path = "../../../keyrot-kms/tests/aws/moto.rs"]
 mod moto;
 

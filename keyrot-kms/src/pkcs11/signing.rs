@@ -52,7 +52,7 @@ pub(crate) type SigningHandles = HashMap<KeySel, Found>;
 /// | RS256 | `CKK_RSA` | `CKM_SHA256_RSA_PKCS`, or `CKM_RSA_PKCS` over a DigestInfo |
 /// | PS256 | `CKK_RSA` | `CKM_SHA256_RSA_PKCS_PSS`, or `CKM_RSA_PKCS_PSS` over SHA-256; MGF1-SHA-256, 32-byte salt |
 ///
-/// The mechanisms are read once at [`Pkcs11Signing::open`] (`C_GetMechanismList`);
+/// The mechanisms are read once at [`Pkcs11Signing::open`] (`C_GetMechanismInfo`);
 /// [`SigningCustody::supports`] answers from them, RSA modulus sizes included.
 ///
 /// [`SigningCustody::disable`] clears `CKA_SIGN` (`false` when the token will not change it,

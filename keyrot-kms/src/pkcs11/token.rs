@@ -360,24 +360,21 @@ impl Token {
         }
     }
 
-    /// Those of `wanted` the token offers (`C_GetMechanismList`), with their
-    /// `C_GetMechanismInfo`.
+    /// Those of `wanted` the token offers, with their `C_GetMechanismInfo`
+    /// (`CKR_MECHANISM_INVALID`: not offered). Asked one by one rather than through
+    /// `C_GetMechanismList`, whose vendor and newer mechanism types cryptoki logs as errors.
     pub fn mechanisms(
         &self,
         wanted: &[MechanismType],
         place: &Place<'_>,
     ) -> Result<Vec<(MechanismType, MechanismInfo)>, CustodyError> {
-        let offered = self
-            .ctx
-            .get_mechanism_list(self.slot)
-            .map_err(|e| place.map(&e, "C_GetMechanismList"))?;
         let mut out = Vec::new();
-        for m in wanted.iter().filter(|m| offered.contains(m)) {
-            let info = self
-                .ctx
-                .get_mechanism_info(self.slot, *m)
-                .map_err(|e| place.map(&e, "C_GetMechanismInfo"))?;
-            out.push((*m, info));
+        for m in wanted {
+            match self.ctx.get_mechanism_info(self.slot, *m) {
+                Ok(info) => out.push((*m, info)),
+                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => {}
+                Err(e) => return Err(place.map(&e, "C_GetMechanismInfo")),
+            }
         }
         Ok(out)
     }
