@@ -23,6 +23,7 @@
 //! `KEYROT_LOAD_SERVERS=axum-cache,actix-cache` loads only the servers named, out of
 //! `axum`, `axum-cache`, `actix`, `actix-cache` and `jwt-authorizer`).
 
+#[allow(dead_code, reason = "`Route::Login` is for `--bench token_load`")]
 mod client;
 #[allow(dead_code)] // the shared harness; this benchmark uses its medians only
 #[path = "../paired/mod.rs"]
