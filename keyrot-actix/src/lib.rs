@@ -374,23 +374,32 @@ fn jwks(keyring: &keyrot_core::KeyRing, req: &actix_web::HttpRequest) -> actix_w
 /// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
 /// and, when the endpoints have an issuer URL
 /// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_http::HttpEndpointsBuilder::with_issuer_url)),
-/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
-/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// the RFC 8414 metadata at [`OAUTH_AUTHORIZATION_SERVER_PATH`], and the OpenID document at
+/// [`OPENID_CONFIGURATION_PATH`] when the metadata has an authorization endpoint (public). Every method reaches keyrot, which
 /// answers `405` (JSON) for the wrong one. Use with `App::configure` or
 /// `Scope::configure` (at the issuer URL's path); do not wrap [`BearerAuthMiddleware`]
 /// around these routes.
 pub fn configure(endpoints: HttpEndpoints) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         if endpoints.issuer().is_some() {
-            for path in [OPENID_CONFIGURATION_PATH, OAUTH_AUTHORIZATION_SERVER_PATH] {
-                let for_discovery = endpoints.clone();
-                cfg.service(
-                    web::resource(path).route(web::route().to(move |req: actix_web::HttpRequest| {
-                        let headers = Headers(req.headers());
-                        ready(into_actix_response(for_discovery.discovery(&neutral(&req, &headers))))
-                    })),
-                );
-            }
+            let for_discovery = endpoints.clone();
+            cfg.service(web::resource(OAUTH_AUTHORIZATION_SERVER_PATH).route(web::route().to(
+                move |req: actix_web::HttpRequest| {
+                    let headers = Headers(req.headers());
+                    ready(into_actix_response(for_discovery.discovery(&neutral(&req, &headers))))
+                },
+            )));
+        }
+        if endpoints.serves_openid_configuration() {
+            let for_openid = endpoints.clone();
+            cfg.service(web::resource(OPENID_CONFIGURATION_PATH).route(web::route().to(
+                move |req: actix_web::HttpRequest| {
+                    let headers = Headers(req.headers());
+                    ready(into_actix_response(
+                        for_openid.openid_configuration(&neutral(&req, &headers)),
+                    ))
+                },
+            )));
         }
         let keyring = endpoints.keyring().clone();
         let for_rotate = endpoints.clone();

@@ -325,6 +325,14 @@ async fn discovery(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Resp
     into_axum_response(endpoints.discovery(&req))
 }
 
+async fn openid_configuration(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Response {
+    let req = HttpRequest {
+        method: parts.method.as_str(),
+        headers: &Headers(&parts.headers),
+    };
+    into_axum_response(endpoints.openid_configuration(&req))
+}
+
 async fn rotate(State(endpoints): State<HttpEndpoints>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let read = read_body(body, endpoints.max_body_bytes()).await;
@@ -351,8 +359,8 @@ async fn status(State(endpoints): State<HttpEndpoints>, parts: Parts) -> Respons
 /// `/internal/keys/status` (each authorized by the endpoints' [`RotationAuthorizer`]),
 /// and, when the endpoints have an issuer URL
 /// ([`HttpEndpointsBuilder::with_issuer_url`](keyrot_http::HttpEndpointsBuilder::with_issuer_url)),
-/// the discovery document at [`OPENID_CONFIGURATION_PATH`] and
-/// [`OAUTH_AUTHORIZATION_SERVER_PATH`] (public). Every method reaches keyrot, which
+/// the RFC 8414 metadata at [`OAUTH_AUTHORIZATION_SERVER_PATH`], and the OpenID document at
+/// [`OPENID_CONFIGURATION_PATH`] when the metadata has an authorization endpoint (public). Every method reaches keyrot, which
 /// answers `405` (JSON) for the wrong one. Merge or nest the router where you want it
 /// (at the issuer URL's path); do not put [`BearerAuthLayer`] in front of it.
 pub fn routes<S>(endpoints: HttpEndpoints) -> Router<S>
@@ -364,9 +372,10 @@ where
         .route(ROTATE_PATH, any(rotate))
         .route(STATUS_PATH, any(status));
     if endpoints.issuer().is_some() {
-        router = router
-            .route(OPENID_CONFIGURATION_PATH, any(discovery))
-            .route(OAUTH_AUTHORIZATION_SERVER_PATH, any(discovery));
+        router = router.route(OAUTH_AUTHORIZATION_SERVER_PATH, any(discovery));
+    }
+    if endpoints.serves_openid_configuration() {
+        router = router.route(OPENID_CONFIGURATION_PATH, any(openid_configuration));
     }
     router.with_state(endpoints)
 }

@@ -20,36 +20,41 @@ fn assert_401_missing(a: &crate::Answer, what: &str) {
     assert_eq!(a.text(), MISSING_TOKEN_BODY, "{what}");
 }
 
-/// The discovery document at the OpenID and RFC 8414 paths: the fields, the headers, `405`.
+/// An issuer offering only its JWKS: RFC 8414 metadata listing nothing else (empty
+/// response and grant types), the headers, `405`; no OpenID document, which could not be
+/// valid without an authorization endpoint.
 pub async fn discovery_document_is_served_at_both_paths(start: Start) {
     let w = World::start_with(start, |_, b| b.with_issuer_url(ISSUER)).await;
-    let openid = w.send("GET", OPENID_CONFIGURATION_PATH, &[], None).await;
-    assert_eq!(openid.status, 200, "{}", openid.text());
-    assert_eq!(openid.header("content-type"), Some("application/json"));
-    assert_eq!(openid.header("x-content-type-options"), Some("nosniff"));
+    let oauth = w.send("GET", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
+    assert_eq!(oauth.status, 200, "{}", oauth.text());
+    assert_eq!(oauth.header("content-type"), Some("application/json"));
+    assert_eq!(oauth.header("x-content-type-options"), Some("nosniff"));
     let jwks = w.jwks(None).await;
     assert_eq!(
-        openid.header("cache-control"),
+        oauth.header("cache-control"),
         jwks.header("cache-control"),
         "cached like the JWKS it points to"
     );
     assert_eq!(
-        openid.json(),
+        oauth.json(),
         json!({
             "issuer": ISSUER,
             "jwks_uri": format!("{ISSUER}{JWKS_PATH}"),
-            "response_types_supported": ["code"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "response_types_supported": [],
+            "grant_types_supported": [],
         }),
-        "no endpoint keyrot does not serve"
+        "no endpoint, grant or response type keyrot does not serve"
     );
-    let oauth = w.send("GET", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
-    assert_eq!(oauth.status, 200);
-    assert_eq!(oauth.body, openid.body, "RFC 8414 metadata: the same document");
-    let head = w.send("HEAD", OPENID_CONFIGURATION_PATH, &[], None).await;
+    let openid = w.send("GET", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert!(
+        matches!(openid.status, 404 | 401) && !openid.text().contains("jwks_uri"),
+        "no OpenID document without an authorization endpoint: {} {}",
+        openid.status,
+        openid.text()
+    );
+    let head = w.send("HEAD", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
     assert_eq!(head.status, 200);
-    let post = w.send("POST", OPENID_CONFIGURATION_PATH, &[], None).await;
+    let post = w.send("POST", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
 }
@@ -69,20 +74,70 @@ pub async fn discovery_is_routed_only_with_an_issuer_url(start: Start) {
     }
 }
 
-/// A configured token endpoint and response types are listed; the issuer is kept exactly.
+/// An issuer with an authorization endpoint: both documents, the OpenID one with every
+/// member OpenID Connect Discovery 1.0 §3 requires; the issuer is kept exactly.
 pub async fn discovery_lists_a_configured_token_endpoint(start: Start) {
     let token_endpoint = "https://issuer.example/tenant/oauth/token";
+    let authorization_endpoint = "https://issuer.example/tenant/authorize";
     let meta = IssuerMetadata::new(format!("{ISSUER}/"))
+        .with_authorization_endpoint(authorization_endpoint)
         .with_token_endpoint(token_endpoint)
+        .with_grant_types_supported(["authorization_code", "refresh_token"])
+        .with_token_endpoint_auth_methods_supported(["client_secret_basic"])
         .with_response_types_supported(["code", "id_token"]);
     let w = World::start_with(start, move |_, b| b.with_issuer(meta)).await;
     let a = w.send("GET", OAUTH_AUTHORIZATION_SERVER_PATH, &[], None).await;
     assert_eq!(a.status, 200, "{}", a.text());
-    let doc = a.json();
-    assert_eq!(doc["issuer"], format!("{ISSUER}/"), "the issuer exactly as configured");
-    assert_eq!(doc["jwks_uri"], format!("{ISSUER}{JWKS_PATH}"), "no double slash");
-    assert_eq!(doc["token_endpoint"], token_endpoint);
-    assert_eq!(doc["response_types_supported"], json!(["code", "id_token"]));
+    let oauth = json!({
+        "issuer": format!("{ISSUER}/"),
+        "authorization_endpoint": authorization_endpoint,
+        "token_endpoint": token_endpoint,
+        "jwks_uri": format!("{ISSUER}{JWKS_PATH}"),
+        "response_types_supported": ["code", "id_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+    });
+    assert_eq!(a.json(), oauth, "the issuer exactly as configured, no double slash");
+    let o = w.send("GET", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert_eq!(o.status, 200, "{}", o.text());
+    let mut openid = oauth;
+    openid["subject_types_supported"] = json!(["public"]);
+    openid["id_token_signing_alg_values_supported"] = json!(["EdDSA"]);
+    assert_eq!(o.json(), openid);
+    let post = w.send("POST", OPENID_CONFIGURATION_PATH, &[], None).await;
+    assert_eq!(post.status, 405);
+    openid_connect_discovery(&w, authorization_endpoint, token_endpoint).await;
+}
+
+/// What a standard client makes of the document: openidconnect-rs's discovery
+/// (`CoreProviderMetadata::discover_async`, which refuses a document that lacks a member
+/// OpenID Connect Discovery 1.0 §3 requires, or whose `issuer` differs) and its JWKS
+/// fetch, with requests to the issuer's host answered by this server.
+async fn openid_connect_discovery(w: &World, authorization_endpoint: &str, token_endpoint: &str) {
+    use openidconnect::core::{CoreJwsSigningAlgorithm, CoreProviderMetadata};
+    let client = |req: openidconnect::HttpRequest| async move {
+        let url = req.uri().to_string();
+        let path = url
+            .strip_prefix(ISSUER)
+            .ok_or_else(|| std::io::Error::other(format!("a request outside the issuer: {url}")))?;
+        let a = w.send(req.method().as_str(), path, &[], None).await;
+        let mut response = openidconnect::http::Response::builder().status(a.status);
+        for (name, value) in &a.headers {
+            response = response.header(name, value);
+        }
+        response.body(a.body).map_err(std::io::Error::other)
+    };
+    let issuer = openidconnect::IssuerUrl::new(format!("{ISSUER}/")).expect("issuer URL");
+    let metadata = CoreProviderMetadata::discover_async(issuer, &client)
+        .await
+        .expect("openidconnect-rs accepts the OpenID document and its JWKS");
+    assert_eq!(metadata.authorization_endpoint().as_str(), authorization_endpoint);
+    assert_eq!(metadata.token_endpoint().map(|t| t.as_str()), Some(token_endpoint));
+    assert_eq!(
+        metadata.id_token_signing_alg_values_supported().as_slice(),
+        [CoreJwsSigningAlgorithm::EdDsa]
+    );
+    assert_eq!(metadata.jwks().keys().len(), 1, "the ring's one published key");
 }
 
 /// `GET path` with extra headers.

@@ -78,7 +78,7 @@ pub async fn tenant_jwks_and_discovery_are_served_per_ring(start: Start) {
             .await;
         assert_eq!(again.status, 304, "the tenant JWKS answers conditional requests");
         let doc = w
-            .get(&format!("/t/{name}/.well-known/openid-configuration"), None)
+            .get(&format!("/.well-known/oauth-authorization-server/t/{name}"), None)
             .await;
         assert_eq!(doc.status, 200, "{}", doc.text());
         assert_eq!(doc.json()["issuer"], issuer(name));
@@ -185,7 +185,7 @@ pub async fn a_retired_tenant_is_not_found_and_its_tokens_are_refused(start: Sta
 
     for path in [
         "/t/tenant-gone/.well-known/jwks.json",
-        "/t/tenant-gone/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server/t/tenant-gone",
     ] {
         let r = w.get(path, None).await;
         assert_eq!(r.status, 404, "{path}: {}", r.text());

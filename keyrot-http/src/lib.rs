@@ -14,7 +14,8 @@
 //! | route (suggested path)          | function                  | protected by                      |
 //! |---------------------------------|---------------------------|-----------------------------------|
 //! | `GET /.well-known/jwks.json`    | [`jwks_response`]         | nothing (public keys only)        |
-//! | `GET /.well-known/openid-configuration`, `GET /.well-known/oauth-authorization-server` | [`discovery_response`] (with [`HttpEndpointsBuilder::with_issuer_url`]) | nothing |
+//! | `GET /.well-known/oauth-authorization-server` | [`discovery_response`] (with [`HttpEndpointsBuilder::with_issuer_url`]) | nothing |
+//! | `GET /.well-known/openid-configuration` | [`openid_configuration_response`] (with an authorization endpoint in [`IssuerMetadata`]) | nothing |
 //! | `POST /internal/rotate-keys`    | [`HttpEndpoints::rotate`] | a [`RotationAuthorizer`]          |
 //! | `GET /internal/keys/status`     | [`HttpEndpoints::status`] | the same authorizer, normal scope |
 //! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`](keyrot_core::TokenVerifier)) |
@@ -41,6 +42,7 @@ pub use bearer::{AuthRejection, BearerAuth, OptionalBearerAuth, has_scope, requi
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::{
     IssuerMetadata, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH, discovery_response, jwks_response,
+    openid_configuration_response,
 };
 #[cfg(test)]
 use keyrot_core::TransitionAction;

@@ -17,8 +17,11 @@ use std::sync::Arc;
 
 /// The default path of a tenant's JWKS.
 pub const TENANT_JWKS_PATTERN: &str = "/t/{ring}/.well-known/jwks.json";
-/// The default path of a tenant's discovery document.
-pub const TENANT_DISCOVERY_PATTERN: &str = "/t/{ring}/.well-known/openid-configuration";
+/// The default path of a tenant's discovery document: RFC 8414 metadata, where RFC 8414
+/// §3.1 puts it for the issuer `https://HOST/t/RING` (the well-known segment before the
+/// issuer's path). A tenant offers no authorization endpoint, so it has no OpenID Connect
+/// document.
+pub const TENANT_DISCOVERY_PATTERN: &str = "/.well-known/oauth-authorization-server/t/{ring}";
 /// The pseudo-header the adapters' middleware adds with the request path, so that a
 /// [`Guard`](super::Guard) can read it (`:` never starts a real header name).
 pub const PATH_HEADER: &str = ":path";
@@ -222,8 +225,9 @@ impl TenantEndpoints {
         Ok(self)
     }
 
-    /// Serves each ring's discovery document, for the issuer URL `issuer` gives it (its
-    /// `jwks_uri` is that URL + `/.well-known/jwks.json`).
+    /// Serves each ring's discovery document (RFC 8414 metadata: `issuer`, `jwks_uri`,
+    /// empty `response_types_supported` and `grant_types_supported`), for the issuer URL
+    /// `issuer` gives it (its `jwks_uri` is that URL + `/.well-known/jwks.json`).
     /// Without it, the manager's issuers ([`RingManagerBuilder::with_issuers`](keyrot_core::RingManagerBuilder::with_issuers)) are used.
     pub fn with_issuer(mut self, issuer: IssuerOf) -> Self {
         self.issuer = Some(issuer);
@@ -285,7 +289,7 @@ impl TenantEndpoints {
         let metadata = IssuerMetadata::new(self.issuer_of(&ring)?);
         Some(match self.published(&ring).await {
             Ok(Published::Loaded(k)) => discovery_response(&k, &metadata, req),
-            Ok(Published::Public(v)) => discovery_answer(&v.jwks, &v.algs, &metadata, self.manager.now(), req),
+            Ok(Published::Public(v)) => discovery_answer(&v.jwks, &metadata, self.manager.now(), req),
             Err(r) => r,
         })
     }

@@ -126,7 +126,7 @@ async fn an_anonymous_tenant_jwks_or_discovery_request_opens_no_sealed_key() {
         .clone();
     assert!(body.contains(&expected), "the tenant's key is published: {body}");
     let doc = tenants
-        .respond("/t/acme/.well-known/openid-configuration", &req)
+        .respond("/.well-known/oauth-authorization-server/t/acme", &req)
         .await
         .expect("a tenant route");
     assert_eq!(doc.status, 200);

@@ -163,9 +163,14 @@ impl Quickstart {
         .with_keyring(keyring.clone())
         .build();
         init_ring(&rotator, &keyring, INIT_PATIENCE).await?;
-        // The discovery documents name the issuer, its JWKS and the token endpoint, so a
-        // resource server needs only KEYROT_ISSUER to verify this service's tokens.
-        let metadata = IssuerMetadata::new(issuer.clone()).with_token_endpoint(format!("{issuer}{TOKEN_PATH}"));
+        // The RFC 8414 metadata names the issuer, its JWKS and the token endpoint with its
+        // one grant and client authentication methods, so a resource server needs only
+        // KEYROT_ISSUER to verify this service's tokens. No authorization endpoint: no
+        // OpenID Connect document.
+        let metadata = IssuerMetadata::new(issuer.clone())
+            .with_token_endpoint(format!("{issuer}{TOKEN_PATH}"))
+            .with_grant_types_supported(["client_credentials"])
+            .with_token_endpoint_auth_methods_supported(["client_secret_basic", "client_secret_post"]);
         let endpoints = HttpEndpoints::builder(keyring.clone(), rotator.clone())
             .with_issuer(metadata)
             .build()

@@ -10,19 +10,21 @@
 //!    defaults, and every `KEYROT_*` variable the examples read.
 //! 3. [Services that only verify](verify_only): a remote JWKS, the public store view, what
 //!    verification checks, and the verified-token cache.
-//! 4. [Several instances](instances): exactly one rotation across instances, and choosing
+//! 4. [OAuth interoperability](oauth): the discovery documents, what they list and when,
+//!    and the standard clients tested against them.
+//! 5. [Several instances](instances): exactly one rotation across instances, and choosing
 //!    a store.
-//! 5. [Many rings](many_rings): one ring manager per instance for thousands of tenants.
-//! 6. [Choosing an algorithm](algorithms).
-//! 7. [The security model](security): who may rotate, keys at rest, what a database writer
+//! 6. [Many rings](many_rings): one ring manager per instance for thousands of tenants.
+//! 7. [Choosing an algorithm](algorithms).
+//! 8. [The security model](security): who may rotate, keys at rest, what a database writer
 //!    can and cannot do, and what each kind of verifier trusts.
-//! 8. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
+//! 9. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
 //!    against, and moving a running deployment there.
-//! 9. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
-//! 10. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
+//! 10. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
+//! 11. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
 //!     rotation), and a database someone wrote to.
-//! 11. [Benchmarks](benchmarks): every figure with the command that measures it.
-//! 12. [Tests](testing): what the test suite covers and how CI runs it.
+//! 12. [Benchmarks](benchmarks): every figure with the command that measures it.
+//! 13. [Tests](testing): what the test suite covers and how CI runs it.
 //!
 //! Every Rust block of the manual is a doc test of `keyrot-core`, and the shell blocks that
 //! start services are run by `examples/quickstart/tests/manual_blocks.rs`: what is printed
@@ -37,6 +39,9 @@ pub mod lifecycle {}
 
 #[doc = include_str!("verify_only.md")]
 pub mod verify_only {}
+
+#[doc = include_str!("oauth.md")]
+pub mod oauth {}
 
 #[doc = include_str!("instances.md")]
 pub mod instances {}

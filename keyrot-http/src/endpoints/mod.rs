@@ -9,7 +9,7 @@ mod rotate;
 mod status_page;
 
 use super::authorizer::{RotationAuthorizer, ScopeAuthorizer};
-use super::jwks_route::{IssuerMetadata, discovery_response};
+use super::jwks_route::{IssuerMetadata, discovery_response, openid_configuration_response};
 use super::refusal_audit::{RefusalAuditLimits, RefusalBudget};
 use super::status::LedgerView;
 use super::{HttpRequest, HttpResponse, jwks_response};
@@ -120,18 +120,21 @@ impl HttpEndpointsBuilder {
         self
     }
 
-    /// Serves the discovery document ([`discovery_response`]) of the issuer at
-    /// `issuer_url` (its public URL, the `iss` of its tokens): both adapters then route
-    /// [`OPENID_CONFIGURATION_PATH`](crate::OPENID_CONFIGURATION_PATH) and
-    /// [`OAUTH_AUTHORIZATION_SERVER_PATH`](crate::OAUTH_AUTHORIZATION_SERVER_PATH).
+    /// Serves the RFC 8414 metadata ([`discovery_response`]) of the issuer at
+    /// `issuer_url` (its public URL, the `iss` of its tokens), which offers no endpoint
+    /// but its JWKS: the adapters then route
+    /// [`OAUTH_AUTHORIZATION_SERVER_PATH`](crate::OAUTH_AUTHORIZATION_SERVER_PATH), and
+    /// [`OPENID_CONFIGURATION_PATH`](crate::OPENID_CONFIGURATION_PATH) only for metadata
+    /// that makes the OpenID document valid ([`IssuerMetadata::serves_openid_configuration`]).
     /// Mount the routes at the issuer URL's path. Shorthand for
     /// [`HttpEndpointsBuilder::with_issuer`] with [`IssuerMetadata::new`].
     pub fn with_issuer_url(self, issuer_url: impl Into<String>) -> Self {
         self.with_issuer(IssuerMetadata::new(issuer_url))
     }
 
-    /// Serves the discovery document of the issuer `metadata` describes (see
-    /// [`HttpEndpointsBuilder::with_issuer_url`]).
+    /// Serves the discovery documents of the issuer `metadata` describes (see
+    /// [`HttpEndpointsBuilder::with_issuer_url`]); [`HttpEndpointsBuilder::build`] refuses
+    /// metadata whose members disagree.
     pub fn with_issuer(mut self, metadata: IssuerMetadata) -> Self {
         self.issuer = Some(metadata);
         self
@@ -213,13 +216,30 @@ impl HttpEndpoints {
         self.inner.issuer.as_ref()
     }
 
-    /// The discovery answer ([`discovery_response`]); `404` when no issuer URL is
+    /// The RFC 8414 metadata ([`discovery_response`]); `404` when no issuer URL is
     /// configured.
     pub fn discovery(&self, req: &HttpRequest<'_>) -> HttpResponse {
         match &self.inner.issuer {
             Some(m) => discovery_response(&self.inner.keyring, m, req),
             None => HttpResponse::error(404, "not_found", "no discovery document is configured"),
         }
+    }
+
+    /// The OpenID Connect document ([`openid_configuration_response`]); `404` when no
+    /// issuer URL is configured or its metadata cannot make the document valid.
+    pub fn openid_configuration(&self, req: &HttpRequest<'_>) -> HttpResponse {
+        match &self.inner.issuer {
+            Some(m) => openid_configuration_response(&self.inner.keyring, m, req),
+            None => HttpResponse::error(404, "not_found", "no discovery document is configured"),
+        }
+    }
+
+    /// Whether the adapters route [`OPENID_CONFIGURATION_PATH`](crate::OPENID_CONFIGURATION_PATH).
+    pub fn serves_openid_configuration(&self) -> bool {
+        self.inner
+            .issuer
+            .as_ref()
+            .is_some_and(IssuerMetadata::serves_openid_configuration)
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, RefusalBudget> {

@@ -1,0 +1,205 @@
+//! Standard OAuth clients consume the quickstart's RFC 8414 metadata as they are: node's
+//! `oauth4webapi` (`discoveryRequest` + `processDiscoveryResponse`, then a client
+//! credentials grant at the discovered token endpoint) and Python's `authlib` (its
+//! `AuthorizationServerMetadata` validators, then `OAuth2Session.fetch_token` with
+//! `client_secret_basic` and `client_secret_post`). The quickstart has no authorization
+//! endpoint, so it serves no OpenID Connect document and oauth4webapi's OpenID discovery
+//! fails. The clients are installed from npm and PyPI into the target directory at the
+//! first run; with `CI=true` a failed install fails the test.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENT_ID: &str = "scheduler";
+const CLIENT_SECRET: &str = "oauth-clients-test-secret-0123456789";
+
+/// The quickstart on its embedded SQLite default, in a directory of its own.
+struct Quickstart {
+    child: Child,
+    dir: PathBuf,
+    issuer: String,
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start() -> Quickstart {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let dir = std::env::temp_dir().join(format!("keyrot-oauth-clients-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        .current_dir(&dir)
+        .env_remove("KEYROT_DATABASE_URL")
+        .env_remove("KEYROT_MASTER_KEY")
+        .env_remove("KEYROT_ISSUER")
+        .env("KEYROT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEYROT_SCHEDULER_CLIENT_SECRET", CLIENT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the quickstart");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line == "ready" => break,
+            Ok(_) => {}
+            Err(_) => panic!("the quickstart did not print `ready` within 60 s"),
+        }
+    }
+    Quickstart {
+        child,
+        dir,
+        issuer: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Fails in CI, or prints one line and returns `None` elsewhere.
+fn unavailable<T>(what: &str) -> Option<T> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: could not install {what}"
+    );
+    println!("skipped: {what} could not be installed (no registry?)");
+    None
+}
+
+fn node_with_oauth4webapi() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-oauth4webapi");
+    let installed = |d: &Path| d.join("node_modules").join("oauth4webapi").is_dir();
+    if !installed(&dir) {
+        let _ = std::fs::create_dir_all(&dir);
+        let ok = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg("oauth4webapi@3")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok || !installed(&dir) {
+            return unavailable("node's oauth4webapi");
+        }
+    }
+    Some(dir)
+}
+
+fn python_with_authlib() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("authlib-venv");
+    let python = venv.join("bin").join("python3");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import authlib, requests"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "authlib>=1.3", "requests>=2.31"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !made || !has(&python) {
+            return unavailable("Python's authlib");
+        }
+    }
+    Some(python)
+}
+
+/// Runs `command`, which prints one JSON object, and parses it.
+fn run(what: &str, command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients")
+        .join(name)
+}
+
+#[test]
+fn oauth4webapi_discovers_the_metadata_and_gets_a_token() {
+    let Some(dir) = node_with_oauth4webapi() else { return };
+    let q = start();
+    // Copied next to node_modules, so that `import 'oauth4webapi'` resolves.
+    let copy = dir.join("oauth4webapi.mjs");
+    std::fs::copy(script("oauth4webapi.mjs"), &copy).expect("copy the script");
+    let out = run(
+        "oauth4webapi",
+        Command::new("node")
+            .arg(&copy)
+            .args([&q.issuer, CLIENT_ID, CLIENT_SECRET]),
+    );
+    assert_eq!(out["issuer"], q.issuer.as_str());
+    assert_eq!(out["token_endpoint"], format!("{}/oauth/token", q.issuer));
+    assert_eq!(out["jwks_uri"], format!("{}/.well-known/jwks.json", q.issuer));
+    assert_eq!(out["grant_types_supported"], serde_json::json!(["client_credentials"]));
+    assert_eq!(out["response_types_supported"], serde_json::json!([]));
+    assert_eq!(
+        out["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(out["token_type"], "bearer", "oauth4webapi lower-cases it: {out}");
+    assert_eq!(out["access_token_parts"], 3, "a JWS compact token");
+    let openid = out["openid"].as_str().unwrap_or_default();
+    assert!(
+        openid.starts_with("refused"),
+        "no OpenID document without an authorization endpoint: {openid}"
+    );
+}
+
+#[test]
+fn authlib_validates_the_metadata_and_gets_tokens() {
+    let Some(python) = python_with_authlib() else { return };
+    let q = start();
+    let out = run(
+        "authlib",
+        Command::new(&python)
+            .arg(script("authlib_client.py"))
+            .args([&q.issuer, CLIENT_ID, CLIENT_SECRET]),
+    );
+    assert_eq!(out["issuer"], q.issuer.as_str());
+    let verdicts = out["verdicts"].as_object().expect("verdicts");
+    assert!(verdicts.len() >= 20, "authlib ran its validators: {out}");
+    for (member, verdict) in verdicts {
+        if member == "response_types_supported" {
+            // authlib wants a non-empty list; RFC 7591 §2: no response type without an
+            // authorization endpoint. keyrot lists the empty one RFC 8414 requires.
+            continue;
+        }
+        assert_eq!(verdict, "ok", "authlib refuses {member}: {out}");
+    }
+    for method in ["client_secret_basic", "client_secret_post"] {
+        assert_eq!(out["tokens"][method]["token_type"], "Bearer", "{method}: {out}");
+        assert_eq!(out["tokens"][method]["parts"], 3, "{method}: {out}");
+    }
+}
