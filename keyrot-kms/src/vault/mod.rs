@@ -344,6 +344,20 @@ impl TransitCustody {
             .map(|_| ())
     }
 
+    /// Posts the wrapped `master_key_id` to `op` (`decrypt`, `rewrap`) with its context; a
+    /// 400 (a blob moved to another id or KEK, or altered) is [`CustodyError::Refused`].
+    async fn on_wrapped(&self, op: &str, master_key_id: &str, wrapped: &WrappedKey) -> Result<Data, CustodyError> {
+        let ciphertext = self.ciphertext(master_key_id, wrapped)?;
+        let context = self.context(master_key_id);
+        let request = Request {
+            context: &context,
+            plaintext: None,
+            ciphertext: Some(ciphertext),
+            bits: None,
+        };
+        self.transit(op, &request, Some((master_key_id, &wrapped.kek))).await
+    }
+
     /// Posts `request` to `op`; a 400 is [`CustodyError::Refused`] when `refused_on_400`.
     async fn transit(
         &self,
@@ -407,17 +421,7 @@ impl KeyCustody for TransitCustody {
     }
 
     async fn unwrap(&self, master_key_id: &str, wrapped: &WrappedKey) -> Result<SecretBytes, CustodyError> {
-        let ciphertext = self.ciphertext(master_key_id, wrapped)?;
-        let context = self.context(master_key_id);
-        let request = Request {
-            context: &context,
-            plaintext: None,
-            ciphertext: Some(ciphertext),
-            bits: None,
-        };
-        let data = self
-            .transit("decrypt", &request, Some((master_key_id, &wrapped.kek)))
-            .await?;
+        let data = self.on_wrapped("decrypt", master_key_id, wrapped).await?;
         self.plaintext(&data, "decrypt")
     }
 
@@ -440,17 +444,7 @@ impl KeyCustody for TransitCustody {
     }
 
     async fn rewrap(&self, master_key_id: &str, wrapped: &WrappedKey) -> Result<WrappedKey, CustodyError> {
-        let ciphertext = self.ciphertext(master_key_id, wrapped)?;
-        let context = self.context(master_key_id);
-        let request = Request {
-            context: &context,
-            plaintext: None,
-            ciphertext: Some(ciphertext),
-            bits: None,
-        };
-        let data = self
-            .transit("rewrap", &request, Some((master_key_id, &wrapped.kek)))
-            .await?;
+        let data = self.on_wrapped("rewrap", master_key_id, wrapped).await?;
         self.wrapped(&data, "rewrap")
     }
 
