@@ -37,6 +37,7 @@
 // `conformance` and `testing` (feature `test-util`) are for store implementors' and
 // keyrot's own tests; `manual` holds documentation only; `custody` is what HSM and KMS
 // backends (keyrot-kms) implement.
+mod access_token;
 pub mod adapter;
 mod alg;
 mod b64;
@@ -71,6 +72,7 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use access_token::{ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYPE, AccessToken, IssuedAccessToken};
 pub use alg::{Algorithm, EdDsaName, RsaBits, UnsupportedAlgorithm};
 pub use clock::{Clock, ManualClock, SystemClock, to_millis};
 pub use integrity::{

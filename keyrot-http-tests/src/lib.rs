@@ -224,6 +224,7 @@ macro_rules! http_suite {
             token_from_a_custom_header,
             optional_auth_serves_anonymous_users_and_refuses_invalid_tokens,
             middleware_takes_any_token_verifier,
+            middleware_requires_the_access_token_profile_when_configured,
             middleware_token_cache_hits_and_never_outlives_a_revocation,
             tenant_jwks_and_discovery_are_served_per_ring,
             tenant_middleware_picks_the_ring_from_iss_path_or_host,

@@ -6,7 +6,7 @@ use crate::{
     COOKIE_PATH, HEADER_PATH, OPTIONAL_PATH, OPTIONAL_STRICT_PATH, PROTECTED_PATH, Start, TOKEN_COOKIE, TOKEN_HEADER,
     UNGUARDED_OPTIONAL_PATH, World,
 };
-use keyrot_core::PublicKeyRing;
+use keyrot_core::{AccessToken, KeyRing, PublicKeyRing, Validation};
 use keyrot_http::{BearerAuth, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH};
 use serde_json::json;
 use std::sync::Arc;
@@ -282,4 +282,60 @@ pub async fn middleware_takes_any_token_verifier(start: Start) {
     assert_401_invalid(&w.get(PROTECTED_PATH, Some(&format!("{t}x"))).await, "a bad signature");
     let a = w.get(PROTECTED_PATH, Some(&format!("{t}x"))).await;
     assert_eq!(a.text(), INVALID_TOKEN_BODY);
+}
+
+/// A verifier requiring the access-token profile (RFC 9068): the ring's access tokens
+/// pass the adapter's middleware; the same claims under `typ` `JWT`, and an `at+jwt` token
+/// without `client_id`, are refused `401 invalid_token`.
+pub async fn middleware_requires_the_access_token_profile_when_configured(start: Start) {
+    const API: &str = "https://api.example";
+    let w = World::start_with_auth(
+        start,
+        |_, b| b,
+        async |keyring, storage| {
+            let profile = Validation::new()
+                .with_issuer(ISSUER)
+                .with_audience(API)
+                .require_access_token_profile();
+            let public = PublicKeyRing::builder(keyring.ring().clone(), storage)
+                .with_clock(keyring.clock().clone())
+                .with_validation(profile)
+                .build()
+                .await
+                .expect("public key ring");
+            BearerAuth::with_verifier(Arc::new(public))
+        },
+    )
+    .await;
+    let issued = w
+        .keyring
+        .issue_access_token(&AccessToken::new(ISSUER, "alice", "web-app", API).with_scopes(["read"]))
+        .await
+        .expect("access token");
+    let ok = w.get(PROTECTED_PATH, Some(issued.token())).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.text(), WHOAMI_ALICE);
+
+    let now = w.now().timestamp();
+    let claims = json!({
+        "iss": ISSUER, "sub": "alice", "aud": API, "exp": now + 60, "iat": now, "jti": "j-1", "client_id": "web-app",
+    });
+    assert_401_invalid(&w.get(PROTECTED_PATH, Some(&w.sign(&claims))).await, "typ JWT");
+    let typed = KeyRing::builder(w.ring.clone(), w.storage.clone(), w.sealer.clone())
+        .with_clock(Arc::new(w.clock.clone()))
+        .with_token_type("at+jwt")
+        .build()
+        .await
+        .expect("at+jwt ring");
+    let mut without_client = claims.clone();
+    without_client.as_object_mut().expect("object").remove("client_id");
+    let token = typed.sign(&without_client).expect("sign");
+    assert_401_invalid(&w.get(PROTECTED_PATH, Some(&token)).await, "no client_id");
+    assert_eq!(
+        w.get(PROTECTED_PATH, Some(&typed.sign(&claims).expect("sign")))
+            .await
+            .status,
+        200,
+        "the complete claims under at+jwt"
+    );
 }

@@ -26,7 +26,12 @@ async fn serve() -> Result<(), String> {
     let listen = setting("KEYROT_LOAD_LISTEN")?;
     let jwks_url = setting("KEYROT_LOAD_JWKS_URL")?;
     let issuer = setting("KEYROT_LOAD_ISSUER")?;
-    let validation = Validation::new().iss(&[issuer]).exp(true).nbf(true);
+    // The quickstart's access tokens name its issuer URL as their audience too (RFC 9068).
+    let validation = Validation::new()
+        .iss(std::slice::from_ref(&issuer))
+        .aud(&[issuer])
+        .exp(true)
+        .nbf(true);
     let authorizer = JwtAuthorizer::<serde_json::Value>::from_jwks_url(&jwks_url)
         .validation(validation)
         .build()

@@ -4,7 +4,10 @@
 //! `AuthorizationServerMetadata` validators, then `OAuth2Session.fetch_token` with
 //! `client_secret_basic` and `client_secret_post`). The quickstart has no authorization
 //! endpoint, so it serves no OpenID Connect document and oauth4webapi's OpenID discovery
-//! fails. The clients are installed from npm and PyPI into the target directory at the
+//! fails. oauth4webapi's `validateJwtAccessToken` then accepts the service token and a
+//! demo-login user token as RFC 9068 access tokens (`typ` `at+jwt`, every required claim,
+//! the discovered JWKS), and refuses each tampered, for another audience and expired. The
+//! clients are installed from npm and PyPI into the target directory at the
 //! first run; with `CI=true` a failed install fails the test.
 
 use std::io::{BufRead as _, BufReader};
@@ -170,6 +173,20 @@ fn oauth4webapi_discovers_the_metadata_and_gets_a_token() {
     );
     assert_eq!(out["token_type"], "bearer", "oauth4webapi lower-cases it: {out}");
     assert_eq!(out["access_token_parts"], 3, "a JWS compact token");
+    let validated = &out["validated"];
+    for (who, sub, client_id) in [("service", CLIENT_ID, CLIENT_ID), ("user", "alice", "demo-web")] {
+        let v = &validated[who];
+        assert_eq!(v["as_issued"]["accepted"], true, "{who}: {out}");
+        assert_eq!(v["as_issued"]["sub"], sub, "{who}: {out}");
+        assert_eq!(v["as_issued"]["client_id"], client_id, "{who}: {out}");
+        for (case, reason) in [("tampered", "signature"), ("wrong_audience", "aud"), ("expired", "exp")] {
+            assert_eq!(v[case]["accepted"], false, "{who} {case}: {out}");
+            let why = v[case]["reason"].as_str().unwrap_or_default();
+            assert!(why.contains(reason), "{who} {case} refused for another reason: {why}");
+        }
+    }
+    assert_eq!(validated["user"]["as_issued"]["scope"], "profile read");
+    assert_eq!(validated["service"]["as_issued"]["scope"], "service.rotate-keys");
     let openid = out["openid"].as_str().unwrap_or_default();
     assert!(
         openid.starts_with("refused"),

@@ -5,7 +5,9 @@
 //! * `KEYROT_JWKS_URL`: the issuer's JWKS. When unset, `KEYROT_ISSUER` alone is used
 //!   for discovery (`/.well-known/openid-configuration`, then RFC 8414).
 //! * `KEYROT_ISSUER`: the required `iss` when set.
-//! * `KEYROT_AUDIENCE`: the required `aud` when set.
+//! * `KEYROT_AUDIENCE`: the required `aud`; when unset, `KEYROT_ISSUER` is (the
+//!   quickstart's access tokens name its issuer URL as their audience unless told
+//!   otherwise).
 //! * `KEYROT_LISTEN`: the listen address (default `127.0.0.1:8090`).
 //! * `KEYROT_JWKS_MIN_REFRESH_MS`: the floor of the JWKS cache lifetime, which is also the
 //!   cooldown of unknown-kid refreshes (default: keyrot-jwks's).
@@ -99,7 +101,7 @@ async fn verifier() -> Result<JwksVerifier, SetupError> {
     if let Some(iss) = &issuer {
         validation = validation.with_issuer(iss.clone());
     }
-    if let Some(aud) = env("KEYROT_AUDIENCE") {
+    if let Some(aud) = env("KEYROT_AUDIENCE").or_else(|| issuer.clone()) {
         validation = validation.with_audience(aud);
     }
     let mut builder = JwksVerifier::builder().validation(validation);

@@ -39,6 +39,14 @@ pub enum SetupError {
         /// The value given.
         value: String,
     },
+    /// `KEYROT_AUDIENCE` is empty, too long or holds spaces or control characters.
+    #[error(
+        "KEYROT_AUDIENCE={value:?} is not an audience: set the resource servers' identifier, like https://api.example.com (1-512 printable characters, no spaces), or unset it for the issuer URL"
+    )]
+    Audience {
+        /// The value given.
+        value: String,
+    },
     /// `KEYROT_TOKEN_CACHE_ENTRIES` is not a whole number.
     #[error(
         "KEYROT_TOKEN_CACHE_ENTRIES={value:?} is not a number of tokens: set a whole number (0 turns the cache off), or unset it"

@@ -5,10 +5,14 @@
 //! break-glass client holding the force scope. Service tokens have `sub == client_id`
 //! (RFC 9068), which is what the rotation endpoint's service-token rule checks. User tokens
 //! can never carry a rotation scope: the login refuses them at issuance.
+//!
+//! Both issue OAuth access tokens in the JWT profile (RFC 9068, through
+//! [`KeyRing::issue_access_token`]): `typ` `at+jwt`, `iss`, `sub`, `aud` (`KEYROT_AUDIENCE`,
+//! default the issuer URL), `exp`, `iat`, `jti`, `client_id` and `scope`.
 
 use crate::SetupError;
 use crate::form::{basic_credentials, parse_form};
-use keyrot_core::KeyRing;
+use keyrot_core::{AccessToken, KeyRing};
 use keyrot_http::{DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE, HttpResponse, ResponseBody};
 use serde::Serialize;
 use serde_json::json;
@@ -62,6 +66,7 @@ pub struct TokenService {
     keyring: KeyRing,
     clients: Vec<Client>,
     issuer: String,
+    audience: String,
 }
 
 #[derive(Serialize)]
@@ -88,20 +93,6 @@ fn oauth_error(status: u16, code: &str, description: &str) -> HttpResponse {
     json_response(status, &json!({ "error": code, "error_description": description }))
 }
 
-fn random_jti() -> String {
-    let mut b = [0u8; 16];
-    // A jti only needs to be unique; a failing RNG leaves the time-based fallback below.
-    if getrandom::fill(&mut b).is_err() {
-        b[..8].copy_from_slice(
-            &chrono::Utc::now()
-                .timestamp_nanos_opt()
-                .unwrap_or_default()
-                .to_be_bytes(),
-        );
-    }
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
-}
-
 /// A random secret for generated client credentials (URL-safe, 32 bytes of entropy).
 pub fn random_secret() -> Result<String, SetupError> {
     let mut b = [0u8; 32];
@@ -113,12 +104,13 @@ pub fn random_secret() -> Result<String, SetupError> {
 }
 
 impl TokenService {
-    /// Tokens signed by `keyring`, with `iss = issuer`.
-    pub fn new(keyring: KeyRing, issuer: impl Into<String>, clients: Vec<Client>) -> Self {
+    /// Access tokens signed by `keyring`, with `iss = issuer` and `aud = audience`.
+    pub fn new(keyring: KeyRing, issuer: impl Into<String>, audience: impl Into<String>, clients: Vec<Client>) -> Self {
         Self {
             keyring,
             clients,
             issuer: issuer.into(),
+            audience: audience.into(),
         }
     }
 
@@ -132,10 +124,6 @@ impl TokenService {
                 &[DEFAULT_FORCE_SCOPE, DEFAULT_ROTATE_SCOPE],
             ),
         ]
-    }
-
-    fn now(&self) -> i64 {
-        self.keyring.clock().now().timestamp()
     }
 
     /// `POST /oauth/token` with `grant_type=client_credentials`.
@@ -172,13 +160,11 @@ impl TokenService {
                 &format!("scope {bad:?} is not granted to this client"),
             );
         }
-        let scope = requested.join(" ");
-        let now = self.now();
-        let claims = json!({
-            "iss": self.issuer, "sub": client.id, "client_id": client.id, "scope": scope,
-            "iat": now, "exp": now + SERVICE_TOKEN_TTL_SECS, "jti": random_jti(),
-        });
-        self.issue(&claims, SERVICE_TOKEN_TTL_SECS, scope).await
+        // A client acting for itself: `sub` is its client id (RFC 9068 §2.2).
+        let token = AccessToken::new(&self.issuer, &client.id, &client.id, &self.audience)
+            .with_scopes(requested)
+            .with_lifetime(chrono::TimeDelta::seconds(SERVICE_TOKEN_TTL_SECS));
+        self.issue(&token).await
     }
 
     fn invalid_client(&self) -> HttpResponse {
@@ -188,20 +174,25 @@ impl TokenService {
         r
     }
 
-    /// Signs through [`KeyRing::sign_async`], so that a ring whose keys an HSM or KMS holds
-    /// signs too; a backend that does not sign is a 503 with `Retry-After`.
-    async fn issue(&self, claims: &serde_json::Value, ttl: i64, scope: String) -> HttpResponse {
-        match self.keyring.sign_async(claims).await {
-            Ok(access_token) => json_response(
-                200,
-                &serde_json::to_value(TokenResponse {
-                    access_token,
-                    token_type: "Bearer",
-                    expires_in: ttl,
-                    scope,
-                })
-                .unwrap_or_default(),
-            ),
+    /// Issues through [`KeyRing::issue_access_token`], which signs in this process or through
+    /// the HSM or KMS holding the key; a backend that does not sign is a 503 with
+    /// `Retry-After`, a member the profile refuses (a username with control characters) a
+    /// 400.
+    async fn issue(&self, token: &AccessToken) -> HttpResponse {
+        match self.keyring.issue_access_token(token).await {
+            Ok(issued) => {
+                let (expires_in, scope) = (issued.expires_in(), issued.scope().to_owned());
+                json_response(
+                    200,
+                    &serde_json::to_value(TokenResponse {
+                        access_token: issued.into_token(),
+                        token_type: "Bearer",
+                        expires_in,
+                        scope,
+                    })
+                    .unwrap_or_default(),
+                )
+            }
             Err(keyrot_core::SignError::Custody(e)) => {
                 tracing::error!(error = %e, "the HSM or KMS holding the signing key did not sign");
                 let mut r = oauth_error(
@@ -212,6 +203,7 @@ impl TokenService {
                 r.headers.push(("retry-after", "5".to_owned()));
                 r
             }
+            Err(keyrot_core::SignError::InvalidAccessToken(reason)) => oauth_error(400, "invalid_request", &reason),
             Err(e) => {
                 tracing::error!(error = %e, "token signing failed");
                 oauth_error(503, "temporarily_unavailable", "no signing key is available yet")
@@ -253,11 +245,9 @@ impl TokenService {
                 );
             }
         }
-        let now = self.now();
-        let claims = json!({
-            "iss": self.issuer, "sub": username, "client_id": USER_CLIENT_ID, "scope": scope,
-            "iat": now, "exp": now + USER_TOKEN_TTL_SECS,
-        });
-        self.issue(&claims, USER_TOKEN_TTL_SECS, scope).await
+        let token = AccessToken::new(&self.issuer, username, USER_CLIENT_ID, &self.audience)
+            .with_scopes(scope.split(' ').filter(|s| !s.is_empty()))
+            .with_lifetime(chrono::TimeDelta::seconds(USER_TOKEN_TTL_SECS));
+        self.issue(&token).await
     }
 }

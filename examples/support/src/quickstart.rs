@@ -142,7 +142,11 @@ impl Quickstart {
         let issuer = config.issuer.clone();
         let mut keyring = KeyRing::builder(config.ring.clone(), backend.storage.clone(), sealer.clone())
             .with_policy(policy.clone())
-            .with_validation(Validation::new().with_issuer(issuer.clone()));
+            .with_validation(
+                Validation::new()
+                    .with_issuer(issuer.clone())
+                    .with_audience(config.audience.clone()),
+            );
         let signing = crate::custody::signing_custody(&policy).await?;
         if let Some(custody) = &signing {
             keyring = keyring.with_signing_custody(custody.clone());
@@ -180,6 +184,7 @@ impl Quickstart {
         let tokens = Arc::new(TokenService::new(
             keyring.clone(),
             issuer,
+            config.audience.clone(),
             TokenService::rotation_clients(&s1, &s2),
         ));
         let scheduler = keyrot_core::spawn_scheduler(

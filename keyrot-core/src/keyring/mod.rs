@@ -321,6 +321,36 @@ impl KeyRing {
     /// HSM or KMS that holds the Active key ([`KeyRingBuilder::with_signing_custody`]).
     /// A backend that does not sign is [`SignError::Custody`]; verifying is unaffected.
     pub async fn sign_async<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, SignError> {
+        self.sign_async_with(claims, false).await
+    }
+
+    /// Issues an OAuth access token in the JWT profile (RFC 9068): the members of
+    /// `request`, `iat` now, `exp` after its lifetime (at most the policy's
+    /// `max_token_ttl`), a random 128-bit `jti`, signed by the Active key (in this process
+    /// or through the HSM or KMS holding it) with the header `typ` `at+jwt`, whatever
+    /// token type the ring was built with. Bad members are
+    /// [`SignError::InvalidAccessToken`]; nothing is signed then.
+    pub async fn issue_access_token(
+        &self,
+        request: &crate::AccessToken,
+    ) -> Result<crate::IssuedAccessToken, SignError> {
+        let now = self.inner.clock.now().timestamp();
+        let (payload, lifetime) = request.payload(now, self.inner.policy.max_token_ttl())?;
+        let token = self.sign_async_with(&payload, true).await?;
+        Ok(crate::IssuedAccessToken::new(
+            token,
+            payload.jti,
+            lifetime,
+            payload.scope.unwrap_or_default(),
+        ))
+    }
+
+    /// [`KeyRing::sign_async`] with the ring's header, or the access-token header.
+    async fn sign_async_with<C: Serialize + ?Sized>(
+        &self,
+        claims: &C,
+        access_token: bool,
+    ) -> Result<String, SignError> {
         let signer = {
             let snap = self.inner.snapshot.load();
             let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
@@ -330,8 +360,13 @@ impl KeyRing {
             self.inner.clock.now().timestamp(),
             self.inner.policy.max_token_ttl().num_seconds(),
         );
+        let header = if access_token {
+            &signer.access_header_b64
+        } else {
+            &signer.header_b64
+        };
         let reference = match &signer.key {
-            SignerKey::Local(key) => return token::sign(key, &signer.header_b64, claims, now, ttl),
+            SignerKey::Local(key) => return token::sign(key, header, claims, now, ttl),
             SignerKey::Remote(reference) => reference,
         };
         let state = self.inner.signing.as_ref().ok_or_else(|| {
@@ -341,7 +376,7 @@ impl KeyRing {
                 signer.kid
             )))
         })?;
-        let input = token::signing_input(&signer.header_b64, claims, now, ttl)?;
+        let input = token::signing_input(header, claims, now, ttl)?;
         let started = std::time::Instant::now();
         let signed = state.custody.sign(reference, signer.alg, &input).await;
         let took = started.elapsed();

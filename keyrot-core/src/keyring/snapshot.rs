@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub(super) struct ActiveSigner {
     pub(super) kid: String,
     pub(super) header_b64: String,
+    /// The header of access tokens (`typ` `at+jwt`, RFC 9068), whatever the ring's type.
+    pub(super) access_header_b64: String,
     pub(super) alg: Algorithm,
     pub(super) key: SignerKey,
 }
@@ -242,6 +244,7 @@ impl Snapshot {
             return Ok(Some(ActiveSigner {
                 kid: k.kid.clone(),
                 header_b64: token::encode_header_named(alg_name, &k.kid, token_type),
+                access_header_b64: token::encode_header_named(alg_name, &k.kid, crate::ACCESS_TOKEN_TYPE),
                 alg: k.alg,
                 key: SignerKey::Remote(reference.clone()),
             }));
@@ -273,6 +276,7 @@ impl Snapshot {
         Ok(Some(ActiveSigner {
             kid: k.kid.clone(),
             header_b64: token::encode_header_named(alg_name, &k.kid, token_type),
+            access_header_b64: token::encode_header_named(alg_name, &k.kid, crate::ACCESS_TOKEN_TYPE),
             alg: k.alg,
             key: SignerKey::Local(pk.signing_key()),
         }))

@@ -24,6 +24,15 @@ impl<T> Claim<T> {
             Claim::Invalid => Err(TokenError::InvalidClaim(name)),
         }
     }
+
+    /// The claim with its value mapped by `f`.
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Claim<U> {
+        match self {
+            Claim::Absent => Claim::Absent,
+            Claim::Present(v) => Claim::Present(f(v)),
+            Claim::Invalid => Claim::Invalid,
+        }
+    }
 }
 
 /// A numeric date from an integer beyond `i64`: saturated.
@@ -78,6 +87,18 @@ pub(super) struct Registered<'a> {
     pub(super) iat: Claim<i64>,
     pub(super) iss: Claim<Cow<'a, str>>,
     pub(super) aud: Audience<'a>,
+    /// `sub`, `client_id` and `jti` (in [`PROFILE_MEMBERS`] order), each as a string or
+    /// not: what the access-token profile (RFC 9068 §2.2) requires besides the above.
+    pub(super) profile: [Claim<()>; 3],
+}
+
+/// The members the access-token profile requires that no other rule reads, in the order
+/// of [`Registered::profile`].
+pub(super) const PROFILE_MEMBERS: [&str; 3] = ["sub", "client_id", "jti"];
+
+/// The index of `name` in [`PROFILE_MEMBERS`].
+pub(super) fn profile_member(name: &str) -> Option<usize> {
+    PROFILE_MEMBERS.iter().position(|m| *m == name)
 }
 
 impl Default for Registered<'_> {
@@ -88,6 +109,7 @@ impl Default for Registered<'_> {
             iat: Claim::Absent,
             iss: Claim::Absent,
             aud: Audience::Absent,
+            profile: [Claim::Absent, Claim::Absent, Claim::Absent],
         }
     }
 }
@@ -115,18 +137,54 @@ impl<'a> Registered<'a> {
                         _ => Audience::Invalid,
                     }
                 }
-                _ => {}
+                other => {
+                    if let Some(i) = profile_member(other) {
+                        r.profile[i] = match value {
+                            Value::String(_) => Claim::Present(()),
+                            _ => Claim::Invalid,
+                        };
+                    }
+                }
             }
         }
         r
     }
 
     /// Every claim rule of `v` as of `now`, read and checked one at a time in this order
-    /// (`exp`, `nbf`, `iat`, `iss`, `aud`) so the first failing rule is reported.
+    /// (`exp`, `nbf`, `iat`, `iss`, `aud`, then the members the access-token profile
+    /// requires) so the first failing rule is reported.
     pub(super) fn check(self, v: &Validation, now: i64) -> Result<(), TokenError> {
-        check_exp(self.exp.read("exp")?, v, now)?;
+        let exp = self.exp.read("exp")?;
+        check_exp(exp, v, now)?;
         check_nbf(self.nbf.read("nbf")?, v, now)?;
-        check_iat(self.iat.read("iat")?, v, now)?;
+        let iat = self.iat.read("iat")?;
+        check_iat(iat, v, now)?;
+        if v.access_token_profile {
+            // RFC 9068 §2.2: exp and iat are required, whatever else `v` allows.
+            exp.ok_or(TokenError::MissingClaim("exp"))?;
+            iat.ok_or(TokenError::MissingClaim("iat"))?;
+            match &self.iss {
+                Claim::Present(_) => {}
+                Claim::Absent => return Err(TokenError::MissingClaim("iss")),
+                Claim::Invalid => return Err(TokenError::InvalidClaim("iss")),
+            }
+            let no_audience = match &self.aud {
+                Audience::Absent => true,
+                Audience::Values(items) => items.is_empty(),
+                Audience::Strings(items) => items.is_empty(),
+                Audience::One(_) | Audience::Invalid => false,
+            };
+            if no_audience {
+                return Err(TokenError::MissingClaim("aud"));
+            }
+            for (claim, name) in self.profile.iter().zip(PROFILE_MEMBERS) {
+                match claim {
+                    Claim::Present(()) => {}
+                    Claim::Absent => return Err(TokenError::MissingClaim(name)),
+                    Claim::Invalid => return Err(TokenError::InvalidClaim(name)),
+                }
+            }
+        }
         if !v.issuers.is_empty() {
             match self.iss {
                 Claim::Present(iss) if v.issuers.iter().any(|i| *i == iss) => {}

@@ -155,6 +155,10 @@ pub enum SignError {
     /// token endpoint answers 503; verification is unaffected.
     #[error("the HSM or KMS holding the signing key did not sign")]
     Custody(#[source] crate::custody::CustodyError),
+    /// An [`AccessToken`](crate::AccessToken) that cannot be issued as asked (the
+    /// message says which member and why).
+    #[error("the access token cannot be issued: {0}")]
+    InvalidAccessToken(String),
 }
 
 /// Why claims cannot be signed (the source of [`SignError::Claims`]).
@@ -183,6 +187,8 @@ pub struct Validation {
     required_type: Option<String>,
     /// The allowed algorithms (empty: any algorithm keyrot supports).
     algorithms: Vec<Algorithm>,
+    /// Whether the access-token profile's claims are required (RFC 9068 §2.2).
+    access_token_profile: bool,
 }
 
 impl Default for Validation {
@@ -196,6 +202,7 @@ impl Default for Validation {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             required_type: None,
             algorithms: Vec::new(),
+            access_token_profile: false,
         }
     }
 }
@@ -259,6 +266,26 @@ impl Validation {
         };
         self.required_type = Some(full);
         self
+    }
+
+    /// Require OAuth access tokens in the JWT profile (RFC 9068 §2 and §4): the header
+    /// `typ` must be `at+jwt` (as [`Validation::with_required_type`] compares it) and the
+    /// token must carry `iss`, `sub`, `aud`, `exp`, `iat`, `jti` and `client_id`
+    /// (strings, `aud` a string or a non-empty array of strings; refused with
+    /// [`TokenError::MissingClaim`] or [`TokenError::InvalidClaim`] naming the member).
+    /// The issuer and audience are still compared only with those configured here, and
+    /// a token missing `exp` is refused even after [`Validation::allow_missing_exp`].
+    /// [`KeyRing::issue_access_token`](crate::KeyRing::issue_access_token) issues such
+    /// tokens.
+    pub fn require_access_token_profile(mut self) -> Self {
+        self = self.with_required_type(crate::access_token::ACCESS_TOKEN_TYPE);
+        self.access_token_profile = true;
+        self
+    }
+
+    /// Whether [`Validation::require_access_token_profile`] was asked for.
+    pub fn requires_access_token_profile(&self) -> bool {
+        self.access_token_profile
     }
 
     /// Accept only tokens signed with one of `algs` (call again to add more); without it

@@ -9,7 +9,7 @@
 //! caller's type from the same bytes. The claims are checked by [`Registered::check`]
 //! either way, before the caller's type is read.
 
-use super::claims::{Audience, Claim, Registered, date_from_f64, date_from_u64};
+use super::claims::{Audience, Claim, Registered, date_from_f64, date_from_u64, profile_member};
 use super::decode::json_err;
 use super::tee::{Pass, Slot, Tee};
 use super::{TokenError, Validation};
@@ -126,9 +126,12 @@ impl<'de> Visitor<'de> for TopVisitor {
                 "iat" => reg.iat = map.next_value::<Member<'de>>()?.date(),
                 "iss" => reg.iss = map.next_value::<Member<'de>>()?.text(),
                 "aud" => reg.aud = map.next_value::<Member<'de>>()?.audience(),
-                _ => {
-                    let Checked = map.next_value()?;
-                }
+                other => match profile_member(other) {
+                    Some(i) => reg.profile[i] = map.next_value::<Member<'de>>()?.text().map(drop),
+                    None => {
+                        let Checked = map.next_value()?;
+                    }
+                },
             }
             if !names.insert(name) {
                 return Err(json::duplicate());

@@ -9,7 +9,7 @@
 //! read in a way the proxy does not follow (bytes without a UTF-8 check, an enum's content,
 //! serde_json's raw values), or when the payload is not an object.
 
-use super::claims::{Audience, Claim, Registered, date_from_f64, date_from_u64};
+use super::claims::{Audience, Claim, Registered, date_from_f64, date_from_u64, profile_member};
 use crate::json::{self, Name, Names};
 use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -56,6 +56,8 @@ pub(super) enum Slot {
     Iss,
     Aud,
     AudItem,
+    /// A member of [`super::claims::PROFILE_MEMBERS`], by index.
+    Profile(usize),
     Nested,
 }
 
@@ -67,7 +69,7 @@ impl Slot {
             "iat" => Slot::Iat,
             "iss" => Slot::Iss,
             "aud" => Slot::Aud,
-            _ => Slot::Nested,
+            other => profile_member(other).map_or(Slot::Nested, Slot::Profile),
         }
     }
 }
@@ -95,6 +97,7 @@ impl<'de> Pass<'de> {
         match slot {
             Slot::Iss => self.registered.iss = Claim::Present(s),
             Slot::Aud => self.registered.aud = Audience::One(s),
+            Slot::Profile(i) => self.registered.profile[i] = Claim::Present(()),
             Slot::AudItem => {
                 if let Audience::Strings(items) = &mut self.registered.aud {
                     items.push(s);
@@ -105,7 +108,9 @@ impl<'de> Pass<'de> {
     }
 
     fn text_ref(&mut self, slot: Slot, s: &str) {
-        if matches!(slot, Slot::Iss | Slot::Aud | Slot::AudItem) {
+        if let Slot::Profile(i) = slot {
+            self.registered.profile[i] = Claim::Present(());
+        } else if matches!(slot, Slot::Iss | Slot::Aud | Slot::AudItem) {
             self.text(slot, Cow::Owned(s.to_owned()));
         } else {
             self.other(slot);
@@ -122,6 +127,7 @@ impl<'de> Pass<'de> {
             }
             Slot::Iss => self.registered.iss = Claim::Invalid,
             Slot::Aud | Slot::AudItem => self.registered.aud = Audience::Invalid,
+            Slot::Profile(i) => self.registered.profile[i] = Claim::Invalid,
             Slot::Top => self.vouched = false,
             Slot::Nested => {}
         }

@@ -46,6 +46,9 @@ pub struct QuickstartConfig {
     /// (default `http://` + the listen address). Every instance of one deployment sets the
     /// same value, so a token from one is accepted by the others.
     pub issuer: String,
+    /// The `aud` of the access tokens the token endpoint and the demo login issue, which
+    /// this service requires too: `KEYROT_AUDIENCE` (default: the issuer URL).
+    pub audience: String,
     /// How many verified tokens the middleware keeps to skip repeated signature checks:
     /// `KEYROT_TOKEN_CACHE_ENTRIES` (default 0, no cache). A revoked or expired key still
     /// refuses its cached tokens at once.
@@ -69,6 +72,10 @@ impl QuickstartConfig {
             Ok(value) => checked_issuer(value)?,
             Err(_) => format!("http://{listen}"),
         };
+        let audience = match std::env::var("KEYROT_AUDIENCE") {
+            Ok(value) => checked_audience(value)?,
+            Err(_) => issuer.clone(),
+        };
         let token_cache_entries = match std::env::var("KEYROT_TOKEN_CACHE_ENTRIES") {
             Ok(value) => value
                 .trim()
@@ -83,7 +90,17 @@ impl QuickstartConfig {
             ring,
             tick: Duration::from_secs(tick),
             issuer,
+            audience,
         })
+    }
+}
+
+/// An audience: 1-512 printable ASCII characters (a URL or a name), no spaces.
+fn checked_audience(value: String) -> Result<String, SetupError> {
+    if (1..=512).contains(&value.len()) && value.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(value)
+    } else {
+        Err(SetupError::Audience { value })
     }
 }
 
@@ -112,7 +129,17 @@ fn checked_issuer(value: String) -> Result<String, SetupError> {
 
 #[cfg(test)]
 mod tests {
-    use super::checked_issuer;
+    use super::{checked_audience, checked_issuer};
+
+    #[test]
+    fn audiences_are_printable_without_spaces() {
+        for good in ["https://api.example.com", "orders-api"] {
+            assert_eq!(checked_audience(good.into()).ok().as_deref(), Some(good));
+        }
+        for bad in ["", "two words", "tab\there", "é"] {
+            assert!(checked_audience(bad.into()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn issuers_are_urls_without_query_fragment_or_trailing_slash() {
