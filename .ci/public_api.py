@@ -45,6 +45,7 @@ LIBRARY_CRATES = [
     "keyrot-sqlx",
     "keyrot-axum",
     "keyrot-actix",
+    "keyrot-tonic",
 ]
 # Workspace members with a library target that are not public APIs (shared test suites,
 # benchmarks, examples). A member with a library target in neither list fails the run.

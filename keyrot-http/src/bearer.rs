@@ -48,6 +48,17 @@ impl AuthRejection {
         }
     }
 
+    /// What the response's `error_description` says (and keyrot-tonic's status message):
+    /// why, without token contents.
+    pub fn description(&self) -> &'static str {
+        match self {
+            AuthRejection::MissingToken => "a bearer token is required",
+            AuthRejection::InvalidToken(_) => "the access token is not valid",
+            AuthRejection::InsufficientScope => "the access token does not grant access to this resource",
+            AuthRejection::KeysUnavailable => "the token cannot be checked now; retry later",
+        }
+    }
+
     /// The RFC 6750 error code, if any (none when no token was sent).
     pub fn error_code(&self) -> Option<&'static str> {
         match self {
@@ -69,19 +80,13 @@ impl AuthRejection {
 
     /// The full response: status, challenge and a JSON body that names only the code.
     pub fn to_response(&self) -> HttpResponse {
-        let (code, description) = match self {
-            AuthRejection::MissingToken => ("unauthorized", "a bearer token is required"),
-            AuthRejection::InvalidToken(_) => ("invalid_token", "the access token is not valid"),
-            AuthRejection::InsufficientScope => (
-                "insufficient_scope",
-                "the access token does not grant access to this resource",
-            ),
-            AuthRejection::KeysUnavailable => (
-                "temporarily_unavailable",
-                "the token cannot be checked now; retry later",
-            ),
+        let code = match self {
+            AuthRejection::MissingToken => "unauthorized",
+            AuthRejection::InvalidToken(_) => "invalid_token",
+            AuthRejection::InsufficientScope => "insufficient_scope",
+            AuthRejection::KeysUnavailable => "temporarily_unavailable",
         };
-        let response = HttpResponse::error(self.status(), code, description);
+        let response = HttpResponse::error(self.status(), code, self.description());
         match self {
             AuthRejection::KeysUnavailable => response.with_header("retry-after", KEYS_UNAVAILABLE_RETRY_AFTER),
             AuthRejection::MissingToken | AuthRejection::InvalidToken(_) | AuthRejection::InsufficientScope => {

@@ -2,7 +2,9 @@
 //! quickstart and of the actix-web quickstart behind keyrot's middleware, each with the
 //! verified-token cache off and on (`KEYROT_TOKEN_CACHE_ENTRIES`), and the same axum route
 //! behind the `jwt-authorizer` crate's layer (configured from the axum quickstart's JWKS,
-//! verifying the same tokens).
+//! verifying the same tokens), and `keyrot.example.v1.Me/Get` of the gRPC resource server
+//! (tonic behind `keyrot_tonic::GrpcAuthLayer`, keys from the same JWKS, cache off and on;
+//! HTTP/2, one connection per call in flight).
 //!
 //! Every server is a real process (the built binaries, each with its own SQLite file and
 //! port in a temporary directory). The tokens come from a population of 10,000 demo users,
@@ -21,10 +23,11 @@
 //! Run with `cargo bench -p keyrot-benches --bench load`
 //! (`KEYROT_LOAD_ROUNDS`, default 8, and `KEYROT_LOAD_SECONDS` per window, default 3;
 //! `KEYROT_LOAD_SERVERS=axum-cache,actix-cache` loads only the servers named, out of
-//! `axum`, `axum-cache`, `actix`, `actix-cache` and `jwt-authorizer`).
+//! `axum`, `axum-cache`, `actix`, `actix-cache`, `jwt-authorizer`, `grpc` and `grpc-cache`).
 
 #[allow(dead_code, reason = "`Route::Login` is for `--bench token_load`")]
 mod client;
+mod grpc;
 #[allow(dead_code)] // the shared harness; this benchmark uses its medians only
 #[path = "../paired/mod.rs"]
 mod paired;
@@ -65,6 +68,8 @@ struct Target {
     /// Which users it has seen, for the share of repeated tokens.
     seen: Vec<bool>,
     requests: usize,
+    /// Called over gRPC (`Me.Get`) rather than HTTP (`GET /api/me`).
+    grpc: bool,
 }
 
 impl Target {
@@ -77,10 +82,18 @@ impl Target {
 }
 
 /// The servers' labels, as `KEYROT_LOAD_SERVERS` names them.
-const LABELS: [&str; 5] = ["axum", "axum-cache", "actix", "actix-cache", "jwt-authorizer"];
+const LABELS: [&str; 7] = [
+    "axum",
+    "axum-cache",
+    "actix",
+    "actix-cache",
+    "jwt-authorizer",
+    "grpc",
+    "grpc-cache",
+];
 
 /// Which servers to load: `KEYROT_LOAD_SERVERS` (labels separated by commas, e.g.
-/// `axum-cache,actix-cache`), or all five.
+/// `axum-cache,actix-cache`), or all seven.
 fn selected() -> Result<Vec<&'static str>, SetupError> {
     let Ok(list) = std::env::var("KEYROT_LOAD_SERVERS") else {
         return Ok(LABELS.to_vec());
@@ -101,8 +114,9 @@ fn selected() -> Result<Vec<&'static str>, SetupError> {
 }
 
 /// Starts the `selected` servers and logs the users in at the quickstarts among them.
-/// jwt-authorizer takes its keys and tokens from the axum quickstart (cache off), which is
-/// then started even if it is not loaded itself (returned second, to keep it running).
+/// jwt-authorizer and the gRPC servers take their keys and tokens from the axum quickstart
+/// (cache off), which is then started even if it is not loaded itself (returned second, to
+/// keep it running).
 async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Target>, Vec<Server>), SetupError> {
     let cache_on = format!("cache on ({CACHE_ENTRIES})");
     let workers = servers::actix_workers();
@@ -128,11 +142,12 @@ async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Targ
         ),
     ];
     let with_authorizer = selected.contains(&"jwt-authorizer");
+    let with_grpc = selected.contains(&"grpc") || selected.contains(&"grpc-cache");
     let mut targets = Vec::new();
     let mut keys_only = Vec::new();
     let mut issuer_of_authorizer = None;
     for (program, label, name, entries, actix_workers) in quickstarts {
-        let needed = label == "axum" && with_authorizer;
+        let needed = label == "axum" && (with_authorizer || with_grpc);
         if !selected.contains(&label) && !needed {
             continue;
         }
@@ -146,6 +161,7 @@ async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Targ
             tokens,
             seen: vec![false; USERS],
             requests: 0,
+            grpc: false,
         };
         if needed {
             issuer_of_authorizer = Some((target.server.base_url(), Arc::clone(&target.tokens)));
@@ -156,17 +172,34 @@ async fn start(bin_dir: &std::path::Path, selected: &[&str]) -> Result<(Vec<Targ
             keys_only.push(target.server);
         }
     }
-    if let Some((issuer, tokens)) = issuer_of_authorizer {
-        let jwks_url = format!("{issuer}{}", keyrot_http::JWKS_PATH);
+    let Some((issuer, tokens)) = issuer_of_authorizer else {
+        return Ok((targets, keys_only));
+    };
+    let jwks_url = format!("{issuer}{}", keyrot_http::JWKS_PATH);
+    let mut keyless = Vec::new();
+    if with_authorizer {
         let server = Server::jwt_authorizer(&jwks_url, &issuer)?;
-        println!("started jwt-authorizer on {} (keys from {jwks_url})", server.addr);
+        keyless.push(("jwt-authorizer", "axum 0.7 + jwt-authorizer".to_owned(), server, false));
+    }
+    for (label, name, entries) in [
+        ("grpc", "tonic gRPC, cache off".to_owned(), 0),
+        ("grpc-cache", format!("tonic gRPC, {cache_on}"), CACHE_ENTRIES),
+    ] {
+        if selected.contains(&label) {
+            let server = Server::grpc(bin_dir, label, &jwks_url, &issuer, entries)?;
+            keyless.push((label, name, server, true));
+        }
+    }
+    for (label, name, server, grpc) in keyless {
+        println!("started {name} on {} (keys from {jwks_url})", server.addr);
         targets.push(Target {
-            label: "jwt-authorizer",
-            name: "axum 0.7 + jwt-authorizer".to_owned(),
+            label,
+            name,
             server,
-            tokens,
+            tokens: Arc::clone(&tokens),
             seen: vec![false; USERS],
             requests: 0,
+            grpc,
         });
     }
     Ok((targets, keys_only))
@@ -187,8 +220,15 @@ async fn measure(
         duration,
         seed,
     };
+    let run = async |t: &Target, load: &Load| {
+        if t.grpc {
+            grpc::window(t.server.addr, load).await
+        } else {
+            client::window(t.server.addr, load).await
+        }
+    };
     for t in targets.iter_mut() {
-        let window = client::window(t.server.addr, &load(&t.tokens, WARMUP, 1)).await?;
+        let window = run(t, &load(&t.tokens, WARMUP, 1)).await?;
         t.record(&window);
     }
     let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -203,11 +243,7 @@ async fn measure(
         for &t in &order {
             let target = &mut targets[t];
             let seed = 1000 * (round as u64 + 2);
-            let window = client::window(
-                target.server.addr,
-                &load(&target.tokens, Duration::from_secs(seconds), seed),
-            )
-            .await?;
+            let window = run(target, &load(&target.tokens, Duration::from_secs(seconds), seed)).await?;
             target.record(&window);
             measures[t] = Some(Measure::of(&window));
         }
@@ -249,11 +285,13 @@ fn run() -> Result<(), SetupError> {
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
         let at = |label: &str| targets.iter().position(|t| t.label == label);
         let baseline = at("jwt-authorizer").or(at("axum-cache")).unwrap_or(0);
-        // Cache on / off of each framework, then actix-web / axum with the cache on.
+        // Cache on / off of each framework, then actix-web and tonic / axum with the cache on.
         let pairs: Vec<(usize, usize)> = [
             ("axum", "axum-cache"),
             ("actix", "actix-cache"),
             ("axum-cache", "actix-cache"),
+            ("grpc", "grpc-cache"),
+            ("axum-cache", "grpc-cache"),
         ]
         .into_iter()
         .filter_map(|(a, b)| Some((at(a)?, at(b)?)))

@@ -16,12 +16,14 @@ pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
 /// How long a server may take to print `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the two quickstart binaries in the bench profile (the profile this benchmark
-/// runs in) and returns the directory that holds them.
+/// Builds the two quickstart binaries and the gRPC resource server in the bench profile
+/// (the profile this benchmark runs in) and returns the directory that holds them.
 pub fn build_quickstarts() -> Result<PathBuf, SetupError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    println!("building the quickstarts (cargo build --profile bench -p quickstart -p actix-quickstart)…");
+    println!(
+        "building the servers (cargo build --profile bench -p quickstart -p actix-quickstart -p grpc-resource-server)…"
+    );
     let status = Command::new(cargo)
         .args([
             "build",
@@ -32,12 +34,14 @@ pub fn build_quickstarts() -> Result<PathBuf, SetupError> {
             "quickstart",
             "-p",
             "actix-quickstart",
+            "-p",
+            "grpc-resource-server",
         ])
         .arg("--manifest-path")
         .arg(manifest)
         .status()?;
     if !status.success() {
-        return Err("building the quickstarts failed".into());
+        return Err("building the servers failed".into());
     }
     // This benchmark runs from `<target>/release/deps/`; the binaries sit in `<target>/release/`.
     let exe = std::env::current_exe()?;
@@ -126,6 +130,30 @@ impl Server {
             command.env("KEYROT_ACTIX_WORKERS", n.to_string());
         }
         command.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn(command, dir, port)
+    }
+
+    /// Starts the gRPC resource server from `bin_dir`, verifying the tokens `issuer` issued
+    /// through its JWKS at `jwks_url`, with the verified-token cache off
+    /// (`cache_entries == 0`) or holding `cache_entries` tokens.
+    pub fn grpc(
+        bin_dir: &Path,
+        label: &str,
+        jwks_url: &str,
+        issuer: &str,
+        cache_entries: usize,
+    ) -> Result<Self, SetupError> {
+        let dir = temp_dir(label)?;
+        let port = free_port()?;
+        let mut command = Command::new(bin_dir.join("grpc-resource-server"));
+        command
+            .current_dir(&dir)
+            .env_remove("KEYROT_AUDIENCE")
+            .env("KEYROT_JWKS_URL", jwks_url)
+            .env("KEYROT_ISSUER", issuer)
+            .env("KEYROT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYROT_TOKEN_CACHE_ENTRIES", cache_entries.to_string())
+            .env("RUST_LOG", "warn");
         Self::spawn(command, dir, port)
     }
 

@@ -8,6 +8,7 @@
 //! - [`form`]: form-urlencoded bodies and HTTP Basic credentials;
 //! - [`oauth`]: the demo OAuth 2.0 client-credentials token endpoint and user login;
 //! - [`quickstart`]: the whole quickstart service but its routes;
+//! - [`remote`]: the JWKS verifier of the resource servers, which hold no key material;
 //! - here: opening a store from a database URL ([`connect`]).
 
 pub mod custody;
@@ -17,6 +18,7 @@ pub mod master_key;
 pub mod oauth;
 pub mod policy;
 pub mod quickstart;
+pub mod remote;
 
 pub use custody::{MasterKeys, master_keys};
 pub use error::SetupError;

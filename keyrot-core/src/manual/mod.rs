@@ -12,19 +12,20 @@
 //!    verification checks, and the verified-token cache.
 //! 4. [OAuth interoperability](oauth): the discovery documents, what they list and when,
 //!    and the standard clients tested against them.
-//! 5. [Several instances](instances): exactly one rotation across instances, and choosing
+//! 5. [gRPC](grpc): verifying tokens in tonic services, and the status each refusal gets.
+//! 6. [Several instances](instances): exactly one rotation across instances, and choosing
 //!    a store.
-//! 6. [Many rings](many_rings): one ring manager per instance for thousands of tenants.
-//! 7. [Choosing an algorithm](algorithms).
-//! 8. [The security model](security): who may rotate, keys at rest, what a database writer
+//! 7. [Many rings](many_rings): one ring manager per instance for thousands of tenants.
+//! 8. [Choosing an algorithm](algorithms).
+//! 9. [The security model](security): who may rotate, keys at rest, what a database writer
 //!    can and cannot do, and what each kind of verifier trusts.
-//! 9. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
-//!    against, and moving a running deployment there.
-//! 10. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
-//! 11. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
+//! 10. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
+//!     against, and moving a running deployment there.
+//! 11. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
+//! 12. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
 //!     rotation), and a database someone wrote to.
-//! 12. [Benchmarks](benchmarks): every figure with the command that measures it.
-//! 13. [Tests](testing): what the test suite covers and how CI runs it.
+//! 13. [Benchmarks](benchmarks): every figure with the command that measures it.
+//! 14. [Tests](testing): what the test suite covers and how CI runs it.
 //!
 //! Every Rust block of the manual is a doc test of `keyrot-core`, and the shell blocks that
 //! start services are run by `examples/quickstart/tests/manual_blocks.rs`: what is printed
@@ -42,6 +43,9 @@ pub mod verify_only {}
 
 #[doc = include_str!("oauth.md")]
 pub mod oauth {}
+
+#[doc = include_str!("grpc.md")]
+pub mod grpc {}
 
 #[doc = include_str!("instances.md")]
 pub mod instances {}
