@@ -49,7 +49,7 @@ LIBRARY_CRATES = [
 ]
 # Workspace members with a library target that are not public APIs (shared test suites,
 # benchmarks, examples). A member with a library target in neither list fails the run.
-NOT_SNAPSHOTTED = ["keyrot-http-tests", "keyrot-benches", "keyrot-examples-support", "keyrot-readme"]
+NOT_SNAPSHOTTED = ["keyrot-http-tests", "keyrot-benches", "keyrot-examples-support", "keyrot-readme", "grpc-resource-server"]
 
 # Rustdoc JSON format versions this renderer was checked against (nightly 2026-05).
 TESTED_FORMAT_VERSIONS = {57}

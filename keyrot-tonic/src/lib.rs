@@ -42,7 +42,7 @@
 //! ```
 
 use keyrot_core::Verified;
-use keyrot_http::{Admission, AuthError, Guard, HeaderSource, Stored, WithPath, each_header_value};
+use keyrot_http::{Admission, Guard, HeaderSource, Stored, WithPath, each_header_value};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
@@ -52,7 +52,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 pub use keyrot_core::TokenVerifier;
-pub use keyrot_http::{Anonymous, AuthRejection, BearerAuth, RequiredScopes, TenantAuth};
+pub use keyrot_http::{Anonymous, AuthError, AuthRejection, BearerAuth, RequiredScopes, TenantAuth};
 
 /// What a method asks of its callers besides what the guard checks.
 #[derive(Debug, Clone)]
