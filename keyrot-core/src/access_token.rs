@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 
 /// The claims [`AccessToken`] sets itself; [`AccessToken::with_claim`] cannot replace them.
-pub const ACCESS_TOKEN_CLAIMS: [&str; 9] = ["iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope", "nbf"];
+pub const ACCESS_TOKEN_CLAIMS: [&str; 8] = ["iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope"];
 
 /// The longest `iss`, `sub`, `client_id` or audience accepted: a bound on what one token
 /// carries, far above any real identifier.

@@ -18,7 +18,8 @@
 //! | the verifier's keys are unavailable | 503 | `UNAVAILABLE` (14) |
 //!
 //! The status message is the HTTP adapters' `error_description`
-//! ([`AuthRejection::description`]); it never holds token contents. A handler that reads claims behind no layer gets `INTERNAL` (fail closed).
+//! ([`AuthRejection::description`]); it never holds token contents. A handler that reads
+//! claims behind no layer gets `INTERNAL` (fail closed).
 //!
 //! ```no_run
 //! use keyrot_core::{PublicKeyRing, StandardClaims};
@@ -98,7 +99,9 @@ impl<G: Guard> GrpcAuth<G> {
     }
 
     /// Calls to `method` (`/package.Service/Method`) need a token granting every one of
-    /// `scopes` (its `scope` claim); a token without one is `PERMISSION_DENIED`.
+    /// `scopes` (its `scope` claim); a token without one is `PERMISSION_DENIED`. This wins
+    /// over an anonymous service: a call without a token is `UNAUTHENTICATED`. Paths are
+    /// compared exactly, as tonic routes them.
     pub fn require_scopes<I, S>(mut self, method: impl Into<String>, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -119,7 +122,10 @@ impl<G: Guard> GrpcAuth<G> {
 
     /// Whether the call to `path` with `headers` may go on, and what to store in it.
     async fn admit(&self, path: &str, headers: &dyn HeaderSource) -> Result<Admission, AuthError> {
-        let anonymous = self.rules_for(path).any(|r| matches!(r, Rule::Anonymous));
+        // A method that requires scopes never admits anonymous callers, even when its
+        // service allows them.
+        let anonymous = self.rules_for(path).any(|r| matches!(r, Rule::Anonymous))
+            && !self.rules_for(path).any(|r| matches!(r, Rule::Scopes(_)));
         let admission = match self.guard.admit(headers, Stored::Nothing).await {
             Err(AuthError::Rejected(AuthRejection::MissingToken)) if anonymous => return Ok(Admission::Anonymous),
             other => other?,
@@ -322,6 +328,23 @@ mod tests {
             .await
             .expect_err("a token is needed");
         assert_eq!(status_of(&closed).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn a_method_requiring_scopes_admits_no_anonymous_caller() {
+        let auth = GrpcAuth::new(verifier_down())
+            .allow_anonymous_service("a.B")
+            .require_scopes("/a.B/Admin", ["admin"]);
+        let none = http::HeaderMap::new();
+        assert!(matches!(
+            auth.admit("/a.B/Open", &Headers(&none)).await,
+            Ok(Admission::Anonymous)
+        ));
+        let admin = auth
+            .admit("/a.B/Admin", &Headers(&none))
+            .await
+            .expect_err("scopes need a token");
+        assert_eq!(status_of(&admin).code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
