@@ -186,6 +186,11 @@ pub async fn window(addr: SocketAddr, load: &Load) -> Result<Window, LoadError> 
     for (index, conn) in conns.into_iter().enumerate() {
         tasks.spawn(drive(conn, load.clone(), index, deadline));
     }
+    join(tasks, started).await
+}
+
+/// The windows of every connection's loop as one, timed from `started`.
+pub async fn join(mut tasks: JoinSet<Result<Window, LoadError>>, started: Instant) -> Result<Window, LoadError> {
     let mut all = Window::default();
     while let Some(part) = tasks.join_next().await {
         let part = part??;

@@ -78,12 +78,5 @@ pub async fn window(addr: SocketAddr, load: &Load) -> Result<Window, LoadError> 
             deadline,
         ));
     }
-    let mut all = Window::default();
-    while let Some(part) = tasks.join_next().await {
-        let part = part??;
-        all.latencies_us.extend(part.latencies_us);
-        all.users.extend(part.users);
-    }
-    all.elapsed = started.elapsed();
-    Ok(all)
+    crate::client::join(tasks, started).await
 }

@@ -6,43 +6,17 @@
 use keyrot_core::{
     AccessToken, KeyRing, MasterKey, MasterKeySealer, MemoryLock, MemoryStorage, RequestContext, RingName, Rotator,
 };
-use std::io::{BufRead as _, BufReader};
+use keyrot_examples_support::testing;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AUDIENCE: &str = "https://grpc.example";
 
 fn python_with_grpcio() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcio-venv");
-    let python = venv.join("bin").join("python3");
-    let has = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import grpc"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin").join("pip"))
-                .args(["install", "--quiet", "grpcio>=1.60"])
-                .status()
-                .is_ok_and(|s| s.success());
-        if !made || !has(&python) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: could not install Python's grpcio"
-            );
-            println!("skipped: Python's grpcio could not be installed (no registry?)");
-            return None;
-        }
-    }
-    Some(python)
+    testing::python_venv(&venv, &["grpcio>=1.60"], "grpc", "Python's grpcio")
 }
 
 /// The example binary; killed when dropped.
@@ -66,23 +40,8 @@ fn start_example(jwks_url: &str, issuer: &str, listen: &str) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start grpc-resource-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line == "ready" => return Server(child),
-            Ok(_) => {}
-            Err(_) => panic!("grpc-resource-server did not print `ready` within 30 s"),
-        }
-    }
+    testing::wait_for_ready(&mut child, "grpc-resource-server", Duration::from_secs(30));
+    Server(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,10 @@
 //! clients are installed from npm and PyPI into the target directory at the
 //! first run; with `CI=true` a failed install fails the test.
 
-use std::io::{BufRead as _, BufReader};
+use keyrot_examples_support::testing;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLIENT_ID: &str = "scheduler";
 const CLIENT_SECRET: &str = "oauth-clients-test-secret-0123456789";
@@ -52,38 +52,12 @@ fn start() -> Quickstart {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the quickstart");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line == "ready" => break,
-            Ok(_) => {}
-            Err(_) => panic!("the quickstart did not print `ready` within 60 s"),
-        }
-    }
+    testing::wait_for_ready(&mut child, "the quickstart", Duration::from_secs(60));
     Quickstart {
         child,
         dir,
         issuer: format!("http://127.0.0.1:{port}"),
     }
-}
-
-/// Fails in CI, or prints one line and returns `None` elsewhere.
-fn unavailable<T>(what: &str) -> Option<T> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: could not install {what}"
-    );
-    println!("skipped: {what} could not be installed (no registry?)");
-    None
 }
 
 fn node_with_oauth4webapi() -> Option<PathBuf> {
@@ -98,7 +72,7 @@ fn node_with_oauth4webapi() -> Option<PathBuf> {
             .status()
             .is_ok_and(|s| s.success());
         if !ok || !installed(&dir) {
-            return unavailable("node's oauth4webapi");
+            return testing::unavailable("node's oauth4webapi");
         }
     }
     Some(dir)
@@ -106,28 +80,12 @@ fn node_with_oauth4webapi() -> Option<PathBuf> {
 
 fn python_with_authlib() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("authlib-venv");
-    let python = venv.join("bin").join("python3");
-    let has = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import authlib, requests"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has(&python) {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin").join("pip"))
-                .args(["install", "--quiet", "authlib>=1.3", "requests>=2.31"])
-                .status()
-                .is_ok_and(|s| s.success());
-        if !made || !has(&python) {
-            return unavailable("Python's authlib");
-        }
-    }
-    Some(python)
+    testing::python_venv(
+        &venv,
+        &["authlib>=1.3", "requests>=2.31"],
+        "authlib, requests",
+        "Python's authlib",
+    )
 }
 
 /// Runs `command`, which prints one JSON object, and parses it.

@@ -9,6 +9,7 @@
 //! - [`oauth`]: the demo OAuth 2.0 client-credentials token endpoint and user login;
 //! - [`quickstart`]: the whole quickstart service but its routes;
 //! - [`remote`]: the JWKS verifier of the resource servers, which hold no key material;
+//! - [`testing`]: what the examples' tests share (a process's `ready` line, Python stacks);
 //! - here: opening a store from a database URL ([`connect`]).
 
 pub mod custody;
@@ -19,6 +20,7 @@ pub mod oauth;
 pub mod policy;
 pub mod quickstart;
 pub mod remote;
+pub mod testing;
 
 pub use custody::{MasterKeys, master_keys};
 pub use error::SetupError;
