@@ -9,7 +9,6 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -149,29 +148,7 @@ fn start_command(mut command: Command, port: u16) -> Service {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the service");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut banner = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line == "ready" => break,
-            Ok(line) => {
-                banner.push_str(&line);
-                banner.push('\n');
-            }
-            Err(_) => panic!("the service did not print `ready` within 60 s; output so far:\n{banner}"),
-        }
-    }
+    let banner = keyrot_examples_support::testing::wait_for_ready(&mut child, "the service", Duration::from_secs(60));
     Service {
         child,
         banner,

@@ -1,10 +1,8 @@
 //! The quickstart as a child process and the HTTP calls the scenarios make.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Short intervals so that forced rotations are never rate limited.
 pub const FAST_POLICY: [(&str, &str); 6] = [
@@ -84,28 +82,8 @@ pub fn start(dir: &Path, port: u16, uri: &str, env: &[(String, String)]) -> Serv
         c.env_remove("KEYROT_MASTER_KEY_URI");
     }
     let mut child = c.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut banner = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line == "ready" => break,
-            Ok(line) => {
-                banner.push_str(&line);
-                banner.push('\n');
-            }
-            Err(_) => panic!("the quickstart did not print `ready` within 60 s:\n{banner}"),
-        }
-    }
+    let banner =
+        keyrot_examples_support::testing::wait_for_ready(&mut child, "the quickstart", Duration::from_secs(60));
     Service {
         child,
         banner,
