@@ -129,14 +129,8 @@ async fn measure(targets: &[Target], rounds: usize, seconds: u64) -> Result<Vec<
             let window = client::window(targets[t].server.addr, &load(Duration::from_secs(seconds), seed)).await?;
             measures[t] = Some(Measure::of(&window));
         }
-        let measures: Vec<Measure> = measures.into_iter().flatten().collect();
-        let figures: Vec<String> = targets
-            .iter()
-            .zip(&measures)
-            .map(|(t, m)| format!("{} {:.0}/s p99 {:.2} ms", t.name, m.rps, m.p99_us / 1000.0))
-            .collect();
-        println!("round {}/{rounds}: {}", round + 1, figures.join(", "));
-        out.push(measures);
+        let labels: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        out.push(report::round(round, rounds, &labels, measures));
     }
     Ok(out)
 }

@@ -247,14 +247,8 @@ async fn measure(
             target.record(&window);
             measures[t] = Some(Measure::of(&window));
         }
-        let measures: Vec<Measure> = measures.into_iter().flatten().collect();
-        let figures: Vec<String> = targets
-            .iter()
-            .zip(&measures)
-            .map(|(t, m)| format!("{} {:.0}/s p99 {:.2} ms", t.label, m.rps, m.p99_us / 1000.0))
-            .collect();
-        println!("round {}/{rounds}: {}", round + 1, figures.join(", "));
-        out.push(measures);
+        let labels: Vec<&str> = targets.iter().map(|t| t.label).collect();
+        out.push(report::round(round, rounds, &labels, measures));
     }
     Ok(out)
 }

@@ -53,6 +53,19 @@ fn ms(us: f64) -> String {
 
 /// Prints the table (Markdown) of `names` over `rounds`, ratios against `baseline`, then
 /// the ratios `b / a` of `pairs` `(a, b)`.
+/// Prints one round's figures (`LABEL N/s p99 X ms` per server, in `labels` order) and
+/// returns its measures without the gaps of servers that were not loaded.
+pub fn round(round: usize, rounds: usize, labels: &[&str], measures: Vec<Option<Measure>>) -> Vec<Measure> {
+    let measures: Vec<Measure> = measures.into_iter().flatten().collect();
+    let figures: Vec<String> = labels
+        .iter()
+        .zip(&measures)
+        .map(|(label, m)| format!("{label} {:.0}/s p99 {:.2} ms", m.rps, m.p99_us / 1000.0))
+        .collect();
+    println!("round {}/{rounds}: {}", round + 1, figures.join(", "));
+    measures
+}
+
 pub fn print(names: &[String], rounds: &[Vec<Measure>], baseline: usize, pairs: &[(usize, usize)]) {
     let rps = column(rounds, |m| m.rps);
     let p50 = column(rounds, |m| m.p50_us);
