@@ -23,7 +23,8 @@ pub struct Jwks {
 impl Jwks {
     /// Renders the published keys of `ring` (Active, then Pending, then Retiring).
     pub fn render(ring: &Ring, policy: &Policy) -> Self {
-        let mut published: Vec<_> = ring.published().collect();
+        // Only signing keys are ever published: a MAC or AEAD ring's JWKS is empty.
+        let mut published: Vec<_> = ring.published().filter(|k| k.alg.is_signing()).collect();
         published.sort_by_key(|k| {
             let order = match k.state {
                 KeyState::Active => 0,

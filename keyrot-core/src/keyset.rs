@@ -300,7 +300,9 @@ fn verifying_keys(obj: &Map<String, Value>, v: &Validation) -> Result<Vec<Verify
     let (declared, candidates): (bool, Vec<Algorithm>) = match obj.get("alg") {
         None => (false, v.algorithms().to_vec()),
         Some(Value::String(a)) => match a.parse::<Algorithm>() {
-            Ok(alg) if v.algorithms().is_empty() || v.algorithms().contains(&alg) => (true, vec![alg]),
+            Ok(alg) if alg.is_signing() && (v.algorithms().is_empty() || v.algorithms().contains(&alg)) => {
+                (true, vec![alg])
+            }
             // An algorithm keyrot does not support, or one not allowed here.
             _ => return Ok(Vec::new()),
         },

@@ -64,6 +64,7 @@ mod scheduler;
 mod seal;
 mod secret;
 mod storage;
+mod symmetric;
 mod token;
 mod verifier;
 
@@ -73,7 +74,7 @@ pub mod conformance;
 pub mod testing;
 
 pub use access_token::{ACCESS_TOKEN_CLAIMS, ACCESS_TOKEN_TYPE, AccessToken, IssuedAccessToken};
-pub use alg::{Algorithm, EdDsaName, RsaBits, UnsupportedAlgorithm};
+pub use alg::{Algorithm, EdDsaName, KeyKind, RsaBits, UnknownKeyKind, UnsupportedAlgorithm};
 pub use clock::{Clock, ManualClock, SystemClock, to_millis};
 pub use integrity::{
     ChainBreak, ChainReport, IntegrityReport, RingIntegrity, SealerLinker, TamperedKey, check_ring, rows_digest,
@@ -116,6 +117,11 @@ pub use storage::{
     AuditLinker, AuditQuery, AuditRecord, ChangeCursor, ChangeFeed, ChangeStream, Commit, CommitOutcome, FeedEvent,
     IdempotencyRecord, Lock, LockGuard, Outcome, PollingFeed, PollingRingsFeed, RingChanges, RingEntry, RingEvent,
     RingStorage, RingsFeed, RingsStream, Storage, StorageError,
+};
+pub use symmetric::{
+    AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, DEFAULT_WEBHOOK_TOLERANCE, ExportedSecret, MacRing, MacTag, Reencrypted,
+    SecretFormat, SymmetricError, UnknownSecretFormat, WebhookError, WebhookHeaders, Webhooks,
+    standard_webhooks_secret,
 };
 pub use token::{
     ClaimsError, DEFAULT_MAX_TOKEN_BYTES, DEFAULT_TOKEN_TYPE, FORBIDDEN_HEADER_MEMBERS, MAX_LEEWAY, SignError,

@@ -73,6 +73,9 @@ pub mod names {
     pub const CUSTODY_OPERATIONS: &str = "keyrot_custody_operations_total";
     /// Histogram: how long those operations took, in seconds.
     pub const CUSTODY_OPERATION_SECONDS: &str = "keyrot_custody_operation_duration_seconds";
+    /// Counter: uses of a MAC or AEAD ring's keys, by operation and the state of the key
+    /// used (`refused` when none was).
+    pub const SYMMETRIC_OPERATIONS: &str = "keyrot_symmetric_operations_total";
 }
 
 use names::*;
@@ -249,6 +252,13 @@ pub const METRICS: &[MetricDef] = &[
         &["backend", "operation"],
         "How long each operation on the HSM or KMS holding signing keys took, in seconds.",
     ),
+    def(
+        SYMMETRIC_OPERATIONS,
+        Counter,
+        &["ring", "operation", "key_state"],
+        "Uses of a MAC or AEAD ring (encrypt, decrypt, sign, verify) by the state of the key used (pending, active, \
+         retiring; refused when none was): decryptions under retiring keys going to zero say re-encryption is done.",
+    ),
 ];
 
 /// Gives every metric of [`METRICS`] its help text in the installed recorder. Call it once
@@ -386,6 +396,13 @@ pub(crate) fn custody_up(backend: &'static str, up: bool) {
 /// The signing keys' backend's health, as a probe or a signing call found it.
 pub(crate) fn signing_custody_up(backend: &'static str, up: bool) {
     ::metrics::gauge!(SIGNING_CUSTODY_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One use of a symmetric ring: the state of the key used, or `None` when refused.
+pub(crate) fn symmetric_use(ring: &RingName, operation: &'static str, state: Option<crate::KeyState>) {
+    let state = state.map_or("refused", crate::KeyState::as_str);
+    ::metrics::counter!(SYMMETRIC_OPERATIONS, "ring" => ring.to_string(), "operation" => operation, "key_state" => state)
+        .increment(1);
 }
 
 /// One operation on the HSM or KMS holding signing keys: counted by outcome, timed.

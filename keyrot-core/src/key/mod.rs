@@ -8,6 +8,7 @@
 
 mod ecdsa;
 mod ed25519;
+mod not_signing;
 mod rsa;
 mod signing;
 
@@ -156,6 +157,7 @@ fn family(alg: Algorithm) -> &'static dyn Family {
         Algorithm::EdDsa => &ed25519::Ed25519,
         Algorithm::Rs256 | Algorithm::Ps256 => &self::rsa::Rsa,
         Algorithm::Es256 | Algorithm::Es384 => &ecdsa::Ecdsa,
+        Algorithm::HmacSha256 | Algorithm::XChaCha20Poly1305 => &not_signing::NotSigning,
     }
 }
 

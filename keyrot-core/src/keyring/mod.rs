@@ -282,6 +282,45 @@ impl KeyRing {
         self.inner.snapshot.load_full()
     }
 
+    /// The kind of key the ring holds, as its policy says: signing, MAC or AEAD.
+    pub fn kind(&self) -> crate::KeyKind {
+        self.inner.policy.algorithm().kind()
+    }
+
+    /// Refuses unless the ring holds keys of `wanted` kind.
+    pub(crate) fn check_kind(&self, wanted: crate::KeyKind) -> Result<(), crate::SymmetricError> {
+        let holds = self.kind();
+        if holds == wanted {
+            Ok(())
+        } else {
+            Err(crate::SymmetricError::WrongKind {
+                ring: self.inner.ring.clone(),
+                holds,
+                wanted,
+            })
+        }
+    }
+
+    /// The current snapshot's symmetric keys, when the ring holds keys of `wanted` kind.
+    pub(crate) fn symmetric_keys(
+        &self,
+        wanted: crate::KeyKind,
+    ) -> Result<Arc<crate::symmetric::SymmetricKeys>, crate::SymmetricError> {
+        self.check_kind(wanted)?;
+        self.inner
+            .snapshot
+            .load()
+            .symmetric
+            .clone()
+            .filter(|keys| keys.kind == wanted)
+            .ok_or_else(|| crate::SymmetricError::NoActiveKey(self.inner.ring.clone()))
+    }
+
+    /// The ring's clock's now.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
     /// The highest authenticated ring generation this handle ever served.
     pub fn highest_generation(&self) -> u64 {
         self.inner.highest_generation.load(Ordering::Acquire)

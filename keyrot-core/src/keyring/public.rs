@@ -32,7 +32,8 @@ impl Verifiers {
     ) -> Result<Self, RefreshError> {
         let mut by_kid = HashMap::new();
         let mut known_headers = HashMap::default();
-        for k in rows {
+        // A MAC or AEAD key never verifies a token (no HS* path exists).
+        for k in rows.into_iter().filter(|k| k.alg.is_signing()) {
             by_kid.insert(k.kid.clone(), Arc::new(VerifierEntry::for_record(k)?));
             known_headers.insert(token::encode_header_with_type(k.alg, &k.kid, token_type), k.kid.clone());
             // The RFC 9864 name a ring may be configured to sign with (`Ed25519`).

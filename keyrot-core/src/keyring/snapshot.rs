@@ -4,13 +4,14 @@
 use super::entry::VerifierEntry;
 use super::public::{Verifiers, trusted_rows};
 use super::{MANIFEST, RefreshError};
-use crate::alg::Algorithm;
+use crate::alg::{Algorithm, KeyKind};
 use crate::integrity::{IntegrityReport, TamperedKey};
 use crate::jwks::Jwks;
 use crate::key::{KeyError, PrivateKey, SigningKey};
 use crate::policy::Policy;
 use crate::ring::{KeyOrigin, KeyRecord, KeyState, Ring, RingName};
 use crate::seal::{SealContext, SealError, Sealer};
+use crate::symmetric::SymmetricKeys;
 use crate::token;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -103,6 +104,8 @@ pub struct Snapshot {
     pub(super) ring: RingName,
     pub(super) generation: u64,
     pub(super) signer: Option<Arc<ActiveSigner>>,
+    /// A MAC or AEAD ring's keys inside their window, unsealed (`None` for a signing ring).
+    pub(super) symmetric: Option<Arc<SymmetricKeys>>,
     /// The verifying keys, with their windows and known headers.
     pub(super) public: Verifiers,
     /// The authentic rows (without sealed material), to re-render the JWKS when a
@@ -162,6 +165,7 @@ impl Snapshot {
                 signer = Some(Arc::new(s));
             }
         }
+        let symmetric = Self::open_symmetric(ring, policy, &candidates, sealer, &mut integrity)?;
         // An Active row that cannot sign is now reported as tampered: it does not verify.
         public.retain(|kid| integrity.trusts(kid));
         if !integrity.is_intact() {
@@ -178,6 +182,7 @@ impl Snapshot {
             ring: ring.name.clone(),
             generation: ring.generation,
             signer,
+            symmetric,
             public,
             jwks,
             trusted_keys,
@@ -213,6 +218,56 @@ impl Snapshot {
             reason,
         });
         Ok(None)
+    }
+
+    /// A symmetric ring's keys: every trusted published row of a MAC or AEAD algorithm,
+    /// unsealed. A row that does not open is reported as tampered and never used; a master
+    /// key this process lacks fails the whole build, as for the Active signing key. `None`
+    /// for a signing ring.
+    fn open_symmetric(
+        ring: &Ring,
+        policy: &Policy,
+        candidates: &[&KeyRecord],
+        sealer: &dyn Sealer,
+        integrity: &mut IntegrityReport,
+    ) -> Result<Option<Arc<SymmetricKeys>>, RefreshError> {
+        let kind = policy.algorithm().kind();
+        if kind == KeyKind::Signing && candidates.iter().all(|k| k.alg.is_signing()) {
+            return Ok(None);
+        }
+        let mut opened = Vec::new();
+        for k in candidates.iter().filter(|k| !k.alg.is_signing()) {
+            let reason = match (k.alg.kind() == kind, &k.sealed) {
+                (false, _) => format!("a {} key in a ring of {kind} keys", k.alg.kind()),
+                (true, None) => "the key has no sealed material".to_owned(),
+                (true, Some(sealed)) => {
+                    let ctx = SealContext {
+                        ring: ring.name.as_str(),
+                        kid: &k.kid,
+                        alg: k.alg,
+                    };
+                    match sealer.open(sealed, &ctx) {
+                        Ok(secret) if secret.len() == crate::symmetric::KEY_BYTES => {
+                            opened.push((*k, secret));
+                            continue;
+                        }
+                        Ok(_) => "the key has the wrong length".to_owned(),
+                        Err(source @ SealError::UnknownMasterKey(_)) => {
+                            return Err(RefreshError::Seal {
+                                kid: k.kid.clone(),
+                                source,
+                            });
+                        }
+                        Err(e) => format!("the key cannot be opened: {e}"),
+                    }
+                }
+            };
+            integrity.add_tampered(TamperedKey {
+                kid: k.kid.clone(),
+                reason,
+            });
+        }
+        Ok(Some(Arc::new(SymmetricKeys::new(&ring.name, kind, opened))))
     }
 
     /// Every row's public status, with the verdict of the integrity check on it.
@@ -341,6 +396,16 @@ impl Snapshot {
         if signer.is_none() && self.signer.is_some() {
             changed = true;
         }
+        let symmetric = match &self.symmetric {
+            Some(keys) => match keys.narrowed_by(raw, now) {
+                Some(narrowed) => {
+                    changed = true;
+                    Some(Arc::new(narrowed))
+                }
+                None => Some(keys.clone()),
+            },
+            None => None,
+        };
         if !changed {
             return None;
         }
@@ -367,6 +432,7 @@ impl Snapshot {
             ring: self.ring.clone(),
             generation: self.generation,
             signer,
+            symmetric,
             public: Verifiers {
                 by_kid: verifiers,
                 known_headers,
@@ -390,9 +456,13 @@ impl Snapshot {
         self.generation
     }
 
-    /// The Active kid.
+    /// The Active kid (of a signing, MAC or AEAD ring).
     pub fn active_kid(&self) -> Option<&str> {
-        self.signer.as_ref().map(|s| s.kid.as_str())
+        match (&self.signer, &self.symmetric) {
+            (Some(s), _) => Some(s.kid.as_str()),
+            (None, Some(keys)) => keys.active().ok().map(|k| k.kid.as_str()),
+            (None, None) => None,
+        }
     }
 
     /// The JWKS.

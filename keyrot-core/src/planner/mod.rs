@@ -100,6 +100,8 @@ pub enum TriggerKind {
     RetireRing,
     /// A master-key custody operation (create, import, rewrap under an HSM or KMS).
     MasterKey,
+    /// An explicit export of a symmetric ring's secrets (webhook receivers' `whsec_…`).
+    ExportSecret,
 }
 
 impl TriggerKind {
@@ -117,6 +119,7 @@ impl TriggerKind {
             TriggerKind::Repair => "repair",
             TriggerKind::RetireRing => "retire_ring",
             TriggerKind::MasterKey => "master_key",
+            TriggerKind::ExportSecret => "export_secret",
         }
     }
 
@@ -134,6 +137,7 @@ impl TriggerKind {
             "repair" => TriggerKind::Repair,
             "retire_ring" => TriggerKind::RetireRing,
             "master_key" => TriggerKind::MasterKey,
+            "export_secret" => TriggerKind::ExportSecret,
             _ => return None,
         })
     }

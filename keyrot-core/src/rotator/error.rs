@@ -31,6 +31,11 @@ pub enum RotateError {
     /// unable to make a key of the ring's algorithm). Rotation fails closed.
     #[error("the HSM or KMS holding the ring's signing keys failed, so nothing was changed")]
     Custody(#[source] crate::custody::CustodyError),
+    /// The request does not fit the kind of key the ring holds: a ring of one kind under
+    /// a policy of another, a key import into a symmetric ring, a signing ring's secrets
+    /// asked for. Nothing was changed.
+    #[error("the request does not fit the kind of key the ring holds, so nothing was changed")]
+    Kind(#[source] crate::symmetric::SymmetricError),
     /// Internal inconsistency between plan and ring.
     #[error("the plan does not fit the stored ring, so nothing was changed: retry the request")]
     Apply(#[from] ApplyError),

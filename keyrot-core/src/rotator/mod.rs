@@ -24,6 +24,7 @@
 mod attempt;
 mod context;
 mod error;
+mod export;
 mod idempotency;
 mod maintenance;
 mod plan;

@@ -6,12 +6,14 @@ use super::Material;
 use super::attempt::{Attempt, Change, Step};
 use super::error::RotateError;
 use super::report::{Answer, NewKid};
+use crate::alg::{Algorithm, KeyKind};
 use crate::custody::{CustodyError, RemoteKey};
 use crate::key::PrivateKey;
 use crate::planner::{self, NewKey, Plan, PlanKind, Trigger};
 use crate::ring::Ring;
 use crate::seal::SealContext;
 use crate::storage::Outcome;
+use crate::symmetric::SymmetricError;
 use tracing::Instrument as _;
 
 impl Attempt<'_> {
@@ -31,6 +33,14 @@ impl Attempt<'_> {
                 _ => Answer::refusal(&ring, planner::Refusal::RingRetired, false),
             };
             return Ok(Step::Answer(answer));
+        }
+        let kind = inner.policy.algorithm().kind();
+        if let Some(other) = ring.keys.iter().map(|k| k.alg.kind()).find(|k| *k != kind) {
+            return Err(RotateError::Kind(SymmetricError::WrongKind {
+                ring: ring.name.clone(),
+                holds: other,
+                wanted: kind,
+            }));
         }
         let planned = {
             let _s = tracing::info_span!("keyrot.phase", phase = "plan").entered();
@@ -76,6 +86,10 @@ impl Attempt<'_> {
         import_kid: Option<&str>,
     ) -> Result<NewKey, RotateError> {
         let inner = &self.rotator.inner;
+        let alg = inner.policy.algorithm();
+        if !alg.is_signing() {
+            return self.new_symmetric_key(ring, alg, material.is_some());
+        }
         let material = match (self.signing_custody(), material) {
             (Some(custody), Some(Material::Local(_))) => {
                 return Err(RotateError::Custody(CustodyError::Config(format!(
@@ -134,6 +148,41 @@ impl Attempt<'_> {
             kid,
             alg: key.algorithm(),
             fingerprint,
+            sealed: Some(sealed),
+            remote: None,
+        })
+    }
+}
+
+impl Attempt<'_> {
+    /// A symmetric ring's new key: 32 random bytes under a random 4-byte id, sealed like
+    /// a private key. Symmetric keys are made here only: no import, no HSM or KMS.
+    fn new_symmetric_key(&self, ring: &Ring, alg: Algorithm, import: bool) -> Result<NewKey, RotateError> {
+        if import || self.signing_custody().is_some() {
+            return Err(RotateError::Kind(SymmetricError::WrongKind {
+                ring: ring.name.clone(),
+                holds: alg.kind(),
+                wanted: KeyKind::Signing,
+            }));
+        }
+        let (kid, secret, descriptor) = {
+            let _s = tracing::info_span!("keyrot.phase", phase = "generate").entered();
+            crate::symmetric::new_key(ring, alg).map_err(|_| RotateError::Key(crate::key::KeyError::Rng))?
+        };
+        let _s = tracing::info_span!("keyrot.phase", phase = "seal").entered();
+        let sealed = self.rotator.inner.sealer.seal(
+            &secret,
+            &SealContext {
+                ring: ring.name.as_str(),
+                kid: &kid,
+                alg,
+            },
+        )?;
+        Ok(NewKey {
+            public_jwk: descriptor,
+            fingerprint: kid.clone(),
+            kid,
+            alg,
             sealed: Some(sealed),
             remote: None,
         })

@@ -192,6 +192,9 @@ pub enum Outcome {
     /// A master-key custody operation was carried out (its detail says which); the ring's
     /// rows did not change.
     Custody,
+    /// A symmetric ring's secrets were exported (its detail says which kids, in which
+    /// form); the ring's rows did not change.
+    Exported,
 }
 
 impl Outcome {
@@ -217,6 +220,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Replayed => "replayed",
             Outcome::Custody => "custody",
+            Outcome::Exported => "exported",
         }
     }
 
@@ -242,6 +246,7 @@ impl Outcome {
             Outcome::Failed,
             Outcome::Replayed,
             Outcome::Custody,
+            Outcome::Exported,
         ]
         .into_iter()
         .find(|o| o.as_str() == s)

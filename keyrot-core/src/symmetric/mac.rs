@@ -1,0 +1,130 @@
+//! Message authentication with a MAC ring: HMAC-SHA-256 tags under the Active key, checked
+//! under any key inside its window, chosen by the kid the tag carries.
+
+use super::SymmetricError;
+use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid};
+use crate::alg::KeyKind;
+use crate::b64;
+use crate::keyring::KeyRing;
+use crate::ring::KeyState;
+use chrono::{DateTime, Utc};
+use hmac::{KeyInit as _, Mac as _};
+use std::fmt;
+
+pub(crate) type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+const TAG_BYTES: usize = 32;
+
+/// Signs and verifies byte strings with a MAC ring (kind [`KeyKind::Mac`]). Cheap to
+/// clone; every call reads the ring's current snapshot.
+#[derive(Clone, Debug)]
+pub struct MacRing {
+    ring: KeyRing,
+}
+
+/// A MAC with the kid of the key that made it. Its text form is `KID.TAG`, the tag in
+/// base64url (`0a1b2c3d.q83v…`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MacTag {
+    /// The key that made it.
+    pub kid: String,
+    /// HMAC-SHA-256 of the message.
+    pub tag: [u8; TAG_BYTES],
+}
+
+impl fmt::Debug for MacTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MacTag").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for MacTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kid, b64::encode(&self.tag))
+    }
+}
+
+impl std::str::FromStr for MacTag {
+    type Err = SymmetricError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kid, tag) = s.split_once('.').ok_or(SymmetricError::Malformed("tag (no kid)"))?;
+        id_of_kid(kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
+        let tag = b64::decode(tag)
+            .and_then(|t| <[u8; TAG_BYTES]>::try_from(t).ok())
+            .ok_or(SymmetricError::Malformed("tag (not 32 bytes of base64url)"))?;
+        Ok(MacTag {
+            kid: kid.to_owned(),
+            tag,
+        })
+    }
+}
+
+impl MacRing {
+    /// The MAC handle of `ring`; refused unless the ring's policy makes MAC keys.
+    pub fn new(ring: KeyRing) -> Result<Self, SymmetricError> {
+        ring.check_kind(KeyKind::Mac)?;
+        Ok(Self { ring })
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
+    }
+
+    /// The tag of `message` under the Active key.
+    pub fn sign(&self, message: &[u8]) -> Result<MacTag, SymmetricError> {
+        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
+        let key = keys.active();
+        crate::metrics::symmetric_use(&keys.ring, "sign", key.as_ref().ok().map(|k| k.state));
+        let key = key?;
+        Ok(MacTag {
+            kid: key.kid.clone(),
+            tag: tag_of(key, &[message])?,
+        })
+    }
+
+    /// Checks `tag` on `message`: the key it names must be inside its window.
+    pub fn verify(&self, message: &[u8], tag: &MacTag) -> Result<(), SymmetricError> {
+        self.verify_at(message, tag, self.ring.now())
+    }
+
+    /// [`MacRing::verify`] as of `at`.
+    pub fn verify_at(&self, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<(), SymmetricError> {
+        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
+        let checked = check(&keys, message, tag, at);
+        crate::metrics::symmetric_use(&keys.ring, "verify", checked.as_ref().ok().copied());
+        checked.map(|_| ())
+    }
+}
+
+fn check(keys: &SymmetricKeys, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<KeyState, SymmetricError> {
+    let id = id_of_kid(&tag.kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
+    let key = keys.by_id(id, at)?;
+    keyed(key)?
+        .chain_parts(&[message])
+        .verify_slice(&tag.tag)
+        .map_err(|_| SymmetricError::Authentication)?;
+    Ok(key.state)
+}
+
+/// HMAC-SHA-256 keyed with `key`.
+pub(crate) fn keyed(key: &SymmetricKey) -> Result<HmacSha256, SymmetricError> {
+    HmacSha256::new_from_slice(key.secret.expose()).map_err(|_| SymmetricError::Authentication)
+}
+
+/// The tag of the concatenation of `parts` under `key`.
+pub(crate) fn tag_of(key: &SymmetricKey, parts: &[&[u8]]) -> Result<[u8; TAG_BYTES], SymmetricError> {
+    Ok(keyed(key)?.chain_parts(parts).finalize().into_bytes().into())
+}
+
+trait ChainParts {
+    fn chain_parts(self, parts: &[&[u8]]) -> Self;
+}
+
+impl ChainParts for HmacSha256 {
+    fn chain_parts(mut self, parts: &[&[u8]]) -> Self {
+        for p in parts {
+            self.update(p);
+        }
+        self
+    }
+}

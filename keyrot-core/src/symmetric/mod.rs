@@ -1,0 +1,77 @@
+//! Symmetric rings: MAC keys (HMAC-SHA-256) and AEAD keys (XChaCha20-Poly1305) on the
+//! signing keys' lifecycle. The planner, rotator, storage, sealing, manifest and ledger are
+//! the signing rings' own; what differs is here: how a key is made (32 random bytes, a
+//! random 4-byte key id), what a snapshot holds for it (the unsealed secrets of the keys
+//! inside their window, `keys.rs`) and what it is used for (`aead.rs`, `mac.rs`,
+//! `webhook.rs`). A symmetric key is never in a JWKS and never verifies a token: the
+//! JWKS and the token verifiers take signing algorithms only (`Algorithm::is_signing`).
+
+mod aead;
+mod export;
+mod keys;
+mod mac;
+mod webhook;
+
+pub use aead::{AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, Reencrypted};
+pub use export::{ExportedSecret, SecretFormat, UnknownSecretFormat};
+pub(crate) use keys::{KEY_BYTES, SymmetricKeys, new_key};
+pub use mac::{MacRing, MacTag};
+pub use webhook::{DEFAULT_WEBHOOK_TOLERANCE, WebhookError, WebhookHeaders, Webhooks, standard_webhooks_secret};
+
+use crate::alg::KeyKind;
+use crate::ring::RingName;
+
+/// Why a symmetric operation failed. Never carries key bytes, a plaintext or a tag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SymmetricError {
+    /// The ring holds keys of another kind (a signing ring used for encryption, say).
+    #[error("ring {ring} holds {holds} keys, not {wanted} keys")]
+    WrongKind {
+        /// The ring.
+        ring: RingName,
+        /// The kind of key it holds.
+        holds: KeyKind,
+        /// The kind the operation needs.
+        wanted: KeyKind,
+    },
+    /// The ring has no usable Active key (not initialised, or its row failed its
+    /// integrity check).
+    #[error("ring {0} has no Active key")]
+    NoActiveKey(RingName),
+    /// The ciphertext or tag is not in keyrot's format (too short, another version).
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// No key of the ring inside its window has the id the input names: it never existed
+    /// here, it was revoked, or its window ended.
+    #[error("no key of the ring inside its window has this key id")]
+    UnknownKey,
+    /// The key is the ring's but its Retiring window is over.
+    #[error("key {0} is past its window")]
+    KeyExpired(String),
+    /// Authentication failed: the ciphertext, the associated data or the tag was changed,
+    /// or it was made under another key.
+    #[error("authentication failed")]
+    Authentication,
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+impl SymmetricError {
+    /// A short, stable name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SymmetricError::WrongKind { .. } => "wrong_kind",
+            SymmetricError::NoActiveKey(_) => "no_active_key",
+            SymmetricError::Malformed(_) => "malformed",
+            SymmetricError::UnknownKey => "unknown_key",
+            SymmetricError::KeyExpired(_) => "key_expired",
+            SymmetricError::Authentication => "authentication",
+            SymmetricError::Rng => "rng",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
