@@ -59,6 +59,7 @@ mod master_keys;
 mod rings;
 mod rotation;
 mod store;
+mod symmetric;
 
 pub use feed::*;
 pub use ledger::*;
@@ -67,6 +68,7 @@ pub use master_keys::*;
 pub use rings::*;
 pub use rotation::*;
 pub use store::*;
+pub use symmetric::*;
 
 /// A backend under test: fresh (empty) for each case.
 pub struct Backend {
@@ -201,6 +203,8 @@ macro_rules! storage_conformance_tests {
             locks_are_per_ring,
             rotator_lifecycle_on_backend,
             concurrent_rotators_rotate_exactly_once,
+            symmetric_rings_rotate_exactly_once_and_keep_old_ciphertexts,
+            tampered_symmetric_rows_are_refused,
             manifest_is_stored_with_each_commit,
             audit_chain_links_every_append,
             concurrent_appends_keep_the_chain_contiguous,

@@ -159,7 +159,7 @@ impl Snapshot {
         let candidates: Vec<&KeyRecord> = ring.published().filter(|k| integrity.trusts(&k.kid)).collect();
         let mut public = Verifiers::parse(candidates.iter().copied(), token_type)?;
         let mut signer = None;
-        for k in candidates.iter().filter(|k| k.state == KeyState::Active) {
+        for k in candidates.iter().filter(|k| k.state == KeyState::Active && k.alg.is_signing()) {
             let header = (k.alg.name_with(policy.eddsa_name()), token_type);
             if let Some(s) = Self::admit_active(ring, k, sealer, header, &mut integrity)? {
                 signer = Some(Arc::new(s));
