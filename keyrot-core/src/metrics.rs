@@ -5,7 +5,7 @@
 //!
 //! Every name, type and label set is in [`METRICS`]; the names are the constants of
 //! [`metric_names`](names). Labels are bounded: a ring name (configuration, never a
-//! request's), a trigger, an outcome, a reason, a status. Never a kid, a client id or
+//! request's), a trigger, an outcome, a reason, a status, a key state. Never a kid, a client id or
 //! anything else a request chooses.
 //!
 //! Gauges that depend on the time (`keyrot_active_key_age_seconds`,
@@ -432,7 +432,17 @@ mod tests {
             assert_eq!(m.kind == Counter, m.name.ends_with("_total"), "{}", m.name);
             for l in m.labels {
                 assert!(
-                    ["ring", "trigger", "outcome", "reason", "status", "backend", "operation"].contains(l),
+                    [
+                        "ring",
+                        "trigger",
+                        "outcome",
+                        "reason",
+                        "status",
+                        "backend",
+                        "operation",
+                        "key_state"
+                    ]
+                    .contains(l),
                     "{}: {l}",
                     m.name
                 );

@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keyrot_core::{
-    AeadRing, Algorithm, Clock, KeyRing, KeyState, MacRing, MacTag, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
-    MemoryStorage, Outcome, Policy, Refusal, RequestContext, Ring, RingName, Rotator, Storage, Trigger,
+    AeadRing, Algorithm, Clock, KeyRing, KeyState, MacRing, MacTag, ManualClock, MasterKey, MasterKeySealer,
+    MemoryLock, MemoryStorage, Outcome, Policy, Refusal, RequestContext, Ring, RingName, Rotator, Storage, Trigger,
 };
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -102,11 +102,16 @@ impl World {
     }
 
     fn other_rotator(&self, name: &str) -> Rotator {
-        Rotator::builder(self.ring.clone(), self.storage.clone(), self.lock.clone(), self.sealer.clone())
-            .with_clock(Arc::new(self.clock.clone()))
-            .with_policy(self.policy.clone())
-            .with_instance(name)
-            .build()
+        Rotator::builder(
+            self.ring.clone(),
+            self.storage.clone(),
+            self.lock.clone(),
+            self.sealer.clone(),
+        )
+        .with_clock(Arc::new(self.clock.clone()))
+        .with_policy(self.policy.clone())
+        .with_instance(name)
+        .build()
     }
 
     async fn apply(&mut self, op: &Op) {
@@ -120,7 +125,10 @@ impl World {
                 self.rotator.rotate(ctx()).await.expect("rotate");
             }
             Op::Force { revoke_old } => {
-                self.rotator.force_rotate(ctx(), "drill", *revoke_old).await.expect("force");
+                self.rotator
+                    .force_rotate(ctx(), "drill", *revoke_old)
+                    .await
+                    .expect("force");
             }
             Op::Revoke(i) => {
                 let ring = self.storage.load(&self.ring).await.expect("load");
@@ -153,7 +161,10 @@ impl World {
             return;
         };
         let made = if self.alg == Algorithm::HmacSha256 {
-            let tag = MacRing::new(self.keyring.clone()).expect("mac").sign(b"m").expect("sign");
+            let tag = MacRing::new(self.keyring.clone())
+                .expect("mac")
+                .sign(b"m")
+                .expect("sign");
             assert_eq!(tag.kid, kid, "the Active key signs");
             Made {
                 kid,
@@ -162,8 +173,15 @@ impl World {
                 refused_once: false,
             }
         } else {
-            let ct = AeadRing::new(self.keyring.clone()).expect("aead").encrypt(b"p", b"a").expect("encrypt");
-            assert_eq!(AeadRing::key_id(&ct).ok().as_deref(), Some(kid.as_str()), "the Active key encrypts");
+            let ct = AeadRing::new(self.keyring.clone())
+                .expect("aead")
+                .encrypt(b"p", b"a")
+                .expect("encrypt");
+            assert_eq!(
+                AeadRing::key_id(&ct).ok().as_deref(),
+                Some(kid.as_str()),
+                "the Active key encrypts"
+            );
             Made {
                 kid,
                 ciphertext: ct,
@@ -176,7 +194,10 @@ impl World {
 
     fn accepted(&self, m: &Made) -> bool {
         match &m.tag {
-            Some(tag) => MacRing::new(self.keyring.clone()).expect("mac").verify(b"m", tag).is_ok(),
+            Some(tag) => MacRing::new(self.keyring.clone())
+                .expect("mac")
+                .verify(b"m", tag)
+                .is_ok(),
             None => AeadRing::new(self.keyring.clone())
                 .expect("aead")
                 .decrypt(&m.ciphertext, b"a")
@@ -190,11 +211,18 @@ impl World {
         let now = self.clock.now();
         assert!(ring.in_state(KeyState::Active).count() <= 1, "at most one Active key");
         if !ring.keys.is_empty() {
-            assert_eq!(ring.in_state(KeyState::Active).count(), 1, "an initialised ring has its Active key");
+            assert_eq!(
+                ring.in_state(KeyState::Active).count(),
+                1,
+                "an initialised ring has its Active key"
+            );
         }
         assert!(ring.keys.iter().all(|k| k.alg == self.alg), "one algorithm, one kind");
         assert_eq!(self.keyring.snapshot().jwks().body(), br#"{"keys":[]}"#);
-        assert!(self.keyring.snapshot().integrity().is_intact(), "every symmetric row is trusted");
+        assert!(
+            self.keyring.snapshot().integrity().is_intact(),
+            "every symmetric row is trusted"
+        );
         let grace = self.policy.retire_grace();
         let mut made = std::mem::take(&mut self.made);
         for m in &mut made {
@@ -277,4 +305,3 @@ proptest! {
         run(Algorithm::HmacSha256, &ops);
     }
 }
-

@@ -326,7 +326,10 @@ async fn export_of_webhook_secrets_is_audited_newest_first_and_refused_for_other
 async fn symmetric_keys_never_reach_a_jwks_or_a_token() {
     let s = setup(Algorithm::HmacSha256).await;
     assert_eq!(s.keyring.snapshot().jwks().body(), br#"{"keys":[]}"#);
-    assert!(s.keyring.snapshot().integrity().is_intact(), "the Active MAC key is not a broken signer");
+    assert!(
+        s.keyring.snapshot().integrity().is_intact(),
+        "the Active MAC key is not a broken signer"
+    );
     // No token is signed with a MAC key…
     assert!(s.keyring.sign(&serde_json::json!({"sub": "x"})).is_err());
     // …and none verifies, even one HMAC'd with the ring's own secret (the HS256 confusion).

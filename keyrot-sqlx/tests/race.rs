@@ -13,8 +13,8 @@ use common::{MySqlTest, PgTest, SqliteFile, ring, sealer};
 use keyrot_core::SealerLinker;
 use keyrot_core::conformance::{sample_audit, sample_key};
 use keyrot_core::{
-    AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManagerConfig, ManualClock, MasterKeySealer, Outcome,
-    RequestContext, RingManager, RingName, RingStorage, Rotator,
+    Algorithm, AuditQuery, Clock, Commit, CommitOutcome, KeyState, Lock, ManagerConfig, ManualClock, MasterKeySealer,
+    Outcome, Policy, RequestContext, RingManager, RingName, RingStorage, Rotator,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +23,8 @@ use tokio::task::JoinSet;
 
 const INSTANCES: usize = 16;
 const ROUNDS: usize = 100;
+/// Rounds of the symmetric rings' race (each backend runs the signing ring's 100 too).
+const SYMMETRIC_ROUNDS: usize = 25;
 
 fn t0() -> DateTime<Utc> {
     Utc.timestamp_millis_opt(1_767_225_600_123)
@@ -32,7 +34,8 @@ fn t0() -> DateTime<Utc> {
 
 type Instance = (Arc<dyn RingStorage>, Arc<dyn Lock>);
 
-async fn race(name: &str, instances: Vec<Instance>) {
+/// The race of `rounds` rounds on a ring of `alg` keys (a signing, MAC or AEAD ring).
+async fn race(name: &str, instances: Vec<Instance>, alg: Algorithm, rounds: usize) {
     assert_eq!(instances.len(), INSTANCES);
     let started = Instant::now();
     let r = ring("race");
@@ -44,6 +47,7 @@ async fn race(name: &str, instances: Vec<Instance>) {
         .map(|(i, (storage, lock))| {
             Rotator::builder(r.clone(), storage.clone(), lock.clone(), sealer.clone())
                 .with_clock(Arc::new(clock.clone()))
+                .with_policy(Policy::builder().with_algorithm(alg).build().expect("policy"))
                 .with_instance(format!("instance-{i}"))
                 .build()
         })
@@ -53,7 +57,7 @@ async fn race(name: &str, instances: Vec<Instance>) {
     assert_eq!(boot.outcome, Outcome::Bootstrapped);
 
     let mut tally: std::collections::BTreeMap<&'static str, usize> = Default::default();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // Past forced_min_interval (1 h): exactly one forced rotation is due.
         clock.advance(TimeDelta::minutes(61));
         let now = clock.now();
@@ -85,6 +89,10 @@ async fn race(name: &str, instances: Vec<Instance>) {
         );
 
         let loaded = check.load(&r).await.expect("load");
+        assert!(
+            loaded.keys.iter().all(|k| k.alg == alg),
+            "{name}: every key is a {alg} key"
+        );
         let active: Vec<_> = loaded.in_state(KeyState::Active).collect();
         assert_eq!(active.len(), 1, "{name} round {round}: exactly one Active key");
         assert_eq!(
@@ -129,7 +137,7 @@ async fn race(name: &str, instances: Vec<Instance>) {
     let total = check.audit_log(&r, AuditQuery { limit: 100_000 }).await.expect("audit");
     assert_eq!(
         total.len(),
-        1 + INSTANCES * ROUNDS,
+        1 + INSTANCES * rounds,
         "{name}: the bootstrap and every attempt are audited"
     );
     // 16 instances appending at once still build one contiguous chain.
@@ -138,12 +146,12 @@ async fn race(name: &str, instances: Vec<Instance>) {
         .await
         .expect("read the ledger")
         .expect("the chain is intact");
-    assert_eq!(chain.records, 1 + INSTANCES * ROUNDS, "{name}: every record is chained");
-    assert_eq!(tally.get("rotated"), Some(&ROUNDS));
+    assert_eq!(chain.records, 1 + INSTANCES * rounds, "{name}: every record is chained");
+    assert_eq!(tally.get("rotated"), Some(&rounds));
     println!(
-        "{name}: {ROUNDS} rounds x {INSTANCES} instances in {:.1} s ({:.1} ms per round); outcomes {tally:?}",
+        "{name} ({alg}): {rounds} rounds x {INSTANCES} instances in {:.1} s ({:.1} ms per round); outcomes {tally:?}",
         started.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64() * 1000.0 / ROUNDS as f64
+        started.elapsed().as_secs_f64() * 1000.0 / rounds as f64
     );
 }
 
@@ -338,7 +346,7 @@ async fn postgres_16_instances_rotate_exactly_once_per_round() {
         let store = t.instance(2, &format!("keyrot-race-{i}")).await;
         instances.push((Arc::new(store.clone()), Arc::new(store)));
     }
-    race("postgres", instances).await;
+    race("postgres", instances, Algorithm::EdDsa, ROUNDS).await;
     t.finish().await;
 }
 
@@ -352,7 +360,7 @@ async fn mysql_16_instances_rotate_exactly_once_per_round() {
         let store = t.instance(2).await;
         instances.push((Arc::new(store.clone()), Arc::new(store)));
     }
-    race("mysql", instances).await;
+    race("mysql", instances, Algorithm::EdDsa, ROUNDS).await;
     t.finish().await;
 }
 
@@ -364,5 +372,44 @@ async fn sqlite_16_instances_rotate_exactly_once_per_round() {
         let store = file.instance(2).await;
         instances.push((Arc::new(store.clone()), Arc::new(store)));
     }
-    race("sqlite", instances).await;
+    race("sqlite", instances, Algorithm::EdDsa, ROUNDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_16_instances_rotate_an_aead_ring_exactly_once_per_round() {
+    let Some(t) = PgTest::new("postgres aead race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for i in 0..INSTANCES {
+        let store = t.instance(2, &format!("keyrot-aead-race-{i}")).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("postgres", instances, Algorithm::XChaCha20Poly1305, SYMMETRIC_ROUNDS).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_16_instances_rotate_a_mac_ring_exactly_once_per_round() {
+    let Some(t) = MySqlTest::new("mysql mac race", false).await else {
+        return;
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = t.instance(2).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("mysql", instances, Algorithm::HmacSha256, SYMMETRIC_ROUNDS).await;
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_16_instances_rotate_a_mac_ring_exactly_once_per_round() {
+    let file = SqliteFile::new();
+    let mut instances: Vec<Instance> = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = file.instance(2).await;
+        instances.push((Arc::new(store.clone()), Arc::new(store)));
+    }
+    race("sqlite", instances, Algorithm::HmacSha256, SYMMETRIC_ROUNDS).await;
 }

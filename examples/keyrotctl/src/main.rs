@@ -23,6 +23,7 @@ mod forensics;
 mod master_key;
 mod ratelimit;
 mod remote;
+mod symmetric;
 mod timeline;
 
 #[derive(Parser, Debug)]
@@ -55,9 +56,14 @@ struct Cli {
 enum Command {
     /// Create the ring and its first Active key (no-op if present).
     Init {
-        /// Algorithm of the first key: EdDSA, RS256, PS256, ES256 or ES384.
-        #[arg(long, default_value = "EdDSA")]
-        alg: Algorithm,
+        /// Algorithm of a signing ring's first key: EdDSA (the default), RS256, PS256,
+        /// ES256 or ES384.
+        #[arg(long)]
+        alg: Option<Algorithm>,
+        /// What the ring's keys are for: signing (the default), mac (HMAC-SHA256) or aead
+        /// (XChaCha20-Poly1305). A ring's kind never changes.
+        #[arg(long, value_enum)]
+        kind: Option<symmetric::KindArg>,
     },
     /// Keys, states, times, generation, next transition, integrity (exit 1 when the ring
     /// fails its integrity check).
@@ -88,7 +94,9 @@ enum Command {
     },
     /// Revoke a Pending or Retiring key.
     Revoke {
-        /// The key id.
+        /// The key id. A kid (an RFC 7638 thumbprint, base64url) may begin with `-`, so the
+        /// value is taken as given.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Why (required).
         #[arg(long)]
@@ -233,6 +241,8 @@ enum Command {
         #[command(subcommand)]
         command: master_key::MasterKeyCommand,
     },
+    #[command(flatten)]
+    Symmetric(symmetric::SymmetricCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -334,6 +344,10 @@ impl Ctx {
     /// The HSM or KMS holding the ring's signing keys (`KEYROT_SIGNING_KEYS_URI`), so that
     /// keyrotctl creates, signs and revokes where the services do.
     async fn signing(&self, policy: &Policy) -> Result<Option<Arc<dyn keyrot_core::custody::SigningCustody>>, Fail> {
+        if !policy.algorithm().is_signing() {
+            // A symmetric ring's secrets are sealed in the store, never in the HSM or KMS.
+            return Ok(None);
+        }
         keyrot_examples_support::custody::signing_custody(policy)
             .await
             .map_err(|e| usage(ErrorChain(&e).to_string()))
@@ -375,9 +389,10 @@ fn verify_validation(iss: Option<String>, aud: Option<String>, leeway: u64) -> V
     }
 }
 
-/// Rotations keep the ring's algorithm: that of its Active key.
+/// Rotations keep the ring's algorithm: a symmetric ring's, fixed by the kind of its keys;
+/// a signing ring's Active key's. The one place every command's policy comes from.
 fn policy_for(ring: &Ring, alg: Option<Algorithm>) -> Result<Policy, Fail> {
-    let alg = alg.or_else(|| ring.active().map(|k| k.alg)).unwrap_or_default();
+    let alg = alg.or_else(|| symmetric::stored_algorithm(ring)).unwrap_or_default();
     policy_from_env(Some(alg)).map_err(|e| usage(ErrorChain(&e).to_string()))
 }
 
@@ -446,9 +461,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             println!("keyrot tables are up to date ({})", ctx.backend.kind);
             Ok(())
         }
-        Command::Init { alg } => {
+        Command::Init { alg, kind } => {
             let report = ctx
-                .rotator(Some(alg))
+                .rotator(symmetric::init_algorithm(alg, kind)?)
                 .await?
                 .init(actor())
                 .await
@@ -656,6 +671,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::AuthenticateRing { yes, expect, json } => authenticate_ring(&ctx, yes, expect, json).await,
         Command::Repair { reason, yes, json } => repair(&ctx, reason, yes, json).await,
         Command::RetireRing { reason, yes, json } => retire_ring(&ctx, reason, yes, json).await,
+        Command::Symmetric(command) => symmetric::run(&ctx, command).await,
     }
 }
 
@@ -883,13 +899,14 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
     // Nothing is planned on a ring that fails its check: the rotator refuses to write.
     let next = if intact { next_transition(&keys, &policy) } else { None };
     let summary = clean(&integrity.summary());
+    let kind = symmetric::stored_kind(&ring);
     if !integrity.is_intact() {
         eprintln!("keyrotctl: warning: integrity: {summary}");
     }
     if json {
         let mut out = serde_json::json!({
-            "ring": ring.name, "generation": ring.generation, "keys": keys, "next_transition": next,
-            "integrity": integrity,
+            "ring": ring.name, "generation": ring.generation, "kind": kind.as_str(), "keys": keys,
+            "next_transition": next, "integrity": integrity,
         });
         if let Some(Fail(_, msg)) = &open_error {
             out["error"] = msg.as_str().into();
@@ -902,34 +919,17 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
             ring.generation,
             keys.len()
         );
+        if kind != keyrot_core::KeyKind::Signing {
+            println!(
+                "kind: {kind} ({}): secrets, never in the JWKS",
+                kind.default_algorithm().as_str()
+            );
+        }
         println!("integrity: {summary}");
         if integrity.retired {
             println!("retired: the ring was offboarded; every key is revoked and it never gets a key again");
         }
-        println!(
-            "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25} INTEGRITY",
-            "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
-        );
-        for k in &keys {
-            println!(
-                "{:<44} {:<6} {:<9} {:<10} {:<25} {:<25} {}",
-                clean(&k.kid),
-                k.alg.as_str(),
-                k.state.as_str(),
-                k.origin.as_str(),
-                fmt_time(Some(k.created_at)),
-                fmt_time(k.activated_at),
-                k.tampered
-                    .as_deref()
-                    .map_or("ok".to_owned(), |why| format!("TAMPERED: {}", clean(why)))
-            );
-        }
-        for kid in &integrity.missing {
-            println!(
-                "{:<44} MISSING: listed in the ring manifest, no row in storage (deleted)",
-                clean(kid)
-            );
-        }
+        print_key_table(&keys, &integrity.missing);
         println!();
         print!(
             "{}",
@@ -954,6 +954,36 @@ async fn status(ctx: &Ctx, json: bool) -> Result<(), Fail> {
         // The warning above already said why.
         None if !intact => Err(Fail(1, String::new())),
         None => Ok(()),
+    }
+}
+
+/// `status`'s table of keys, and the rows the manifest lists that storage lacks.
+fn print_key_table(keys: &[KeyStatus], missing: &[String]) {
+    // HMAC-SHA256 is wider than a signing algorithm's name.
+    let w = keys.iter().map(|k| k.alg.as_str().len()).max().unwrap_or(0).max(6);
+    println!(
+        "{:<44} {:<w$} {:<9} {:<10} {:<25} {:<25} INTEGRITY",
+        "KID", "ALG", "STATE", "ORIGIN", "CREATED", "ACTIVATED"
+    );
+    for k in keys {
+        println!(
+            "{:<44} {:<w$} {:<9} {:<10} {:<25} {:<25} {}",
+            clean(&k.kid),
+            k.alg.as_str(),
+            k.state.as_str(),
+            k.origin.as_str(),
+            fmt_time(Some(k.created_at)),
+            fmt_time(k.activated_at),
+            k.tampered
+                .as_deref()
+                .map_or("ok".to_owned(), |why| format!("TAMPERED: {}", clean(why)))
+        );
+    }
+    for kid in missing {
+        println!(
+            "{:<44} MISSING: listed in the ring manifest, no row in storage (deleted)",
+            clean(kid)
+        );
     }
 }
 
@@ -1229,7 +1259,10 @@ mod tests {
             ("ES384", keyrot_core::Algorithm::Es384),
         ] {
             let cli = Cli::try_parse_from(["keyrotctl", "init", "--alg", name]).expect(name);
-            assert!(matches!(cli.command, Command::Init { alg: a } if a == alg), "{name}");
+            assert!(
+                matches!(cli.command, Command::Init { alg: Some(a), .. } if a == alg),
+                "{name}"
+            );
         }
         for bad in ["ES512", "HS256", "none", "es256"] {
             assert!(
@@ -1251,6 +1284,14 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_kid_that_begins_with_a_hyphen_is_a_value() {
+        // A thumbprint kid is base64url: one in 64 begins with `-`.
+        let cli = Cli::try_parse_from(["keyrotctl", "revoke", "-W2fZio30Z8", "--reason", "leaked", "--yes"])
+            .expect("a hyphen-led kid parses");
+        assert!(matches!(cli.command, Command::Revoke { kid, yes: true, .. } if kid == "-W2fZio30Z8"));
     }
 
     #[tokio::test]

@@ -75,7 +75,8 @@ pub async fn symmetric_rings_rotate_exactly_once_and_keep_old_ciphertexts(b: &Ba
     let new = aead.encrypt(b"field value", b"table/row/column").expect("encrypt");
     assert_ne!(AeadRing::key_id(&new).ok(), AeadRing::key_id(&old).ok());
     assert_eq!(
-        aead.decrypt(&old, b"table/row/column").expect("the Retiring key decrypts"),
+        aead.decrypt(&old, b"table/row/column")
+            .expect("the Retiring key decrypts"),
         b"field value"
     );
     assert_eq!(keyring.snapshot().jwks().body(), br#"{"keys":[]}"#);
@@ -112,11 +113,19 @@ pub async fn tampered_symmetric_rows_are_refused(b: &Backend) {
     let manifest = ring_now.manifest.clone().expect("manifest");
     let mut c = commit(&r, ring_now.generation, vec![row], clock.now());
     c.manifest = manifest;
-    assert_eq!(b.storage.commit(&c, &linker()).await.expect("commit"), CommitOutcome::Committed);
+    assert_eq!(
+        b.storage.commit(&c, &linker()).await.expect("commit"),
+        CommitOutcome::Committed
+    );
     keyring.refresh().await.ok();
-    assert!(!keyring.snapshot().integrity().is_intact(), "the forged row is reported");
+    assert!(
+        !keyring.snapshot().integrity().is_intact(),
+        "the forged row is reported"
+    );
     assert!(matches!(mac.sign(b"payload"), Err(SymmetricError::NoActiveKey(_))));
     assert!(mac.verify(b"payload", &tag).is_err());
-    let refused = rot.force_rotate(RequestContext::actor("x"), "after tampering", false).await;
+    let refused = rot
+        .force_rotate(RequestContext::actor("x"), "after tampering", false)
+        .await;
     assert!(refused.is_err(), "nothing is written on a tampered ring: {refused:?}");
 }

@@ -159,7 +159,10 @@ impl Snapshot {
         let candidates: Vec<&KeyRecord> = ring.published().filter(|k| integrity.trusts(&k.kid)).collect();
         let mut public = Verifiers::parse(candidates.iter().copied(), token_type)?;
         let mut signer = None;
-        for k in candidates.iter().filter(|k| k.state == KeyState::Active && k.alg.is_signing()) {
+        for k in candidates
+            .iter()
+            .filter(|k| k.state == KeyState::Active && k.alg.is_signing())
+        {
             let header = (k.alg.name_with(policy.eddsa_name()), token_type);
             if let Some(s) = Self::admit_active(ring, k, sealer, header, &mut integrity)? {
                 signer = Some(Arc::new(s));
@@ -349,14 +352,9 @@ impl Snapshot {
         self.integrity.authenticated_generation().unwrap_or(0)
     }
 
-    /// This snapshot with every change that can only *remove* trust applied from `raw`, a
-    /// newer stored state that could not be accepted (it fails authentication, or goes
-    /// back to an older authenticated generation): keys whose stored row is gone or no
-    /// longer published stop verifying, a Retiring key's window only shrinks, and the
-    /// signer stops unless its stored row is still the Active one. Nothing is added. So
-    /// a revocation reaches an instance even while someone corrupts the manifest. `None`
-    /// when nothing would change.
-    pub fn narrowed_by(&self, raw: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<Snapshot> {
+    /// The verifying keys narrowed by `raw` ([`Snapshot::narrowed_by`]), and whether any
+    /// changed.
+    fn narrowed_verifiers(&self, raw: &Ring, now: DateTime<Utc>) -> (HashMap<String, Arc<VerifierEntry>>, bool) {
         let mut verifiers = HashMap::new();
         let mut changed = false;
         for (kid, entry) in &self.public.by_kid {
@@ -388,6 +386,18 @@ impl Snapshot {
                 );
             }
         }
+        (verifiers, changed)
+    }
+
+    /// This snapshot with every change that can only *remove* trust applied from `raw`, a
+    /// newer stored state that could not be accepted (it fails authentication, or goes
+    /// back to an older authenticated generation): keys whose stored row is gone or no
+    /// longer published stop verifying, a Retiring key's window only shrinks, and the
+    /// signer stops unless its stored row is still the Active one. Nothing is added. So
+    /// a revocation reaches an instance even while someone corrupts the manifest. `None`
+    /// when nothing would change.
+    pub fn narrowed_by(&self, raw: &Ring, policy: &Policy, now: DateTime<Utc>) -> Option<Snapshot> {
+        let (verifiers, mut changed) = self.narrowed_verifiers(raw, now);
         let signer = self
             .signer
             .as_ref()
@@ -396,16 +406,13 @@ impl Snapshot {
         if signer.is_none() && self.signer.is_some() {
             changed = true;
         }
-        let symmetric = match &self.symmetric {
-            Some(keys) => match keys.narrowed_by(raw, now) {
-                Some(narrowed) => {
-                    changed = true;
-                    Some(Arc::new(narrowed))
-                }
-                None => Some(keys.clone()),
-            },
-            None => None,
-        };
+        let symmetric = self.symmetric.as_ref().map(|keys| match keys.narrowed_by(raw, now) {
+            Some(narrowed) => {
+                changed = true;
+                Arc::new(narrowed)
+            }
+            None => keys.clone(),
+        });
         if !changed {
             return None;
         }

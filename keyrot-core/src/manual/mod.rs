@@ -17,15 +17,17 @@
 //!    a store.
 //! 7. [Many rings](many_rings): one ring manager per instance for thousands of tenants.
 //! 8. [Choosing an algorithm](algorithms).
-//! 9. [The security model](security): who may rotate, keys at rest, what a database writer
-//!    can and cannot do, and what each kind of verifier trusts.
-//! 10. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
+//! 9. [Symmetric keys](symmetric): MAC and AEAD rings for webhooks (Standard Webhooks),
+//!    cookies and field encryption, and when to use which ring kind.
+//! 10. [The security model](security): who may rotate, keys at rest, what a database writer
+//!     can and cannot do, and what each kind of verifier trusts.
+//! 11. [Master keys and signing keys in an HSM or a KMS](custody): which custody to choose, what each protects
 //!     against, and moving a running deployment there.
-//! 11. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
-//! 12. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
+//! 12. [Operations](operations): the examples and `keyrotctl`, metrics, alert rules, logs.
+//! 13. [Incident runbooks](runbooks): a leaked signing key (including a rate-limited forced
 //!     rotation), and a database someone wrote to.
-//! 13. [Benchmarks](benchmarks): every figure with the command that measures it.
-//! 14. [Tests](testing): what the test suite covers and how CI runs it.
+//! 14. [Benchmarks](benchmarks): every figure with the command that measures it.
+//! 15. [Tests](testing): what the test suite covers and how CI runs it.
 //!
 //! Every Rust block of the manual is a doc test of `keyrot-core`, and the shell blocks that
 //! start services are run by `examples/quickstart/tests/manual_blocks.rs`: what is printed
@@ -55,6 +57,9 @@ pub mod many_rings {}
 
 #[doc = include_str!("algorithms.md")]
 pub mod algorithms {}
+
+#[doc = include_str!("symmetric.md")]
+pub mod symmetric {}
 
 #[doc = include_str!("security.md")]
 pub mod security {}
