@@ -331,7 +331,10 @@ async fn symmetric_keys_never_reach_a_jwks_or_a_token() {
         "the Active MAC key is not a broken signer"
     );
     // No token is signed with a MAC key…
-    assert!(s.keyring.sign(&serde_json::json!({"sub": "x"})).is_err());
+    assert!(matches!(
+        s.keyring.sign(&serde_json::json!({"sub": "x"})),
+        Err(keyrot_core::SignError::NotASigningRing(KeyKind::Mac))
+    ));
     // …and none verifies, even one HMAC'd with the ring's own secret (the HS256 confusion).
     let secret = s
         .rotator

@@ -316,6 +316,14 @@ impl KeyRing {
             .ok_or_else(|| crate::SymmetricError::NoActiveKey(self.inner.ring.clone()))
     }
 
+    /// Why the snapshot has no signer: a symmetric ring never has one.
+    fn no_signer(&self) -> SignError {
+        match self.kind() {
+            crate::KeyKind::Signing => SignError::NoActiveKey,
+            kind => SignError::NotASigningRing(kind),
+        }
+    }
+
     /// The ring's clock's now.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
@@ -343,7 +351,7 @@ impl KeyRing {
     /// block: use [`KeyRing::sign_async`], which serves both kinds of ring.
     pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String, SignError> {
         let snap = self.inner.snapshot.load();
-        let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
+        let signer = snap.signer.as_ref().ok_or_else(|| self.no_signer())?;
         let SignerKey::Local(key) = &signer.key else {
             return Err(SignError::RemoteKey);
         };
@@ -392,7 +400,7 @@ impl KeyRing {
     ) -> Result<String, SignError> {
         let signer = {
             let snap = self.inner.snapshot.load();
-            let signer = snap.signer.as_ref().ok_or(SignError::NoActiveKey)?;
+            let signer = snap.signer.as_ref().ok_or_else(|| self.no_signer())?;
             Arc::clone(signer)
         };
         let (now, ttl) = (

@@ -130,6 +130,9 @@ pub enum SignError {
     /// The ring has no Active key (not initialised yet).
     #[error("the ring has no active signing key; initialise it first")]
     NoActiveKey,
+    /// The ring holds MAC or AEAD keys, which never sign a token.
+    #[error("the ring holds {0} keys, which never sign a token")]
+    NotASigningRing(crate::KeyKind),
     /// The claims are not a JSON object (the source says why).
     #[error("the claims cannot be signed")]
     Claims(#[source] ClaimsError),
