@@ -17,6 +17,9 @@
 //! - **Anonymous users too:** `OptionalBearerAuthMiddleware::new(auth.optional())` with
 //!   the [`MaybeClaims`] extractor: no token is `MaybeClaims(None)`, an invalid one
 //!   `401`.
+//! - **Encrypted and signed cookies:** [`SealedCookies`] and [`SignedCookies`] on a
+//!   symmetric ring, read with [`read_cookie`], written with [`SetCookie`] (module
+//!   [`cookies`]).
 //! - **Discovery:** with `HttpEndpoints::builder(…).with_issuer_url("https://…")`,
 //!   [`configure`] also serves `/.well-known/openid-configuration` and
 //!   `/.well-known/oauth-authorization-server`.
@@ -82,6 +85,8 @@
 //! }
 //! ```
 
+pub mod cookies;
+
 use actix_web::body::EitherBody;
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
@@ -98,12 +103,14 @@ use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
 
+pub use cookies::{CookieErrorResponse, SetCookie, read_cookie};
 pub use keyrot_core::TokenVerifier;
 pub use keyrot_http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
     OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
     STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource,
 };
+pub use keyrot_http::{CookieCodec, CookieError, CookieOptions, Opened, SameSite, SealedCookies, SignedCookies};
 
 /// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
 /// the path or the host), from a [`keyrot_core::RingManager`] (see [`Guarded`]).

@@ -15,6 +15,9 @@
 //!   `TokenSource::header("x-api-token")` instead of `Authorization: Bearer`.
 //! - **Anonymous users too:** `OptionalBearerAuthLayer::new(auth.optional())` with the
 //!   [`MaybeClaims`] extractor: no token is `MaybeClaims(None)`, an invalid one `401`.
+//! - **Encrypted and signed cookies:** [`SealedCookies`] and [`SignedCookies`] on a
+//!   symmetric ring, read with [`read_cookie`], written with [`SetCookie`] (module
+//!   [`cookies`]).
 //! - **Discovery:** with `HttpEndpoints::builder(…).with_issuer_url("https://…")`,
 //!   [`routes`] also serves `/.well-known/openid-configuration` and
 //!   `/.well-known/oauth-authorization-server`.
@@ -68,6 +71,8 @@
 //! }
 //! ```
 
+pub mod cookies;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
@@ -88,12 +93,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
+pub use cookies::{CookieRejection, SetCookie, read_cookie};
 pub use keyrot_core::TokenVerifier;
 pub use keyrot_http::{
     AuthError, AuthRejection, BearerAuth, HttpEndpoints, IssuerMetadata, JWKS_PATH, OAUTH_AUTHORIZATION_SERVER_PATH,
     OPENID_CONFIGURATION_PATH, OptionalBearerAuth, ROTATE_PATH, RequiredScopes, RingSelector, RotationAuthorizer,
     STATUS_PATH, ScopeAuthorizer, ServiceTokenRule, TenantAuth, TenantEndpoints, TokenSource,
 };
+pub use keyrot_http::{CookieCodec, CookieError, CookieOptions, Opened, SameSite, SealedCookies, SignedCookies};
 
 /// Verifies the bearer token with the ring a [`RingSelector`] picks (the token's `iss`,
 /// the path or the host), from a [`keyrot_core::RingManager`] (see [`Guarded`]).

@@ -398,11 +398,10 @@ pub(crate) fn signing_custody_up(backend: &'static str, up: bool) {
     ::metrics::gauge!(SIGNING_CUSTODY_UP, "backend" => backend).set(if up { 1.0 } else { 0.0 });
 }
 
-/// One use of a symmetric ring: the state of the key used, or `None` when refused.
-pub(crate) fn symmetric_use(ring: &RingName, operation: &'static str, state: Option<crate::KeyState>) {
-    let state = state.map_or("refused", crate::KeyState::as_str);
-    ::metrics::counter!(SYMMETRIC_OPERATIONS, "ring" => ring.to_string(), "operation" => operation, "key_state" => state)
-        .increment(1);
+/// `n` uses of a symmetric ring since the last call, by operation and key state.
+pub(crate) fn symmetric_uses(ring: &RingName, operation: &'static str, key_state: &'static str, n: u64) {
+    ::metrics::counter!(SYMMETRIC_OPERATIONS, "ring" => ring.to_string(), "operation" => operation, "key_state" => key_state)
+        .increment(n);
 }
 
 /// One operation on the HSM or KMS holding signing keys: counted by outcome, timed.

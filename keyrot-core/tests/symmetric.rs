@@ -410,3 +410,37 @@ async fn a_ring_of_one_kind_is_never_rotated_under_a_policy_of_another() {
     }
     assert_eq!(s.keyring.snapshot().keys().len(), 1, "nothing was written");
 }
+
+// Current-thread runtime: everything runs on the thread the local recorder is set on.
+#[tokio::test]
+async fn decryptions_are_counted_by_the_state_of_their_key() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prom = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let s = setup(Algorithm::XChaCha20Poly1305).await;
+    let aead = AeadRing::new(s.keyring.clone()).expect("aead ring");
+    let old = aead.encrypt(b"x", b"").expect("encrypt");
+    schedule(&s).await;
+    activate(&s).await;
+    aead.decrypt(&old, b"").expect("retiring");
+    aead.decrypt(&old, b"").expect("retiring");
+    assert!(aead.decrypt(&old, b"other").is_err());
+    aead.decrypt(&aead.encrypt(b"y", b"").expect("encrypt"), b"")
+        .expect("active");
+    // Counted on the hot path, handed to the recorder at the next refresh or tick.
+    s.rotator.tick().await.expect("tick");
+    let m = |labels: &[(&str, &str)]| {
+        keyrot_core::testing::metrics::value(&prom.render(), "keyrot_symmetric_operations_total", labels)
+    };
+    let ring = ("ring", "secrets");
+    assert_eq!(
+        m(&[ring, ("operation", "decrypt"), ("key_state", "retiring")]),
+        Some(2.0)
+    );
+    assert_eq!(m(&[ring, ("operation", "decrypt"), ("key_state", "active")]), Some(1.0));
+    assert_eq!(
+        m(&[ring, ("operation", "decrypt"), ("key_state", "refused")]),
+        Some(1.0)
+    );
+    assert_eq!(m(&[ring, ("operation", "encrypt"), ("key_state", "active")]), Some(2.0));
+}

@@ -20,12 +20,17 @@
 //! | `GET /internal/keys/status`     | [`HttpEndpoints::status`] | the same authorizer, normal scope |
 //! | any route of the application    | [`BearerAuth::authenticate`] | the ring (or a [`TokenVerifier`](keyrot_core::TokenVerifier)) |
 //!
+//! Encrypted and signed cookies on a symmetric ring: [`SealedCookies`] (an
+//! [`AeadRing`](keyrot_core::AeadRing)) and [`SignedCookies`] (a
+//! [`MacRing`](keyrot_core::MacRing)), read and written through [`CookieCodec`].
+//!
 //! The `Authorization` header is never logged, echoed or stored; failures are described
 //! to the client only by their RFC 6750 error code, and in detail to `tracing` and, for
 //! the rotation endpoint, to the audit ledger.
 
 mod authorizer;
 mod bearer;
+mod cookies;
 mod endpoints;
 mod jwks_route;
 mod middleware;
@@ -39,6 +44,9 @@ pub use authorizer::{
     RotationAuthorizer, RotationGrant, ScopeAuthorizer, ServiceTokenFn, ServiceTokenRule,
 };
 pub use bearer::{AuthRejection, BearerAuth, OptionalBearerAuth, has_scope, require_scopes};
+pub use cookies::{
+    CookieCodec, CookieError, CookieOptions, MAX_COOKIE_BYTES, Opened, SameSite, SealedCookies, SignedCookies,
+};
 pub use endpoints::{HttpConfigError, HttpEndpoints, HttpEndpointsBuilder};
 pub use jwks_route::{
     IssuerMetadata, OAUTH_AUTHORIZATION_SERVER_PATH, OPENID_CONFIGURATION_PATH, discovery_response, jwks_response,

@@ -104,6 +104,8 @@ struct Inner {
     signing: Option<Arc<SigningState>>,
     /// When the last refresh from storage succeeded (Unix milliseconds), for the metrics.
     last_refresh_ms: AtomicI64,
+    /// The uses of a MAC or AEAD ring since the metrics last took them.
+    symmetric_uses: crate::symmetric::Counts,
 }
 
 /// A cheap-to-clone handle to a ring's snapshot: sign, verify, JWKS, refresh.
@@ -229,6 +231,7 @@ impl KeyRingBuilder {
                 token_cache: self.token_cache,
                 signing: self.signing.map(|c| Arc::new(SigningState::new(c))),
                 last_refresh_ms: AtomicI64::new(now.timestamp_millis()),
+                symmetric_uses: crate::symmetric::Counts::default(),
             }),
         })
     }
@@ -301,19 +304,24 @@ impl KeyRing {
         }
     }
 
-    /// The current snapshot's symmetric keys, when the ring holds keys of `wanted` kind.
-    pub(crate) fn symmetric_keys(
+    /// Runs `f` on the current snapshot's symmetric keys (borrowed, not cloned), when the
+    /// ring holds keys of `wanted` kind.
+    pub(crate) fn with_symmetric<T, E: From<crate::SymmetricError>>(
         &self,
         wanted: crate::KeyKind,
-    ) -> Result<Arc<crate::symmetric::SymmetricKeys>, crate::SymmetricError> {
+        f: impl FnOnce(&crate::symmetric::SymmetricKeys) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.check_kind(wanted)?;
-        self.inner
-            .snapshot
-            .load()
-            .symmetric
-            .clone()
-            .filter(|keys| keys.kind == wanted)
-            .ok_or_else(|| crate::SymmetricError::NoActiveKey(self.inner.ring.clone()))
+        let snap = self.inner.snapshot.load();
+        match snap.symmetric.as_deref().filter(|keys| keys.kind == wanted) {
+            Some(keys) => f(keys),
+            None => Err(crate::SymmetricError::NoActiveKey(self.inner.ring.clone()).into()),
+        }
+    }
+
+    /// Counts one use of the ring's symmetric keys (`None`: refused).
+    pub(crate) fn count_use(&self, what: crate::symmetric::Use, state: Option<crate::KeyState>) {
+        self.inner.symmetric_uses.add(what, state);
     }
 
     /// Why the snapshot has no signer: a symmetric ring never has one.

@@ -74,6 +74,7 @@ impl KeyRing {
             let (hits, misses, evictions) = cache.take_unexported();
             crate::metrics::token_cache(&self.inner.ring, hits, misses, evictions);
         }
+        self.inner.symmetric_uses.flush(&self.inner.ring);
     }
 
     pub(super) async fn refresh_locked(&self) -> Result<bool, RefreshError> {

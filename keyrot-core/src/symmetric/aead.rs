@@ -15,6 +15,7 @@
 //! is the primitive keyrot already seals keys with.
 
 use super::SymmetricError;
+use super::counts::Use;
 use super::keys::{SymmetricKey, SymmetricKeys};
 use crate::alg::KeyKind;
 use crate::keyring::KeyRing;
@@ -64,25 +65,28 @@ impl AeadRing {
     /// Encrypts `plaintext` under the Active key, binding `aad` (which decryption must
     /// present again; e.g. a cookie's name, a row's primary key and column).
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Aead)?;
-        let key = keys.active()?;
-        let out = seal(key, plaintext, aad);
-        crate::metrics::symmetric_use(&keys.ring, "encrypt", out.as_ref().map(|_| key.state).ok());
-        out
+        let sealed = self.ring.with_symmetric(KeyKind::Aead, |keys| {
+            let key = keys.active()?;
+            seal(key, plaintext, aad).map(|ct| (ct, key.state))
+        });
+        counted(&self.ring, Use::Encrypt, sealed)
     }
 
     /// Decrypts `ciphertext` made by [`AeadRing::encrypt`] under any key of the ring inside its
     /// window (Pending, Active, or Retiring before its window ends), with the same `aad`.
     pub fn decrypt(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
-        self.decrypt_at(ciphertext, aad, self.ring.now())
+        let opened = self
+            .ring
+            .with_symmetric(KeyKind::Aead, |keys| open(keys, ciphertext, aad, || self.ring.now()));
+        counted(&self.ring, Use::Decrypt, opened)
     }
 
     /// [`AeadRing::decrypt`] as of `at`.
     pub fn decrypt_at(&self, ciphertext: &[u8], aad: &[u8], at: DateTime<Utc>) -> Result<Vec<u8>, SymmetricError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Aead)?;
-        let opened = open(&keys, ciphertext, aad, at);
-        crate::metrics::symmetric_use(&keys.ring, "decrypt", opened.as_ref().ok().map(|(_, s)| *s));
-        opened.map(|(plain, _)| plain)
+        let opened = self
+            .ring
+            .with_symmetric(KeyKind::Aead, |keys| open(keys, ciphertext, aad, || at));
+        counted(&self.ring, Use::Decrypt, opened)
     }
 
     /// The kid of the key `ciphertext` names (whether or not that key is still usable).
@@ -95,8 +99,9 @@ impl AeadRing {
     /// and encrypted again under the Active key, or returned as it is when it already is
     /// under the Active key (after checking that it decrypts).
     pub fn reencrypt(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Reencrypted, SymmetricError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Aead)?;
-        reencrypt_with(&keys, ciphertext, aad, self.ring.now())
+        self.ring.with_symmetric(KeyKind::Aead, |keys| {
+            Ok(reencrypt_with(&self.ring, keys, ciphertext, aad))
+        })?
     }
 
     /// [`AeadRing::reencrypt`] for a batch of `(ciphertext, aad)` pairs from one snapshot (a
@@ -106,25 +111,29 @@ impl AeadRing {
     where
         I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
     {
-        let keys = self.ring.symmetric_keys(KeyKind::Aead)?;
-        let at = self.ring.now();
-        Ok(items
-            .into_iter()
-            .map(|(ct, aad)| reencrypt_with(&keys, ct, aad, at))
-            .collect())
+        self.ring.with_symmetric(KeyKind::Aead, |keys| {
+            Ok(items
+                .into_iter()
+                .map(|(ct, aad)| reencrypt_with(&self.ring, keys, ct, aad))
+                .collect())
+        })
     }
 }
 
+/// `result` counted as one use (under the key state it carries, or refused), without it.
+pub(super) fn counted<T, E>(ring: &KeyRing, what: Use, result: Result<(T, KeyState), E>) -> Result<T, E> {
+    ring.count_use(what, result.as_ref().ok().map(|(_, state)| *state));
+    result.map(|(value, _)| value)
+}
+
 fn reencrypt_with(
+    ring: &KeyRing,
     keys: &SymmetricKeys,
     ciphertext: &[u8],
     aad: &[u8],
-    at: DateTime<Utc>,
 ) -> Result<Reencrypted, SymmetricError> {
     let active = keys.active()?;
-    let opened = open(keys, ciphertext, aad, at);
-    crate::metrics::symmetric_use(&keys.ring, "decrypt", opened.as_ref().ok().map(|(_, s)| *s));
-    let (plain, _) = opened?;
+    let plain = counted(ring, Use::Decrypt, open(keys, ciphertext, aad, || ring.now()))?;
     let (id, _, _) = split(ciphertext)?;
     if id == active.id {
         return Ok(Reencrypted {
@@ -132,10 +141,9 @@ fn reencrypt_with(
             changed: false,
         });
     }
-    let sealed = seal(active, &plain, aad);
-    crate::metrics::symmetric_use(&keys.ring, "encrypt", sealed.as_ref().map(|_| active.state).ok());
+    let sealed = seal(active, &plain, aad).map(|ct| (ct, active.state));
     Ok(Reencrypted {
-        ciphertext: sealed?,
+        ciphertext: counted(ring, Use::Encrypt, sealed)?,
         changed: true,
     })
 }
@@ -195,10 +203,10 @@ fn open(
     keys: &SymmetricKeys,
     ciphertext: &[u8],
     aad: &[u8],
-    at: DateTime<Utc>,
+    now: impl FnOnce() -> DateTime<Utc>,
 ) -> Result<(Vec<u8>, KeyState), SymmetricError> {
     let (id, nonce, body) = split(ciphertext)?;
-    let key = keys.by_id(id, at)?;
+    let key = keys.by_id(id, now)?;
     let (msg, tag) = body.split_at(body.len() - TAG);
     let tag = Tag::try_from(tag).map_err(|_| SymmetricError::Malformed("ciphertext (tag)"))?;
     let mut plain = msg.to_vec();

@@ -91,14 +91,17 @@ impl SymmetricKeys {
             .ok_or_else(|| SymmetricError::NoActiveKey(self.ring.clone()))
     }
 
-    /// The key with id `id`, if it is accepted at `at`.
-    pub(crate) fn by_id(&self, id: u32, at: DateTime<Utc>) -> Result<&SymmetricKey, SymmetricError> {
+    /// The key with id `id`, if it is accepted now: `now` is read only for a Retiring key
+    /// (the others have no end to their window).
+    pub(crate) fn by_id(&self, id: u32, now: impl FnOnce() -> DateTime<Utc>) -> Result<&SymmetricKey, SymmetricError> {
         let key = self
             .keys
             .iter()
             .find(|k| k.id == id)
             .ok_or(SymmetricError::UnknownKey)?;
-        key.accepts_at(at)?;
+        if key.not_after.is_some() {
+            key.accepts_at(now())?;
+        }
         Ok(key)
     }
 

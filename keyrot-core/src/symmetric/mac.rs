@@ -2,6 +2,8 @@
 //! under any key inside its window, chosen by the kid the tag carries.
 
 use super::SymmetricError;
+use super::aead::counted;
+use super::counts::Use;
 use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid};
 use crate::alg::KeyKind;
 use crate::b64;
@@ -72,38 +74,47 @@ impl MacRing {
 
     /// The tag of `message` under the Active key.
     pub fn sign(&self, message: &[u8]) -> Result<MacTag, SymmetricError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
-        let key = keys.active();
-        crate::metrics::symmetric_use(&keys.ring, "sign", key.as_ref().ok().map(|k| k.state));
-        let key = key?;
-        Ok(MacTag {
-            kid: key.kid.clone(),
-            tag: tag_of(key, &[message])?,
-        })
+        let signed = self.ring.with_symmetric(KeyKind::Mac, |keys| {
+            let key = keys.active()?;
+            let tag = MacTag {
+                kid: key.kid.clone(),
+                tag: tag_of(key, &[message])?,
+            };
+            Ok((tag, key.state))
+        });
+        counted(&self.ring, Use::Sign, signed)
     }
 
     /// Checks `tag` on `message`: the key it names must be inside its window.
     pub fn verify(&self, message: &[u8], tag: &MacTag) -> Result<(), SymmetricError> {
-        self.verify_at(message, tag, self.ring.now())
+        let checked = self
+            .ring
+            .with_symmetric(KeyKind::Mac, |keys| check(keys, message, tag, || self.ring.now()));
+        counted(&self.ring, Use::Verify, checked)
     }
 
     /// [`MacRing::verify`] as of `at`.
     pub fn verify_at(&self, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<(), SymmetricError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
-        let checked = check(&keys, message, tag, at);
-        crate::metrics::symmetric_use(&keys.ring, "verify", checked.as_ref().ok().copied());
-        checked.map(|_| ())
+        let checked = self
+            .ring
+            .with_symmetric(KeyKind::Mac, |keys| check(keys, message, tag, || at));
+        counted(&self.ring, Use::Verify, checked)
     }
 }
 
-fn check(keys: &SymmetricKeys, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<KeyState, SymmetricError> {
+fn check(
+    keys: &SymmetricKeys,
+    message: &[u8],
+    tag: &MacTag,
+    now: impl FnOnce() -> DateTime<Utc>,
+) -> Result<((), KeyState), SymmetricError> {
     let id = id_of_kid(&tag.kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
-    let key = keys.by_id(id, at)?;
+    let key = keys.by_id(id, now)?;
     keyed(key)?
         .chain_parts(&[message])
         .verify_slice(&tag.tag)
         .map_err(|_| SymmetricError::Authentication)?;
-    Ok(key.state)
+    Ok(((), key.state))
 }
 
 /// HMAC-SHA-256 keyed with `key`.

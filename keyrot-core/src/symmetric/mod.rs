@@ -7,12 +7,14 @@
 //! JWKS and the token verifiers take signing algorithms only (`Algorithm::is_signing`).
 
 mod aead;
+mod counts;
 mod export;
 mod keys;
 mod mac;
 mod webhook;
 
 pub use aead::{AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, Reencrypted};
+pub(crate) use counts::{Counts, Use};
 pub use export::{ExportedSecret, SecretFormat, UnknownSecretFormat};
 pub(crate) use keys::{KEY_BYTES, SymmetricKeys, new_key};
 pub use mac::{MacRing, MacTag};

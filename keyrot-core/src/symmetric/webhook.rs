@@ -9,6 +9,8 @@
 //! keyrot receiver until their window ends.
 
 use super::SymmetricError;
+use super::aead::counted;
+use super::counts::Use;
 use super::keys::{SymmetricKey, SymmetricKeys};
 use super::mac::keyed;
 use crate::alg::KeyKind;
@@ -131,25 +133,25 @@ impl Webhooks {
         if timestamp < 0 {
             return Err(WebhookError::InvalidHeader("webhook-timestamp"));
         }
-        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
-        let active = keys.active();
-        crate::metrics::symmetric_use(&keys.ring, "sign", active.as_ref().ok().map(|k| k.state));
-        let active = active?;
-        let ts = timestamp.to_string();
-        let mut signature = String::new();
-        let pending = keys.keys.iter().filter(|k| k.state == KeyState::Pending);
-        for key in std::iter::once(active).chain(pending) {
-            let tag = signing(key, id, &ts, payload)?.finalize().into_bytes();
-            if !signature.is_empty() {
-                signature.push(' ');
+        let signed = self.ring.with_symmetric(KeyKind::Mac, |keys| {
+            let active = keys.active()?;
+            let ts = timestamp.to_string();
+            let mut signature = String::new();
+            let pending = keys.keys.iter().filter(|k| k.state == KeyState::Pending);
+            for key in std::iter::once(active).chain(pending) {
+                let tag = signing(key, id, &ts, payload)?.finalize().into_bytes();
+                if !signature.is_empty() {
+                    signature.push(' ');
+                }
+                signature.push_str("v1,");
+                STANDARD.encode_string(tag, &mut signature);
             }
-            signature.push_str("v1,");
-            STANDARD.encode_string(tag, &mut signature);
-        }
+            Ok::<_, WebhookError>((signature, active.state))
+        });
         Ok(WebhookHeaders {
             id: id.to_owned(),
             timestamp,
-            signature,
+            signature: counted(&self.ring, Use::Sign, signed)?,
         })
     }
 
@@ -161,10 +163,10 @@ impl Webhooks {
 
     /// [`Webhooks::verify`] as of `at`.
     pub fn verify_at(&self, headers: &WebhookHeaders, payload: &[u8], at: DateTime<Utc>) -> Result<(), WebhookError> {
-        let keys = self.ring.symmetric_keys(KeyKind::Mac)?;
-        let checked = check(&keys, headers, payload, at, self.tolerance);
-        crate::metrics::symmetric_use(&keys.ring, "verify", checked.as_ref().ok().copied());
-        checked.map(|_| ())
+        let checked = self
+            .ring
+            .with_symmetric(KeyKind::Mac, |keys| check(keys, headers, payload, at, self.tolerance));
+        counted(&self.ring, Use::Verify, checked.map(|state| ((), state)))
     }
 }
 

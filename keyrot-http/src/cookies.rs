@@ -1,0 +1,635 @@
+//! Encrypted and signed cookies on a symmetric ring, framework-neutral.
+//!
+//! * [`SealedCookies`] (an [`AeadRing`]): the value is encrypted under the Active key with
+//!   XChaCha20-Poly1305, the cookie's name bound as associated data, and written in
+//!   base64url. The client can neither read nor change it.
+//! * [`SignedCookies`] (a [`MacRing`]): the value is sent as it is, followed by
+//!   `.KID.TAG`, an HMAC-SHA-256 over the cookie's name and value. The client can read it
+//!   but not change it.
+//!
+//! In both, a value is bound to its cookie's name: copied into another cookie it is
+//! refused. A cookie opens under any key of the ring inside its window (Pending, Active,
+//! Retiring before its window ends) and is refused after (expired, revoked, unknown),
+//! like a token. One that opened under a key other than the Active one is
+//! [`Opened::stale`]: issue it again ([`SealedCookies::reissue`]) so that a rotation never
+//! logs anyone out while the old key is still inside its window.
+//!
+//! Cookies are read from the `Cookie` header(s) strictly, as [`TokenSource::cookie`] reads
+//! a token: a cookie sent twice (e.g. one set by a sibling domain) is refused, never one of
+//! the two picked. `Set-Cookie` values are built with [`CookieOptions`], whose defaults are
+//! `Path=/; HttpOnly; Secure; SameSite=Lax` and no `Max-Age` (a session cookie).
+//!
+//! Neither a cookie's value nor key material ever appears in an error, a `Debug` output or
+//! a log line.
+//!
+//! ```
+//! # async fn demo(aead: keyrot_core::AeadRing) -> Result<(), keyrot_http::CookieError> {
+//! use keyrot_http::{CookieCodec, SealedCookies};
+//! let cookies = SealedCookies::new(aead);
+//! // The response to a login: `session=<ciphertext>; Path=/; HttpOnly; Secure; SameSite=Lax`.
+//! let set_cookie = cookies.set_cookie("session", b"user-7")?;
+//! # let value = set_cookie.split(';').next().unwrap().trim_start_matches("session=").to_owned();
+//! // A later request's `Cookie` header.
+//! let headers = vec![("cookie", format!("session={value}"))];
+//! let opened = cookies.read(&headers, "session")?.expect("the cookie was sent");
+//! assert_eq!(opened.value, b"user-7");
+//! if let Some(again) = cookies.reissue("session", &opened)? {
+//!     // Opened under an older key: send `again` as a `Set-Cookie` header.
+//!     # drop(again);
+//! }
+//! # Ok(()) }
+//! ```
+
+use crate::token_source::{BearerToken, TokenSource};
+use crate::{HeaderSource, HttpResponse};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keyrot_core::{AeadRing, MacRing, MacTag, SymmetricError};
+use std::fmt;
+use std::time::Duration;
+
+/// Longest `name=value` a browser is sure to store (RFC 6265 §6.1): a longer cookie is
+/// refused when it is made rather than dropped silently by the browser.
+pub const MAX_COOKIE_BYTES: usize = 4096;
+
+/// Prefixed to the cookie's name in the associated data (sealed) or the MACed message
+/// (signed), so that a cookie never opens as anything else the same ring protects.
+const DOMAIN: &[u8] = b"keyrot-cookie/v1\0";
+
+/// The `SameSite` attribute of a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// Sent only with same-site requests.
+    Strict,
+    /// Sent with same-site requests and top-level cross-site navigations (the default).
+    Lax,
+    /// Sent with every request (requires `Secure`).
+    None,
+}
+
+impl SameSite {
+    fn as_cookie(self) -> cookie::SameSite {
+        match self {
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        }
+    }
+}
+
+/// The attributes of the `Set-Cookie` headers a codec writes. The defaults are the safe
+/// ones: `Path=/`, `HttpOnly`, `Secure`, `SameSite=Lax`, no `Domain` (host-only), no
+/// `Max-Age` (the cookie ends with the browser session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieOptions {
+    path: String,
+    domain: Option<String>,
+    secure: bool,
+    http_only: bool,
+    same_site: SameSite,
+    max_age: Option<Duration>,
+}
+
+impl Default for CookieOptions {
+    fn default() -> Self {
+        Self {
+            path: "/".to_owned(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            max_age: None,
+        }
+    }
+}
+
+impl CookieOptions {
+    /// The `Path` attribute (default `/`).
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The `Domain` attribute (default none: the cookie is sent to this host only).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Whether `Secure` is set (default yes; turn it off only for plain-HTTP development).
+    pub fn with_secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Whether `HttpOnly` is set (default yes: scripts cannot read the cookie).
+    pub fn with_http_only(mut self, http_only: bool) -> Self {
+        self.http_only = http_only;
+        self
+    }
+
+    /// The `SameSite` attribute (default [`SameSite::Lax`]).
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// The `Max-Age` attribute, in whole seconds (default none: a session cookie). Whatever
+    /// it says, a cookie opens only while its key is inside its window.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// The `Path` attribute.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The `Max-Age` attribute.
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// The `Set-Cookie` header value `name=value; attributes…`. `value` must already be
+    /// cookie-safe (what [`SealedCookies::seal`] and [`SignedCookies::seal`] return).
+    pub fn set_cookie(&self, name: &str, value: &str) -> Result<String, CookieError> {
+        check_name(name)?;
+        self.check_prefix(name)?;
+        if !value.bytes().all(is_value_char) {
+            return Err(CookieError::InvalidValue);
+        }
+        if name.len() + 1 + value.len() > MAX_COOKIE_BYTES {
+            return Err(CookieError::TooLarge);
+        }
+        let mut c = self.builder(name, value);
+        if let Some(age) = self.max_age {
+            c = c.max_age(cookie::time::Duration::seconds(
+                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+            ));
+        }
+        Ok(c.build().to_string())
+    }
+
+    /// The `Set-Cookie` header value that deletes cookie `name` (same `Path` and `Domain`,
+    /// empty value, `Max-Age=0` and an `Expires` in the past).
+    pub fn removal(&self, name: &str) -> Result<String, CookieError> {
+        check_name(name)?;
+        self.check_prefix(name)?;
+        let mut c = self.builder(name, "").build();
+        c.make_removal();
+        Ok(c.to_string())
+    }
+
+    /// The rules of the `__Secure-` and `__Host-` name prefixes (RFC 6265bis §4.1.3),
+    /// which browsers enforce by dropping the cookie: both need `Secure`; `__Host-` also
+    /// `Path=/` and no `Domain`.
+    fn check_prefix(&self, name: &str) -> Result<(), CookieError> {
+        let host = name.starts_with("__Host-");
+        if (host || name.starts_with("__Secure-")) && !self.secure {
+            return Err(CookieError::InvalidName);
+        }
+        if host && (self.path != "/" || self.domain.is_some()) {
+            return Err(CookieError::InvalidName);
+        }
+        Ok(())
+    }
+
+    fn builder<'c>(&'c self, name: &'c str, value: &'c str) -> cookie::CookieBuilder<'c> {
+        let mut c = cookie::Cookie::build((name, value))
+            .path(self.path.as_str())
+            .secure(self.secure)
+            .http_only(self.http_only)
+            .same_site(self.same_site.as_cookie());
+        if let Some(d) = &self.domain {
+            c = c.domain(d.as_str());
+        }
+        c
+    }
+}
+
+/// Why a cookie could not be made or was refused. Never carries the cookie's value, a
+/// plaintext or key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CookieError {
+    /// The cookie name is not an RFC 6265 token (empty, a separator, a control character),
+    /// or its `__Secure-` / `__Host-` prefix does not fit the [`CookieOptions`].
+    #[error("invalid cookie name")]
+    InvalidName,
+    /// The value cannot be written into a cookie as it is (a signed cookie's value must be
+    /// made of `A-Z a-z 0-9 - . _ ~ + / =`; encode anything else, or seal it).
+    #[error("invalid cookie value")]
+    InvalidValue,
+    /// `name=value` would exceed [`MAX_COOKIE_BYTES`].
+    #[error("cookie exceeds {MAX_COOKIE_BYTES} bytes")]
+    TooLarge,
+    /// The cookie was sent more than once, or is not in keyrot's format.
+    #[error("malformed cookie")]
+    Malformed,
+    /// The cookie did not open: tampered with, made for another cookie name, made under a
+    /// key that is not (or no longer) inside its window, or revoked. `reason` is the
+    /// ring's [`SymmetricError::reason`].
+    #[error("cookie refused ({reason})")]
+    Refused {
+        /// Why, in a few words (`authentication`, `unknown_key`, `key_expired`, …).
+        reason: &'static str,
+    },
+    /// The ring could not make or check a cookie (no Active key, the RNG failed, a ring of
+    /// the wrong kind).
+    #[error("cookie ring unavailable ({reason})")]
+    Unavailable {
+        /// Why, in a few words (`no_active_key`, `rng`, …).
+        reason: &'static str,
+    },
+}
+
+impl CookieError {
+    fn from_open(e: SymmetricError) -> Self {
+        match e {
+            SymmetricError::Malformed(_) => CookieError::Malformed,
+            SymmetricError::UnknownKey | SymmetricError::KeyExpired(_) | SymmetricError::Authentication => {
+                CookieError::Refused { reason: e.reason() }
+            }
+            other => CookieError::Unavailable { reason: other.reason() },
+        }
+    }
+
+    fn from_seal(e: SymmetricError) -> Self {
+        CookieError::Unavailable { reason: e.reason() }
+    }
+
+    /// A short, stable name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CookieError::InvalidName => "invalid_name",
+            CookieError::InvalidValue => "invalid_value",
+            CookieError::TooLarge => "too_large",
+            CookieError::Malformed => "malformed",
+            CookieError::Refused { reason } | CookieError::Unavailable { reason } => reason,
+        }
+    }
+
+    /// `401` for a cookie the client sent that does not open ([`CookieError::Malformed`],
+    /// [`CookieError::Refused`]): the client is not who the cookie said; `500` for every
+    /// other error (the server's configuration or ring).
+    pub fn status(&self) -> u16 {
+        match self {
+            CookieError::Malformed | CookieError::Refused { .. } => 401,
+            _ => 500,
+        }
+    }
+
+    /// The response: [`CookieError::status`] with the JSON body
+    /// `{"error":"invalid_cookie"}` (`401`) or `{"error":"server_error"}` (`500`), and
+    /// `Cache-Control: no-store`. Logged at `debug` (`401`) or `error` (`500`), by reason.
+    pub fn to_response(&self) -> HttpResponse {
+        let status = self.status();
+        let error = if status == 401 {
+            tracing::debug!(reason = self.reason(), "cookie refused");
+            "invalid_cookie"
+        } else {
+            tracing::error!(reason = self.reason(), "cookie codec failed");
+            "server_error"
+        };
+        HttpResponse::json(status, &serde_json::json!({ "error": error }))
+    }
+}
+
+/// A cookie that opened.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opened<T> {
+    /// What was sealed or signed.
+    pub value: T,
+    /// The key it opened under.
+    pub kid: String,
+    /// Whether that key is not the ring's Active key: issue the cookie again
+    /// ([`SealedCookies::reissue`], [`SignedCookies::reissue`]) before the key leaves its
+    /// window.
+    pub stale: bool,
+}
+
+impl<T> fmt::Debug for Opened<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The value is deliberately not printed.
+        f.debug_struct("Opened")
+            .field("kid", &self.kid)
+            .field("stale", &self.stale)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`SealedCookies`] and [`SignedCookies`] have in common, for adapters and code
+/// generic over both.
+pub trait CookieCodec {
+    /// What a cookie holds: bytes (sealed) or text (signed).
+    type Value: ?Sized + ToOwned;
+
+    /// The attributes of the `Set-Cookie` headers this codec writes.
+    fn options(&self) -> &CookieOptions;
+
+    /// The cookie value (the part after `name=`) carrying `value` under the Active key.
+    fn seal(&self, name: &str, value: &Self::Value) -> Result<String, CookieError>;
+
+    /// Opens the value of cookie `name` (the part after `name=`).
+    fn open(&self, name: &str, cookie_value: &str) -> Result<Opened<<Self::Value as ToOwned>::Owned>, CookieError>;
+
+    /// The `Set-Cookie` header value that gives the client cookie `name` holding `value`.
+    fn set_cookie(&self, name: &str, value: &Self::Value) -> Result<String, CookieError> {
+        let sealed = self.seal(name, value)?;
+        self.options().set_cookie(name, &sealed)
+    }
+
+    /// The `Set-Cookie` header value that deletes cookie `name`.
+    fn removal(&self, name: &str) -> Result<String, CookieError> {
+        self.options().removal(name)
+    }
+
+    /// Cookie `name` of the request, opened: `None` when it was not sent; an error when it
+    /// was sent twice, is malformed or does not open.
+    fn read(
+        &self,
+        headers: &dyn HeaderSource,
+        name: &str,
+    ) -> Result<Option<Opened<<Self::Value as ToOwned>::Owned>>, CookieError> {
+        check_name(name)?;
+        match TokenSource::cookie(name).read(headers) {
+            BearerToken::Absent => Ok(None),
+            BearerToken::Malformed => Err(CookieError::Malformed),
+            BearerToken::Present(v) => self.open(name, v).map(Some),
+        }
+    }
+
+    /// When `opened` is stale, the `Set-Cookie` header value that issues it again under the
+    /// Active key; `None` when it already is under the Active key.
+    fn reissue(
+        &self,
+        name: &str,
+        opened: &Opened<<Self::Value as ToOwned>::Owned>,
+    ) -> Result<Option<String>, CookieError> {
+        if !opened.stale {
+            return Ok(None);
+        }
+        self.set_cookie(name, std::borrow::Borrow::borrow(&opened.value))
+            .map(Some)
+    }
+}
+
+/// Encrypted cookies on an AEAD ring ([`keyrot_core::KeyKind::Aead`]): see
+/// [`CookieCodec`] for the rules both codecs keep. Cheap to clone; rotations take effect at once.
+///
+/// The value of cookie `name` is `base64url(AeadRing::encrypt(value, "keyrot-cookie/v1\0" ‖
+/// name))`: the ring's format (version, key id, random nonce, ciphertext, tag) with the
+/// cookie's name as associated data.
+#[derive(Debug, Clone)]
+pub struct SealedCookies {
+    aead: AeadRing,
+    options: CookieOptions,
+}
+
+impl SealedCookies {
+    /// Sealed cookies on `aead`, with the default [`CookieOptions`].
+    pub fn new(aead: AeadRing) -> Self {
+        Self {
+            aead,
+            options: CookieOptions::default(),
+        }
+    }
+
+    /// The same codec writing `Set-Cookie` headers with `options`.
+    pub fn with_options(mut self, options: CookieOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &AeadRing {
+        &self.aead
+    }
+}
+
+impl CookieCodec for SealedCookies {
+    type Value = [u8];
+
+    fn options(&self) -> &CookieOptions {
+        &self.options
+    }
+
+    fn seal(&self, name: &str, value: &[u8]) -> Result<String, CookieError> {
+        check_name(name)?;
+        let ct = with_aad(name, |aad| self.aead.encrypt(value, aad)).map_err(CookieError::from_seal)?;
+        Ok(URL_SAFE_NO_PAD.encode(ct))
+    }
+
+    fn open(&self, name: &str, cookie_value: &str) -> Result<Opened<Vec<u8>>, CookieError> {
+        check_name(name)?;
+        let ct = URL_SAFE_NO_PAD
+            .decode(cookie_value)
+            .map_err(|_| CookieError::Malformed)?;
+        let value = with_aad(name, |aad| self.aead.decrypt(&ct, aad)).map_err(CookieError::from_open)?;
+        let kid = AeadRing::key_id(&ct).map_err(CookieError::from_open)?;
+        let stale = self.aead.ring().snapshot().active_kid() != Some(kid.as_str());
+        Ok(Opened { value, kid, stale })
+    }
+}
+
+/// Signed cookies on a MAC ring ([`keyrot_core::KeyKind::Mac`]): see [`CookieCodec`]
+/// for the rules both codecs keep. Cheap to clone; rotations take effect at once.
+///
+/// The value of cookie `name` is `VALUE.KID.TAG`: the value as it is, then the
+/// [`MacTag`] (`KID.TAG`) of HMAC-SHA-256 over `"keyrot-cookie/v1\0" ‖ name ‖ "=" ‖ VALUE`.
+/// The value must be made of the characters `A-Z a-z 0-9 - . _ ~ + / =` (base64, base64url,
+/// ids, dotted parts); anything else is [`CookieError::InvalidValue`] (encode it, or use
+/// [`SealedCookies`]).
+#[derive(Debug, Clone)]
+pub struct SignedCookies {
+    mac: MacRing,
+    options: CookieOptions,
+}
+
+impl SignedCookies {
+    /// Signed cookies on `mac`, with the default [`CookieOptions`].
+    pub fn new(mac: MacRing) -> Self {
+        Self {
+            mac,
+            options: CookieOptions::default(),
+        }
+    }
+
+    /// The same codec writing `Set-Cookie` headers with `options`.
+    pub fn with_options(mut self, options: CookieOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &MacRing {
+        &self.mac
+    }
+}
+
+impl CookieCodec for SignedCookies {
+    type Value = str;
+
+    fn options(&self) -> &CookieOptions {
+        &self.options
+    }
+
+    fn seal(&self, name: &str, value: &str) -> Result<String, CookieError> {
+        check_name(name)?;
+        if !value.bytes().all(is_value_char) {
+            return Err(CookieError::InvalidValue);
+        }
+        let tag = with_message(name, value, |m| self.mac.sign(m)).map_err(CookieError::from_seal)?;
+        Ok(format!("{value}.{tag}"))
+    }
+
+    fn open(&self, name: &str, cookie_value: &str) -> Result<Opened<String>, CookieError> {
+        check_name(name)?;
+        // VALUE.KID.TAG: the value may hold dots, the kid and the tag do not.
+        let (rest, _) = cookie_value.rsplit_once('.').ok_or(CookieError::Malformed)?;
+        let (value, _) = rest.rsplit_once('.').ok_or(CookieError::Malformed)?;
+        if !value.bytes().all(is_value_char) {
+            return Err(CookieError::Malformed);
+        }
+        let tag: MacTag = cookie_value[value.len() + 1..]
+            .parse()
+            .map_err(|_| CookieError::Malformed)?;
+        with_message(name, value, |m| self.mac.verify(m, &tag)).map_err(CookieError::from_open)?;
+        let stale = self.mac.ring().snapshot().active_kid() != Some(tag.kid.as_str());
+        Ok(Opened {
+            value: value.to_owned(),
+            kid: tag.kid.clone(),
+            stale,
+        })
+    }
+}
+
+/// The RFC 6265 `token` characters: visible ASCII but the separators.
+fn is_name_char(b: u8) -> bool {
+    b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+}
+
+fn check_name(name: &str) -> Result<(), CookieError> {
+    if name.is_empty() || !name.bytes().all(is_name_char) {
+        return Err(CookieError::InvalidName);
+    }
+    Ok(())
+}
+
+/// The characters a cookie value may hold here: RFC 6750 `b64token` (what
+/// [`TokenSource::cookie`] reads back), a subset of RFC 6265 `cookie-octet`.
+fn is_value_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Associated data up to this length is assembled on the stack.
+const STACK: usize = 128;
+
+/// `f` of `DOMAIN ‖ name`.
+fn with_aad<T>(name: &str, f: impl FnOnce(&[u8]) -> T) -> T {
+    with_parts(&[DOMAIN, name.as_bytes()], f)
+}
+
+/// `f` of `DOMAIN ‖ name ‖ "=" ‖ value`.
+fn with_message<T>(name: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
+    with_parts(&[DOMAIN, name.as_bytes(), b"=", value.as_bytes()], f)
+}
+
+fn with_parts<T>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> T) -> T {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len <= STACK {
+        let mut buf = [0u8; STACK];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        f(&buf[..len])
+    } else {
+        f(&parts.concat())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_values_are_checked() {
+        for bad in ["", "a b", "a;b", "a=b", "é", "a,b"] {
+            assert_eq!(check_name(bad), Err(CookieError::InvalidName), "{bad:?}");
+        }
+        for good in ["session", "__Host-session", "a.b-c_d!#$%&'*+^`|~"] {
+            assert_eq!(check_name(good), Ok(()), "{good:?}");
+        }
+        let o = CookieOptions::default();
+        assert_eq!(o.set_cookie("s", "a b"), Err(CookieError::InvalidValue));
+        assert_eq!(o.set_cookie("s", "a;b"), Err(CookieError::InvalidValue));
+        assert_eq!(
+            o.set_cookie("s", &"a".repeat(MAX_COOKIE_BYTES)),
+            Err(CookieError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn set_cookie_has_safe_defaults_and_options() {
+        let o = CookieOptions::default();
+        let v = o.set_cookie("session", "abc").expect("set-cookie");
+        assert!(v.starts_with("session=abc"), "{v}");
+        for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+            assert!(v.split("; ").any(|a| a == attr), "{attr} in {v}");
+        }
+        assert!(!v.contains("Max-Age") && !v.contains("Domain"), "{v}");
+        let o = CookieOptions::default()
+            .with_path("/app")
+            .with_domain("example.com")
+            .with_same_site(SameSite::Strict)
+            .with_http_only(false)
+            .with_secure(false)
+            .with_max_age(Duration::from_secs(3600));
+        let v = o.set_cookie("s", "x").expect("set-cookie");
+        for attr in ["Path=/app", "Domain=example.com", "SameSite=Strict", "Max-Age=3600"] {
+            assert!(v.split("; ").any(|a| a == attr), "{attr} in {v}");
+        }
+        assert!(!v.contains("HttpOnly") && !v.contains("Secure"), "{v}");
+        assert!(CookieOptions::default().set_cookie("__Host-s", "x").is_ok());
+        let insecure = CookieOptions::default().with_secure(false);
+        assert_eq!(insecure.set_cookie("__Secure-s", "x"), Err(CookieError::InvalidName));
+        assert_eq!(insecure.set_cookie("__Host-s", "x"), Err(CookieError::InvalidName));
+        let scoped = CookieOptions::default().with_path("/app");
+        assert_eq!(scoped.set_cookie("__Host-s", "x"), Err(CookieError::InvalidName));
+        assert!(scoped.set_cookie("__Secure-s", "x").is_ok());
+        let r = CookieOptions::default().removal("s").expect("removal");
+        assert!(
+            r.starts_with("s=;") && r.contains("Max-Age=0") && r.contains("Path=/"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_statuses_without_secrets() {
+        assert_eq!(CookieError::Malformed.status(), 401);
+        assert_eq!(
+            CookieError::from_open(SymmetricError::KeyExpired("0a0b0c0d".into())),
+            CookieError::Refused { reason: "key_expired" }
+        );
+        assert_eq!(
+            CookieError::from_open(SymmetricError::Malformed("x")),
+            CookieError::Malformed
+        );
+        let r = CookieError::Refused {
+            reason: "authentication",
+        }
+        .to_response();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.body.as_bytes(), br#"{"error":"invalid_cookie"}"#);
+        assert_eq!(CookieError::Unavailable { reason: "rng" }.to_response().status, 500);
+        let o = Opened {
+            value: b"secret".to_vec(),
+            kid: "k".into(),
+            stale: false,
+        };
+        assert!(!format!("{o:?}").contains("secret"));
+    }
+}
