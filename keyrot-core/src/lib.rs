@@ -119,8 +119,8 @@ pub use storage::{
     RingStorage, RingsFeed, RingsStream, Storage, StorageError,
 };
 pub use symmetric::{
-    AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, DEFAULT_WEBHOOK_TOLERANCE, ExportedSecret, MacRing, MacTag, Reencrypted,
-    SecretFormat, SymmetricError, UnknownSecretFormat, WebhookError, WebhookHeaders, Webhooks,
+    AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, DEFAULT_WEBHOOK_TOLERANCE, ExportedSecret, MacRing, MacTag, Purpose,
+    Reencrypted, SecretFormat, SymmetricError, UnknownSecretFormat, WebhookError, WebhookHeaders, Webhooks,
     standard_webhooks_secret,
 };
 pub use token::{

@@ -444,3 +444,46 @@ async fn decryptions_are_counted_by_the_state_of_their_key() {
     );
     assert_eq!(m(&[ring, ("operation", "encrypt"), ("key_state", "active")]), Some(2.0));
 }
+
+#[tokio::test]
+async fn a_purpose_separates_what_one_ring_protects() {
+    use base64::Engine as _;
+    const FIELDS: keyrot_core::Purpose = keyrot_core::Purpose::new("fields");
+    const LINKS: keyrot_core::Purpose = keyrot_core::Purpose::new("signed-links/v1");
+    let s = setup(Algorithm::XChaCha20Poly1305).await;
+    let plain = AeadRing::new(s.keyring.clone()).expect("aead");
+    let fields = plain.clone().with_purpose(FIELDS);
+    let ct = fields.encrypt(b"v", b"row").expect("encrypt");
+    assert_eq!(fields.decrypt(&ct, b"row").expect("same purpose"), b"v");
+    assert_eq!(plain.decrypt(&ct, b"row"), Err(SymmetricError::Authentication));
+    assert_eq!(
+        plain.clone().with_purpose(LINKS).decrypt(&ct, b"row"),
+        Err(SymmetricError::Authentication)
+    );
+    // The purpose is not a prefix of the associated data a caller could choose.
+    assert_eq!(plain.decrypt(&ct, b"fields\0row"), Err(SymmetricError::Authentication));
+
+    let m = setup(Algorithm::HmacSha256).await;
+    let mac = MacRing::new(m.keyring.clone()).expect("mac");
+    let tag = mac.clone().with_purpose(LINKS).sign(b"/download/7").expect("sign");
+    assert_eq!(mac.verify(b"/download/7", &tag), Err(SymmetricError::Authentication));
+    mac.clone()
+        .with_purpose(LINKS)
+        .verify(b"/download/7", &tag)
+        .expect("same purpose");
+    // A MAC the application makes over data an attacker chooses is never a webhook
+    // signature, even over the exact Standard Webhooks content.
+    let hooks = Webhooks::new(m.keyring.clone()).expect("webhooks");
+    let ts = m.clock.now().timestamp();
+    let forged = mac.sign(format!("msg_1.{ts}.{{}}").as_bytes()).expect("sign");
+    let headers = WebhookHeaders {
+        id: "msg_1".into(),
+        timestamp: ts,
+        signature: format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(forged.tag)),
+    };
+    assert_eq!(hooks.verify(&headers, b"{}"), Err(WebhookError::NoMatch));
+    for bad in ["", "a.b", "a\0b", "é", &"x".repeat(65)] {
+        let leaked: &'static str = Box::leak(bad.to_owned().into_boxed_str());
+        assert!(keyrot_core::Purpose::try_new(leaked).is_none(), "{bad:?}");
+    }
+}

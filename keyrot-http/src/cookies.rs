@@ -44,7 +44,7 @@ use crate::token_source::{BearerToken, TokenSource};
 use crate::{HeaderSource, HttpResponse};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyrot_core::{AeadRing, MacRing, MacTag, SymmetricError};
+use keyrot_core::{AeadRing, MacRing, MacTag, Purpose, SymmetricError};
 use std::fmt;
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub const MAX_COOKIE_BYTES: usize = 4096;
 /// Prefixed to the cookie's name in the associated data (sealed) or the MACed message
 /// (signed), so that a cookie never opens as anything else the same ring protects.
 const DOMAIN: &[u8] = b"keyrot-cookie/v1\0";
+
+/// The purpose both codecs bind their ring to: no ciphertext or tag the application makes
+/// with the same ring for another purpose opens as a cookie, nor a cookie as anything else.
+const COOKIES: Purpose = Purpose::new("keyrot-cookies");
 
 /// The `SameSite` attribute of a cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +395,7 @@ impl SealedCookies {
     /// Sealed cookies on `aead`, with the default [`CookieOptions`].
     pub fn new(aead: AeadRing) -> Self {
         Self {
-            aead,
+            aead: aead.with_purpose(COOKIES),
             options: CookieOptions::default(),
         }
     }
@@ -451,7 +455,7 @@ impl SignedCookies {
     /// Signed cookies on `mac`, with the default [`CookieOptions`].
     pub fn new(mac: MacRing) -> Self {
         Self {
-            mac,
+            mac: mac.with_purpose(COOKIES),
             options: CookieOptions::default(),
         }
     }

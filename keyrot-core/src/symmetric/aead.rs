@@ -14,9 +14,9 @@
 //! nonces allow about 2³² per key), it is constant-time in software on every CPU, and it
 //! is the primitive keyrot already seals keys with.
 
-use super::SymmetricError;
 use super::counts::Use;
 use super::keys::{SymmetricKey, SymmetricKeys};
+use super::{Purpose, SymmetricError};
 use crate::alg::KeyKind;
 use crate::keyring::KeyRing;
 use crate::ring::KeyState;
@@ -39,6 +39,7 @@ const STACK_AAD: usize = 256;
 #[derive(Clone, Debug)]
 pub struct AeadRing {
     ring: KeyRing,
+    purpose: Purpose,
 }
 
 /// What [`AeadRing::reencrypt`] made of a ciphertext.
@@ -54,7 +55,17 @@ impl AeadRing {
     /// The AEAD handle of `ring`; refused unless the ring's policy makes AEAD keys.
     pub fn new(ring: KeyRing) -> Result<Self, SymmetricError> {
         ring.check_kind(KeyKind::Aead)?;
-        Ok(Self { ring })
+        Ok(Self {
+            ring,
+            purpose: Purpose::default(),
+        })
+    }
+
+    /// The same ring for `purpose`: its ciphertexts open only through a handle of the same
+    /// purpose (the purpose is bound with the associated data).
+    pub fn with_purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
+        self
     }
 
     /// The ring.
@@ -67,7 +78,7 @@ impl AeadRing {
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
         let sealed = self.ring.with_symmetric(KeyKind::Aead, |keys| {
             let key = keys.active()?;
-            seal(key, plaintext, aad).map(|ct| (ct, key.state))
+            seal(key, self.purpose, plaintext, aad).map(|ct| (ct, key.state))
         });
         counted(&self.ring, Use::Encrypt, sealed)
     }
@@ -75,9 +86,9 @@ impl AeadRing {
     /// Decrypts `ciphertext` made by [`AeadRing::encrypt`] under any key of the ring inside its
     /// window (Pending, Active, or Retiring before its window ends), with the same `aad`.
     pub fn decrypt(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
-        let opened = self
-            .ring
-            .with_symmetric(KeyKind::Aead, |keys| open(keys, ciphertext, aad, || self.ring.now()));
+        let opened = self.ring.with_symmetric(KeyKind::Aead, |keys| {
+            open(keys, self.purpose, ciphertext, aad, || self.ring.now())
+        });
         counted(&self.ring, Use::Decrypt, opened)
     }
 
@@ -85,7 +96,7 @@ impl AeadRing {
     pub fn decrypt_at(&self, ciphertext: &[u8], aad: &[u8], at: DateTime<Utc>) -> Result<Vec<u8>, SymmetricError> {
         let opened = self
             .ring
-            .with_symmetric(KeyKind::Aead, |keys| open(keys, ciphertext, aad, || at));
+            .with_symmetric(KeyKind::Aead, |keys| open(keys, self.purpose, ciphertext, aad, || at));
         counted(&self.ring, Use::Decrypt, opened)
     }
 
@@ -99,9 +110,8 @@ impl AeadRing {
     /// and encrypted again under the Active key, or returned as it is when it already is
     /// under the Active key (after checking that it decrypts).
     pub fn reencrypt(&self, ciphertext: &[u8], aad: &[u8]) -> Result<Reencrypted, SymmetricError> {
-        self.ring.with_symmetric(KeyKind::Aead, |keys| {
-            Ok(reencrypt_with(&self.ring, keys, ciphertext, aad))
-        })?
+        self.ring
+            .with_symmetric(KeyKind::Aead, |keys| Ok(reencrypt_with(self, keys, ciphertext, aad)))?
     }
 
     /// [`AeadRing::reencrypt`] for a batch of `(ciphertext, aad)` pairs from one snapshot (a
@@ -114,7 +124,7 @@ impl AeadRing {
         self.ring.with_symmetric(KeyKind::Aead, |keys| {
             Ok(items
                 .into_iter()
-                .map(|(ct, aad)| reencrypt_with(&self.ring, keys, ct, aad))
+                .map(|(ct, aad)| reencrypt_with(self, keys, ct, aad))
                 .collect())
         })
     }
@@ -127,13 +137,14 @@ pub(super) fn counted<T, E>(ring: &KeyRing, what: Use, result: Result<(T, KeySta
 }
 
 fn reencrypt_with(
-    ring: &KeyRing,
+    handle: &AeadRing,
     keys: &SymmetricKeys,
     ciphertext: &[u8],
     aad: &[u8],
 ) -> Result<Reencrypted, SymmetricError> {
+    let (ring, purpose) = (&handle.ring, handle.purpose);
     let active = keys.active()?;
-    let plain = counted(ring, Use::Decrypt, open(keys, ciphertext, aad, || ring.now()))?;
+    let plain = counted(ring, Use::Decrypt, open(keys, purpose, ciphertext, aad, || ring.now()))?;
     let (id, _, _) = split(ciphertext)?;
     if id == active.id {
         return Ok(Reencrypted {
@@ -141,7 +152,7 @@ fn reencrypt_with(
             changed: false,
         });
     }
-    let sealed = seal(active, &plain, aad).map(|ct| (ct, active.state));
+    let sealed = seal(active, purpose, &plain, aad).map(|ct| (ct, active.state));
     Ok(Reencrypted {
         ciphertext: counted(ring, Use::Encrypt, sealed)?,
         changed: true,
@@ -152,22 +163,24 @@ fn cipher(key: &SymmetricKey) -> Result<XChaCha20Poly1305, SymmetricError> {
     XChaCha20Poly1305::new_from_slice(key.secret.expose()).map_err(|_| SymmetricError::Authentication)
 }
 
-/// `header ‖ aad`, on the stack when short, handed to `f`.
-fn with_aad<T>(header: &[u8], aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
-    if header.len() + aad.len() <= STACK_AAD {
+/// `header ‖ purpose ‖ 0x00 ‖ aad`, on the stack when short, handed to `f`.
+fn with_aad<T>(header: &[u8], purpose: Purpose, aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    let parts = [header, purpose.as_str().as_bytes(), &[0], aad];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len <= STACK_AAD {
         let mut buf = [0u8; STACK_AAD];
-        buf[..header.len()].copy_from_slice(header);
-        buf[header.len()..header.len() + aad.len()].copy_from_slice(aad);
-        f(&buf[..header.len() + aad.len()])
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        f(&buf[..len])
     } else {
-        let mut buf = Vec::with_capacity(header.len() + aad.len());
-        buf.extend_from_slice(header);
-        buf.extend_from_slice(aad);
-        f(&buf)
+        f(&parts.concat())
     }
 }
 
-fn seal(key: &SymmetricKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
+fn seal(key: &SymmetricKey, purpose: Purpose, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {
     let mut out = Vec::with_capacity(AEAD_OVERHEAD + plaintext.len());
     out.push(AEAD_FORMAT_V1);
     out.extend_from_slice(&key.id.to_be_bytes());
@@ -177,7 +190,7 @@ fn seal(key: &SymmetricKey, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Sym
     out.extend_from_slice(plaintext);
     let cipher = cipher(key)?;
     let (head, body) = out.split_at_mut(HEADER + NONCE);
-    let tag = with_aad(&head[..HEADER], aad, |full| {
+    let tag = with_aad(&head[..HEADER], purpose, aad, |full| {
         cipher.encrypt_inout_detached(&XNonce::from(nonce), full, body.into())
     })
     .map_err(|_| SymmetricError::Authentication)?;
@@ -201,6 +214,7 @@ fn split(ciphertext: &[u8]) -> Result<(u32, [u8; NONCE], &[u8]), SymmetricError>
 
 fn open(
     keys: &SymmetricKeys,
+    purpose: Purpose,
     ciphertext: &[u8],
     aad: &[u8],
     now: impl FnOnce() -> DateTime<Utc>,
@@ -211,7 +225,7 @@ fn open(
     let tag = Tag::try_from(tag).map_err(|_| SymmetricError::Malformed("ciphertext (tag)"))?;
     let mut plain = msg.to_vec();
     let cipher = cipher(key)?;
-    with_aad(&ciphertext[..HEADER], aad, |full| {
+    with_aad(&ciphertext[..HEADER], purpose, aad, |full| {
         cipher.decrypt_inout_detached(&XNonce::from(nonce), full, plain.as_mut_slice().into(), &tag)
     })
     .map_err(|_| SymmetricError::Authentication)?;

@@ -125,9 +125,12 @@ impl SymmetricKeys {
             };
             let mut state = k.state;
             let mut not_after = k.not_after;
-            // Only a move to Retiring is taken (it stops a key encrypting or signing); a
-            // Pending key is never promoted by an unauthenticated row.
-            if row.state == KeyState::Retiring && state != KeyState::Retiring {
+            // As for the signer: the Active key keeps encrypting and signing only while
+            // its stored row is still Active; otherwise it only decrypts and verifies (as
+            // Retiring). A Pending key is never promoted by an unauthenticated row.
+            if (row.state == KeyState::Retiring || (state == KeyState::Active && row.state != KeyState::Active))
+                && state != KeyState::Retiring
+            {
                 state = KeyState::Retiring;
                 changed = true;
             }

@@ -1,10 +1,10 @@
 //! Message authentication with a MAC ring: HMAC-SHA-256 tags under the Active key, checked
 //! under any key inside its window, chosen by the kid the tag carries.
 
-use super::SymmetricError;
 use super::aead::counted;
 use super::counts::Use;
 use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid};
+use super::{Purpose, SymmetricError};
 use crate::alg::KeyKind;
 use crate::b64;
 use crate::keyring::KeyRing;
@@ -21,17 +21,28 @@ const TAG_BYTES: usize = 32;
 #[derive(Clone, Debug)]
 pub struct MacRing {
     ring: KeyRing,
+    purpose: Purpose,
 }
 
 /// A MAC with the kid of the key that made it. Its text form is `KID.TAG`, the tag in
 /// base64url (`0a1b2c3d.q83v…`).
-#[derive(Clone, PartialEq, Eq)]
+/// Two tags compare in constant time; check a tag with [`MacRing::verify`].
+#[derive(Clone)]
 pub struct MacTag {
     /// The key that made it.
     pub kid: String,
     /// HMAC-SHA-256 of the message.
     pub tag: [u8; TAG_BYTES],
 }
+
+impl PartialEq for MacTag {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.kid == other.kid && bool::from(self.tag.ct_eq(&other.tag))
+    }
+}
+
+impl Eq for MacTag {}
 
 impl fmt::Debug for MacTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,7 +75,17 @@ impl MacRing {
     /// The MAC handle of `ring`; refused unless the ring's policy makes MAC keys.
     pub fn new(ring: KeyRing) -> Result<Self, SymmetricError> {
         ring.check_kind(KeyKind::Mac)?;
-        Ok(Self { ring })
+        Ok(Self {
+            ring,
+            purpose: Purpose::default(),
+        })
+    }
+
+    /// The same ring for `purpose`: its tags verify only through a handle of the same
+    /// purpose (the MAC covers `purpose ‖ 0x00 ‖ message`).
+    pub fn with_purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
+        self
     }
 
     /// The ring.
@@ -78,7 +99,7 @@ impl MacRing {
             let key = keys.active()?;
             let tag = MacTag {
                 kid: key.kid.clone(),
-                tag: tag_of(key, &[message])?,
+                tag: tag_of(key, &[self.purpose.as_str().as_bytes(), &[0], message])?,
             };
             Ok((tag, key.state))
         });
@@ -87,9 +108,9 @@ impl MacRing {
 
     /// Checks `tag` on `message`: the key it names must be inside its window.
     pub fn verify(&self, message: &[u8], tag: &MacTag) -> Result<(), SymmetricError> {
-        let checked = self
-            .ring
-            .with_symmetric(KeyKind::Mac, |keys| check(keys, message, tag, || self.ring.now()));
+        let checked = self.ring.with_symmetric(KeyKind::Mac, |keys| {
+            check(keys, self.purpose, message, tag, || self.ring.now())
+        });
         counted(&self.ring, Use::Verify, checked)
     }
 
@@ -97,13 +118,14 @@ impl MacRing {
     pub fn verify_at(&self, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<(), SymmetricError> {
         let checked = self
             .ring
-            .with_symmetric(KeyKind::Mac, |keys| check(keys, message, tag, || at));
+            .with_symmetric(KeyKind::Mac, |keys| check(keys, self.purpose, message, tag, || at));
         counted(&self.ring, Use::Verify, checked)
     }
 }
 
 fn check(
     keys: &SymmetricKeys,
+    purpose: Purpose,
     message: &[u8],
     tag: &MacTag,
     now: impl FnOnce() -> DateTime<Utc>,
@@ -111,7 +133,7 @@ fn check(
     let id = id_of_kid(&tag.kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
     let key = keys.by_id(id, now)?;
     keyed(key)?
-        .chain_parts(&[message])
+        .chain_parts(&[purpose.as_str().as_bytes(), &[0], message])
         .verify_slice(&tag.tag)
         .map_err(|_| SymmetricError::Authentication)?;
     Ok(((), key.state))

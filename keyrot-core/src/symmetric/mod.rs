@@ -23,6 +23,46 @@ pub use webhook::{DEFAULT_WEBHOOK_TOLERANCE, WebhookError, WebhookHeaders, Webho
 use crate::alg::KeyKind;
 use crate::ring::RingName;
 
+/// What a handle's MACs or ciphertexts are for, bound into every one of them, so that one
+/// made for a purpose is never accepted for another by the same ring: a cookie is not a
+/// field, a field is not a webhook. 1-64 characters of `a-z A-Z 0-9 - _ /` (no `.`, no
+/// NUL: no purpose-bound input can look like a Standard Webhooks message or another
+/// purpose's). The default purpose is the empty one ([`AeadRing::new`], [`MacRing::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Purpose(&'static str);
+
+impl Purpose {
+    /// The purpose `name`; fails to compile in a `const` (and panics otherwise) when
+    /// `name` breaks the rule: purposes are constants of the code, never input.
+    pub const fn new(name: &'static str) -> Self {
+        match Self::try_new(name) {
+            Some(p) => p,
+            None => panic!("a purpose is 1-64 characters of a-z A-Z 0-9 - _ /"),
+        }
+    }
+
+    /// The purpose `name`, or `None` when it breaks the rule.
+    pub const fn try_new(name: &'static str) -> Option<Self> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() > 64 {
+            return None;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if !(b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'_' || b[i] == b'/') {
+                return None;
+            }
+            i += 1;
+        }
+        Some(Self(name))
+    }
+
+    /// The name (empty for the default purpose).
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
 /// Why a symmetric operation failed. Never carries key bytes, a plaintext or a tag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
