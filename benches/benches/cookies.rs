@@ -251,7 +251,8 @@ fn main() {
         &[(1, 0), (3, 2), (5, 4), (7, 6)],
     );
 
-    // The codec over the ring call underneath, one session cookie.
+    // The codec over the ring call underneath (the codec's purpose-bound ring), one
+    // session cookie.
     let sealed = SealedCookies::new(aead.clone());
     let signed = SignedCookies::new(mac.clone());
     let sealed_value = sealed.seal(SESSION, USER.as_bytes()).expect("seal");
@@ -261,16 +262,26 @@ fn main() {
     let signed_msg = format!("keyrot-cookie/v1\0session={USER}");
     let signed_tag: keyrot_core::MacTag = signed_value[USER.len() + 1..].parse().expect("tag");
     assert_eq!(
-        aead.decrypt(&sealed_bytes, sealed_aad).expect("the codec's format"),
+        sealed
+            .ring()
+            .decrypt(&sealed_bytes, sealed_aad)
+            .expect("the codec's format"),
         USER.as_bytes()
     );
-    mac.verify(signed_msg.as_bytes(), &signed_tag)
+    signed
+        .ring()
+        .verify(signed_msg.as_bytes(), &signed_tag)
         .expect("the codec's format");
     let jobs: Vec<Job<'_>> = vec![
         (
             "AeadRing::decrypt",
             Box::new(|| {
-                black_box(aead.decrypt(black_box(&sealed_bytes), sealed_aad).expect("decrypt"));
+                black_box(
+                    sealed
+                        .ring()
+                        .decrypt(black_box(&sealed_bytes), sealed_aad)
+                        .expect("decrypt"),
+                );
             }),
         ),
         (
@@ -282,7 +293,9 @@ fn main() {
         (
             "MacRing::verify",
             Box::new(|| {
-                mac.verify(black_box(signed_msg.as_bytes()), black_box(&signed_tag))
+                signed
+                    .ring()
+                    .verify(black_box(signed_msg.as_bytes()), black_box(&signed_tag))
                     .expect("verify");
             }),
         ),

@@ -92,7 +92,8 @@ impl AeadRing {
         counted(&self.ring, Use::Decrypt, opened)
     }
 
-    /// [`AeadRing::decrypt`] as of `at`.
+    /// [`AeadRing::decrypt`] as of `at` (for tests and forensics: `at` decides whether a
+    /// Retiring key is still inside its window, so never pass a time the input carries).
     pub fn decrypt_at(&self, ciphertext: &[u8], aad: &[u8], at: DateTime<Utc>) -> Result<Vec<u8>, SymmetricError> {
         let opened = self
             .ring

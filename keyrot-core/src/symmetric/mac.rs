@@ -99,7 +99,7 @@ impl MacRing {
             let key = keys.active()?;
             let tag = MacTag {
                 kid: key.kid.clone(),
-                tag: tag_of(key, &[self.purpose.as_str().as_bytes(), &[0], message])?,
+                tag: purposed(self.purpose, message, |parts| tag_of(key, parts))?,
             };
             Ok((tag, key.state))
         });
@@ -114,7 +114,8 @@ impl MacRing {
         counted(&self.ring, Use::Verify, checked)
     }
 
-    /// [`MacRing::verify`] as of `at`.
+    /// [`MacRing::verify`] as of `at` (for tests and forensics: never a time the input
+    /// carries).
     pub fn verify_at(&self, message: &[u8], tag: &MacTag, at: DateTime<Utc>) -> Result<(), SymmetricError> {
         let checked = self
             .ring
@@ -132,11 +133,20 @@ fn check(
 ) -> Result<((), KeyState), SymmetricError> {
     let id = id_of_kid(&tag.kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
     let key = keys.by_id(id, now)?;
-    keyed(key)?
-        .chain_parts(&[purpose.as_str().as_bytes(), &[0], message])
+    let mac = keyed(key)?;
+    purposed(purpose, message, |parts| mac.chain_parts(parts))
         .verify_slice(&tag.tag)
         .map_err(|_| SymmetricError::Authentication)?;
     Ok(((), key.state))
+}
+
+/// What a tag covers: `purpose ‖ 0x00 ‖ message` (one part fewer for the default, empty
+/// purpose).
+fn purposed<T>(purpose: Purpose, message: &[u8], f: impl FnOnce(&[&[u8]]) -> T) -> T {
+    match purpose.as_str().as_bytes() {
+        [] => f(&[&[0], message]),
+        name => f(&[name, &[0], message]),
+    }
 }
 
 /// HMAC-SHA-256 keyed with `key`.

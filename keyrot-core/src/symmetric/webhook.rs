@@ -156,12 +156,14 @@ impl Webhooks {
     }
 
     /// Accepts a received webhook: its timestamp within the tolerance of now, and one of
-    /// its `v1` signatures made by a key of the ring inside its window.
+    /// its `v1` signatures made by a key of the ring inside its window. The same message
+    /// verifies again inside the tolerance: as the specification asks, a receiver that
+    /// must act once deduplicates on `webhook-id`.
     pub fn verify(&self, headers: &WebhookHeaders, payload: &[u8]) -> Result<(), WebhookError> {
         self.verify_at(headers, payload, self.ring.now())
     }
 
-    /// [`Webhooks::verify`] as of `at`.
+    /// [`Webhooks::verify`] as of `at` (for tests: never the webhook's own timestamp).
     pub fn verify_at(&self, headers: &WebhookHeaders, payload: &[u8], at: DateTime<Utc>) -> Result<(), WebhookError> {
         let checked = self
             .ring
