@@ -487,3 +487,47 @@ async fn a_purpose_separates_what_one_ring_protects() {
         assert!(keyrot_core::Purpose::try_new(leaked).is_none(), "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn no_key_bytes_in_debug_errors_rows_the_ledger_or_the_jwks() {
+    use base64::Engine as _;
+    let s = setup(Algorithm::HmacSha256).await;
+    let secret = s
+        .rotator
+        .export_secrets(ctx(), SecretFormat::StandardWebhooks)
+        .await
+        .expect("export")
+        .remove(0);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&secret.secret[6..])
+        .expect("b64");
+    let forms = [
+        secret.secret[6..].to_owned(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        format!("{bytes:?}"),
+    ];
+    let mac = MacRing::new(s.keyring.clone()).expect("mac");
+    let refused = mac.verify(b"x", &"00000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse().expect("tag"));
+    let ring = s.storage.load(s.keyring.ring()).await.expect("load");
+    let ledger = s
+        .storage
+        .audit_log(s.keyring.ring(), AuditQuery::default())
+        .await
+        .expect("audit");
+    let texts = [
+        format!("{:?}", s.keyring),
+        format!("{:?}", s.keyring.snapshot()),
+        format!("{mac:?} {refused:?}"),
+        format!("{secret:?}"),
+        format!("{ring:?}"),
+        format!("{ledger:?}"),
+        String::from_utf8_lossy(s.keyring.snapshot().jwks().body()).into_owned(),
+        ring.keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>().join(" "),
+    ];
+    for text in &texts {
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "key bytes in {text}");
+        }
+    }
+}
