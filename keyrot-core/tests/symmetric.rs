@@ -508,7 +508,12 @@ async fn no_key_bytes_in_debug_errors_rows_the_ledger_or_the_jwks() {
         format!("{bytes:?}"),
     ];
     let mac = MacRing::new(s.keyring.clone()).expect("mac");
-    let refused = mac.verify(b"x", &"00000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse().expect("tag"));
+    let refused = mac.verify(
+        b"x",
+        &"00000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            .parse()
+            .expect("tag"),
+    );
     let ring = s.storage.load(s.keyring.ring()).await.expect("load");
     let ledger = s
         .storage
@@ -523,7 +528,11 @@ async fn no_key_bytes_in_debug_errors_rows_the_ledger_or_the_jwks() {
         format!("{ring:?}"),
         format!("{ledger:?}"),
         String::from_utf8_lossy(s.keyring.snapshot().jwks().body()).into_owned(),
-        ring.keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>().join(" "),
+        ring.keys
+            .iter()
+            .map(|k| k.public_jwk.clone())
+            .collect::<Vec<_>>()
+            .join(" "),
     ];
     for text in &texts {
         for form in &forms {

@@ -38,6 +38,7 @@
 
 mod cache;
 pub mod cases;
+pub mod cookies;
 mod plane;
 mod tenants;
 mod world;
