@@ -9,3 +9,4 @@ pub use crate::ids::random_hex;
 pub use crate::json::parse_strict;
 pub use crate::metrics::verification_failure as record_verification_failure;
 pub use crate::metrics::{jwks_response as record_jwks_response, ledger_aggregated as record_ledger_aggregated};
+pub use crate::symmetric::with_concatenated;

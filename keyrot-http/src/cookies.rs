@@ -44,6 +44,7 @@ use crate::token_source::{BearerToken, TokenSource};
 use crate::{HeaderSource, HttpResponse};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keyrot_core::adapter::with_concatenated;
 use keyrot_core::{AeadRing, MacRing, MacTag, Purpose, SymmetricError};
 use std::fmt;
 use std::time::Duration;
@@ -527,32 +528,14 @@ fn is_value_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
 }
 
-/// Associated data up to this length is assembled on the stack.
-const STACK: usize = 128;
-
 /// `f` of `DOMAIN ‖ name`.
 fn with_aad<T>(name: &str, f: impl FnOnce(&[u8]) -> T) -> T {
-    with_parts(&[DOMAIN, name.as_bytes()], f)
+    with_concatenated(&[DOMAIN, name.as_bytes()], f)
 }
 
 /// `f` of `DOMAIN ‖ name ‖ "=" ‖ value`.
 fn with_message<T>(name: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
-    with_parts(&[DOMAIN, name.as_bytes(), b"=", value.as_bytes()], f)
-}
-
-fn with_parts<T>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> T) -> T {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len <= STACK {
-        let mut buf = [0u8; STACK];
-        let mut at = 0;
-        for p in parts {
-            buf[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        f(&buf[..len])
-    } else {
-        f(&parts.concat())
-    }
+    with_concatenated(&[DOMAIN, name.as_bytes(), b"=", value.as_bytes()], f)
 }
 
 #[cfg(test)]

@@ -31,8 +31,6 @@ const NONCE: usize = 24;
 const TAG: usize = 16;
 /// Bytes a ciphertext has beyond its plaintext: header, nonce and tag (45).
 pub const AEAD_OVERHEAD: usize = HEADER + NONCE + TAG;
-/// Associated data up to this length is assembled on the stack.
-const STACK_AAD: usize = 256;
 
 /// Encrypts and decrypts with an AEAD ring (kind [`KeyKind::Aead`]). Cheap to clone; every
 /// call reads the ring's current snapshot, so rotations take effect without a new handle.
@@ -164,21 +162,9 @@ fn cipher(key: &SymmetricKey) -> Result<XChaCha20Poly1305, SymmetricError> {
     XChaCha20Poly1305::new_from_slice(key.secret.expose()).map_err(|_| SymmetricError::Authentication)
 }
 
-/// `header ‖ purpose ‖ 0x00 ‖ aad`, on the stack when short, handed to `f`.
+/// `header ‖ purpose ‖ 0x00 ‖ aad`, handed to `f`.
 fn with_aad<T>(header: &[u8], purpose: Purpose, aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
-    let parts = [header, purpose.as_str().as_bytes(), &[0], aad];
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len <= STACK_AAD {
-        let mut buf = [0u8; STACK_AAD];
-        let mut at = 0;
-        for p in parts {
-            buf[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        f(&buf[..len])
-    } else {
-        f(&parts.concat())
-    }
+    super::with_concatenated(&[header, purpose.as_str().as_bytes(), &[0], aad], f)
 }
 
 fn seal(key: &SymmetricKey, purpose: Purpose, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SymmetricError> {

@@ -15,6 +15,25 @@ mod webhook;
 
 pub use aead::{AEAD_FORMAT_V1, AEAD_OVERHEAD, AeadRing, Reencrypted};
 pub(crate) use counts::{Counts, Use};
+
+/// Calls `f` with the concatenation of `parts`, assembled on the stack when it is short
+/// (up to 256 bytes) and in one allocation otherwise: associated data and MACed messages
+/// made of several fields.
+pub fn with_concatenated<T>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> T) -> T {
+    const STACK: usize = 256;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len <= STACK {
+        let mut buf = [0u8; STACK];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        f(&buf[..len])
+    } else {
+        f(&parts.concat())
+    }
+}
 pub use export::{ExportedSecret, SecretFormat, UnknownSecretFormat};
 pub(crate) use keys::{KEY_BYTES, SymmetricKeys, new_key};
 pub use mac::{MacRing, MacTag};
