@@ -258,8 +258,8 @@ fn main() {
     let sealed_value = sealed.seal(SESSION, USER.as_bytes()).expect("seal");
     let signed_value = signed.seal(SESSION, USER).expect("seal");
     let sealed_bytes = keyrot_core::testing::b64::decode(&sealed_value).expect("base64url");
-    let sealed_aad = b"keyrot-cookie/v1\0session";
-    let signed_msg = format!("keyrot-cookie/v1\0session={USER}");
+    let sealed_aad = b"session";
+    let signed_msg = format!("session={USER}");
     let signed_tag: keyrot_core::MacTag = signed_value[USER.len() + 1..].parse().expect("tag");
     assert_eq!(
         sealed

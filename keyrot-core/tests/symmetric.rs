@@ -2,6 +2,7 @@
 //! MACs and Standard Webhooks, re-encryption, the audited export, and the rules that keep
 //! symmetric keys out of every token and JWKS path.
 
+use base64::Engine as _;
 use chrono::{TimeDelta, TimeZone, Utc};
 use keyrot_core::{
     AeadRing, Algorithm, AuditQuery, Clock, KeyKind, KeyRing, KeyState, MacRing, MacTag, ManualClock, MasterKey,
@@ -68,6 +69,20 @@ fn state_of(s: &Setup, kid: &str) -> KeyState {
         .find(|k| k.kid == kid)
         .expect("kid")
         .state
+}
+
+/// The newest exported webhook secret, and its key bytes.
+async fn newest_secret(s: &Setup) -> (keyrot_core::ExportedSecret, Vec<u8>) {
+    let secret = s
+        .rotator
+        .export_secrets(ctx(), SecretFormat::StandardWebhooks)
+        .await
+        .expect("export")
+        .remove(0);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&secret.secret[6..])
+        .expect("b64");
+    (secret, bytes)
 }
 
 /// Day 6 of the default policy: the next key is scheduled (Pending).
@@ -336,16 +351,7 @@ async fn symmetric_keys_never_reach_a_jwks_or_a_token() {
         Err(keyrot_core::SignError::NotASigningRing(KeyKind::Mac))
     ));
     // …and none verifies, even one HMAC'd with the ring's own secret (the HS256 confusion).
-    let secret = s
-        .rotator
-        .export_secrets(ctx(), SecretFormat::StandardWebhooks)
-        .await
-        .expect("export")
-        .remove(0);
-    use base64::Engine as _;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(&secret.secret[6..])
-        .expect("b64");
+    let (_, key) = newest_secret(&s).await;
     let kid = active(&s);
     for alg in ["HS256", "HMAC-SHA256"] {
         let header = jsonwebtoken::Header {
@@ -447,7 +453,6 @@ async fn decryptions_are_counted_by_the_state_of_their_key() {
 
 #[tokio::test]
 async fn a_purpose_separates_what_one_ring_protects() {
-    use base64::Engine as _;
     const FIELDS: keyrot_core::Purpose = keyrot_core::Purpose::new("fields");
     const LINKS: keyrot_core::Purpose = keyrot_core::Purpose::new("signed-links/v1");
     let s = setup(Algorithm::XChaCha20Poly1305).await;
@@ -490,17 +495,8 @@ async fn a_purpose_separates_what_one_ring_protects() {
 
 #[tokio::test]
 async fn no_key_bytes_in_debug_errors_rows_the_ledger_or_the_jwks() {
-    use base64::Engine as _;
     let s = setup(Algorithm::HmacSha256).await;
-    let secret = s
-        .rotator
-        .export_secrets(ctx(), SecretFormat::StandardWebhooks)
-        .await
-        .expect("export")
-        .remove(0);
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&secret.secret[6..])
-        .expect("b64");
+    let (secret, bytes) = newest_secret(&s).await;
     let forms = [
         secret.secret[6..].to_owned(),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),

@@ -53,12 +53,9 @@ use std::time::Duration;
 /// refused when it is made rather than dropped silently by the browser.
 pub const MAX_COOKIE_BYTES: usize = 4096;
 
-/// Prefixed to the cookie's name in the associated data (sealed) or the MACed message
-/// (signed), so that a cookie never opens as anything else the same ring protects.
-const DOMAIN: &[u8] = b"keyrot-cookie/v1\0";
-
-/// The purpose both codecs bind their ring to: no ciphertext or tag the application makes
-/// with the same ring for another purpose opens as a cookie, nor a cookie as anything else.
+/// The purpose both codecs bind their ring to (in the associated data, or inside the MAC):
+/// no ciphertext or tag the application makes with the same ring for another purpose opens
+/// as a cookie, nor a cookie as anything else.
 const COOKIES: Purpose = Purpose::new("keyrot-cookies");
 
 /// The `SameSite` attribute of a cookie.
@@ -383,8 +380,8 @@ pub trait CookieCodec {
 /// Encrypted cookies on an AEAD ring ([`keyrot_core::KeyKind::Aead`]): see
 /// [`CookieCodec`] for the rules both codecs keep. Cheap to clone; rotations take effect at once.
 ///
-/// The value of cookie `name` is `base64url(AeadRing::encrypt(value, "keyrot-cookie/v1\0" ‖
-/// name))`: the ring's format (version, key id, random nonce, ciphertext, tag) with the
+/// The value of cookie `name` is `base64url(AeadRing::encrypt(value, name))` under the
+/// cookies' purpose: the ring's format (version, key id, random nonce, ciphertext, tag) with the
 /// cookie's name as associated data.
 #[derive(Debug, Clone)]
 pub struct SealedCookies {
@@ -422,7 +419,10 @@ impl CookieCodec for SealedCookies {
 
     fn seal(&self, name: &str, value: &[u8]) -> Result<String, CookieError> {
         check_name(name)?;
-        let ct = with_aad(name, |aad| self.aead.encrypt(value, aad)).map_err(CookieError::from_seal)?;
+        let ct = self
+            .aead
+            .encrypt(value, name.as_bytes())
+            .map_err(CookieError::from_seal)?;
         Ok(URL_SAFE_NO_PAD.encode(ct))
     }
 
@@ -431,7 +431,10 @@ impl CookieCodec for SealedCookies {
         let ct = URL_SAFE_NO_PAD
             .decode(cookie_value)
             .map_err(|_| CookieError::Malformed)?;
-        let value = with_aad(name, |aad| self.aead.decrypt(&ct, aad)).map_err(CookieError::from_open)?;
+        let value = self
+            .aead
+            .decrypt(&ct, name.as_bytes())
+            .map_err(CookieError::from_open)?;
         let kid = AeadRing::key_id(&ct).map_err(CookieError::from_open)?;
         let stale = self.aead.ring().snapshot().active_kid() != Some(kid.as_str());
         Ok(Opened { value, kid, stale })
@@ -442,7 +445,7 @@ impl CookieCodec for SealedCookies {
 /// for the rules both codecs keep. Cheap to clone; rotations take effect at once.
 ///
 /// The value of cookie `name` is `VALUE.KID.TAG`: the value as it is, then the
-/// [`MacTag`] (`KID.TAG`) of HMAC-SHA-256 over `"keyrot-cookie/v1\0" ‖ name ‖ "=" ‖ VALUE`.
+/// [`MacTag`] (`KID.TAG`) of HMAC-SHA-256 over `name ‖ "=" ‖ VALUE`.
 /// The value must be made of the characters `A-Z a-z 0-9 - . _ ~ + / =` (base64, base64url,
 /// ids, dotted parts); anything else is [`CookieError::InvalidValue`] (encode it, or use
 /// [`SealedCookies`]).
@@ -528,14 +531,9 @@ fn is_value_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
 }
 
-/// `f` of `DOMAIN ‖ name`.
-fn with_aad<T>(name: &str, f: impl FnOnce(&[u8]) -> T) -> T {
-    with_concatenated(&[DOMAIN, name.as_bytes()], f)
-}
-
-/// `f` of `DOMAIN ‖ name ‖ "=" ‖ value`.
+/// `f` of `name ‖ "=" ‖ value`.
 fn with_message<T>(name: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
-    with_concatenated(&[DOMAIN, name.as_bytes(), b"=", value.as_bytes()], f)
+    with_concatenated(&[name.as_bytes(), b"=", value.as_bytes()], f)
 }
 
 #[cfg(test)]
