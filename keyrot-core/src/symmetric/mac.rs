@@ -151,7 +151,10 @@ fn purposed<T>(purpose: Purpose, message: &[u8], f: impl FnOnce(&[&[u8]]) -> T) 
 
 /// HMAC-SHA-256 keyed with `key`.
 pub(crate) fn keyed(key: &SymmetricKey) -> Result<HmacSha256, SymmetricError> {
-    HmacSha256::new_from_slice(key.secret.expose()).map_err(|_| SymmetricError::Authentication)
+    match &key.mac {
+        Some(keyed) => Ok(keyed.clone()),
+        None => HmacSha256::new_from_slice(key.secret.expose()).map_err(|_| SymmetricError::Authentication),
+    }
 }
 
 /// The tag of the concatenation of `parts` under `key`.
@@ -159,7 +162,7 @@ pub(crate) fn tag_of(key: &SymmetricKey, parts: &[&[u8]]) -> Result<[u8; TAG_BYT
     Ok(keyed(key)?.chain_parts(parts).finalize().into_bytes().into())
 }
 
-trait ChainParts {
+pub(crate) trait ChainParts {
     fn chain_parts(self, parts: &[&[u8]]) -> Self;
 }
 

@@ -1,4 +1,5 @@
 use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid, kid_of_id};
+use super::mac::{ChainParts as _, HmacSha256, keyed};
 use super::webhook::signing;
 use crate::alg::KeyKind;
 use crate::ring::{KeyState, RingName};
@@ -6,7 +7,7 @@ use crate::secret::SecretBytes;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{TimeZone, Utc};
-use hmac::Mac as _;
+use hmac::{KeyInit as _, Mac as _};
 
 fn key(secret: &[u8], id: u32, state: KeyState) -> SymmetricKey {
     SymmetricKey {
@@ -19,6 +20,37 @@ fn key(secret: &[u8], id: u32, state: KeyState) -> SymmetricKey {
             .single()
             .unwrap_or_default(),
         secret: SecretBytes::from_slice(secret),
+        mac: HmacSha256::new_from_slice(secret).ok(),
+    }
+}
+
+/// A MAC made from the cached keyed state is the MAC of the key itself (RFC 4231 test
+/// case 2: key "Jefe", "what do ya want for nothing?"), and every part of that cached
+/// state is wiped when dropped (a compile-time check of the `zeroize` features).
+#[test]
+fn the_cached_hmac_state_is_the_keys_own_and_is_wiped_on_drop() {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    // `Hmac<Sha256>` is its buffer and `HmacCore`, which holds two SHA-256 cores.
+    wiped_on_drop::<<sha2::Sha256 as hmac::digest::block_api::CoreProxy>::Core>();
+    wiped_on_drop::<hmac::digest::block_api::Buffer<hmac::block_api::HmacCore<sha2::Sha256>>>();
+
+    let cached = key(b"Jefe", 7, KeyState::Active);
+    assert!(cached.mac.is_some());
+    let uncached = SymmetricKey {
+        mac: None,
+        ..key(b"Jefe", 7, KeyState::Active)
+    };
+    let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    for k in [&cached, &uncached] {
+        let tag = keyed(k).map(|m| {
+            m.chain_parts(&[b"what do ya want ", b"for nothing?"])
+                .finalize()
+                .into_bytes()
+        });
+        let hex: String = tag
+            .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default();
+        assert_eq!(hex, expected);
     }
 }
 
