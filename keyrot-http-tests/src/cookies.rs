@@ -10,10 +10,10 @@
 use crate::RunningServer;
 use chrono::{TimeDelta, TimeZone, Utc};
 use keyrot_core::{
-    AeadRing, Algorithm, KeyRing, KeyState, MacRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
+    AeadRing, Algorithm, Clock, KeyRing, KeyState, MacRing, ManualClock, MasterKey, MasterKeySealer, MemoryLock,
     MemoryStorage, Outcome, Policy, RequestContext, RingName, Rotator,
 };
-use keyrot_http::{SealedCookies, SignedCookies};
+use keyrot_http::{CookieOptions, SealedCookies, SignedCookies};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,6 +24,9 @@ pub const SESSION: &str = "session";
 pub const THEME: &str = "theme";
 /// What the session cookie holds.
 pub const USER: &str = "user-7";
+/// The cookies' lifetime (`CookieOptions::with_max_age`): longer than a rotation and the
+/// Retiring window after it (14 days), so only the case about it reaches it.
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// One test's world: an AEAD ring and a MAC ring on MemoryStorage (as the crate's other
 /// HTTP tests), one manual clock, their rotators, and the running server.
@@ -109,9 +112,11 @@ impl World {
         let storage = Arc::new(MemoryStorage::new());
         let aead = ring(&clock, &storage, "cookies-aead", Algorithm::XChaCha20Poly1305).await;
         let mac = ring(&clock, &storage, "cookies-mac", Algorithm::HmacSha256).await;
+        let options = CookieOptions::default().with_max_age(MAX_AGE);
         let codecs = Codecs {
-            sealed: SealedCookies::new(AeadRing::new(aead.keyring.clone()).expect("aead ring")),
-            signed: SignedCookies::new(MacRing::new(mac.keyring.clone()).expect("mac ring")),
+            sealed: SealedCookies::new(AeadRing::new(aead.keyring.clone()).expect("aead ring"))
+                .with_options(options.clone()),
+            signed: SignedCookies::new(MacRing::new(mac.keyring.clone()).expect("mac ring")).with_options(options),
         };
         let server = start(codecs).await;
         Self {
@@ -230,7 +235,8 @@ where
     let old = cookie(SESSION, value_of(&set, SESSION));
     assert_eq!(w.me(kind, &[&old]).await, (200, USER.to_owned(), None), "fresh cookie");
     if let Kind::Signed = kind {
-        assert!(old.starts_with(&format!("{SESSION}={USER}.{first}.")), "{old}");
+        let issued = w.clock.now().timestamp();
+        assert!(old.starts_with(&format!("{SESSION}={USER}.{issued}.{first}.")), "{old}");
     }
 
     w.rotate().await;
@@ -243,8 +249,10 @@ where
     let new = cookie(SESSION, &value);
     assert_ne!(new, old);
     if let Kind::Signed = kind {
+        // Under the Active key, with the first issue time, 7 days ago.
+        let issued = (w.clock.now() - TimeDelta::days(7) - TimeDelta::seconds(1)).timestamp();
         assert!(
-            new.starts_with(&format!("{SESSION}={USER}.{}.", w.active(kind))),
+            new.starts_with(&format!("{SESSION}={USER}.{issued}.{}.", w.active(kind))),
             "{new}"
         );
     }
@@ -277,6 +285,38 @@ where
         "expired key"
     );
     assert_eq!(w.me(kind, &[&new]).await, (200, USER.to_owned(), None));
+}
+
+#[doc(hidden)]
+pub async fn refused_after_its_max_age_even_reissued<F, Fut>(start: F, kind: Kind)
+where
+    F: FnOnce(Codecs) -> Fut,
+    Fut: Future<Output = RunningServer>,
+{
+    let w = World::new(start).await;
+    let max_age = TimeDelta::from_std(MAX_AGE).expect("max age");
+    let set = w.login(kind).await;
+    let old = cookie(SESSION, value_of(&set, SESSION));
+    // A rotation: the cookie is re-issued under the new key, keeping its first issue time.
+    w.rotate().await;
+    let (status, _, again) = w.me(kind, &[&old]).await;
+    assert_eq!(status, 200);
+    let new = cookie(SESSION, &again.expect("re-issued").1);
+    // No tick from here on: the new key stays Active, so only the cookie's age decides.
+    w.clock.advance(max_age - TimeDelta::days(7) - TimeDelta::seconds(2));
+    assert_eq!(
+        w.me(kind, &[&new]).await,
+        (200, USER.to_owned(), None),
+        "just inside max_age"
+    );
+    w.clock.advance(TimeDelta::seconds(1));
+    assert_eq!(
+        w.me(kind, &[&new]).await,
+        (401, REFUSED.to_owned(), None),
+        "max_age after the first issue, not after the re-issue"
+    );
+    let fresh = cookie(SESSION, value_of(&w.login(kind).await, SESSION));
+    assert_eq!(w.me(kind, &[&fresh]).await, (200, USER.to_owned(), None), "a new login");
 }
 
 #[doc(hidden)]
@@ -353,6 +393,10 @@ macro_rules! cookie_suite {
             survives_rotation_is_reissued_and_refused_after_the_window, Sealed);
         $crate::cookie_suite!(@case $start, signed_cookie_survives_rotation_is_reissued_and_refused_after_the_window,
             survives_rotation_is_reissued_and_refused_after_the_window, Signed);
+        $crate::cookie_suite!(@case $start, sealed_cookie_is_refused_after_its_max_age_even_reissued,
+            refused_after_its_max_age_even_reissued, Sealed);
+        $crate::cookie_suite!(@case $start, signed_cookie_is_refused_after_its_max_age_even_reissued,
+            refused_after_its_max_age_even_reissued, Signed);
         $crate::cookie_suite!(@case $start, sealed_cookie_of_a_revoked_key_is_refused,
             a_revoked_keys_cookie_is_refused, Sealed);
         $crate::cookie_suite!(@case $start, signed_cookie_of_a_revoked_key_is_refused,

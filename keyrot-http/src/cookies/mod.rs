@@ -14,6 +14,11 @@
 //! [`Opened::stale`]: issue it again ([`SealedCookies::reissue`]) so that a rotation never
 //! logs anyone out while the old key is still inside its window.
 //!
+//! Every cookie carries the time it was first issued, authenticated with it. With
+//! [`CookieOptions::with_max_age`] that is also the server's limit: a cookie older than
+//! `max_age` is refused even while its key is inside its window, and a re-issue keeps the
+//! first issue time, so a stolen cookie cannot be kept alive by sending it again.
+//!
 //! Cookies are read from the `Cookie` header(s) strictly, as [`TokenSource::cookie`] reads
 //! a token: a cookie sent twice (e.g. one set by a sibling domain) is refused, never one of
 //! the two picked. `Set-Cookie` values are built with [`CookieOptions`], whose defaults are
@@ -44,10 +49,13 @@ use crate::token_source::{BearerToken, TokenSource};
 use crate::{HeaderSource, HttpResponse};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use keyrot_core::adapter::with_concatenated;
 use keyrot_core::{AeadRing, MacRing, MacTag, Purpose, SymmetricError};
 use std::fmt;
-use std::time::Duration;
+
+mod options;
+pub use options::{CookieOptions, SameSite};
 
 /// Longest `name=value` a browser is sure to store (RFC 6265 §6.1): a longer cookie is
 /// refused when it is made rather than dropped silently by the browser.
@@ -57,158 +65,6 @@ pub const MAX_COOKIE_BYTES: usize = 4096;
 /// no ciphertext or tag the application makes with the same ring for another purpose opens
 /// as a cookie, nor a cookie as anything else.
 const COOKIES: Purpose = Purpose::new("keyrot-cookies");
-
-/// The `SameSite` attribute of a cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SameSite {
-    /// Sent only with same-site requests.
-    Strict,
-    /// Sent with same-site requests and top-level cross-site navigations (the default).
-    Lax,
-    /// Sent with every request (requires `Secure`).
-    None,
-}
-
-impl SameSite {
-    fn as_cookie(self) -> cookie::SameSite {
-        match self {
-            SameSite::Strict => cookie::SameSite::Strict,
-            SameSite::Lax => cookie::SameSite::Lax,
-            SameSite::None => cookie::SameSite::None,
-        }
-    }
-}
-
-/// The attributes of the `Set-Cookie` headers a codec writes. The defaults are the safe
-/// ones: `Path=/`, `HttpOnly`, `Secure`, `SameSite=Lax`, no `Domain` (host-only), no
-/// `Max-Age` (the cookie ends with the browser session).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CookieOptions {
-    path: String,
-    domain: Option<String>,
-    secure: bool,
-    http_only: bool,
-    same_site: SameSite,
-    max_age: Option<Duration>,
-}
-
-impl Default for CookieOptions {
-    fn default() -> Self {
-        Self {
-            path: "/".to_owned(),
-            domain: None,
-            secure: true,
-            http_only: true,
-            same_site: SameSite::Lax,
-            max_age: None,
-        }
-    }
-}
-
-impl CookieOptions {
-    /// The `Path` attribute (default `/`).
-    pub fn with_path(mut self, path: impl Into<String>) -> Self {
-        self.path = path.into();
-        self
-    }
-
-    /// The `Domain` attribute (default none: the cookie is sent to this host only).
-    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
-        self.domain = Some(domain.into());
-        self
-    }
-
-    /// Whether `Secure` is set (default yes; turn it off only for plain-HTTP development).
-    pub fn with_secure(mut self, secure: bool) -> Self {
-        self.secure = secure;
-        self
-    }
-
-    /// Whether `HttpOnly` is set (default yes: scripts cannot read the cookie).
-    pub fn with_http_only(mut self, http_only: bool) -> Self {
-        self.http_only = http_only;
-        self
-    }
-
-    /// The `SameSite` attribute (default [`SameSite::Lax`]).
-    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
-        self.same_site = same_site;
-        self
-    }
-
-    /// The `Max-Age` attribute, in whole seconds (default none: a session cookie). Whatever
-    /// it says, a cookie opens only while its key is inside its window.
-    pub fn with_max_age(mut self, max_age: Duration) -> Self {
-        self.max_age = Some(max_age);
-        self
-    }
-
-    /// The `Path` attribute.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The `Max-Age` attribute.
-    pub fn max_age(&self) -> Option<Duration> {
-        self.max_age
-    }
-
-    /// The `Set-Cookie` header value `name=value; attributes…`. `value` must already be
-    /// cookie-safe (what [`SealedCookies::seal`] and [`SignedCookies::seal`] return).
-    pub fn set_cookie(&self, name: &str, value: &str) -> Result<String, CookieError> {
-        check_name(name)?;
-        self.check_prefix(name)?;
-        if !value.bytes().all(is_value_char) {
-            return Err(CookieError::InvalidValue);
-        }
-        if name.len() + 1 + value.len() > MAX_COOKIE_BYTES {
-            return Err(CookieError::TooLarge);
-        }
-        let mut c = self.builder(name, value);
-        if let Some(age) = self.max_age {
-            c = c.max_age(cookie::time::Duration::seconds(
-                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
-            ));
-        }
-        Ok(c.build().to_string())
-    }
-
-    /// The `Set-Cookie` header value that deletes cookie `name` (same `Path` and `Domain`,
-    /// empty value, `Max-Age=0` and an `Expires` in the past).
-    pub fn removal(&self, name: &str) -> Result<String, CookieError> {
-        check_name(name)?;
-        self.check_prefix(name)?;
-        let mut c = self.builder(name, "").build();
-        c.make_removal();
-        Ok(c.to_string())
-    }
-
-    /// The rules of the `__Secure-` and `__Host-` name prefixes (RFC 6265bis §4.1.3),
-    /// which browsers enforce by dropping the cookie: both need `Secure`; `__Host-` also
-    /// `Path=/` and no `Domain`.
-    fn check_prefix(&self, name: &str) -> Result<(), CookieError> {
-        let host = name.starts_with("__Host-");
-        if (host || name.starts_with("__Secure-")) && !self.secure {
-            return Err(CookieError::InvalidName);
-        }
-        if host && (self.path != "/" || self.domain.is_some()) {
-            return Err(CookieError::InvalidName);
-        }
-        Ok(())
-    }
-
-    fn builder<'c>(&'c self, name: &'c str, value: &'c str) -> cookie::CookieBuilder<'c> {
-        let mut c = cookie::Cookie::build((name, value))
-            .path(self.path.as_str())
-            .secure(self.secure)
-            .http_only(self.http_only)
-            .same_site(self.same_site.as_cookie());
-        if let Some(d) = &self.domain {
-            c = c.domain(d.as_str());
-        }
-        c
-    }
-}
 
 /// Why a cookie could not be made or was refused. Never carries the cookie's value, a
 /// plaintext or key material.
@@ -305,6 +161,9 @@ pub struct Opened<T> {
     pub value: T,
     /// The key it opened under.
     pub kid: String,
+    /// When the cookie was first issued (a re-issued cookie keeps this time): what
+    /// [`CookieOptions::with_max_age`] is measured from.
+    pub issued_at: DateTime<Utc>,
     /// Whether that key is not the ring's Active key: issue the cookie again
     /// ([`SealedCookies::reissue`], [`SignedCookies::reissue`]) before the key leaves its
     /// window.
@@ -316,6 +175,7 @@ impl<T> fmt::Debug for Opened<T> {
         // The value is deliberately not printed.
         f.debug_struct("Opened")
             .field("kid", &self.kid)
+            .field("issued_at", &self.issued_at)
             .field("stale", &self.stale)
             .finish_non_exhaustive()
     }
@@ -330,11 +190,21 @@ pub trait CookieCodec {
     /// The attributes of the `Set-Cookie` headers this codec writes.
     fn options(&self) -> &CookieOptions;
 
-    /// The cookie value (the part after `name=`) carrying `value` under the Active key.
-    fn seal(&self, name: &str, value: &Self::Value) -> Result<String, CookieError>;
+    /// Now, by the ring's clock.
+    fn now(&self) -> DateTime<Utc>;
 
-    /// Opens the value of cookie `name` (the part after `name=`).
+    /// The cookie value (the part after `name=`) carrying `value` and its first issue
+    /// time `issued_at`, under the Active key.
+    fn seal_at(&self, name: &str, value: &Self::Value, issued_at: DateTime<Utc>) -> Result<String, CookieError>;
+
+    /// Opens the value of cookie `name` (the part after `name=`); one older than the
+    /// options' `max_age` is refused.
     fn open(&self, name: &str, cookie_value: &str) -> Result<Opened<<Self::Value as ToOwned>::Owned>, CookieError>;
+
+    /// The cookie value (the part after `name=`) carrying `value`, issued now.
+    fn seal(&self, name: &str, value: &Self::Value) -> Result<String, CookieError> {
+        self.seal_at(name, value, self.now())
+    }
 
     /// The `Set-Cookie` header value that gives the client cookie `name` holding `value`.
     fn set_cookie(&self, name: &str, value: &Self::Value) -> Result<String, CookieError> {
@@ -363,7 +233,8 @@ pub trait CookieCodec {
     }
 
     /// When `opened` is stale, the `Set-Cookie` header value that issues it again under the
-    /// Active key; `None` when it already is under the Active key.
+    /// Active key, with its first issue time and the `Max-Age` it has left (a re-issue
+    /// never lengthens a cookie's life); `None` when it already is under the Active key.
     fn reissue(
         &self,
         name: &str,
@@ -372,17 +243,19 @@ pub trait CookieCodec {
         if !opened.stale {
             return Ok(None);
         }
-        self.set_cookie(name, std::borrow::Borrow::borrow(&opened.value))
-            .map(Some)
+        let sealed = self.seal_at(name, std::borrow::Borrow::borrow(&opened.value), opened.issued_at)?;
+        let left = self.options().remaining(opened.issued_at, self.now());
+        self.options().set_cookie_for(name, &sealed, left).map(Some)
     }
 }
 
 /// Encrypted cookies on an AEAD ring ([`keyrot_core::KeyKind::Aead`]): see
 /// [`CookieCodec`] for the rules both codecs keep. Cheap to clone; rotations take effect at once.
 ///
-/// The value of cookie `name` is `base64url(AeadRing::encrypt(value, name))` under the
-/// cookies' purpose: the ring's format (version, key id, random nonce, ciphertext, tag) with the
-/// cookie's name as associated data.
+/// The value of cookie `name` is `base64url(AeadRing::encrypt(issued ‖ value, name))` under
+/// the cookies' purpose: the ring's format (version, key id, random nonce, ciphertext, tag)
+/// with the cookie's name as associated data; `issued` is the first issue time in Unix
+/// seconds, 8 bytes big-endian.
 #[derive(Debug, Clone)]
 pub struct SealedCookies {
     aead: AeadRing,
@@ -417,12 +290,17 @@ impl CookieCodec for SealedCookies {
         &self.options
     }
 
-    fn seal(&self, name: &str, value: &[u8]) -> Result<String, CookieError> {
+    fn now(&self) -> DateTime<Utc> {
+        self.aead.ring().clock().now()
+    }
+
+    fn seal_at(&self, name: &str, value: &[u8], issued_at: DateTime<Utc>) -> Result<String, CookieError> {
         check_name(name)?;
-        let ct = self
-            .aead
-            .encrypt(value, name.as_bytes())
-            .map_err(CookieError::from_seal)?;
+        let issued = issued_at.timestamp().to_be_bytes();
+        let ct = with_concatenated(&[&issued, value], |plaintext| {
+            self.aead.encrypt(plaintext, name.as_bytes())
+        })
+        .map_err(CookieError::from_seal)?;
         Ok(URL_SAFE_NO_PAD.encode(ct))
     }
 
@@ -431,21 +309,34 @@ impl CookieCodec for SealedCookies {
         let ct = URL_SAFE_NO_PAD
             .decode(cookie_value)
             .map_err(|_| CookieError::Malformed)?;
-        let value = self
+        let mut value = self
             .aead
             .decrypt(&ct, name.as_bytes())
             .map_err(CookieError::from_open)?;
+        let issued_at = value
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .and_then(|b| DateTime::from_timestamp(i64::from_be_bytes(b), 0))
+            .ok_or(CookieError::Malformed)?;
+        self.options.check_age(issued_at, self.now())?;
+        value.drain(..8);
         let kid = AeadRing::key_id(&ct).map_err(CookieError::from_open)?;
         let stale = self.aead.ring().snapshot().active_kid() != Some(kid.as_str());
-        Ok(Opened { value, kid, stale })
+        Ok(Opened {
+            value,
+            kid,
+            issued_at,
+            stale,
+        })
     }
 }
 
 /// Signed cookies on a MAC ring ([`keyrot_core::KeyKind::Mac`]): see [`CookieCodec`]
 /// for the rules both codecs keep. Cheap to clone; rotations take effect at once.
 ///
-/// The value of cookie `name` is `VALUE.KID.TAG`: the value as it is, then the
-/// [`MacTag`] (`KID.TAG`) of HMAC-SHA-256 over `name ‖ "=" ‖ VALUE`.
+/// The value of cookie `name` is `VALUE.ISSUED.KID.TAG`: the value as it is, the first
+/// issue time in Unix seconds, then the [`MacTag`] (`KID.TAG`) of HMAC-SHA-256 over
+/// `name ‖ "=" ‖ VALUE ‖ "." ‖ ISSUED`.
 /// The value must be made of the characters `A-Z a-z 0-9 - . _ ~ + / =` (base64, base64url,
 /// ids, dotted parts); anything else is [`CookieError::InvalidValue`] (encode it, or use
 /// [`SealedCookies`]).
@@ -483,31 +374,46 @@ impl CookieCodec for SignedCookies {
         &self.options
     }
 
-    fn seal(&self, name: &str, value: &str) -> Result<String, CookieError> {
+    fn now(&self) -> DateTime<Utc> {
+        self.mac.ring().clock().now()
+    }
+
+    fn seal_at(&self, name: &str, value: &str, issued_at: DateTime<Utc>) -> Result<String, CookieError> {
         check_name(name)?;
         if !value.bytes().all(is_value_char) {
             return Err(CookieError::InvalidValue);
         }
-        let tag = with_message(name, value, |m| self.mac.sign(m)).map_err(CookieError::from_seal)?;
-        Ok(format!("{value}.{tag}"))
+        let issued = u64::try_from(issued_at.timestamp()).map_err(|_| CookieError::Unavailable { reason: "clock" })?;
+        let signed = format!("{value}.{issued}");
+        let tag = with_message(name, &signed, |m| self.mac.sign(m)).map_err(CookieError::from_seal)?;
+        Ok(format!("{signed}.{tag}"))
     }
 
     fn open(&self, name: &str, cookie_value: &str) -> Result<Opened<String>, CookieError> {
         check_name(name)?;
-        // VALUE.KID.TAG: the value may hold dots, the kid and the tag do not.
+        // VALUE.ISSUED.KID.TAG: the value may hold dots, the others do not.
         let (rest, _) = cookie_value.rsplit_once('.').ok_or(CookieError::Malformed)?;
-        let (value, _) = rest.rsplit_once('.').ok_or(CookieError::Malformed)?;
+        let (signed, _) = rest.rsplit_once('.').ok_or(CookieError::Malformed)?;
+        let (value, issued) = signed.rsplit_once('.').ok_or(CookieError::Malformed)?;
         if !value.bytes().all(is_value_char) {
             return Err(CookieError::Malformed);
         }
-        let tag: MacTag = cookie_value[value.len() + 1..]
+        let tag: MacTag = cookie_value[signed.len() + 1..]
             .parse()
             .map_err(|_| CookieError::Malformed)?;
-        with_message(name, value, |m| self.mac.verify(m, &tag)).map_err(CookieError::from_open)?;
+        with_message(name, signed, |m| self.mac.verify(m, &tag)).map_err(CookieError::from_open)?;
+        // Authentic from here on: the issue time was made by a holder of the key.
+        let issued_at = (!issued.is_empty() && issued.len() <= 19 && issued.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| issued.parse::<i64>().ok())
+            .flatten()
+            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+            .ok_or(CookieError::Malformed)?;
+        self.options.check_age(issued_at, self.now())?;
         let stale = self.mac.ring().snapshot().active_kid() != Some(tag.kid.as_str());
         Ok(Opened {
             value: value.to_owned(),
             kid: tag.kid.clone(),
+            issued_at,
             stale,
         })
     }
@@ -537,84 +443,4 @@ fn with_message<T>(name: &str, value: &str, f: impl FnOnce(&[u8]) -> T) -> T {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_values_are_checked() {
-        for bad in ["", "a b", "a;b", "a=b", "é", "a,b"] {
-            assert_eq!(check_name(bad), Err(CookieError::InvalidName), "{bad:?}");
-        }
-        for good in ["session", "__Host-session", "a.b-c_d!#$%&'*+^`|~"] {
-            assert_eq!(check_name(good), Ok(()), "{good:?}");
-        }
-        let o = CookieOptions::default();
-        assert_eq!(o.set_cookie("s", "a b"), Err(CookieError::InvalidValue));
-        assert_eq!(o.set_cookie("s", "a;b"), Err(CookieError::InvalidValue));
-        assert_eq!(
-            o.set_cookie("s", &"a".repeat(MAX_COOKIE_BYTES)),
-            Err(CookieError::TooLarge)
-        );
-    }
-
-    #[test]
-    fn set_cookie_has_safe_defaults_and_options() {
-        let o = CookieOptions::default();
-        let v = o.set_cookie("session", "abc").expect("set-cookie");
-        assert!(v.starts_with("session=abc"), "{v}");
-        for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
-            assert!(v.split("; ").any(|a| a == attr), "{attr} in {v}");
-        }
-        assert!(!v.contains("Max-Age") && !v.contains("Domain"), "{v}");
-        let o = CookieOptions::default()
-            .with_path("/app")
-            .with_domain("example.com")
-            .with_same_site(SameSite::Strict)
-            .with_http_only(false)
-            .with_secure(false)
-            .with_max_age(Duration::from_secs(3600));
-        let v = o.set_cookie("s", "x").expect("set-cookie");
-        for attr in ["Path=/app", "Domain=example.com", "SameSite=Strict", "Max-Age=3600"] {
-            assert!(v.split("; ").any(|a| a == attr), "{attr} in {v}");
-        }
-        assert!(!v.contains("HttpOnly") && !v.contains("Secure"), "{v}");
-        assert!(CookieOptions::default().set_cookie("__Host-s", "x").is_ok());
-        let insecure = CookieOptions::default().with_secure(false);
-        assert_eq!(insecure.set_cookie("__Secure-s", "x"), Err(CookieError::InvalidName));
-        assert_eq!(insecure.set_cookie("__Host-s", "x"), Err(CookieError::InvalidName));
-        let scoped = CookieOptions::default().with_path("/app");
-        assert_eq!(scoped.set_cookie("__Host-s", "x"), Err(CookieError::InvalidName));
-        assert!(scoped.set_cookie("__Secure-s", "x").is_ok());
-        let r = CookieOptions::default().removal("s").expect("removal");
-        assert!(
-            r.starts_with("s=;") && r.contains("Max-Age=0") && r.contains("Path=/"),
-            "{r}"
-        );
-    }
-
-    #[test]
-    fn errors_map_to_statuses_without_secrets() {
-        assert_eq!(CookieError::Malformed.status(), 401);
-        assert_eq!(
-            CookieError::from_open(SymmetricError::KeyExpired("0a0b0c0d".into())),
-            CookieError::Refused { reason: "key_expired" }
-        );
-        assert_eq!(
-            CookieError::from_open(SymmetricError::Malformed("x")),
-            CookieError::Malformed
-        );
-        let r = CookieError::Refused {
-            reason: "authentication",
-        }
-        .to_response();
-        assert_eq!(r.status, 401);
-        assert_eq!(r.body.as_bytes(), br#"{"error":"invalid_cookie"}"#);
-        assert_eq!(CookieError::Unavailable { reason: "rng" }.to_response().status, 500);
-        let o = Opened {
-            value: b"secret".to_vec(),
-            kid: "k".into(),
-            stale: false,
-        };
-        assert!(!format!("{o:?}").contains("secret"));
-    }
-}
+mod tests;
