@@ -211,7 +211,7 @@ async fn mac_tags_verify_inside_the_window_and_name_their_key() {
     let mac = MacRing::new(s.keyring.clone()).expect("mac ring");
     let first = active(&s);
     let tag = mac.sign(b"order 17 paid").expect("sign");
-    assert_eq!(tag.kid, first);
+    assert_eq!(tag.kid(), first);
     let text = tag.to_string();
     let parsed: MacTag = text.parse().expect("parse");
     assert_eq!(parsed, tag);
@@ -223,7 +223,7 @@ async fn mac_tags_verify_inside_the_window_and_name_their_key() {
     assert!(!format!("{tag:?}").contains(&text[9..]), "Debug shows no tag");
     schedule(&s).await;
     activate(&s).await;
-    assert_ne!(mac.sign(b"x").expect("sign").kid, first);
+    assert_ne!(mac.sign(b"x").expect("sign").kid(), first);
     mac.verify(b"order 17 paid", &parsed)
         .expect("retiring key still verifies");
     s.clock.advance(TimeDelta::days(7));
@@ -484,7 +484,7 @@ async fn a_purpose_separates_what_one_ring_protects() {
     let headers = WebhookHeaders {
         id: "msg_1".into(),
         timestamp: ts,
-        signature: format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(forged.tag)),
+        signature: format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(forged.tag())),
     };
     assert_eq!(hooks.verify(&headers, b"{}"), Err(WebhookError::NoMatch));
     for bad in ["", "a.b", "a\0b", "é", &"x".repeat(65)] {

@@ -3,7 +3,7 @@
 
 use super::aead::counted;
 use super::counts::Use;
-use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid};
+use super::keys::{SymmetricKey, SymmetricKeys, id_of_kid, kid_of_id};
 use super::{Purpose, SymmetricError};
 use crate::alg::KeyKind;
 use crate::b64;
@@ -29,16 +29,33 @@ pub struct MacRing {
 /// Two tags compare in constant time; check a tag with [`MacRing::verify`].
 #[derive(Clone)]
 pub struct MacTag {
-    /// The key that made it.
-    pub kid: String,
-    /// HMAC-SHA-256 of the message.
-    pub tag: [u8; TAG_BYTES],
+    /// The 4-byte id of the key that made it (its kid is the id's 8 hex digits): no
+    /// allocation per tag.
+    id: u32,
+    tag: [u8; TAG_BYTES],
+}
+
+impl MacTag {
+    /// The kid of the key that made it (8 lowercase hex digits).
+    pub fn kid(&self) -> String {
+        kid_of_id(self.id)
+    }
+
+    /// Whether the key named `kid` made it.
+    pub fn is_by(&self, kid: &str) -> bool {
+        id_of_kid(kid) == Some(self.id)
+    }
+
+    /// The HMAC-SHA-256 of the message.
+    pub fn tag(&self) -> &[u8; TAG_BYTES] {
+        &self.tag
+    }
 }
 
 impl PartialEq for MacTag {
     fn eq(&self, other: &Self) -> bool {
         use subtle::ConstantTimeEq as _;
-        self.kid == other.kid && bool::from(self.tag.ct_eq(&other.tag))
+        self.id == other.id && bool::from(self.tag.ct_eq(&other.tag))
     }
 }
 
@@ -46,13 +63,15 @@ impl Eq for MacTag {}
 
 impl fmt::Debug for MacTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MacTag").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("MacTag")
+            .field("kid", &self.kid())
+            .finish_non_exhaustive()
     }
 }
 
 impl fmt::Display for MacTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.kid, b64::encode(&self.tag))
+        write!(f, "{}.{}", kid_of_id(self.id), b64::encode(&self.tag))
     }
 }
 
@@ -60,14 +79,11 @@ impl std::str::FromStr for MacTag {
     type Err = SymmetricError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kid, tag) = s.split_once('.').ok_or(SymmetricError::Malformed("tag (no kid)"))?;
-        id_of_kid(kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
+        let id = id_of_kid(kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
         let tag = b64::decode(tag)
             .and_then(|t| <[u8; TAG_BYTES]>::try_from(t).ok())
             .ok_or(SymmetricError::Malformed("tag (not 32 bytes of base64url)"))?;
-        Ok(MacTag {
-            kid: kid.to_owned(),
-            tag,
-        })
+        Ok(MacTag { id, tag })
     }
 }
 
@@ -98,7 +114,7 @@ impl MacRing {
         let signed = self.ring.with_symmetric(KeyKind::Mac, |keys| {
             let key = keys.active()?;
             let tag = MacTag {
-                kid: key.kid.clone(),
+                id: key.id,
                 tag: purposed(self.purpose, message, |parts| tag_of(key, parts))?,
             };
             Ok((tag, key.state))
@@ -131,8 +147,7 @@ fn check(
     tag: &MacTag,
     now: impl FnOnce() -> DateTime<Utc>,
 ) -> Result<((), KeyState), SymmetricError> {
-    let id = id_of_kid(&tag.kid).ok_or(SymmetricError::Malformed("tag (kid)"))?;
-    let key = keys.by_id(id, now)?;
+    let key = keys.by_id(tag.id, now)?;
     let mac = keyed(key)?;
     purposed(purpose, message, |parts| mac.chain_parts(parts))
         .verify_slice(&tag.tag)

@@ -409,10 +409,11 @@ impl CookieCodec for SignedCookies {
             .and_then(|secs| DateTime::from_timestamp(secs, 0))
             .ok_or(CookieError::Malformed)?;
         self.options.check_age(issued_at, self.now())?;
-        let stale = self.mac.ring().snapshot().active_kid() != Some(tag.kid.as_str());
+        let kid = tag.kid();
+        let stale = self.mac.ring().snapshot().active_kid() != Some(kid.as_str());
         Ok(Opened {
             value: value.to_owned(),
-            kid: tag.kid.clone(),
+            kid,
             issued_at,
             stale,
         })

@@ -104,7 +104,7 @@ impl CookieOptions {
     }
 
     /// The `Set-Cookie` header value `name=value; attributes…`. `value` must already be
-    /// cookie-safe (what [`SealedCookies::seal`] and [`SignedCookies::seal`] return).
+    /// cookie-safe (what [`CookieCodec::seal`](super::CookieCodec::seal) returns).
     pub fn set_cookie(&self, name: &str, value: &str) -> Result<String, CookieError> {
         self.set_cookie_for(name, value, self.max_age)
     }
