@@ -41,11 +41,6 @@ impl MacTag {
         kid_of_id(self.id)
     }
 
-    /// Whether the key named `kid` made it.
-    pub fn is_by(&self, kid: &str) -> bool {
-        id_of_kid(kid) == Some(self.id)
-    }
-
     /// The HMAC-SHA-256 of the message.
     pub fn tag(&self) -> &[u8; TAG_BYTES] {
         &self.tag
